@@ -1,0 +1,3 @@
+"""fluxd: the flux daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,323 @@
+"""The sans-IO flux connection: bytes in, events out; frames in, bytes out; windows enforced.
+
+    conn = Connection(Role.SERVER)
+    conn.receive_data(data)              # or get_buffer()/buffer_updated() from BufferedProtocol
+    while (event := conn.next_event()) is not None:
+        ...                              # a Frame, or ConnectionClosed
+    conn.send(Ack(ranges=((0, 4),)))
+    transport.writelines(conn.data_to_send())
+
+The connection never does I/O and never reads a clock. It refuses frames the state table does
+not allow, chunks outside the window or the wanted set, wrong lengths and wrong digests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .codec import Buffer, FrameReader, encode
+from .digest import chunk_digest
+from .errors import FluxError, IntegrityError, LocalProtocolError, RemoteProtocolError
+from .frames import (
+    DIGEST_SIZE,
+    Ack,
+    Chunk,
+    Frame,
+    FrameType,
+    Hello,
+    Meta,
+    OpenDownload,
+    OpenUpload,
+    Status,
+    Welcome,
+    chunk_count,
+)
+from .ranges import Ranges, count, is_canonical
+from .state import Role, State, next_state
+
+DEFAULT_WINDOW = 32 * 1024 * 1024
+
+# Per-chunk marks in a transfer.
+_OPEN, _IN_FLIGHT, _DONE, _UNWANTED = 0, 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer closed the byte stream. `clean` is False if it did so mid-frame or mid-request."""
+
+    clean: bool
+
+
+Event = Frame | ConnectionClosed
+
+
+class Transfer:
+    """Chunk bookkeeping for one upload or download: which chunks moved, which are acked."""
+
+    __slots__ = (
+        "acked",
+        "chunk_size",
+        "digests",
+        "expected",
+        "inflight",
+        "marks",
+        "nchunks",
+        "sender",
+        "size",
+        "window_chunks",
+    )
+
+    def __init__(
+        self,
+        size: int,
+        chunk_size: int,
+        sender: Role,
+        window: int,
+        want: Ranges | None = None,
+        digests: Buffer | None = None,
+    ) -> None:
+        self.size, self.chunk_size, self.sender = size, chunk_size, sender
+        self.nchunks = chunk_count(size, chunk_size)
+        self.window_chunks = max(1, window // chunk_size)
+        self.digests = digests
+        self.inflight = 0
+        self.acked = 0
+        if want is None:
+            self.marks = bytearray(self.nchunks)
+            self.expected = self.nchunks
+        else:
+            self.marks = bytearray([_UNWANTED]) * self.nchunks
+            for start, cnt in want:
+                self.marks[start : start + cnt] = bytes(cnt)
+            self.expected = count(want)
+
+    def chunk_length(self, index: int) -> int:
+        """Payload length of chunk `index` (the last chunk may be short)."""
+        return min(self.chunk_size, self.size - index * self.chunk_size)
+
+    @property
+    def can_send(self) -> bool:
+        return self.inflight < self.window_chunks
+
+    @property
+    def complete(self) -> bool:
+        return self.acked == self.expected
+
+
+class Connection:
+    """One end of a flux conversation. See the module docstring for the call pattern.
+
+    Args:
+        role: which end this is.
+    """
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+        self.state = State.START
+        self.transfer: Transfer | None = None
+        self.version: int | None = None
+        self._windows = {Role.CLIENT: DEFAULT_WINDOW, Role.SERVER: DEFAULT_WINDOW}
+        self._versions: tuple[int, ...] = ()
+        self._opening: OpenUpload | OpenDownload | None = None
+        self._reader = FrameReader()
+        self._out: list[Buffer] = []
+        self._eof = False
+        self._closed_reported = False
+        self._error: FluxError | None = None
+        self._sink: memoryview | None = None
+
+    # --- receiving -----------------------------------------------------------------------------
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """A buffer for the transport to fill (asyncio BufferedProtocol.get_buffer)."""
+        if self._error is not None:
+            # Input after a protocol error is discarded; the transport is about to close.
+            if self._sink is None:
+                self._sink = memoryview(bytearray(65536))
+            return self._sink
+        return self._reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """`nbytes` were written into the last `get_buffer` view."""
+        if self._error is not None:
+            return
+        try:
+            self._reader.buffer_updated(nbytes)
+        except RemoteProtocolError as exc:
+            self._error = exc
+
+    def receive_data(self, data: Buffer) -> None:
+        """Feed received bytes; `b""` means the peer closed the stream."""
+        if not data:
+            self._eof = True
+            return
+        if self._error is not None:
+            return
+        try:
+            self._reader.feed(data)
+        except RemoteProtocolError as exc:
+            self._error = exc
+
+    def next_event(self) -> Event | None:
+        """The next event, or None until more data arrives.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol (the connection is now in ERROR).
+            IntegrityError: a received chunk does not match its digest.
+        """
+        frame = self._reader.next_frame()
+        if frame is not None:
+            try:
+                self._process(frame, self.role.peer)
+            except FluxError as exc:
+                self._error = exc
+                self.state = State.ERROR
+                raise
+            return frame
+        if self._error is not None:
+            self.state = State.ERROR
+            raise self._error
+        if self._eof and not self._closed_reported:
+            self._closed_reported = True
+            clean = self._reader.at_boundary and self.state in (State.IDLE, State.CLOSED)
+            self.state = State.CLOSED
+            self.transfer = None
+            return ConnectionClosed(clean)
+        return None
+
+    # --- sending -------------------------------------------------------------------------------
+
+    def send(self, frame: Frame) -> None:
+        """Queue `frame` for sending.
+
+        Raises:
+            LocalProtocolError: the frame is not allowed now (state, window, chunk bookkeeping).
+        """
+        if frame.TYPE == FrameType.ERROR and self.state is State.ERROR:
+            self.state = State.CLOSED  # a last word after a protocol error
+        else:
+            self._process(frame, self.role)
+        self._out.extend(encode(frame))
+
+    def data_to_send(self) -> list[Buffer]:
+        """Buffers queued by `send`, to be written in order. Drains the queue."""
+        out, self._out = self._out, []
+        return out
+
+    @property
+    def can_send_chunk(self) -> bool:
+        """True when this side is the chunk sender and the peer's window has room."""
+        t = self.transfer
+        return t is not None and t.sender is self.role and t.can_send
+
+    # --- the state machine ---------------------------------------------------------------------
+
+    def _process(self, frame: Frame, sender: Role) -> None:
+        err = LocalProtocolError if sender is self.role else RemoteProtocolError
+        nxt = next_state(sender, self.state, frame.TYPE)
+        if nxt is None:
+            raise err(f"{sender.value} may not send {frame.TYPE.name} in state {self.state.value}")
+        hook = _HOOKS.get(frame.TYPE)
+        if hook is not None:
+            nxt = hook(self, frame, sender, nxt, err)
+        if nxt in (State.IDLE, State.CLOSED):
+            self.transfer = None
+        self.state = nxt
+
+    def _on_hello(self, f: Hello, sender: Role, nxt: State, err: type[FluxError]) -> State:
+        self._windows[Role.CLIENT] = f.window
+        self._versions = f.versions
+        return nxt
+
+    def _on_welcome(self, f: Welcome, sender: Role, nxt: State, err: type[FluxError]) -> State:
+        if f.version not in self._versions:
+            raise err(f"server chose version {f.version}, client offered {self._versions}")
+        self._windows[Role.SERVER] = f.window
+        self.version = f.version
+        return nxt
+
+    def _on_open(
+        self, f: OpenUpload | OpenDownload, s: Role, nxt: State, e: type[FluxError]
+    ) -> State:
+        self._opening = f
+        return nxt
+
+    def _on_status(self, f: Status, sender: Role, nxt: State, err: type[FluxError]) -> State:
+        op = self._opening
+        assert isinstance(op, OpenUpload)
+        if not is_canonical(f.held, chunk_count(op.size, op.chunk_size)):
+            raise err("STATUS names chunks beyond the end of the file")
+        self.transfer = Transfer(op.size, op.chunk_size, Role.CLIENT, self._windows[Role.SERVER])
+        return nxt
+
+    def _on_meta(self, f: Meta, sender: Role, nxt: State, err: type[FluxError]) -> State:
+        op = self._opening
+        assert isinstance(op, OpenDownload)
+        nchunks = chunk_count(f.size, f.chunk_size)
+        want = op.want
+        in_range = want is None or is_canonical(want, nchunks)
+        expected = nchunks if want is None else count(want)
+        if f.count not in (0, expected) or (f.count and not in_range):
+            raise err(f"META announces {f.count} chunks, {expected} were asked for")
+        if f.count == 0:
+            return State.IDLE
+        self.transfer = Transfer(
+            f.size, f.chunk_size, Role.SERVER, self._windows[Role.CLIENT], want, f.digests
+        )
+        return nxt
+
+    def _on_chunk(self, f: Chunk, sender: Role, nxt: State, err: type[FluxError]) -> State:
+        t = self.transfer
+        assert t is not None
+        i = f.index
+        if i >= t.nchunks or t.marks[i] != _OPEN:
+            raise err(f"chunk {i} is not expected (out of range, unwanted or repeated)")
+        if len(f.data) != t.chunk_length(i):
+            raise err(f"chunk {i} is {len(f.data)} bytes, expected {t.chunk_length(i)}")
+        if not t.can_send:
+            raise err(f"chunk {i} exceeds the window of {t.window_chunks} chunks")
+        if t.digests is not None:
+            want = t.digests[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE]
+            if f.digest != want:
+                raise err(f"chunk {i} digest differs from the one announced in META")
+        if sender is not self.role and chunk_digest(f.data) != f.digest:
+            raise IntegrityError(f"chunk {i} does not match its digest")
+        t.marks[i] = _IN_FLIGHT
+        t.inflight += 1
+        return nxt
+
+    def _on_ack(self, f: Ack, sender: Role, nxt: State, err: type[FluxError]) -> State:
+        t = self.transfer
+        assert t is not None
+        for start, cnt in f.ranges:
+            if start + cnt > t.nchunks or t.marks[start : start + cnt] != bytes([_IN_FLIGHT]) * cnt:
+                raise err(f"ACK of chunks {start}..{start + cnt - 1} that are not in flight")
+            t.marks[start : start + cnt] = bytes([_DONE]) * cnt
+            t.inflight -= cnt
+            t.acked += cnt
+        if t.sender is Role.SERVER and t.complete:
+            return State.IDLE
+        return nxt
+
+    def _on_commit(self, f: Frame, sender: Role, nxt: State, err: type[FluxError]) -> State:
+        t = self.transfer
+        assert t is not None
+        if t.inflight:
+            raise err(f"COMMIT with {t.inflight} chunks not yet acknowledged")
+        return nxt
+
+
+_Hook = Callable[[Connection, Any, Role, State, type[FluxError]], State]
+_HOOKS: dict[FrameType, _Hook] = {
+    FrameType.HELLO: Connection._on_hello,
+    FrameType.WELCOME: Connection._on_welcome,
+    FrameType.OPEN_UPLOAD: Connection._on_open,
+    FrameType.OPEN_DOWNLOAD: Connection._on_open,
+    FrameType.STATUS: Connection._on_status,
+    FrameType.META: Connection._on_meta,
+    FrameType.CHUNK: Connection._on_chunk,
+    FrameType.ACK: Connection._on_ack,
+    FrameType.COMMIT: Connection._on_commit,
+}
