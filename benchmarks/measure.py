@@ -1,0 +1,156 @@
+"""Wall time and peak RSS of subprocesses (wait4 rusage) and of long-running daemons (/proc)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+
+from . import BenchError
+
+KIB = 1024
+MIB = 1024 * 1024
+MB = 1_000_000  # throughput is reported in MB/s = 10^6 bytes per second
+GNU_TIME = "/usr/bin/time"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished subprocess: exit code, harness wall time, peak RSS and CPU of the child."""
+
+    argv: list[str]
+    exit_code: int
+    seconds: float
+    maxrss_kib: int  # max over the process and the descendants it waited for
+    cpu_seconds: float
+    stdout: str
+    stderr: str
+
+
+def _read_time_report(path: Path) -> tuple[int, float]:
+    # GNU time writes "Command exited with non-zero status N" first when N != 0.
+    lines = path.read_text().split("\n")
+    fields = [line.split() for line in lines if line.strip()][-1]
+    return int(fields[0]), float(fields[1]) + float(fields[2])
+
+
+def run_measured(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float | None = None
+) -> Run:
+    """Run `argv` to completion in its own process group, timed from spawn to reap.
+
+    Peak RSS comes from GNU time's wait4 on its child: a child spawned straight from Python
+    (vfork + exec) gets the harness's own lifetime peak RSS folded into its ru_maxrss.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
+        report, out, err = Path(tmp, "time"), Path(tmp, "out"), Path(tmp, "err")
+        timed = [GNU_TIME, "-f", "%M %U %S", "-o", str(report), *argv]
+        with out.open("wb") as fout, err.open("wb") as ferr:
+            start = time.perf_counter()
+            proc = subprocess.Popen(
+                timed,
+                stdin=subprocess.DEVNULL,
+                stdout=fout,
+                stderr=ferr,
+                env=env,
+                start_new_session=True,
+            )
+            try:
+                code = proc.wait(timeout)
+            except BaseException as exc:  # timeout, Ctrl-C: take the child's whole group down
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                if isinstance(exc, subprocess.TimeoutExpired):
+                    raise BenchError(f"{argv[0]} did not finish within {timeout:.0f} s") from None
+                raise
+            seconds = time.perf_counter() - start
+        maxrss, cpu = _read_time_report(report)
+        stdout, stderr = (p.read_text(errors="replace") for p in (out, err))
+        return Run(list(argv), code, seconds, maxrss, cpu, stdout, stderr)
+
+
+def proc_status_kib(pid: int, field: str) -> int:
+    """A `kB` field (VmHWM, VmRSS, ...) of /proc/PID/status, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(f"{field} not in /proc/{pid}/status")
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (clear_refs "5", Linux 4.0+); False if not possible."""
+    try:
+        before = proc_status_kib(pid, "VmHWM")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return proc_status_kib(pid, "VmHWM") <= before
+    except (OSError, KeyError):
+        return False
+
+
+class TreePeakSampler:
+    """Samples VmHWM of every descendant of `pid` while active; `peak_kib` sums per-pid maxima.
+
+    Approximate (a process that lives less than one interval can be missed); used for reference
+    servers like sshd that fork a process per session.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid, self.interval = pid, interval
+        self._peaks: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @property
+    def peak_kib(self) -> int:
+        return sum(self._peaks.values())
+
+    def _sample(self) -> None:
+        try:
+            children = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            return
+        for child in children:
+            try:
+                hwm = proc_status_kib(child.pid, "VmHWM")
+            except (OSError, KeyError):
+                continue
+            self._peaks[child.pid] = max(hwm, self._peaks.get(child.pid, 0))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> TreePeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Median, minimum and maximum of a list of measurements."""
+
+    median: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stats:
+        return cls(statistics.median(values), min(values), max(values))

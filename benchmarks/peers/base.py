@@ -1,0 +1,51 @@
+"""What every peer gives a scenario: one measured transfer, where the copy lands, peak RSS."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..measure import MB
+
+
+@dataclass
+class Transfer:
+    """One file sent by one tool, timed by the harness around the client process."""
+
+    tool: str
+    size: int
+    seconds: float
+    client_rss_kib: int
+    server_rss_kib: int | None
+    client_cpu_seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.size / self.seconds / MB
+
+    def to_json(self) -> dict[str, Any]:
+        rounded = {"client_cpu_seconds": round(self.client_cpu_seconds, 3)}
+        return asdict(self) | rounded | {"mb_per_s": round(self.mb_per_s, 3)}
+
+
+class Peer(Protocol):
+    """A running server and the client that sends into it."""
+
+    tool: str
+
+    def send(self, src: Path, name: str) -> Transfer:
+        """Send `src` as `name`; raises BenchError unless the tool reports success."""
+        ...
+
+    def dest(self, name: str) -> Path:
+        """Where the copy of `name` lands."""
+        ...
+
+
+def remove_copy(path: Path) -> None:
+    """Delete a received copy and flush the disk, so the next repetition starts from quiet."""
+    path.unlink(missing_ok=True)
+    os.sync()

@@ -1,0 +1,9 @@
+"""Scenarios runnable as `python -m benchmarks NAME`; each module has HELP, add_arguments, run."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import core
+
+SCENARIOS: dict[str, ModuleType] = {"core": core}

@@ -1,0 +1,136 @@
+"""Scenario `core`: fluxctl->fluxd (TCP+TLS) against scp->sshd on loopback; peak RSS by size."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .. import BenchError
+from ..files import file_digest, filesystem, format_size, parse_size
+from ..machine import describe, load_average
+from ..measure import Stats
+from ..peers.base import Peer, Transfer, remove_copy
+from ..peers.flux import FluxPeer
+from ..peers.ssh import SshPeer
+from ..report import update_results, write_run
+from ..sysdeps import ensure_tools
+from .core_report import render
+from .workspace import Workspace
+
+HELP = "1 GiB send over TCP+TLS against scp (aes128-gcm), alternated; peak RSS by file size"
+
+
+def _sizes(text: str) -> list[int]:
+    return [] if text.strip().lower() in ("", "none") else sorted(map(parse_size, text.split(",")))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=parse_size, help="throughput file size [1G; quick: 256M]")
+    parser.add_argument("--reps", type=int, help="repetitions per tool [5; quick: 3]")
+    parser.add_argument("--quick", action="store_true", help="256 MiB, 3 reps, memory at 256M")
+    parser.add_argument(
+        "--mem-sizes", type=_sizes, help="sizes for peak RSS, or 'none' [256M,1G,4G; quick: 256M]"
+    )
+    parser.add_argument("--dir", type=Path, help="where files and destinations live [/var/tmp]")
+    parser.add_argument("--no-results", action="store_true", help="do not update RESULTS.md")
+
+
+def _transfer(peer: Peer, src: Path, digest: str, verify_hash: bool) -> Transfer:
+    """One full send of `src` (no copy beforehand), verified, then the copy removed."""
+    dest = peer.dest(src.name)
+    remove_copy(dest)
+    transfer = peer.send(src, src.name)
+    try:
+        got = dest.stat().st_size if dest.exists() else None
+        if got != transfer.size:
+            raise BenchError(f"{peer.tool}: {dest} has {got} bytes, expected {transfer.size}")
+        if verify_hash and (copy := file_digest(dest)) != digest:
+            raise BenchError(f"{peer.tool}: {dest} differs from the source ({copy} != {digest})")
+        transfer.details["verified"] = "size+hash" if verify_hash else "size"
+    finally:
+        remove_copy(dest)
+    print(
+        f"  {transfer.tool:8} {format_size(transfer.size)} in {transfer.seconds:7.3f} s "
+        f"= {transfer.mb_per_s:7.1f} MB/s",
+        file=sys.stderr,
+    )
+    return transfer
+
+
+def _summary(transfers: Sequence[Transfer]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for tool in dict.fromkeys(t.tool for t in transfers):
+        mine = [t for t in transfers if t.tool == tool]
+        summary[tool] = {
+            "seconds": asdict(Stats.of([t.seconds for t in mine])),
+            "mb_per_s": asdict(Stats.of([t.mb_per_s for t in mine])),
+            "client_rss_kib_max": max(t.client_rss_kib for t in mine),
+            "server_rss_kib_max": max((t.server_rss_kib or 0) for t in mine) or None,
+        }
+    return summary
+
+
+def _throughput(ws: Workspace, size: int, reps: int) -> dict[str, Any]:
+    src, digest = ws.source(size)
+    transfers: list[Transfer] = []
+    with FluxPeer(ws.flux_root) as flux, SshPeer(ws.scp_dest) as ssh:
+        for rep in range(reps):
+            print(f"throughput rep {rep + 1}/{reps}", file=sys.stderr)
+            transfers += [_transfer(peer, src, digest, rep == 0) for peer in (flux, ssh)]
+    summary = _summary(transfers)
+    ratio = summary["fluxctl"]["mb_per_s"]["median"] / summary["scp"]["mb_per_s"]["median"]
+    runs = [t.to_json() for t in transfers]
+    return {"size": size, "reps": reps, "summary": summary, "ratio": ratio, "runs": runs}
+
+
+def _memory(ws: Workspace, sizes: Sequence[int]) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    with FluxPeer(ws.flux_root) as shared, SshPeer(ws.scp_dest) as ssh:
+        for size in sizes:
+            try:
+                src, digest = ws.source(size)
+            except BenchError as exc:
+                skipped.append(f"{format_size(size)}: {exc}")
+                print(f"skipping peak RSS at {format_size(size)}: {exc}", file=sys.stderr)
+                continue
+            print(f"peak RSS at {format_size(size)}", file=sys.stderr)
+            # VmHWM only rises; without clear_refs, a fresh daemon per size.
+            reuse = shared.peak_resettable
+            with contextlib.nullcontext(shared) if reuse else FluxPeer(ws.flux_root) as flux:
+                pair = [_transfer(peer, src, digest, True) for peer in (flux, ssh)]
+            rows.append({"size": size, "fluxctl": pair[0].to_json(), "scp": pair[1].to_json()})
+            ws.discard(size)
+        reset = shared.peak_resettable
+    return {"rows": rows, "skipped": skipped, "daemon_peak_reset_by_clear_refs": reset}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the scenario, print the table, save the run, update RESULTS.md; exit status."""
+    size = args.size or parse_size("256M" if args.quick else "1G")
+    reps = args.reps or (3 if args.quick else 5)
+    mem_sizes = args.mem_sizes
+    if mem_sizes is None:
+        mem_sizes = _sizes("256M" if args.quick else "256M,1G,4G")
+    if reps < 1:
+        raise BenchError("--reps must be at least 1")
+    ensure_tools()
+    with Workspace(args.dir) as ws:
+        if filesystem(ws.path)[0] == "tmpfs":
+            print("note: files are on tmpfs, so fluxd's fdatasync costs nothing", file=sys.stderr)
+        data: dict[str, Any] = {"scenario": "core", "machine": describe(ws.base)}
+        data["throughput"] = _throughput(ws, size, reps)
+        data["memory"] = _memory(ws, mem_sizes)
+        data["machine"]["load_at_end"] = load_average()
+    text = render(data)
+    print(text)
+    print(f"\nrun saved to {write_run('core', data)}", file=sys.stderr)
+    if not args.no_results:
+        update_results("core", text)
+        print("updated benchmarks/RESULTS.md", file=sys.stderr)
+    return 0

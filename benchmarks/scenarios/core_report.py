@@ -1,0 +1,113 @@
+"""The markdown section of RESULTS.md for scenario `core`, rendered from a run's data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..files import format_size
+from ..measure import KIB
+from ..report import markdown_table
+
+TARGET_RATIO = 2.5
+TARGET_RSS_MIB = 128
+FLAT_MIB = 16  # "flat": the peak at the largest size is within this of the smallest
+LABELS = {"fluxctl": "fluxctl → fluxd (TCP + TLS 1.3)", "scp": "scp → sshd (aes128-gcm)"}
+
+
+def _mib(kib: int | None) -> str:
+    return "n/a" if kib is None else f"{kib / KIB:.1f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"
+
+
+def _machine(m: dict[str, str]) -> str:
+    return (
+        f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, "
+        f"{m['openssh']}; commit {m['commit']}; run {m['date']}, 1-minute load average "
+        f"{m['load_at_start']} at start and {m.get('load_at_end', '?')} at end.\n"
+        f"Files and both destinations on **{m['filesystem']}**."
+    )
+
+
+def _stats_row(tool: str, s: dict[str, Any]) -> list[str]:
+    keys = ("median", "min", "max")
+    seconds = [f"{s['seconds'][k]:.3f}" for k in keys]
+    return [LABELS.get(tool, tool), *seconds, *(f"{s['mb_per_s'][k]:.1f}" for k in keys)]
+
+
+def _throughput(t: dict[str, Any]) -> str:
+    rows = [_stats_row(tool, s) for tool, s in t["summary"].items()]
+    head = ["tool", "median s", "min s", "max s", "median MB/s", "min MB/s", "max MB/s"]
+    ratio, reps = t["ratio"], f"{t['reps']} repetition" + ("s" if t["reps"] != 1 else "")
+    return (
+        f"### Throughput: {format_size(t['size'])}, {reps} each, alternated\n\n"
+        + markdown_table(head, rows)
+        + f"\n\nRatio fluxctl / scp (median throughput): **{ratio:.2f}x** "
+        f"(target ≥ {TARGET_RATIO}x: {_verdict(ratio >= TARGET_RATIO)})."
+    )
+
+
+def _memory_row(row: dict[str, Any]) -> list[str]:
+    f, s = row["fluxctl"], row["scp"]
+    peaks = (f["server_rss_kib"], f["client_rss_kib"], s["server_rss_kib"], s["client_rss_kib"])
+    rates = (f"{f['mb_per_s']:.1f}", f"{s['mb_per_s']:.1f}")
+    return [format_size(row["size"]), *map(_mib, peaks), *rates]
+
+
+def _memory_verdict(rows: list[dict[str, Any]]) -> str:
+    peaks = {
+        "fluxd": [row["fluxctl"]["server_rss_kib"] for row in rows],
+        "fluxctl": [row["fluxctl"]["client_rss_kib"] for row in rows],
+    }
+    ranges = ", ".join(
+        f"{n} {min(v) / KIB:.1f} to {max(v) / KIB:.1f} MiB" for n, v in peaks.items()
+    )
+    ok = all(max(v) <= TARGET_RSS_MIB * KIB for v in peaks.values())
+    flat = all(v[-1] - v[0] <= FLAT_MIB * KIB for v in peaks.values())
+    return (
+        f"Target ≤ {TARGET_RSS_MIB} MiB on each side: {ranges} ({_verdict(ok)}); "
+        f"flat in file size (largest within {FLAT_MIB} MiB of smallest): {_verdict(flat)}."
+    )
+
+
+def _memory(mem: dict[str, Any]) -> str:
+    head = ["file size", "fluxd", "fluxctl", "sshd side¹", "scp + ssh²", "fluxctl MB/s", "scp MB/s"]
+    rows = mem["rows"]
+    parts = ["### Peak RSS by file size (MiB, one transfer per tool and size)"]
+    parts.append(markdown_table(head, [_memory_row(r) for r in rows]) if rows else "None measured.")
+    if rows:
+        parts.append(_memory_verdict(rows))
+    parts += [f"Skipped: {note}" for note in mem["skipped"]]
+    how = "VmHWM of a fresh daemon per size"
+    if mem["daemon_peak_reset_by_clear_refs"]:
+        how = "VmHWM, reset through /proc/PID/clear_refs before each transfer"
+    parts.append(
+        f"fluxd: {how}. fluxctl: `ru_maxrss` of the client process (GNU time `%M`). "
+        "¹ Sum of the per-process VmHWM of sshd's session processes (privileged monitor, "
+        "network child, user session with internal-sftp), sampled every 20 ms. "
+        "² `ru_maxrss` of scp and its ssh child (the larger of the two, GNU time `%M`)."
+    )
+    return "\n\n".join(parts)
+
+
+def render(data: dict[str, Any]) -> str:
+    """Heading, machine, method, throughput table and ratio, peak-RSS table and verdicts."""
+    method = (
+        "MB/s = 10^6 bytes/s; MiB = 2^20 bytes. Seconds are wall time measured by the harness "
+        "from spawning the client to reaping it (start-up, handshake and transfer). Every "
+        "repetition is a full transfer into an empty destination (the copy is deleted and the "
+        "disk synced between repetitions). fluxd fdatasyncs each chunk batch before "
+        "acknowledging it; scp does not sync. scp uses OpenSSH's default SFTP protocol, served "
+        "in-process by sshd (`internal-sftp`)."
+    )
+    return "\n\n".join(
+        [
+            "## core: 1 file over loopback, fluxctl → fluxd against scp → sshd",
+            _machine(data["machine"]),
+            method,
+            _throughput(data["throughput"]),
+            _memory(data["memory"]),
+        ]
+    )

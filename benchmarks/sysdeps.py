@@ -1,0 +1,32 @@
+"""The system tools the benchmarks need, installed through the `benchmarks/setup` script."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from . import BenchError
+
+SETUP_SCRIPT = Path(__file__).with_name("setup")
+SSHD = "/usr/sbin/sshd"
+TOOLS = (SSHD, "scp", "ssh", "ssh-keygen", "rsync", "/usr/bin/time")  # GNU time: peak RSS
+
+
+def missing_tools() -> list[str]:
+    """The required binaries that are not installed."""
+    return [tool for tool in TOOLS if shutil.which(tool) is None]
+
+
+def ensure_tools() -> None:
+    """Run `benchmarks/setup` (apt-get) if any tool is missing.
+
+    Raises:
+        BenchError: the setup script failed or the tools are still missing afterwards.
+    """
+    if not missing_tools():
+        return
+    if subprocess.run(["sh", str(SETUP_SCRIPT)], check=False).returncode != 0:
+        raise BenchError(f"{SETUP_SCRIPT} failed; install openssh-server openssh-client rsync time")
+    if still := missing_tools():
+        raise BenchError(f"still missing after setup: {', '.join(still)}")
