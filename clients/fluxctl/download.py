@@ -1,0 +1,160 @@
+"""`recv`: download into a hidden partial file beside the destination, resumably.
+
+An attempt first asks for no chunks at all (`want=()`) to learn the file's size, chunk size and
+chunk digests, opens or resumes the local staged file, then asks for exactly the chunks it does
+not hold with the right digest. Chunks are acked only once durable. The destination appears, by
+rename, only after the whole-file digest verifies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from fluxd.chunkflow import Channel, ChunkWriter, expect
+from fluxd.storage.staging import StagedFile
+from fluxproto import (
+    DIGEST_SIZE,
+    MAX_RANGES,
+    Chunk,
+    ConfigError,
+    IntegrityError,
+    Meta,
+    OpenDownload,
+    chunk_count,
+    to_ranges,
+)
+
+from .connect import ClientOptions
+from .results import DEFAULT_CHUNK, ProgressFn, TransferResult
+from .retry import Retrier
+from .url import FluxURL
+
+PARTIAL_SUFFIX = ".fluxpart"
+
+
+def destination(local: Path, url: FluxURL) -> Path:
+    """Where `recv URL LOCAL` puts the file: into LOCAL if it is a directory, else at LOCAL."""
+    if local.is_dir() or str(local).endswith(os.sep):
+        if not url.name:
+            raise ConfigError(f"{url} names no file")
+        local = local / url.name
+    if not local.parent.is_dir():
+        raise ConfigError(f"no such local directory: {local.parent}")
+    return local
+
+
+def partial_paths(dest: Path) -> tuple[Path, Path]:
+    """The hidden staged data file and its journal beside `dest`."""
+    base = dest.parent / f".{dest.name}{PARTIAL_SUFFIX}"
+    return base, base.with_name(base.name + ".journal")
+
+
+def _digest_at(meta: Meta, index: int) -> bytes:
+    return bytes(meta.digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE])
+
+
+class Download:
+    """One `fluxctl recv` run; `run` retries attempts until the file is in place."""
+
+    def __init__(
+        self, url: FluxURL, local: Path, opts: ClientOptions, progress: ProgressFn | None = None
+    ) -> None:
+        self.url, self.opts = url, opts
+        self.dest = destination(local, url)
+        self.progress = progress or (lambda done, total: None)
+        self.received = 0
+        self.skipped: int | None = None
+
+    async def run(self, retrier: Retrier | None = None) -> TransferResult:
+        started = time.monotonic()
+        retrier = retrier or Retrier(self.url, self.opts)
+        meta = await retrier.run(self._attempt)
+        return TransferResult(
+            "recv",
+            self.url.path,
+            meta.size,
+            self.received,
+            self.skipped or 0,
+            retrier.retries,
+            time.monotonic() - started,
+            meta.digest,
+        )
+
+    async def _attempt(self, ch: Channel, n: int) -> Meta:
+        meta = await self._meta(ch, (), None)
+        staged = await self._open_staged(meta)
+        try:
+            while missing := self._missing(staged, meta):
+                want = to_ranges(missing)[:MAX_RANGES]
+                reply = await self._meta(ch, want, meta.digest)
+                if reply.count:
+                    await self._receive(ch, staged, reply)
+                    continue
+                # The file changed on the server: re-plan against its new digests.
+                if (reply.size, reply.chunk_size) != (meta.size, meta.chunk_size):
+                    await asyncio.to_thread(staged.discard)
+                    staged = await self._open_staged(reply)
+                meta = reply
+            await self._publish(staged, meta)
+            return meta
+        finally:
+            staged.close()
+
+    async def _meta(
+        self, ch: Channel, want: tuple[tuple[int, int], ...], digest: bytes | None
+    ) -> Meta:
+        chunk_size = self.opts.chunk_size or DEFAULT_CHUNK
+        ch.send(OpenDownload(self.url.path, want, digest, chunk_size))
+        # The server may hash a file it has no manifest for before answering.
+        return await expect(ch, Meta, self.opts.io_timeout * 10)
+
+    async def _open_staged(self, meta: Meta) -> StagedFile:
+        data, journal = partial_paths(self.dest)
+        staged = await asyncio.to_thread(StagedFile.open, data, journal, meta.size, meta.chunk_size)
+        held = sum(
+            min(meta.chunk_size, meta.size - i * meta.chunk_size)
+            for i, d in staged.held.items()
+            if d == _digest_at(meta, i)
+        )
+        if self.skipped is None:
+            self.skipped = held
+        self._done = held
+        self.progress(held, meta.size)
+        return staged
+
+    @staticmethod
+    def _missing(staged: StagedFile, meta: Meta) -> list[int]:
+        n = chunk_count(meta.size, meta.chunk_size)
+        return [i for i in range(n) if staged.held.get(i) != _digest_at(meta, i)]
+
+    async def _receive(self, ch: Channel, staged: StagedFile, meta: Meta) -> None:
+        def on_durable(nbytes: int) -> None:
+            self._done += nbytes
+            self.progress(self._done, meta.size)
+
+        writer = ChunkWriter(ch, staged, on_durable)
+        try:
+            for _ in range(meta.count):
+                chunk = await expect(ch, Chunk, self.opts.io_timeout)
+                self.received += len(chunk.data)
+                writer.add(chunk)
+        finally:
+            await writer.flush()
+        if writer.error is not None:
+            raise writer.error
+
+    async def _publish(self, staged: StagedFile, meta: Meta) -> None:
+        digest = await asyncio.to_thread(staged.file_digest)
+        if digest != meta.digest:
+            await asyncio.to_thread(staged.discard)
+            raise IntegrityError(f"{self.dest}: whole-file digest does not match the server's")
+        await asyncio.to_thread(staged.publish, self.dest, meta.mode & 0o777 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

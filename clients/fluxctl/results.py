@@ -1,0 +1,51 @@
+"""What a transfer reports: the `--json` object and the progress callback type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fluxproto import MAX_CHUNKS, chunk_count, format_digest
+
+#: progress(done_bytes, total_bytes); done counts bytes durable on the receiving side.
+ProgressFn = Callable[[int, int], None]
+
+DEFAULT_CHUNK = 1024 * 1024
+
+
+def auto_chunk_size(size: int) -> int:
+    """1 MiB, doubled until the file fits the protocol's chunk-count limit."""
+    chunk = DEFAULT_CHUNK
+    while chunk_count(size, chunk) > MAX_CHUNKS:
+        chunk *= 2
+    return chunk
+
+
+@dataclass
+class TransferResult:
+    """The outcome of one `send` or `recv` run (all attempts together)."""
+
+    op: str  # "send" or "recv"
+    path: str
+    size: int
+    moved: int  # payload bytes put on (send) or taken off (recv) the wire in this run
+    skipped: int  # bytes the receiving side already held when the run started
+    retries: int
+    seconds: float
+    digest: bytes
+    transport: str = "tcp"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "op": self.op,
+            "path": self.path,
+            "bytes": self.size,
+            "sent" if self.op == "send" else "received": self.moved,
+            "skipped": self.skipped,
+            "retries": self.retries,
+            "seconds": round(self.seconds, 6),
+            "digest": format_digest(self.digest),
+            "transport": self.transport,
+        }

@@ -1,0 +1,69 @@
+"""Run an operation against a server, reconnecting with backoff for up to `retry_for` seconds.
+
+Only errors marked `retryable` (network failures, a server shutting down) are retried; every
+attempt starts with a fresh connection, and resumable operations pick up where the last stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from fluxd.transports.tcp import StreamChannel
+from fluxproto import FluxError, Goodbye
+
+from .connect import ClientOptions, connect
+from .url import FluxURL
+
+T = TypeVar("T")
+
+FIRST_DELAY = 0.2
+MAX_DELAY = 5.0
+
+
+class Retrier:
+    """Counts reconnects for `--json`'s `retries` and reports each one to `on_retry`."""
+
+    def __init__(
+        self,
+        url: FluxURL,
+        opts: ClientOptions,
+        on_retry: Callable[[FluxError, float], None] | None = None,
+    ) -> None:
+        self.url, self.opts, self.on_retry = url, opts, on_retry
+        self.retries = 0
+
+    async def run(self, attempt: Callable[[StreamChannel, int], Awaitable[T]]) -> T:
+        """Call `attempt(channel, n)` on a fresh connection until it succeeds or gives up.
+
+        Raises:
+            FluxError: the first non-retryable error, or the last one once time runs out.
+        """
+        deadline = time.monotonic() + self.opts.retry_for
+        delay = FIRST_DELAY
+        while True:
+            try:
+                return await self._once(attempt)
+            except FluxError as exc:
+                pause = delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
+                if not exc.retryable or time.monotonic() + pause > deadline:
+                    raise
+                if self.on_retry is not None:
+                    self.on_retry(exc, pause)
+                await asyncio.sleep(pause)
+                delay = min(delay * 2, MAX_DELAY)
+                self.retries += 1
+
+    async def _once(self, attempt: Callable[[StreamChannel, int], Awaitable[T]]) -> T:
+        ch = await connect(self.url, self.opts)
+        try:
+            result = await attempt(ch, self.retries)
+            with contextlib.suppress(FluxError):  # the work is done; a lost goodbye changes nothing
+                ch.send(Goodbye("done"))
+            return result
+        finally:
+            ch.close()

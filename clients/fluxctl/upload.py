@@ -1,0 +1,229 @@
+"""`send`: upload a local file, resuming from the chunks the server already holds durably.
+
+Each attempt reads the whole local file once, in order: every chunk is hashed, chunks the server
+holds with the same digest are skipped, the rest are sent within the server's window. The
+whole-file digest comes from the same pass, so the committed file is exactly the local file as
+read in this attempt; if the file changed during the pass, the attempt is repeated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import time
+from collections.abc import AsyncGenerator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from fluxd.chunkflow import Channel, ChunkData, expect, prefetch, send_chunks
+from fluxproto import (
+    DIGEST_SIZE,
+    Commit,
+    Committed,
+    ConfigError,
+    Conflict,
+    FileHasher,
+    FluxError,
+    IntegrityError,
+    OpenUpload,
+    PermissionDenied,
+    Status,
+    Unavailable,
+    chunk_count,
+    chunk_digest,
+    iter_indices,
+)
+from fluxproto.errors import map_exceptions
+
+from .connect import ClientOptions
+from .results import ProgressFn, TransferResult, auto_chunk_size
+from .retry import Retrier
+from .url import FluxURL
+
+READ_AHEAD = 4
+MAX_RESCANS = 3
+#: Commit re-reads the staged file on the server when it could not hash it in order.
+COMMIT_RATE = 50e6
+
+
+class LocalFileChanged(FluxError):
+    """The local file changed while it was being sent."""
+
+    retryable = True
+
+
+class Upload:
+    """One `fluxctl send` run; `run` retries attempts until the file is committed."""
+
+    def __init__(
+        self, local: Path, url: FluxURL, opts: ClientOptions, progress: ProgressFn | None = None
+    ) -> None:
+        self.local, self.url, self.opts = local, url, opts
+        self.progress = progress or (lambda done, total: None)
+        self.sent = 0
+        self.skipped = 0
+        #: What the server held when the run started: the base for `skipped`.
+        self.first_held: dict[int, bytes] | None = None
+        self.rescans = 0
+        self.integrity_retries = 0
+
+    async def run(self, retrier: Retrier | None = None) -> TransferResult:
+        started = time.monotonic()
+        retrier = retrier or Retrier(self.url, self.opts)
+        digest, size = await retrier.run(self._attempt)
+        return TransferResult(
+            "send",
+            self.url.path,
+            size,
+            self.sent,
+            self.skipped,
+            retrier.retries,
+            time.monotonic() - started,
+            digest,
+        )
+
+    async def _attempt(self, ch: Channel, n: int) -> tuple[bytes, int]:
+        fd, st = open_local(self.local)
+        try:
+            size = st.st_size
+            chunk_size = self.opts.chunk_size or auto_chunk_size(size)
+            ch.send(OpenUpload(self.url.path, size, chunk_size, stat.S_IMODE(st.st_mode)))
+            try:
+                status = await expect(ch, Status, self.opts.io_timeout)
+            except Conflict as exc:
+                if n == 0:
+                    raise
+                # Most likely our own previous connection, not yet noticed dead by the server.
+                raise Unavailable(str(exc)) from exc
+            held = held_digests(status)
+            if self.first_held is None:
+                self.first_held = held
+            hasher = FileHasher()
+            await self._send_all(ch, fd, size, chunk_size, held, hasher)
+            if changed(fd, st, self.local):
+                self.rescans += 1
+                raise LocalFileChanged(f"{self.local} changed while it was being sent")
+            return await self._commit(ch, hasher.digest(), size), size
+        except LocalFileChanged as exc:
+            if self.rescans >= MAX_RESCANS:
+                raise ConfigError(f"{self.local} keeps changing; not sending a mix") from exc
+            raise
+        finally:
+            os.close(fd)
+
+    async def _send_all(
+        self,
+        ch: Channel,
+        fd: int,
+        size: int,
+        chunk_size: int,
+        held: dict[int, bytes],
+        hasher: FileHasher,
+    ) -> None:
+        done = 0
+        skipped = 0
+        first_held = self.first_held or {}
+
+        def read(index: int) -> ChunkData:
+            offset = index * chunk_size
+            data = read_exact(fd, offset, min(chunk_size, size - offset))
+            hasher.update(data)  # one worker thread: chunks are hashed in file order
+            return index, chunk_digest(data), data
+
+        async def unsent(pool: ThreadPoolExecutor) -> AsyncGenerator[ChunkData, None]:
+            nonlocal done, skipped
+            indices = range(chunk_count(size, chunk_size))
+            async for index, digest, data in prefetch(read, indices, READ_AHEAD, pool):
+                if held.get(index) == digest:
+                    if first_held.get(index) == digest:
+                        skipped += len(data)
+                    done += len(data)
+                    self.progress(done, size)
+                    continue
+                yield index, digest, data
+
+        def on_acked(nbytes: int) -> None:
+            nonlocal done
+            done += nbytes
+            self.progress(done, size)
+
+        self.progress(0, size)
+        with ThreadPoolExecutor(1, thread_name_prefix="fluxctl-read") as pool:
+            async with contextlib.aclosing(unsent(pool)) as chunks:
+                await send_chunks(ch, chunks, on_acked, self.opts.io_timeout, self._on_sent)
+        self.skipped = skipped  # the scan completed: this count is exact
+
+    def _on_sent(self, nbytes: int) -> None:
+        self.sent += nbytes
+
+    async def _commit(self, ch: Channel, digest: bytes, size: int) -> bytes:
+        ch.send(Commit(digest))
+        try:
+            await expect(ch, Committed, self.opts.io_timeout + size / COMMIT_RATE)
+        except IntegrityError as exc:
+            # The server found a staged chunk damaged and dropped it: resend what is missing.
+            self.integrity_retries += 1
+            if self.integrity_retries > 2:
+                raise
+            raise Unavailable(f"server asked to resend damaged chunks: {exc.message}") from exc
+        return digest
+
+
+def held_digests(status: Status) -> dict[int, bytes]:
+    """Map chunk index → digest for every chunk STATUS says the server holds."""
+    return {
+        index: bytes(status.digests[k * DIGEST_SIZE : (k + 1) * DIGEST_SIZE])
+        for k, index in enumerate(iter_indices(status.held))
+    }
+
+
+def _local_error(exc: BaseException) -> FluxError:
+    assert isinstance(exc, OSError)
+    name = exc.filename or "local file"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return PermissionDenied(f"cannot read {name}: permission denied")
+    if exc.errno == errno.ENOENT:
+        return ConfigError(f"no such local file: {name}")
+    if exc.errno == errno.EISDIR:
+        return ConfigError(f"{name} is a directory; fluxctl sends single files")
+    return ConfigError(f"cannot read {name}: {exc.strerror}")
+
+
+def open_local(path: Path) -> tuple[int, os.stat_result]:
+    """Open a local regular file for reading; bad input becomes a one-line error."""
+    with map_exceptions({OSError: _local_error}):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path} is not a regular file")
+    return fd, st
+
+
+def read_exact(fd: int, offset: int, length: int) -> bytearray:
+    """Read exactly `length` bytes at `offset`; a short file means it changed under us."""
+    buf = bytearray(length)
+    view = memoryview(buf)
+    got = 0
+    with map_exceptions({OSError: _local_error}):
+        while got < length:
+            n = os.preadv(fd, [view[got:]], offset + got)
+            if n == 0:
+                raise LocalFileChanged("local file shrank while it was being sent")
+            got += n
+    return buf
+
+
+def changed(fd: int, before: os.stat_result, path: Path) -> bool:
+    """True if the open file was modified, or the path now names another file."""
+    try:
+        now, named = os.fstat(fd), os.stat(path)
+    except OSError:
+        return True
+    key = (before.st_size, before.st_mtime_ns, before.st_ino, before.st_dev)
+    return key != (now.st_size, now.st_mtime_ns, now.st_ino, now.st_dev) or (
+        named.st_ino,
+        named.st_dev,
+    ) != (before.st_ino, before.st_dev)

@@ -1,0 +1,226 @@
+"""Async chunk flow shared by the daemon and the client: receive frames, send chunks within the
+peer's window, and write received chunks durably in batches (group commit) before acking them.
+
+Both directions of a transfer use this module: the client sends with `send_chunks` on upload and
+receives with `ChunkWriter` on download; the daemon does the opposite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import Executor
+from typing import Protocol, TypeVar
+
+from fluxproto import (
+    MAX_RANGES,
+    Ack,
+    Chunk,
+    Connection,
+    ConnectionClosed,
+    ConnectionLost,
+    Event,
+    FluxError,
+    Frame,
+    Goodbye,
+    Ping,
+    Pong,
+    State,
+    TransportError,
+    Unavailable,
+    error_from_code,
+    to_ranges,
+)
+from fluxproto import Error as ErrorFrame
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Buffer = bytes | bytearray | memoryview
+ChunkData = tuple[int, bytes, Buffer]  # index, digest, payload
+
+
+class Channel(Protocol):
+    """What sessions need from a transport (TCP now, QUIC later)."""
+
+    conn: Connection
+    peer: str
+
+    async def next_event(self, timeout: float | None = None) -> Event: ...
+    def poll(self) -> Event | None: ...
+    def send(self, frame: Frame) -> None: ...
+    async def drain(self) -> None: ...
+    def fail(self, exc: FluxError) -> None: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+
+
+def handle_control(ch: Channel, event: Event) -> Frame | None:
+    """Answer pings and turn ERROR/GOODBYE/EOF into exceptions; return any other frame."""
+    if isinstance(event, ConnectionClosed):
+        raise ConnectionLost(f"{ch.peer} closed the connection")
+    if isinstance(event, Ping):
+        ch.send(Pong(event.nonce))
+        return None
+    if isinstance(event, Pong):
+        return None
+    if isinstance(event, ErrorFrame):
+        raise error_from_code(event.code, event.message)
+    if isinstance(event, Goodbye):
+        raise Unavailable(f"{ch.peer} closed the connection: {event.reason or 'goodbye'}")
+    return event
+
+
+async def recv_frame(ch: Channel, timeout: float | None) -> Frame:
+    """The next request or reply frame, with control frames handled."""
+    while True:
+        frame = handle_control(ch, await ch.next_event(timeout))
+        if frame is not None:
+            return frame
+
+
+async def expect(ch: Channel, cls: type[T], timeout: float | None) -> T:
+    """Receive the next frame and require it to be `cls` (the state table already allows it)."""
+    frame = await recv_frame(ch, timeout)
+    if not isinstance(frame, cls):
+        raise ConnectionLost(f"expected {cls.__name__}, got {type(frame).__name__}")
+    return frame
+
+
+async def prefetch(
+    fn: Callable[[T], R], items: Iterable[T], depth: int, executor: Executor | None = None
+) -> AsyncIterator[R]:
+    """Run blocking `fn` over `items` in `executor`, `depth` ahead, yielding results in order."""
+    loop = asyncio.get_running_loop()
+    it = iter(items)
+    pending: deque[asyncio.Future[R]] = deque()
+
+    def refill() -> None:
+        while len(pending) < depth:
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            pending.append(loop.run_in_executor(executor, fn, item))
+
+    refill()
+    try:
+        while pending:
+            result = await pending.popleft()
+            refill()
+            yield result
+    finally:
+        for fut in pending:
+            fut.cancel()
+        # Let cancelled-but-running reads finish before their buffers' owner goes away.
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def send_chunks(
+    ch: Channel,
+    chunks: AsyncIterator[ChunkData],
+    on_acked: Callable[[int], None],
+    timeout: float | None,
+    on_sent: Callable[[int], None] = lambda n: None,
+) -> None:
+    """Send every chunk from `chunks` within the peer's window; return once all are acked.
+
+    `on_sent(nbytes)` is called as each chunk is handed to the transport and `on_acked(nbytes)`
+    as acknowledgements (durable on the peer) arrive.
+    """
+    transfer = ch.conn.transfer
+    assert transfer is not None
+
+    def take(event: Event) -> None:
+        frame = handle_control(ch, event)
+        if isinstance(frame, Ack):
+            on_acked(sum(transfer.chunk_length(i) for i in _indices(frame)))
+        elif frame is not None:
+            raise ConnectionLost(f"unexpected {type(frame).__name__} during a transfer")
+
+    async for index, digest, data in chunks:
+        while (event := ch.poll()) is not None:
+            take(event)
+        while not ch.conn.can_send_chunk:
+            take(await ch.next_event(timeout))
+        ch.send(Chunk(index, digest, data))
+        on_sent(len(data))
+        await ch.drain()
+    while transfer.inflight:
+        take(await ch.next_event(timeout))
+    while (event := ch.poll()) is not None:
+        take(event)
+
+
+def _indices(ack: Ack) -> Iterable[int]:
+    for start, cnt in ack.ranges:
+        yield from range(start, start + cnt)
+
+
+class BatchSink(Protocol):
+    """Blocking durable writer (StagedFile / storage Upload)."""
+
+    def write_chunks(self, batch: list[ChunkData]) -> None: ...
+
+
+class ChunkWriter:
+    """Group commit: chunks that arrive while a batch is being synced form the next batch.
+
+    After each batch is durable, an ACK for it is sent on `ch` and `on_durable(nbytes)` called.
+    A write failure is injected into the channel, so the session's next receive raises it.
+    """
+
+    def __init__(
+        self,
+        ch: Channel,
+        sink: BatchSink,
+        on_durable: Callable[[int], None] = lambda n: None,
+        executor: Executor | None = None,
+    ) -> None:
+        self._ch, self._sink, self._on_durable, self._executor = ch, sink, on_durable, executor
+        self._pending: list[ChunkData] = []
+        self._task: asyncio.Task[None] | None = None
+        self.error: FluxError | None = None
+        self.written = 0
+
+    def add(self, chunk: Chunk) -> None:
+        if self.error is not None:
+            raise self.error
+        self._pending.append((chunk.index, chunk.digest, chunk.data))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def flush(self) -> None:
+        """Wait until every added chunk is durable (or has failed); never raises."""
+        while self._task is not None and not self._task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending and self.error is None:
+            batch, self._pending = self._pending, []
+            try:
+                await loop.run_in_executor(self._executor, self._sink.write_chunks, batch)
+            except FluxError as exc:
+                self.error = exc
+                self._ch.fail(exc)
+                return
+            nbytes = sum(len(data) for _, _, data in batch)
+            self.written += nbytes
+            self._ack([index for index, _, _ in batch])
+            self._on_durable(nbytes)
+
+    def _ack(self, indices: Sequence[int]) -> None:
+        if self._ch.conn.state in (State.CLOSED, State.ERROR):
+            return  # the peer is gone; these chunks are durable and will be reported on resume
+        ranges = to_ranges(indices)
+        for start in range(0, len(ranges), MAX_RANGES):
+            try:
+                self._ch.send(Ack(ranges[start : start + MAX_RANGES]))
+            except TransportError:
+                return

@@ -1,0 +1,108 @@
+"""The daemon process: listeners, one Session task per connection, and graceful shutdown.
+
+On SIGTERM/SIGINT the daemon stops accepting, lets chunks it already received reach disk, tells
+clients it is going away, and keeps every partial upload for the clients to resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import ssl
+from concurrent.futures import ThreadPoolExecutor
+
+from fluxproto import ConnectError, Connection, Goodbye, Role, State
+
+from . import log
+from .claims import UploadClaims
+from .config import ServerConfig, format_hostport
+from .session import Session
+from .storage.base import Storage
+from .transports.tcp import StreamChannel
+
+TLS_HANDSHAKE_TIMEOUT = 15.0
+
+
+class FluxServer:
+    """Accepts TCP (+TLS) connections and runs a `Session` for each."""
+
+    def __init__(
+        self, config: ServerConfig, storage: Storage, ssl_context: ssl.SSLContext | None
+    ) -> None:
+        self.config, self.storage, self.ssl_context = config, storage, ssl_context
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fluxd-io")
+        self._server: asyncio.AbstractServer | None = None
+        self._sessions: dict[asyncio.Task[None], StreamChannel] = {}
+        self._claims = UploadClaims()
+
+    async def start(self) -> list[str]:
+        """Bind and start accepting; returns the bound addresses as HOST:PORT."""
+        host, port = self.config.address
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                self._new_channel,
+                host,
+                port,
+                ssl=self.ssl_context,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if self.ssl_context else None,
+                reuse_address=True,
+                backlog=1024,
+            )
+        except OSError as exc:
+            raise ConnectError(f"cannot listen on {self.config.listen}: {exc.strerror}") from None
+        return [format_hostport(*s.getsockname()[:2]) for s in self._server.sockets]
+
+    def _new_channel(self) -> StreamChannel:
+        ch = StreamChannel(Connection(Role.SERVER), on_connected=self._start_session)
+        return ch
+
+    def _start_session(self, ch: StreamChannel) -> None:
+        task = asyncio.get_running_loop().create_task(
+            Session(ch, self.storage, self.config, self.pool, self._claims).run()
+        )
+        self._sessions[task] = ch
+        task.add_done_callback(self._sessions.pop)
+
+    async def shutdown(self) -> None:
+        """Stop accepting, flush in-flight chunks, say goodbye, close everything."""
+        if self._server is not None:
+            self._server.close()
+        for task, ch in list(self._sessions.items()):
+            if ch.conn.state not in (State.CLOSED, State.ERROR):
+                with contextlib.suppress(Exception):
+                    ch.send(Goodbye("server shutting down"))
+            task.cancel()
+        if self._sessions:
+            await asyncio.wait(list(self._sessions), timeout=self.config.shutdown_grace)
+        for ch in list(self._sessions.values()):
+            ch.abort()
+        self.pool.shutdown(wait=True)
+
+
+async def serve(
+    config: ServerConfig,
+    storage: Storage,
+    ssl_context: ssl.SSLContext | None,
+    fingerprint: str | None,
+) -> None:
+    """Run the daemon until SIGTERM or SIGINT."""
+    server = FluxServer(config, storage, ssl_context)
+    addresses = await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    for address in addresses:
+        log.event(
+            "listening",
+            address=address,
+            transport="tcp" if ssl_context else "tcp-plaintext",
+            fingerprint=fingerprint,
+            root=str(config.root),
+        )
+    await stop.wait()
+    log.event("stopping", sessions=len(server._sessions))
+    await server.shutdown()
+    log.event("stopped")

@@ -1,0 +1,106 @@
+"""The narrow storage interface the daemon's sessions talk to; LocalStorage is one implementation.
+
+Every method blocks (sessions call them from a thread pool) and raises only flux errors:
+PermissionDenied for a path the sandbox refuses, NotFound, Conflict (wrong type of entry, or
+another session writing the path), NoSpace, IntegrityError, StorageError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from fluxproto.frames import Entry
+
+from .staging import ChunkData
+
+#: One page of a listing: entries sorted by name, and the cursor for the next page (or None).
+EntryPage = tuple[list[Entry], str | None]
+
+__all__ = ["Download", "EntryPage", "Storage", "Upload"]
+
+
+class Upload(Protocol):
+    """An upload in progress. Chunks are durable once `write_chunks` returns."""
+
+    @property
+    def held(self) -> Mapping[int, bytes]:
+        """Chunk index -> digest for every chunk durably stored and verified."""
+        ...
+
+    def write_chunks(self, batch: Sequence[ChunkData]) -> None:
+        """Store chunks (index, digest, data) whose digests the caller verified, durably."""
+        ...
+
+    def commit(self, digest: bytes) -> None:
+        """Check the whole-file digest and publish the file atomically at its path.
+
+        Raises:
+            IntegrityError: chunks are missing or the digest differs (corrupt chunks are dropped
+                from `held`, the rest stay staged for a retry).
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop writing but keep what is staged, so a later upload of the same file resumes."""
+        ...
+
+    def abort(self) -> None:
+        """Stop writing and throw away what is staged."""
+        ...
+
+
+class Download(Protocol):
+    """One version of a stored file, pinned at open: later replacements do not affect it."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def chunk_size(self) -> int: ...
+
+    @property
+    def digest(self) -> bytes:
+        """xxh3-128 of the whole file."""
+        ...
+
+    @property
+    def digests(self) -> bytes:
+        """Every chunk's 16-byte digest, concatenated in index order."""
+        ...
+
+    @property
+    def mode(self) -> int: ...
+
+    @property
+    def mtime_ns(self) -> int: ...
+
+    def read_chunk(self, index: int) -> bytes:
+        """The bytes of chunk `index` as stored (the caller checks them against `digests`)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Storage(Protocol):
+    """Files under one root, addressed by remote paths ("/a/b", "a/b")."""
+
+    def open_upload(self, path: str, size: int, chunk_size: int, mode: int) -> Upload:
+        """Start an upload to `path`, resuming a staged one with the same size and chunk size."""
+        ...
+
+    def open_download(self, path: str, chunk_size_hint: int) -> Download:
+        """Open a file for reading; `chunk_size_hint` is used when no manifest exists yet."""
+        ...
+
+    def stat(self, path: str) -> Entry:
+        """The file or directory at `path`."""
+        ...
+
+    def list(self, path: str, cursor: str | None, limit: int) -> EntryPage:
+        """Up to `limit` entries of a directory after `cursor`; a file lists as itself."""
+        ...
+
+    def delete(self, path: str) -> None:
+        """Delete a file (not a directory)."""
+        ...

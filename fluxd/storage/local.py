@@ -1,0 +1,442 @@
+"""LocalStorage: the storage interface on a local directory tree, with staging and manifests.
+
+Layout under the root (hidden from clients; `paths.normalize` refuses ".flux"):
+
+    .flux/staging/<sha256 of path>/{data,journal}   uploads in progress (see staging.py)
+    .flux/manifests/<sha256 of path>                 msgpack: chunk and file digests of a file
+
+A manifest is trusted only while the file's size, mtime_ns and inode match what it recorded.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import stat
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from fluxproto.digest import FileHasher, chunk_digest
+from fluxproto.errors import (
+    Conflict,
+    IntegrityError,
+    LimitExceeded,
+    NotFound,
+    PermissionDenied,
+    StorageError,
+)
+from fluxproto.frames import (
+    DIGEST_SIZE,
+    MAX_CHUNK,
+    MAX_CHUNKS,
+    MAX_DIGESTS_PAYLOAD,
+    MAX_FILE_SIZE,
+    MIN_CHUNK,
+    Entry,
+    chunk_count,
+)
+
+from .. import log
+from .base import EntryPage
+from .oserrors import storage_errors
+from .paths import RESERVED, normalize, require_file_path, resolve
+from .staging import READ_BLOCK, ChunkData, StagedFile, fsync_dir, pread_into
+
+_MANIFEST_LIMIT = MAX_DIGESTS_PAYLOAD + 64 * 1024
+
+__all__ = ["LocalDownload", "LocalStorage", "LocalUpload", "Manifest"]
+
+
+def _key(rel: str) -> str:
+    return hashlib.sha256(rel.encode("utf-8")).hexdigest()
+
+
+def _name(rel: str) -> str:
+    return rel.rpartition("/")[2] or "/"
+
+
+def _require_file(rel: str, st: os.stat_result) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise Conflict(f"{rel} is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise Conflict(f"{rel} is not a regular file")
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What a file's digests were when it was stored or last indexed."""
+
+    path: str
+    size: int
+    chunk_size: int
+    digest: bytes
+    digests: bytes
+    mtime_ns: int
+    ino: int
+
+    def matches(self, st: os.stat_result) -> bool:
+        """True if `st` (of the opened file) is the file this manifest describes."""
+        return (self.size, self.mtime_ns, self.ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Manifest | None:
+        """The manifest in `raw`, or None if it is not a well-formed one."""
+        try:
+            fields = msgpack.unpackb(raw)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return None
+        if type(fields) is not dict:
+            return None
+        try:
+            manifest = cls(**{f.name: fields[f.name] for f in dataclasses.fields(cls)})
+        except KeyError:
+            return None
+        return manifest if manifest._sane() else None
+
+    def _sane(self) -> bool:
+        ints = (self.size, self.chunk_size, self.mtime_ns, self.ino)
+        if any(type(v) is not int for v in ints) or type(self.path) is not str:
+            return False
+        if type(self.digest) is not bytes or type(self.digests) is not bytes:
+            return False
+        if not MIN_CHUNK <= self.chunk_size <= MAX_CHUNK or not 0 <= self.size <= MAX_FILE_SIZE:
+            return False
+        n = chunk_count(self.size, self.chunk_size)
+        return len(self.digest) == DIGEST_SIZE and len(self.digests) == n * DIGEST_SIZE
+
+
+class LocalStorage:
+    """Files under `root`. Creates ROOT/.flux/{staging,manifests} (mode 0700) if missing."""
+
+    def __init__(self, root: Path) -> None:
+        with storage_errors("opening the storage root"):
+            self.root = Path(os.path.realpath(root))
+            if not self.root.is_dir():
+                raise NotFound(f"storage root {root} is not a directory")
+            self._staging = self.root / RESERVED / "staging"
+            self._manifests = self.root / RESERVED / "manifests"
+            for d in (self.root / RESERVED, self._staging, self._manifests):
+                d.mkdir(mode=0o700, exist_ok=True)
+            for tmp in self._manifests.glob("*.tmp"):  # left by a crash mid-write
+                tmp.unlink(missing_ok=True)
+
+    def _path(self, rel: str) -> Path:
+        return resolve(self.root, rel)
+
+    # --- uploads -----------------------------------------------------------------------------
+
+    def open_upload(self, path: str, size: int, chunk_size: int, mode: int) -> LocalUpload:
+        """Start or resume an upload; see `base.Storage.open_upload`.
+
+        Raises:
+            PermissionDenied: the path is refused. Conflict: it is a directory (or under a
+            file), or another session is uploading it. NoSpace: no room for `size` bytes.
+        """
+        rel = require_file_path(path)
+        self._check_dest(rel, self._path(rel))
+        try:
+            staged = self._open_staged(rel, size, chunk_size)
+        except NotFound:  # a commit of the same path removed the folder under us: once more
+            staged = self._open_staged(rel, size, chunk_size)
+        return LocalUpload(self, rel, staged, mode)
+
+    def _open_staged(self, rel: str, size: int, chunk_size: int) -> StagedFile:
+        folder = self._staging / _key(rel)
+        with storage_errors(f"preparing the upload of {rel}"):
+            if not folder.is_dir():
+                folder.mkdir(mode=0o700, exist_ok=True)
+                fsync_dir(self._staging)
+        return StagedFile.open(folder / "data", folder / "journal", size, chunk_size, label=rel)
+
+    def _check_dest(self, rel: str, dest: Path) -> None:
+        with storage_errors(f"checking {rel}"):
+            try:
+                _require_file(rel, os.stat(dest))
+            except FileNotFoundError:
+                return
+            except NotADirectoryError:
+                raise Conflict(f"a parent of {rel} is a file") from None
+
+    def _make_parents(self, rel: str, dest: Path) -> None:
+        """mkdir -p for dest's parents (all inside the root: `dest` was resolved)."""
+        todo: list[Path] = []
+        parent = dest.parent
+        with storage_errors(f"creating the folders of {rel}"):
+            while not parent.is_dir():
+                if parent.exists() or parent.is_symlink():
+                    raise Conflict(f"a parent of {rel} is a file")
+                todo.append(parent)
+                parent = parent.parent
+            for folder in reversed(todo):
+                try:
+                    folder.mkdir()
+                except FileExistsError:
+                    if not folder.is_dir():
+                        raise Conflict(f"a parent of {rel} is a file") from None
+                fsync_dir(folder.parent)
+
+    def _publish(self, rel: str, staged: StagedFile, digest: bytes, mode: int) -> None:
+        dest = self._path(rel)  # resolved again: the tree may have changed since open_upload
+        self._check_dest(rel, dest)
+        self._make_parents(rel, dest)
+        st = staged.fstat()  # the inode and mtime survive the rename
+        digests = b"".join(staged.held[i] for i in range(staged.count))
+        size, cs = staged.size, staged.chunk_size
+        self._write_manifest(Manifest(rel, size, cs, digest, digests, st.st_mtime_ns, st.st_ino))
+        staged.publish(dest, mode)
+        self._remove_staging(rel)
+
+    def _remove_staging(self, rel: str) -> None:
+        with contextlib.suppress(OSError):  # not empty: another session has just reopened it
+            os.rmdir(self._staging / _key(rel))
+
+    # --- manifests ---------------------------------------------------------------------------
+
+    def _manifest_path(self, rel: str) -> Path:
+        return self._manifests / _key(rel)
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        final = self._manifest_path(manifest.path)
+        with storage_errors(f"writing the manifest of {manifest.path}"):
+            fd, tmp = tempfile.mkstemp(dir=self._manifests, prefix=final.name, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(msgpack.packb(dataclasses.asdict(manifest)))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, final)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            fsync_dir(self._manifests)
+
+    def _load_manifest(self, rel: str, st: os.stat_result) -> Manifest | None:
+        """The manifest of `rel` if it describes the file `st` is of; None otherwise."""
+        try:
+            with open(self._manifest_path(rel), "rb") as f:
+                raw = f.read(_MANIFEST_LIMIT + 1)
+        except OSError:
+            return None
+        manifest = Manifest.unpack(raw) if len(raw) <= _MANIFEST_LIMIT else None
+        if manifest is None or manifest.path != rel or not manifest.matches(st):
+            return None
+        return manifest
+
+    def _index(self, rel: str, fd: int, st: os.stat_result, hint: int) -> Manifest:
+        """Read the file once for its chunk and file digests; store them as its manifest."""
+        size = st.st_size
+        if size > MAX_FILE_SIZE:
+            raise LimitExceeded(f"{rel} is larger than {MAX_FILE_SIZE} bytes")
+        cs = min(MAX_CHUNK, max(MIN_CHUNK, hint, -(-size // MAX_CHUNKS)))
+        per_block = max(1, READ_BLOCK // cs)
+        view = memoryview(bytearray(min(per_block * cs, size)))
+        hasher, digests = FileHasher(), bytearray()
+        with storage_errors(f"reading {rel}"):
+            for offset in range(0, size, per_block * cs):
+                want = min(per_block * cs, size - offset)
+                if pread_into(fd, view[:want], offset) != want:
+                    raise Conflict(f"{rel} changed while it was being read; try again")
+                hasher.update(view[:want])
+                for at in range(0, want, cs):
+                    digests += chunk_digest(view[at : min(at + cs, want)])
+            after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns) != (size, st.st_mtime_ns):
+            raise Conflict(f"{rel} changed while it was being read; try again")
+        manifest = Manifest(
+            rel, size, cs, hasher.digest(), bytes(digests), st.st_mtime_ns, st.st_ino
+        )
+        try:
+            self._write_manifest(manifest)
+        except StorageError as exc:
+            # The manifest is a cache: a read-only or full disk must not stop downloads.
+            log.event("manifest-not-saved", logging.WARNING, path=rel, error=exc.message)
+        return manifest
+
+    # --- downloads ---------------------------------------------------------------------------
+
+    def open_download(self, path: str, chunk_size_hint: int) -> LocalDownload:
+        """Open a stored file for reading; see `base.Storage.open_download`.
+
+        Raises:
+            NotFound: no such file. Conflict: a directory or not a regular file.
+        """
+        rel = require_file_path(path)
+        real = self._path(rel)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: fifos
+        with storage_errors(f"opening {rel}"):
+            fd = os.open(real, flags)
+        try:
+            with storage_errors(f"reading {rel}"):
+                st = os.fstat(fd)
+            _require_file(rel, st)
+            manifest = self._load_manifest(rel, st) or self._index(rel, fd, st, chunk_size_hint)
+            return LocalDownload(rel, fd, manifest, st)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    # --- metadata ----------------------------------------------------------------------------
+
+    def _entry(self, rel: str, st: os.stat_result) -> Entry:
+        if stat.S_ISDIR(st.st_mode):
+            kind, digest = "dir", None
+        elif stat.S_ISREG(st.st_mode):
+            manifest = self._load_manifest(rel, st)
+            kind, digest = "file", manifest.digest if manifest else None
+        else:
+            raise Conflict(f"{rel} is not a regular file or directory")
+        mode, mtime = st.st_mode & 0o7777, max(0, st.st_mtime_ns)
+        return Entry(_name(rel), kind, st.st_size, mtime, mode, digest)
+
+    def stat(self, path: str) -> Entry:
+        """The entry at `path` ("/" for the root). Raises NotFound, PermissionDenied."""
+        rel = normalize(path)
+        real = self._path(rel)
+        with storage_errors(f"reading {rel or '/'}"):
+            st = os.stat(real)
+        return self._entry(rel, st)
+
+    def list(self, path: str, cursor: str | None, limit: int) -> EntryPage:
+        """A page of a directory, sorted by name; see `base.Storage.list`.
+
+        Names the path rules would refuse or rewrite (control characters, not NFC, ".flux"
+        at the root) are left out: no request could reach them. So are symlinks leading out
+        of the root and entries that are neither files nor directories.
+        """
+        rel = normalize(path)
+        real = self._path(rel)
+        with storage_errors(f"listing {rel or '/'}"):
+            st = os.stat(real)
+            if not stat.S_ISDIR(st.st_mode):
+                return [self._entry(rel, st)], None
+            names = sorted(n for n in os.listdir(real) if self._listable(rel, n, real))
+        i = bisect.bisect_right(names, cursor) if cursor is not None else 0
+        entries: list[Entry] = []
+        while i < len(names) and len(entries) < max(1, limit):
+            entry = self._child(rel, real, names[i])
+            if entry is not None:
+                entries.append(entry)
+            i += 1
+        return entries, names[i - 1] if i < len(names) else None
+
+    def _listable(self, rel: str, name: str, real: Path) -> bool:
+        if real == self.root and name.casefold() == RESERVED:
+            return False  # also when `rel` is a symlink to the root
+        child = f"{rel}/{name}" if rel else name
+        try:
+            return normalize(child) == child
+        except PermissionDenied:
+            return False
+
+    def _child(self, rel: str, real: Path, name: str) -> Entry | None:
+        child = f"{rel}/{name}" if rel else name
+        try:
+            st = os.lstat(real / name)
+            if stat.S_ISLNK(st.st_mode):
+                st = os.stat(self._path(child))
+            return self._entry(child, st)
+        except (OSError, PermissionDenied, Conflict):
+            return None  # vanished, dangling, leading out of the root, or a fifo/socket/device
+
+    def delete(self, path: str) -> None:
+        """Delete a file and its manifest. A symlink is removed itself, not its target.
+
+        Raises:
+            PermissionDenied: the root or a refused path. NotFound. Conflict: a directory.
+        """
+        rel = require_file_path(path)
+        parent, _, name = rel.rpartition("/")
+        target = self._path(parent) / name
+        with storage_errors(f"deleting {rel}"):
+            if stat.S_ISDIR(os.lstat(target).st_mode):
+                raise Conflict(f"{rel} is a directory")
+            os.unlink(target)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._manifest_path(rel))
+            fsync_dir(target.parent)
+
+
+class LocalUpload:
+    """An upload into LocalStorage: a StagedFile plus where and how to publish it."""
+
+    def __init__(self, storage: LocalStorage, rel: str, staged: StagedFile, mode: int) -> None:
+        self._storage, self._rel, self._staged, self._mode = storage, rel, staged, mode
+
+    @property
+    def held(self) -> Mapping[int, bytes]:
+        """Chunk index -> digest of every verified durable chunk."""
+        return self._staged.held
+
+    def write_chunks(self, batch: Sequence[ChunkData]) -> None:
+        """See `StagedFile.write_chunks`."""
+        self._staged.write_chunks(batch)
+
+    def commit(self, digest: bytes) -> None:
+        """Check the file digest, then publish the file and its manifest atomically.
+
+        Raises:
+            IntegrityError: chunks missing, or the digest differs; then every held chunk is
+                read back and the corrupt ones dropped, the rest stay staged.
+            Conflict: the path became a directory, or a parent is a file.
+        """
+        staged = self._staged
+        if not staged.complete:
+            raise IntegrityError(f"missing {staged.count - len(staged.held)} chunks of {self._rel}")
+        if staged.file_digest() != digest:
+            bad = staged.reverify()
+            raise IntegrityError(
+                f"file digest mismatch for {self._rel}; {len(bad)} stored chunks were corrupt"
+            )
+        self._storage._publish(self._rel, staged, digest, self._mode)
+
+    def close(self) -> None:
+        """Keep the staged chunks for a resume. Idempotent; a no-op after commit."""
+        self._staged.close()
+
+    def abort(self) -> None:
+        """Throw the staged chunks away. A no-op once closed or committed."""
+        if not self._staged.closed:
+            self._staged.discard()
+            self._storage._remove_staging(self._rel)
+
+
+class LocalDownload:
+    """A stored file opened for reading; reads go to the inode opened, whatever replaces it."""
+
+    def __init__(self, rel: str, fd: int, manifest: Manifest, st: os.stat_result) -> None:
+        self._rel = rel
+        self._fd: int | None = fd
+        self.size, self.chunk_size = manifest.size, manifest.chunk_size
+        self.digest, self.digests = manifest.digest, manifest.digests
+        self.mode, self.mtime_ns = st.st_mode & 0o7777, max(0, st.st_mtime_ns)
+        self.count = chunk_count(self.size, self.chunk_size)
+
+    def read_chunk(self, index: int) -> bytes:
+        """The stored bytes of chunk `index`.
+
+        Raises:
+            StorageError: index out of range or closed. IntegrityError: the file got shorter.
+        """
+        if self._fd is None or not 0 <= index < self.count:
+            raise StorageError(f"chunk {index} of {self._rel} cannot be read")
+        length = min(self.chunk_size, self.size - index * self.chunk_size)
+        with storage_errors(f"reading chunk {index} of {self._rel}"):
+            data = os.pread(self._fd, length, index * self.chunk_size)
+        if len(data) != length:
+            raise IntegrityError(f"{self._rel} was truncated on disk at chunk {index}")
+        return data
+
+    def close(self) -> None:
+        """Close the file. Idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)

@@ -1,0 +1,160 @@
+"""The path sandbox: normalisation, refusals, and symlinks leading out of the root."""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fluxd.storage.paths import normalize, require_file_path, resolve
+from fluxproto.errors import PermissionDenied
+from fluxproto.frames import MAX_PATH
+
+ACCEPTED = [
+    ("/", ""),
+    ("", ""),
+    (".", ""),
+    ("//", ""),
+    ("/./.", ""),
+    ("/backups/x.tar", "backups/x.tar"),
+    ("a/b", "a/b"),
+    ("a//b///c", "a/b/c"),
+    ("./a/./b/.", "a/b"),
+    ("a/b/", "a/b"),
+    ("/a/.hidden", "a/.hidden"),
+    ("a/.flux", "a/.flux"),  # only the first component is reserved
+    (".fluxx", ".fluxx"),
+    ("flux", "flux"),
+    ("a/...", "a/..."),
+    ("..a/b..", "..a/b.."),
+    ("with space/ tab-free ", "with space/ tab-free "),
+    ("caf\u0065\u0301", "caf\u00e9"),  # NFD input becomes NFC
+    ("日本/файл.txt", "日本/файл.txt"),
+    ("x" * 255, "x" * 255),
+    ("é" * 127, "é" * 127),  # 254 bytes
+    ("/".join(["d" * 200] * 20), "/".join(["d" * 200] * 20)),  # 4019 bytes
+]
+
+REFUSED = [
+    "..",
+    "/..",
+    "../",
+    "../etc/passwd",
+    "/../etc/passwd",
+    "a/../../b",
+    "a/..",
+    "a/../b",
+    "./..",
+    "a/./../b",
+    "//..//",
+    "a/b/../../..",
+    "a\x00b",
+    "\x00",
+    "/etc/passwd\x00.txt",
+    "a\nb",
+    "a\rb",
+    "a\tb",
+    "\x1b[31mred",
+    "a\x7fb",
+    "a\x1fb",
+    "a\x01",
+    "a\\b",
+    "..\\..\\windows",
+    "\\",
+    "C:\\x",
+    ".flux",
+    "/.flux",
+    ".flux/",
+    ".flux/staging/x",
+    "/.flux/manifests/abc",
+    "./.flux/x",
+    "//.flux",
+    ".FLUX/x",
+    ".Flux",
+    "x" * 256,
+    "a/" + "x" * 256,
+    "é" * 128,  # 256 bytes
+    "/".join(["d" * 250] * 17),  # 4266 bytes
+    "a" * (MAX_PATH + 1),
+    "/" * (MAX_PATH + 1),
+    "a\ud800b",  # lone surrogate: not UTF-8
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), ACCEPTED)
+def test_accepted_paths_normalise(raw: str, expected: str) -> None:
+    assert normalize(raw) == expected
+
+
+@pytest.mark.parametrize("raw", REFUSED)
+def test_hostile_paths_are_refused(raw: str) -> None:
+    with pytest.raises(PermissionDenied) as info:
+        normalize(raw)
+    assert "\n" not in info.value.message
+    assert len(info.value.message) < 200
+
+
+def test_there_are_enough_hostile_cases() -> None:
+    assert len(REFUSED) >= 30
+
+
+@pytest.mark.parametrize("raw", ["", "/", ".", "//./"])
+def test_require_file_path_refuses_root(raw: str) -> None:
+    with pytest.raises(PermissionDenied, match="a file path is needed"):
+        require_file_path(raw)
+
+
+def test_require_file_path_normalises() -> None:
+    assert require_file_path("//a/./b") == "a/b"
+
+
+@given(st.text(max_size=60))
+def test_normalize_is_canonical_or_refuses(raw: str) -> None:
+    try:
+        rel = normalize(raw)
+    except PermissionDenied:
+        return
+    assert normalize(rel) == rel
+    assert not rel.startswith("/") and "//" not in rel
+    parts = rel.split("/") if rel else []
+    assert all(p not in ("", ".", "..") for p in parts)
+    assert unicodedata.is_normalized("NFC", rel)
+    assert not any(ord(c) < 0x20 or c in "\x7f\\" for c in rel)
+
+
+def test_resolve_joins_inside_root(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    assert resolve(tmp_path, "a/new.bin") == tmp_path.resolve() / "a" / "new.bin"
+    assert resolve(tmp_path, "") == tmp_path.resolve()
+
+
+def test_resolve_refuses_symlink_out_of_root(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_text("s")
+    os.symlink(outside, root / "escape")
+    os.symlink(outside / "secret", root / "secret-link")
+    os.symlink(tmp_path / "nowhere", root / "dangling")
+    for rel in ("escape", "escape/secret", "escape/new/file", "secret-link", "dangling/x"):
+        with pytest.raises(PermissionDenied, match="outside"):
+            resolve(root, rel)
+
+
+def test_resolve_allows_symlink_within_root(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "alias")
+    assert resolve(tmp_path, "alias/f") == tmp_path.resolve() / "real" / "f"
+
+
+def test_resolve_refuses_symlink_into_reserved_area(tmp_path: Path) -> None:
+    (tmp_path / ".flux").mkdir()
+    os.symlink(tmp_path / ".flux", tmp_path / "sneaky")
+    os.symlink(tmp_path, tmp_path / "self")
+    for rel in ("sneaky", "sneaky/manifests", "self/.flux/x"):
+        with pytest.raises(PermissionDenied, match="reserved"):
+            resolve(tmp_path, rel)

@@ -1,0 +1,195 @@
+"""Fixtures for integration tests: a real `fluxd` subprocess on loopback and a `fluxctl` runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+BIN = Path(sys.executable).parent
+START_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll `predicate` until true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@dataclass
+class Daemon:
+    """A running `fluxd serve`; `restart()` brings it back on the same port."""
+
+    home: Path
+    args: list[str]
+    port: int = 0
+    fingerprint: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    log_lines: list[dict[str, Any]] = field(default_factory=list)
+    _lines_lock: threading.Lock = field(default_factory=threading.Lock)
+    _reader: threading.Thread = field(default_factory=threading.Thread)
+
+    @property
+    def root(self) -> Path:
+        return self.home / "root"
+
+    @property
+    def certs(self) -> Path:
+        return self.home / "certs"
+
+    def url(self, path: str = "/", port: int | None = None) -> str:
+        return f"flux://127.0.0.1:{port or self.port}/{path.lstrip('/')}"
+
+    def start(self) -> Daemon:
+        listen = f"127.0.0.1:{self.port}"
+        cmd = [str(BIN / "fluxd"), "serve", "--root", str(self.root), "--certs", str(self.certs)]
+        cmd += ["--listen", listen, *self.args]
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=_env(self.home))
+        ready = threading.Event()
+        self._reader = threading.Thread(target=self._read_log, args=(self.proc, ready), daemon=True)
+        self._reader.start()
+        if not ready.wait(START_TIMEOUT):
+            self.kill()
+            raise AssertionError(f"fluxd did not start: {self.log_lines}")
+        return self
+
+    def _read_log(self, proc: subprocess.Popen[bytes], ready: threading.Event) -> None:
+        assert proc.stderr is not None
+        with proc.stderr:
+            self._consume(proc.stderr, ready)
+        ready.set()
+
+    def _consume(self, stream: IO[bytes], ready: threading.Event) -> None:
+        for raw in stream:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                line = {"event": "raw", "text": raw.decode(errors="replace")}
+            with self._lines_lock:
+                self.log_lines.append(line)
+            if line.get("event") == "listening":
+                self.port = int(line["address"].rsplit(":", 1)[1])
+                self.fingerprint = line.get("fingerprint")
+                ready.set()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        with self._lines_lock:
+            return [line for line in self.log_lines if line.get("event") == name]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=30)
+        self._reader.join(timeout=30)
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(timeout=30)
+            self._reader.join(timeout=30)
+
+    def restart(self) -> Daemon:
+        self.kill()
+        return self.start()
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XDG_CONFIG_HOME"] = str(home / "client-config")
+    env["FLUXD_HOME"] = str(home / "fluxd-home")
+    env.pop("FLUX_CA", None)
+    env.pop("FLUX_PIN", None)
+    env.pop("FLUX_TRANSPORT", None)
+    return env
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> dict[str, Any]:
+        lines = [line for line in self.stdout.splitlines() if line.strip()]
+        assert len(lines) == 1, f"expected exactly one JSON line, got {self.stdout!r}"
+        value = json.loads(lines[0])
+        assert isinstance(value, dict)
+        return value
+
+
+class Fluxctl:
+    """Runs `fluxctl` with an isolated config dir (its own known_hosts)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def cmd(self, *args: str) -> list[str]:
+        return [str(BIN / "fluxctl"), *args]
+
+    def __call__(self, *args: str, timeout: float = 120) -> Result:
+        p = subprocess.run(
+            self.cmd(*args),
+            capture_output=True,
+            text=True,
+            env=_env(self.home),
+            timeout=timeout,
+            check=False,
+        )
+        return Result(p.returncode, p.stdout, p.stderr)
+
+    def spawn(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.cmd(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(self.home),
+        )
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    daemons: list[Daemon] = []
+
+    def make(*args: str, name: str = "d") -> Daemon:
+        d = Daemon(tmp_path / name, list(args)).start()
+        daemons.append(d)
+        return d
+
+    yield make
+    for d in daemons:
+        d.kill()
+
+
+@pytest.fixture
+def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
+    return make_daemon()
+
+
+@pytest.fixture
+def fluxctl(tmp_path: Path) -> Fluxctl:
+    return Fluxctl(tmp_path / "d")
