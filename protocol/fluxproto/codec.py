@@ -35,7 +35,7 @@ def encode(frame: Frame) -> list[Buffer]:
         raise LocalProtocolError(f"cannot encode {frame.TYPE.name}: {exc}") from exc
     if len(header) > MAX_HEADER:
         raise LocalProtocolError(f"{frame.TYPE.name} header is {len(header)} bytes > {MAX_HEADER}")
-    payload = frame.payload()
+    payload = frame.payload()  # validated: 1-byte items, so len() is the byte count
     prefix = PREFIX.pack(frame.TYPE, len(header), len(payload))
     return [prefix + header, payload] if payload else [prefix + header]
 
@@ -55,6 +55,7 @@ def decode_header(raw: Buffer) -> dict[str, Any]:
         value = msgpack.unpackb(
             raw,
             raw=False,
+            use_list=False,  # arrays come back as tuples: frames are immutable
             strict_map_key=True,
             ext_hook=_ext_hook,
         )
@@ -96,12 +97,13 @@ def check_prefix(type_byte: int, header_len: int, payload_len: int) -> None:
 class FrameReader:
     """Incremental decoder. Feed bytes with `feed` or `get_buffer`/`buffer_updated`.
 
-    `max_payload` lets a connection lower the CHUNK payload limit to the negotiated chunk size.
-    After a `RemoteProtocolError` the reader is broken and refuses further input.
+    `max_chunk` is the largest CHUNK payload accepted, checked at the prefix before allocation;
+    a connection lowers it to the open transfer's chunk size (0: no chunk may arrive). After a
+    `RemoteProtocolError` the reader is broken and refuses further input.
     """
 
-    def __init__(self, max_chunk: int | None = None) -> None:
-        self._max_chunk = max_chunk
+    def __init__(self, max_chunk: int = MAX_PAYLOAD[FrameType.CHUNK]) -> None:
+        self.max_chunk = max_chunk
         self._prefix = bytearray(PREFIX_SIZE)
         self._target: bytearray = self._prefix
         self._filled = 0
@@ -125,6 +127,8 @@ class FrameReader:
 
     def buffer_updated(self, nbytes: int) -> None:
         """Record that `nbytes` were written into the last `get_buffer` view."""
+        if self._broken:
+            raise self._broken
         self._filled += nbytes
         if self._filled < len(self._target):
             return
@@ -134,15 +138,24 @@ class FrameReader:
             self._broken = exc
             raise
 
-    def feed(self, data: Buffer) -> None:
-        """Copy `data` in (for transports that hand over bytes rather than filling buffers)."""
-        view = memoryview(data).cast("B")
-        while view:
-            buf = self.get_buffer()
-            n = min(len(buf), len(view))
-            buf[:n] = view[:n]
-            view = view[n:]
-            self.buffer_updated(n)
+    def feed(self, data: Buffer, *, one: bool = False) -> int:
+        """Copy `data` in; with `one`, stop right after a frame completes. Returns bytes used."""
+        used = 0
+        # Views are released on every path, so the caller may resize `data` afterwards.
+        with memoryview(data) as raw, raw.cast("B") as view:
+            while used < len(view):
+                buf = self.get_buffer()
+                n = min(len(buf), len(view) - used)
+                buf[:n] = view[used : used + n]
+                used += n
+                self.buffer_updated(n)
+                if one and self._ready:
+                    break
+        return used
+
+    @property
+    def has_frame(self) -> bool:
+        return bool(self._ready)
 
     def next_frame(self) -> Frame | None:
         return self._ready.popleft() if self._ready else None
@@ -151,8 +164,11 @@ class FrameReader:
         if self._stage == 0:
             ftype, hlen, plen = PREFIX.unpack(self._prefix)
             check_prefix(ftype, hlen, plen)
-            if ftype == FrameType.CHUNK and self._max_chunk is not None and plen > self._max_chunk:
-                raise RemoteProtocolError(f"CHUNK payload of {plen} bytes > {self._max_chunk}")
+            if ftype == FrameType.CHUNK and plen > self.max_chunk:
+                why = (
+                    f"> chunk size {self.max_chunk}" if self.max_chunk else "with no transfer open"
+                )
+                raise RemoteProtocolError(f"CHUNK payload of {plen} bytes {why}")
             self._type, self._payload_len = ftype, plen
             self._header = bytearray(hlen)
             self._set_target(1, self._header)

@@ -121,7 +121,8 @@ class Connection:
         self._windows = {Role.CLIENT: DEFAULT_WINDOW, Role.SERVER: DEFAULT_WINDOW}
         self._versions: tuple[int, ...] = ()
         self._opening: OpenUpload | OpenDownload | None = None
-        self._reader = FrameReader()
+        self._reader = FrameReader(max_chunk=0)
+        self._inbox = bytearray()  # bytes from receive_data not yet fed to the reader
         self._out: list[Buffer] = []
         self._eof = False
         self._closed_reported = False
@@ -131,9 +132,14 @@ class Connection:
     # --- receiving -----------------------------------------------------------------------------
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
-        """A buffer for the transport to fill (asyncio BufferedProtocol.get_buffer)."""
-        if self._error is not None:
-            # Input after a protocol error is discarded; the transport is about to close.
+        """A buffer for the transport to fill; call `next_event` after each `buffer_updated`.
+
+        Each filled buffer completes at most one frame, and the frame must be taken with
+        `next_event` before the next buffer is asked for: that is what lets the connection
+        check the next CHUNK against the transfer the previous frame opened.
+        """
+        if self._discarding:
+            # Input after a protocol error or our own close is dropped; the link is closing.
             if self._sink is None:
                 self._sink = memoryview(bytearray(65536))
             return self._sink
@@ -141,7 +147,7 @@ class Connection:
 
     def buffer_updated(self, nbytes: int) -> None:
         """`nbytes` were written into the last `get_buffer` view."""
-        if self._error is not None:
+        if self._discarding:
             return
         try:
             self._reader.buffer_updated(nbytes)
@@ -149,16 +155,28 @@ class Connection:
             self._error = exc
 
     def receive_data(self, data: Buffer) -> None:
-        """Feed received bytes; `b""` means the peer closed the stream."""
+        """Feed received bytes (copied); `b""` means the peer closed the stream."""
         if not data:
             self._eof = True
             return
-        if self._error is not None:
+        if not self._discarding:
+            self._inbox += data
+            self._feed_inbox()
+
+    @property
+    def _discarding(self) -> bool:
+        return self._error is not None or self.state is State.CLOSED
+
+    def _feed_inbox(self) -> None:
+        if not self._inbox or self._reader.has_frame:
             return
         try:
-            self._reader.feed(data)
+            used = self._reader.feed(self._inbox, one=True)
         except RemoteProtocolError as exc:
             self._error = exc
+            self._inbox.clear()
+            return
+        del self._inbox[:used]
 
     def next_event(self) -> Event | None:
         """The next event, or None until more data arrives.
@@ -168,13 +186,14 @@ class Connection:
             IntegrityError: a received chunk does not match its digest.
         """
         frame = self._reader.next_frame()
-        if frame is not None:
+        if frame is not None and self.state is not State.CLOSED:
             try:
                 self._process(frame, self.role.peer)
             except FluxError as exc:
                 self._error = exc
                 self.state = State.ERROR
                 raise
+            self._feed_inbox()
             return frame
         if self._error is not None:
             self.state = State.ERROR
@@ -195,11 +214,14 @@ class Connection:
         Raises:
             LocalProtocolError: the frame is not allowed now (state, window, chunk bookkeeping).
         """
+        buffers = encode(
+            frame
+        )  # before any state change: a frame that cannot encode changes nothing
         if frame.TYPE == FrameType.ERROR and self.state is State.ERROR:
             self.state = State.CLOSED  # a last word after a protocol error
         else:
             self._process(frame, self.role)
-        self._out.extend(encode(frame))
+        self._out.extend(buffers)
 
     def data_to_send(self) -> list[Buffer]:
         """Buffers queued by `send`, to be written in order. Drains the queue."""
@@ -210,7 +232,12 @@ class Connection:
     def can_send_chunk(self) -> bool:
         """True when this side is the chunk sender and the peer's window has room."""
         t = self.transfer
-        return t is not None and t.sender is self.role and t.can_send
+        return (
+            t is not None
+            and t.sender is self.role
+            and self.state in (State.UPLOADING, State.DOWNLOADING)
+            and t.can_send
+        )
 
     # --- the state machine ---------------------------------------------------------------------
 
@@ -225,6 +252,10 @@ class Connection:
         if nxt in (State.IDLE, State.CLOSED):
             self.transfer = None
         self.state = nxt
+        # CHUNK payloads are bounded at the prefix by what the open transfer allows the peer.
+        t = self.transfer
+        peer_sends = t is not None and t.sender is self.role.peer
+        self._reader.max_chunk = t.chunk_size if peer_sends and t is not None else 0
 
     def _on_hello(self, f: Hello, sender: Role, nxt: State, err: type[FluxError]) -> State:
         self._windows[Role.CLIENT] = f.window
@@ -261,6 +292,8 @@ class Connection:
         expected = nchunks if want is None else count(want)
         if f.count not in (0, expected) or (f.count and not in_range):
             raise err(f"META announces {f.count} chunks, {expected} were asked for")
+        if f.count and op.digest is not None and f.digest != op.digest:
+            raise err("META announces chunks of another version than the one asked for")
         if f.count == 0:
             return State.IDLE
         self.transfer = Transfer(
@@ -291,9 +324,10 @@ class Connection:
     def _on_ack(self, f: Ack, sender: Role, nxt: State, err: type[FluxError]) -> State:
         t = self.transfer
         assert t is not None
-        for start, cnt in f.ranges:
+        for start, cnt in f.ranges:  # check all ranges before changing anything
             if start + cnt > t.nchunks or t.marks[start : start + cnt] != bytes([_IN_FLIGHT]) * cnt:
                 raise err(f"ACK of chunks {start}..{start + cnt - 1} that are not in flight")
+        for start, cnt in f.ranges:
             t.marks[start : start + cnt] = bytes([_DONE]) * cnt
             t.inflight -= cnt
             t.acked += cnt

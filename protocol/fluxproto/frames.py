@@ -105,8 +105,19 @@ def check_ranges(value: object, name: str, limit: int = MAX_CHUNKS) -> None:
         raise _fail(name, "ranges must be sorted, disjoint, merged and within the file")
 
 
+def check_buffer(value: object, name: str, max_len: int) -> None:
+    """A payload: bytes-like with one-byte items, so len() is its size on the wire."""
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise _fail(name, "expected bytes")
+    if isinstance(value, memoryview) and value.itemsize != 1:
+        raise _fail(name, "memoryview payloads must have 1-byte items")
+    if len(value) > max_len:
+        raise _fail(name, f"longer than {max_len} bytes")
+
+
 def check_digests(value: object, n: int, name: str = "digests") -> None:
-    if not isinstance(value, bytes | bytearray | memoryview) or len(value) != n * DIGEST_SIZE:
+    check_buffer(value, name, MAX_DIGESTS_PAYLOAD)
+    if len(value) != n * DIGEST_SIZE:  # type: ignore[arg-type]
         raise _fail(name, f"expected {n} digests of {DIGEST_SIZE} bytes")
 
 
@@ -131,6 +142,8 @@ class Frame:
 
     TYPE: ClassVar[FrameType]
     PAYLOAD: ClassVar[str | None] = None
+    #: Keys a peer must send even though the field has a default for local construction.
+    WIRE_REQUIRED: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -153,21 +166,17 @@ class Frame:
     def from_header(cls, header: dict[str, Any], payload: bytes | bytearray | memoryview) -> Frame:
         """Build the frame from a decoded header; unknown keys are ignored (forward compatible)."""
         kwargs: dict[str, Any] = {}
+        for key in cls.WIRE_REQUIRED:
+            if key not in header:
+                raise _fail(key, "missing")
         for f in dataclasses.fields(cls):
             if f.name == cls.PAYLOAD:
                 kwargs[f.name] = payload
             elif f.name in header:
-                kwargs[f.name] = _freeze(header[f.name])
+                kwargs[f.name] = header[f.name]
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise _fail(f.name, "missing")
         return cls(**kwargs)
-
-
-def _freeze(value: Any) -> Any:
-    """msgpack arrays arrive as lists; frames hold tuples so they stay immutable and comparable."""
-    if type(value) is list:
-        return tuple(_freeze(v) for v in value)
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +184,7 @@ class Hello(Frame):
     """Client's first frame: magic, versions it speaks, capabilities, optional bearer token."""
 
     TYPE = FrameType.HELLO
+    WIRE_REQUIRED = ("magic",)  # a peer that does not say FLUX is not a flux peer
     versions: tuple[int, ...] = (PROTOCOL_VERSION,)
     caps: tuple[str, ...] = ()
     window: int = 32 * 1024 * 1024
@@ -305,8 +315,7 @@ class Chunk(Frame):
     def validate(self) -> None:
         check_int(self.index, "index", 0, MAX_CHUNKS - 1)
         check_digest(self.digest)
-        if not isinstance(self.data, bytes | bytearray | memoryview) or len(self.data) > MAX_CHUNK:
-            raise _fail("data", f"expected at most {MAX_CHUNK} bytes")
+        check_buffer(self.data, "data", MAX_CHUNK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +432,10 @@ class Entry:
     def from_wire(cls, value: object) -> Entry:
         if type(value) is not dict:
             raise _fail("entry", "expected a map")
+        if "name" not in value or "kind" not in value:
+            raise _fail("entry", "name and kind are required")
+        if type(value["kind"]) is not str:
+            raise _fail("kind", "expected 'file' or 'dir'")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in value.items() if k in names})
 
@@ -462,8 +475,8 @@ class Listing(Frame):
 
     @classmethod
     def from_header(cls, header: dict[str, Any], payload: bytes | bytearray | memoryview) -> Frame:
-        raw = header.get("entries", [])
-        if type(raw) is not list or len(raw) > MAX_LIST_ENTRIES:
+        raw = header.get("entries", ())
+        if type(raw) is not tuple or len(raw) > MAX_LIST_ENTRIES:
             raise _fail("entries", f"expected at most {MAX_LIST_ENTRIES} entries")
         return cls(tuple(Entry.from_wire(e) for e in raw), header.get("cursor"))
 

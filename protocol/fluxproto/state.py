@@ -79,4 +79,6 @@ def next_state(sender: Role, state: State, ftype: T) -> State | None:
         return state
     if ftype == T.GOODBYE and state in OPEN_STATES:
         return State.CLOSED
+    if ftype == T.ERROR and sender is Role.CLIENT and state in LIVE_STATES:
+        return State.CLOSED  # a client's last word before it hangs up
     return TRANSITIONS.get((sender, state), {}).get(ftype)

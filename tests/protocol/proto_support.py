@@ -259,12 +259,7 @@ FRAME_STRATEGIES: dict[FrameType, st.SearchStrategy[Frame]] = {
 
 any_frame: st.SearchStrategy[Frame] = st.one_of(*FRAME_STRATEGIES.values())
 
-# INFO and LISTING are left out of the byte-mutation fuzz corpus until the Entry decoding bug
-# (test_proto_limits.py::test_entry_with_missing_or_unhashable_field_is_remote_error) is fixed:
-# a single flipped bit in the "kind" key reliably escapes as TypeError.
-fuzz_frame: st.SearchStrategy[Frame] = st.one_of(
-    *(s for t, s in FRAME_STRATEGIES.items() if t not in (FrameType.INFO, FrameType.LISTING))
-)
+fuzz_frame: st.SearchStrategy[Frame] = any_frame
 
 
 @st.composite

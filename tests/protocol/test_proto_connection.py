@@ -142,6 +142,10 @@ LEGAL: dict[tuple[State, Role], dict[FrameType, State]] = {
     (State.ERROR, S): {},
 }
 
+# A client may give up with a last-word ERROR in any live state; that closes the connection.
+for _state in set(State) - {State.START, State.HANDSHAKE, State.CLOSED, State.ERROR}:
+    LEGAL[(_state, C)][T.ERROR] = State.CLOSED
+
 REACHABLE = [s for s in State if s is not State.ERROR]
 LEGAL_CASES = [
     pytest.param(state, role, ftype, nxt, id=f"{state.value}-{role.value}-{ftype.name}")
@@ -210,7 +214,21 @@ def test_legal_transition(state: State, role: Role, ftype: FrameType, nxt: State
 @pytest.mark.parametrize(("state", "role", "ftype"), ILLEGAL_CASES)
 def test_illegal_transition(state: State, role: Role, ftype: FrameType) -> None:
     pair = drive(ConnectionPair(), state)
-    refused_both_ways(pair, role, SAMPLES[ftype], match="may not send")
+    if state is State.CLOSED:
+        # Nothing may be sent after a close, and what the peer sent before seeing it is dropped.
+        sender, receiver = ends(pair, role)
+        with pytest.raises(LocalProtocolError, match="may not send"):
+            sender.send(SAMPLES[ftype])
+        receiver.receive_data(encode_bytes(SAMPLES[ftype]))
+        assert receiver.next_event() is None
+        assert receiver.state is State.CLOSED
+        return
+    # A CHUNK outside a transfer is refused at its prefix, before its payload is allocated.
+    match = "CHUNK payload" if ftype is T.CHUNK else "may not send"
+    sender, _ = ends(pair, role)
+    with pytest.raises(LocalProtocolError, match="may not send"):
+        sender.send(SAMPLES[ftype])
+    refused_both_ways(pair, role, SAMPLES[ftype], match=None if ftype is T.CHUNK else match)
 
 
 @pytest.mark.parametrize("ftype", list(FrameType), ids=lambda t: t.name)
@@ -721,13 +739,6 @@ def _listing_too_big() -> Listing:
     return Listing(tuple(Entry("n" * 1000 + str(i), "file") for i in range(100)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG connection.py:201-202 send(): _process() commits the state transition before "
-    "encode() runs, so a frame that then fails to encode (lone surrogate in a string; a LISTING "
-    "header over 64 KiB) raises LocalProtocolError yet leaves the state advanced with nothing "
-    "sent: the peers disagree and the server can no longer send ERROR",
-)
 @pytest.mark.parametrize(
     ("state", "role", "frame"),
     [
@@ -746,12 +757,6 @@ def test_frame_that_fails_to_encode_leaves_state_unchanged(
     assert sender.state is state
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG connection.py:294-299 _on_ack marks each range done before checking the next, "
-    "so a refused ACK (LocalProtocolError) still retires the earlier ranges: the chunks leave "
-    "the window although no ACK was sent, and the correct ACK is then refused",
-)
 def test_refused_ack_has_no_effect() -> None:
     pair = drive(ConnectionPair(), State.UPLOADING)
     pair.c2s(chunk(0))
@@ -760,24 +765,12 @@ def test_refused_ack_has_no_effect() -> None:
     pair.s2c(Ack(((0, 1),)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DESIGN connection.py:255-269 _on_meta: OPEN_DOWNLOAD.digest names the version the "
-    "client wants, and PROTOCOL.md says a changed file gets META count 0, but a META with a "
-    "different digest and count > 0 is accepted: the client may mix chunks of two versions",
-)
 def test_meta_for_another_version_cannot_announce_chunks() -> None:
     pair = drive(ConnectionPair(), State.IDLE)
     pair.c2s(OpenDownload(PATH, want=((0, 1),), digest=chunk_digest(b"old"), chunk_size=CS))
     refused_both_ways(pair, S, sample_meta(count=1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DESIGN connection.py:124 Connection builds FrameReader() without max_chunk, so a "
-    "CHUNK prefix announcing 16 MiB is accepted (and 16 MiB allocated) in any state and for any "
-    "negotiated chunk size; only the global MAX_CHUNK applies before allocation",
-)
 def test_chunk_longer_than_the_transfer_chunk_size_fails_at_the_prefix() -> None:
     conn = drive(ConnectionPair(), State.UPLOADING).server
     conn.receive_data(prefix(T.CHUNK, 30, MAX_CHUNK))
@@ -785,12 +778,6 @@ def test_chunk_longer_than_the_transfer_chunk_size_fails_at_the_prefix() -> None
         conn.next_event()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DESIGN state.py:237-249: once a side has sent GOODBYE (or the server an ERROR that "
-    "closes an upload), frames the peer sent before seeing it arrive in CLOSED and raise "
-    "RemoteProtocolError; a PING or CHUNK that crossed in flight is not a protocol violation",
-)
 @pytest.mark.parametrize("case", ["goodbye-crosses-ping", "error-crosses-chunk"])
 def test_frames_crossing_a_close_are_not_errors(case: str) -> None:
     if case == "goodbye-crosses-ping":
@@ -813,12 +800,6 @@ def test_frames_crossing_a_close_are_not_errors(case: str) -> None:
     assert events[-1] == ConnectionClosed(clean=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DESIGN connection.py:198-199 lets a side in ERROR send an ERROR frame as its last "
-    "word, but state.py has no (CLIENT, *) -> ERROR entry, so a server receiving the client's "
-    "last-word ERROR raises RemoteProtocolError instead of learning why the client gave up",
-)
 def test_last_word_error_from_the_client_is_delivered() -> None:
     pair = drive(ConnectionPair(), State.DOWNLOADING)
     pair.client.receive_data(encode_bytes(Chunk(1, DIGESTS[0], PIECES[1])))  # wrong digest
@@ -828,11 +809,6 @@ def test_last_word_error_from_the_client_is_delivered() -> None:
     assert events == [Error(400, "chunk 1 digest differs from META")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG connection.py:209-213 can_send_chunk only looks at the transfer's window, which "
-    "outlives UPLOADING: in COMMITTING it is True although any CHUNK raises LocalProtocolError",
-)
 def test_can_send_chunk_is_false_once_committing() -> None:
     pair = drive(ConnectionPair(), State.COMMITTING)
     with pytest.raises(LocalProtocolError):

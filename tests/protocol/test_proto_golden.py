@@ -3,9 +3,13 @@ make a failing test pass; a change here is a protocol version change (PROTOCOL.m
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import xxhash
 
+import fluxproto
 from fluxproto import (
     Ack,
     Chunk,
@@ -36,6 +40,7 @@ from fluxproto import (
     encode,
     encode_bytes,
     format_digest,
+    frames,
 )
 from fluxproto.frames import FRAME_CLASSES, FrameType
 
@@ -211,3 +216,50 @@ def test_file_hasher_streams_the_same_digest() -> None:
         h.update(memoryview(data)[i : i + 4096])
     assert h.offset == len(data)
     assert h.digest() == chunk_digest(data)
+
+
+# --- PROTOCOL.md stays in step with the code ------------------------------------------------------
+
+SPEC = Path(fluxproto.__file__).resolve().parent.parent / "PROTOCOL.md"
+
+
+def test_spec_hex_examples_decode() -> None:
+    text = SPEC.read_text()
+    blobs = re.findall(r"`([0-9a-f]{40,})`", text)
+    decoded = []
+    for blob in blobs:
+        reader = FrameReader()
+        reader.feed(bytes.fromhex(blob))
+        frame = reader.next_frame()
+        assert frame is not None
+        assert reader.next_frame() is None
+        assert reader.at_boundary
+        decoded.append(frame)
+    assert Hello(versions=(1,), caps=("xxh3-128",), window=65536, agent="t/1") in decoded
+    assert Chunk(index=2, digest=HELLO_DIGEST, data=b"hello") in decoded
+
+
+def test_spec_frame_codes_match() -> None:
+    rows = re.findall(r"^\| (0x[0-9A-F]{2}) \| ([A-Z_]+) +\|", SPEC.read_text(), re.M)
+    assert {name: int(code, 16) for code, name in rows} == {t.name: int(t) for t in FrameType}
+
+
+def _spec_number(value: str) -> int | None:
+    token = value.split(maxsplit=1)[0]
+    if m := re.fullmatch(r"(\d+)\^(\d+)", token):
+        return int(m[1]) ** int(m[2])
+    if token.startswith("0o"):
+        return int(token, 8)
+    return int(token) if token.isdigit() else None
+
+
+def test_spec_limits_table_matches_constants() -> None:
+    rows = re.findall(r"^\| `([A-Z_]+)` +\| ([^|]+)\|", SPEC.read_text(), re.M)
+    checked = set()
+    for name, value in rows:
+        number = _spec_number(value)
+        if hasattr(frames, name) and number is not None:
+            assert getattr(frames, name) == number, name
+            checked.add(name)
+    assert {"MAX_HEADER", "MAX_CHUNK", "MAX_CHUNKS", "MAX_PATH", "MAX_RANGES"} <= checked
+    assert len(checked) >= 15
