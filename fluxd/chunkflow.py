@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from typing import Protocol, TypeVar
 
@@ -92,7 +92,7 @@ async def expect(ch: Channel, cls: type[T], timeout: float | None) -> T:
 
 async def prefetch(
     fn: Callable[[T], R], items: Iterable[T], depth: int, executor: Executor | None = None
-) -> AsyncIterator[R]:
+) -> AsyncGenerator[R, None]:
     """Run blocking `fn` over `items` in `executor`, `depth` ahead, yielding results in order."""
     loop = asyncio.get_running_loop()
     it = iter(items)

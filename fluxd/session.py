@@ -225,8 +225,10 @@ class Session:
                 nonlocal acked
                 acked += nbytes
 
-            chunks = prefetch(lambda i: read_verified(dl, i), indices, READ_AHEAD, self.pool)
-            await send_chunks(self.ch, chunks, on_acked, self.config.idle_timeout)
+            # Closed before dl: no read may still be running when the file is closed.
+            reads = prefetch(lambda i: read_verified(dl, i), indices, READ_AHEAD, self.pool)
+            async with contextlib.aclosing(reads) as chunks:
+                await send_chunks(self.ch, chunks, on_acked, self.config.idle_timeout)
             return acked
         finally:
             dl.close()

@@ -23,6 +23,7 @@ from fluxproto import (
     IntegrityError,
     Meta,
     OpenDownload,
+    Unavailable,
     chunk_count,
     to_ranges,
 )
@@ -90,6 +91,11 @@ class Download:
             while missing := self._missing(staged, meta):
                 want = to_ranges(missing)[:MAX_RANGES]
                 reply = await self._meta(ch, want, meta.digest)
+                same_geometry = (reply.size, reply.chunk_size) == (meta.size, meta.chunk_size)
+                if reply.count and not same_geometry:
+                    # Same content re-stored with another chunk size: the wanted indices mean
+                    # other bytes now. Drop this connection and plan again from scratch.
+                    raise Unavailable(f"{self.url.path} was re-stored while being received")
                 if reply.count:
                     await self._receive(ch, staged, reply)
                     continue
