@@ -35,6 +35,8 @@ from fluxproto import (
 )
 from fluxproto import Error as ErrorFrame
 
+from .buffers import POOL
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -126,19 +128,26 @@ async def send_chunks(
     on_acked: Callable[[int], None],
     timeout: float | None,
     on_sent: Callable[[int], None] = lambda n: None,
+    release: Callable[[memoryview], None] = POOL.put,
 ) -> None:
     """Send every chunk from `chunks` within the peer's window; return once all are acked.
 
     `on_sent(nbytes)` is called as each chunk is handed to the transport and `on_acked(nbytes)`
-    as acknowledgements (durable on the peer) arrive.
+    as acknowledgements (durable on the peer) arrive. An acked chunk's buffer, if a memoryview,
+    goes to `release`: by then the socket has long stopped referencing it.
     """
     transfer = ch.conn.transfer
     assert transfer is not None
+    unacked: dict[int, Buffer] = {}
 
     def take(event: Event) -> None:
         frame = handle_control(ch, event)
         if isinstance(frame, Ack):
             on_acked(sum(transfer.chunk_length(i) for i in _indices(frame)))
+            for i in _indices(frame):
+                data = unacked.pop(i, None)
+                if isinstance(data, memoryview):
+                    release(data)
         elif frame is not None:
             raise ConnectionLost(f"unexpected {type(frame).__name__} during a transfer")
 
@@ -148,6 +157,7 @@ async def send_chunks(
         while not ch.conn.can_send_chunk:
             take(await ch.next_event(timeout))
         ch.send(Chunk(index, digest, data))
+        unacked[index] = data
         on_sent(len(data))
         await ch.drain()
     while transfer.inflight:
@@ -180,8 +190,10 @@ class ChunkWriter:
         sink: BatchSink,
         on_durable: Callable[[int], None] = lambda n: None,
         executor: Executor | None = None,
+        release: Callable[[memoryview], None] = POOL.put,
     ) -> None:
         self._ch, self._sink, self._on_durable, self._executor = ch, sink, on_durable, executor
+        self._release = release
         self._pending: list[ChunkData] = []
         self._task: asyncio.Task[None] | None = None
         self.error: FluxError | None = None
@@ -204,15 +216,20 @@ class ChunkWriter:
         loop = asyncio.get_running_loop()
         while self._pending and self.error is None:
             batch, self._pending = self._pending, []
+            nbytes = sum(len(data) for _, _, data in batch)
+            indices = [index for index, _, _ in batch]
             try:
                 await loop.run_in_executor(self._executor, self._sink.write_chunks, batch)
             except FluxError as exc:
                 self.error = exc
                 self._ch.fail(exc)
                 return
-            nbytes = sum(len(data) for _, _, data in batch)
+            finally:
+                for _, _, data in batch:  # written or failed: the buffers can be reused
+                    if isinstance(data, memoryview):
+                        self._release(data)
             self.written += nbytes
-            self._ack([index for index, _, _ in batch])
+            self._ack(indices)
             self._on_durable(nbytes)
 
     def _ack(self, indices: Sequence[int]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -16,10 +17,11 @@ from fluxproto import ConfigError, FluxError
 from fluxproto.errors import EXIT_OTHER, EXIT_USAGE
 
 from . import __version__, log
+from .certs import ensure_certs, init_certs
 from .config import data_dir, is_loopback, load_config
 from .server import serve as run_server
 from .storage import LocalStorage
-from .tls import CertPaths, cert_fingerprint, ensure_certs, init_certs, server_ssl_context
+from .tls import CertPaths, cert_fingerprint, server_ssl_context
 
 app = typer.Typer(
     add_completion=False,
@@ -120,6 +122,9 @@ def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
 
 def main() -> NoReturn:
     """Console-script entry point: one line on stderr and a distinct exit code per failure."""
+    # Everything imported so far lives for the whole process: keep the collector off it, so
+    # collections during a transfer only look at the few objects a chunk creates.
+    gc.freeze()
     try:
         # standalone_mode=False: click returns a command's typer.Exit code instead of exiting.
         code = app(standalone_mode=False)

@@ -9,17 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 
 from fluxproto import ConnectError, Connection, Goodbye, Role, State
 
 from . import log
+from .buffers import POOL
 from .claims import UploadClaims
 from .config import ServerConfig, format_hostport
 from .session import Session
 from .storage.base import Storage
-from .transports.tcp import StreamChannel
+from .transports.tcp import Listener, SocketChannel
 
 TLS_HANDSHAKE_TIMEOUT = 15.0
 
@@ -32,33 +34,22 @@ class FluxServer:
     ) -> None:
         self.config, self.storage, self.ssl_context = config, storage, ssl_context
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fluxd-io")
-        self._server: asyncio.AbstractServer | None = None
-        self._sessions: dict[asyncio.Task[None], StreamChannel] = {}
+        self._listener: Listener | None = None
+        self._sessions: dict[asyncio.Task[None], SocketChannel] = {}
         self._claims = UploadClaims()
 
     async def start(self) -> list[str]:
         """Bind and start accepting; returns the bound addresses as HOST:PORT."""
         host, port = self.config.address
-        loop = asyncio.get_running_loop()
+        self._listener = Listener(self.ssl_context, self._start_session, TLS_HANDSHAKE_TIMEOUT)
         try:
-            self._server = await loop.create_server(
-                self._new_channel,
-                host,
-                port,
-                ssl=self.ssl_context,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if self.ssl_context else None,
-                reuse_address=True,
-                backlog=1024,
-            )
+            bound = self._listener.start(host, port)
         except OSError as exc:
             raise ConnectError(f"cannot listen on {self.config.listen}: {exc.strerror}") from None
-        return [format_hostport(*s.getsockname()[:2]) for s in self._server.sockets]
+        return [format_hostport(h, p) for h, p in bound]
 
-    def _new_channel(self) -> StreamChannel:
-        ch = StreamChannel(Connection(Role.SERVER), on_connected=self._start_session)
-        return ch
-
-    def _start_session(self, ch: StreamChannel) -> None:
+    def _start_session(self, sock: socket.socket) -> None:
+        ch = SocketChannel(sock, Connection(Role.SERVER, alloc=POOL.get))
         task = asyncio.get_running_loop().create_task(
             Session(ch, self.storage, self.config, self.pool, self._claims).run()
         )
@@ -67,8 +58,8 @@ class FluxServer:
 
     async def shutdown(self) -> None:
         """Stop accepting, flush in-flight chunks, say goodbye, close everything."""
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self._listener.close()
         for task, ch in list(self._sessions.items()):
             if ch.conn.state not in (State.CLOSED, State.ERROR):
                 with contextlib.suppress(Exception):

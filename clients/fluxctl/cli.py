@@ -6,6 +6,7 @@ on stderr and a distinct exit code; with `--json`, exactly one JSON object goes 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -304,6 +305,9 @@ def _mtime(ns: int) -> str:
 
 def main() -> NoReturn:
     """Console-script entry point; a traceback only with FLUX_DEBUG=1."""
+    # Everything imported so far lives for the whole process: keep the collector off it, so
+    # collections during a transfer only look at the few objects a chunk creates.
+    gc.freeze()
     try:
         # standalone_mode=False: click returns a command's typer.Exit code instead of exiting.
         code = app(standalone_mode=False)

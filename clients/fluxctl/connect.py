@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fluxd.buffers import POOL
 from fluxd.chunkflow import expect
 from fluxd.config import is_loopback
-from fluxd.transports.tcp import StreamChannel
+from fluxd.transports.tcp import SocketChannel, open_connection
 from fluxproto import (
     DEFAULT_WINDOW,
     ConfigError,
@@ -57,7 +57,7 @@ class ClientOptions:
         return self.trust if self.trust is not None else TrustPolicy.from_options(None, None)
 
 
-async def connect(url: FluxURL, opts: ClientOptions) -> StreamChannel:
+async def connect(url: FluxURL, opts: ClientOptions) -> SocketChannel:
     """Connect, verify the server per the trust policy, and complete the flux handshake.
 
     Raises:
@@ -66,29 +66,19 @@ async def connect(url: FluxURL, opts: ClientOptions) -> StreamChannel:
         ConfigError: plaintext to a non-loopback host, bad pin or CA file.
     """
     ctx = _ssl_context(url, opts)
-    loop = asyncio.get_running_loop()
     # ssl.SSLError is an OSError: the ssl translation must be the inner manager.
     with (
         map_exceptions({OSError: ConnectError, TimeoutError: ConnectError}),
         translate_ssl_errors(),
     ):
-        transport, ch = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: StreamChannel(Connection(Role.CLIENT)),
-                url.host,
-                url.port,
-                ssl=ctx,
-                server_hostname=url.host if ctx else None,
-                ssl_handshake_timeout=opts.connect_timeout if ctx else None,
-            ),
-            opts.connect_timeout,
+        sock = await open_connection(
+            url.host, url.port, ctx, url.host if ctx else None, opts.connect_timeout
         )
+    ch = SocketChannel(sock, Connection(Role.CLIENT, alloc=POOL.get))
     try:
-        if ctx is not None:
-            sslobj = transport.get_extra_info("ssl_object")
-            check_alpn(sslobj.selected_alpn_protocol())
-            der = sslobj.getpeercert(binary_form=True)
-            check_peer(opts.policy, url.host, url.port, der, opts.on_new_host)
+        if isinstance(sock, ssl.SSLSocket):
+            check_alpn(sock.selected_alpn_protocol())
+            check_peer(opts.policy, url.host, url.port, sock.getpeercert(True), opts.on_new_host)
         ch.send(Hello(window=opts.window, agent=f"fluxctl/{__version__}", caps=("xxh3-128",)))
         await expect(ch, Welcome, opts.io_timeout)
     except BaseException:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from fluxd.transports.tcp import StreamChannel
+from fluxd.transports.tcp import SocketChannel
 from fluxproto import FluxError, Goodbye
 
 from .connect import ClientOptions, connect
@@ -37,7 +37,7 @@ class Retrier:
         self.url, self.opts, self.on_retry = url, opts, on_retry
         self.retries = 0
 
-    async def run(self, attempt: Callable[[StreamChannel, int], Awaitable[T]]) -> T:
+    async def run(self, attempt: Callable[[SocketChannel, int], Awaitable[T]]) -> T:
         """Call `attempt(channel, n)` on a fresh connection until it succeeds or gives up.
 
         Raises:
@@ -58,7 +58,7 @@ class Retrier:
                 delay = min(delay * 2, MAX_DELAY)
                 self.retries += 1
 
-    async def _once(self, attempt: Callable[[StreamChannel, int], Awaitable[T]]) -> T:
+    async def _once(self, attempt: Callable[[SocketChannel, int], Awaitable[T]]) -> T:
         ch = await connect(self.url, self.opts)
         try:
             result = await attempt(ch, self.retries)

@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from fluxd.buffers import POOL
 from fluxd.chunkflow import Channel, ChunkData, expect, prefetch, send_chunks
 from fluxproto import (
     DIGEST_SIZE,
@@ -202,10 +203,9 @@ def open_local(path: Path) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-def read_exact(fd: int, offset: int, length: int) -> bytearray:
-    """Read exactly `length` bytes at `offset`; a short file means it changed under us."""
-    buf = bytearray(length)
-    view = memoryview(buf)
+def read_exact(fd: int, offset: int, length: int) -> memoryview:
+    """Read exactly `length` bytes at `offset` into a pool buffer; short means it changed."""
+    view = POOL.get(length)
     got = 0
     with map_exceptions({OSError: _local_error}):
         while got < length:
@@ -213,7 +213,7 @@ def read_exact(fd: int, offset: int, length: int) -> bytearray:
             if n == 0:
                 raise LocalFileChanged("local file shrank while it was being sent")
             got += n
-    return buf
+    return view
 
 
 def changed(fd: int, before: os.stat_result, path: Path) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -98,14 +99,20 @@ class FrameReader:
     """Incremental decoder. Feed bytes with `feed` or `get_buffer`/`buffer_updated`.
 
     `max_chunk` is the largest CHUNK payload accepted, checked at the prefix before allocation;
-    a connection lowers it to the open transfer's chunk size (0: no chunk may arrive). After a
-    `RemoteProtocolError` the reader is broken and refuses further input.
+    a connection lowers it to the open transfer's chunk size (0: no chunk may arrive). `alloc`
+    provides CHUNK payload buffers (e.g. page-aligned ones for O_DIRECT); other payloads are
+    bytearrays. After a `RemoteProtocolError` the reader is broken and refuses further input.
     """
 
-    def __init__(self, max_chunk: int = MAX_PAYLOAD[FrameType.CHUNK]) -> None:
+    def __init__(
+        self,
+        max_chunk: int = MAX_PAYLOAD[FrameType.CHUNK],
+        alloc: Callable[[int], bytearray | memoryview] | None = None,
+    ) -> None:
         self.max_chunk = max_chunk
+        self._alloc = alloc
         self._prefix = bytearray(PREFIX_SIZE)
-        self._target: bytearray = self._prefix
+        self._target: bytearray | memoryview = self._prefix
         self._filled = 0
         self._stage = 0  # 0 prefix, 1 header, 2 payload
         self._type = 0
@@ -173,11 +180,12 @@ class FrameReader:
             self._header = bytearray(hlen)
             self._set_target(1, self._header)
         elif self._stage == 1 and self._payload_len:
-            self._set_target(2, bytearray(self._payload_len))
+            alloc = self._alloc if self._type == FrameType.CHUNK else None
+            self._set_target(2, alloc(self._payload_len) if alloc else bytearray(self._payload_len))
         else:
             payload: Buffer = self._target if self._stage == 2 else b""
             self._ready.append(decode(self._type, self._header, payload))
             self._set_target(0, self._prefix)
 
-    def _set_target(self, stage: int, target: bytearray) -> None:
+    def _set_target(self, stage: int, target: bytearray | memoryview) -> None:
         self._stage, self._target, self._filled = stage, target, 0

@@ -111,9 +111,12 @@ class Connection:
 
     Args:
         role: which end this is.
+        alloc: returns a writable buffer of the given size for each received CHUNK payload.
     """
 
-    def __init__(self, role: Role) -> None:
+    def __init__(
+        self, role: Role, alloc: Callable[[int], bytearray | memoryview] | None = None
+    ) -> None:
         self.role = role
         self.state = State.START
         self.transfer: Transfer | None = None
@@ -121,7 +124,7 @@ class Connection:
         self._windows = {Role.CLIENT: DEFAULT_WINDOW, Role.SERVER: DEFAULT_WINDOW}
         self._versions: tuple[int, ...] = ()
         self._opening: OpenUpload | OpenDownload | None = None
-        self._reader = FrameReader(max_chunk=0)
+        self._reader = FrameReader(max_chunk=0, alloc=alloc)
         self._inbox = bytearray()  # bytes from receive_data not yet fed to the reader
         self._out: list[Buffer] = []
         self._eof = False

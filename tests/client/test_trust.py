@@ -23,7 +23,8 @@ from fluxctl.trust import (
     read_known_hosts,
     translate_ssl_errors,
 )
-from fluxd.tls import CertPaths, cert_fingerprint, fingerprint, init_certs, server_ssl_context
+from fluxd.certs import init_certs
+from fluxd.tls import CertPaths, cert_fingerprint, fingerprint, server_ssl_context
 from fluxproto.errors import (
     ConfigError,
     ConnectError,

@@ -20,14 +20,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fluxd.tls import (
-    CertPaths,
-    cert_fingerprint,
-    ensure_certs,
-    fingerprint,
-    init_certs,
-    server_ssl_context,
-)
+from fluxd.certs import ensure_certs, init_certs
+from fluxd.tls import CertPaths, cert_fingerprint, fingerprint, server_ssl_context
 from fluxproto.errors import ConfigError
 
 
