@@ -266,7 +266,8 @@ def held_status(upload: Upload) -> Status:
 def wanted_chunks(dl: Download, f: OpenDownload) -> tuple[Iterable[int], int]:
     """Chunk indices to send for `f` and how many; none when the file is not the one asked for."""
     n = chunk_count(dl.size, dl.chunk_size)
-    changed = f.digest is not None and f.digest != dl.digest
+    # With a digest, chunk_size is the geometry the client planned its `want` with: both pin it.
+    changed = f.digest is not None and (f.digest, f.chunk_size) != (dl.digest, dl.chunk_size)
     if changed or (f.want is not None and not is_canonical(f.want, n)):
         return (), 0
     if f.want is None:

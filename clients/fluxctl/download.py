@@ -23,7 +23,6 @@ from fluxproto import (
     IntegrityError,
     Meta,
     OpenDownload,
-    Unavailable,
     chunk_count,
     to_ranges,
 )
@@ -90,12 +89,7 @@ class Download:
         try:
             while missing := self._missing(staged, meta):
                 want = to_ranges(missing)[:MAX_RANGES]
-                reply = await self._meta(ch, want, meta.digest)
-                same_geometry = (reply.size, reply.chunk_size) == (meta.size, meta.chunk_size)
-                if reply.count and not same_geometry:
-                    # Same content re-stored with another chunk size: the wanted indices mean
-                    # other bytes now. Drop this connection and plan again from scratch.
-                    raise Unavailable(f"{self.url.path} was re-stored while being received")
+                reply = await self._meta(ch, want, meta)
                 if reply.count:
                     await self._receive(ch, staged, reply)
                     continue
@@ -110,10 +104,14 @@ class Download:
             staged.close()
 
     async def _meta(
-        self, ch: Channel, want: tuple[tuple[int, int], ...], digest: bytes | None
+        self, ch: Channel, want: tuple[tuple[int, int], ...], plan: Meta | None
     ) -> Meta:
-        chunk_size = self.opts.chunk_size or DEFAULT_CHUNK
-        ch.send(OpenDownload(self.url.path, want, digest, chunk_size))
+        """Ask for `want` of the version `plan` describes (None: learn the current version)."""
+        if plan is None:
+            request = OpenDownload(self.url.path, want, None, self.opts.chunk_size or DEFAULT_CHUNK)
+        else:  # digest and chunk size pin the version and geometry `want` was computed for
+            request = OpenDownload(self.url.path, want, plan.digest, plan.chunk_size)
+        ch.send(request)
         # The server may hash a file it has no manifest for before answering.
         return await expect(ch, Meta, self.opts.io_timeout * 10)
 

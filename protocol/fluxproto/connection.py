@@ -295,8 +295,9 @@ class Connection:
         expected = nchunks if want is None else count(want)
         if f.count not in (0, expected) or (f.count and not in_range):
             raise err(f"META announces {f.count} chunks, {expected} were asked for")
-        if f.count and op.digest is not None and f.digest != op.digest:
-            raise err("META announces chunks of another version than the one asked for")
+        pinned = op.digest is not None and (f.digest, f.chunk_size) != (op.digest, op.chunk_size)
+        if f.count and pinned:
+            raise err("META announces chunks of another version or geometry than asked for")
         if f.count == 0:
             return State.IDLE
         self.transfer = Transfer(

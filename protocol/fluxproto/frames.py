@@ -359,8 +359,9 @@ class Committed(Frame):
 class OpenDownload(Frame):
     """Ask for `want` chunk ranges of `path` (None: all) of the version whose digest is `digest`.
 
-    When `digest` is given and the file has changed, the server answers META with `count` 0 so
-    the client can re-plan against the new chunk digests.
+    Without `digest`, `chunk_size` is a preference (used when the server has to index the file).
+    With it, `digest` and `chunk_size` pin the version and geometry `want` was computed for: if
+    either differs, the server answers META with `count` 0 and the client re-plans.
     """
 
     TYPE = FrameType.OPEN_DOWNLOAD

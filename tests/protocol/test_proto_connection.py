@@ -771,6 +771,18 @@ def test_meta_for_another_version_cannot_announce_chunks() -> None:
     refused_both_ways(pair, S, sample_meta(count=1))
 
 
+def test_meta_for_another_geometry_cannot_announce_chunks() -> None:
+    # Same content (same whole-file digest) stored at another chunk size: the wanted indices
+    # would name other bytes, so only count 0 (re-plan) is allowed.
+    pair = drive(ConnectionPair(), State.IDLE)
+    pair.c2s(OpenDownload(PATH, want=((0, 1),), digest=FILE_DIGEST, chunk_size=2 * CS))
+    refused_both_ways(pair, S, sample_meta(count=1))
+    pair = drive(ConnectionPair(), State.IDLE)
+    pair.c2s(OpenDownload(PATH, want=((0, 1),), digest=FILE_DIGEST, chunk_size=2 * CS))
+    pair.s2c(sample_meta(count=0))  # delivered: the client re-plans
+    assert pair.states == (State.IDLE, State.IDLE)
+
+
 def test_chunk_longer_than_the_transfer_chunk_size_fails_at_the_prefix() -> None:
     conn = drive(ConnectionPair(), State.UPLOADING).server
     conn.receive_data(prefix(T.CHUNK, 30, MAX_CHUNK))
