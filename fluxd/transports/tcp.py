@@ -35,6 +35,9 @@ HIGH_WATER = 4 * 1024 * 1024
 LOW_WATER = 1024 * 1024
 #: Bytes read per readiness callback before other tasks get a turn.
 READ_BUDGET = 4 * 1024 * 1024
+#: Seconds `close()` waits for queued bytes to drain before dropping them (a peer that never
+#: reads must not hold a socket open).
+CLOSE_TIMEOUT = 10.0
 
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -115,10 +118,15 @@ class SocketChannel:
         self._wake()
 
     def close(self) -> None:
-        """Close once queued bytes are written (an ERROR or GOODBYE still reaches the peer)."""
+        """Close once queued bytes are written (an ERROR or GOODBYE still reaches the peer),
+        or after CLOSE_TIMEOUT seconds, whichever comes first."""
+        if self._closing or self._lost:
+            return
         self._closing = True
         if not self._out:
             self.abort()
+        else:
+            self.loop.call_later(CLOSE_TIMEOUT, self.abort)
 
     def abort(self) -> None:
         """Close now, dropping anything unsent."""
