@@ -35,7 +35,7 @@ pytest: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 
 bench: $(STAMP)
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks core
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -268,8 +268,11 @@ def stat_(
     """Show size, time, mode and digest of a path on the server."""
     run = Run("stat", url, json_, quiet, progress)
     args = (ca, pin, transport, chunk_size, retry_for, insecure_plaintext)
-    info = entry_json(_simple(run, url, args, stat_entry))
-    human = "\n".join(f"{k}: {v}" for k, v in {"path": run.path, **info}.items() if v is not None)
+    entry = _simple(run, url, args, stat_entry)
+    info = entry_json(entry)
+    shown = {**info, "size": f"{entry.size} ({human_bytes(entry.size)})"}
+    shown["mtime"] = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(entry.mtime_ns / 1e9))
+    human = "\n".join(f"{k}: {v}" for k, v in {"path": run.path, **shown}.items() if v is not None)
     run.done({"ok": True, "op": "stat", "path": run.path, **info}, human)
 
 

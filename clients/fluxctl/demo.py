@@ -17,7 +17,10 @@ import time
 from pathlib import Path
 
 from fluxd.config import DEFAULT_PORT
+from fluxd.storage.staging import HEADER_SIZE, RECORD_SIZE
 from fluxproto import FileHasher, format_digest
+
+from .results import DEFAULT_CHUNK
 
 BIN = Path(sys.executable).parent
 SIZE = 256 * 1024 * 1024
@@ -82,8 +85,8 @@ def main() -> None:
             url = f"flux://{address}/demo/demo.bin"
             say("send it (the first connection trusts the server's certificate, like ssh)")
             run(env, "fluxctl", "send", str(src), url, "--progress")
-            say("interrupt a second send half-way, then run the same command again")
-            _interrupted_send(env, src, f"flux://{address}/demo/again.bin")
+            say("interrupt a second send part-way (Ctrl-C), then run the same command again")
+            _interrupted_send(env, src, f"flux://{address}/demo/again.bin", work / "daemon")
             run(env, "fluxctl", "send", str(src), f"flux://{address}/demo/again.bin", "--progress")
             say("look at it on the server")
             run(env, "fluxctl", "ls", f"flux://{address}/demo")
@@ -102,11 +105,17 @@ def main() -> None:
             proc.wait(timeout=30)
 
 
-def _interrupted_send(env: dict[str, str], src: Path, url: str) -> None:
+def _interrupted_send(env: dict[str, str], src: Path, url: str, home: Path) -> None:
     args = ["fluxctl", "send", str(src), url, "--quiet"]
-    print("$ " + shlex.join(args) + "   # killed after 0.5 s", flush=True)
+    print("$ " + shlex.join(args) + "   # interrupted once a third is on the server", flush=True)
     proc = subprocess.Popen([str(BIN / "fluxctl"), *args[1:]], env=env)
-    time.sleep(0.5)  # demo only: let part of the file through before the interruption
+    staging = home / "files" / ".flux" / "staging"
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        held = sum(j.stat().st_size for j in staging.glob("*/journal") if j.exists())
+        if held >= HEADER_SIZE + RECORD_SIZE * (SIZE // DEFAULT_CHUNK // 3):
+            break
+        time.sleep(0.002)  # demo only: watch the daemon's journal grow
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
 
