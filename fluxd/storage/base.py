@@ -75,7 +75,7 @@ class Download(Protocol):
     @property
     def mtime_ns(self) -> int: ...
 
-    def read_chunk(self, index: int) -> bytes:
+    def read_chunk(self, index: int) -> bytes | memoryview:
         """The bytes of chunk `index` as stored (the caller checks them against `digests`)."""
         ...
 

@@ -45,6 +45,7 @@ from fluxproto.frames import (
 )
 
 from .. import log
+from ..buffers import POOL
 from .base import EntryPage
 from .oserrors import storage_errors
 from .paths import RESERVED, normalize, require_file_path, resolve
@@ -420,8 +421,10 @@ class LocalDownload:
         self.mode, self.mtime_ns = st.st_mode & 0o7777, max(0, st.st_mtime_ns)
         self.count = chunk_count(self.size, self.chunk_size)
 
-    def read_chunk(self, index: int) -> bytes:
-        """The stored bytes of chunk `index`.
+    def read_chunk(self, index: int) -> memoryview:
+        """The stored bytes of chunk `index`, in a buffer from the shared pool.
+
+        Give the buffer back with `POOL.put` when done (the chunk sender does so on ACK).
 
         Raises:
             StorageError: index out of range or closed. IntegrityError: the file got shorter.
@@ -429,9 +432,11 @@ class LocalDownload:
         if self._fd is None or not 0 <= index < self.count:
             raise StorageError(f"chunk {index} of {self._rel} cannot be read")
         length = min(self.chunk_size, self.size - index * self.chunk_size)
+        data = POOL.get(length)
         with storage_errors(f"reading chunk {index} of {self._rel}"):
-            data = os.pread(self._fd, length, index * self.chunk_size)
-        if len(data) != length:
+            got = pread_into(self._fd, data, index * self.chunk_size)
+        if got != length:
+            POOL.put(data)
             raise IntegrityError(f"{self._rel} was truncated on disk at chunk {index}")
         return data
 
