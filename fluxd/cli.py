@@ -36,11 +36,13 @@ app.add_typer(certs_app, name="certs")
 @app.command()
 def serve(
     root: Annotated[
-        Path | None, typer.Option(help="Directory to serve [default: DATA/files].")
+        Path | None, typer.Option(help="Directory to serve (default DATA/files).")
     ] = None,
-    listen: Annotated[str | None, typer.Option(help="HOST:PORT [default: 127.0.0.1:7070].")] = None,
+    listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT to listen on (default 127.0.0.1:7070).")
+    ] = None,
     certs: Annotated[
-        Path | None, typer.Option(help="Certificate dir [default: DATA/certs].")
+        Path | None, typer.Option(help="Certificate directory (default DATA/certs).")
     ] = None,
     config: Annotated[
         Path | None, typer.Option(help="TOML config file mirroring these flags.")
@@ -85,7 +87,7 @@ def serve(
 @certs_app.command("init")
 def certs_init(
     dir: Annotated[
-        Path | None, typer.Option("--dir", help="Where to write [default: DATA/certs].")
+        Path | None, typer.Option("--dir", help="Where to write (default DATA/certs).")
     ] = None,
     host: Annotated[
         list[str] | None, typer.Option(help="Extra DNS name or IP for the certificate.")
@@ -102,7 +104,7 @@ def certs_init(
 @certs_app.command("fingerprint")
 def certs_fingerprint(
     dir: Annotated[
-        Path | None, typer.Option("--dir", help="Certificate dir [default: DATA/certs].")
+        Path | None, typer.Option("--dir", help="Certificate directory (default DATA/certs).")
     ] = None,
 ) -> None:
     """Print the server certificate's fingerprint, for clients to --pin."""
