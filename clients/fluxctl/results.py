@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fluxproto import MAX_CHUNKS, chunk_count, format_digest
+from fluxproto import MAX_CHUNK, MAX_CHUNKS, ConfigError, chunk_count, format_digest
 
 #: progress(done_bytes, total_bytes); done counts bytes durable on the receiving side.
 ProgressFn = Callable[[int, int], None]
@@ -14,11 +14,25 @@ ProgressFn = Callable[[int, int], None]
 DEFAULT_CHUNK = 4 * 1024 * 1024  # 10-15 % faster than 1 MiB on loopback; resume loses <= window
 
 
-def auto_chunk_size(size: int) -> int:
-    """4 MiB, doubled until the file fits the protocol's chunk-count limit."""
+def chunk_size_for(size: int, requested: int | None) -> int:
+    """The chunk size to send a file of `size` bytes with.
+
+    `requested` (from --chunk-size) is used as is; otherwise 4 MiB, doubled until the file fits
+    the protocol's chunk-count limit.
+
+    Raises:
+        ConfigError: the file has too many chunks at the requested size, or is too large.
+    """
+    if requested is not None:
+        if chunk_count(size, requested) > MAX_CHUNKS:
+            need = -(-size // MAX_CHUNKS)
+            raise ConfigError(f"--chunk-size is too small for {size} bytes: use at least {need}")
+        return requested
     chunk = DEFAULT_CHUNK
     while chunk_count(size, chunk) > MAX_CHUNKS:
         chunk *= 2
+    if chunk > MAX_CHUNK:
+        raise ConfigError(f"a file of {size} bytes is larger than the protocol allows")
     return chunk
 
 

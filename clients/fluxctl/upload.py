@@ -39,7 +39,7 @@ from fluxproto import (
 from fluxproto.errors import map_exceptions
 
 from .connect import ClientOptions
-from .results import ProgressFn, TransferResult, auto_chunk_size
+from .results import ProgressFn, TransferResult, chunk_size_for
 from .retry import Retrier
 from .url import FluxURL
 
@@ -62,6 +62,8 @@ class Upload:
         self, local: Path, url: FluxURL, opts: ClientOptions, progress: ProgressFn | None = None
     ) -> None:
         self.local, self.url, self.opts = local, url, opts
+        # Like scp: a remote path ending in "/" names a directory to put the file in.
+        self.remote = url.path + local.name if url.path.endswith("/") else url.path
         self.progress = progress or (lambda done, total: None)
         self.sent = 0
         self.skipped = 0
@@ -76,7 +78,7 @@ class Upload:
         digest, size = await retrier.run(self._attempt)
         return TransferResult(
             "send",
-            self.url.path,
+            self.remote,
             size,
             self.sent,
             self.skipped,
@@ -89,8 +91,8 @@ class Upload:
         fd, st = open_local(self.local)
         try:
             size = st.st_size
-            chunk_size = self.opts.chunk_size or auto_chunk_size(size)
-            ch.send(OpenUpload(self.url.path, size, chunk_size, stat.S_IMODE(st.st_mode)))
+            chunk_size = chunk_size_for(size, self.opts.chunk_size)
+            ch.send(OpenUpload(self.remote, size, chunk_size, stat.S_IMODE(st.st_mode)))
             try:
                 status = await expect(ch, Status, self.opts.io_timeout)
             except Conflict as exc:

@@ -94,6 +94,17 @@ def test_recv_into_directory_uses_remote_name(
     assert (outdir / "a.txt").read_bytes() == data
 
 
+def test_send_to_a_path_ending_in_slash_keeps_the_local_name(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    src = tmp_path / "report.pdf"
+    data = write_random(src, 5000)
+    res = fluxctl("send", str(src), daemon.url("/inbox/"), "--json")
+    assert res.code == 0, res.stderr
+    assert res.json["path"] == "/inbox/report.pdf"
+    assert (daemon.root / "inbox" / "report.pdf").read_bytes() == data
+
+
 def test_ls_stat_rm(daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path) -> None:
     src = tmp_path / "x"
     data = write_random(src, 4096)
