@@ -8,6 +8,7 @@ for every chunk: on these machines first-touch page faults cost as much as the c
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import mmap
 import threading
 from collections import defaultdict
@@ -63,5 +64,7 @@ POOL = BufferPool()
 
 
 def is_page_aligned(view: memoryview) -> bool:
-    """True if `view` starts on a page boundary of a pool buffer (usable with O_DIRECT)."""
-    return isinstance(view, memoryview) and isinstance(view.obj, mmap.mmap) and view.contiguous
+    """True if `view` is writable, contiguous and starts on a page boundary (O_DIRECT-able)."""
+    if not isinstance(view, memoryview) or view.readonly or not view.contiguous or not view:
+        return False
+    return ctypes.addressof(ctypes.c_char.from_buffer(view)) % PAGE == 0

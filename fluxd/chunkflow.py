@@ -8,6 +8,7 @@ receives with `ChunkWriter` on download; the daemon does the opposite.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
@@ -93,12 +94,15 @@ async def expect(ch: Channel, cls: type[T], timeout: float | None) -> T:
 
 
 async def prefetch(
-    fn: Callable[[T], R], items: Iterable[T], depth: int, executor: Executor | None = None
+    fn: Callable[[T], R], items: Iterable[T], depth: int, executor: Executor
 ) -> AsyncGenerator[R, None]:
-    """Run blocking `fn` over `items` in `executor`, `depth` ahead, yielding results in order."""
-    loop = asyncio.get_running_loop()
+    """Run blocking `fn` over `items` in `executor`, `depth` ahead, yielding results in order.
+
+    Closing the generator cancels calls not yet started and waits for those already running,
+    so whatever they use (an open file) may be closed right after.
+    """
     it = iter(items)
-    pending: deque[asyncio.Future[R]] = deque()
+    pending: deque[concurrent.futures.Future[R]] = deque()
 
     def refill() -> None:
         while len(pending) < depth:
@@ -106,20 +110,18 @@ async def prefetch(
                 item = next(it)
             except StopIteration:
                 return
-            pending.append(loop.run_in_executor(executor, fn, item))
+            pending.append(executor.submit(fn, item))
 
     refill()
     try:
         while pending:
-            result = await pending.popleft()
+            result = await asyncio.wrap_future(pending.popleft())
             refill()
             yield result
     finally:
-        for fut in pending:
-            fut.cancel()
-        # Let cancelled-but-running reads finish before their buffers' owner goes away.
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        running = [f for f in pending if not f.cancel()]
+        if running:
+            await asyncio.wait([asyncio.wrap_future(f) for f in running])
 
 
 async def send_chunks(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fluxproto import MAX_CHUNK, ConfigError
+from fluxproto import MAX_CHUNK, MIN_CHUNK, ConfigError
 from fluxproto.frames import MAX_WINDOW, MIN_WINDOW
 
 DEFAULT_PORT = 7070
@@ -31,7 +32,9 @@ def data_dir() -> Path:
     """The daemon's default data directory (see module docstring)."""
     if home := os.environ.get("FLUXD_HOME"):
         return Path(home)
-    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(xdg):  # the XDG spec says relative values are to be ignored
+        xdg = str(Path.home() / ".local" / "share")
     return Path(xdg) / "fluxd"
 
 
@@ -96,8 +99,11 @@ class ServerConfig:
         parse_hostport(self.listen)
         if not MIN_WINDOW <= self.window <= MAX_WINDOW:
             raise ConfigError(f"window must be between {MIN_WINDOW} and {MAX_WINDOW} bytes")
-        if self.idle_timeout <= 0 or self.shutdown_grace < 0:
-            raise ConfigError("idle_timeout must be > 0 and shutdown_grace >= 0")
+        # Written so NaN fails too: every comparison with NaN is false.
+        if not (0 < self.idle_timeout < math.inf and 0 <= self.shutdown_grace < math.inf):
+            raise ConfigError("idle_timeout must be > 0 and shutdown_grace >= 0 (finite seconds)")
+        if not MIN_CHUNK <= self.max_chunk <= MAX_CHUNK:
+            raise ConfigError(f"max_chunk must be between {MIN_CHUNK} and {MAX_CHUNK} bytes")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level must be debug, info, warning or error")
 
@@ -128,15 +134,17 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> ServerConfig:
     values: dict[str, Any] = {}
     if path is not None:
         try:
-            values = tomllib.loads(path.read_text())
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config {path} is not UTF-8 text") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"bad TOML in {path}: {exc}") from None
-        unknown = set(values) - set(_CONVERT)
-        if unknown:
-            raise ConfigError(f"unknown key(s) in {path}: {', '.join(sorted(unknown))}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
+        _refuse_unknown(values, f"in {path}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    _refuse_unknown(given, "given")
+    values.update(given)
     try:
         converted = {k: _convert(k, v) for k, v in values.items()}
     except (TypeError, ValueError) as exc:
@@ -144,10 +152,18 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> ServerConfig:
     return ServerConfig(**converted)
 
 
+def _refuse_unknown(values: dict[str, Any], where: str) -> None:
+    unknown = set(values) - set(_CONVERT)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {where}: {', '.join(sorted(unknown))}")
+
+
 def _convert(key: str, value: Any) -> Any:
     conv = _CONVERT[key]
     if conv is bool and not isinstance(value, bool):
         raise ConfigError(f"{key} must be true or false")
+    if conv is not bool and isinstance(value, bool):
+        raise ConfigError(f"{key} must be a {'number' if conv is float else 'value'}, not {value}")
     if conv is Path:
         return Path(value).expanduser()
     return conv(value)

@@ -7,13 +7,12 @@ clients it is going away, and keeps every partial upload for the clients to resu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 
-from fluxproto import ConnectError, Connection, Goodbye, Role, State
+from fluxproto import ConnectError, Connection, Role
 
 from . import log
 from .buffers import POOL
@@ -60,10 +59,9 @@ class FluxServer:
         """Stop accepting, flush in-flight chunks, say goodbye, close everything."""
         if self._listener is not None:
             self._listener.close()
-        for task, ch in list(self._sessions.items()):
-            if ch.conn.state not in (State.CLOSED, State.ERROR):
-                with contextlib.suppress(Exception):
-                    ch.send(Goodbye("server shutting down"))
+        # Each session flushes its received chunks, finishes a commit in progress (and replies),
+        # then says goodbye itself: a goodbye sent first would stop a commit's reply.
+        for task in list(self._sessions):
             task.cancel()
         if self._sessions:
             await asyncio.wait(list(self._sessions), timeout=self.config.shutdown_grace)

@@ -107,6 +107,9 @@ class Session:
                 frame = handle_control(self.ch, event)
                 if frame is not None:
                     await self._request(frame)
+        except asyncio.CancelledError:
+            self._goodbye("server shutting down")  # clients retry and resume
+            raise
         except TransportError as exc:
             log.event("connection-ended", logging.DEBUG, peer=self.ch.peer, reason=str(exc))
         except FluxError as exc:
@@ -151,6 +154,11 @@ class Session:
         finally:
             fields["duration"] = round(time.monotonic() - started, 6)
             log.event("request", **fields)
+
+    def _goodbye(self, reason: str) -> None:
+        if self.ch.conn.state not in (State.CLOSED, State.ERROR):
+            with contextlib.suppress(FluxError):
+                self.ch.send(Goodbye(reason))
 
     def _send_error(self, exc: FluxError) -> None:
         if self.ch.conn.state is State.CLOSED:

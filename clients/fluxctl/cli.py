@@ -181,7 +181,7 @@ def send(
 @app.command()
 def recv(
     url: Annotated[str, typer.Argument(help="flux://HOST:PORT/PATH")],
-    local: Annotated[Path, typer.Argument(help="Local file or directory to write.")],
+    local: Annotated[str, typer.Argument(help="Local file or directory to write.")],
     ca: Ca = None,
     pin: Pin = None,
     transport: Transport = "tcp",

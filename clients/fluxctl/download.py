@@ -35,9 +35,11 @@ from .url import FluxURL
 PARTIAL_SUFFIX = ".fluxpart"
 
 
-def destination(local: Path, url: FluxURL) -> Path:
-    """Where `recv URL LOCAL` puts the file: into LOCAL if it is a directory, else at LOCAL."""
-    if local.is_dir() or str(local).endswith(os.sep):
+def destination(local_arg: str | Path, url: FluxURL) -> Path:
+    """Where `recv URL LOCAL` puts the file: into LOCAL if it is a directory (or ends in a
+    separator, like scp), else at LOCAL. Takes the argument as typed: Path drops the slash."""
+    local = Path(local_arg)
+    if local.is_dir() or str(local_arg).endswith(("/", os.sep)):
         if not url.name:
             raise ConfigError(f"{url} names no file")
         local = local / url.name
@@ -60,7 +62,11 @@ class Download:
     """One `fluxctl recv` run; `run` retries attempts until the file is in place."""
 
     def __init__(
-        self, url: FluxURL, local: Path, opts: ClientOptions, progress: ProgressFn | None = None
+        self,
+        url: FluxURL,
+        local: str | Path,
+        opts: ClientOptions,
+        progress: ProgressFn | None = None,
     ) -> None:
         self.url, self.opts = url, opts
         self.dest = destination(local, url)

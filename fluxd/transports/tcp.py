@@ -24,6 +24,7 @@ from fluxproto import (
     Event,
     FluxError,
     Frame,
+    State,
     TransportTimeout,
 )
 
@@ -95,9 +96,9 @@ class SocketChannel:
 
     def send(self, frame: Frame) -> None:
         """Queue a frame and write what the socket takes now; raises ConnectionLost if gone."""
-        self.conn.send(frame)
-        if self._lost or self._closing:
+        if self._lost or self._closing or self.conn.state is State.CLOSED:
             raise ConnectionLost(f"connection to {self.peer} is closed")
+        self.conn.send(frame)
         for buf in self.conn.data_to_send():
             view = memoryview(buf)
             self._out.append(view)
@@ -259,6 +260,8 @@ def _peer_name(sock: socket.socket) -> str:
         addr = sock.getpeername()
     except OSError:
         return "?"
+    if not isinstance(addr, tuple):  # a Unix socket: a path, often empty
+        return addr or "local"
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

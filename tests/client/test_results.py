@@ -1,0 +1,148 @@
+"""fluxctl.results: the chunk size a send uses and the `--json` result object."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fluxctl.results import DEFAULT_CHUNK, TransferResult, chunk_size_for
+from fluxproto import MAX_CHUNK, MAX_CHUNKS, MIN_CHUNK, ConfigError, OpenUpload, chunk_count
+from fluxproto.frames import MAX_FILE_SIZE
+
+MiB = 1 << 20
+
+# --- chunk_size_for: automatic ------------------------------------------------------------------
+
+
+def test_default_is_4_mib() -> None:
+    assert 4 * MiB == DEFAULT_CHUNK
+    for size in (0, 1, DEFAULT_CHUNK, 10 * DEFAULT_CHUNK + 1, 1 << 40):
+        assert chunk_size_for(size, None) == DEFAULT_CHUNK
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk"),
+    [
+        (MAX_CHUNKS * DEFAULT_CHUNK, DEFAULT_CHUNK),  # exactly at the limit: still 4 MiB
+        (MAX_CHUNKS * DEFAULT_CHUNK + 1, 2 * DEFAULT_CHUNK),
+        (MAX_CHUNKS * 2 * DEFAULT_CHUNK, 2 * DEFAULT_CHUNK),
+        (MAX_CHUNKS * 2 * DEFAULT_CHUNK + 1, 4 * DEFAULT_CHUNK),
+        (MAX_FILE_SIZE, MAX_CHUNK),
+    ],
+)
+def test_doubles_past_the_chunk_count_limit(size: int, chunk: int) -> None:
+    assert chunk_size_for(size, None) == chunk
+
+
+def test_largest_file_fits_the_protocol() -> None:
+    chunk = chunk_size_for(MAX_FILE_SIZE, None)
+    assert chunk <= MAX_CHUNK
+    assert chunk_count(MAX_FILE_SIZE, chunk) == MAX_CHUNKS
+    OpenUpload("/big", MAX_FILE_SIZE, chunk)  # the frame validates the geometry
+
+
+@pytest.mark.parametrize("size", [MAX_FILE_SIZE + 1, 2 * MAX_FILE_SIZE])
+def test_a_file_beyond_the_protocol_is_a_config_error(size: int) -> None:
+    with pytest.raises(ConfigError, match="larger than the protocol allows"):
+        chunk_size_for(size, None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, MAX_FILE_SIZE))
+def test_smallest_power_of_two_multiple_that_fits(size: int) -> None:
+    chunk = chunk_size_for(size, None)
+    assert MIN_CHUNK <= DEFAULT_CHUNK <= chunk <= MAX_CHUNK
+    assert chunk % DEFAULT_CHUNK == 0
+    assert (chunk // DEFAULT_CHUNK).bit_count() == 1
+    assert chunk_count(size, chunk) <= MAX_CHUNKS
+    if chunk > DEFAULT_CHUNK:
+        assert chunk_count(size, chunk // 2) > MAX_CHUNKS, "not the smallest that fits"
+    OpenUpload("/f", size, chunk)
+
+
+# --- chunk_size_for: --chunk-size ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "requested"),
+    [
+        (0, MIN_CHUNK),
+        (10 * MiB, 64 * 1024),
+        (1 << 40, MAX_CHUNK),
+        (MAX_CHUNKS * MIN_CHUNK, MIN_CHUNK),
+    ],
+)
+def test_requested_size_is_used_as_is(size: int, requested: int) -> None:
+    assert chunk_size_for(size, requested) == requested
+
+
+@pytest.mark.parametrize(
+    ("size", "requested"),
+    [
+        (MAX_CHUNKS * MIN_CHUNK + 1, MIN_CHUNK),
+        (MAX_CHUNKS * DEFAULT_CHUNK + 1, DEFAULT_CHUNK),
+        (MAX_FILE_SIZE, MAX_CHUNK // 2),
+    ],
+)
+def test_requested_size_too_small_names_one_that_works(size: int, requested: int) -> None:
+    with pytest.raises(ConfigError, match="--chunk-size is too small") as info:
+        chunk_size_for(size, requested)
+    need = int(str(info.value).rsplit(" ", 1)[1])
+    assert need > requested
+    assert chunk_size_for(size, need) == need  # the suggestion is accepted
+    assert chunk_count(size, need) <= MAX_CHUNKS < chunk_count(size, need - 1)
+
+
+# --- TransferResult.to_json ---------------------------------------------------------------------
+
+DIGEST = bytes(range(16))
+
+
+def result(op: str, **kw: object) -> TransferResult:
+    fields: dict[str, object] = {
+        "op": op,
+        "path": "/dir/f.bin",
+        "size": 1000,
+        "moved": 600,
+        "skipped": 400,
+        "retries": 2,
+        "seconds": 1.23456789,
+        "digest": DIGEST,
+    }
+    fields.update(kw)
+    return TransferResult(**fields)  # type: ignore[arg-type]
+
+
+def test_send_json() -> None:
+    assert result("send").to_json() == {
+        "ok": True,
+        "op": "send",
+        "path": "/dir/f.bin",
+        "bytes": 1000,
+        "sent": 600,
+        "skipped": 400,
+        "retries": 2,
+        "seconds": 1.234568,
+        "digest": "xxh128:000102030405060708090a0b0c0d0e0f",
+        "transport": "tcp",
+    }
+
+
+def test_recv_json_reports_received_not_sent() -> None:
+    out = result("recv").to_json()
+    assert out["op"] == "recv"
+    assert out["received"] == 600
+    assert "sent" not in out
+    send = result("send").to_json()
+    assert "received" not in send
+    assert set(out) - {"received"} == set(send) - {"sent"}
+
+
+def test_json_is_serialisable_and_keeps_transport() -> None:
+    out = result("send", transport="quic", seconds=0.0).to_json()
+    assert json.loads(json.dumps(out)) == out
+    assert out["transport"] == "quic"
+    assert out["seconds"] == 0.0

@@ -1,0 +1,184 @@
+"""fluxd.claims: one writer per path; a reconnecting client waits for its old session to let go."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from fluxd.claims import UploadClaims
+from fluxproto import Conflict, FluxError
+
+ALIVE: Callable[[], bool] = lambda: False  # noqa: E731 - the holder's connection is open
+LONG = 30.0  # a grace that must never run out in these tests (a bound, not a wait)
+
+
+def test_claim_and_release() -> None:
+    async def main() -> list[str]:
+        claims = UploadClaims()
+        seen = []
+        async with claims.claim("a", ALIVE, LONG):
+            seen.append("first")
+        async with claims.claim("a", ALIVE, LONG):  # released: free again at once
+            seen.append("second")
+        return seen
+
+    assert asyncio.run(main()) == ["first", "second"]
+
+
+def test_second_claim_while_holder_alive_is_a_conflict() -> None:
+    async def main() -> None:
+        claims = UploadClaims()
+        async with claims.claim("dir/f", ALIVE, LONG):
+            with pytest.raises(Conflict, match="/dir/f is being uploaded by another session"):
+                async with claims.claim("dir/f", ALIVE, LONG):
+                    raise AssertionError("must not get the claim")
+        async with claims.claim("dir/f", ALIVE, LONG):  # the failed claim left nothing behind
+            pass
+
+    asyncio.run(main())
+
+
+def test_conflict_is_a_flux_error_with_its_wire_code() -> None:
+    async def main() -> Conflict:
+        claims = UploadClaims()
+        async with claims.claim("k", ALIVE, LONG):
+            try:
+                async with claims.claim("k", ALIVE, LONG):
+                    pass
+            except Conflict as exc:
+                return exc
+        raise AssertionError("no conflict")
+
+    exc = asyncio.run(main())
+    assert isinstance(exc, FluxError)
+    assert exc.code == 409
+
+
+def test_different_keys_do_not_conflict() -> None:
+    async def main() -> list[str]:
+        claims = UploadClaims()
+        held = []
+        async with claims.claim("a", ALIVE, LONG), claims.claim("b", ALIVE, LONG):
+            held.append("a+b")
+        return held
+
+    assert asyncio.run(main()) == ["a+b"]
+
+
+def test_claim_after_closed_holder_waits_for_its_release() -> None:
+    async def main() -> list[str]:
+        claims = UploadClaims()
+        order: list[str] = []
+        asked = asyncio.Event()
+
+        def holder_closed() -> bool:
+            asked.set()  # the second claim has found the first and is about to wait
+            return True
+
+        async def second() -> None:
+            async with claims.claim("f", ALIVE, LONG):
+                order.append("second acquired")
+
+        async with claims.claim("f", holder_closed, LONG):
+            task = asyncio.create_task(second())
+            await asyncio.wait_for(asked.wait(), LONG)
+            assert not task.done()
+            order.append("first releasing")
+        await asyncio.wait_for(task, LONG)
+        return order
+
+    assert asyncio.run(main()) == ["first releasing", "second acquired"]
+
+
+def test_closing_holder_that_outlives_the_grace_is_a_conflict() -> None:
+    async def main() -> list[str]:
+        claims = UploadClaims()
+        order: list[str] = []
+        async with claims.claim("f", lambda: True, LONG):
+            with pytest.raises(Conflict, match="/f is still being closed by a previous session"):
+                async with claims.claim("f", ALIVE, 0.05):
+                    order.append("must not happen")
+            order.append("second gave up")
+        async with claims.claim("f", ALIVE, LONG):  # once released, the path is free
+            order.append("third acquired")
+        return order
+
+    assert asyncio.run(main()) == ["second gave up", "third acquired"]
+
+
+def test_only_one_of_several_waiters_gets_the_claim() -> None:
+    async def main() -> list[object]:
+        claims = UploadClaims()
+        asked = 0
+        both_waiting = asyncio.Event()
+        winner_may_finish = asyncio.Event()
+
+        def holder_closed() -> bool:
+            nonlocal asked
+            asked += 1
+            if asked == 2:
+                both_waiting.set()
+            return True
+
+        async def waiter(name: str) -> str:
+            async with claims.claim("f", ALIVE, LONG):
+                await winner_may_finish.wait()
+            return name
+
+        async with claims.claim("f", holder_closed, LONG):
+            tasks = [asyncio.create_task(waiter(n)) for n in ("b", "c")]
+            await asyncio.wait_for(both_waiting.wait(), LONG)
+        # The first waiter to run takes the claim; the other finds a live holder.
+        done, _ = await asyncio.wait(tasks, timeout=LONG, return_when=asyncio.FIRST_COMPLETED)
+        winner_may_finish.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert len(done) == 1
+        return results
+
+    results = asyncio.run(main())
+    assert sorted(type(r).__name__ for r in results) == ["Conflict", "str"]
+
+
+def test_release_on_exception() -> None:
+    async def main() -> None:
+        claims = UploadClaims()
+        with pytest.raises(ValueError, match="disk on fire"):
+            async with claims.claim("f", ALIVE, LONG):
+                raise ValueError("disk on fire")
+        async with claims.claim("f", ALIVE, LONG):
+            pass
+
+    asyncio.run(main())
+
+
+def test_release_on_cancellation_wakes_a_waiter() -> None:
+    async def main() -> str:
+        claims = UploadClaims()
+        inside = asyncio.Event()
+        asked = asyncio.Event()
+
+        def holder_closed() -> bool:
+            asked.set()
+            return True
+
+        async def holder() -> None:
+            async with claims.claim("f", holder_closed, LONG):
+                inside.set()
+                await asyncio.Event().wait()  # until cancelled
+
+        async def second() -> str:
+            async with claims.claim("f", ALIVE, LONG):
+                return "acquired"
+
+        hold = asyncio.create_task(holder())
+        await asyncio.wait_for(inside.wait(), LONG)
+        task = asyncio.create_task(second())
+        await asyncio.wait_for(asked.wait(), LONG)
+        hold.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hold
+        return await asyncio.wait_for(task, LONG)
+
+    assert asyncio.run(main()) == "acquired"
