@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, Self
 
 from ..measure import MB
 
@@ -43,6 +44,29 @@ class Peer(Protocol):
     def dest(self, name: str) -> Path:
         """Where the copy of `name` lands."""
         ...
+
+
+class Service:
+    """A peer started by `with`: a start that fails half-way still cleans up what it began."""
+
+    def __enter__(self) -> Self:
+        try:
+            self._start()
+        except BaseException:
+            self._stop()
+            raise
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop()
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        raise NotImplementedError
 
 
 def remove_copy(path: Path) -> None:

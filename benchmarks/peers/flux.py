@@ -12,12 +12,11 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 from .. import BenchError
 from ..measure import proc_status_kib, reset_peak_rss, run_measured
-from .base import Transfer
+from .base import Service, Transfer
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
@@ -68,7 +67,7 @@ class _StderrReader(threading.Thread):
         self.ready.set()  # EOF: the daemon exited
 
 
-class FluxPeer:
+class FluxPeer(Service):
     """`fluxd serve` on 127.0.0.1 for the life of the context; `fluxctl send` into ROOT/bench/."""
 
     tool = "fluxctl"
@@ -81,19 +80,6 @@ class FluxPeer:
         self._env: dict[str, str] = {}
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: _StderrReader | None = None
-
-    def __enter__(self) -> FluxPeer:
-        try:
-            self._start()
-        except BaseException:
-            self._stop()
-            raise
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._stop()
 
     def _start(self) -> None:
         self._tmp = Path(tempfile.mkdtemp(prefix="bench-fluxd-"))

@@ -8,12 +8,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 from .. import BenchError
 from ..measure import TreePeakSampler, run_measured
 from ..sysdeps import SSHD
-from .base import Transfer
+from .base import Service, Transfer
 
 CIPHER = "aes128-gcm@openssh.com"
 PRIVSEP_DIR = Path("/run/sshd")
@@ -73,7 +72,7 @@ def _wait_accepts(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: 
     raise BenchError(f"sshd did not accept on 127.0.0.1:{port} within {timeout:.0f} s")
 
 
-class SshPeer:
+class SshPeer(Service):
     """sshd in the foreground (`-D`) for the life of the context; scp sends into `dest_dir`."""
 
     tool = "scp"
@@ -84,19 +83,6 @@ class SshPeer:
         self._tmp: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._made_privsep_dir = False
-
-    def __enter__(self) -> SshPeer:
-        try:
-            self._start()
-        except BaseException:
-            self._stop()
-            raise
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._stop()
 
     def _start(self) -> None:
         self._tmp = tmp = Path(tempfile.mkdtemp(prefix="bench-sshd-"))
