@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,16 +70,42 @@ def proxies() -> Iterator[Callable[..., Proxy]]:
 
 def interrupted_send(
     daemon: Daemon, fluxctl: Fluxctl, proxy: Proxy, src: Path, *args: str
-) -> tuple[object, int]:
+) -> subprocess.Popen[str]:
     """Start a send through the stalling proxy and wait until the server holds >= 10 chunks."""
     proc = fluxctl.spawn("send", str(src), daemon.url("/f.bin", port=proxy.port), *SEND, *args)
     wait_for(proxy.stalled.is_set, what="proxy to stall")
     wait_for(lambda: server_held(daemon) >= 10, what="server to hold 10 chunks")
-    return proc, server_held(daemon)
+    return proc
 
 
 def upload_finished(daemon: Daemon) -> bool:
     return any(r["op"] == "upload" for r in daemon.events("request"))
+
+
+def killed_send(daemon: Daemon, fluxctl: Fluxctl, proxy: Proxy, src: Path) -> int:
+    """Kill a send part-way; return how many chunks the server then holds.
+
+    The link recovers after the kill: what the client had sent arrives, then its reset. The
+    server flushes every chunk it fully received and logs the request.
+    """
+    proc = interrupted_send(daemon, fluxctl, proxy, src, "--retry-for", "0")
+    proc.kill()
+    proc.communicate()
+    proxy.release()
+    wait_for(lambda: upload_finished(daemon), what="server to close the upload")
+    return server_held(daemon)
+
+
+def retried_send_result(proc: subprocess.Popen[str], daemon: Daemon, src: Path) -> dict[str, Any]:
+    """Wait for a send that retries by itself; check it completed, resending at most a window."""
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    out = Result(0, stdout, "").json
+    assert out["retries"] >= 1
+    resent = out["sent"] - SIZE
+    assert 0 <= resent <= WINDOW, f"resent {resent} bytes; at most the in-flight window"
+    assert (daemon.root / "f.bin").read_bytes() == src.read_bytes()
+    return out
 
 
 def test_resume_after_client_killed(
@@ -88,14 +116,7 @@ def test_resume_after_client_killed(
 ) -> None:
     daemon = make_daemon("--window", "256K")
     proxy = proxies(daemon.port)
-    proc, _ = interrupted_send(daemon, fluxctl, proxy, src, "--retry-for", "0")
-    proc.kill()  # type: ignore[attr-defined]
-    proc.communicate()  # type: ignore[attr-defined]
-    # The link recovers: what the client had sent arrives, then its FIN. The server flushes
-    # every chunk it fully received and logs the request.
-    proxy.release()
-    wait_for(lambda: upload_finished(daemon), what="server to close the upload")
-    held = server_held(daemon)
+    held = killed_send(daemon, fluxctl, proxy, src)
     # A killed client resets the connection, and a reset discards what the server had not read
     # yet: at most the chunks in flight (the window) plus the partial one are lost.
     assert proxy.forwarded - held * CHUNK <= WINDOW + CHUNK
@@ -118,20 +139,14 @@ def test_resume_after_daemon_killed(
 ) -> None:
     daemon = make_daemon("--window", "256K")
     proxy = proxies(daemon.port)
-    proc, _ = interrupted_send(daemon, fluxctl, proxy, src, "--retry-for", "120")
+    proc = interrupted_send(daemon, fluxctl, proxy, src, "--retry-for", "120")
     daemon.kill()  # SIGKILL: only what was journaled survives
     held = server_held(daemon)
     proxy.release()
     daemon.start()  # same port; the client keeps retrying through the proxy
-    stdout, stderr = proc.communicate(timeout=120)  # type: ignore[attr-defined]
-    assert proc.returncode == 0, stderr  # type: ignore[attr-defined]
-    out = Result(0, stdout, "").json
-    assert out["retries"] >= 1
+    out = retried_send_result(proc, daemon, src)
     assert out["skipped"] == 0
-    resent = out["sent"] - SIZE
-    assert 0 <= resent <= WINDOW, f"resent {resent} bytes; at most the in-flight window"
     assert held >= 10
-    assert (daemon.root / "f.bin").read_bytes() == src.read_bytes()
 
 
 def test_resume_after_tcp_cut(
@@ -142,16 +157,10 @@ def test_resume_after_tcp_cut(
 ) -> None:
     daemon = make_daemon("--window", "256K")
     proxy = proxies(daemon.port)
-    proc, _ = interrupted_send(daemon, fluxctl, proxy, src, "--retry-for", "120")
+    proc = interrupted_send(daemon, fluxctl, proxy, src, "--retry-for", "120")
     proxy.cut()
     proxy.release()
-    stdout, stderr = proc.communicate(timeout=120)  # type: ignore[attr-defined]
-    assert proc.returncode == 0, stderr  # type: ignore[attr-defined]
-    out = Result(0, stdout, "").json
-    assert out["retries"] >= 1
-    resent = out["sent"] - SIZE
-    assert 0 <= resent <= WINDOW, f"resent {resent} bytes; at most the in-flight window"
-    assert (daemon.root / "f.bin").read_bytes() == src.read_bytes()
+    retried_send_result(proc, daemon, src)
 
 
 def test_corrupted_staged_chunk_is_detected_and_resent(
@@ -162,12 +171,7 @@ def test_corrupted_staged_chunk_is_detected_and_resent(
 ) -> None:
     daemon = make_daemon("--window", "256K")
     proxy = proxies(daemon.port)
-    proc, _ = interrupted_send(daemon, fluxctl, proxy, src, "--retry-for", "0")
-    proc.kill()  # type: ignore[attr-defined]
-    proc.communicate()  # type: ignore[attr-defined]
-    proxy.release()
-    wait_for(lambda: upload_finished(daemon), what="server to close the upload")
-    held = server_held(daemon)
+    held = killed_send(daemon, fluxctl, proxy, src)
     journal = server_journal(daemon)
     assert journal is not None
     data = journal.with_name("data")
@@ -192,12 +196,7 @@ def test_local_file_changed_between_attempts(
 ) -> None:
     daemon = make_daemon("--window", "256K")
     proxy = proxies(daemon.port)
-    proc, _ = interrupted_send(daemon, fluxctl, proxy, src, "--retry-for", "0")
-    proc.kill()  # type: ignore[attr-defined]
-    proc.communicate()  # type: ignore[attr-defined]
-    proxy.release()
-    wait_for(lambda: upload_finished(daemon), what="server to close the upload")
-    held = server_held(daemon)
+    held = killed_send(daemon, fluxctl, proxy, src)
     assert held > 2
 
     # Change one chunk the server already holds and one it does not; same size.
@@ -220,19 +219,14 @@ def test_sigterm_keeps_partial_upload_and_client_resumes(
 ) -> None:
     daemon = make_daemon("--window", "256K")
     proxy = proxies(daemon.port)
-    proc, _ = interrupted_send(daemon, fluxctl, proxy, src, "--retry-for", "120")
+    proc = interrupted_send(daemon, fluxctl, proxy, src, "--retry-for", "120")
     assert daemon.stop(signal.SIGTERM) == 0
     assert daemon.events("stopped"), "clean shutdown"
     held = server_held(daemon)
     assert held >= 10, "partial upload kept"
     proxy.release()
     daemon.start()
-    stdout, stderr = proc.communicate(timeout=120)  # type: ignore[attr-defined]
-    assert proc.returncode == 0, stderr  # type: ignore[attr-defined]
-    out = Result(0, stdout, "").json
-    assert out["retries"] >= 1
-    assert out["sent"] - SIZE <= WINDOW
-    assert (daemon.root / "f.bin").read_bytes() == src.read_bytes()
+    retried_send_result(proc, daemon, src)
 
 
 def test_recv_resumes_after_client_killed(
