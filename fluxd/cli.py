@@ -50,6 +50,13 @@ def serve(
     insecure_plaintext: Annotated[
         bool | None, typer.Option("--insecure-plaintext", help="No TLS (loopback only).")
     ] = None,
+    tcp: Annotated[bool | None, typer.Option("--tcp/--no-tcp", help="Serve TCP+TLS.")] = None,
+    quic: Annotated[
+        bool | None, typer.Option("--quic/--no-quic", help="Serve QUIC on the same UDP port.")
+    ] = None,
+    quic_datagram_size: Annotated[
+        int | None, typer.Option(help="Largest QUIC datagram (default 1452).")
+    ] = None,
     window: Annotated[str | None, typer.Option(help="Receive window, e.g. 32M.")] = None,
     idle_timeout: Annotated[float | None, typer.Option(help="Seconds before idle close.")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
@@ -63,6 +70,9 @@ def serve(
             "listen": listen,
             "certs": certs,
             "insecure_plaintext": insecure_plaintext,
+            "tcp": tcp,
+            "quic": quic,
+            "quic_datagram_size": quic_datagram_size,
             "window": window,
             "idle_timeout": idle_timeout,
             "log_level": log_level,
@@ -70,7 +80,7 @@ def serve(
     )
     log.setup(cfg.log_level)
     host, _ = cfg.address
-    ssl_context, fingerprint = None, None
+    ssl_context, fingerprint, paths = None, None, None
     if cfg.insecure_plaintext:
         if not is_loopback(host):
             raise ConfigError(f"--insecure-plaintext is refused for non-loopback address {host}")
@@ -81,7 +91,7 @@ def serve(
         fingerprint = cert_fingerprint(paths.server_cert)
     cfg.root.mkdir(parents=True, exist_ok=True)
     storage = LocalStorage(cfg.root)
-    _run_loop(run_server(cfg, storage, ssl_context, fingerprint))
+    _run_loop(run_server(cfg, storage, ssl_context, paths, fingerprint))
 
 
 @certs_app.command("init")

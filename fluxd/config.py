@@ -85,6 +85,11 @@ class ServerConfig:
     listen: str = DEFAULT_LISTEN
     certs: Path = dataclasses.field(default_factory=lambda: data_dir() / "certs")
     insecure_plaintext: bool = False
+    #: Serve over TCP+TLS and over QUIC (UDP, same port number); either may be turned off.
+    tcp: bool = True
+    quic: bool = True
+    #: Largest UDP payload QUIC sends (1452 fits a 1500-byte MTU; aioquic breaks above ~16000).
+    quic_datagram_size: int = 1452
     #: Bytes of chunks a client may have in flight towards us (the protocol window).
     window: int = 32 * 1024 * 1024
     #: Seconds a connection may stay silent before the daemon closes it.
@@ -102,6 +107,10 @@ class ServerConfig:
         # Written so NaN fails too: every comparison with NaN is false.
         if not (0 < self.idle_timeout < math.inf and 0 <= self.shutdown_grace < math.inf):
             raise ConfigError("idle_timeout must be > 0 and shutdown_grace >= 0 (finite seconds)")
+        if not (self.tcp or self.quic):
+            raise ConfigError("tcp and quic are both off: nothing to serve")
+        if not 1200 <= self.quic_datagram_size <= 16000:
+            raise ConfigError("quic_datagram_size must be between 1200 and 16000 bytes")
         if not MIN_CHUNK <= self.max_chunk <= MAX_CHUNK:
             raise ConfigError(f"max_chunk must be between {MIN_CHUNK} and {MAX_CHUNK} bytes")
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -117,6 +126,9 @@ _CONVERT: dict[str, Any] = {
     "certs": Path,
     "listen": str,
     "insecure_plaintext": bool,
+    "tcp": bool,
+    "quic": bool,
+    "quic_datagram_size": int,
     "window": parse_size,
     "idle_timeout": float,
     "shutdown_grace": float,

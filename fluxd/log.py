@@ -35,6 +35,11 @@ def setup(level: str = "info") -> None:
     LOGGER.handlers[:] = [handler]
     LOGGER.setLevel(level.upper())
     LOGGER.propagate = False
+    # aioquic logs per-connection errors (a client with a wrong CA, say) under "quic".
+    quic = logging.getLogger("quic")
+    quic.handlers[:] = [handler]
+    quic.setLevel(logging.WARNING if LOGGER.level < logging.WARNING else LOGGER.level)
+    quic.propagate = False
 
 
 def event(name: str, level: int = logging.INFO, **fields: Any) -> None:

@@ -16,49 +16,83 @@ from fluxproto import ConnectError, Connection, Role
 
 from . import log
 from .buffers import POOL
+from .chunkflow import Channel
 from .claims import UploadClaims
 from .config import ServerConfig, format_hostport
 from .session import Session
 from .storage.base import Storage
+from .tls import CertPaths
+from .transports.quic import QuicListener
 from .transports.tcp import Listener, SocketChannel
 
 TLS_HANDSHAKE_TIMEOUT = 15.0
 
 
 class FluxServer:
-    """Accepts TCP (+TLS) connections and runs a `Session` for each."""
+    """Accepts TCP (+TLS) and QUIC connections and runs a `Session` for each."""
 
     def __init__(
-        self, config: ServerConfig, storage: Storage, ssl_context: ssl.SSLContext | None
+        self,
+        config: ServerConfig,
+        storage: Storage,
+        ssl_context: ssl.SSLContext | None,
+        certs: CertPaths | None = None,
     ) -> None:
         self.config, self.storage, self.ssl_context = config, storage, ssl_context
+        self.certs = certs
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fluxd-io")
         self._listener: Listener | None = None
-        self._sessions: dict[asyncio.Task[None], SocketChannel] = {}
+        self._quic: QuicListener | None = None
+        self._sessions: dict[asyncio.Task[None], Channel] = {}
         self._claims = UploadClaims()
 
-    async def start(self) -> list[str]:
-        """Bind and start accepting; returns the bound addresses as HOST:PORT."""
-        host, port = self.config.address
-        self._listener = Listener(self.ssl_context, self._start_session, TLS_HANDSHAKE_TIMEOUT)
-        try:
-            bound = self._listener.start(host, port)
-        except OSError as exc:
-            raise ConnectError(f"cannot listen on {self.config.listen}: {exc.strerror}") from None
-        return [format_hostport(h, p) for h, p in bound]
+    async def start(self) -> list[tuple[str, str]]:
+        """Bind and start accepting; returns (transport, HOST:PORT) for every listener.
 
-    def _start_session(self, sock: socket.socket) -> None:
-        ch = SocketChannel(sock, Connection(Role.SERVER, alloc=POOL.get))
+        QUIC listens on the UDP port with the TCP listener's number (port 0: the one TCP got).
+        QUIC always runs TLS, so it is off when TLS is.
+        """
+        host, port = self.config.address
+        bound: list[tuple[str, str]] = []
+        try:
+            if self.config.tcp:
+                self._listener = Listener(
+                    self.ssl_context, self._start_tcp_session, TLS_HANDSHAKE_TIMEOUT
+                )
+                tcp = self._listener.start(host, port)
+                name = "tcp" if self.ssl_context else "tcp-plaintext"
+                bound += [(name, format_hostport(h, p)) for h, p in tcp]
+                port = tcp[0][1]
+            if self.config.quic and self.certs is not None:
+                self._quic = QuicListener(
+                    self.certs, self._start_session, self.config.quic_datagram_size
+                )
+                udp = await self._quic.start(host, port)
+                bound += [("quic", format_hostport(h, p)) for h, p in udp]
+        except OSError as exc:
+            self._close_listeners()
+            raise ConnectError(f"cannot listen on {self.config.listen}: {exc.strerror}") from None
+        return bound
+
+    def _start_tcp_session(self, sock: socket.socket) -> None:
+        self._start_session(SocketChannel(sock, Connection(Role.SERVER, alloc=POOL.get)))
+
+    def _start_session(self, ch: Channel) -> None:
         task = asyncio.get_running_loop().create_task(
             Session(ch, self.storage, self.config, self.pool, self._claims).run()
         )
         self._sessions[task] = ch
         task.add_done_callback(self._sessions.pop)
 
-    async def shutdown(self) -> None:
-        """Stop accepting, flush in-flight chunks, say goodbye, close everything."""
+    def _close_listeners(self) -> None:
         if self._listener is not None:
             self._listener.close()
+        if self._quic is not None:
+            self._quic.close()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, flush in-flight chunks, say goodbye, close everything."""
+        self._close_listeners()
         # Each session flushes its received chunks, finishes a commit in progress (and replies),
         # then says goodbye itself: a goodbye sent first would stop a commit's reply.
         for task in list(self._sessions):
@@ -74,20 +108,21 @@ async def serve(
     config: ServerConfig,
     storage: Storage,
     ssl_context: ssl.SSLContext | None,
+    certs: CertPaths | None,
     fingerprint: str | None,
 ) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
-    server = FluxServer(config, storage, ssl_context)
-    addresses = await server.start()
+    server = FluxServer(config, storage, ssl_context, certs)
+    listeners = await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    for address in addresses:
+    for transport, address in listeners:
         log.event(
             "listening",
             address=address,
-            transport="tcp" if ssl_context else "tcp-plaintext",
+            transport=transport,
             fingerprint=fingerprint,
             root=str(config.root),
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import sys
 import time
@@ -51,7 +52,12 @@ Pin = Annotated[
     typer.Option("--pin", envvar="FLUX_PIN", help="Trust only this certificate: sha256:HEX."),
 ]
 Transport = Annotated[
-    str, typer.Option("--transport", envvar="FLUX_TRANSPORT", help="tcp (quic comes later).")
+    str,
+    typer.Option(
+        "--transport",
+        envvar="FLUX_TRANSPORT",
+        help="auto (QUIC, TCP if UDP is blocked), quic or tcp.",
+    ),
 ]
 ChunkSize = Annotated[
     str | None, typer.Option("--chunk-size", help="Chunk size for new transfers, e.g. 4M.")
@@ -155,7 +161,7 @@ def send(
     url: Annotated[str, typer.Argument(help="flux://HOST:PORT/PATH")],
     ca: Ca = None,
     pin: Pin = None,
-    transport: Transport = "tcp",
+    transport: Transport = "auto",
     chunk_size: ChunkSize = None,
     json_: Json = False,
     quiet: Quiet = False,
@@ -184,7 +190,7 @@ def recv(
     local: Annotated[str, typer.Argument(help="Local file or directory to write.")],
     ca: Ca = None,
     pin: Pin = None,
-    transport: Transport = "tcp",
+    transport: Transport = "auto",
     chunk_size: ChunkSize = None,
     json_: Json = False,
     quiet: Quiet = False,
@@ -229,7 +235,7 @@ def ls(
     url: Annotated[str, typer.Argument(help="flux://HOST:PORT/PATH")],
     ca: Ca = None,
     pin: Pin = None,
-    transport: Transport = "tcp",
+    transport: Transport = "auto",
     chunk_size: ChunkSize = None,
     json_: Json = False,
     quiet: Quiet = False,
@@ -257,7 +263,7 @@ def stat_(
     url: Annotated[str, typer.Argument(help="flux://HOST:PORT/PATH")],
     ca: Ca = None,
     pin: Pin = None,
-    transport: Transport = "tcp",
+    transport: Transport = "auto",
     chunk_size: ChunkSize = None,
     json_: Json = False,
     quiet: Quiet = False,
@@ -281,7 +287,7 @@ def rm(
     url: Annotated[str, typer.Argument(help="flux://HOST:PORT/PATH")],
     ca: Ca = None,
     pin: Pin = None,
-    transport: Transport = "tcp",
+    transport: Transport = "auto",
     chunk_size: ChunkSize = None,
     json_: Json = False,
     quiet: Quiet = False,
@@ -311,6 +317,9 @@ def main() -> NoReturn:
     # Everything imported so far lives for the whole process: keep the collector off it, so
     # collections during a transfer only look at the few objects a chunk creates.
     gc.freeze()
+    # Libraries' own log lines (aioquic's "quic" logger) would break the one-line error rule.
+    logging.getLogger("quic").addHandler(logging.NullHandler())
+    logging.getLogger("quic").propagate = False
     try:
         # standalone_mode=False: click returns a command's typer.Exit code instead of exiting.
         code = app(standalone_mode=False)

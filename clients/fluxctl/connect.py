@@ -1,20 +1,26 @@
-"""Opening a flux connection: TCP, TLS with the trust policy, ALPN, then HELLO/WELCOME."""
+"""Opening a flux connection over TCP+TLS or QUIC: trust policy, ALPN, then HELLO/WELCOME.
+
+`auto` (the default) prefers QUIC and races TCP after a short head start (happy eyeballs): where
+UDP is blocked the transfer starts over TCP within a second, where it passes QUIC wins.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from fluxd.buffers import POOL
-from fluxd.chunkflow import expect
+from fluxd.chunkflow import Channel, expect
 from fluxd.config import is_loopback
-from fluxd.transports.tcp import SocketChannel, open_connection
+from fluxd.transports import quic, tcp
 from fluxproto import (
     DEFAULT_WINDOW,
     ConfigError,
     ConnectError,
     Connection,
+    FluxError,
     Hello,
     Role,
     Welcome,
@@ -25,7 +31,11 @@ from . import __version__
 from .trust import TrustPolicy, check_alpn, check_peer, client_ssl_context, translate_ssl_errors
 from .url import FluxURL
 
-TRANSPORTS = ("tcp",)
+TRANSPORTS = ("auto", "quic", "tcp")
+#: How long QUIC may try alone before TCP joins the race.
+QUIC_HEAD_START = 0.25
+#: How much longer QUIC may try once TCP failed (a QUIC-only server answers well within this).
+QUIC_LAST_CHANCE = 1.0
 
 
 @dataclass(frozen=True)
@@ -34,7 +44,7 @@ class ClientOptions:
 
     #: Who to trust; None means the default (trust on first use, known_hosts in the config dir).
     trust: TrustPolicy | None = None
-    transport: str = "tcp"
+    transport: str = "auto"
     chunk_size: int | None = None
     retry_for: float = 300.0
     insecure_plaintext: bool = False
@@ -42,6 +52,7 @@ class ClientOptions:
     connect_timeout: float = 10.0
     #: Seconds without any frame from the server before the link is considered dead.
     io_timeout: float = 60.0
+    quic_datagram_size: int = quic.DEFAULT_DATAGRAM_SIZE
     on_new_host: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
@@ -51,13 +62,17 @@ class ClientOptions:
             )
         if self.retry_for < 0:
             raise ConfigError("--retry-for must be >= 0")
+        if self.insecure_plaintext and self.transport == "quic":
+            raise ConfigError("QUIC always uses TLS: --insecure-plaintext needs --transport tcp")
+        if not 1200 <= self.quic_datagram_size <= 16000:
+            raise ConfigError("the QUIC datagram size must be between 1200 and 16000 bytes")
 
     @property
     def policy(self) -> TrustPolicy:
         return self.trust if self.trust is not None else TrustPolicy.from_options(None, None)
 
 
-async def connect(url: FluxURL, opts: ClientOptions) -> SocketChannel:
+async def connect(url: FluxURL, opts: ClientOptions) -> Channel:
     """Connect, verify the server per the trust policy, and complete the flux handshake.
 
     Raises:
@@ -65,26 +80,105 @@ async def connect(url: FluxURL, opts: ClientOptions) -> SocketChannel:
         TrustError: the server's certificate is not trusted.
         ConfigError: plaintext to a non-loopback host, bad pin or CA file.
     """
+    if opts.transport == "tcp" or opts.insecure_plaintext:
+        return await connect_tcp(url, opts)
+    if opts.transport == "quic":
+        return await connect_quic(url, opts)
+    return await _race(url, opts)
+
+
+async def _race(url: FluxURL, opts: ClientOptions) -> Channel:
+    quic_attempt = asyncio.ensure_future(connect_quic(url, opts))
+    attempts = {quic_attempt}
+    await asyncio.wait(attempts, timeout=QUIC_HEAD_START)
+    attempts.add(asyncio.ensure_future(connect_tcp(url, opts)))
+    errors: dict[str, BaseException] = {}
+    deadline: float | None = None  # set once TCP failed: QUIC then gets a last short chance
+    try:
+        while attempts:
+            left = (
+                None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+            )
+            done, attempts = await asyncio.wait(
+                attempts, timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                break  # QUIC is silent and TCP was refused: nothing is answering
+            for task in done:
+                exc = task.exception()
+                if exc is None:
+                    return task.result()
+                if not isinstance(exc, FluxError) or not exc.retryable:
+                    raise exc  # a trust or usage failure would fail the other way too
+                name = "QUIC" if task is quic_attempt else "TCP"
+                errors[name] = exc
+                if name == "TCP":
+                    deadline = asyncio.get_running_loop().time() + QUIC_LAST_CHANCE
+    finally:
+        for task in attempts:
+            task.cancel()
+        if attempts:
+            await asyncio.wait(attempts)
+    errors.setdefault("QUIC", ConnectError("no answer"))
+    reasons = "; ".join(f"{name}: {exc}" for name, exc in sorted(errors.items()))
+    raise ConnectError(f"cannot reach {url.address} ({reasons})")
+
+
+async def connect_tcp(url: FluxURL, opts: ClientOptions) -> Channel:
     ctx = _ssl_context(url, opts)
     # ssl.SSLError is an OSError: the ssl translation must be the inner manager.
     with (
-        map_exceptions({OSError: ConnectError, TimeoutError: ConnectError}),
+        map_exceptions({OSError: _os_connect_error, TimeoutError: ConnectError}),
         translate_ssl_errors(),
     ):
-        sock = await open_connection(
+        sock = await tcp.open_connection(
             url.host, url.port, ctx, url.host if ctx else None, opts.connect_timeout
         )
-    ch = SocketChannel(sock, Connection(Role.CLIENT, alloc=POOL.get))
+    ch = tcp.SocketChannel(sock, Connection(Role.CLIENT, alloc=POOL.get))
     try:
         if isinstance(sock, ssl.SSLSocket):
             check_alpn(sock.selected_alpn_protocol())
             check_peer(opts.policy, url.host, url.port, sock.getpeercert(True), opts.on_new_host)
-        ch.send(Hello(window=opts.window, agent=f"fluxctl/{__version__}", caps=("xxh3-128",)))
-        await expect(ch, Welcome, opts.io_timeout)
+        await _hello(ch, opts)
     except BaseException:
         ch.abort()
         raise
     return ch
+
+
+async def connect_quic(url: FluxURL, opts: ClientOptions) -> Channel:
+    policy = opts.policy
+    config = quic.configuration(is_client=True, datagram_size=opts.quic_datagram_size)
+    if policy.ca is not None:
+        config.load_verify_locations(cafile=str(policy.ca))
+    config.verify_mode = quic.ssl_verify_mode(str(policy.ca) if policy.ca else None)
+    with map_exceptions(
+        {
+            TimeoutError: lambda e: ConnectError(
+                f"no QUIC answer from {url.address} (UDP blocked?)"
+            ),
+            OSError: _os_connect_error,
+        }
+    ):
+        ch = await quic.open_connection(url.host, url.port, config, opts.connect_timeout)
+    try:
+        der = quic.peer_certificate_der(ch)
+        check_peer(policy, url.host, url.port, der, opts.on_new_host)
+        await _hello(ch, opts)
+    except BaseException:
+        ch.abort()
+        raise
+    return ch
+
+
+def _os_connect_error(exc: BaseException) -> FluxError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return ConnectError(reason.lower())
+
+
+async def _hello(ch: Channel, opts: ClientOptions) -> None:
+    ch.send(Hello(window=opts.window, agent=f"fluxctl/{__version__}", caps=("xxh3-128",)))
+    await expect(ch, Welcome, opts.io_timeout)
 
 
 def _ssl_context(url: FluxURL, opts: ClientOptions) -> ssl.SSLContext | None:
@@ -93,3 +187,6 @@ def _ssl_context(url: FluxURL, opts: ClientOptions) -> ssl.SSLContext | None:
             raise ConfigError(f"--insecure-plaintext is refused for non-loopback host {url.host}")
         return None
     return client_ssl_context(opts.policy)
+
+
+__all__ = ["TRANSPORTS", "ClientOptions", "connect", "connect_quic", "connect_tcp"]

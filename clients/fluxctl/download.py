@@ -87,6 +87,7 @@ class Download:
             retrier.retries,
             time.monotonic() - started,
             meta.digest,
+            transport=retrier.transport,
         )
 
     async def _attempt(self, ch: Channel, n: int) -> Meta:

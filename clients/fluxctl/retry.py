@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from fluxd.transports.tcp import SocketChannel
+from fluxd.chunkflow import Channel
 from fluxproto import FluxError, Goodbye
 
 from .connect import ClientOptions, connect
@@ -36,8 +36,10 @@ class Retrier:
     ) -> None:
         self.url, self.opts, self.on_retry = url, opts, on_retry
         self.retries = 0
+        #: The transport the last attempt connected over ("tcp" or "quic").
+        self.transport = "tcp"
 
-    async def run(self, attempt: Callable[[SocketChannel, int], Awaitable[T]]) -> T:
+    async def run(self, attempt: Callable[[Channel, int], Awaitable[T]]) -> T:
         """Call `attempt(channel, n)` on a fresh connection until it succeeds or gives up.
 
         Raises:
@@ -58,8 +60,9 @@ class Retrier:
                 delay = min(delay * 2, MAX_DELAY)
                 self.retries += 1
 
-    async def _once(self, attempt: Callable[[SocketChannel, int], Awaitable[T]]) -> T:
+    async def _once(self, attempt: Callable[[Channel, int], Awaitable[T]]) -> T:
         ch = await connect(self.url, self.opts)
+        self.transport = ch.transport
         try:
             result = await attempt(ch, self.retries)
             with contextlib.suppress(FluxError):  # the work is done; a lost goodbye changes nothing

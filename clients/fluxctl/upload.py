@@ -85,6 +85,7 @@ class Upload:
             retrier.retries,
             time.monotonic() - started,
             digest,
+            transport=retrier.transport,
         )
 
     async def _attempt(self, ch: Channel, n: int) -> tuple[bytes, int]:

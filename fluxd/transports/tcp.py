@@ -46,6 +46,8 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSL
 class SocketChannel:
     """The session-facing channel (`next_event`, `send`, `drain`, ...) over one socket."""
 
+    transport = "tcp"
+
     def __init__(self, sock: socket.socket, conn: Connection) -> None:
         sock.setblocking(False)
         self.sock, self.conn = sock, conn

@@ -209,6 +209,33 @@ class Connection:
             return ConnectionClosed(clean)
         return None
 
+    def receive_frame(self, frame: Frame) -> Frame | None:
+        """Process a frame decoded from another byte stream of this conversation.
+
+        For transports that carry CHUNK frames on separate streams (QUIC data streams): the
+        frame is checked exactly as if it had arrived in order with everything else. Returns
+        the frame, or None when it arrived after our close (dropped, see `next_event`).
+
+        Raises:
+            RemoteProtocolError / IntegrityError: as `next_event`.
+        """
+        if self.state is State.CLOSED:
+            return None
+        if self._error is not None:
+            raise self._error
+        try:
+            self._process(frame, self.role.peer)
+        except FluxError as exc:
+            self._error = exc
+            self.state = State.ERROR
+            raise
+        return frame
+
+    @property
+    def chunk_limit(self) -> int:
+        """Largest CHUNK payload the peer may send now (0: none): for other streams' readers."""
+        return self._reader.max_chunk
+
     # --- sending -------------------------------------------------------------------------------
 
     def send(self, frame: Frame) -> None:

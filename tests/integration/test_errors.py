@@ -149,7 +149,8 @@ def test_exit_codes(daemon: Daemon, fluxctl: Fluxctl, small: Path, tmp_path: Pat
 
 
 def test_daemon_gone_gives_up_after_retry_for(fluxctl: Fluxctl, small: Path) -> None:
-    res = fluxctl("send", str(small), f"flux://127.0.0.1:{free_port()}/x", "--retry-for", "1")
+    # An auto attempt against nothing takes QUIC's head start plus its last chance (~1.25 s).
+    res = fluxctl("send", str(small), f"flux://127.0.0.1:{free_port()}/x", "--retry-for", "3")
     assert res.code == 5
     assert "retrying" in res.stderr
     assert "Traceback" not in res.stderr
@@ -180,7 +181,10 @@ def test_two_writers_to_one_path(
     proxy = Proxy(daemon.port, limit=500_000)
     try:
         first = fluxctl.spawn(
-            "send", str(big), daemon.url("/same", port=proxy.port), "--chunk-size", "64K", "--json"
+            "send",
+            str(big),
+            daemon.url("/same", port=proxy.port),
+            *("--chunk-size", "64K", "--json", "--transport", "tcp"),  # the proxy is TCP
         )
         wait_for(proxy.stalled.is_set, what="first writer to start")
         second = fluxctl("send", str(big), daemon.url("/same"), "--retry-for", "0", "--json")

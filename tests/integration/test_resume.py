@@ -25,7 +25,7 @@ NCHUNKS = 64
 SIZE = NCHUNKS * CHUNK - 1000  # a short last chunk
 WINDOW = 4 * CHUNK  # the daemon's receive window: at most 4 chunks in flight
 LIMIT = 1_000_000  # bytes the proxy lets through before stalling (~15 chunks)
-SEND = ("--chunk-size", "64K", "--json")
+SEND = ("--chunk-size", "64K", "--json", "--transport", "tcp")  # the proxy is TCP
 
 
 def journal_records(journal: Path) -> int:
@@ -241,7 +241,9 @@ def test_recv_resumes_after_client_killed(
     proxy = proxies(daemon.port, upstream=False)
     dest = tmp_path / "out.bin"
     journal = tmp_path / ".out.bin.fluxpart.journal"
-    proc = fluxctl.spawn("recv", daemon.url("/f.bin", port=proxy.port), str(dest), "--json")
+    proc = fluxctl.spawn(
+        "recv", daemon.url("/f.bin", port=proxy.port), str(dest), "--json", "--transport", "tcp"
+    )
     wait_for(proxy.stalled.is_set, what="proxy to stall")
     wait_for(lambda: journal_records(journal) >= 10, what="client to hold 10 chunks")
     proc.kill()
@@ -268,7 +270,9 @@ def test_recv_resume_when_remote_file_changed(
     proxy = proxies(daemon.port, upstream=False)
     dest = tmp_path / "out.bin"
     journal = tmp_path / ".out.bin.fluxpart.journal"
-    proc = fluxctl.spawn("recv", daemon.url("/f.bin", port=proxy.port), str(dest), "--json")
+    proc = fluxctl.spawn(
+        "recv", daemon.url("/f.bin", port=proxy.port), str(dest), "--json", "--transport", "tcp"
+    )
     wait_for(lambda: journal_records(journal) >= 10, what="client to hold 10 chunks")
     proc.kill()
     proc.communicate()

@@ -23,13 +23,19 @@ def write_random(path: Path, size: int) -> bytes:
     return data
 
 
+TRANSPORTS = pytest.mark.parametrize("transport", ["tcp", "quic"])
+
+
+@TRANSPORTS
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 7])
-def test_send_recv_edge_sizes(daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path, size: int) -> None:
+def test_send_recv_edge_sizes(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path, size: int, transport: str
+) -> None:
     src = tmp_path / "src.bin"
     data = write_random(src, size)
     url = daemon.url(f"/sizes/{size}.bin")
 
-    sent = fluxctl("send", str(src), url, "--chunk-size", "64K", "--json")
+    sent = fluxctl("send", str(src), url, "--chunk-size", "64K", "--json", "--transport", transport)
     assert sent.code == 0, sent.stderr
     out = sent.json
     assert out == {
@@ -42,13 +48,14 @@ def test_send_recv_edge_sizes(daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path, 
         "retries": 0,
         "seconds": out["seconds"],
         "digest": xxh(data),
-        "transport": "tcp",
+        "transport": transport,
     }
     assert (daemon.root / "sizes" / f"{size}.bin").read_bytes() == data
 
     back = tmp_path / "back.bin"
-    got = fluxctl("recv", url, str(back), "--json")
+    got = fluxctl("recv", url, str(back), "--json", "--transport", transport)
     assert got.code == 0, got.stderr
+    assert got.json["transport"] == transport
     assert got.json["received"] == size
     assert got.json["digest"] == xxh(data)
     assert back.read_bytes() == data
@@ -56,15 +63,19 @@ def test_send_recv_edge_sizes(daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path, 
 
 
 @pytest.mark.slow
-def test_large_file_round_trip(daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path) -> None:
+@TRANSPORTS
+def test_large_file_round_trip(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path, transport: str
+) -> None:
     size = 100 * 1024 * 1024 + 12345
     src = tmp_path / "big.bin"
     data = write_random(src, size)
-    sent = fluxctl("send", str(src), daemon.url("/big.bin"), "--json")
+    sent = fluxctl("send", str(src), daemon.url("/big.bin"), "--json", "--transport", transport)
     assert sent.code == 0, sent.stderr
     assert sent.json["sent"] == size
+    assert sent.json["transport"] == transport
     back = tmp_path / "big.back"
-    got = fluxctl("recv", daemon.url("/big.bin"), str(back), "--json")
+    got = fluxctl("recv", daemon.url("/big.bin"), str(back), "--json", "--transport", transport)
     assert got.code == 0, got.stderr
     assert got.json["digest"] == sent.json["digest"] == xxh(data)
     assert back.read_bytes() == data

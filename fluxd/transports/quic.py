@@ -1,0 +1,443 @@
+"""QUIC transport (aioquic): one flux conversation per QUIC connection, chunks spread on streams.
+
+Stream mapping:
+- the control stream, the client's first bidirectional stream, carries every frame but CHUNK;
+- CHUNK frames travel on unidirectional *data streams* opened by whoever sends chunks (the client
+  during uploads, the server during downloads), `DATA_STREAMS` of them, reused for the life of
+  the connection and filled round-robin, so one lost packet does not stall every chunk.
+The receiver decodes each data stream with its own FrameReader and hands the chunks to
+`Connection.receive_frame`: one state machine checks everything, as over TCP. A chunk that
+overtakes the frame opening its transfer (META on the control stream) waits here until it lands.
+
+aioquic buffers without limit in both directions; memory is bounded by the protocol's window
+(at most `window` bytes of chunks unacknowledged), which a peer cannot exceed without a
+protocol error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable
+from typing import Any, cast
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer, serve
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    QuicEvent,
+    StreamDataReceived,
+    StreamReset,
+)
+from aioquic.quic.packet import QuicErrorCode
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from fluxproto import (
+    MAX_CHUNK,
+    Chunk,
+    ConnectError,
+    Connection,
+    ConnectionClosed,
+    ConnectionLost,
+    Event,
+    FluxError,
+    Frame,
+    FrameReader,
+    RemoteProtocolError,
+    Role,
+    State,
+    TransportTimeout,
+    TrustError,
+)
+from fluxproto.frames import ALPN
+
+from ..buffers import POOL
+
+DATA_STREAMS = 4
+#: Chunks that may wait for their transfer to open before the peer is breaking the protocol.
+MAX_WAITING_CHUNKS = 64
+DEFAULT_DATAGRAM_SIZE = 1452  # 1500-byte MTU minus IPv6 and UDP headers
+#: Connection and stream flow-control credit; the protocol window is the real bound.
+FLOW_CREDIT = 64 * 1024 * 1024
+IDLE_TIMEOUT = 10.0  # a path silent this long is dead (the client rebinds well before)
+CLOSE_FLUSH = 2.0  # seconds close() waits for the control stream to be acknowledged
+
+
+def configuration(
+    *,
+    is_client: bool,
+    datagram_size: int = DEFAULT_DATAGRAM_SIZE,
+    idle_timeout: float = IDLE_TIMEOUT,
+) -> QuicConfiguration:
+    """The QUIC settings both ends use; TLS 1.3 and ALPN flux/1 as over TCP."""
+    return QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[ALPN],
+        max_datagram_size=datagram_size,
+        idle_timeout=idle_timeout,
+        max_data=FLOW_CREDIT,
+        max_stream_data=FLOW_CREDIT,
+    )
+
+
+class QuicChannel(QuicConnectionProtocol):
+    """An aioquic protocol that is also the session-facing channel (see tcp.SocketChannel)."""
+
+    transport = "quic"
+
+    def __init__(
+        self,
+        quic: QuicConnection,
+        stream_handler: Any = None,
+        on_ready: Callable[[QuicChannel], None] | None = None,
+    ) -> None:
+        super().__init__(quic, stream_handler)
+        role = Role.CLIENT if quic.configuration.is_client else Role.SERVER
+        self.conn = Connection(role, alloc=POOL.get)
+        self.peer = "?"
+        self._on_ready = on_ready
+        self._events: deque[Event] = deque()
+        self._error: FluxError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._control: int | None = None
+        self._data_out: list[int] = []
+        self._next_out = 0
+        self._data_in: dict[int, FrameReader] = {}
+        self._waiting: deque[Chunk] = deque()
+        self._lost = False
+        self._closing = False
+        self._flush_handle: asyncio.Handle | None = None
+        self.last_receive = self._loop.time()
+        #: Why the connection ended, as aioquic reported it (None while it is up).
+        self.termination: str | None = None
+        # Ours, not aioquic's wait_connected(): that one misses a handshake completed before it
+        # is awaited, which uvloop makes likely on a fast link.
+        self.handshake: asyncio.Future[None] = self._loop.create_future()
+        self.handshake.add_done_callback(_retrieve)  # a failure nobody awaits is not an error
+
+    # --- channel API ------------------------------------------------------------------------
+
+    async def next_event(self, timeout: float | None = None) -> Event:
+        while not self._events:
+            if self._error is not None:
+                raise self._error
+            self._waiter = self._loop.create_future()
+            try:
+                await asyncio.wait_for(self._waiter, timeout)
+            except TimeoutError:
+                raise TransportTimeout(f"no data from {self.peer} for {timeout:g} s") from None
+            finally:
+                self._waiter = None
+        return self._events.popleft()
+
+    def poll(self) -> Event | None:
+        if self._events:
+            return self._events.popleft()
+        if self._error is not None:
+            raise self._error
+        return None
+
+    def send(self, frame: Frame) -> None:
+        if self._lost or self._closing or self.conn.state is State.CLOSED:
+            raise ConnectionLost(f"connection to {self.peer} is closed")
+        self.conn.send(frame)
+        stream = self._data_stream() if isinstance(frame, Chunk) else self._control_stream()
+        for buf in self.conn.data_to_send():
+            self._quic.send_stream_data(stream, buf)  # type: ignore[arg-type]
+        self._schedule_transmit()
+
+    async def drain(self) -> None:
+        # aioquic takes everything; the protocol window bounds what it holds (module docstring).
+        if self._lost:
+            raise ConnectionLost(f"connection to {self.peer} was lost")
+
+    def fail(self, exc: FluxError) -> None:
+        if self._error is None:
+            self._error = exc
+        self._events.clear()
+        self._wake()
+
+    def close(self, error_code: int = QuicErrorCode.NO_ERROR, reason_phrase: str = "") -> None:
+        """Close once the control stream's data is acknowledged (at most CLOSE_FLUSH seconds).
+
+        aioquic drops unsent stream data when a connection closes: without the wait, an ERROR
+        or GOODBYE sent just before closing would never reach the peer.
+        """
+        if self._closing or self._lost:
+            return
+        self._closing = True
+        self._close_when_flushed(self._loop.time() + CLOSE_FLUSH, error_code, reason_phrase)
+
+    def _close_when_flushed(self, deadline: float, error_code: int, reason: str) -> None:
+        stream = self._quic._streams.get(self._control) if self._control is not None else None
+        pending = stream is not None and not stream.sender.buffer_is_empty
+        if pending and not self._lost and self._loop.time() < deadline:
+            self._loop.call_later(0.005, self._close_when_flushed, deadline, error_code, reason)
+            return
+        super().close(error_code, reason)
+
+    def abort(self) -> None:
+        """Close now, dropping anything unsent."""
+        if not (self._closing or self._lost):
+            self._closing = True
+            super().close()
+        self._connection_gone()
+
+    @property
+    def closed(self) -> bool:
+        return self._lost
+
+    # --- aioquic ------------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
+        self.peer = _address(addr)
+        self.last_receive = self._loop.time()
+        super().datagram_received(data, addr)
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived):
+            self._stream_data(event)
+        elif isinstance(event, HandshakeCompleted):
+            if not self.handshake.done():
+                self.handshake.set_result(None)
+            if self._on_ready is not None:
+                self._on_ready(self)
+        elif isinstance(event, ConnectionTerminated):
+            self.termination = event.reason_phrase or f"error {event.error_code}"
+            if not self.handshake.done():
+                self.handshake.set_exception(ConnectionError(self.termination))
+            self._connection_gone()
+        elif isinstance(event, StreamReset):
+            self._protocol_error(f"stream {event.stream_id} was reset")
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _control_stream(self) -> int:
+        if self._control is None:
+            # Only the client opens it; the server learns it from the first data it carries.
+            self._control = self._quic.get_next_available_stream_id()
+        return self._control
+
+    def _data_stream(self) -> int:
+        if len(self._data_out) < DATA_STREAMS:
+            self._data_out.append(self._quic.get_next_available_stream_id(is_unidirectional=True))
+        stream = self._data_out[self._next_out % len(self._data_out)]
+        self._next_out += 1
+        return stream
+
+    def _stream_data(self, event: StreamDataReceived) -> None:
+        sid = event.stream_id
+        unidirectional = bool(sid & 2)
+        if not unidirectional:
+            if self._control is None and not self._quic.configuration.is_client:
+                self._control = sid
+            if sid != self._control:
+                self._protocol_error(f"unexpected bidirectional stream {sid}")
+                return
+            if event.data:
+                self.conn.receive_data(event.data)
+            if event.end_stream:
+                self.conn.receive_data(b"")
+            self._pump()
+            return
+        reader = self._data_in.get(sid)
+        if reader is None:
+            reader = self._data_in[sid] = FrameReader(max_chunk=MAX_CHUNK, alloc=POOL.get)
+        try:
+            reader.feed(event.data)
+            while (frame := reader.next_frame()) is not None:
+                if not isinstance(frame, Chunk):
+                    raise RemoteProtocolError(f"{frame.TYPE.name} on data stream {sid}")
+                self._waiting.append(frame)
+                if len(self._waiting) > MAX_WAITING_CHUNKS:
+                    raise RemoteProtocolError("too many chunks before their transfer opened")
+        except FluxError as exc:
+            self._set_error(exc)
+            return
+        self._pump()
+
+    def _pump(self) -> None:
+        """Move control-stream events and waiting chunks (in that order) to the session."""
+        try:
+            while (event := self.conn.next_event()) is not None:
+                self._events.append(event)
+                if isinstance(event, ConnectionClosed):
+                    break
+            while self._waiting and self.conn.chunk_limit:
+                frame = self.conn.receive_frame(self._waiting.popleft())
+                if frame is not None:
+                    self._events.append(frame)
+        except FluxError as exc:
+            self._set_error(exc)
+        self._wake()
+
+    def _set_error(self, exc: FluxError) -> None:
+        if self._error is None:
+            self._error = exc
+        self._wake()
+
+    def _protocol_error(self, why: str) -> None:
+        self._set_error(RemoteProtocolError(why))
+
+    def _connection_gone(self) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self.conn.receive_data(b"")
+        self._pump()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _schedule_transmit(self) -> None:
+        # Frames sent in one loop iteration leave in one burst of datagrams.
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        self.transmit()
+
+    # --- client path management ----------------------------------------------------------------
+
+    async def rebind(self) -> None:
+        """Move this connection to a new local UDP socket (a new address, like a network change).
+
+        The server validates the new path itself; the transfer goes on without a reconnect.
+        """
+        old = self._transport
+        assert old is not None
+        sock = _udp_socket(old.get_extra_info("socket").family)
+        await self._loop.create_datagram_endpoint(lambda: self, sock=sock)
+        old.close()
+        self._quic.change_connection_id()
+        self.transmit()
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def peer_certificate_der(channel: QuicChannel) -> bytes | None:
+    """The server certificate from the handshake (None when the session was resumed)."""
+    cert = getattr(channel._quic.tls, "_peer_certificate", None)  # aioquic keeps it here
+    return cert.public_bytes(Encoding.DER) if cert is not None else None
+
+
+def _address(addr: NetworkAddress) -> str:
+    host, port = str(addr[0]), int(addr[1])
+    host = host.removeprefix("::ffff:")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _udp_socket(family: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0, 0, 0))
+        else:
+            sock.bind(("0.0.0.0", 0))  # noqa: S104 - an ephemeral client port, not a server
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def open_connection(
+    host: str,
+    port: int,
+    config: QuicConfiguration,
+    timeout: float,
+    session_ticket_handler: Callable[[Any], None] | None = None,
+) -> QuicChannel:
+    """Connect over QUIC and finish the handshake (raises OSError, TimeoutError, FluxError)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    family, addr = infos[0][0], cast(NetworkAddress, infos[0][4])
+    try:
+        sock = _udp_socket(socket.AF_INET6)
+        if family == socket.AF_INET:
+            addr = (f"::ffff:{addr[0]}", int(addr[1]), 0, 0)
+    except OSError:  # no IPv6 in this kernel: a plain IPv4 socket
+        sock = _udp_socket(socket.AF_INET)
+    config.server_name = config.server_name or host
+    quic = QuicConnection(configuration=config, session_ticket_handler=session_ticket_handler)
+    _, channel = await loop.create_datagram_endpoint(lambda: QuicChannel(quic), sock=sock)
+    channel.peer = _address(infos[0][4])
+    channel.connect(addr)
+    try:
+        await asyncio.wait_for(asyncio.shield(channel.handshake), timeout)
+    except ConnectionError:
+        channel.abort()
+        reason = channel.termination or "handshake failed"
+        if "certificate" in reason.lower():  # aioquic verifies a CA chain during the handshake
+            raise TrustError(f"{channel.peer}: {reason}") from None
+        raise ConnectError(f"QUIC connection to {channel.peer} failed: {reason}") from None
+    except BaseException:
+        channel.abort()
+        raise
+    if channel._quic.tls.alpn_negotiated != ALPN:
+        channel.abort()
+        raise RemoteProtocolError(f"server does not speak {ALPN} over QUIC")
+    return channel
+
+
+class QuicListener:
+    """Serves QUIC on one UDP address and hands each new connection's channel to `on_channel`."""
+
+    def __init__(
+        self, paths: Any, on_channel: Callable[[QuicChannel], None], datagram_size: int
+    ) -> None:
+        self._config = configuration(is_client=False, datagram_size=datagram_size)
+        self._config.load_cert_chain(paths.server_cert, paths.server_key)
+        self._on_channel = on_channel
+        self._server: QuicServer | None = None
+        self._tickets: dict[bytes, Any] = {}
+
+    async def start(self, host: str, port: int) -> list[tuple[str, int]]:
+        """Bind host:port over UDP; returns the bound (host, port)."""
+        self._server = await serve(
+            host,
+            port,
+            configuration=self._config,
+            create_protocol=lambda quic, stream_handler=None: QuicChannel(
+                quic, stream_handler, on_ready=self._on_channel
+            ),
+            # Single use: a replayed 0-RTT ticket finds nothing and gets a full handshake.
+            session_ticket_fetcher=lambda ticket: self._tickets.pop(ticket, None),
+            session_ticket_handler=self._store_ticket,
+        )
+        sock = self._server._transport.get_extra_info("socket")  # type: ignore[union-attr]
+        return [sock.getsockname()[:2]]
+
+    def _store_ticket(self, ticket: Any) -> None:
+        # Tickets live as long as the daemon: a restart costs clients one full handshake.
+        self._tickets[ticket.ticket] = ticket
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+def ssl_verify_mode(cafile: str | None) -> int:
+    """CERT_REQUIRED with a CA; otherwise the pin/TOFU check runs after the handshake."""
+    return ssl.CERT_REQUIRED if cafile else ssl.CERT_NONE
+
+
+__all__ = [
+    "DATA_STREAMS",
+    "QuicChannel",
+    "QuicListener",
+    "configuration",
+    "open_connection",
+    "peer_certificate_der",
+    "ssl_verify_mode",
+]
