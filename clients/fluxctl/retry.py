@@ -22,6 +22,7 @@ from .url import FluxURL
 T = TypeVar("T")
 
 FIRST_DELAY = 0.2
+CLOSE_WAIT = 2.0
 MAX_DELAY = 5.0
 
 
@@ -36,8 +37,9 @@ class Retrier:
     ) -> None:
         self.url, self.opts, self.on_retry = url, opts, on_retry
         self.retries = 0
-        #: The transport the last attempt connected over ("tcp" or "quic").
+        #: The transport the last attempt connected over ("tcp" or "quic"), and its channel.
         self.transport = "tcp"
+        self.channel: Channel | None = None
 
     async def run(self, attempt: Callable[[Channel, int], Awaitable[T]]) -> T:
         """Call `attempt(channel, n)` on a fresh connection until it succeeds or gives up.
@@ -63,6 +65,7 @@ class Retrier:
     async def _once(self, attempt: Callable[[Channel, int], Awaitable[T]]) -> T:
         ch = await connect(self.url, self.opts)
         self.transport = ch.transport
+        self.channel = ch
         try:
             result = await attempt(ch, self.retries)
             with contextlib.suppress(FluxError):  # the work is done; a lost goodbye changes nothing
@@ -70,3 +73,6 @@ class Retrier:
             return result
         finally:
             ch.close()
+            # Closing flushes what is queued (a goodbye); bounded, it cannot hold up a result.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ch.wait_closed(), CLOSE_WAIT)

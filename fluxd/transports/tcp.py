@@ -64,6 +64,7 @@ class SocketChannel:
         self._reading = False
         self._writer_armed = False
         self._lost = False
+        self._gone = asyncio.Event()
         self._closing = False
         self._resume_reading()
 
@@ -136,6 +137,7 @@ class SocketChannel:
         if self._lost:
             return
         self._lost = True
+        self._gone.set()
         self._pause_reading()
         if self._writer_armed:
             self.loop.remove_writer(self._fd)
@@ -149,6 +151,10 @@ class SocketChannel:
     @property
     def closed(self) -> bool:
         return self._lost
+
+    async def wait_closed(self) -> None:
+        """Wait until the socket is closed (queued bytes written, or CLOSE_TIMEOUT passed)."""
+        await self._gone.wait()
 
     # --- reading ------------------------------------------------------------------------------
 

@@ -1,0 +1,162 @@
+"""QUIC through a hostile link: loss, a NAT that rebinds, UDP blocked, a daemon that dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from fluxctl.connect import ClientOptions
+from fluxctl.results import TransferResult
+from fluxctl.retry import Retrier
+from fluxctl.trust import TrustPolicy
+from fluxctl.upload import Upload
+from fluxctl.url import FluxURL
+from fluxd.transports.quic import QuicChannel
+
+from .conftest import Daemon, Fluxctl, Result, wait_for
+from .test_resume import server_held
+from .udp_relay import UdpRelay
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def relays() -> Iterator[Callable[..., UdpRelay]]:
+    made: list[UdpRelay] = []
+
+    def make(port: int, **params: float) -> UdpRelay:
+        relay = UdpRelay(port, seed=7, **params)
+        made.append(relay)
+        return relay
+
+    yield make
+    for relay in made:
+        relay.close()
+
+
+def random_file(path: Path, size: int) -> bytes:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return data
+
+
+def test_five_percent_loss_still_completes(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path, relays: Callable[..., UdpRelay]
+) -> None:
+    data = random_file(tmp_path / "src", 3 * MIB + 123)
+    relay = relays(daemon.port, loss=0.05)
+    url = daemon.url("/lossy", port=relay.port)
+    sent = fluxctl("send", str(tmp_path / "src"), url, "--transport", "quic", "--json")
+    assert sent.code == 0, sent.stderr
+    assert sent.json["transport"] == "quic"
+    assert sent.json["retries"] == 0
+    assert (daemon.root / "lossy").read_bytes() == data
+    got = fluxctl("recv", url, str(tmp_path / "back"), "--transport", "quic", "--json")
+    assert got.code == 0, got.stderr
+    assert (tmp_path / "back").read_bytes() == data
+    stats = relay.stats()
+    assert stats["c2s"]["dropped"] > 0 and stats["s2c"]["dropped"] > 0, "the link really lost"
+
+
+def test_nat_rebinding_mid_transfer_needs_no_reconnect(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path, relays: Callable[..., UdpRelay]
+) -> None:
+    data = random_file(tmp_path / "src", 24 * MIB)
+    relay = relays(daemon.port)
+    url = daemon.url("/moved", port=relay.port)
+    proc = fluxctl.spawn("send", str(tmp_path / "src"), url, "--transport", "quic", "--json")
+    relay.wait_for(lambda s: s["c2s"]["forwarded"] > 2000, timeout=60)  # well into the transfer
+    new_port = relay.rebind()
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    out = Result(0, stdout, "").json
+    assert out["retries"] == 0, "the daemon followed the new address"
+    assert out["sent"] == len(data), "nothing was sent twice"
+    assert new_port in relay.server_side_ports
+    assert (daemon.root / "moved").read_bytes() == data
+
+
+def test_udp_blocked_auto_falls_back_to_tcp(
+    make_daemon: Callable[..., Daemon], fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    # --no-quic: nothing answers on the UDP port, as when a firewall drops UDP.
+    daemon = make_daemon("--no-quic")
+    data = random_file(tmp_path / "src", MIB)
+    res = fluxctl("send", str(tmp_path / "src"), daemon.url("/fallback"), "--json")
+    assert res.code == 0, res.stderr
+    assert res.json["transport"] == "tcp"
+    assert res.json["seconds"] < 5
+    assert (daemon.root / "fallback").read_bytes() == data
+
+
+def test_daemon_killed_mid_transfer_resumes_over_quic(
+    make_daemon: Callable[..., Daemon], fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    daemon = make_daemon("--window", "1M")
+    data = random_file(tmp_path / "src", 24 * MIB)
+    args = ("--transport", "quic", "--chunk-size", "256K", "--json")
+    proc = fluxctl.spawn("send", str(tmp_path / "src"), daemon.url("/f"), *args, "--retry-for", "0")
+    wait_for(lambda: server_held(daemon) >= 8, what="the daemon to hold 8 chunks")
+    daemon.kill()
+    proc.communicate(timeout=60)
+    held = server_held(daemon)
+    daemon.start()
+    second = fluxctl("send", str(tmp_path / "src"), daemon.url("/f"), *args)
+    assert second.code == 0, second.stderr
+    assert second.json["transport"] == "quic"
+    assert second.json["skipped"] == held * 256 * 1024
+    assert second.json["sent"] == len(data) - held * 256 * 1024, "only what was missing"
+    assert (daemon.root / "f").read_bytes() == data
+
+
+def test_client_rebind_mid_transfer_needs_no_reconnect(
+    daemon: Daemon, tmp_path: Path, relays: Callable[..., UdpRelay]
+) -> None:
+    src = tmp_path / "src"
+    data = random_file(src, 24 * MIB)
+    relay = relays(daemon.port)
+    url = FluxURL.parse(daemon.url("/rebound", port=relay.port))
+    opts = ClientOptions(trust=TrustPolicy.from_options(None, daemon.fingerprint), transport="quic")
+
+    async def main() -> TransferResult:
+        retrier = Retrier(url, opts)
+        moves: list[asyncio.Task[None]] = []
+
+        def progress(done: int, total: int) -> None:
+            channel = retrier.channel
+            if not moves and done > total // 4 and isinstance(channel, QuicChannel):
+                moves.append(asyncio.get_running_loop().create_task(channel.rebind()))
+
+        result = await Upload(src, url, opts, progress).run(retrier)
+        await asyncio.gather(*moves)
+        assert moves, "the transfer was rebound part-way"
+        return result
+
+    result = uvloop.run(main())
+    assert result.retries == 0
+    assert result.moved == len(data), "nothing was sent twice"
+    assert len(relay.client_addresses) == 2, "the client really moved"
+    assert (daemon.root / "rebound").read_bytes() == data
+
+
+def test_client_moves_by_itself_when_the_path_goes_silent(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path, relays: Callable[..., UdpRelay]
+) -> None:
+    data = random_file(tmp_path / "src", 24 * MIB)
+    relay = relays(daemon.port)
+    url = daemon.url("/silent", port=relay.port)
+    proc = fluxctl.spawn("send", str(tmp_path / "src"), url, "--transport", "quic", "--json")
+    relay.wait_for(lambda s: s["c2s"]["forwarded"] > 2000, timeout=60)
+    relay.set(blackhole=True)  # the old path dies: no error, just silence
+    wait_for(lambda: len(relay.client_addresses) >= 2, what="the client to move to a new socket")
+    relay.set(blackhole=False)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    out = Result(0, stdout, "").json
+    assert out["retries"] == 0, "moved, not reconnected"
+    assert (daemon.root / "silent").read_bytes() == data
