@@ -1,26 +1,24 @@
-"""A fluxd daemon in throwaway directories, and `fluxctl send` into it."""
+"""A fluxd daemon in throwaway directories, and `fluxctl send` into it over TCP or QUIC."""
 
 from __future__ import annotations
 
-import collections
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
-from typing import IO, Any
 
 from .. import BenchError
-from ..measure import proc_status_kib, reset_peak_rss, run_measured
 from .base import Service, Transfer
+from .process import Event, ServerProcess, json_report
 
 REPO = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
+TRANSPORTS = ("tcp", "quic")
+QUIC_FLAG = "--quic-datagram-size"  # fluxd serve; the client reads FLUX_QUIC_DATAGRAM_SIZE
+QUIC_ENV = "FLUX_QUIC_DATAGRAM_SIZE"
+# fluxd logs one `listening` event per listener; a QUIC one follows the TCP one at once.
+QUIC_LISTENING_WAIT = 2.0
 
 
 def flux_binary(name: str) -> str:
@@ -33,6 +31,14 @@ def flux_binary(name: str) -> str:
     raise BenchError(f"{name} is not installed (run `make test` or `pip install -e .` first)")
 
 
+def fluxd_has_quic() -> bool:
+    """Whether this fluxd takes `--quic-datagram-size`, i.e. has the QUIC transport."""
+    env = dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb")  # help unwrapped, plain
+    argv = [flux_binary("fluxd"), "serve", "--help"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
+    return QUIC_FLAG in done.stdout + done.stderr
+
+
 def _isolated_env(tmp: Path) -> dict[str, str]:
     """Environment whose config, data, state and cache directories are all inside `tmp`."""
     env = dict(os.environ)
@@ -42,44 +48,36 @@ def _isolated_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-class _StderrReader(threading.Thread):
-    """Drains the daemon's stderr (JSON lines), remembering the `listening` event and a tail."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        super().__init__(daemon=True)
-        self.stream = stream
-        self.tail: collections.deque[str] = collections.deque(maxlen=50)
-        self.listening: dict[str, Any] | None = None
-        self.ready = threading.Event()
-
-    def run(self) -> None:
-        for raw in self.stream:
-            line = raw.decode(errors="replace").rstrip()
-            self.tail.append(line)
-            if self.listening is None:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(event, dict) and event.get("event") == "listening":
-                    self.listening = event
-                    self.ready.set()
-        self.ready.set()  # EOF: the daemon exited
+def _port(event: Event) -> int:
+    return int(str(event["address"]).rpartition(":")[2])
 
 
 class FluxPeer(Service):
-    """`fluxd serve` on 127.0.0.1 for the life of the context; `fluxctl send` into ROOT/bench/."""
+    """`fluxd serve` on 127.0.0.1 for the life of the context; `fluxctl send` into ROOT/bench/.
+
+    `transport` is passed to `fluxctl send --transport`. With "quic", `quic_datagram_size` (if
+    given) goes to the daemon as --quic-datagram-size and to the client as
+    FLUX_QUIC_DATAGRAM_SIZE, so both ends use the same datagram size.
+    """
 
     tool = "fluxctl"
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port, self.fingerprint, self.pid = 0, "", 0
-        self.peak_resettable = False
+    def __init__(
+        self, root: Path, transport: str = "tcp", quic_datagram_size: int | None = None
+    ) -> None:
+        if transport not in TRANSPORTS:
+            raise BenchError(f"unknown fluxctl transport {transport!r}: choose {TRANSPORTS}")
+        if quic_datagram_size is not None and transport != "quic":
+            raise BenchError("a QUIC datagram size needs transport quic")
+        self.root, self.transport, self.quic_datagram_size = root, transport, quic_datagram_size
+        self.port, self.fingerprint = 0, ""
         self._tmp: Path | None = None
         self._env: dict[str, str] = {}
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._reader: _StderrReader | None = None
+        self._server: ServerProcess | None = None
+
+    @property
+    def peak_resettable(self) -> bool:
+        return self._server.peak_resettable if self._server else False
 
     def _start(self) -> None:
         self._tmp = Path(tempfile.mkdtemp(prefix="bench-fluxd-"))
@@ -88,39 +86,25 @@ class FluxPeer(Service):
             flux_binary("fluxd"), "serve", "--root", str(self.root),
             "--listen", "127.0.0.1:0", "--certs", str(self._tmp / "certs"),
         ]  # fmt: skip
-        self._proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=self._env,
-        )
-        assert self._proc.stderr is not None
-        self._reader = _StderrReader(self._proc.stderr)
-        self._reader.start()
-        if not self._reader.ready.wait(START_TIMEOUT) or self._reader.listening is None:
-            raise BenchError(f"fluxd did not report `listening`:\n{self.log_tail()}")
-        event = self._reader.listening
-        self.port = int(str(event["address"]).rpartition(":")[2])
+        if self.quic_datagram_size is not None:
+            argv += [QUIC_FLAG, str(self.quic_datagram_size)]
+            self._env[QUIC_ENV] = str(self.quic_datagram_size)
+        self._server = ServerProcess("fluxd", argv, self._env)
+        event = self._server.start()
+        self.port = _port(event)
         self.fingerprint = str(event.get("fingerprint") or "")
-        self.pid = self._proc.pid
-        self.peak_resettable = reset_peak_rss(self.pid)
+        if self.transport == "quic":  # its own event if fluxd logs one, else the TCP port
+            quic = self._server.wait_listening(_is_quic, QUIC_LISTENING_WAIT)
+            self.port = _port(quic) if quic else self.port
 
     def _stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        if self._reader is not None:
-            self._reader.join(timeout=5)
+        if self._server is not None:
+            self._server.stop()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
     def log_tail(self) -> str:
-        return "\n".join(self._reader.tail) if self._reader else ""
+        return self._server.log_tail() if self._server else ""
 
     def dest(self, name: str) -> Path:
         return self.root / "bench" / name
@@ -128,33 +112,32 @@ class FluxPeer(Service):
     def send_argv(self, src: Path, name: str) -> list[str]:
         url = f"flux://127.0.0.1:{self.port}/bench/{name}"
         return [flux_binary("fluxctl"), "send", str(src), url, "--pin", self.fingerprint,
-                "--json", "--quiet"]  # fmt: skip
+                "--transport", self.transport, "--json", "--quiet"]  # fmt: skip
 
     def send(self, src: Path, name: str) -> Transfer:
         """fluxctl send `src`; the daemon's peak RSS is VmHWM, reset before the transfer."""
+        assert self._server is not None, "fluxd is not running"
         size = src.stat().st_size
-        reset = reset_peak_rss(self.pid)
-        run = run_measured(self.send_argv(src, name), env=self._env, timeout=max(600.0, size / 5e6))
-        if self._proc is None or self._proc.poll() is not None:
-            raise BenchError(f"fluxd died during the transfer:\n{self.log_tail()}")
-        server_kib = proc_status_kib(self.pid, "VmHWM")
-        if run.exit_code != 0:
-            raise BenchError(f"fluxctl exited with {run.exit_code}: {run.stderr.strip()}")
-        report = _parse_report(run.stdout)
+        argv, timeout = self.send_argv(src, name), max(600.0, size / 5e6)
+        run, server_kib, reset = self._server.measure_client(argv, self._env, timeout)
+        report = json_report(self.tool, run)
         if not report.get("ok") or report.get("bytes") != size or report.get("sent") != size:
             raise BenchError(f"fluxctl did not send the whole file once (sent != bytes): {report}")
-        details = {"report": report, "server_peak_since": "transfer" if reset else "daemon start"}
+        if report.get("transport", self.transport) != self.transport:
+            raise BenchError(f"fluxctl used {report['transport']}, not {self.transport}: {report}")
+        used = report.get("quic_datagram_size", self.quic_datagram_size)  # if fluxctl says
+        if self.transport == "quic" and used != self.quic_datagram_size:
+            raise BenchError(f"fluxctl used {used}-byte datagrams, not {self.quic_datagram_size}")
+        details = {
+            "report": report,
+            "transport": self.transport,
+            "quic_datagram_size": self.quic_datagram_size,
+            "server_peak_since": "transfer" if reset else "daemon start",
+        }
         return Transfer(
             self.tool, size, run.seconds, run.maxrss_kib, server_kib, run.cpu_seconds, details
         )
 
 
-def _parse_report(stdout: str) -> dict[str, Any]:
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    try:
-        report = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        raise BenchError(f"fluxctl --json printed no JSON object: {stdout!r}") from None
-    if not isinstance(report, dict):
-        raise BenchError(f"fluxctl --json printed {report!r}, not an object")
-    return report
+def _is_quic(event: Event) -> bool:
+    return "quic" in str(event.get("transport", "")).lower()

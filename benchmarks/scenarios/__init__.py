@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import core
+from . import core, quic
 
-SCENARIOS: dict[str, ModuleType] = {"core": core}
+SCENARIOS: dict[str, ModuleType] = {"core": core, "quic": quic}

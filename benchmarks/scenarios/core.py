@@ -6,19 +6,18 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .. import BenchError
-from ..files import file_digest, filesystem, format_size, parse_size
+from ..files import filesystem, format_size, parse_size
 from ..machine import describe, load_average
-from ..measure import Stats
-from ..peers.base import Peer, Transfer, remove_copy
+from ..peers.base import Transfer
 from ..peers.flux import FluxPeer
 from ..peers.ssh import SshPeer
 from ..report import update_results, write_run
 from ..sysdeps import ensure_tools
+from .common import measured_transfer, summarize
 from .core_report import render
 from .workspace import Workspace
 
@@ -40,49 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-results", action="store_true", help="do not update RESULTS.md")
 
 
-def _transfer(peer: Peer, src: Path, digest: str, verify_hash: bool) -> Transfer:
-    """One full send of `src` (no copy beforehand), verified, then the copy removed."""
-    dest = peer.dest(src.name)
-    remove_copy(dest)
-    transfer = peer.send(src, src.name)
-    try:
-        got = dest.stat().st_size if dest.exists() else None
-        if got != transfer.size:
-            raise BenchError(f"{peer.tool}: {dest} has {got} bytes, expected {transfer.size}")
-        if verify_hash and (copy := file_digest(dest)) != digest:
-            raise BenchError(f"{peer.tool}: {dest} differs from the source ({copy} != {digest})")
-        transfer.details["verified"] = "size+hash" if verify_hash else "size"
-    finally:
-        remove_copy(dest)
-    print(
-        f"  {transfer.tool:8} {format_size(transfer.size)} in {transfer.seconds:7.3f} s "
-        f"= {transfer.mb_per_s:7.1f} MB/s",
-        file=sys.stderr,
-    )
-    return transfer
-
-
-def _summary(transfers: Sequence[Transfer]) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
-    for tool in dict.fromkeys(t.tool for t in transfers):
-        mine = [t for t in transfers if t.tool == tool]
-        summary[tool] = {
-            "seconds": asdict(Stats.of([t.seconds for t in mine])),
-            "mb_per_s": asdict(Stats.of([t.mb_per_s for t in mine])),
-            "client_rss_kib_max": max(t.client_rss_kib for t in mine),
-            "server_rss_kib_max": max((t.server_rss_kib or 0) for t in mine) or None,
-        }
-    return summary
-
-
 def _throughput(ws: Workspace, size: int, reps: int) -> dict[str, Any]:
     src, digest = ws.source(size)
     transfers: list[Transfer] = []
     with FluxPeer(ws.flux_root) as flux, SshPeer(ws.scp_dest) as ssh:
         for rep in range(reps):
             print(f"throughput rep {rep + 1}/{reps}", file=sys.stderr)
-            transfers += [_transfer(peer, src, digest, rep == 0) for peer in (flux, ssh)]
-    summary = _summary(transfers)
+            transfers += [measured_transfer(peer, src, digest, rep == 0) for peer in (flux, ssh)]
+    summary = summarize(transfers)
     ratio = summary["fluxctl"]["mb_per_s"]["median"] / summary["scp"]["mb_per_s"]["median"]
     runs = [t.to_json() for t in transfers]
     return {"size": size, "reps": reps, "summary": summary, "ratio": ratio, "runs": runs}
@@ -103,7 +67,7 @@ def _memory(ws: Workspace, sizes: Sequence[int]) -> dict[str, Any]:
             # VmHWM only rises; without clear_refs, a fresh daemon per size.
             reuse = shared.peak_resettable
             with contextlib.nullcontext(shared) if reuse else FluxPeer(ws.flux_root) as flux:
-                pair = [_transfer(peer, src, digest, True) for peer in (flux, ssh)]
+                pair = [measured_transfer(peer, src, digest, True) for peer in (flux, ssh)]
             rows.append({"size": size, "fluxctl": pair[0].to_json(), "scp": pair[1].to_json()})
             ws.discard(size)
         reset = shared.peak_resettable

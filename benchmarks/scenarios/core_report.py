@@ -7,6 +7,7 @@ from typing import Any
 from ..files import format_size
 from ..measure import KIB
 from ..report import markdown_table
+from .common_report import STATS_HEAD, machine_paragraph, mib, stats_row, verdict
 
 TARGET_RATIO = 2.5
 TARGET_RSS_MIB = 128
@@ -14,38 +15,15 @@ FLAT_MIB = 16  # "flat": the peak at the largest size is within this of the smal
 LABELS = {"fluxctl": "fluxctl → fluxd (TCP + TLS 1.3)", "scp": "scp → sshd (aes128-gcm)"}
 
 
-def _mib(kib: int | None) -> str:
-    return "n/a" if kib is None else f"{kib / KIB:.1f}"
-
-
-def _verdict(ok: bool) -> str:
-    return "**met**" if ok else "**missed**"
-
-
-def _machine(m: dict[str, str]) -> str:
-    return (
-        f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, "
-        f"{m['openssh']}; commit {m['commit']}; run {m['date']}, 1-minute load average "
-        f"{m['load_at_start']} at start and {m.get('load_at_end', '?')} at end.\n"
-        f"Files and both destinations on **{m['filesystem']}**."
-    )
-
-
-def _stats_row(tool: str, s: dict[str, Any]) -> list[str]:
-    keys = ("median", "min", "max")
-    seconds = [f"{s['seconds'][k]:.3f}" for k in keys]
-    return [LABELS.get(tool, tool), *seconds, *(f"{s['mb_per_s'][k]:.1f}" for k in keys)]
-
-
 def _throughput(t: dict[str, Any]) -> str:
-    rows = [_stats_row(tool, s) for tool, s in t["summary"].items()]
-    head = ["tool", "median s", "min s", "max s", "median MB/s", "min MB/s", "max MB/s"]
+    rows = [stats_row(LABELS.get(tool, tool), s) for tool, s in t["summary"].items()]
+    head = STATS_HEAD
     ratio, reps = t["ratio"], f"{t['reps']} repetition" + ("s" if t["reps"] != 1 else "")
     return (
         f"### Throughput: {format_size(t['size'])}, {reps} each, alternated\n\n"
         + markdown_table(head, rows)
         + f"\n\nRatio fluxctl / scp (median throughput): **{ratio:.2f}x** "
-        f"(target ≥ {TARGET_RATIO}x: {_verdict(ratio >= TARGET_RATIO)})."
+        f"(target ≥ {TARGET_RATIO}x: {verdict(ratio >= TARGET_RATIO)})."
     )
 
 
@@ -53,10 +31,10 @@ def _memory_row(row: dict[str, Any]) -> list[str]:
     f, s = row["fluxctl"], row["scp"]
     peaks = (f["server_rss_kib"], f["client_rss_kib"], s["server_rss_kib"], s["client_rss_kib"])
     rates = (f"{f['mb_per_s']:.1f}", f"{s['mb_per_s']:.1f}")
-    return [format_size(row["size"]), *map(_mib, peaks), *rates]
+    return [format_size(row["size"]), *map(mib, peaks), *rates]
 
 
-def _memory_verdict(rows: list[dict[str, Any]]) -> str:
+def _memoryverdict(rows: list[dict[str, Any]]) -> str:
     peaks = {
         "fluxd": [row["fluxctl"]["server_rss_kib"] for row in rows],
         "fluxctl": [row["fluxctl"]["client_rss_kib"] for row in rows],
@@ -67,8 +45,8 @@ def _memory_verdict(rows: list[dict[str, Any]]) -> str:
     ok = all(max(v) <= TARGET_RSS_MIB * KIB for v in peaks.values())
     flat = all(v[-1] - v[0] <= FLAT_MIB * KIB for v in peaks.values())
     return (
-        f"Target ≤ {TARGET_RSS_MIB} MiB on each side: {ranges} ({_verdict(ok)}); "
-        f"flat in file size (largest within {FLAT_MIB} MiB of smallest): {_verdict(flat)}."
+        f"Target ≤ {TARGET_RSS_MIB} MiB on each side: {ranges} ({verdict(ok)}); "
+        f"flat in file size (largest within {FLAT_MIB} MiB of smallest): {verdict(flat)}."
     )
 
 
@@ -78,7 +56,7 @@ def _memory(mem: dict[str, Any]) -> str:
     parts = ["### Peak RSS by file size (MiB, one transfer per tool and size)"]
     parts.append(markdown_table(head, [_memory_row(r) for r in rows]) if rows else "None measured.")
     if rows:
-        parts.append(_memory_verdict(rows))
+        parts.append(_memoryverdict(rows))
     parts += [f"Skipped: {note}" for note in mem["skipped"]]
     how = "VmHWM of a fresh daemon per size"
     if mem["daemon_peak_reset_by_clear_refs"]:
@@ -105,7 +83,7 @@ def render(data: dict[str, Any]) -> str:
     return "\n\n".join(
         [
             "## core: 1 file over loopback, fluxctl → fluxd against scp → sshd",
-            _machine(data["machine"]),
+            machine_paragraph(data["machine"], data["machine"]["openssh"]),
             method,
             _throughput(data["throughput"]),
             _memory(data["memory"]),
