@@ -13,7 +13,7 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import Executor
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fluxproto import (
     MAX_RANGES,
@@ -61,6 +61,7 @@ class Channel(Protocol):
     def close(self) -> None: ...
     def abort(self) -> None: ...
     async def wait_closed(self) -> None: ...
+    def describe(self) -> dict[str, Any]: ...
     @property
     def closed(self) -> bool: ...
 

@@ -139,6 +139,7 @@ class Session:
             "peer": self.ch.peer,
             "op": op,
             "path": getattr(frame, "path", None),
+            **self.ch.describe(),
         }
         try:
             fields["bytes"] = await handler(frame)

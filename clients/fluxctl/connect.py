@@ -11,6 +11,8 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aioquic.tls import SessionTicket
+
 from fluxd.buffers import POOL
 from fluxd.chunkflow import Channel, expect
 from fluxd.config import is_loopback
@@ -28,7 +30,15 @@ from fluxproto import (
 from fluxproto.errors import map_exceptions
 
 from . import __version__
-from .trust import TrustPolicy, check_alpn, check_peer, client_ssl_context, translate_ssl_errors
+from .tickets import TicketStore
+from .trust import (
+    TrustPolicy,
+    check_alpn,
+    check_peer,
+    client_ssl_context,
+    host_key,
+    translate_ssl_errors,
+)
 from .url import FluxURL
 
 TRANSPORTS = ("auto", "quic", "tcp")
@@ -152,6 +162,13 @@ async def connect_quic(url: FluxURL, opts: ClientOptions) -> Channel:
     if policy.ca is not None:
         config.load_verify_locations(cafile=str(policy.ca))
     config.verify_mode = quic.ssl_verify_mode(str(policy.ca) if policy.ca else None)
+    key = host_key(url.host, url.port)
+    store = TicketStore()
+    config.session_ticket = store.load(key)
+    tickets = _TicketKeeper(store, key)
+    # With a ticket, HELLO (idempotent) rides in 0-RTT early data; every request waits for
+    # WELCOME, which only comes once the handshake completed.
+    early = _make_hello(opts) if config.session_ticket is not None else None
     with map_exceptions(
         {
             TimeoutError: lambda e: ConnectError(
@@ -160,15 +177,42 @@ async def connect_quic(url: FluxURL, opts: ClientOptions) -> Channel:
             OSError: _os_connect_error,
         }
     ):
-        ch = await quic.open_connection(url.host, url.port, config, opts.connect_timeout)
+        ch = await quic.open_connection(
+            url.host, url.port, config, opts.connect_timeout, tickets.received, early
+        )
     try:
-        der = quic.peer_certificate_der(ch)
-        check_peer(policy, url.host, url.port, der, opts.on_new_host)
-        await _hello(ch, opts)
+        if not ch.session_resumed:
+            check_peer(policy, url.host, url.port, quic.peer_certificate_der(ch), opts.on_new_host)
+        # else: resumed from a ticket we only ever store from a trusted connection
+        tickets.trusted()
+        if early is None:
+            ch.send(_make_hello(opts))
+        await expect(ch, Welcome, opts.io_timeout)
     except BaseException:
         ch.abort()
         raise
     return ch
+
+
+class _TicketKeeper:
+    """Holds tickets the server sends until the connection is known to be trustworthy."""
+
+    def __init__(self, store: TicketStore, key: str) -> None:
+        self._store, self._key = store, key
+        self._pending: list[SessionTicket] = []
+        self._trusted = False
+
+    def received(self, ticket: SessionTicket) -> None:
+        if self._trusted:
+            self._store.save(self._key, ticket)
+        else:
+            self._pending.append(ticket)
+
+    def trusted(self) -> None:
+        self._trusted = True
+        for ticket in self._pending:
+            self._store.save(self._key, ticket)
+        self._pending.clear()
 
 
 def _os_connect_error(exc: BaseException) -> FluxError:
@@ -176,8 +220,12 @@ def _os_connect_error(exc: BaseException) -> FluxError:
     return ConnectError(reason.lower())
 
 
+def _make_hello(opts: ClientOptions) -> Hello:
+    return Hello(window=opts.window, agent=f"fluxctl/{__version__}", caps=("xxh3-128",))
+
+
 async def _hello(ch: Channel, opts: ClientOptions) -> None:
-    ch.send(Hello(window=opts.window, agent=f"fluxctl/{__version__}", caps=("xxh3-128",)))
+    ch.send(_make_hello(opts))
     await expect(ch, Welcome, opts.io_timeout)
 
 

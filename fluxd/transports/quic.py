@@ -130,6 +130,9 @@ class QuicChannel(QuicConnectionProtocol):
         self.handshake.add_done_callback(_retrieve)  # a failure nobody awaits is not an error
         #: How often this client moved to a new socket by itself (path silent or socket error).
         self.rebinds = 0
+        #: Set by the handshake: TLS session resumed from a ticket, 0-RTT data accepted.
+        self.session_resumed = False
+        self.early_data_accepted = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._rebinding: asyncio.Task[None] | None = None
         self._silence_handled = -1.0  # last_receive of the silence a rebind already answered
@@ -213,6 +216,14 @@ class QuicChannel(QuicConnectionProtocol):
         """Wait until the connection is gone (a client's socket is then closed too)."""
         await self._gone.wait()
 
+    def describe(self) -> dict[str, Any]:
+        """Transport details for the daemon's request log."""
+        return {
+            "transport": self.transport,
+            "resumed": self.session_resumed,
+            "early_data": self.early_data_accepted,
+        }
+
     # --- aioquic ------------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
@@ -224,6 +235,8 @@ class QuicChannel(QuicConnectionProtocol):
         if isinstance(event, StreamDataReceived):
             self._stream_data(event)
         elif isinstance(event, HandshakeCompleted):
+            self.session_resumed = event.session_resumed
+            self.early_data_accepted = event.early_data_accepted
             if not self.handshake.done():
                 self.handshake.set_result(None)
             if self._quic.configuration.is_client:
@@ -430,6 +443,7 @@ async def open_connection(
     config: QuicConfiguration,
     timeout: float,
     session_ticket_handler: Callable[[Any], None] | None = None,
+    early: Frame | None = None,
 ) -> QuicChannel:
     """Connect over QUIC and finish the handshake (raises OSError, TimeoutError, FluxError)."""
     loop = asyncio.get_running_loop()
@@ -446,6 +460,8 @@ async def open_connection(
     _, channel = await loop.create_datagram_endpoint(lambda: QuicChannel(quic), sock=sock)
     channel.peer = _address(infos[0][4])
     channel.connect(addr)
+    if early is not None:
+        channel.send(early)  # 0-RTT data when config.session_ticket allows it
     try:
         await asyncio.wait_for(asyncio.shield(channel.handshake), timeout)
     except ConnectionError:

@@ -156,6 +156,10 @@ class SocketChannel:
         """Wait until the socket is closed (queued bytes written, or CLOSE_TIMEOUT passed)."""
         await self._gone.wait()
 
+    def describe(self) -> dict[str, Any]:
+        """Transport details for the daemon's request log."""
+        return {"transport": self.transport}
+
     # --- reading ------------------------------------------------------------------------------
 
     def _on_readable(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from fluxctl.upload import Upload
 from fluxctl.url import FluxURL
 from fluxd.transports.quic import QuicChannel
 
-from .conftest import Daemon, Fluxctl, Result, wait_for
+from .conftest import BIN, Daemon, Fluxctl, Result, _env, wait_for
 from .test_resume import server_held
 from .udp_relay import UdpRelay
 
@@ -160,3 +161,45 @@ def test_client_moves_by_itself_when_the_path_goes_silent(
     out = Result(0, stdout, "").json
     assert out["retries"] == 0, "moved, not reconnected"
     assert (daemon.root / "silent").read_bytes() == data
+
+
+def quic_requests(daemon: Daemon) -> list[dict[str, object]]:
+    return [r for r in daemon.events("request") if r.get("transport") == "quic"]
+
+
+def test_repeat_command_resumes_the_tls_session_with_0rtt(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    random_file(tmp_path / "src", 1000)
+    assert fluxctl("send", str(tmp_path / "src"), daemon.url("/t"), "--transport", "quic").code == 0
+    tickets = daemon.home / "client-config" / "fluxctl" / "quic_tickets.json"
+    assert tickets.stat().st_mode & 0o777 == 0o600
+    assert fluxctl("stat", daemon.url("/t"), "--transport", "quic").code == 0
+    first, second = quic_requests(daemon)
+    assert (first["resumed"], first["early_data"]) == (False, False)
+    assert (second["resumed"], second["early_data"]) == (True, True), "0-RTT on the repeat"
+
+
+def test_a_damaged_ticket_file_only_costs_a_full_handshake(
+    daemon: Daemon, fluxctl: Fluxctl
+) -> None:
+    assert fluxctl("ls", daemon.url("/"), "--transport", "quic").code == 0
+    tickets = daemon.home / "client-config" / "fluxctl" / "quic_tickets.json"
+    tickets.write_text("{not json")
+    assert fluxctl("ls", daemon.url("/"), "--transport", "quic").code == 0
+    assert quic_requests(daemon)[-1]["resumed"] is False
+
+
+def test_a_ticket_does_not_bypass_a_changed_certificate(daemon: Daemon, fluxctl: Fluxctl) -> None:
+    assert fluxctl("ls", daemon.url("/"), "--transport", "quic").code == 0
+    daemon.stop()
+    subprocess.run(
+        [str(BIN / "fluxd"), "certs", "init", "--dir", str(daemon.certs), "--force"],
+        check=True,
+        capture_output=True,
+        env=_env(daemon.home),
+    )
+    daemon.start()  # a new daemon knows no ticket: full handshake, new certificate
+    res = fluxctl("ls", daemon.url("/"), "--transport", "quic")
+    assert res.code == 4
+    assert "CHANGED" in res.stderr
