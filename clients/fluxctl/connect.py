@@ -164,8 +164,11 @@ async def connect_quic(url: FluxURL, opts: ClientOptions) -> Channel:
     config.verify_mode = quic.ssl_verify_mode(str(policy.ca) if policy.ca else None)
     key = host_key(url.host, url.port)
     store = TicketStore()
-    config.session_ticket = store.load(key)
-    tickets = _TicketKeeper(store, key)
+    # With --ca the chain is only verified in a full handshake: no resumption then.
+    stored = store.load(key) if policy.ca is None else None
+    if stored is not None:
+        config.session_ticket = stored[0]
+    tickets = _TicketKeeper(store, key, enabled=policy.ca is None)
     # With a ticket, HELLO (idempotent) rides in 0-RTT early data; every request waits for
     # WELCOME, which only comes once the handshake completed.
     early = _make_hello(opts) if config.session_ticket is not None else None
@@ -181,10 +184,11 @@ async def connect_quic(url: FluxURL, opts: ClientOptions) -> Channel:
             url.host, url.port, config, opts.connect_timeout, tickets.received, early
         )
     try:
-        if not ch.session_resumed:
-            check_peer(policy, url.host, url.port, quic.peer_certificate_der(ch), opts.on_new_host)
-        # else: resumed from a ticket we only ever store from a trusted connection
-        tickets.trusted()
+        # A resumed session shows no certificate: check the one the ticket was issued under.
+        der = stored[1] if ch.session_resumed and stored else quic.peer_certificate_der(ch)
+        check_peer(policy, url.host, url.port, der, opts.on_new_host)
+        if der is not None:
+            tickets.trusted(der)
         if early is None:
             ch.send(_make_hello(opts))
         await expect(ch, Welcome, opts.io_timeout)
@@ -195,24 +199,28 @@ async def connect_quic(url: FluxURL, opts: ClientOptions) -> Channel:
 
 
 class _TicketKeeper:
-    """Holds tickets the server sends until the connection is known to be trustworthy."""
+    """Holds tickets the server sends until the connection's certificate passed the check."""
 
-    def __init__(self, store: TicketStore, key: str) -> None:
-        self._store, self._key = store, key
+    def __init__(self, store: TicketStore, key: str, *, enabled: bool) -> None:
+        self._store, self._key, self._enabled = store, key, enabled
         self._pending: list[SessionTicket] = []
-        self._trusted = False
+        self._certificate: bytes | None = None
 
     def received(self, ticket: SessionTicket) -> None:
-        if self._trusted:
-            self._store.save(self._key, ticket)
+        if self._certificate is not None:
+            self._save(ticket)
         else:
             self._pending.append(ticket)
 
-    def trusted(self) -> None:
-        self._trusted = True
+    def trusted(self, certificate: bytes) -> None:
+        self._certificate = certificate
         for ticket in self._pending:
-            self._store.save(self._key, ticket)
+            self._save(ticket)
         self._pending.clear()
+
+    def _save(self, ticket: SessionTicket) -> None:
+        if self._enabled and self._certificate is not None:
+            self._store.save(self._key, ticket, self._certificate)
 
 
 def _os_connect_error(exc: BaseException) -> FluxError:

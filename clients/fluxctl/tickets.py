@@ -1,9 +1,10 @@
 """QUIC session tickets kept between commands, so a repeat command resumes the TLS session (0-RTT).
 
-One JSON file in the config dir (0600), keyed like known_hosts by `host:port`. A ticket is only
-stored from a connection whose server passed the trust check: resuming with it later skips the
-certificate, and the ticket carries that trust. Expired tickets are dropped when the file is
-written; the server honours each ticket once.
+One JSON file in the config dir (0600), keyed like known_hosts by `host:port`. A resumed session
+presents no certificate, so each ticket is stored with the certificate that was verified when
+it was issued, and a resumption checks that certificate against the trust policy in force now
+(a --pin or known_hosts entry that no longer matches refuses it, as a full handshake would).
+Expired tickets are dropped when the file is written; the server honours each ticket once.
 """
 
 from __future__ import annotations
@@ -65,19 +66,21 @@ class TicketStore:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or _default_path()
 
-    def load(self, key: str) -> SessionTicket | None:
+    def load(self, key: str) -> tuple[SessionTicket, bytes] | None:
+        """A valid ticket for `key` and the server certificate (DER) it was issued under."""
         entry = self._read().get(key)
         if entry is None:
             return None
         try:
             ticket = ticket_from_json(entry)
+            certificate = base64.b64decode(entry["certificate"])
         except (KeyError, TypeError, ValueError):
             return None
-        return ticket if ticket.is_valid else None
+        return (ticket, certificate) if ticket.is_valid else None
 
-    def save(self, key: str, ticket: SessionTicket) -> None:
+    def save(self, key: str, ticket: SessionTicket, certificate: bytes) -> None:
         entries = self._read()
-        entries[key] = ticket_to_json(ticket)
+        entries[key] = {**ticket_to_json(ticket), "certificate": _b64(certificate)}
         entries = {k: v for k, v in entries.items() if self._still_valid(v)}
         newest = sorted(entries.items(), key=lambda kv: kv[1]["not_valid_after"])[-MAX_TICKETS:]
         self._write(dict(newest))

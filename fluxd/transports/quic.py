@@ -66,7 +66,7 @@ MAX_WAITING_CHUNKS = 64
 DEFAULT_DATAGRAM_SIZE = 1452  # 1500-byte MTU minus IPv6 and UDP headers
 #: Connection and stream flow-control credit; the protocol window is the real bound.
 FLOW_CREDIT = 64 * 1024 * 1024
-IDLE_TIMEOUT = 5.0  # a path silent this long is dead: the client reconnects and resumes
+IDLE_TIMEOUT = 8.0  # a path silent this long is dead: the client reconnects and resumes
 #: A client whose path has been silent this long probes it with a PING ...
 KEEPALIVE = 1.0
 #: ... and this long moves to a new local socket (a dead NAT mapping, a changed network).

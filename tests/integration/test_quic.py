@@ -203,3 +203,12 @@ def test_a_ticket_does_not_bypass_a_changed_certificate(daemon: Daemon, fluxctl:
     res = fluxctl("ls", daemon.url("/"), "--transport", "quic")
     assert res.code == 4
     assert "CHANGED" in res.stderr
+
+
+def test_a_ticket_does_not_bypass_a_wrong_pin(daemon: Daemon, fluxctl: Fluxctl) -> None:
+    assert fluxctl("ls", daemon.url("/"), "--transport", "quic").code == 0  # stores a ticket
+    wrong = fluxctl("ls", daemon.url("/"), "--transport", "quic", "--pin", "sha256:" + "0" * 64)
+    assert wrong.code == 4, "the resumed session is checked against the certificate it came from"
+    right = fluxctl("ls", daemon.url("/"), "--transport", "quic", "--pin", str(daemon.fingerprint))
+    assert right.code == 0
+    assert quic_requests(daemon)[-1]["resumed"] is True
