@@ -108,6 +108,7 @@ class QuicChannel(QuicConnectionProtocol):
         role = Role.CLIENT if quic.configuration.is_client else Role.SERVER
         self.conn = Connection(role, alloc=POOL.get)
         self.peer = "?"
+        self._peer_addr: NetworkAddress | None = None
         self._on_ready = on_ready
         self._events: deque[Event] = deque()
         self._error: FluxError | None = None
@@ -227,9 +228,14 @@ class QuicChannel(QuicConnectionProtocol):
     # --- aioquic ------------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
-        self.peer = _address(addr)
-        self.last_receive = self._loop.time()
-        super().datagram_received(data, addr)
+        if addr != self._peer_addr:
+            self._peer_addr, self.peer = addr, _address(addr)
+        self.last_receive = now = self._loop.time()
+        self._quic.receive_datagram(cast(bytes, data), addr, now=now)
+        self._process_events()
+        # aioquic transmits after every datagram; once per loop iteration covers the whole
+        # burst libuv just read (up to 32 datagrams) with one round of packet building.
+        self._schedule_transmit()
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, StreamDataReceived):
