@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -109,6 +110,8 @@ class QuicChannel(QuicConnectionProtocol):
         self.conn = Connection(role, alloc=POOL.get)
         self.peer = "?"
         self._peer_addr: NetworkAddress | None = None
+        #: The client's own UDP socket (None on the server, whose socket all connections share).
+        self._own_socket: socket.socket | None = None
         self._on_ready = on_ready
         self._events: deque[Event] = deque()
         self._error: FluxError | None = None
@@ -226,6 +229,23 @@ class QuicChannel(QuicConnectionProtocol):
         }
 
     # --- aioquic ------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._own_socket is not None:  # a client's: batch its sends (server sockets are shared)
+            gso = _GsoTransport(cast(asyncio.DatagramTransport, transport), self._own_socket)
+            self._transport = gso  # type: ignore[assignment]
+
+    def transmit(self) -> None:
+        gso = self._transport
+        if isinstance(gso, _GsoTransport):
+            gso.begin()
+            try:
+                super().transmit()
+            finally:
+                gso.flush()
+        else:
+            super().transmit()
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         if addr != self._peer_addr:
@@ -387,6 +407,7 @@ class QuicChannel(QuicConnectionProtocol):
         old = self._transport
         assert old is not None
         sock = _udp_socket(old.get_extra_info("socket").family)
+        self._own_socket = sock
         await self._loop.create_datagram_endpoint(lambda: self, sock=sock)
         old.close()
         self._quic.change_connection_id()
@@ -410,6 +431,82 @@ class _PreciseClock:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loop, name)
+
+
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux; Python 3.11 does not export it
+GSO_BYTES = 65000  # a UDP payload stays below 64 KiB
+
+
+class _GsoTransport:
+    """The client's UDP transport, sending each burst of datagrams with as few sendmsg calls
+    as the kernel allows: equal-size datagrams to one address travel as one GSO super-datagram
+    (UDP_SEGMENT), which the kernel splits. Profiled, one sendto per datagram was a tenth of
+    the client's CPU. Anything GSO cannot take goes through the event loop's transport.
+    """
+
+    def __init__(self, transport: asyncio.DatagramTransport, sock: socket.socket) -> None:
+        self._transport, self._sock = transport, sock
+        self._batch: list[tuple[bytes, Any]] | None = None
+        self._gso = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        if self._batch is None:
+            self._transport.sendto(data, addr)
+        else:
+            self._batch.append((data, addr))
+
+    def begin(self) -> None:
+        self._batch = []
+
+    def flush(self) -> None:
+        batch, self._batch = self._batch or [], None
+        i = 0
+        while i < len(batch):
+            j = self._run_end(batch, i)
+            if j - i > 1 and self._gso:
+                self._send_segments(batch[i:j])
+            else:
+                for data, addr in batch[i:j]:
+                    self._transport.sendto(data, addr)
+            i = j
+
+    @staticmethod
+    def _run_end(batch: list[tuple[bytes, Any]], i: int) -> int:
+        """End of the GSO run starting at i: same address, same size (the last may be shorter)."""
+        size, addr = len(batch[i][0]), batch[i][1]
+        limit = min(64, GSO_BYTES // size)
+        j = i + 1
+        while j < len(batch) and j - i < limit and batch[j][1] == addr:
+            n = len(batch[j][0])
+            if n > size:
+                break
+            j += 1
+            if n < size:
+                break
+        return j
+
+    def _send_segments(self, run: list[tuple[bytes, Any]]) -> None:
+        size, addr = len(run[0][0]), run[0][1]
+        try:
+            self._sock.sendmsg(
+                [b"".join(data for data, _ in run)],
+                [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("H", size))],
+                0,
+                addr,
+            )
+        except OSError as exc:
+            if not isinstance(exc, BlockingIOError):
+                self._gso = False  # no GSO here (or no socket any more): plain sends from now on
+            for data, _ in run:
+                self._transport.sendto(data, addr)
+
+    def close(self) -> None:
+        self._transport.close()
+        with contextlib.suppress(OSError):
+            self._sock.detach()  # the loop closes the descriptor; ours must not close it again
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:
@@ -463,7 +560,13 @@ async def open_connection(
         sock = _udp_socket(socket.AF_INET)
     config.server_name = config.server_name or host
     quic = QuicConnection(configuration=config, session_ticket_handler=session_ticket_handler)
-    _, channel = await loop.create_datagram_endpoint(lambda: QuicChannel(quic), sock=sock)
+
+    def make() -> QuicChannel:
+        channel = QuicChannel(quic)
+        channel._own_socket = sock
+        return channel
+
+    _, channel = await loop.create_datagram_endpoint(make, sock=sock)
     channel.peer = _address(infos[0][4])
     channel.connect(addr)
     if early is not None:
