@@ -21,6 +21,7 @@ import typer
 import uvloop
 
 from fluxd.config import parse_size
+from fluxd.transports.quic import DEFAULT_DATAGRAM_SIZE
 from fluxproto import MAX_CHUNK, MIN_CHUNK, ConfigError, FluxError
 from fluxproto.errors import EXIT_OTHER, EXIT_USAGE
 
@@ -105,6 +106,7 @@ class Run:
             chunk_size=size,
             retry_for=retry_for,
             insecure_plaintext=plaintext,
+            quic_datagram_size=_datagram_size_from_env(),
             on_new_host=self.notice,
         )
 
@@ -143,6 +145,17 @@ class Run:
             print(json.dumps(result))
         elif human and not self.quiet:
             print(human)
+
+
+def _datagram_size_from_env() -> int:
+    """FLUX_QUIC_DATAGRAM_SIZE: larger QUIC datagrams for paths known to carry them."""
+    text = os.environ.get("FLUX_QUIC_DATAGRAM_SIZE", "")
+    if not text:
+        return DEFAULT_DATAGRAM_SIZE
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"FLUX_QUIC_DATAGRAM_SIZE is not a number: {text!r}") from None
 
 
 def _transfer_summary(r: TransferResult) -> str:
