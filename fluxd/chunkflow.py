@@ -52,6 +52,8 @@ class Channel(Protocol):
     peer: str
     #: "tcp" or "quic", for logs and --json.
     transport: str
+    #: True if send() copies a frame's bytes (QUIC), so its buffer is free once send() returns.
+    copies_on_send: bool
 
     async def next_event(self, timeout: float | None = None) -> Event: ...
     def poll(self) -> Event | None: ...
@@ -163,9 +165,13 @@ async def send_chunks(
             take(event)
         while not ch.conn.can_send_chunk:
             take(await ch.next_event(timeout))
+        size = len(data)
         ch.send(Chunk(index, digest, data))
-        unacked[index] = data
-        on_sent(len(data))
+        if ch.copies_on_send and isinstance(data, memoryview):
+            release(data)  # the transport holds its own copy: no need to keep ours until the ACK
+        else:
+            unacked[index] = data
+        on_sent(size)
         await ch.drain()
     while transfer.inflight:
         take(await ch.next_event(timeout))

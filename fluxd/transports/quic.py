@@ -97,6 +97,7 @@ class QuicChannel(QuicConnectionProtocol):
     """An aioquic protocol that is also the session-facing channel (see tcp.SocketChannel)."""
 
     transport = "quic"
+    copies_on_send = True  # aioquic copies stream data into its own buffer
 
     def __init__(
         self,

@@ -47,6 +47,7 @@ class SocketChannel:
     """The session-facing channel (`next_event`, `send`, `drain`, ...) over one socket."""
 
     transport = "tcp"
+    copies_on_send = False  # queued memoryviews are written later: buffers live until acked
 
     def __init__(self, sock: socket.socket, conn: Connection) -> None:
         sock.setblocking(False)

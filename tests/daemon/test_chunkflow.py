@@ -64,6 +64,8 @@ LONG = 30.0  # upper bound for waits that must succeed; never reached when the c
 class FakeChannel:
     """A Channel that records what is sent and replays scripted events."""
 
+    copies_on_send = False
+
     def __init__(self, state: State = State.UPLOADING, events: Iterable[Event] = ()) -> None:
         self.conn: Any = SimpleNamespace(state=state)
         self.peer = "peer:1"
@@ -99,6 +101,8 @@ class FakeChannel:
 
 class MemChannel:
     """A Channel over a real `fluxproto.Connection`, joined in memory to another MemChannel."""
+
+    copies_on_send = False
 
     def __init__(self, conn: Connection, peer: str) -> None:
         self.conn = conn
