@@ -36,6 +36,7 @@ pytest: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks core
+	$(PY) -m benchmarks quic
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
