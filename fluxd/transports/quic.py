@@ -20,8 +20,6 @@ import asyncio
 import contextlib
 import socket
 import ssl
-import struct
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
@@ -38,7 +36,6 @@ from aioquic.quic.events import (
     StreamReset,
 )
 from aioquic.quic.packet import QuicErrorCode
-from aioquic.quic.recovery import QuicPacketPacer
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fluxproto import (
@@ -55,12 +52,13 @@ from fluxproto import (
     RemoteProtocolError,
     Role,
     State,
-    TransportTimeout,
     TrustError,
 )
 from fluxproto.frames import ALPN
 
 from ..buffers import POOL
+from .inbox import Inbox
+from .quic_io import GsoTransport, PreciseClock, TimerAwarePacer, udp_socket
 
 DATA_STREAMS = 4
 #: Chunks that may wait for their transfer to open before the peer is breaking the protocol.
@@ -74,7 +72,6 @@ KEEPALIVE = 1.0
 #: ... and this long moves to a new local socket (a dead NAT mapping, a changed network).
 REBIND_AFTER = 1.5
 WATCH_EVERY = 0.25
-MIN_BURST_BYTES = 128 * 1024  # the least the pacer lets go at once (see _TimerAwarePacer)
 CLOSE_FLUSH = 2.0  # seconds close() waits for the control stream to be acknowledged
 
 
@@ -108,8 +105,8 @@ class QuicChannel(QuicConnectionProtocol):
         on_ready: Callable[[QuicChannel], None] | None = None,
     ) -> None:
         super().__init__(quic, stream_handler)
-        self._loop = _PreciseClock(self._loop)  # type: ignore[assignment]
-        quic._loss._pacer = _TimerAwarePacer(max_datagram_size=quic._max_datagram_size)
+        self._loop = PreciseClock(self._loop)  # type: ignore[assignment]
+        quic._loss._pacer = TimerAwarePacer(max_datagram_size=quic._max_datagram_size)
         role = Role.CLIENT if quic.configuration.is_client else Role.SERVER
         self.conn = Connection(role, alloc=POOL.get)
         self.peer = "?"
@@ -117,9 +114,7 @@ class QuicChannel(QuicConnectionProtocol):
         #: The client's own UDP socket (None on the server, whose socket all connections share).
         self._own_socket: socket.socket | None = None
         self._on_ready = on_ready
-        self._events: deque[Event] = deque()
-        self._error: FluxError | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._inbox = Inbox()
         self._control: int | None = None
         self._data_out: list[int] = []
         self._next_out = 0
@@ -148,24 +143,10 @@ class QuicChannel(QuicConnectionProtocol):
     # --- channel API ------------------------------------------------------------------------
 
     async def next_event(self, timeout: float | None = None) -> Event:
-        while not self._events:
-            if self._error is not None:
-                raise self._error
-            self._waiter = self._loop.create_future()
-            try:
-                await asyncio.wait_for(self._waiter, timeout)
-            except TimeoutError:
-                raise TransportTimeout(f"no data from {self.peer} for {timeout:g} s") from None
-            finally:
-                self._waiter = None
-        return self._events.popleft()
+        return await self._inbox.get(timeout, self.peer)
 
     def poll(self) -> Event | None:
-        if self._events:
-            return self._events.popleft()
-        if self._error is not None:
-            raise self._error
-        return None
+        return self._inbox.poll()
 
     def send(self, frame: Frame) -> None:
         if self._lost or self._closing or self.conn.state is State.CLOSED:
@@ -182,10 +163,7 @@ class QuicChannel(QuicConnectionProtocol):
             raise ConnectionLost(f"connection to {self.peer} was lost")
 
     def fail(self, exc: FluxError) -> None:
-        if self._error is None:
-            self._error = exc
-        self._events.clear()
-        self._wake()
+        self._inbox.fail(exc)
 
     def close(self, error_code: int = QuicErrorCode.NO_ERROR, reason_phrase: str = "") -> None:
         """Close once the control stream's data is acknowledged (at most CLOSE_FLUSH seconds).
@@ -237,12 +215,12 @@ class QuicChannel(QuicConnectionProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self._own_socket is not None:  # a client's: batch its sends (server sockets are shared)
-            gso = _GsoTransport(cast(asyncio.DatagramTransport, transport), self._own_socket)
+            gso = GsoTransport(cast(asyncio.DatagramTransport, transport), self._own_socket)
             self._transport = gso  # type: ignore[assignment]
 
     def transmit(self) -> None:
         gso = self._transport
-        if isinstance(gso, _GsoTransport):
+        if isinstance(gso, GsoTransport):
             gso.begin()
             try:
                 super().transmit()
@@ -323,7 +301,7 @@ class QuicChannel(QuicConnectionProtocol):
                 if len(self._waiting) > MAX_WAITING_CHUNKS:
                     raise RemoteProtocolError("too many chunks before their transfer opened")
         except FluxError as exc:
-            self._set_error(exc)
+            self._inbox.set_error(exc)
             return
         self._pump()
 
@@ -331,24 +309,19 @@ class QuicChannel(QuicConnectionProtocol):
         """Move control-stream events and waiting chunks (in that order) to the session."""
         try:
             while (event := self.conn.next_event()) is not None:
-                self._events.append(event)
+                self._inbox.put(event)
                 if isinstance(event, ConnectionClosed):
                     break
             while self._waiting and self.conn.chunk_limit:
                 frame = self.conn.receive_frame(self._waiting.popleft())
                 if frame is not None:
-                    self._events.append(frame)
+                    self._inbox.put(frame)
         except FluxError as exc:
-            self._set_error(exc)
-        self._wake()
-
-    def _set_error(self, exc: FluxError) -> None:
-        if self._error is None:
-            self._error = exc
-        self._wake()
+            self._inbox.set_error(exc)
+        self._inbox.wake()
 
     def _protocol_error(self, why: str) -> None:
-        self._set_error(RemoteProtocolError(why))
+        self._inbox.set_error(RemoteProtocolError(why))
 
     def _connection_gone(self) -> None:
         if self._lost:
@@ -361,10 +334,6 @@ class QuicChannel(QuicConnectionProtocol):
             self._transport.close()  # the client's own socket (a server's is shared)
         self.conn.receive_data(b"")
         self._pump()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
     def _schedule_transmit(self) -> None:
         # Frames sent in one loop iteration leave in one burst of datagrams.
@@ -410,124 +379,12 @@ class QuicChannel(QuicConnectionProtocol):
         """
         old = self._transport
         assert old is not None
-        sock = _udp_socket(old.get_extra_info("socket").family)
+        sock = udp_socket(old.get_extra_info("socket").family)
         self._own_socket = sock
         await self._loop.create_datagram_endpoint(lambda: self, sock=sock)
         old.close()
         self._quic.change_connection_id()
         self.transmit()
-
-
-class _TimerAwarePacer(QuicPacketPacer):
-    """aioquic's pacer, allowing bursts of at least MIN_BURST_BYTES.
-
-    aioquic caps a burst at 16 packets. Its pacer then asks to be woken after that many
-    packets' worth of time, which at a large window and a small RTT is microseconds, while an
-    event loop's timers fire per millisecond: 16 small packets per millisecond is ~23 MB/s. A
-    sender with an 8.9 MB window had 17-40 KiB in flight and moved 256 MiB in 20 s instead of
-    5.5 s (measured, 1 run in 3). The floor stays below a default UDP receive buffer (~208 KiB):
-    a 2 ms floor at 16000-byte datagrams overflowed it and halved throughput (measured).
-    """
-
-    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
-        super().update_rate(congestion_window, smoothed_rtt)
-        pacing_rate = congestion_window / max(smoothed_rtt, 1e-6)
-        self.bucket_max = max(self.bucket_max, MIN_BURST_BYTES / pacing_rate)
-
-
-class _PreciseClock:
-    """The event loop as aioquic sees it, with a clock that does not tick in milliseconds.
-
-    aioquic timestamps every packet with `loop.time()`. uvloop's advances in whole
-    milliseconds, which wrecks aioquic's RTT estimate and pacing on a fast link (measured:
-    1.6-5.8 MB/s instead of ~20). Both clocks count CLOCK_MONOTONIC seconds, so timers armed
-    from these timestamps still fire within a millisecond of when they should.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    def time(self) -> float:
-        return time.monotonic()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loop, name)
-
-
-UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux; Python 3.11 does not export it
-GSO_BYTES = 65000  # a UDP payload stays below 64 KiB
-
-
-class _GsoTransport:
-    """The client's UDP transport, sending each burst of datagrams with as few sendmsg calls
-    as the kernel allows: equal-size datagrams to one address travel as one GSO super-datagram
-    (UDP_SEGMENT), which the kernel splits. Profiled, one sendto per datagram was a tenth of
-    the client's CPU. Anything GSO cannot take goes through the event loop's transport.
-    """
-
-    def __init__(self, transport: asyncio.DatagramTransport, sock: socket.socket) -> None:
-        self._transport, self._sock = transport, sock
-        self._batch: list[tuple[bytes, Any]] | None = None
-        self._gso = True
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-    def sendto(self, data: bytes, addr: Any = None) -> None:
-        if self._batch is None:
-            self._transport.sendto(data, addr)
-        else:
-            self._batch.append((data, addr))
-
-    def begin(self) -> None:
-        self._batch = []
-
-    def flush(self) -> None:
-        batch, self._batch = self._batch or [], None
-        i = 0
-        while i < len(batch):
-            j = self._run_end(batch, i)
-            if j - i > 1 and self._gso:
-                self._send_segments(batch[i:j])
-            else:
-                for data, addr in batch[i:j]:
-                    self._transport.sendto(data, addr)
-            i = j
-
-    @staticmethod
-    def _run_end(batch: list[tuple[bytes, Any]], i: int) -> int:
-        """End of the GSO run starting at i: same address, same size (the last may be shorter)."""
-        size, addr = len(batch[i][0]), batch[i][1]
-        limit = min(64, GSO_BYTES // size)
-        j = i + 1
-        while j < len(batch) and j - i < limit and batch[j][1] == addr:
-            n = len(batch[j][0])
-            if n > size:
-                break
-            j += 1
-            if n < size:
-                break
-        return j
-
-    def _send_segments(self, run: list[tuple[bytes, Any]]) -> None:
-        size, addr = len(run[0][0]), run[0][1]
-        try:
-            self._sock.sendmsg(
-                [b"".join(data for data, _ in run)],
-                [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("H", size))],
-                0,
-                addr,
-            )
-        except OSError as exc:
-            if not isinstance(exc, BlockingIOError):
-                self._gso = False  # no GSO here (or no socket any more): plain sends from now on
-            for data, _ in run:
-                self._transport.sendto(data, addr)
-
-    def close(self) -> None:
-        self._transport.close()
-        with contextlib.suppress(OSError):
-            self._sock.detach()  # the loop closes the descriptor; ours must not close it again
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:
@@ -547,20 +404,6 @@ def _address(addr: NetworkAddress) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _udp_socket(family: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(("::", 0, 0, 0))
-        else:
-            sock.bind(("0.0.0.0", 0))  # noqa: S104 - an ephemeral client port, not a server
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 async def open_connection(
     host: str,
     port: int,
@@ -574,11 +417,11 @@ async def open_connection(
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     family, addr = infos[0][0], cast(NetworkAddress, infos[0][4])
     try:
-        sock = _udp_socket(socket.AF_INET6)
+        sock = udp_socket(socket.AF_INET6)
         if family == socket.AF_INET:
             addr = (f"::ffff:{addr[0]}", int(addr[1]), 0, 0)
     except OSError:  # no IPv6 in this kernel: a plain IPv4 socket
-        sock = _udp_socket(socket.AF_INET)
+        sock = udp_socket(socket.AF_INET)
     config.server_name = config.server_name or host
     quic = QuicConnection(configuration=config, session_ticket_handler=session_ticket_handler)
 

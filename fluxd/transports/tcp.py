@@ -25,8 +25,9 @@ from fluxproto import (
     FluxError,
     Frame,
     State,
-    TransportTimeout,
 )
+
+from .inbox import Inbox
 
 #: Events waiting for the session before we stop reading. The protocol window bounds chunks;
 #: this bounds everything else a peer could pile up (pings, for instance).
@@ -55,9 +56,7 @@ class SocketChannel:
         self.loop = asyncio.get_running_loop()
         self.peer = _peer_name(sock)
         self._fd = sock.fileno()
-        self._events: deque[Event] = deque()
-        self._error: FluxError | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._inbox = Inbox(on_take=self._maybe_resume_reading)
         self._out: deque[memoryview] = deque()
         self._out_bytes = 0
         self._writable = asyncio.Event()
@@ -78,25 +77,11 @@ class SocketChannel:
             RemoteProtocolError / IntegrityError: the peer broke the protocol.
             TransportTimeout: nothing arrived within `timeout` seconds.
         """
-        while not self._events:
-            if self._error is not None:
-                raise self._error
-            self._waiter = self.loop.create_future()
-            try:
-                await asyncio.wait_for(self._waiter, timeout)
-            except TimeoutError:
-                raise TransportTimeout(f"no data from {self.peer} for {timeout:g} s") from None
-            finally:
-                self._waiter = None
-        return self._pop()
+        return await self._inbox.get(timeout, self.peer)
 
     def poll(self) -> Event | None:
         """The next event if one is already queued, without waiting."""
-        if self._events:
-            return self._pop()
-        if self._error is not None:
-            raise self._error
-        return None
+        return self._inbox.poll()
 
     def send(self, frame: Frame) -> None:
         """Queue a frame and write what the socket takes now; raises ConnectionLost if gone."""
@@ -117,10 +102,7 @@ class SocketChannel:
 
     def fail(self, exc: FluxError) -> None:
         """Make the session's next receive raise `exc` (a local failure such as a full disk)."""
-        if self._error is None:
-            self._error = exc
-        self._events.clear()
-        self._wake()
+        self._inbox.fail(exc)
 
     def close(self) -> None:
         """Close once queued bytes are written (an ERROR or GOODBYE still reaches the peer),
@@ -199,26 +181,20 @@ class SocketChannel:
     def _pump(self) -> None:
         try:
             while (event := self.conn.next_event()) is not None:
-                self._events.append(event)
+                self._inbox.put(event)
                 if isinstance(event, ConnectionClosed):
                     break
         except FluxError as exc:
-            self._error = exc
             self._pause_reading()
-        if len(self._events) >= MAX_QUEUED_EVENTS:
+            self._inbox.set_error(exc)
+        if len(self._inbox) >= MAX_QUEUED_EVENTS:
             self._pause_reading()
-        self._wake()
+        self._inbox.wake()
 
-    def _pop(self) -> Event:
-        event = self._events.popleft()
-        paused = not self._reading and not self._lost and self._error is None
-        if paused and len(self._events) < MAX_QUEUED_EVENTS // 2:
+    def _maybe_resume_reading(self) -> None:
+        paused = not self._reading and not self._lost and self._inbox.error is None
+        if paused and len(self._inbox) < MAX_QUEUED_EVENTS // 2:
             self._resume_reading()
-        return event
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
     def _pause_reading(self) -> None:
         if self._reading:

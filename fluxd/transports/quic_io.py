@@ -1,0 +1,150 @@
+"""What fluxd changes beneath aioquic: its clock, its pacer, and how the client's datagrams leave.
+
+Each piece answers a measured problem (figures in the docstrings and benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import time
+from typing import Any
+
+from aioquic.quic.recovery import QuicPacketPacer
+
+#: The pacer lets go at once at least MIN_BURST_TIME of sending or MIN_BURST_BYTES, whichever is
+#: less (see TimerAwarePacer).
+MIN_BURST_TIME = 0.002  # twice an event loop's timer tick
+MIN_BURST_BYTES = 128 * 1024  # below a default UDP receive buffer (~208 KiB)
+
+
+class TimerAwarePacer(QuicPacketPacer):
+    """aioquic's pacer, with bursts of at least MIN_BURST_TIME or MIN_BURST_BYTES, the lesser.
+
+    aioquic caps a burst at 16 packets and then asks to be woken after that many packets' worth
+    of time: microseconds at a large window and a small RTT, while an event loop's timers fire
+    per millisecond, so 16 small packets per millisecond (~23 MB/s) was the ceiling. A sender
+    with an 8.9 MB window had 17-40 KiB in flight and moved 256 MiB in 20 s instead of 5.5 s
+    (measured, 1 run in 3). A floor in time alone let fast paths burst megabytes: at 16000-byte
+    datagrams 2 ms overflowed the receiver's default UDP buffer and halved throughput
+    (measured); a floor in bytes alone would burst 128 KiB into slow paths, which aioquic paces
+    finely. Paths whose bursts already last MIN_BURST_TIME are paced exactly as aioquic does.
+    """
+
+    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        super().update_rate(congestion_window, smoothed_rtt)
+        pacing_rate = congestion_window / max(smoothed_rtt, 1e-6)
+        floor = min(MIN_BURST_TIME, MIN_BURST_BYTES / pacing_rate)
+        self.bucket_max = max(self.bucket_max, floor)
+
+
+class PreciseClock:
+    """The event loop as aioquic sees it, with a clock that does not tick in milliseconds.
+
+    aioquic timestamps every packet with `loop.time()`. uvloop's advances in whole
+    milliseconds, which wrecks aioquic's RTT estimate and pacing on a fast link (measured:
+    1.6-5.8 MB/s instead of ~20). Both clocks count CLOCK_MONOTONIC seconds, so timers armed
+    from these timestamps still fire within a millisecond of when they should.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def time(self) -> float:
+        return time.monotonic()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux; Python 3.11 does not export it
+GSO_BYTES = 65000  # a UDP payload stays below 64 KiB
+
+
+class GsoTransport:
+    """The client's UDP transport, sending each burst of datagrams with as few sendmsg calls
+    as the kernel allows: equal-size datagrams to one address travel as one GSO super-datagram
+    (UDP_SEGMENT), which the kernel splits. Profiled, one sendto per datagram was a tenth of
+    the client's CPU. Anything GSO cannot take goes through the event loop's transport.
+    """
+
+    def __init__(self, transport: asyncio.DatagramTransport, sock: socket.socket) -> None:
+        self._transport, self._sock = transport, sock
+        self._batch: list[tuple[bytes, Any]] | None = None
+        self._gso = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        if self._batch is None:
+            self._transport.sendto(data, addr)
+        else:
+            self._batch.append((data, addr))
+
+    def begin(self) -> None:
+        self._batch = []
+
+    def flush(self) -> None:
+        batch, self._batch = self._batch or [], None
+        i = 0
+        while i < len(batch):
+            j = self._run_end(batch, i)
+            if j - i > 1 and self._gso:
+                self._send_segments(batch[i:j])
+            else:
+                for data, addr in batch[i:j]:
+                    self._transport.sendto(data, addr)
+            i = j
+
+    @staticmethod
+    def _run_end(batch: list[tuple[bytes, Any]], i: int) -> int:
+        """End of the GSO run starting at i: same address, same size (the last may be shorter)."""
+        size, addr = len(batch[i][0]), batch[i][1]
+        limit = min(64, GSO_BYTES // size)
+        j = i + 1
+        while j < len(batch) and j - i < limit and batch[j][1] == addr:
+            n = len(batch[j][0])
+            if n > size:
+                break
+            j += 1
+            if n < size:
+                break
+        return j
+
+    def _send_segments(self, run: list[tuple[bytes, Any]]) -> None:
+        size, addr = len(run[0][0]), run[0][1]
+        try:
+            self._sock.sendmsg(
+                [b"".join(data for data, _ in run)],
+                [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("H", size))],
+                0,
+                addr,
+            )
+        except OSError as exc:
+            if not isinstance(exc, BlockingIOError):
+                self._gso = False  # no GSO here (or no socket any more): plain sends from now on
+            for data, _ in run:
+                self._transport.sendto(data, addr)
+
+    def close(self) -> None:
+        self._transport.close()
+        with contextlib.suppress(OSError):
+            self._sock.detach()  # the loop closes the descriptor; ours must not close it again
+
+
+def udp_socket(family: int) -> socket.socket:
+    """A UDP socket on an ephemeral port of every local address (a client's own socket)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0, 0, 0))
+        else:
+            sock.bind(("0.0.0.0", 0))  # noqa: S104 - an ephemeral client port, not a server
+    except BaseException:
+        sock.close()
+        raise
+    return sock
