@@ -14,7 +14,7 @@ from .sysdeps import ensure_tools
 
 def _setup(args: argparse.Namespace) -> int:
     ensure_tools()
-    print("sshd, scp, ssh-keygen, rsync and GNU time are installed")
+    print("sshd, scp, rsync, GNU time, iperf3, iproute2, ping and nftables are installed")
     return 0
 
 
@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Benchmarks of fluxd, each run side by side with a reference tool.",
     )
     sub = parser.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
-    setup = sub.add_parser("setup", help="install openssh, rsync and GNU time if missing (apt-get)")
+    setup = sub.add_parser("setup", help="install peers and emulator tools if missing (apt-get)")
     setup.set_defaults(func=_setup)
     for name, module in SCENARIOS.items():
         scenario = sub.add_parser(name, help=module.HELP, description=module.__doc__)

@@ -10,7 +10,8 @@ from . import BenchError
 
 SETUP_SCRIPT = Path(__file__).with_name("setup")
 SSHD = "/usr/sbin/sshd"
-TOOLS = (SSHD, "scp", "ssh", "ssh-keygen", "rsync", "/usr/bin/time")  # GNU time: peak RSS
+#: GNU time: peak RSS; iperf3, ip, ping: the link emulator and its self-test; nft: filters.
+TOOLS = (SSHD, "scp", "ssh", "ssh-keygen", "rsync", "/usr/bin/time", "iperf3", "ip", "ping", "nft")
 
 
 def missing_tools() -> list[str]:
@@ -27,6 +28,6 @@ def ensure_tools() -> None:
     if not missing_tools():
         return
     if subprocess.run(["sh", str(SETUP_SCRIPT)], check=False).returncode != 0:
-        raise BenchError(f"{SETUP_SCRIPT} failed; install openssh-server openssh-client rsync time")
+        raise BenchError(f"{SETUP_SCRIPT} failed; install the packages it names")
     if still := missing_tools():
         raise BenchError(f"still missing after setup: {', '.join(still)}")

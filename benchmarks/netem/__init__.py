@@ -1,0 +1,1 @@
+"""Link emulator: two network namespaces joined by a userspace relay (see topology.py)."""
