@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,3 +47,19 @@ def update_results(name: str, body: str, path: Path = RESULTS) -> None:
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(replace_section(text, name, body))
     os.replace(tmp, path)
+
+
+def publish(
+    scenario: str, text: str, data: dict[str, Any], results: bool, why_not: str = ""
+) -> None:
+    """Print a run's section, save its data, and (if `results` and no `why_not`) put the section
+    into RESULTS.md, saying on stderr what was done."""
+    print(text)
+    print(f"\nrun saved to {write_run(scenario, data)}", file=sys.stderr)
+    if not results:
+        return
+    if why_not:
+        print(f"RESULTS.md not updated: {why_not}", file=sys.stderr)
+        return
+    update_results(scenario, text)
+    print("updated benchmarks/RESULTS.md", file=sys.stderr)

@@ -11,6 +11,23 @@ from typing import Any, Protocol, Self
 from ..measure import MB
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a peer's server and client run: loopback (the default), or the two network
+    namespaces of an emulated link, whose server address is `host`."""
+
+    host: str = "127.0.0.1"
+    server_prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", NAME)
+    client_prefix: tuple[str, ...] = ()
+
+    @property
+    def loopback(self) -> bool:
+        return not self.server_prefix
+
+
+LOOPBACK = Placement()
+
+
 @dataclass
 class Transfer:
     """One file sent by one tool, timed by the harness around the client process."""
@@ -37,8 +54,9 @@ class Peer(Protocol):
 
     tool: str
 
-    def send(self, src: Path, name: str) -> Transfer:
-        """Send `src` as `name`; raises BenchError unless the tool reports success."""
+    def send(self, src: Path, name: str, timeout: float | None = None) -> Transfer:
+        """Send `src` as `name` (within `timeout` seconds, else a size-based default); raises
+        BenchError unless the tool reports success."""
         ...
 
     def dest(self, name: str) -> Path:

@@ -67,12 +67,13 @@ class NaiveQuicPeer(Service):
     def dest(self, name: str) -> Path:
         return self.dest_dir / name
 
-    def send(self, src: Path, name: str) -> Transfer:
+    def send(self, src: Path, name: str, timeout: float | None = None) -> Transfer:
         """Send `src`; the server's peak RSS is VmHWM, reset before the transfer."""
         assert self._server is not None, "the naive server is not running"
         size = src.stat().st_size
         argv = self._argv("send", str(src), "--name", name)
-        run, server_kib, reset = self._server.measure_client(argv, self._env, max(600, size / 1e6))
+        limit = timeout or max(600.0, size / 1e6)
+        run, server_kib, reset = self._server.measure_client(argv, self._env, limit)
         report = json_report(self.tool, run)
         if not report.get("ok") or report.get("bytes") != size:
             raise BenchError(f"{self.tool} did not deliver the whole file: {report}")

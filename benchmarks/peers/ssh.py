@@ -1,4 +1,4 @@
-"""A throwaway sshd on 127.0.0.1 with its own host and client keys, and scp into it."""
+"""A throwaway sshd with its own host and client keys, and scp or rsync into it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import BenchError
 from ..measure import TreePeakSampler, run_measured
 from ..sysdeps import SSHD
-from .base import Service, Transfer
+from .base import LOOPBACK, Placement, Service, Transfer
 
 CIPHER = "aes128-gcm@openssh.com"
 PRIVSEP_DIR = Path("/run/sshd")
@@ -37,11 +37,11 @@ def _keygen(path: Path) -> None:
     )
 
 
-def _sshd_config(tmp: Path, port: int) -> str:
+def _sshd_config(tmp: Path, port: int, host: str) -> str:
     return "\n".join(
         [
             f"Port {port}",
-            "ListenAddress 127.0.0.1",
+            f"ListenAddress {host}",
             f"HostKey {tmp / 'host_key'}",
             f"PidFile {tmp / 'sshd.pid'}",
             f"AuthorizedKeysFile {tmp / 'authorized_keys'}",
@@ -58,18 +58,31 @@ def _sshd_config(tmp: Path, port: int) -> str:
     )
 
 
-def _wait_accepts(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+def _listens(placement: Placement, port: int) -> bool:
+    """Whether something listens on TCP `port` in the server's namespace (via `ss`)."""
+    argv = [*placement.server_prefix, "ss", "-ltnH", f"sport = :{port}"]
+    return bool(subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip())
+
+
+def _wait_accepts(
+    port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float, placement: Placement
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise BenchError(f"sshd exited with {proc.returncode}: {log.read_text().strip()}")
+        if not placement.loopback:  # another namespace: this process cannot connect there
+            if _listens(placement, port):
+                return
+            time.sleep(0.05)
+            continue
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 if s.recv(64).startswith(b"SSH-"):
                     return
         except OSError:
             time.sleep(0.05)
-    raise BenchError(f"sshd did not accept on 127.0.0.1:{port} within {timeout:.0f} s")
+    raise BenchError(f"sshd did not accept on {placement.host}:{port} within {timeout:.0f} s")
 
 
 class SshPeer(Service):
@@ -77,8 +90,10 @@ class SshPeer(Service):
 
     tool = "scp"
 
-    def __init__(self, dest_dir: Path, cipher: str = CIPHER) -> None:
-        self.dest_dir, self.cipher = dest_dir, cipher
+    def __init__(
+        self, dest_dir: Path, cipher: str = CIPHER, placement: Placement = LOOPBACK
+    ) -> None:
+        self.dest_dir, self.cipher, self.placement = dest_dir, cipher, placement
         self.port = 0
         self._tmp: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -90,15 +105,15 @@ class SshPeer(Service):
         _keygen(tmp / "client_key")
         shutil.copy(tmp / "client_key.pub", tmp / "authorized_keys")
         self.port = free_port()
-        (tmp / "sshd_config").write_text(_sshd_config(tmp, self.port))
+        (tmp / "sshd_config").write_text(_sshd_config(tmp, self.port, self.placement.host))
         if not PRIVSEP_DIR.exists():  # normally made by the ssh service, which may not run here
             PRIVSEP_DIR.mkdir(mode=0o755)
             self._made_privsep_dir = True
         log = tmp / "sshd.log"
         with log.open("wb") as out:
-            argv = [SSHD, "-D", "-e", "-f", str(tmp / "sshd_config")]
+            argv = [*self.placement.server_prefix, SSHD, "-D", "-e", "-f", str(tmp / "sshd_config")]
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=out)
-        _wait_accepts(self.port, self._proc, log, timeout=15)
+        _wait_accepts(self.port, self._proc, log, 15, self.placement)
 
     def _stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -117,23 +132,28 @@ class SshPeer(Service):
     def dest(self, name: str) -> Path:
         return self.dest_dir / name
 
-    def scp_argv(self, src: Path, name: str) -> list[str]:
+    def ssh_options(self) -> list[str]:
         assert self._tmp is not None, "sshd is not running"
         return [
-            "scp", "-q", "-i", str(self._tmp / "client_key"),
+            "-i", str(self._tmp / "client_key"),
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "BatchMode=yes", "-c", self.cipher, "-P", str(self.port),
-            str(src), f"root@127.0.0.1:{self.dest(name)}",
+            "-o", "BatchMode=yes", "-c", self.cipher,
         ]  # fmt: skip
 
-    def send(self, src: Path, name: str) -> Transfer:
-        """scp `src` to `dest(name)`; server RSS is sampled over sshd's session processes."""
+    def client_argv(self, src: Path, name: str) -> list[str]:
+        target = f"root@{self.placement.host}:{self.dest(name)}"
+        scp = ["scp", "-q", *self.ssh_options(), "-P", str(self.port), str(src), target]
+        return [*self.placement.client_prefix, *scp]
+
+    def send(self, src: Path, name: str, timeout: float | None = None) -> Transfer:
+        """Send `src` to `dest(name)`; server RSS is sampled over sshd's session processes."""
         assert self._proc is not None, "sshd is not running"
         size = src.stat().st_size
         with TreePeakSampler(self._proc.pid) as sampler:
-            run = run_measured(self.scp_argv(src, name), timeout=max(600.0, size / 5e6))
+            limit = timeout or max(600.0, size / 5e6)
+            run = run_measured(self.client_argv(src, name), timeout=limit)
         if run.exit_code != 0:
-            raise BenchError(f"scp exited with {run.exit_code}: {run.stderr.strip()}")
+            raise BenchError(f"{self.tool} exited with {run.exit_code}: {run.stderr.strip()}")
         return Transfer(
             self.tool,
             size,
@@ -147,3 +167,14 @@ class SshPeer(Service):
                 "server_rss": "sampled sum of VmHWM over sshd's session processes",
             },
         )
+
+
+class RsyncPeer(SshPeer):
+    """The same throwaway sshd; `rsync` over ssh (same cipher) sends into `dest_dir`."""
+
+    tool = "rsync"
+
+    def client_argv(self, src: Path, name: str) -> list[str]:
+        ssh = " ".join(["ssh", *self.ssh_options(), "-p", str(self.port)])
+        target = f"root@{self.placement.host}:{self.dest(name)}"
+        return [*self.placement.client_prefix, "rsync", "-q", "-e", ssh, str(src), target]

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import core, quic
+from . import core, links, quic
 
-SCENARIOS: dict[str, ModuleType] = {"core": core, "quic": quic}
+SCENARIOS: dict[str, ModuleType] = {"core": core, "quic": quic, "links": links}

@@ -14,7 +14,9 @@ from ..measure import Stats
 from ..peers.base import Peer, Transfer, remove_copy
 
 
-def measured_transfer(peer: Peer, src: Path, digest: str, verify_hash: bool) -> Transfer:
+def measured_transfer(
+    peer: Peer, src: Path, digest: str, verify_hash: bool, timeout: float | None = None
+) -> Transfer:
     """One full send of `src` (no copy beforehand), verified, then the copy removed.
 
     Raises:
@@ -22,7 +24,7 @@ def measured_transfer(peer: Peer, src: Path, digest: str, verify_hash: bool) -> 
     """
     dest = peer.dest(src.name)
     remove_copy(dest)
-    transfer = peer.send(src, src.name)
+    transfer = peer.send(src, src.name, timeout)
     try:
         got = dest.stat().st_size if dest.exists() else None
         if got != transfer.size:

@@ -15,7 +15,7 @@ from ..machine import describe, load_average
 from ..peers.base import Transfer
 from ..peers.flux import FluxPeer
 from ..peers.ssh import SshPeer
-from ..report import update_results, write_run
+from ..report import publish
 from ..sysdeps import ensure_tools
 from .common import measured_transfer, summarize
 from .core_report import render
@@ -91,10 +91,5 @@ def run(args: argparse.Namespace) -> int:
         data["throughput"] = _throughput(ws, size, reps)
         data["memory"] = _memory(ws, mem_sizes)
         data["machine"]["load_at_end"] = load_average()
-    text = render(data)
-    print(text)
-    print(f"\nrun saved to {write_run('core', data)}", file=sys.stderr)
-    if not args.no_results:
-        update_results("core", text)
-        print("updated benchmarks/RESULTS.md", file=sys.stderr)
+    publish("core", render(data), data, not args.no_results)
     return 0

@@ -17,7 +17,7 @@ from ..naive_quic import DEFAULT_DATAGRAM_SIZE, DEFAULT_LOOP
 from ..peers.base import Peer, Transfer
 from ..peers.flux import FluxPeer, fluxd_has_quic
 from ..peers.naive_quic import NaiveQuicPeer
-from ..report import update_results, write_run
+from ..report import publish
 from ..sysdeps import ensure_tools
 from .common import measured_transfer, summarize
 from .quic_report import FLUX, NAIVE, render
@@ -123,15 +123,8 @@ def run(args: argparse.Namespace) -> int:
         data["machine"] = describe(ws.base) | _versions()
         data["throughput"] = _throughput(ws, args, size, reps)
         data["machine"]["load_at_end"] = load_average()
-    text = render(data)
-    print(text)
-    print(f"\nrun saved to {write_run('quic', data)}", file=sys.stderr)
-    if args.no_results:
-        return 0
+    why_not = ""
     if stand_in or args.baseline_only:
-        why = "fluxd ran over TCP, not QUIC" if stand_in else "no fluxd run (--baseline-only)"
-        print(f"RESULTS.md not updated: {why}", file=sys.stderr)
-        return 0
-    update_results("quic", text)
-    print("updated benchmarks/RESULTS.md", file=sys.stderr)
+        why_not = "fluxd ran over TCP, not QUIC" if stand_in else "no fluxd run (--baseline-only)"
+    publish("quic", render(data), data, not args.no_results, why_not)
     return 0

@@ -1,0 +1,138 @@
+"""Scenario `links`: fluxd (TCP and QUIC), scp and rsync over emulated links, alternated.
+
+Each link (benchmarks/netem/links.toml: lan, wan, lossy, mobile) is brought up between two
+network namespaces, checks itself (delay, rate, loss within 10 %), and only then carries the
+transfers; a link that fails its self-test is reported as such, with no figures. Daemons and
+sshd run in the server namespace, clients in the client namespace. A transfer that fails or
+times out counts as not completed (its reason is kept); goodput is file size over wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from .. import BenchError
+from ..files import format_size, parse_size
+from ..machine import describe, load_average
+from ..netem.emulator import Emulator
+from ..netem.selftest import run_selftest
+from ..netem.spec import SpecError, load
+from ..netem.topology import TopologyError
+from ..peers.base import Peer, Placement, Transfer
+from ..peers.flux import FluxPeer
+from ..peers.ssh import RsyncPeer, SshPeer
+from ..report import publish
+from ..sysdeps import ensure_tools
+from .common import measured_transfer, summarize
+from .links_report import render
+from .workspace import Workspace
+
+HELP = "fluxd TCP/QUIC, scp and rsync over emulated links (lan, wan, lossy, mobile)"
+LINKS = ("lan", "wan", "lossy", "mobile")
+SIZES = {"lan": "1G", "wan": "256M", "lossy": "128M", "mobile": "64M"}
+QUICK_SIZES = {"lan": "256M", "wan": "64M", "lossy": "32M", "mobile": "32M"}
+TOOLS = ("fluxd-tcp", "fluxd-quic", "scp", "rsync")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--link", action="append", choices=LINKS, help="one link (repeatable) [all four]"
+    )
+    parser.add_argument("--size", type=parse_size, help="file size for every link [per link]")
+    parser.add_argument("--reps", type=int, help="repetitions per tool and link [3; quick: 1]")
+    parser.add_argument("--quick", action="store_true", help="smaller files, 1 repetition")
+    parser.add_argument(
+        "--timeout", type=float, default=900.0, help="seconds per transfer [%(default)s]"
+    )
+    parser.add_argument("--dir", type=Path, help="where files and destinations live [/var/tmp]")
+    parser.add_argument("--no-results", action="store_true", help="do not update RESULTS.md")
+
+
+def _peers(ws: Workspace, placement: Placement) -> list[FluxPeer | SshPeer]:
+    """Every tool's server (not started yet), in TOOLS order, each with its own directory."""
+    dirs = {tool: ws.path / tool for tool in TOOLS}
+    for d in dirs.values():
+        d.mkdir(exist_ok=True)
+    return [
+        FluxPeer(dirs["fluxd-tcp"], "tcp", None, placement, "fluxd-tcp", strict=False),
+        FluxPeer(dirs["fluxd-quic"], "quic", None, placement, "fluxd-quic", strict=False),
+        SshPeer(dirs["scp"], placement=placement),
+        RsyncPeer(dirs["rsync"], placement=placement),
+    ]
+
+
+def _one_link(ws: Workspace, name: str, size: int, reps: int, timeout: float) -> dict[str, Any]:
+    emulated = load(name)
+    spec = dataclasses.asdict(emulated.spec) | {"relay": emulated.relay}
+    result: dict[str, Any] = {"link": name, "spec": spec}
+    src, digest = ws.source(size)
+    print(f"link {name}: up", file=sys.stderr)
+    with Emulator(emulated, tag=f"b{name[:3]}") as emu:
+        checks = run_selftest(emu)
+        result["selftest"] = [c.line() for c in checks]
+        for line in result["selftest"]:
+            print(f"  {line}", file=sys.stderr)
+        if not all(c.ok for c in checks):
+            result["refused"] = "the link failed its self-test"
+            return result
+        placement = Placement(
+            emu.server_ip, tuple(emu.exec_prefix("server")), tuple(emu.exec_prefix("client"))
+        )
+        transfers: list[Transfer] = []
+        failures: list[dict[str, Any]] = []
+        with contextlib.ExitStack() as stack:
+            peers: list[Peer] = [stack.enter_context(p) for p in _peers(ws, placement)]
+            for rep in range(reps):
+                print(f"link {name}: rep {rep + 1}/{reps}", file=sys.stderr)
+                for peer in peers:
+                    try:
+                        transfers.append(measured_transfer(peer, src, digest, rep == 0, timeout))
+                    except BenchError as exc:
+                        why = str(exc).strip().splitlines()[-1][:300]
+                        print(f"  {peer.tool:10} FAILED: {why}", file=sys.stderr)
+                        failures.append({"tool": peer.tool, "rep": rep, "error": why})
+    result["counters"] = emu.counters
+    result.update(
+        size=size,
+        reps=reps,
+        summary=summarize(transfers),
+        failures=failures,
+        runs=[t.to_json() for t in transfers],
+    )
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the scenario over each link, print the tables, save the run, update RESULTS.md."""
+    reps = args.reps or (1 if args.quick else 3)
+    if reps < 1:
+        raise BenchError("--reps must be at least 1")
+    links = args.link or list(LINKS)
+    ensure_tools()
+    sizes = QUICK_SIZES if args.quick else SIZES
+    data: dict[str, Any] = {"scenario": "links", "quick": args.quick, "links": []}
+    with Workspace(args.dir) as ws:
+        data["machine"] = describe(ws.base)
+        data["tcp_congestion_control"] = _tcp_cc()
+        for name in links:
+            size = args.size or parse_size(sizes[name])
+            try:
+                data["links"].append(_one_link(ws, name, size, reps, args.timeout))
+            except (SpecError, TopologyError) as exc:
+                raise BenchError(f"link {name}: {exc}") from None
+            print(f"link {name}: done ({format_size(size)} x {reps})", file=sys.stderr)
+        data["machine"]["load_at_end"] = load_average()
+    publish("links", render(data), data, not args.no_results)
+    return 0
+
+
+def _tcp_cc() -> str:
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    except OSError:
+        return "unknown"

@@ -1,0 +1,118 @@
+"""The markdown section of RESULTS.md for scenario `links`, rendered from a run's data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..files import format_size
+from ..report import markdown_table
+from .common_report import STATS_HEAD, machine_paragraph, stats_row, verdict
+
+LOSSY_SHARE, LOSSY_RATIO = 0.60, 4.0
+FLUX_TOOLS = ("fluxd-tcp", "fluxd-quic")
+LABELS = {
+    "fluxd-tcp": "fluxctl → fluxd, TCP + TLS",
+    "fluxd-quic": "fluxctl → fluxd, QUIC",
+    "scp": "scp (aes128-gcm)",
+    "rsync": "rsync over ssh (aes128-gcm)",
+}
+
+
+def _describe(spec: dict[str, Any]) -> str:
+    parts = [f"{spec['rate'] / 1e6:g} Mbit/s" if spec.get("rate") else "no rate limit"]
+    if spec.get("rtt"):
+        parts.append(f"{spec['rtt'] * 1000:g} ms RTT")
+    if spec.get("loss"):
+        parts.append(f"{spec['loss'] * 100:g} % loss")
+    if spec.get("rebind_every"):
+        parts.append(f"address change every {spec['rebind_every']:g} s")
+    if spec.get("blackhole_every"):
+        parts.append(f"{spec['blackhole_for']:g} s blackhole every {spec['blackhole_every']:g} s")
+    if not spec.get("relay", True):
+        parts.append("veth + tbf, no relay")
+    return ", ".join(parts)
+
+
+def _link_section(link: dict[str, Any]) -> str:
+    name, spec = link["link"], link["spec"]
+    out = [f"### {name}: {_describe(spec)}", ""]
+    out += ["Self-test: " + "; ".join(link.get("selftest", [])) + ".", ""]
+    if "refused" in link:
+        return "\n".join([*out, f"**Not reported: {link['refused']}.**"])
+    reps, size, summary = link["reps"], link["size"], link["summary"]
+    out.append(f"{format_size(size)} per transfer, {reps} repetition(s) per tool, alternated.")
+    out.append("")
+    rows = []
+    for tool, name_of_tool in LABELS.items():
+        done = sum(1 for r in link["runs"] if r["tool"] == tool)
+        label = f"{name_of_tool} ({done}/{reps} completed)"
+        if tool in summary:
+            row = stats_row(label, summary[tool])
+            if spec.get("rate"):
+                share = summary[tool]["mb_per_s"]["median"] * 8e6 / spec["rate"]
+                row.append(f"{share * 100:.0f} %")
+            else:
+                row.append("")
+            rows.append(row)
+        else:
+            rows.append([label, *["—"] * 7])
+    out.append(markdown_table([*STATS_HEAD, "of link rate"], rows))
+    retries = {
+        tool: [r["details"]["report"].get("retries") for r in link["runs"] if r["tool"] == tool]
+        for tool in FLUX_TOOLS
+    }
+    out += ["", "fluxctl retries per run: " + ", ".join(f"{t} {v}" for t, v in retries.items())]
+    for failure in link["failures"]:
+        out.append(f"- {failure['tool']} rep {failure['rep'] + 1} failed: {failure['error']}")
+    out.append("")
+    out.append(_targets(name, spec, summary, retries))
+    return "\n".join(out)
+
+
+def _median(summary: dict[str, Any], tool: str) -> float:
+    return float(summary[tool]["mb_per_s"]["median"]) if tool in summary else 0.0
+
+
+def _targets(
+    name: str, spec: dict[str, Any], summary: dict[str, Any], retries: dict[str, list[Any]]
+) -> str:
+    best = max(_median(summary, t) for t in FLUX_TOOLS)
+    scp = _median(summary, "scp")
+    if name == "lossy" and spec.get("rate"):
+        share = best * 8e6 / spec["rate"]
+        ratio = best / scp if scp else float("inf")
+        return (
+            f"Targets: fluxd's best {best:.1f} MB/s = {share * 100:.0f} % of the link rate (goal "
+            f"≥ {LOSSY_SHARE * 100:.0f} %: {verdict(share >= LOSSY_SHARE)}); "
+            f"{ratio:.2f}x scp (goal ≥ {LOSSY_RATIO:g}x: {verdict(ratio >= LOSSY_RATIO)})."
+        )
+    if name == "mobile":
+        quic = retries.get("fluxd-quic", [])
+        ok = bool(quic) and all(r == 0 for r in quic)
+        return (
+            f"Target: fluxd over QUIC completes unattended with 0 reconnects: retries {quic} "
+            f"({verdict(ok)})."
+        )
+    ratio = f"{best / scp:.2f}x scp" if scp else "scp did not complete"
+    return f"fluxd's best: {best:.1f} MB/s, {ratio}."
+
+
+def render(data: dict[str, Any]) -> str:
+    """The whole `links` section: method, then one table per link."""
+    software = f"TCP congestion control {data['tcp_congestion_control']} in both namespaces"
+    head = [
+        "## links: fluxd against scp and rsync over emulated links",
+        "",
+        machine_paragraph(data["machine"], software),
+        "",
+        "Links come from `benchmarks/netem/links.toml` and run between two network namespaces "
+        "joined by the userspace relay of `benchmarks/netem` (lan: a veth pair with tbf). Each "
+        "link passes its self-test before it carries a transfer. Daemons and sshd run in one "
+        "namespace, the clients in the other; the address change of `mobile` makes the server "
+        "see the client at a new address (packets to the old one are dropped). MB/s = 10^6 "
+        "bytes/s of file over the client's wall time; fluxd fdatasyncs before acknowledging, "
+        "scp and rsync do not sync.",
+    ]
+    if data.get("quick"):
+        head += ["", "**Quick run** (`--quick`): small files, one repetition."]
+    return "\n\n".join(["\n".join(head), *(_link_section(link) for link in data["links"])])
