@@ -57,6 +57,7 @@ from fluxproto import (
 from fluxproto.frames import ALPN
 
 from ..buffers import POOL
+from . import quic_cc
 from .inbox import Inbox
 from .quic_io import GsoTransport, PreciseClock, TimerAwarePacer, udp_socket
 
@@ -89,6 +90,7 @@ def configuration(
         idle_timeout=idle_timeout,
         max_data=FLOW_CREDIT,
         max_stream_data=FLOW_CREDIT,
+        congestion_control_algorithm=quic_cc.NAME,
     )
 
 

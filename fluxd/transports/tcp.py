@@ -255,8 +255,16 @@ def _peer_name(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+#: Asked for per socket where the kernel offers it (else the system default stays): loss-based
+#: congestion control (cubic, reno) collapses on links with random loss, which fluxd is for.
+TCP_CONGESTION = b"bbr"
+
+
 def tune_socket(sock: socket.socket) -> None:
-    """Low latency for small frames and dead-peer detection within about half a minute."""
+    """Low latency for small frames, dead-peer detection within about half a minute, and BBR
+    where the kernel has it."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, TCP_CONGESTION)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
