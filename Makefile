@@ -37,6 +37,8 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks core
 	$(PY) -m benchmarks quic
+	$(PY) -m benchmarks links
+	$(PY) -m benchmarks concurrency
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

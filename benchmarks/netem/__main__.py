@@ -22,9 +22,10 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="set the link up and relay until interrupted")
     up.add_argument("--tag", default=str(os.getpid()), help="names the namespaces")
     up.add_argument("--spec-json", help=argparse.SUPPRESS)  # how the harness passes a link
-    add_arguments(up)
     test = sub.add_parser("selftest", help="check that the link's delay, rate and loss hold")
-    add_arguments(test)
+    for p in (up, test):
+        add_arguments(p)
+        p.add_argument("--tcp-cc", help="default TCP congestion control in both namespaces")
     return parser
 
 
@@ -33,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             emulated = spec_from_json(args.spec_json) if args.spec_json else from_args(args)
-            return serve(emulated, args.tag, sys.stdout)
-        with Emulator(from_args(args)) as emu:
+            return serve(emulated, args.tag, sys.stdout, args.tcp_cc)
+        with Emulator(from_args(args), tcp_cc=args.tcp_cc) as emu:
             checks = run_selftest(emu)
         for check in checks:
             print(check.line())

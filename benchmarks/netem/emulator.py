@@ -35,7 +35,7 @@ def spec_from_json(text: str) -> Emulated:
     return Emulated(data["name"], LinkSpec(**spec), bool(data["relay"]))
 
 
-def serve(emulated: Emulated, tag: str, out: TextIO) -> int:
+def serve(emulated: Emulated, tag: str, out: TextIO, tcp_cc: str | None = None) -> int:
     """Set the link up, print one `ready` JSON line, relay until SIGTERM or SIGINT, take it all
     down, and print one `stopped` line with the counters."""
     stop: dict[str, Relay | bool] = {"stopped": False}
@@ -46,9 +46,15 @@ def serve(emulated: Emulated, tag: str, out: TextIO) -> int:
         if isinstance(relay, Relay):
             relay.stopping = True
 
+    def _restart(signum: int, frame: FrameType | None) -> None:
+        relay = stop.get("relay")
+        if isinstance(relay, Relay):
+            relay.restart_schedule()
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    ns = Namespaces.create(tag)
+    signal.signal(signal.SIGUSR1, _restart)
+    ns = Namespaces.create(tag, tcp_cc)
     fds: tuple[int, int] | None = None
     try:
         if emulated.relay:
@@ -97,8 +103,10 @@ class Emulator:
     did once the block has ended.
     """
 
-    def __init__(self, emulated: Emulated, tag: str | None = None) -> None:
-        self.emulated = emulated
+    def __init__(
+        self, emulated: Emulated, tag: str | None = None, tcp_cc: str | None = None
+    ) -> None:
+        self.emulated, self.tcp_cc = emulated, tcp_cc
         self.tag = tag or str(os.getpid())
         self.server_ip, self.client_ip = SERVER_IP, CLIENT_IP
         self.counters: dict[str, Any] = {}
@@ -116,6 +124,8 @@ class Emulator:
             "--spec-json",
             spec_to_json(self.emulated),
         ]
+        if self.tcp_cc:
+            argv += ["--tcp-cc", self.tcp_cc]
         root = Path(__file__).resolve().parents[2]
         self._proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root
@@ -127,6 +137,11 @@ class Emulator:
             raise TopologyError(err[-1] if err else "the link emulator exited at start")
         self._ready = json.loads(line)
         return self
+
+    def restart_schedule(self) -> None:
+        """Start the link's blackholes and address changes over from now (SIGUSR1)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGUSR1)
 
     def exec_prefix(self, side: str) -> list[str]:
         return ["ip", "netns", "exec", self._ready[f"{side}_ns"]]

@@ -99,22 +99,28 @@ class Counters:
 
 
 class Schedule:
-    """Blackhole windows and address epochs as functions of time since the link came up."""
+    """Blackhole windows and address epochs as functions of time since `origin`: when the link
+    came up, or when `restart` was last called (the harness restarts it as each transfer
+    begins, so every tool meets the same events at the same moments of its transfer)."""
 
     def __init__(self, spec: LinkSpec) -> None:
         self.spec = spec
+        self.origin = 0.0
+
+    def restart(self, t: float) -> None:
+        self.origin = t
 
     def in_blackhole(self, t: float) -> bool:
         every = self.spec.blackhole_every
         if every is None or self.spec.blackhole_for <= 0:
             return False
-        phase = t % every
+        phase = (t - self.origin) % every
         return phase >= every - self.spec.blackhole_for
 
     def epoch(self, t: float) -> int:
         """0 until the first address change, then 1, 2, ..."""
         every = self.spec.rebind_every
-        return 0 if every is None else math.floor(t / every)
+        return 0 if every is None else max(0, math.floor((t - self.origin) / every))
 
 
 @dataclass

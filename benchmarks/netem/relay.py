@@ -18,7 +18,7 @@ from .packet import DST, SRC, addresses, ip, rewrite
 from .topology import CLIENT_IP
 
 READ_BUDGET = 256  # packets read from one device before the other gets a turn
-IDLE_WAIT = 0.5  # seconds between checks of `stopping` when nothing is scheduled
+IDLE_WAIT = 0.1  # seconds between checks of `stopping` and schedule restarts when idle
 
 _CLIENT = ip(CLIENT_IP)
 
@@ -57,6 +57,11 @@ class Relay:
         self._heap: list[tuple[float, int, int, bytes]] = []
         self._seq = 0
         self.stopping = False
+        self._restart = False
+
+    def restart_schedule(self) -> None:
+        """Blackholes and address changes start over from now (safe from a signal handler)."""
+        self._restart = True
 
     def now(self) -> float:
         """Seconds since the link came up: the time base of blackholes and epochs."""
@@ -72,7 +77,11 @@ class Relay:
                 wait = IDLE_WAIT
                 if self._heap:
                     wait = max(0.0, min(wait, self._heap[0][0] - self.now()))
-                for key, _ in sel.select(wait):
+                events = sel.select(wait)
+                if self._restart:
+                    self._restart = False
+                    self.link.schedule.restart(self.now())
+                for key, _ in events:
                     self._read(key.fd, upstream=bool(key.data))
                 self._deliver()
         finally:

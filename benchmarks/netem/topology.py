@@ -9,12 +9,14 @@ is routed anywhere else, so nothing leaves the namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import struct
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 SERVER_IP = "10.77.0.1"
 CLIENT_IP = "10.77.0.2"
@@ -41,21 +43,33 @@ def sh(argv: Sequence[str]) -> None:
         raise TopologyError(f"`{' '.join(argv)}`: {why}")
 
 
+ALLOWED_CC = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+
+
 @dataclass
 class Namespaces:
     """The pair of namespaces; `exec_prefix(side)` runs a command inside one."""
 
     server: str
     client: str
+    #: The host's list of congestion controls a namespace may choose, to put back at the end.
+    _allowed_before: str | None = None
 
     @classmethod
-    def create(cls, tag: str) -> Namespaces:
+    def create(cls, tag: str, tcp_cc: str | None = None) -> Namespaces:
+        """Both namespaces with loopback up; `tcp_cc` sets their default TCP congestion
+        control (what scp and rsync get; fluxd picks its own per socket)."""
         ns = cls(server=f"fluxbench-{tag}-srv", client=f"fluxbench-{tag}-cli")
         ns.destroy()  # leftovers of a run that was killed
         try:
+            if tcp_cc:
+                ns._allow(tcp_cc)
             for name in (ns.server, ns.client):
                 sh(["ip", "netns", "add", name])
                 sh(["ip", "-n", name, "link", "set", "lo", "up"])
+                if tcp_cc:
+                    setting = f"net.ipv4.tcp_congestion_control={tcp_cc}"
+                    sh(["ip", "netns", "exec", name, "sysctl", "-qw", setting])
         except BaseException:
             ns.destroy()
             raise
@@ -64,9 +78,24 @@ class Namespaces:
     def exec_prefix(self, side: str) -> list[str]:
         return ["ip", "netns", "exec", self.server if side == "server" else self.client]
 
+    def _allow(self, tcp_cc: str) -> None:
+        # A namespace other than the host's may only default to a congestion control the host
+        # allows (the kernel says EPERM otherwise); extended for the run, restored by destroy().
+        try:
+            allowed = ALLOWED_CC.read_text().split()
+            if tcp_cc not in allowed:
+                self._allowed_before = " ".join(allowed)
+                ALLOWED_CC.write_text(" ".join([*allowed, tcp_cc]))
+        except OSError as exc:
+            raise TopologyError(f"{ALLOWED_CC}: {exc.strerror}") from None
+
     def destroy(self) -> None:
         for name in (self.server, self.client):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        if self._allowed_before is not None:
+            with contextlib.suppress(OSError):
+                ALLOWED_CC.write_text(self._allowed_before)
+            self._allowed_before = None
 
 
 def open_tun(name: str) -> int:

@@ -59,8 +59,8 @@ class Peer(Protocol):
         BenchError unless the tool reports success."""
         ...
 
-    def dest(self, name: str) -> Path:
-        """Where the copy of `name` lands."""
+    def dest(self, name: str) -> Path | None:
+        """Where the copy of `name` lands (None: the tool writes no copy)."""
         ...
 
 

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from .. import BenchError
+from ..measure import Run
 from .base import LOOPBACK, Placement, Service, Transfer
 from .process import Event, ServerProcess, json_report
 
@@ -126,12 +127,17 @@ class FluxPeer(Service):
                 "--pin", self.fingerprint, "--transport", self.transport, "--json",
                 "--quiet"]  # fmt: skip
 
+    def measure(self, argv: list[str], timeout: float) -> tuple[Run, int, bool]:
+        """Run any client command against this daemon (see ServerProcess.measure_client)."""
+        assert self._server is not None, "fluxd is not running"
+        return self._server.measure_client(argv, self._env, timeout)
+
     def send(self, src: Path, name: str, timeout: float | None = None) -> Transfer:
         """fluxctl send `src`; the daemon's peak RSS is VmHWM, reset before the transfer."""
         assert self._server is not None, "fluxd is not running"
         size = src.stat().st_size
         argv, limit = self.send_argv(src, name), timeout or max(600.0, size / 5e6)
-        run, server_kib, reset = self._server.measure_client(argv, self._env, limit)
+        run, server_kib, reset = self.measure(argv, limit)
         report = json_report(self.tool, run)
         if not report.get("ok") or report.get("bytes") != size:
             raise BenchError(f"fluxctl did not send the whole file: {report}")

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import core, links, quic
+from . import concurrency, core, links, quic
 
-SCENARIOS: dict[str, ModuleType] = {"core": core, "quic": quic, "links": links}
+SCENARIOS: dict[str, ModuleType] = {
+    "core": core,
+    "quic": quic,
+    "links": links,
+    "concurrency": concurrency,
+}

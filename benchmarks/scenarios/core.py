@@ -1,27 +1,40 @@
-"""Scenario `core`: fluxctl->fluxd (TCP+TLS) against scp->sshd on loopback; peak RSS by size."""
+"""Scenario `core`: loopback throughput of fluxctl->fluxd (TCP+TLS and QUIC) against naive
+aioquic, scp, rsync over ssh and iperf3 (the ceiling), alternated; peak RSS by file size."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import BenchError
 from ..files import filesystem, format_size, parse_size
 from ..machine import describe, load_average
-from ..peers.base import Transfer
+from ..peers.base import Service, Transfer
 from ..peers.flux import FluxPeer
-from ..peers.ssh import SshPeer
+from ..peers.iperf import IperfPeer
+from ..peers.naive_quic import NaiveQuicPeer
+from ..peers.ssh import RsyncPeer, SshPeer
 from ..report import publish
 from ..sysdeps import ensure_tools
-from .common import measured_transfer, summarize
+from .common import measured_transfer, start_peers, summarize
 from .core_report import render
 from .workspace import Workspace
 
-HELP = "1 GiB send over TCP+TLS against scp (aes128-gcm), alternated; peak RSS by file size"
+HELP = "1 GiB over loopback: fluxd TCP/QUIC, naive aioquic, scp, rsync, iperf3; peak RSS by size"
+
+
+TOOLS = ("fluxctl", "fluxd-quic", "naive-aioquic", "scp", "rsync", "iperf3")
+
+
+def _tools(text: str) -> list[str]:
+    wanted = {t.strip() for t in text.split(",") if t.strip()} | {"fluxctl", "scp"}
+    if unknown := wanted - set(TOOLS):
+        raise argparse.ArgumentTypeError(f"unknown tools: {', '.join(sorted(unknown))}")
+    return [t for t in TOOLS if t in wanted]
 
 
 def _sizes(text: str) -> list[int]:
@@ -35,17 +48,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mem-sizes", type=_sizes, help="sizes for peak RSS, or 'none' [256M,1G,4G; quick: 256M]"
     )
+    parser.add_argument(
+        "--tools",
+        type=_tools,
+        default=list(TOOLS),
+        help=f"throughput tools, comma-separated (fluxctl and scp always) [{','.join(TOOLS)}]",
+    )
     parser.add_argument("--dir", type=Path, help="where files and destinations live [/var/tmp]")
     parser.add_argument("--no-results", action="store_true", help="do not update RESULTS.md")
 
 
-def _throughput(ws: Workspace, size: int, reps: int) -> dict[str, Any]:
+def _peers(ws: Workspace, tools: Sequence[str]) -> list[Service]:
+    """The throughput peers, in the order they alternate; each writes into its own directory."""
+    make: dict[str, Callable[[Path], Service]] = {
+        "fluxctl": FluxPeer,
+        "fluxd-quic": lambda d: FluxPeer(d, "quic", tool="fluxd-quic"),
+        "naive-aioquic": NaiveQuicPeer,
+        "scp": SshPeer,
+        "rsync": RsyncPeer,
+        "iperf3": lambda d: IperfPeer(),
+    }
+    peers = []
+    for tool in tools:
+        (ws.path / tool).mkdir(exist_ok=True)
+        peers.append(make[tool](ws.path / tool))
+    return peers
+
+
+def _throughput(ws: Workspace, size: int, reps: int, tools: Sequence[str]) -> dict[str, Any]:
     src, digest = ws.source(size)
     transfers: list[Transfer] = []
-    with FluxPeer(ws.flux_root) as flux, SshPeer(ws.scp_dest) as ssh:
+    with contextlib.ExitStack() as stack:
+        peers = start_peers(stack, _peers(ws, tools))
         for rep in range(reps):
             print(f"throughput rep {rep + 1}/{reps}", file=sys.stderr)
-            transfers += [measured_transfer(peer, src, digest, rep == 0) for peer in (flux, ssh)]
+            transfers += [measured_transfer(peer, src, digest, rep == 0) for peer in peers]
     summary = summarize(transfers)
     ratio = summary["fluxctl"]["mb_per_s"]["median"] / summary["scp"]["mb_per_s"]["median"]
     runs = [t.to_json() for t in transfers]
@@ -88,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         if filesystem(ws.path)[0] == "tmpfs":
             print("note: files are on tmpfs, so fluxd's fdatasync costs nothing", file=sys.stderr)
         data: dict[str, Any] = {"scenario": "core", "machine": describe(ws.base)}
-        data["throughput"] = _throughput(ws, size, reps)
+        data["throughput"] = _throughput(ws, size, reps, args.tools)
         data["memory"] = _memory(ws, mem_sizes)
         data["machine"]["load_at_end"] = load_average()
     publish("core", render(data), data, not args.no_results)

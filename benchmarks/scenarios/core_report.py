@@ -10,20 +10,46 @@ from ..report import markdown_table
 from .common_report import STATS_HEAD, machine_paragraph, mib, stats_row, verdict
 
 TARGET_RATIO = 2.5
+TARGET_QUIC_RATIO = 3.0
 TARGET_RSS_MIB = 128
 FLAT_MIB = 16  # "flat": the peak at the largest size is within this of the smallest
-LABELS = {"fluxctl": "fluxctl → fluxd (TCP + TLS 1.3)", "scp": "scp → sshd (aes128-gcm)"}
+LABELS = {
+    "fluxctl": "fluxctl → fluxd (TCP + TLS 1.3)",
+    "fluxd-quic": "fluxctl → fluxd (QUIC, 1452-byte datagrams)",
+    "naive-aioquic": "naive stock aioquic (1452-byte datagrams, asyncio loop)",
+    "scp": "scp → sshd (aes128-gcm)",
+    "rsync": "rsync over ssh (aes128-gcm)",
+    "iperf3": "iperf3, one TCP stream, memory to memory (ceiling)",
+}
 
 
 def _throughput(t: dict[str, Any]) -> str:
     rows = [stats_row(LABELS.get(tool, tool), s) for tool, s in t["summary"].items()]
     head = STATS_HEAD
     ratio, reps = t["ratio"], f"{t['reps']} repetition" + ("s" if t["reps"] != 1 else "")
+    lines = [
+        f"Ratio fluxctl / scp (median throughput): **{ratio:.2f}x** "
+        f"(target ≥ {TARGET_RATIO}x: {verdict(ratio >= TARGET_RATIO)})."
+    ]
+    median = {tool: s["mb_per_s"]["median"] for tool, s in t["summary"].items()}
+    if "fluxd-quic" in median and "naive-aioquic" in median:
+        quic = median["fluxd-quic"] / median["naive-aioquic"]
+        lines.append(
+            f"Ratio fluxd QUIC / naive aioquic: **{quic:.2f}x** "
+            f"(target ≥ {TARGET_QUIC_RATIO}x: {verdict(quic >= TARGET_QUIC_RATIO)})."
+        )
+    if "iperf3" in median:
+        shares = ", ".join(
+            f"{tool} {median[tool] / median['iperf3'] * 100:.0f} %"
+            for tool in median
+            if tool != "iperf3"
+        )
+        lines.append(f"Share of the iperf3 ceiling: {shares}.")
     return (
         f"### Throughput: {format_size(t['size'])}, {reps} each, alternated\n\n"
         + markdown_table(head, rows)
-        + f"\n\nRatio fluxctl / scp (median throughput): **{ratio:.2f}x** "
-        f"(target ≥ {TARGET_RATIO}x: {verdict(ratio >= TARGET_RATIO)})."
+        + "\n\n"
+        + "\n".join(lines)
     )
 
 
@@ -77,12 +103,15 @@ def render(data: dict[str, Any]) -> str:
         "from spawning the client to reaping it (start-up, handshake and transfer). Every "
         "repetition is a full transfer into an empty destination (the copy is deleted and the "
         "disk synced between repetitions). fluxd fdatasyncs each chunk batch before "
-        "acknowledging it; scp does not sync. scp uses OpenSSH's default SFTP protocol, served "
-        "in-process by sshd (`internal-sftp`)."
+        "acknowledging it; scp, rsync and the naive aioquic server do not sync. scp uses "
+        "OpenSSH's default SFTP protocol, served in-process by sshd (`internal-sftp`). iperf3 "
+        "moves the same number of bytes from memory to memory (no file, no encryption): the "
+        "ceiling of one TCP stream on this machine. The naive aioquic client holds the whole "
+        "file in memory (aioquic has no send-side backpressure)."
     )
     return "\n\n".join(
         [
-            "## core: 1 file over loopback, fluxctl → fluxd against scp → sshd",
+            "## core: 1 file over loopback, fluxctl → fluxd against scp, rsync, aioquic, iperf3",
             machine_paragraph(data["machine"], data["machine"]["openssh"]),
             method,
             _throughput(data["throughput"]),

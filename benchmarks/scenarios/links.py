@@ -23,19 +23,21 @@ from ..netem.emulator import Emulator
 from ..netem.selftest import run_selftest
 from ..netem.spec import SpecError, load
 from ..netem.topology import TopologyError
-from ..peers.base import Peer, Placement, Transfer
+from ..peers.base import Placement, Transfer
 from ..peers.flux import FluxPeer
 from ..peers.ssh import RsyncPeer, SshPeer
 from ..report import publish
 from ..sysdeps import ensure_tools
-from .common import measured_transfer, summarize
+from .common import measured_transfer, start_peers, summarize
 from .links_report import render
 from .workspace import Workspace
 
 HELP = "fluxd TCP/QUIC, scp and rsync over emulated links (lan, wan, lossy, mobile)"
 LINKS = ("lan", "wan", "lossy", "mobile")
-SIZES = {"lan": "1G", "wan": "256M", "lossy": "128M", "mobile": "64M"}
-QUICK_SIZES = {"lan": "256M", "wan": "64M", "lossy": "32M", "mobile": "32M"}
+SIZES = {"lan": "1G", "wan": "256M", "lossy": "128M", "mobile": "128M"}
+#: mobile: at least 64 MiB, so that even at the full 20 Mbit/s a transfer lasts past its first
+#: blackhole (25-30 s into it) and address change (30 s).
+QUICK_SIZES = {"lan": "256M", "wan": "64M", "lossy": "32M", "mobile": "64M"}
 TOOLS = ("fluxd-tcp", "fluxd-quic", "scp", "rsync")
 
 
@@ -48,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller files, 1 repetition")
     parser.add_argument(
         "--timeout", type=float, default=900.0, help="seconds per transfer [%(default)s]"
+    )
+    parser.add_argument(
+        "--tcp-cc",
+        default="cubic",
+        help="default TCP congestion control of both namespaces, i.e. what scp and rsync use "
+        "(fluxd asks for BBR on its own sockets) [%(default)s: Debian's default]",
     )
     parser.add_argument("--dir", type=Path, help="where files and destinations live [/var/tmp]")
     parser.add_argument("--no-results", action="store_true", help="do not update RESULTS.md")
@@ -66,13 +74,15 @@ def _peers(ws: Workspace, placement: Placement) -> list[FluxPeer | SshPeer]:
     ]
 
 
-def _one_link(ws: Workspace, name: str, size: int, reps: int, timeout: float) -> dict[str, Any]:
+def _one_link(
+    ws: Workspace, name: str, size: int, reps: int, timeout: float, tcp_cc: str
+) -> dict[str, Any]:
     emulated = load(name)
     spec = dataclasses.asdict(emulated.spec) | {"relay": emulated.relay}
     result: dict[str, Any] = {"link": name, "spec": spec}
     src, digest = ws.source(size)
     print(f"link {name}: up", file=sys.stderr)
-    with Emulator(emulated, tag=f"b{name[:3]}") as emu:
+    with Emulator(emulated, tag=f"b{name[:3]}", tcp_cc=tcp_cc) as emu:
         checks = run_selftest(emu)
         result["selftest"] = [c.line() for c in checks]
         for line in result["selftest"]:
@@ -86,10 +96,11 @@ def _one_link(ws: Workspace, name: str, size: int, reps: int, timeout: float) ->
         transfers: list[Transfer] = []
         failures: list[dict[str, Any]] = []
         with contextlib.ExitStack() as stack:
-            peers: list[Peer] = [stack.enter_context(p) for p in _peers(ws, placement)]
+            peers = start_peers(stack, _peers(ws, placement))
             for rep in range(reps):
                 print(f"link {name}: rep {rep + 1}/{reps}", file=sys.stderr)
                 for peer in peers:
+                    emu.restart_schedule()  # each transfer meets the same events
                     try:
                         transfers.append(measured_transfer(peer, src, digest, rep == 0, timeout))
                     except BenchError as exc:
@@ -118,21 +129,14 @@ def run(args: argparse.Namespace) -> int:
     data: dict[str, Any] = {"scenario": "links", "quick": args.quick, "links": []}
     with Workspace(args.dir) as ws:
         data["machine"] = describe(ws.base)
-        data["tcp_congestion_control"] = _tcp_cc()
+        data["tcp_congestion_control"] = args.tcp_cc
         for name in links:
             size = args.size or parse_size(sizes[name])
             try:
-                data["links"].append(_one_link(ws, name, size, reps, args.timeout))
+                data["links"].append(_one_link(ws, name, size, reps, args.timeout, args.tcp_cc))
             except (SpecError, TopologyError) as exc:
                 raise BenchError(f"link {name}: {exc}") from None
             print(f"link {name}: done ({format_size(size)} x {reps})", file=sys.stderr)
         data["machine"]["load_at_end"] = load_average()
     publish("links", render(data), data, not args.no_results)
     return 0
-
-
-def _tcp_cc() -> str:
-    try:
-        return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
-    except OSError:
-        return "unknown"

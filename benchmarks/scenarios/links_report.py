@@ -93,13 +93,16 @@ def _targets(
             f"Target: fluxd over QUIC completes unattended with 0 reconnects: retries {quic} "
             f"({verdict(ok)})."
         )
-    ratio = f"{best / scp:.2f}x scp" if scp else "scp did not complete"
-    return f"fluxd's best: {best:.1f} MB/s, {ratio}."
+    against = f"{best / scp:.2f}x scp" if scp else "scp did not complete"
+    return f"fluxd's best: {best:.1f} MB/s, {against}."
 
 
 def render(data: dict[str, Any]) -> str:
     """The whole `links` section: method, then one table per link."""
-    software = f"TCP congestion control {data['tcp_congestion_control']} in both namespaces"
+    software = (
+        f"default TCP congestion control {data['tcp_congestion_control']} in both namespaces "
+        "(scp, rsync; fluxd asks for BBR on its own TCP sockets)"
+    )
     head = [
         "## links: fluxd against scp and rsync over emulated links",
         "",

@@ -155,3 +155,10 @@ def test_no_packet_arrives_before_it_was_sent_plus_the_minimum_delay(
         t += gap
         for arrival in p.offer(t, size):
             assert arrival >= t + size * 8 / 10e6 + 0.01 - 0.004 - 1e-9
+
+
+def test_a_restarted_schedule_counts_from_the_restart() -> None:
+    s = Schedule(LinkSpec(blackhole_every=30, blackhole_for=5, rebind_every=30))
+    s.restart(100.0)
+    assert [s.in_blackhole(t) for t in (100.0, 124.9, 125.0, 130.0)] == [False, False, True, False]
+    assert [s.epoch(t) for t in (99.0, 100.0, 129.9, 130.0)] == [0, 0, 0, 1]

@@ -137,3 +137,15 @@ def test_the_relay_schedules_by_the_link_and_counts() -> None:
     r.handle(b"\x45" + bytes(39), upstream=True, t=1.0)
     assert [t for t, *_ in r._heap] == [pytest.approx(1.01)] * 2
     assert r.counters.read == 1
+
+
+def test_restarting_the_schedule_brings_back_the_real_address() -> None:
+    r, clock = relay(LinkSpec(rebind_every=30))
+    up = bytes(packet(ip(CLIENT_IP), ip(SERVER_IP), UDP, b"x"))
+    r.handle(up, upstream=True, t=45.0)
+    assert addresses(queued(r)[-1][1]) == (client_alias(1), ip(SERVER_IP))
+    clock[0] = 45.0
+    r.restart_schedule()
+    r.link.schedule.restart(r.now())  # what run() does on its next turn
+    r.handle(up, upstream=True, t=46.0)
+    assert addresses(max(r._heap)[3]) == (ip(CLIENT_IP), ip(SERVER_IP))
