@@ -1,32 +1,35 @@
 """Scenario `concurrency`: 50 and 200 clients upload 10 MiB each to one fluxd at once.
 
-One upload alone first (the single-stream figure), then each crowd through `benchmarks.loadgen`
+One upload alone first (the single-stream figure, three times), then each crowd, all through
+`benchmarks.loadgen`
 (the fluxctl client library in one process per core, every upload its own connection and TLS
 handshake, all starting at one instant). Reported: how many completed, the aggregate goodput
 (all bytes over the wall time to the last completion) against the single stream, per-upload
-times, and the daemon's peak RSS. Every copy is checked by size afterwards.
+times, and the daemon's peak RSS. Every copy is checked by digest afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from .. import BenchError
-from ..files import format_size, parse_size
+from ..files import file_digest, format_size, parse_size
 from ..machine import describe, load_average
 from ..measure import Stats
 from ..peers.flux import FluxPeer
 from ..report import publish
 from ..sysdeps import ensure_tools
-from .common import measured_transfer
 from .concurrency_report import render
 from .workspace import Workspace
 
+_RUNS = itertools.count()
 HELP = "50 and 200 clients uploading 10 MiB each at once: completions, aggregate vs one stream"
 
 
@@ -43,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-results", action="store_true", help="do not update RESULTS.md")
 
 
-def _crowd(flux: FluxPeer, src: Path, clients: int, transport: str) -> dict[str, Any]:
-    url = f"flux://127.0.0.1:{flux.port}/bench/crowd-{clients}/"
+def _crowd(flux: FluxPeer, src: Path, digest: str, clients: int, transport: str) -> dict[str, Any]:
+    url = f"flux://127.0.0.1:{flux.port}/bench/crowd-{clients}-{next(_RUNS)}/"
     argv = [
         sys.executable,
         "-m",
@@ -63,9 +66,10 @@ def _crowd(flux: FluxPeer, src: Path, clients: int, transport: str) -> dict[str,
         raise BenchError(f"loadgen exited with {run.exit_code}: {run.stderr.strip()[-500:]}")
     report: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
     size = src.stat().st_size
-    dest = flux.root / "bench" / f"crowd-{clients}"
-    stored = [p.stat().st_size for p in dest.glob("c*.bin")] if dest.exists() else []
-    report["copies_with_right_size"] = sum(1 for s in stored if s == size)
+    dest = flux.root / "bench" / url.rstrip("/").rpartition("/")[2]
+    stored = sorted(dest.glob("c*.bin")) if dest.exists() else []
+    report["copies_ok"] = sum(1 for p in stored if file_digest(p) == digest)
+    shutil.rmtree(dest, ignore_errors=True)
     report["aggregate_mb_per_s"] = report["completed"] * size / report["wall_seconds"] / 1e6
     if report["upload_seconds"]:
         report["upload_stats"] = dataclasses.asdict(Stats.of(report.pop("upload_seconds")))
@@ -90,10 +94,11 @@ def run(args: argparse.Namespace) -> int:
         src, digest = ws.source(size)
         (ws.path / "flux").mkdir()
         with FluxPeer(ws.path / "flux", args.transport) as flux:
-            print(f"one client, {format_size(size)}", file=sys.stderr)
-            single = [measured_transfer(flux, src, digest, True) for _ in range(3)]
-            data["single"] = dataclasses.asdict(Stats.of([t.mb_per_s for t in single]))
-            data["crowds"] = [_crowd(flux, src, n, args.transport) for n in crowds]
+            print(f"one client, {format_size(size)}, 3 times", file=sys.stderr)
+            single = [_crowd(flux, src, digest, 1, args.transport) for _ in range(3)]
+            rates = [one["aggregate_mb_per_s"] for one in single]
+            data["single"] = dataclasses.asdict(Stats.of(rates))
+            data["crowds"] = [_crowd(flux, src, digest, n, args.transport) for n in crowds]
         data["machine"]["load_at_end"] = load_average()
     publish("concurrency", render(data), data, not args.no_results)
     return 0

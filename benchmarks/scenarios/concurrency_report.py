@@ -15,7 +15,7 @@ def _row(crowd: dict[str, Any], single: float) -> list[str]:
     return [
         str(crowd["clients"]),
         f"{crowd['completed']}/{crowd['clients']}",
-        str(crowd["copies_with_right_size"]),
+        str(crowd["copies_ok"]),
         f"{crowd['wall_seconds']:.2f}",
         f"{aggregate:.1f}",
         f"{aggregate / single:.2f}x",
@@ -51,10 +51,10 @@ def render(data: dict[str, Any]) -> str:
         f"Each client uploads {format_size(data['size'])} over {data['transport'].upper()} to "
         "one fluxd on loopback; all start at one instant (`benchmarks/loadgen.py`: the fluxctl "
         "client library, one process per core, each upload its own connection and TLS "
-        f"handshake). One stream alone: {single:.1f} MB/s median of 3 (min "
+        f"handshake). One upload alone, the same way: {single:.1f} MB/s median of 3 (min "
         f"{data['single']['min']:.1f}, max {data['single']['max']:.1f}). Aggregate = completed "
         "bytes over the wall time from the common start to the last completion; copies are "
-        "checked by size afterwards. fluxd's peak RSS is VmHWM over the crowd."
+        "checked by xxh3-128 digest afterwards. fluxd's peak RSS is VmHWM over the crowd."
     )
     parts = [
         "## concurrency: many clients uploading at once",

@@ -34,7 +34,7 @@ from .workspace import Workspace
 
 HELP = "fluxd TCP/QUIC, scp and rsync over emulated links (lan, wan, lossy, mobile)"
 LINKS = ("lan", "wan", "lossy", "mobile")
-SIZES = {"lan": "1G", "wan": "256M", "lossy": "128M", "mobile": "128M"}
+SIZES = {"lan": "1G", "wan": "128M", "lossy": "64M", "mobile": "128M"}  # scp at 0.4 MB/s on lossy
 #: mobile: at least 64 MiB, so that even at the full 20 Mbit/s a transfer lasts past its first
 #: blackhole (25-30 s into it) and address change (30 s).
 QUICK_SIZES = {"lan": "256M", "wan": "64M", "lossy": "32M", "mobile": "64M"}
