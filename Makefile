@@ -35,6 +35,7 @@ pytest: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m benchmarks core
 	$(PY) -m benchmarks quic
 	$(PY) -m benchmarks links

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .plots import plot
+
 HERE = Path(__file__).resolve().parent
 RUNS_DIR = HERE / "runs"
 RESULTS = HERE / "RESULTS.md"
@@ -61,5 +63,8 @@ def publish(
     if why_not:
         print(f"RESULTS.md not updated: {why_not}", file=sys.stderr)
         return
+    if (png := plot(scenario, data)) is not None:
+        text += f"\n\n![{scenario}: goodput per tool]({png.relative_to(HERE)})"
+        print(f"plot: {png}", file=sys.stderr)
     update_results(scenario, text)
     print("updated benchmarks/RESULTS.md", file=sys.stderr)

@@ -1,0 +1,51 @@
+"""benchmarks.plots: what each scenario's plot draws (the drawing itself needs matplotlib)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.plots import _groups
+
+
+def stats(median: float, low: float, high: float) -> dict[str, float]:
+    return {"median": median, "min": low, "max": high}
+
+
+def test_links_are_drawn_as_shares_of_each_links_rate() -> None:
+    data = {
+        "links": [
+            {
+                "link": "wan",
+                "spec": {"rate": 100e6},
+                "summary": {"fluxd-quic": {"mb_per_s": stats(10.0, 9.0, 11.0)}},
+            },
+            {"link": "mobile", "spec": {"rate": 20e6}, "summary": {}},
+        ]
+    }
+    groups, title = _groups("links", data)
+    assert groups["wan"]["fluxd-quic"] == pytest.approx(stats(80.0, 72.0, 88.0))
+    assert groups["mobile"] == {}  # every tool failed: no bars
+    assert "%" in title
+
+
+def test_concurrency_draws_one_client_then_each_crowd() -> None:
+    data = {
+        "single": stats(200.0, 180.0, 210.0),
+        "crowds": [{"clients": 50, "aggregate_mb_per_s": 160.0}],
+    }
+    groups, _ = _groups("concurrency", data)
+    assert list(groups) == ["1 client", "50 clients"]
+    assert groups["50 clients"]["fluxd"]["median"] == 160.0
+
+
+def test_loopback_scenarios_draw_every_tool_of_the_summary() -> None:
+    data = {
+        "throughput": {
+            "summary": {
+                "fluxctl": {"mb_per_s": stats(800, 700, 900)},
+                "scp": {"mb_per_s": stats(380, 250, 440)},
+            }
+        }
+    }
+    groups, _ = _groups("core", data)
+    assert list(groups["loopback"]) == ["fluxctl", "scp"]
