@@ -41,8 +41,11 @@ def _groups(scenario: str, data: dict[str, Any]) -> tuple[Groups, str]:
     return {"loopback": {t: s["mb_per_s"] for t, s in summary.items()}}, title
 
 
-def plot(scenario: str, data: dict[str, Any], out_dir: Path = PLOTS_DIR) -> Path | None:
-    """Draw the scenario's plot into out_dir/SCENARIO.png; None if matplotlib is missing."""
+def plot(
+    scenario: str, data: dict[str, Any], out_dir: Path = PLOTS_DIR, name: str | None = None
+) -> Path | None:
+    """Draw the scenario's plot into out_dir/NAME.png (NAME: the scenario's); None if
+    matplotlib is missing."""
     try:
         import matplotlib  # noqa: PLC0415 - optional (`bench` extra), loaded only to plot
 
@@ -77,7 +80,7 @@ def plot(scenario: str, data: dict[str, Any], out_dir: Path = PLOTS_DIR) -> Path
         _memory(axes[1], data["memory"]["rows"])
     fig.tight_layout()
     out_dir.mkdir(exist_ok=True)
-    path = out_dir / f"{scenario}.png"
+    path = out_dir / f"{name or scenario}.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -63,8 +63,14 @@ def publish(
     if why_not:
         print(f"RESULTS.md not updated: {why_not}", file=sys.stderr)
         return
-    if (png := plot(scenario, data)) is not None:
-        text += f"\n\n![{scenario}: goodput per tool]({png.relative_to(HERE)})"
+    put_section(scenario, text, scenario, data)
+
+
+def put_section(section: str, text: str, scenario: str, data: dict[str, Any]) -> None:
+    """Section `section` of RESULTS.md becomes `text` and, where matplotlib is installed, the
+    plot of `data` (drawn as `scenario` draws it) below it."""
+    if (png := plot(scenario, data, name=section)) is not None:
+        text += f"\n\n![{section}: goodput per tool]({png.relative_to(HERE)})"
         print(f"plot: {png}", file=sys.stderr)
-    update_results(scenario, text)
-    print("updated benchmarks/RESULTS.md", file=sys.stderr)
+    update_results(section, text)
+    print(f"updated section {section} of benchmarks/RESULTS.md", file=sys.stderr)

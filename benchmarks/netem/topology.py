@@ -22,6 +22,7 @@ SERVER_IP = "10.77.0.1"
 CLIENT_IP = "10.77.0.2"
 PREFIX = 16
 MTU = 1500
+TUN_QUEUE = 10000  # packets
 
 _TUNSETIFF = 0x400454CA
 _IFF_TUN = 0x0001
@@ -128,6 +129,9 @@ def tun_pair(ns: Namespaces, tag: str) -> tuple[int, int]:
             target = ns.server if side == "server" else ns.client
             sh(["ip", "link", "set", dev, "netns", target])  # the fd keeps working after the move
             _address(target, dev, ip)
+            # Room for the bursts the kernel hands a relay that is briefly off the CPU: at the
+            # default 500 packets a busy machine dropped packets no link setting asked for.
+            sh(["ip", "-n", target, "link", "set", dev, "txqueuelen", str(TUN_QUEUE)])
     except BaseException:
         for fd in fds:
             os.close(fd)

@@ -26,10 +26,10 @@ from ..netem.topology import TopologyError
 from ..peers.base import Placement, Transfer
 from ..peers.flux import FluxPeer
 from ..peers.ssh import RsyncPeer, SshPeer
-from ..report import publish
+from ..report import put_section, update_results, write_run
 from ..sysdeps import ensure_tools
 from .common import measured_transfer, start_peers, summarize
-from .links_report import render
+from .links_report import render_header, render_link
 from .workspace import Workspace
 
 HELP = "fluxd TCP/QUIC, scp and rsync over emulated links (lan, wan, lossy, mobile)"
@@ -138,5 +138,11 @@ def run(args: argparse.Namespace) -> int:
                 raise BenchError(f"link {name}: {exc}") from None
             print(f"link {name}: done ({format_size(size)} x {reps})", file=sys.stderr)
         data["machine"]["load_at_end"] = load_average()
-    publish("links", render(data), data, not args.no_results)
+    print("\n\n".join(render_link(data, link) for link in data["links"]))
+    print(f"\nrun saved to {write_run('links', data)}", file=sys.stderr)
+    if not args.no_results:
+        update_results("links", render_header())
+        for link in data["links"]:
+            text = render_link(data, link)
+            put_section(f"links-{link['link']}", text, "links", {"links": [link]})
     return 0

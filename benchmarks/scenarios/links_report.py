@@ -33,9 +33,12 @@ def _describe(spec: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _link_section(link: dict[str, Any]) -> str:
+def render_link(data: dict[str, Any], link: dict[str, Any]) -> str:
+    """One link's section: what the link is, the run's machine, self-test, table, targets."""
     name, spec = link["link"], link["spec"]
-    out = [f"### {name}: {_describe(spec)}", ""]
+    out = [f"### {name}: {_describe(spec)}", "", _machine(data), ""]
+    if data.get("quick"):
+        out += ["**Quick run** (`--quick`): small files, one repetition.", ""]
     out += ["Self-test: " + "; ".join(link.get("selftest", [])) + ".", ""]
     if "refused" in link:
         return "\n".join([*out, f"**Not reported: {link['refused']}.**"])
@@ -97,25 +100,25 @@ def _targets(
     return f"fluxd's best: {best:.1f} MB/s, {against}."
 
 
-def render(data: dict[str, Any]) -> str:
-    """The whole `links` section: method, then one table per link."""
+def _machine(data: dict[str, Any]) -> str:
     software = (
         f"default TCP congestion control {data['tcp_congestion_control']} in both namespaces "
         "(scp, rsync; fluxd asks for BBR on its own TCP sockets)"
     )
-    head = [
-        "## links: fluxd against scp and rsync over emulated links",
-        "",
-        machine_paragraph(data["machine"], software),
-        "",
+    return machine_paragraph(data["machine"], software)
+
+
+def render_header() -> str:
+    """The `links` section: how the links are run (each link has its own section below)."""
+    return (
+        "## links: fluxd against scp and rsync over emulated links\n\n"
         "Links come from `benchmarks/netem/links.toml` and run between two network namespaces "
         "joined by the userspace relay of `benchmarks/netem` (lan: a veth pair with tbf). Each "
         "link passes its self-test before it carries a transfer. Daemons and sshd run in one "
-        "namespace, the clients in the other; the address change of `mobile` makes the server "
-        "see the client at a new address (packets to the old one are dropped). MB/s = 10^6 "
-        "bytes/s of file over the client's wall time; fluxd fdatasyncs before acknowledging, "
-        "scp and rsync do not sync.",
-    ]
-    if data.get("quick"):
-        head += ["", "**Quick run** (`--quick`): small files, one repetition."]
-    return "\n\n".join(["\n".join(head), *(_link_section(link) for link in data["links"])])
+        "namespace, the clients in the other; blackholes and address changes restart with every "
+        "transfer, so each tool meets them at the same moments of its transfer (mobile: dark "
+        "25-30 s in, new client address at 30 s; packets to an old address are dropped). MB/s = "
+        "10^6 bytes/s of file over the client's wall time; fluxd fdatasyncs before "
+        "acknowledging, scp and rsync do not sync. Each link's section comes from the latest "
+        "run that included it (`python -m benchmarks links --link NAME`)."
+    )
