@@ -20,13 +20,17 @@ def _groups(scenario: str, data: dict[str, Any]) -> tuple[Groups, str]:
     if scenario == "links":  # as a share of each link's rate, so that links compare
         groups: Groups = {}
         for link in data["links"]:
+            if "summary" not in link:
+                continue  # refused by its self-test: no figures
             scale = 8e6 / link["spec"]["rate"] * 100
             tools = {
                 t: {k: v * scale for k, v in s["mb_per_s"].items()}
-                for t, s in link.get("summary", {}).items()
+                for t, s in link["summary"].items()
             }
+            for failure in link.get("failures", []):  # drawn as "failed" at zero
+                tools.setdefault(failure["tool"], {"median": 0.0, "min": 0.0, "max": 0.0})
             groups[link["link"]] = tools
-        return groups, "goodput, % of the link's rate (median; bars: min-max; none: failed)"
+        return groups, "goodput, % of the link's rate (median; bars: min-max)"
     if scenario == "concurrency":
         single = data["single"]
         groups = {"1 client": {"fluxd": single}}
@@ -55,6 +59,8 @@ def plot(
         print("no plot: matplotlib is not installed (pip install -e '.[bench]')", file=sys.stderr)
         return None
     groups, title = _groups(scenario, data)
+    if not groups:
+        return None
     tools = list(dict.fromkeys(t for g in groups.values() for t in g))
     memory = scenario == "core" and data.get("memory", {}).get("rows")
     fig, axes = plt.subplots(1, 2 if memory else 1, figsize=(12 if memory else 8, 4.5))
@@ -71,6 +77,9 @@ def plot(
             low.append(s["median"] - s["min"])
             high.append(s["max"] - s["median"])
         ax.bar(xs, heights, width, yerr=[low, high], capsize=3, label=tool)
+        for x, height in zip(xs, heights, strict=True):
+            if height == 0:
+                ax.text(x, 0, "failed", rotation=90, ha="center", va="bottom", fontsize=8)
     ax.set_xticks([g + width * (len(tools) - 1) / 2 for g in range(len(groups))])
     ax.set_xticklabels(list(groups))
     ax.set_ylabel("% of link rate" if scenario == "links" else "MB/s")

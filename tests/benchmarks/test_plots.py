@@ -19,12 +19,17 @@ def test_links_are_drawn_as_shares_of_each_links_rate() -> None:
                 "spec": {"rate": 100e6},
                 "summary": {"fluxd-quic": {"mb_per_s": stats(10.0, 9.0, 11.0)}},
             },
-            {"link": "mobile", "spec": {"rate": 20e6}, "summary": {}},
+            {
+                "link": "mobile",
+                "spec": {"rate": 20e6},
+                "summary": {},
+                "failures": [{"tool": "scp", "rep": 0, "error": "lost connection"}],
+            },
         ]
     }
     groups, title = _groups("links", data)
     assert groups["wan"]["fluxd-quic"] == pytest.approx(stats(80.0, 72.0, 88.0))
-    assert groups["mobile"] == {}  # every tool failed: no bars
+    assert groups["mobile"] == {"scp": stats(0.0, 0.0, 0.0)}  # failed: drawn at zero
     assert "%" in title
 
 
@@ -49,3 +54,8 @@ def test_loopback_scenarios_draw_every_tool_of_the_summary() -> None:
     }
     groups, _ = _groups("core", data)
     assert list(groups["loopback"]) == ["fluxctl", "scp"]
+
+
+def test_a_link_refused_by_its_self_test_has_no_bars() -> None:
+    data = {"links": [{"link": "wan", "spec": {"rate": 100e6}, "refused": "self-test"}]}
+    assert _groups("links", data)[0] == {}
