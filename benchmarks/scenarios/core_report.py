@@ -38,6 +38,10 @@ def _throughput(t: dict[str, Any]) -> str:
             f"Ratio fluxd QUIC / naive aioquic: **{quic:.2f}x** "
             f"(target ≥ {TARGET_QUIC_RATIO}x: {verdict(quic >= TARGET_QUIC_RATIO)})."
         )
+    peers = [tool for tool in median if tool != "fluxctl"]
+    if len(peers) > 1:
+        each = ", ".join(f"{tool} {median['fluxctl'] / median[tool]:.2f}x" for tool in peers)
+        lines.append(f"fluxctl (TCP) against each: {each}.")
     if "iperf3" in median:
         shares = ", ".join(
             f"{tool} {median[tool] / median['iperf3'] * 100:.0f} %"

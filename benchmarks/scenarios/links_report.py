@@ -67,7 +67,12 @@ def render_link(data: dict[str, Any], link: dict[str, Any]) -> str:
     out += ["", "fluxctl retries per run: " + ", ".join(f"{t} {v}" for t, v in retries.items())]
     for failure in link["failures"]:
         out.append(f"- {failure['tool']} rep {failure['rep'] + 1} failed: {failure['error']}")
-    out.append("")
+    best = max(_median(summary, t) for t in FLUX_TOOLS)
+    each = ", ".join(
+        f"{tool} {best / _median(summary, tool):.2f}x" if tool in summary else f"{tool} failed"
+        for tool in ("scp", "rsync")
+    )
+    out += ["", f"fluxd's best transport against each peer: {each}.", ""]
     out.append(_targets(name, spec, summary, retries))
     return "\n".join(out)
 
