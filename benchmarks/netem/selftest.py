@@ -18,17 +18,19 @@ import math
 import re
 import statistics
 import subprocess
-import time
 from dataclasses import dataclass
 
 from .emulator import Emulator
 from .model import LinkSpec
+from .topology import wait_listening
 
 TOLERANCE = 0.10
 PINGS = 20
 RATE_SECONDS = 3
 LOSS_SECONDS = 4
 DATAGRAM = 1200  # iperf3 UDP payload: below the 1500-byte MTU with headers
+IPERF_PORT = 5201  # iperf3's default
+LISTEN_TIMEOUT = 5.0
 LAN_RTT_CEILING = 0.002  # a link with no delay must not add more than this
 
 
@@ -76,16 +78,13 @@ def _iperf(emu: Emulator, bits: float, seconds: int) -> dict[str, float]:
     server_argv = ["iperf3", "-s", "-1", "-B", emu.server_ip]
     client_argv = ["iperf3", "-c", emu.server_ip, "-u", "-b", str(int(bits)),
                    "-l", str(DATAGRAM), "-t", str(seconds), "--json"]  # fmt: skip
-    listening = [*emu.exec_prefix("server"), "ss", "-ltnH", "sport = :5201"]
     quiet = subprocess.DEVNULL
     server = subprocess.Popen(
         [*emu.exec_prefix("server"), *server_argv], stdout=quiet, stderr=quiet
     )
     try:
-        for _ in range(50):  # until the server listens
-            if subprocess.run(listening, capture_output=True, text=True, check=False).stdout:
-                break
-            time.sleep(0.1)
+        if not wait_listening(emu.exec_prefix("server"), IPERF_PORT, server, LISTEN_TIMEOUT):
+            raise RuntimeError("iperf3 -s did not start listening in the server namespace")
         out = _run([*emu.exec_prefix("client"), *client_argv], timeout=seconds + 30)
     finally:
         server.wait(timeout=30)

@@ -14,9 +14,11 @@ import fcntl
 import os
 import struct
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SERVER_IP = "10.77.0.1"
 CLIENT_IP = "10.77.0.2"
@@ -45,6 +47,20 @@ def sh(argv: Sequence[str]) -> None:
 
 
 ALLOWED_CC = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+
+
+def wait_listening(
+    prefix: Sequence[str], port: int, proc: subprocess.Popen[Any], timeout: float
+) -> bool:
+    """Whether `proc` came to listen on TCP `port` within `timeout` seconds, asked through `ss`
+    in the namespace `prefix` runs commands in (empty: this one); False once it has exited."""
+    argv = [*prefix, "ss", "-ltnH", f"sport = :{port}"]
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from ..measure import MB
+from ..measure import MB, Run
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,15 @@ class Transfer:
     server_rss_kib: int | None
     client_cpu_seconds: float
     details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_run(
+        cls, tool: str, size: int, run: Run, server_rss_kib: int | None, details: dict[str, Any]
+    ) -> Transfer:
+        """The transfer a measured client run made (time, client RSS and CPU from `run`)."""
+        return cls(
+            tool, size, run.seconds, run.maxrss_kib, server_rss_kib, run.cpu_seconds, details
+        )
 
     @property
     def mb_per_s(self) -> float:

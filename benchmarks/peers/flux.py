@@ -154,9 +154,7 @@ class FluxPeer(Service):
             "quic_datagram_size": self.quic_datagram_size,
             "server_peak_since": "transfer" if reset else "daemon start",
         }
-        return Transfer(
-            self.tool, size, run.seconds, run.maxrss_kib, server_kib, run.cpu_seconds, details
-        )
+        return Transfer.from_run(self.tool, size, run, server_kib, details)
 
 
 def _is_quic(event: Event) -> bool:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 from .. import BenchError
 from ..measure import run_measured
+from ..netem.topology import wait_listening
 from .base import LOOPBACK, Placement, Service, Transfer
 from .ssh import free_port
 
@@ -42,14 +42,10 @@ class IperfPeer(Service):
         ]
         quiet = subprocess.DEVNULL
         self._proc = subprocess.Popen(argv, stdin=quiet, stdout=quiet, stderr=quiet)
-        listening = [*self.placement.server_prefix, "ss", "-ltnH", f"sport = :{self.port}"]
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise BenchError(f"iperf3 -s exited with {self._proc.returncode}")
-            if subprocess.run(listening, capture_output=True, text=True, check=False).stdout:
-                return
-            time.sleep(0.05)
+        if wait_listening(self.placement.server_prefix, self.port, self._proc, START_TIMEOUT):
+            return
+        if self._proc.poll() is not None:
+            raise BenchError(f"iperf3 -s exited with {self._proc.returncode}")
         raise BenchError(f"iperf3 -s did not listen within {START_TIMEOUT:.0f} s")
 
     def _stop(self) -> None:
@@ -84,6 +80,4 @@ class IperfPeer(Service):
         if received < size:
             raise BenchError(f"iperf3 delivered {received} of {size} bytes")
         details = {"received": received, "note": "memory to memory, no file, no encryption"}
-        return Transfer(
-            self.tool, size, run.seconds, run.maxrss_kib, None, run.cpu_seconds, details
-        )
+        return Transfer.from_run(self.tool, size, run, None, details)

@@ -83,6 +83,4 @@ class NaiveQuicPeer(Service):
             "event_loop": self.loop,
             "server_peak_since": "transfer" if reset else "server start",
         }
-        return Transfer(
-            self.tool, size, run.seconds, run.maxrss_kib, server_kib, run.cpu_seconds, details
-        )
+        return Transfer.from_run(self.tool, size, run, server_kib, details)

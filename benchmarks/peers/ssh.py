@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import BenchError
 from ..measure import TreePeakSampler, run_measured
+from ..netem.topology import wait_listening
 from ..sysdeps import SSHD
 from .base import LOOPBACK, Placement, Service, Transfer
 
@@ -58,30 +59,30 @@ def _sshd_config(tmp: Path, port: int, host: str) -> str:
     )
 
 
-def _listens(placement: Placement, port: int) -> bool:
-    """Whether something listens on TCP `port` in the server's namespace (via `ss`)."""
-    argv = [*placement.server_prefix, "ss", "-ltnH", f"sport = :{port}"]
-    return bool(subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip())
+def _answers_ssh(port: int, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether sshd on 127.0.0.1:`port` sends its banner within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(64).startswith(b"SSH-"):
+                    return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
 
 def _wait_accepts(
     port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float, placement: Placement
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"sshd exited with {proc.returncode}: {log.read_text().strip()}")
-        if not placement.loopback:  # another namespace: this process cannot connect there
-            if _listens(placement, port):
-                return
-            time.sleep(0.05)
-            continue
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                if s.recv(64).startswith(b"SSH-"):
-                    return
-        except OSError:
-            time.sleep(0.05)
+    if placement.loopback:
+        ready = _answers_ssh(port, proc, timeout)
+    else:  # another namespace: this process cannot connect there, `ss` inside it can tell
+        ready = wait_listening(placement.server_prefix, port, proc, timeout)
+    if ready:
+        return
+    if proc.poll() is not None:
+        raise BenchError(f"sshd exited with {proc.returncode}: {log.read_text().strip()}")
     raise BenchError(f"sshd did not accept on {placement.host}:{port} within {timeout:.0f} s")
 
 
@@ -154,13 +155,11 @@ class SshPeer(Service):
             run = run_measured(self.client_argv(src, name), timeout=limit)
         if run.exit_code != 0:
             raise BenchError(f"{self.tool} exited with {run.exit_code}: {run.stderr.strip()}")
-        return Transfer(
+        return Transfer.from_run(
             self.tool,
             size,
-            run.seconds,
-            run.maxrss_kib,
+            run,
             sampler.peak_kib or None,
-            run.cpu_seconds,
             {
                 "cipher": self.cipher,
                 "sftp_server": SFTP_SERVER,
