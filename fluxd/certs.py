@@ -64,7 +64,7 @@ def init_certs(directory: Path, hosts: Sequence[str] = (), *, force: bool = Fals
     with map_exceptions(
         {OSError: lambda e: ConfigError(f"cannot write to {directory}: {os_reason(e)}")}
     ):
-        _make_private_dir(directory)
+        make_private_dir(directory)
         existing = [p.name for p in paths if os.path.lexists(p)]
         if existing and not force:
             raise ConfigError(
@@ -74,10 +74,10 @@ def init_certs(directory: Path, hosts: Sequence[str] = (), *, force: bool = Fals
             )
         ca_key, ca_cert = _make_ca()
         server_key, server_cert = _make_server_cert(ca_key, ca_cert, sans)
-        _write(paths.ca_key, _key_pem(ca_key), _KEY_MODE)
-        _write(paths.ca_cert, _cert_pem(ca_cert), _CERT_MODE)
-        _write(paths.server_key, _key_pem(server_key), _KEY_MODE)
-        _write(paths.server_cert, _cert_pem(server_cert), _CERT_MODE)
+        write_file(paths.ca_key, _key_pem(ca_key), _KEY_MODE)
+        write_file(paths.ca_cert, _cert_pem(ca_cert), _CERT_MODE)
+        write_file(paths.server_key, _key_pem(server_key), _KEY_MODE)
+        write_file(paths.server_cert, _cert_pem(server_cert), _CERT_MODE)
     return paths
 
 
@@ -249,14 +249,14 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _make_private_dir(directory: Path) -> None:
+def make_private_dir(directory: Path) -> None:
     if directory.is_dir():
         return  # an existing directory is the user's; its mode is theirs to choose
     directory.mkdir(parents=True, mode=_DIR_MODE)
     os.chmod(directory, _DIR_MODE)  # mkdir's mode is filtered by the umask
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
+def write_file(path: Path, data: bytes, mode: int) -> None:
     """Write via a fresh temporary file created with `mode`, then rename over `path`.
 
     Creating the file with its final mode (O_EXCL, so never an existing file with looser

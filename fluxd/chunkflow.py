@@ -138,12 +138,14 @@ async def send_chunks(
     timeout: float | None,
     on_sent: Callable[[int], None] = lambda n: None,
     release: Callable[[memoryview], None] = POOL.put,
+    pace: Callable[[int], float] | None = None,
 ) -> None:
     """Send every chunk from `chunks` within the peer's window; return once all are acked.
 
     `on_sent(nbytes)` is called as each chunk is handed to the transport and `on_acked(nbytes)`
     as acknowledgements (durable on the peer) arrive. An acked chunk's buffer, if a memoryview,
-    goes to `release`: by then the socket has long stopped referencing it.
+    goes to `release`: by then the socket has long stopped referencing it. `pace(nbytes)`, if
+    given, charges a rate limit and returns the seconds to wait before sending.
     """
     transfer = ch.conn.transfer
     assert transfer is not None
@@ -166,6 +168,8 @@ async def send_chunks(
         while not ch.conn.can_send_chunk:
             take(await ch.next_event(timeout))
         size = len(data)
+        if pace is not None and (wait := pace(size)) > 0:
+            await asyncio.sleep(wait)
         ch.send(Chunk(index, digest, data))
         if ch.copies_on_send and isinstance(data, memoryview):
             release(data)  # the transport holds its own copy: no need to keep ours until the ACK

@@ -1,11 +1,16 @@
-"""The `fluxd` command: `serve` and `certs`. Parses options and maps errors to exit codes."""
+"""The `fluxd` command: `serve`, `certs`, `token`. Parses options, maps errors to exit codes."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import json
 import logging
 import os
+import re
+import resource
 import sys
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -17,8 +22,11 @@ from fluxproto import ConfigError, FluxError
 from fluxproto.errors import EXIT_OTHER, EXIT_USAGE
 
 from . import __version__, log
+from .auth.registry import TokenRegistry
+from .auth.scopes import parse_scopes, subject_root
+from .auth.tokens import SigningKey
 from .certs import ensure_certs, init_certs
-from .config import data_dir, is_loopback, load_config
+from .config import ServerConfig, data_dir, is_loopback, load_config
 from .server import serve as run_server
 from .storage import LocalStorage
 from .tls import CertPaths, cert_fingerprint, server_ssl_context
@@ -31,6 +39,15 @@ app = typer.Typer(
 )
 certs_app = typer.Typer(no_args_is_help=True, help="Create and inspect TLS certificates.")
 app.add_typer(certs_app, name="certs")
+token_app = typer.Typer(no_args_is_help=True, help="Issue, list and revoke access tokens.")
+app.add_typer(token_app, name="token")
+
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="TOML config file mirroring the flags.")
+]
+CertsDir = Annotated[
+    Path | None, typer.Option("--certs", help="Certificate and token-key directory.")
+]
 
 
 @app.command()
@@ -41,12 +58,8 @@ def serve(
     listen: Annotated[
         str | None, typer.Option(help="HOST:PORT to listen on (default 127.0.0.1:7070).")
     ] = None,
-    certs: Annotated[
-        Path | None, typer.Option(help="Certificate directory (default DATA/certs).")
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="TOML config file mirroring these flags.")
-    ] = None,
+    certs: CertsDir = None,
+    config: ConfigFile = None,
     insecure_plaintext: Annotated[
         bool | None, typer.Option("--insecure-plaintext", help="No TLS (loopback only).")
     ] = None,
@@ -59,6 +72,16 @@ def serve(
     ] = None,
     window: Annotated[str | None, typer.Option(help="Receive window, e.g. 32M.")] = None,
     idle_timeout: Annotated[float | None, typer.Option(help="Seconds before idle close.")] = None,
+    anonymous: Annotated[
+        bool | None,
+        typer.Option(
+            "--anonymous/--no-anonymous",
+            help="Serve clients without a token (default: only on loopback).",
+        ),
+    ] = None,
+    access_log: Annotated[
+        str | None, typer.Option(help="Access log file (JSON lines); - for stderr.")
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
 ) -> None:
     """Serve files under ROOT over TCP with TLS 1.3 until SIGTERM or SIGINT."""
@@ -74,8 +97,10 @@ def serve(
             "quic": quic,
             "quic_datagram_size": quic_datagram_size,
             "window": window,
-            "idle_timeout": idle_timeout,
             "log_level": log_level,
+            "access_log": access_log,
+            "auth": {"anonymous": anonymous},
+            "limits": {"idle_timeout": idle_timeout},
         },
     )
     log.setup(cfg.log_level)
@@ -91,6 +116,7 @@ def serve(
         fingerprint = cert_fingerprint(paths.server_cert)
     cfg.root.mkdir(parents=True, exist_ok=True)
     storage = LocalStorage(cfg.root)
+    _raise_fd_limit(cfg.limits.connections)
     _run_loop(run_server(cfg, storage, ssl_context, paths, fingerprint))
 
 
@@ -122,10 +148,102 @@ def certs_fingerprint(
     typer.echo(cert_fingerprint(CertPaths.in_dir(dir or data_dir() / "certs").server_cert))
 
 
+_TTL_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_ttl(text: str) -> int:
+    """`30d`, `12h`, `90m`, `3600` (seconds) into seconds.
+
+    Raises:
+        ConfigError: not a duration, or zero.
+    """
+    m = _TTL_RE.match(text)
+    if not m or int(m.group(1)) == 0:
+        raise ConfigError(f"not a duration: {text!r} (examples: 30d, 12h, 90m, 3600)")
+    return int(m.group(1)) * _TTL_UNITS[m.group(2)]
+
+
+def _token_config(config: Path | None, certs: Path | None) -> ServerConfig:
+    return load_config(config, {"certs": certs})
+
+
+@token_app.command("issue")
+def token_issue(
+    sub: Annotated[str, typer.Option("--sub", help="Subject: who the token is for.")],
+    scope: Annotated[
+        list[str],
+        typer.Option("--scope", help="VERB:/PATH, repeatable (read, write, list, delete)."),
+    ],
+    ttl: Annotated[str, typer.Option(help="Lifetime: 30d, 12h, 90m or seconds.")] = "30d",
+    config: ConfigFile = None,
+    certs: CertsDir = None,
+) -> None:
+    """Print a new token for SUB with the given scopes (the key is created on first use)."""
+    cfg = _token_config(config, certs)
+    try:
+        scopes = parse_scopes(scope)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not sub or len(sub) > 256 or not sub.isprintable():
+        raise ConfigError("--sub must be 1 to 256 printable characters")
+    if cfg.auth.root:
+        subject_root(cfg.auth.root, sub)  # refuse now a subject the daemon would refuse later
+    key = SigningKey.load_or_create(cfg.certs)
+    token, claims = key.issue(
+        sub, scopes, parse_ttl(ttl), cfg.auth.audience or key.audience, time.time()
+    )
+    TokenRegistry(cfg.certs).record(claims)
+    typer.echo(token)
+
+
+@token_app.command("list")
+def token_list(
+    json_: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    config: ConfigFile = None,
+    certs: CertsDir = None,
+) -> None:
+    """List the tokens issued here, with their state (active, expired, revoked)."""
+    registry = TokenRegistry(_token_config(config, certs).certs)
+    revoked, now = registry.revoked(), time.time()
+    for rec in registry.issued():
+        state = "revoked" if rec["jti"] in revoked else "active"
+        if state == "active" and float(rec.get("exp", 0)) < now:
+            state = "expired"
+        if json_:
+            typer.echo(json.dumps({**rec, "state": state}))
+            continue
+        exp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(float(rec.get("exp", 0))))
+        typer.echo(f"{rec['jti']}  {state:<8} {exp}Z  {rec.get('sub')}  {rec.get('scope')}")
+
+
+@token_app.command("revoke")
+def token_revoke(
+    jti: Annotated[str, typer.Argument(help="The token id (jti) to revoke.")],
+    config: ConfigFile = None,
+    certs: CertsDir = None,
+) -> None:
+    """Revoke a token; a running daemon refuses it (and drops its connections) within 5 s."""
+    registry = TokenRegistry(_token_config(config, certs).certs)
+    known = any(rec["jti"] == jti for rec in registry.issued())
+    registry.revoke(jti)
+    typer.echo(f"revoked {jti}" + ("" if known else " (not issued here)"))
+
+
 @app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(f"fluxd {__version__}")
+
+
+def _raise_fd_limit(connections: int) -> None:
+    """Let the process hold `connections` sockets (plus files): raise the soft fd limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections * 2 + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
 def _run_loop(coro: Coroutine[Any, Any, None]) -> None:

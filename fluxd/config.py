@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from fluxproto import MAX_CHUNK, MIN_CHUNK, ConfigError
-from fluxproto.frames import MAX_WINDOW, MIN_WINDOW
+from fluxproto.frames import MAX_FILE_SIZE, MAX_HEADER, MAX_WINDOW, MIN_WINDOW
+
+from .auth.scopes import parse_scopes
 
 DEFAULT_PORT = 7070
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -78,6 +80,84 @@ def is_loopback(host: str) -> bool:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """`[auth]`: who may connect and what they may do (README "Tokens and access")."""
+
+    #: Accept clients without a token. None: only when listening on loopback.
+    anonymous: bool | None = None
+    #: What anonymous clients may do (space-separated scopes).
+    anonymous_scope: str = "read:/ write:/ list:/ delete:/"
+    #: The `aud` tokens must carry; default `fluxd:` + the token key's id.
+    audience: str | None = None
+    #: Confine each subject to a subtree, e.g. "/users/{sub}"; "" serves the whole root.
+    root: str = ""
+    #: Public keys (PEM, Ed25519) of external token issuers.
+    trusted_keys: tuple[Path, ...] = ()
+    #: A JWKS file of external issuers' keys (OKP/Ed25519 entries are used).
+    jwks: Path | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            parse_scopes(self.anonymous_scope)
+        except ValueError as exc:
+            raise ConfigError(f"auth.anonymous_scope: {exc}") from None
+        if self.root and not self.root.startswith("/"):
+            raise ConfigError('auth.root must start with / (example: "/users/{sub}")')
+        if self.audience is not None and not self.audience:
+            raise ConfigError("auth.audience must not be empty")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """`[limits]`: sizes, counts, times and rates that bound what one client can take."""
+
+    #: Largest frame header accepted (protocol maximum 64 KiB; HELLO tokens need 16 KiB).
+    max_header: int = MAX_HEADER
+    #: Largest chunk size (= CHUNK payload) a client may choose.
+    max_chunk: int = MAX_CHUNK
+    #: Largest file a client may upload.
+    max_file_size: int = 1 << 40
+    #: Bytes each subject may store under its root (needs auth.root with {sub}); 0: no quota.
+    quota: int = 0
+    #: Open connections in all, per client address and per token subject.
+    connections: int = 1024
+    connections_per_address: int = 64
+    connections_per_subject: int = 64
+    #: Uploads one subject may have open at once.
+    uploads_per_subject: int = 16
+    #: Seconds from accept to a completed HELLO (TLS included).
+    handshake_timeout: float = 10.0
+    #: Seconds a connection may stay silent before the daemon closes it.
+    idle_timeout: float = 120.0
+    #: Bytes per second over all connections, and per subject; 0: unlimited.
+    rate: int = 0
+    rate_per_subject: int = 0
+    #: Bytes of received chunks the daemon holds in memory at once; readers pause beyond it.
+    memory: int = 256 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not 16 * 1024 <= self.max_header <= MAX_HEADER:
+            raise ConfigError(f"limits.max_header must be between 16384 and {MAX_HEADER} bytes")
+        if not MIN_CHUNK <= self.max_chunk <= MAX_CHUNK:
+            raise ConfigError(f"limits.max_chunk must be between {MIN_CHUNK} and {MAX_CHUNK} bytes")
+        if not 0 <= self.max_file_size <= MAX_FILE_SIZE:
+            raise ConfigError(f"limits.max_file_size must be between 0 and {MAX_FILE_SIZE} bytes")
+        counts = ("connections", "connections_per_address", "connections_per_subject")
+        for name in (*counts, "uploads_per_subject"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"limits.{name} must be at least 1")
+        for name in ("quota", "rate", "rate_per_subject"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"limits.{name} must be >= 0 (0: unlimited)")
+        # Written so NaN fails too: every comparison with NaN is false.
+        for name in ("handshake_timeout", "idle_timeout"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"limits.{name} must be > 0 (finite seconds)")
+        if self.memory < 2 * self.max_chunk:
+            raise ConfigError("limits.memory must hold at least two chunks of max_chunk")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything `fluxd serve` can be told; each field is a flag and a config-file key."""
 
@@ -92,53 +172,116 @@ class ServerConfig:
     quic_datagram_size: int = 1452
     #: Bytes of chunks a client may have in flight towards us (the protocol window).
     window: int = 32 * 1024 * 1024
-    #: Seconds a connection may stay silent before the daemon closes it.
-    idle_timeout: float = 120.0
     #: Seconds to let in-flight chunks reach disk on SIGTERM before closing connections.
     shutdown_grace: float = 10.0
-    #: Largest chunk size a client may choose.
-    max_chunk: int = MAX_CHUNK
     log_level: str = "info"
+    #: Where the JSON-lines access log goes: a file path, or "-" for stderr with the daemon log.
+    access_log: str = "-"
+    auth: AuthConfig = dataclasses.field(default_factory=AuthConfig)
+    limits: Limits = dataclasses.field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen)
         if not MIN_WINDOW <= self.window <= MAX_WINDOW:
             raise ConfigError(f"window must be between {MIN_WINDOW} and {MAX_WINDOW} bytes")
-        # Written so NaN fails too: every comparison with NaN is false.
-        if not (0 < self.idle_timeout < math.inf and 0 <= self.shutdown_grace < math.inf):
-            raise ConfigError("idle_timeout must be > 0 and shutdown_grace >= 0 (finite seconds)")
+        if not 0 <= self.shutdown_grace < math.inf:
+            raise ConfigError("shutdown_grace must be >= 0 (finite seconds)")
         if not (self.tcp or self.quic):
             raise ConfigError("tcp and quic are both off: nothing to serve")
         if not 1200 <= self.quic_datagram_size <= 16000:
             raise ConfigError("quic_datagram_size must be between 1200 and 16000 bytes")
-        if not MIN_CHUNK <= self.max_chunk <= MAX_CHUNK:
-            raise ConfigError(f"max_chunk must be between {MIN_CHUNK} and {MAX_CHUNK} bytes")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level must be debug, info, warning or error")
+        if self.limits.quota and "{sub}" not in self.auth.root:
+            raise ConfigError('limits.quota needs a root per subject (auth.root = "/users/{sub}")')
 
     @property
     def address(self) -> tuple[str, int]:
         return parse_hostport(self.listen)
 
+    @property
+    def anonymous(self) -> bool:
+        """Whether clients without a token are served (default: on loopback only)."""
+        if self.auth.anonymous is not None:
+            return self.auth.anonymous
+        return is_loopback(self.address[0])
 
-_CONVERT: dict[str, Any] = {
-    "root": Path,
-    "certs": Path,
-    "listen": str,
-    "insecure_plaintext": bool,
-    "tcp": bool,
-    "quic": bool,
-    "quic_datagram_size": int,
-    "window": parse_size,
-    "idle_timeout": float,
-    "shutdown_grace": float,
-    "max_chunk": parse_size,
-    "log_level": str,
+
+def _paths(value: Any) -> tuple[Path, ...]:
+    if isinstance(value, str | Path):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str | Path) for v in value):
+        raise ConfigError("expected a list of file paths")
+    return tuple(Path(v).expanduser() for v in value)
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str | Path):
+        raise ConfigError(f"expected a file path, not {value!r}")
+    return Path(value).expanduser()
+
+
+def _opt_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError("must be true or false")
+    return value
+
+
+#: Each section's keys and how to convert a TOML (or flag) value; "" is the top level.
+_SECTIONS: dict[str, tuple[type[Any], dict[str, Any]]] = {
+    "": (
+        ServerConfig,
+        {
+            "root": _path,
+            "certs": _path,
+            "listen": str,
+            "insecure_plaintext": bool,
+            "tcp": bool,
+            "quic": bool,
+            "quic_datagram_size": int,
+            "window": parse_size,
+            "shutdown_grace": float,
+            "log_level": str,
+            "access_log": str,
+        },
+    ),
+    "auth": (
+        AuthConfig,
+        {
+            "anonymous": _opt_bool,
+            "anonymous_scope": str,
+            "audience": str,
+            "root": str,
+            "trusted_keys": _paths,
+            "jwks": _path,
+        },
+    ),
+    "limits": (
+        Limits,
+        {
+            "max_header": parse_size,
+            "max_chunk": parse_size,
+            "max_file_size": parse_size,
+            "quota": parse_size,
+            "connections": int,
+            "connections_per_address": int,
+            "connections_per_subject": int,
+            "uploads_per_subject": int,
+            "handshake_timeout": float,
+            "idle_timeout": float,
+            "rate": parse_size,
+            "rate_per_subject": parse_size,
+            "memory": parse_size,
+        },
+    ),
 }
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> ServerConfig:
     """Merge defaults, the TOML file at `path` (if any) and non-None `overrides`.
+
+    `overrides` has the file's shape: top-level keys, and dicts for the `auth` and `limits`
+    tables.
 
     Raises:
         ConfigError: unreadable file, bad TOML, unknown key or bad value.
@@ -153,29 +296,55 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> ServerConfig:
             raise ConfigError(f"config {path} is not UTF-8 text") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"bad TOML in {path}: {exc}") from None
-        _refuse_unknown(values, f"in {path}")
-    given = {k: v for k, v in overrides.items() if v is not None}
-    _refuse_unknown(given, "given")
-    values.update(given)
-    try:
-        converted = {k: _convert(k, v) for k, v in values.items()}
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad config value: {exc}") from None
-    return ServerConfig(**converted)
+    where = f"in {path}" if path is not None else "given"
+    tables = {name: values.pop(name, {}) for name in _SECTIONS if name}
+    sections = {"": values, **tables}
+    for name, given in overrides.items():
+        if name in tables and isinstance(given, dict):
+            sections[name] = {**_table(name, sections[name], where), **_given(given)}
+        elif given is not None:
+            values[name] = given
+    built = {
+        name: _build(name, _table(name, sections[name], where), where) for name in _SECTIONS if name
+    }
+    return _build("", sections[""], where, built)  # type: ignore[no-any-return]
 
 
-def _refuse_unknown(values: dict[str, Any], where: str) -> None:
-    unknown = set(values) - set(_CONVERT)
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _table(name: str, value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] {where} must be a table")
+    return value
+
+
+def _build(section: str, values: dict[str, Any], where: str, extra: Any = None) -> Any:
+    cls, converters = _SECTIONS[section]
+    unknown = set(values) - set(converters)
     if unknown:
-        raise ConfigError(f"unknown key(s) {where}: {', '.join(sorted(unknown))}")
+        names = ", ".join(f"{section}.{k}" if section else k for k in sorted(unknown))
+        raise ConfigError(f"unknown key(s) {where}: {names}")
+    converted: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{section}.{key}" if section else key
+        try:
+            converted[key] = _convert(name, converters[key], value)
+        except ConfigError as exc:
+            if exc.message.startswith(name):
+                raise
+            raise ConfigError(f"{name}: {exc.message}") from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad config value for {name}: {exc}") from None
+    return cls(**converted, **(extra or {}))
 
 
-def _convert(key: str, value: Any) -> Any:
-    conv = _CONVERT[key]
+def _convert(name: str, conv: Any, value: Any) -> Any:
     if conv is bool and not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false")
-    if conv is not bool and isinstance(value, bool):
-        raise ConfigError(f"{key} must be a {'number' if conv is float else 'value'}, not {value}")
-    if conv is Path:
-        return Path(value).expanduser()
+        raise ConfigError(f"{name} must be true or false")
+    if conv is not bool and conv is not _opt_bool and isinstance(value, bool):
+        raise ConfigError(f"{name} must be a {'number' if conv is float else 'value'}, not {value}")
+    if conv is str and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string")
     return conv(value)

@@ -7,25 +7,32 @@ clients it is going away, and keeps every partial upload for the clients to resu
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
 import ssl
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from fluxproto import ConnectError, Connection, Role
+from fluxproto import AuthError, ConnectError, Connection, Role
 
 from . import log
+from .access import AccessLog
+from .auth.gate import Authenticator
 from .buffers import POOL
 from .chunkflow import Channel
 from .claims import UploadClaims
-from .config import ServerConfig, format_hostport
+from .config import ServerConfig, format_hostport, is_loopback
+from .context import Shared
+from .limits import Admission, Throttle
 from .session import Session
 from .storage.base import Storage
 from .tls import CertPaths
-from .transports.quic import QuicListener
+from .transports.quic import QuicChannel, QuicListener
 from .transports.tcp import Listener, SocketChannel
 
-TLS_HANDSHAKE_TIMEOUT = 15.0
+#: How often revocations (and token expiry) are checked against live connections.
+GRANT_CHECK_EVERY = 1.0
 
 
 class FluxServer:
@@ -37,14 +44,25 @@ class FluxServer:
         storage: Storage,
         ssl_context: ssl.SSLContext | None,
         certs: CertPaths | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self.config, self.storage, self.ssl_context = config, storage, ssl_context
         self.certs = certs
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fluxd-io")
+        self.shared = Shared(
+            config,
+            storage,
+            self.pool,
+            UploadClaims(),
+            auth or Authenticator.from_config(config),
+            Admission(config.limits),
+            Throttle(config.limits),
+            AccessLog(config.access_log),
+        )
         self._listener: Listener | None = None
         self._quic: QuicListener | None = None
-        self._sessions: dict[asyncio.Task[None], Channel] = {}
-        self._claims = UploadClaims()
+        self._sessions: dict[asyncio.Task[None], Session] = {}
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> list[tuple[str, str]]:
         """Bind and start accepting; returns (transport, HOST:PORT) for every listener.
@@ -57,7 +75,10 @@ class FluxServer:
         try:
             if self.config.tcp:
                 self._listener = Listener(
-                    self.ssl_context, self._start_tcp_session, TLS_HANDSHAKE_TIMEOUT
+                    self.ssl_context,
+                    self._start_tcp_session,
+                    self.config.limits.handshake_timeout,
+                    self._admit,
                 )
                 tcp = self._listener.start(host, port)
                 name = "tcp" if self.ssl_context else "tcp-plaintext"
@@ -65,26 +86,64 @@ class FluxServer:
                 port = tcp[0][1]
             if self.config.quic and self.certs is not None:
                 self._quic = QuicListener(
-                    self.certs, self._start_session, self.config.quic_datagram_size
+                    self.certs,
+                    self._start_quic_session,
+                    self.config.quic_datagram_size,
+                    self.config.limits.max_header,
                 )
                 udp = await self._quic.start(host, port)
                 bound += [("quic", format_hostport(h, p)) for h, p in udp]
         except OSError as exc:
             self._close_listeners()
             raise ConnectError(f"cannot listen on {self.config.listen}: {exc.strerror}") from None
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_grants())
         return bound
 
-    def _start_tcp_session(self, sock: socket.socket) -> None:
-        self._start_session(SocketChannel(sock, Connection(Role.SERVER, alloc=POOL.get)))
+    def _admit(self, host: str) -> Callable[[], None] | None:
+        """A connection slot for `host`, or None (logged) when a connection limit is reached."""
+        slot = self.shared.admission.connection(host)
+        if slot is None:
+            self.shared.access.write(
+                peer=host, op="connect", result="refused: too many connections"
+            )
+            return None
+        return slot.release
 
-    def _start_session(self, ch: Channel) -> None:
-        task = asyncio.get_running_loop().create_task(
-            Session(ch, self.storage, self.config, self.pool, self._claims).run()
-        )
-        self._sessions[task] = ch
+    def _start_tcp_session(self, sock: socket.socket, release: Callable[[], None]) -> None:
+        conn = Connection(Role.SERVER, alloc=POOL.get, max_header=self.config.limits.max_header)
+        self._start_session(SocketChannel(sock, conn), release)
+
+    def _start_quic_session(self, ch: QuicChannel) -> None:
+        release = self._admit(ch.peer.rpartition(":")[0].strip("[]"))
+        if release is None:
+            ch.close()
+            return
+        self._start_session(ch, release)
+
+    def _start_session(self, ch: Channel, release: Callable[[], None]) -> None:
+        session = Session(ch, self.shared, release)
+        task = asyncio.get_running_loop().create_task(session.run())
+        self._sessions[task] = session
         task.add_done_callback(self._sessions.pop)
 
+    async def _watch_grants(self) -> None:
+        """End connections whose token was revoked (or expired) since they were let in."""
+        auth = self.shared.auth
+        while True:
+            await asyncio.sleep(GRANT_CHECK_EVERY)
+            if auth.refresh():
+                log.event("revocations-loaded", logging.DEBUG)
+            for session in list(self._sessions.values()):
+                if session.grant is None:
+                    continue
+                reason = auth.invalid_reason(session.grant)
+                if reason is not None:
+                    log.event("connection-revoked", peer=session.ch.peer, reason=reason)
+                    session.end(AuthError(reason))
+
     def _close_listeners(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self._listener is not None:
             self._listener.close()
         if self._quic is not None:
@@ -99,9 +158,10 @@ class FluxServer:
             task.cancel()
         if self._sessions:
             await asyncio.wait(list(self._sessions), timeout=self.config.shutdown_grace)
-        for ch in list(self._sessions.values()):
-            ch.abort()
+        for session in list(self._sessions.values()):
+            session.ch.abort()
         self.pool.shutdown(wait=True)
+        self.shared.access.close()
 
 
 async def serve(
@@ -114,6 +174,14 @@ async def serve(
     """Run the daemon until SIGTERM or SIGINT."""
     server = FluxServer(config, storage, ssl_context, certs)
     listeners = await server.start()
+    host = config.address[0]
+    if config.anonymous and not is_loopback(host):
+        log.event(
+            "anonymous-access",
+            logging.WARNING,
+            detail=f"clients without a token are served on non-loopback address {host}",
+            scope=config.auth.anonymous_scope,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -125,6 +193,8 @@ async def serve(
             transport=transport,
             fingerprint=fingerprint,
             root=str(config.root),
+            audience=server.shared.auth.verifier.audience,
+            anonymous=config.anonymous,
         )
     await stop.wait()
     log.event("stopping", sessions=len(server._sessions))

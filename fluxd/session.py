@@ -12,18 +12,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from fluxproto import (
     MAX_RANGES,
     PROTOCOL_VERSION,
+    AuthError,
     Chunk,
     Commit,
     Committed,
     ConnectionClosed,
     Delete,
     Deleted,
+    Entry,
     FluxError,
     Frame,
     Goodbye,
@@ -34,6 +35,7 @@ from fluxproto import (
     ListDir,
     Listing,
     Meta,
+    NotFound,
     OpenDownload,
     OpenUpload,
     ProtocolError,
@@ -53,6 +55,7 @@ from fluxproto.digest import DIGEST_SIZE
 from fluxproto.ranges import count, is_canonical
 
 from . import __version__, log
+from .auth.scopes import Grant
 from .chunkflow import (
     Channel,
     ChunkData,
@@ -62,32 +65,46 @@ from .chunkflow import (
     prefetch,
     send_chunks,
 )
-from .claims import UploadClaims
-from .config import ServerConfig
-from .storage.base import Download, Storage, Upload
+from .context import Shared
+from .limits import Slot
+from .storage.base import Download, Upload
 from .storage.paths import require_file_path
 
 R = TypeVar("R")
 
 CAPABILITIES = ("xxh3-128", "resume")
-HANDSHAKE_TIMEOUT = 15.0
 LIST_PAGE = 150  # entries per LISTING; keeps the header under its 64 KiB limit
 READ_AHEAD = 4  # chunks read from disk ahead of the send window
 
 
 class Session:
-    """One connection's conversation. `run` returns when the client leaves or the link dies."""
+    """One connection's conversation. `run` returns when the client leaves or the link dies.
+
+    Args:
+        ch: the connection.
+        shared: the daemon's config, storage, authenticator and limits.
+        release: frees the connection's place in the connection limits (called once, at end).
+        accepted: `time.monotonic()` at accept; HELLO must arrive within the handshake
+            timeout of it (TLS included).
+    """
 
     def __init__(
         self,
         ch: Channel,
-        storage: Storage,
-        config: ServerConfig,
-        pool: Executor,
-        claims: UploadClaims,
+        shared: Shared,
+        release: Callable[[], None] = lambda: None,
+        accepted: float | None = None,
     ) -> None:
-        self.ch, self.storage, self.config, self.pool = ch, storage, config, pool
-        self.claims = claims
+        self.ch, self.shared = ch, shared
+        self.config, self.limits = shared.config, shared.config.limits
+        self.storage, self.pool, self.claims = shared.storage, shared.pool, shared.claims
+        self.grant: Grant | None = None
+        #: Who per-subject limits count: the token's subject, anonymous clients per address.
+        self.account = ""
+        self._slots = [Slot(release)]
+        self._accepted = accepted if accepted is not None else time.monotonic()
+        self._pace: Callable[[int], float] | None = None
+        self._ended_by: FluxError | None = None
         # Request frame → (name in the log, handler returning the payload bytes moved).
         self._handlers: dict[type[Frame], tuple[str, Callable[[Any], Awaitable[int]]]] = {
             OpenUpload: ("upload", self._upload),
@@ -101,7 +118,7 @@ class Session:
         try:
             await self._handshake()
             while True:
-                event = await self.ch.next_event(self.config.idle_timeout)
+                event = await self.ch.next_event(self.limits.idle_timeout)
                 if isinstance(event, ConnectionClosed | Goodbye):
                     return
                 frame = handle_control(self.ch, event)
@@ -112,17 +129,38 @@ class Session:
             raise
         except TransportError as exc:
             log.event("connection-ended", logging.DEBUG, peer=self.ch.peer, reason=str(exc))
+        except AuthError as exc:  # refused at HELLO: a bad token, or none where one is needed
+            self._access(op="connect", result=_result(exc), duration=self._age())
+            self._send_error(exc)
         except FluxError as exc:
             # The peer broke the protocol or sent a corrupt chunk: say why, then hang up.
             log.event("protocol-error", logging.WARNING, peer=self.ch.peer, error=str(exc))
             self._send_error(exc)
         finally:
+            for slot in self._slots:
+                slot.release()
+            self.ch.close()
+
+    def end(self, exc: FluxError) -> None:
+        """Stop serving now (the token was revoked or expired): say why, then hang up.
+
+        Chunks already received still reach disk (the upload's own cleanup flushes them).
+        """
+        if self._ended_by is None:
+            self._ended_by = exc
+            self._send_error(exc)
             self.ch.close()
 
     async def _handshake(self) -> None:
-        hello = await expect(self.ch, Hello, HANDSHAKE_TIMEOUT)
+        left = self.limits.handshake_timeout - self._age()
+        hello = await expect(self.ch, Hello, max(0.05, left))
         if PROTOCOL_VERSION not in hello.versions:
             raise VersionMismatch(f"server speaks protocol version {PROTOCOL_VERSION}")
+        grant = self.shared.auth.authenticate(hello.token)
+        self.account = grant.subject if grant.jti is not None else f"anonymous@{_host(self.ch)}"
+        self._slots.append(self.shared.admission.subject(self.account))
+        self.grant = grant
+        self._pace = self.shared.throttle.pacer(self.account)
         self.ch.send(
             Welcome(
                 version=PROTOCOL_VERSION,
@@ -132,20 +170,28 @@ class Session:
             )
         )
 
+    def _age(self) -> float:
+        return time.monotonic() - self._accepted
+
+    def _access(self, **fields: Any) -> None:
+        grant = self.grant
+        self.shared.access.write(
+            peer=self.ch.peer,
+            transport=self.ch.transport,
+            subject=grant.subject if grant else None,
+            jti=grant.jti if grant else None,
+            **fields,
+        )
+
     async def _request(self, frame: Frame) -> None:
         started = time.monotonic()
         op, handler = self._handlers[type(frame)]
-        fields: dict[str, Any] = {
-            "peer": self.ch.peer,
-            "op": op,
-            "path": getattr(frame, "path", None),
-            **self.ch.describe(),
-        }
+        fields: dict[str, Any] = {"op": op, "path": getattr(frame, "path", None), "bytes": 0}
         try:
             fields["bytes"] = await handler(frame)
             fields["result"] = "ok"
         except FluxError as exc:
-            fields["result"] = f"error {exc.code}: {exc.message}"
+            fields["result"] = _result(self._ended_by or exc)
             # Broken link or broken peer: the connection ends (run() reports it).
             if isinstance(exc, TransportError | ProtocolError) or self.ch.conn.state is State.ERROR:
                 raise
@@ -154,7 +200,7 @@ class Session:
                 raise TransportError("connection closed after an error") from exc
         finally:
             fields["duration"] = round(time.monotonic() - started, 6)
-            log.event("request", **fields)
+            self._access(**fields, **_details(self.ch))
 
     def _goodbye(self, reason: str) -> None:
         if self.ch.conn.state not in (State.CLOSED, State.ERROR):
@@ -179,17 +225,50 @@ class Session:
 
     # --- requests --------------------------------------------------------------------------
 
-    async def _upload(self, f: OpenUpload) -> int:
-        if f.chunk_size > self.config.max_chunk:
-            raise LimitExceeded(f"chunk size {f.chunk_size} > server limit {self.config.max_chunk}")
-        key = require_file_path(f.path)
-        async with self.claims.claim(key, lambda: self.ch.closed, self.config.shutdown_grace):
-            return await self._upload_claimed(f)
+    @property
+    def _grant(self) -> Grant:
+        assert self.grant is not None, "requests come only after the handshake"
+        return self.grant
 
-    async def _upload_claimed(self, f: OpenUpload) -> int:
-        upload = await self._blocking(
-            self.storage.open_upload, f.path, f.size, f.chunk_size, f.mode
-        )
+    async def _upload(self, f: OpenUpload) -> int:
+        lim = self.limits
+        if f.chunk_size > lim.max_chunk:
+            raise LimitExceeded(f"chunk size {f.chunk_size} > server limit {lim.max_chunk}")
+        if f.size > lim.max_file_size:
+            raise LimitExceeded(f"file of {f.size} bytes > server limit {lim.max_file_size}")
+        require_file_path(f.path)
+        key = self._grant.check(f.path, "write")
+        slot = self.shared.admission.upload(self.account, f.size)
+        try:
+            await self._check_quota(key, f.size)
+            async with self.claims.claim(key, lambda: self.ch.closed, self.config.shutdown_grace):
+                return await self._upload_claimed(key, f)
+        finally:
+            slot.release()
+
+    async def _check_quota(self, key: str, size: int) -> None:
+        """Refuse an upload that would take the subject over its quota.
+
+        Counted: the files under the subject's root, plus what its other open uploads
+        announced, minus the file this upload replaces.
+        """
+        quota, root = self.limits.quota, self._grant.root
+        if not quota or not root:
+            return
+        used = await self._blocking(self.storage.usage, root)
+        try:
+            replaced = (await self._blocking(self.storage.stat, key)).size
+        except FluxError:  # nothing there (or not a file: the upload itself will say so)
+            replaced = 0
+        others = self.shared.admission.reserved[self.account] - size
+        if used - replaced + others + size > quota:
+            raise LimitExceeded(
+                f"quota of {quota} bytes for {self._grant.subject!r} would be exceeded "
+                f"({used} bytes stored, {others} in other uploads, this file {size})"
+            )
+
+    async def _upload_claimed(self, key: str, f: OpenUpload) -> int:
+        upload = await self._blocking(self.storage.open_upload, key, f.size, f.chunk_size, f.mode)
         writer = ChunkWriter(self.ch, upload, executor=self.pool)
         try:
             self.ch.send(held_status(upload))
@@ -197,6 +276,7 @@ class Session:
                 frame = await self._next_frame()
                 if isinstance(frame, Chunk):
                     writer.add(frame)
+                    await self._paced(len(frame.data))
                     continue
                 assert isinstance(frame, Commit)
                 await writer.flush()
@@ -206,6 +286,15 @@ class Session:
             # Chunks already received reach disk even if the client vanished or we are stopping.
             await writer.flush()
             upload.close()
+
+    async def _paced(self, nbytes: int) -> None:
+        """Hold the session back to the subject's and the daemon's rate (if any is set).
+
+        While an upload waits here it reads no frames, so its window fills and the client
+        stops sending: the limit reaches the sender through flow control.
+        """
+        if self._pace is not None and (wait := self._pace(nbytes)) > 0:
+            await asyncio.sleep(wait)
 
     async def _commit(self, upload: Upload, size: int, digest: bytes) -> None:
         # Shielded: a shutdown must not interrupt a commit between its rename and the reply.
@@ -220,7 +309,8 @@ class Session:
         self.ch.send(Committed(size, digest))
 
     async def _download(self, f: OpenDownload) -> int:
-        dl = await self._blocking(self.storage.open_download, f.path, f.chunk_size)
+        key = self._grant.check(f.path, "read")
+        dl = await self._blocking(self.storage.open_download, key, f.chunk_size)
         try:
             indices, n = wanted_chunks(dl, f)
             self.ch.send(
@@ -237,30 +327,60 @@ class Session:
             # Closed before dl: no read may still be running when the file is closed.
             reads = prefetch(lambda i: read_verified(dl, i), indices, READ_AHEAD, self.pool)
             async with contextlib.aclosing(reads) as chunks:
-                await send_chunks(self.ch, chunks, on_acked, self.config.idle_timeout)
+                await send_chunks(
+                    self.ch, chunks, on_acked, self.limits.idle_timeout, pace=self._pace
+                )
             return acked
         finally:
             dl.close()
 
     async def _list(self, f: ListDir) -> int:
-        entries, cursor = await self._blocking(self.storage.list, f.path, f.cursor, LIST_PAGE)
+        key = self._grant.check(f.path, "list")
+        try:
+            entries, cursor = await self._blocking(self.storage.list, key, f.cursor, LIST_PAGE)
+        except NotFound:
+            if key != self._grant.root or not key:
+                raise
+            entries, cursor = [], None  # a subject's own root exists once it stores something
         self.ch.send(Listing(tuple(entries), cursor))
         return 0
 
     async def _stat(self, f: Stat) -> int:
-        self.ch.send(Info(await self._blocking(self.storage.stat, f.path)))
+        key = self._grant.check(f.path, "list", "read")
+        try:
+            entry = await self._blocking(self.storage.stat, key)
+        except NotFound:
+            if key != self._grant.root or not key:
+                raise
+            entry = Entry("/", "dir", 0, 0, 0o755, None)
+        self.ch.send(Info(entry))
         return 0
 
     async def _delete(self, f: Delete) -> int:
-        await self._blocking(self.storage.delete, f.path)
+        await self._blocking(self.storage.delete, self._grant.check(f.path, "delete"))
         self.ch.send(Deleted(f.path))
         return 0
 
     async def _next_frame(self) -> Frame:
         while True:
-            frame = handle_control(self.ch, await self.ch.next_event(self.config.idle_timeout))
+            frame = handle_control(self.ch, await self.ch.next_event(self.limits.idle_timeout))
             if frame is not None:
                 return frame
+
+
+def _host(ch: Channel) -> str:
+    """The client's address without the port (`1.2.3.4:5` and `[::1]:5` forms)."""
+    host = ch.peer.rpartition(":")[0] or ch.peer
+    return host.strip("[]")
+
+
+def _result(exc: FluxError) -> str:
+    return f"error {exc.code}: {exc.message}"
+
+
+def _details(ch: Channel) -> dict[str, Any]:
+    """Transport details beyond the name (QUIC resumption) for the access log."""
+    return {k: v for k, v in ch.describe().items() if k != "transport"}
 
 
 def held_status(upload: Upload) -> Status:

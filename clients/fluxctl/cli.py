@@ -32,6 +32,7 @@ from .ops import entry_json, list_entries, remove, stat_entry
 from .progress import ProgressBar, human_bytes
 from .results import TransferResult
 from .retry import Retrier
+from .tokens import resolve_token
 from .trust import TrustPolicy
 from .upload import Upload
 from .url import FluxURL
@@ -71,6 +72,15 @@ RetryFor = Annotated[
 Plaintext = Annotated[
     bool, typer.Option("--insecure-plaintext", help="No TLS; loopback servers only.")
 ]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="FLUX_TOKEN",
+        help="Access token (else the server's entry in the config file).",
+        show_envvar=True,
+    ),
+]
 ShowProgress = Annotated[
     bool | None,
     typer.Option("--progress/--no-progress", help="Force the progress bar on or off."),
@@ -90,12 +100,14 @@ class Run:
 
     def options(
         self,
+        url: FluxURL,
         ca: Path | None,
         pin: str | None,
         transport: str,
         chunk_size: str | None,
         retry_for: float,
         plaintext: bool,
+        token: str | None,
     ) -> ClientOptions:
         size = parse_size(chunk_size) if chunk_size is not None else None
         if size is not None and not MIN_CHUNK <= size <= MAX_CHUNK:
@@ -108,6 +120,7 @@ class Run:
             insecure_plaintext=plaintext,
             quic_datagram_size=_datagram_size_from_env(),
             on_new_host=self.notice,
+            token=resolve_token(token, url.host, url.port),
         )
 
     def notice(self, message: str) -> None:
@@ -181,6 +194,7 @@ def send(
     retry_for: RetryFor = 300.0,
     insecure_plaintext: Plaintext = False,
     progress: ShowProgress = None,
+    token: Token = None,
 ) -> None:
     """Send LOCAL to the server; run it again after any failure to resume."""
     run = Run("send", url, json_, quiet, progress)
@@ -188,7 +202,9 @@ def send(
     async def work() -> TransferResult:
         target = FluxURL.parse(url)
         run.path = target.path
-        opts = run.options(ca, pin, transport, chunk_size, retry_for, insecure_plaintext)
+        opts = run.options(
+            target, ca, pin, transport, chunk_size, retry_for, insecure_plaintext, token
+        )
         with run.progress_bar(f"send {local.name}") as bar:
             upload = Upload(local, target, opts, bar.update)
             return await upload.run(Retrier(target, opts, run.on_retry))
@@ -210,6 +226,7 @@ def recv(
     retry_for: RetryFor = 300.0,
     insecure_plaintext: Plaintext = False,
     progress: ShowProgress = None,
+    token: Token = None,
 ) -> None:
     """Receive PATH from the server into LOCAL; run it again after any failure to resume."""
     run = Run("recv", url, json_, quiet, progress)
@@ -217,7 +234,9 @@ def recv(
     async def work() -> TransferResult:
         source = FluxURL.parse(url)
         run.path = source.path
-        opts = run.options(ca, pin, transport, chunk_size, retry_for, insecure_plaintext)
+        opts = run.options(
+            source, ca, pin, transport, chunk_size, retry_for, insecure_plaintext, token
+        )
         with run.progress_bar(f"recv {source.name}") as bar:
             download = Download(source, local, opts, bar.update)
             return await download.run(Retrier(source, opts, run.on_retry))
@@ -235,7 +254,7 @@ def _simple(
     async def work() -> T:
         target = FluxURL.parse(url)
         run.path = target.path
-        opts = run.options(*opts_args)
+        opts = run.options(target, *opts_args)
         return await Retrier(target, opts, run.on_retry).run(
             lambda ch, n: request(ch, target.path, opts.io_timeout)
         )
@@ -255,10 +274,11 @@ def ls(
     retry_for: RetryFor = 300.0,
     insecure_plaintext: Plaintext = False,
     progress: ShowProgress = None,
+    token: Token = None,
 ) -> None:
     """List a directory (or show one file) on the server."""
     run = Run("ls", url, json_, quiet, progress)
-    args = (ca, pin, transport, chunk_size, retry_for, insecure_plaintext)
+    args = (ca, pin, transport, chunk_size, retry_for, insecure_plaintext, token)
     entries = _simple(run, url, args, list_entries)
     lines = [
         f"{'d' if e.kind == 'dir' else '-'}{e.mode:04o} {e.size:>14} "
@@ -283,10 +303,11 @@ def stat_(
     retry_for: RetryFor = 300.0,
     insecure_plaintext: Plaintext = False,
     progress: ShowProgress = None,
+    token: Token = None,
 ) -> None:
     """Show size, time, mode and digest of a path on the server."""
     run = Run("stat", url, json_, quiet, progress)
-    args = (ca, pin, transport, chunk_size, retry_for, insecure_plaintext)
+    args = (ca, pin, transport, chunk_size, retry_for, insecure_plaintext, token)
     entry = _simple(run, url, args, stat_entry)
     info = entry_json(entry)
     shown = {**info, "size": f"{entry.size} ({human_bytes(entry.size)})"}
@@ -307,10 +328,11 @@ def rm(
     retry_for: RetryFor = 300.0,
     insecure_plaintext: Plaintext = False,
     progress: ShowProgress = None,
+    token: Token = None,
 ) -> None:
     """Delete a file on the server."""
     run = Run("rm", url, json_, quiet, progress)
-    args = (ca, pin, transport, chunk_size, retry_for, insecure_plaintext)
+    args = (ca, pin, transport, chunk_size, retry_for, insecure_plaintext, token)
     _simple(run, url, args, remove)
     run.done({"ok": True, "op": "rm", "path": run.path}, None)
 

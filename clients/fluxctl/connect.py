@@ -64,6 +64,8 @@ class ClientOptions:
     io_timeout: float = 60.0
     quic_datagram_size: int = quic.DEFAULT_DATAGRAM_SIZE
     on_new_host: Callable[[str], None] | None = None
+    #: Bearer token sent in HELLO (see tokens.resolve_token), or None for anonymous access.
+    token: str | None = None
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -229,7 +231,9 @@ def _os_connect_error(exc: BaseException) -> FluxError:
 
 
 def _make_hello(opts: ClientOptions) -> Hello:
-    return Hello(window=opts.window, agent=f"fluxctl/{__version__}", caps=("xxh3-128",))
+    return Hello(
+        window=opts.window, agent=f"fluxctl/{__version__}", caps=("xxh3-128",), token=opts.token
+    )
 
 
 async def _hello(ch: Channel, opts: ClientOptions) -> None:

@@ -104,3 +104,7 @@ class Storage(Protocol):
     def delete(self, path: str) -> None:
         """Delete a file (not a directory)."""
         ...
+
+    def usage(self, path: str) -> int:
+        """Bytes of the files stored under `path` (0 if it does not exist), for quotas."""
+        ...

@@ -365,6 +365,26 @@ class LocalStorage:
                 os.unlink(self._manifest_path(rel))
             fsync_dir(target.parent)
 
+    def usage(self, path: str) -> int:
+        """Bytes of the regular files under `path`, symlinks not followed (like `du -b`)."""
+        rel = normalize(path)
+        total = 0
+        todo = [self._path(rel)]
+        with storage_errors(f"measuring {rel or '/'}"):
+            while todo:
+                try:
+                    it = os.scandir(todo.pop())
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                with it:
+                    for entry in it:
+                        if entry.is_dir(follow_symlinks=False):
+                            if Path(entry.path) != self.root / RESERVED:
+                                todo.append(Path(entry.path))
+                        elif entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+        return total
+
 
 class LocalUpload:
     """An upload into LocalStorage: a StagedFile plus where and how to publish it."""

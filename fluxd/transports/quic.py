@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from fluxproto import (
     MAX_CHUNK,
+    MAX_HEADER,
     Chunk,
     ConnectError,
     Connection,
@@ -105,12 +106,13 @@ class QuicChannel(QuicConnectionProtocol):
         quic: QuicConnection,
         stream_handler: Any = None,
         on_ready: Callable[[QuicChannel], None] | None = None,
+        max_header: int = MAX_HEADER,
     ) -> None:
         super().__init__(quic, stream_handler)
         self._loop = PreciseClock(self._loop)  # type: ignore[assignment]
         quic._loss._pacer = TimerAwarePacer(max_datagram_size=quic._max_datagram_size)
         role = Role.CLIENT if quic.configuration.is_client else Role.SERVER
-        self.conn = Connection(role, alloc=POOL.get)
+        self.conn = Connection(role, alloc=POOL.get, max_header=max_header)
         self.peer = "?"
         self._peer_addr: NetworkAddress | None = None
         #: The client's own UDP socket (None on the server, whose socket all connections share).
@@ -293,7 +295,9 @@ class QuicChannel(QuicConnectionProtocol):
             return
         reader = self._data_in.get(sid)
         if reader is None:
-            reader = self._data_in[sid] = FrameReader(max_chunk=MAX_CHUNK, alloc=POOL.get)
+            reader = self._data_in[sid] = FrameReader(
+                max_chunk=MAX_CHUNK, alloc=POOL.get, max_header=self.conn.max_header
+            )
         try:
             reader.feed(event.data)
             while (frame := reader.next_frame()) is not None:
@@ -458,9 +462,14 @@ class QuicListener:
     """Serves QUIC on one UDP address and hands each new connection's channel to `on_channel`."""
 
     def __init__(
-        self, paths: Any, on_channel: Callable[[QuicChannel], None], datagram_size: int
+        self,
+        paths: Any,
+        on_channel: Callable[[QuicChannel], None],
+        datagram_size: int,
+        max_header: int = MAX_HEADER,
     ) -> None:
         self._config = configuration(is_client=False, datagram_size=datagram_size)
+        self._max_header = max_header
         self._config.load_cert_chain(paths.server_cert, paths.server_key)
         self._on_channel = on_channel
         self._server: QuicServer | None = None
@@ -473,7 +482,7 @@ class QuicListener:
             port,
             configuration=self._config,
             create_protocol=lambda quic, stream_handler=None: QuicChannel(
-                quic, stream_handler, on_ready=self._on_channel
+                quic, stream_handler, on_ready=self._on_channel, max_header=self._max_header
             ),
             # Single use: a replayed 0-RTT ticket finds nothing and gets a full handshake.
             session_ticket_fetcher=lambda ticket: self._tickets.pop(ticket, None),

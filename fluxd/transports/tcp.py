@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -358,16 +359,23 @@ async def open_connection(
 
 
 class Listener:
-    """Accepts TCP connections, finishes TLS, and hands each ready socket to `on_socket`."""
+    """Accepts TCP connections, finishes TLS, and hands each ready socket to `on_socket`.
+
+    `admit(host)` is asked at accept, before any TLS work: it returns a release function (the
+    connection is counted until it is called) or None, and then the socket is closed at once.
+    `on_socket(sock, release)` owns the release from then on.
+    """
 
     def __init__(
         self,
         ssl_context: ssl.SSLContext | None,
-        on_socket: Callable[[socket.socket], Any],
+        on_socket: Callable[[socket.socket, Callable[[], None]], Any],
         handshake_timeout: float,
+        admit: Callable[[str], Callable[[], None] | None] = lambda host: lambda: None,
     ) -> None:
         self.ssl_context, self.on_socket = ssl_context, on_socket
         self.handshake_timeout = handshake_timeout
+        self.admit = admit
         self._socks: list[socket.socket] = []
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -407,25 +415,37 @@ class Listener:
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(64):  # a burst of connections, then let other work run
             try:
-                sock, _ = listener.accept()
+                sock, addr = listener.accept()
             except _WOULD_BLOCK:
                 return
             except OSError:
                 return  # e.g. EMFILE: try again on the next readiness
+            release = self.admit(str(addr[0]))
+            if release is None:
+                _drop(sock)
+                continue
             sock.setblocking(False)
             tune_socket(sock)
-            task = asyncio.get_running_loop().create_task(self._secure(sock))
+            task = asyncio.get_running_loop().create_task(self._secure(sock, release))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def _secure(self, sock: socket.socket) -> None:
+    async def _secure(self, sock: socket.socket, release: Callable[[], None]) -> None:
         if self.ssl_context is None:
-            self.on_socket(sock)
+            self.on_socket(sock, release)
             return
         tls = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         try:
             await handshake(tls, self.handshake_timeout)
         except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError):
             tls.close()  # a failed handshake concerns nobody but the peer
+            release()
             return
-        self.on_socket(tls)
+        self.on_socket(tls, release)
+
+
+def _drop(sock: socket.socket) -> None:
+    """Close with a reset (SO_LINGER 0): a refused peer leaves no TIME_WAIT behind on our side."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()

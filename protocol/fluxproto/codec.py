@@ -82,13 +82,18 @@ def decode(type_byte: int, header: Buffer, payload: Buffer = b"") -> Frame:
         raise RemoteProtocolError(f"{ftype.name}: {exc}") from None
 
 
-def check_prefix(type_byte: int, header_len: int, payload_len: int) -> None:
-    """Validate a prefix before allocating buffers for what it announces."""
+def check_prefix(
+    type_byte: int, header_len: int, payload_len: int, max_header: int = MAX_HEADER
+) -> None:
+    """Validate a prefix before allocating buffers for what it announces.
+
+    `max_header` lowers the protocol's MAX_HEADER (a server's configured limit).
+    """
     try:
         ftype = FrameType(type_byte)
     except ValueError:
         raise RemoteProtocolError(f"unknown frame type 0x{type_byte:02x}") from None
-    if not 0 < header_len <= MAX_HEADER:
+    if not 0 < header_len <= min(max_header, MAX_HEADER):
         raise RemoteProtocolError(f"{ftype.name} header length {header_len} out of range")
     limit = MAX_PAYLOAD.get(ftype, 0)
     if payload_len > limit:
@@ -101,15 +106,18 @@ class FrameReader:
     `max_chunk` is the largest CHUNK payload accepted, checked at the prefix before allocation;
     a connection lowers it to the open transfer's chunk size (0: no chunk may arrive). `alloc`
     provides CHUNK payload buffers (e.g. page-aligned ones for O_DIRECT); other payloads are
-    bytearrays. After a `RemoteProtocolError` the reader is broken and refuses further input.
+    bytearrays. `max_header` lowers the header limit below MAX_HEADER. After a
+    `RemoteProtocolError` the reader is broken and refuses further input.
     """
 
     def __init__(
         self,
         max_chunk: int = MAX_PAYLOAD[FrameType.CHUNK],
         alloc: Callable[[int], bytearray | memoryview] | None = None,
+        max_header: int = MAX_HEADER,
     ) -> None:
         self.max_chunk = max_chunk
+        self.max_header = max_header
         self._alloc = alloc
         self._prefix = bytearray(PREFIX_SIZE)
         self._target: bytearray | memoryview = self._prefix
@@ -170,7 +178,7 @@ class FrameReader:
     def _advance(self) -> None:
         if self._stage == 0:
             ftype, hlen, plen = PREFIX.unpack(self._prefix)
-            check_prefix(ftype, hlen, plen)
+            check_prefix(ftype, hlen, plen, self.max_header)
             if ftype == FrameType.CHUNK and plen > self.max_chunk:
                 why = (
                     f"> chunk size {self.max_chunk}" if self.max_chunk else "with no transfer open"

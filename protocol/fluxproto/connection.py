@@ -22,6 +22,7 @@ from .digest import chunk_digest
 from .errors import FluxError, IntegrityError, LocalProtocolError, RemoteProtocolError
 from .frames import (
     DIGEST_SIZE,
+    MAX_HEADER,
     Ack,
     Chunk,
     Frame,
@@ -112,10 +113,14 @@ class Connection:
     Args:
         role: which end this is.
         alloc: returns a writable buffer of the given size for each received CHUNK payload.
+        max_header: largest frame header accepted from the peer (at most MAX_HEADER).
     """
 
     def __init__(
-        self, role: Role, alloc: Callable[[int], bytearray | memoryview] | None = None
+        self,
+        role: Role,
+        alloc: Callable[[int], bytearray | memoryview] | None = None,
+        max_header: int = MAX_HEADER,
     ) -> None:
         self.role = role
         self.state = State.START
@@ -124,7 +129,8 @@ class Connection:
         self._windows = {Role.CLIENT: DEFAULT_WINDOW, Role.SERVER: DEFAULT_WINDOW}
         self._versions: tuple[int, ...] = ()
         self._opening: OpenUpload | OpenDownload | None = None
-        self._reader = FrameReader(max_chunk=0, alloc=alloc)
+        self.max_header = max_header
+        self._reader = FrameReader(max_chunk=0, alloc=alloc, max_header=max_header)
         self._inbox = bytearray()  # bytes from receive_data not yet fed to the reader
         self._out: list[Buffer] = []
         self._eof = False

@@ -13,6 +13,8 @@ from fluxd import config
 from fluxd.config import (
     DEFAULT_LISTEN,
     DEFAULT_PORT,
+    AuthConfig,
+    Limits,
     ServerConfig,
     data_dir,
     format_hostport,
@@ -258,8 +260,10 @@ def test_server_config_defaults() -> None:
     assert cfg.address == ("127.0.0.1", DEFAULT_PORT)
     assert cfg.insecure_plaintext is False
     assert cfg.window == 32 * MiB
-    assert cfg.max_chunk == MAX_CHUNK
+    assert cfg.limits.max_chunk == MAX_CHUNK
+    assert cfg.limits.idle_timeout == 120.0
     assert cfg.log_level == "info"
+    assert cfg.anonymous is True  # loopback by default
 
 
 def test_server_config_is_frozen() -> None:
@@ -286,8 +290,6 @@ def test_window_bounds_are_inclusive(window: int) -> None:
         ({"window": MIN_WINDOW - 1}, "window"),
         ({"window": MAX_WINDOW + 1}, "window"),
         ({"window": 0}, "window"),
-        ({"idle_timeout": 0}, "idle_timeout"),
-        ({"idle_timeout": -1.0}, "idle_timeout"),
         ({"shutdown_grace": -0.5}, "shutdown_grace"),
         ({"log_level": "verbose"}, "log_level"),
         ({"log_level": "INFO"}, "log_level"),
@@ -302,9 +304,12 @@ def test_zero_shutdown_grace_is_allowed() -> None:
     assert ServerConfig(shutdown_grace=0).shutdown_grace == 0
 
 
-def test_nan_idle_timeout_is_refused() -> None:
-    with pytest.raises(ConfigError):
-        ServerConfig(idle_timeout=float("nan"))
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf")])
+def test_bad_timeouts_are_refused(value: float) -> None:
+    with pytest.raises(ConfigError, match="idle_timeout"):
+        Limits(idle_timeout=value)
+    with pytest.raises(ConfigError, match="handshake_timeout"):
+        Limits(handshake_timeout=value)
 
 
 # --- load_config --------------------------------------------------------------------------------
@@ -329,10 +334,32 @@ certs = "/etc/flux/certs"
 listen = "[::1]:9000"
 insecure_plaintext = true
 window = "8M"
-idle_timeout = 30
 shutdown_grace = 2.5
-max_chunk = "1MiB"
 log_level = "debug"
+access_log = "/var/log/fluxd-access.log"
+
+[auth]
+anonymous = false
+anonymous_scope = "read:/pub/"
+audience = "fluxd:example"
+root = "/users/{sub}"
+trusted_keys = ["/etc/flux/issuer.pem"]
+jwks = "/etc/flux/jwks.json"
+
+[limits]
+max_header = "32K"
+max_chunk = "1MiB"
+max_file_size = "10G"
+quota = "1G"
+connections = 100
+connections_per_address = 10
+connections_per_subject = 5
+uploads_per_subject = 2
+handshake_timeout = 5
+idle_timeout = 30
+rate = "100M"
+rate_per_subject = "10M"
+memory = "64M"
 """,
     )
     cfg = load_config(path, {})
@@ -342,12 +369,35 @@ log_level = "debug"
         listen="[::1]:9000",
         insecure_plaintext=True,
         window=8 * MiB,
-        idle_timeout=30.0,
         shutdown_grace=2.5,
-        max_chunk=MiB,
         log_level="debug",
+        access_log="/var/log/fluxd-access.log",
+        auth=AuthConfig(
+            anonymous=False,
+            anonymous_scope="read:/pub/",
+            audience="fluxd:example",
+            root="/users/{sub}",
+            trusted_keys=(Path("/etc/flux/issuer.pem"),),
+            jwks=Path("/etc/flux/jwks.json"),
+        ),
+        limits=Limits(
+            max_header=32 * 1024,
+            max_chunk=MiB,
+            max_file_size=10 * 1024 * MiB,
+            quota=1024 * MiB,
+            connections=100,
+            connections_per_address=10,
+            connections_per_subject=5,
+            uploads_per_subject=2,
+            handshake_timeout=5.0,
+            idle_timeout=30.0,
+            rate=100 * MiB,
+            rate_per_subject=10 * MiB,
+            memory=64 * MiB,
+        ),
     )
-    assert isinstance(cfg.idle_timeout, float)
+    assert isinstance(cfg.limits.idle_timeout, float)
+    assert cfg.anonymous is False
 
 
 def test_sizes_may_be_integers_in_toml(tmp_path: Path) -> None:
@@ -386,8 +436,8 @@ def test_false_override_is_not_ignored(tmp_path: Path) -> None:
 
 
 def test_overrides_without_file(tmp_path: Path) -> None:
-    cfg = load_config(None, {"root": tmp_path, "window": "1M", "idle_timeout": 5})
-    assert (cfg.root, cfg.window, cfg.idle_timeout) == (tmp_path, MiB, 5.0)
+    cfg = load_config(None, {"root": tmp_path, "window": "1M", "limits": {"idle_timeout": 5}})
+    assert (cfg.root, cfg.window, cfg.limits.idle_timeout) == (tmp_path, MiB, 5.0)
 
 
 def test_unknown_keys_are_named(tmp_path: Path) -> None:
@@ -397,9 +447,39 @@ def test_unknown_keys_are_named(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
-def test_tables_are_unknown_keys(tmp_path: Path) -> None:
+def test_unknown_tables_are_unknown_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="server"):
         load_config(write(tmp_path, '[server]\nlisten = "127.0.0.1:0"\n'), {})
+
+
+def test_unknown_keys_inside_tables_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"limits\.bogus"):
+        load_config(write(tmp_path, "[limits]\nbogus = 1\n"), {})
+
+
+def test_a_table_given_as_a_value_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[limits\].*table"):
+        load_config(write(tmp_path, "limits = 5\n"), {})
+
+
+def test_flag_overrides_inside_tables_keep_the_file_values(tmp_path: Path) -> None:
+    path = write(tmp_path, '[limits]\nidle_timeout = 30\nrate = "1M"\n')
+    cfg = load_config(path, {"limits": {"idle_timeout": 5, "rate": None}})
+    assert (cfg.limits.idle_timeout, cfg.limits.rate) == (5.0, MiB)
+
+
+def test_anonymous_defaults_to_loopback_only() -> None:
+    assert ServerConfig(listen="127.0.0.1:0").anonymous is True
+    assert ServerConfig(listen="0.0.0.0:0").anonymous is False
+    assert ServerConfig(listen="0.0.0.0:0", auth=AuthConfig(anonymous=True)).anonymous is True
+    assert ServerConfig(listen="[::1]:0", auth=AuthConfig(anonymous=False)).anonymous is False
+
+
+def test_quota_needs_a_root_per_subject() -> None:
+    with pytest.raises(ConfigError, match="quota needs"):
+        ServerConfig(limits=Limits(quota=MiB))
+    cfg = ServerConfig(limits=Limits(quota=MiB), auth=AuthConfig(root="/users/{sub}"))
+    assert cfg.limits.quota == MiB
 
 
 def test_bad_toml(tmp_path: Path) -> None:
@@ -432,13 +512,21 @@ def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
         ('window = "lots"\n', "not a size"),
         ("window = 1.5\n", "bad config value"),
         ('window = "1K"\n', "window must be between"),
-        ('idle_timeout = "soon"\n', "bad config value"),
-        ("idle_timeout = 0\n", "idle_timeout"),
-        ("root = 5\n", "bad config value"),
-        ("certs = [1, 2]\n", "bad config value"),
+        ('[limits]\nidle_timeout = "soon"\n', "limits.idle_timeout"),
+        ("[limits]\nidle_timeout = 0\n", "idle_timeout"),
+        ("root = 5\n", "root: expected a file path"),
+        ("certs = [1, 2]\n", "certs: expected a file path"),
+        ("[auth]\nanonymous = 1\n", "auth.anonymous: must be true or false"),
+        ('[auth]\nanonymous_scope = "fly:/"\n', "anonymous_scope"),
+        ('[auth]\nroot = "users/{sub}"\n', "must start with /"),
+        ("[auth]\ntrusted_keys = [1]\n", "list of file paths"),
+        ('[limits]\nmax_header = "1K"\n', "max_header"),
+        ("[limits]\nconnections = 0\n", "connections must be at least 1"),
+        ('[limits]\nrate = "-1"\n', "not a size"),
+        ('[limits]\nmemory = "1M"\n', "memory"),
         ('listen = "127.0.0.1:http"\n', "HOST:PORT"),
         ('log_level = "loud"\n', "log_level"),
-        ('max_chunk = "big"\n', "not a size"),
+        ('[limits]\nmax_chunk = "big"\n', "not a size"),
     ],
 )
 def test_wrong_types_and_values(tmp_path: Path, text: str, match: str) -> None:

@@ -181,7 +181,9 @@ async def serve_listener(
     ssl_context: ssl.SSLContext | None, handshake_timeout: float = LONG
 ) -> tuple[Listener, int, asyncio.Queue[socket.socket]]:
     accepted: asyncio.Queue[socket.socket] = asyncio.Queue()
-    listener = Listener(ssl_context, accepted.put_nowait, handshake_timeout)
+    listener = Listener(
+        ssl_context, lambda sock, release: accepted.put_nowait(sock), handshake_timeout
+    )
     bound = listener.start("127.0.0.1", 0)
     assert len(bound) == 1
     host, port = bound[0]

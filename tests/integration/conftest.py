@@ -123,6 +123,7 @@ def _env(home: Path) -> dict[str, str]:
     env.pop("FLUX_CA", None)
     env.pop("FLUX_PIN", None)
     env.pop("FLUX_TRANSPORT", None)
+    env.pop("FLUX_TOKEN", None)
     return env
 
 
@@ -150,24 +151,26 @@ class Fluxctl:
     def cmd(self, *args: str) -> list[str]:
         return [str(BIN / "fluxctl"), *args]
 
-    def __call__(self, *args: str, timeout: float = 120) -> Result:
+    def __call__(
+        self, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+    ) -> Result:
         p = subprocess.run(
             self.cmd(*args),
             capture_output=True,
             text=True,
-            env=_env(self.home),
+            env={**_env(self.home), **(env or {})},
             timeout=timeout,
             check=False,
         )
         return Result(p.returncode, p.stdout, p.stderr)
 
-    def spawn(self, *args: str) -> subprocess.Popen[str]:
+    def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(
             self.cmd(*args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_env(self.home),
+            env={**_env(self.home), **(env or {})},
         )
 
 

@@ -164,7 +164,7 @@ def test_client_moves_by_itself_when_the_path_goes_silent(
 
 
 def quic_requests(daemon: Daemon) -> list[dict[str, object]]:
-    return [r for r in daemon.events("request") if r.get("transport") == "quic"]
+    return [r for r in daemon.events("access") if r.get("transport") == "quic"]
 
 
 def test_repeat_command_resumes_the_tls_session_with_0rtt(

@@ -79,7 +79,7 @@ def interrupted_send(
 
 
 def upload_finished(daemon: Daemon) -> bool:
-    return any(r["op"] == "upload" for r in daemon.events("request"))
+    return any(r["op"] == "upload" for r in daemon.events("access"))
 
 
 def killed_send(daemon: Daemon, fluxctl: Fluxctl, proxy: Proxy, src: Path) -> int:

@@ -173,7 +173,7 @@ def test_one_structured_log_line_per_transfer(
     assert fluxctl("send", str(src), daemon.url("/logme")).code == 0
     assert fluxctl("stat", daemon.url("/nope")).code == 6
     daemon.stop()
-    requests = daemon.events("request")
+    requests = daemon.events("access")
     uploads = [r for r in requests if r["op"] == "upload"]
     assert len(uploads) == 1
     line = uploads[0]

@@ -1,0 +1,27 @@
+"""What every session of one daemon shares: config, storage, the door and the limits."""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from .access import AccessLog
+from .auth.gate import Authenticator
+from .claims import UploadClaims
+from .config import ServerConfig
+from .limits import Admission, Throttle
+from .storage.base import Storage
+
+
+@dataclass
+class Shared:
+    """One daemon's shared state; sessions hold a reference, never a copy."""
+
+    config: ServerConfig
+    storage: Storage
+    pool: Executor
+    claims: UploadClaims
+    auth: Authenticator
+    admission: Admission
+    throttle: Throttle
+    access: AccessLog

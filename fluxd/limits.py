@@ -1,0 +1,146 @@
+"""Run-time limits: connection and upload counts, and bandwidth token buckets.
+
+Counting happens on the event loop only, so plain dicts suffice. Every `admit_*` that returns
+True must be paired with one `release_*` (the `Slot` helper makes that hard to get wrong).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from fluxproto.errors import LimitExceeded, Unavailable
+
+from .config import Limits
+
+#: Burst a bucket allows after idling, in seconds of its rate: small, so a measured rate over a
+#: few seconds is the configured one, and large enough to pass one chunk without a wait.
+BURST_SECONDS = 0.25
+
+__all__ = ["Admission", "Slot", "Throttle", "TokenBucket"]
+
+
+class Slot:
+    """A counted place (a connection, an upload) released exactly once."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
+
+    def release(self) -> None:
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
+
+
+class Admission:
+    """Counts open connections (in all, per address, per subject) and uploads per subject."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.by_address: Counter[str] = Counter()
+        self.by_subject: Counter[str] = Counter()
+        self.uploads: Counter[str] = Counter()
+        #: Bytes announced by each account's open uploads (for quotas).
+        self.reserved: Counter[str] = Counter()
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_address.values())
+
+    def connection(self, address: str) -> Slot | None:
+        """A connection slot for a client at `address`, or None when a limit is reached."""
+        lim = self.limits
+        if self.total >= lim.connections or self.by_address[address] >= lim.connections_per_address:
+            return None
+        self.by_address[address] += 1
+        return Slot(lambda: _decrement(self.by_address, address))
+
+    def subject(self, subject: str) -> Slot:
+        """A slot for one more connection of `subject`.
+
+        Raises:
+            Unavailable: the subject has `connections_per_subject` open (retry later).
+        """
+        if self.by_subject[subject] >= self.limits.connections_per_subject:
+            raise Unavailable(
+                f"{subject!r} already has {self.by_subject[subject]} connections open "
+                f"(limit {self.limits.connections_per_subject}); try again later"
+            )
+        self.by_subject[subject] += 1
+        return Slot(lambda: _decrement(self.by_subject, subject))
+
+    def upload(self, subject: str, size: int) -> Slot:
+        """A slot for one more open upload of `size` bytes by `subject`.
+
+        Raises:
+            LimitExceeded: the subject already has `uploads_per_subject` uploads open.
+        """
+        if self.uploads[subject] >= self.limits.uploads_per_subject:
+            raise LimitExceeded(
+                f"{subject!r} already has {self.uploads[subject]} uploads open "
+                f"(limit {self.limits.uploads_per_subject})"
+            )
+        self.uploads[subject] += 1
+        self.reserved[subject] += size
+
+        def release() -> None:
+            _decrement(self.uploads, subject)
+            _decrement(self.reserved, subject, size)
+
+        return Slot(release)
+
+
+def _decrement(counter: Counter[str], key: str, by: int = 1) -> None:
+    counter[key] -= by
+    if counter[key] <= 0:
+        del counter[key]
+
+
+class TokenBucket:
+    """A token bucket of `rate` bytes/s that may go into debt.
+
+    `charge(n)` takes n bytes at once and says how long to wait to pay off any debt, so over
+    any period the bytes passed are at most rate x period + the burst, whatever the sizes.
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = float(rate)
+        self.burst = self.rate * BURST_SECONDS
+        self._clock = clock
+        self._tokens = self.burst
+        self._stamp = clock()
+
+    def charge(self, n: int) -> float:
+        """Take `n` bytes; return the seconds to wait before they may pass (0 if none)."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        self._tokens -= n
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
+class Throttle:
+    """The buckets one transfer passes through: the daemon's global one and its subject's."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.global_bucket = TokenBucket(limits.rate) if limits.rate else None
+        self._subjects: dict[str, TokenBucket] = {}
+
+    def buckets(self, subject: str) -> list[TokenBucket]:
+        found = [self.global_bucket] if self.global_bucket is not None else []
+        if self.limits.rate_per_subject:
+            bucket = self._subjects.get(subject)
+            if bucket is None:
+                bucket = self._subjects[subject] = TokenBucket(self.limits.rate_per_subject)
+            found.append(bucket)
+        return found
+
+    def pacer(self, subject: str) -> Callable[[int], float] | None:
+        """A function charging n bytes to every bucket of `subject` and returning the longest
+        wait, or None when no rate applies (the common case costs nothing)."""
+        buckets = self.buckets(subject)
+        if not buckets:
+            return None
+        return lambda n: max(b.charge(n) for b in buckets)
