@@ -18,7 +18,7 @@ import logging
 import os
 import stat
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,11 +47,13 @@ from fluxproto.frames import (
 from .. import log
 from ..buffers import POOL
 from .base import EntryPage
+from .beneath import Beneath
 from .oserrors import storage_errors
 from .paths import RESERVED, normalize, require_file_path, resolve
 from .staging import READ_BLOCK, ChunkData, StagedFile, fsync_dir, pread_into
 
 _MANIFEST_LIMIT = MAX_DIGESTS_PAYLOAD + 64 * 1024
+_DIR = os.O_RDONLY | os.O_DIRECTORY
 
 __all__ = ["LocalDownload", "LocalStorage", "LocalUpload", "Manifest"]
 
@@ -128,9 +130,26 @@ class LocalStorage:
                 d.mkdir(mode=0o700, exist_ok=True)
             for tmp in self._manifests.glob("*.tmp"):  # left by a crash mid-write
                 tmp.unlink(missing_ok=True)
+            self._beneath = Beneath(self.root)
 
-    def _path(self, rel: str) -> Path:
-        return resolve(self.root, rel)
+    def _inner(self, rel: str) -> str:
+        """Where `rel` leads (see `paths.resolve`), relative to the root and free of symlinks:
+        what `Beneath.open` may open."""
+        inner = os.path.relpath(resolve(self.root, rel), self.root)
+        return "" if inner == "." else inner
+
+    @contextlib.contextmanager
+    def _open(self, inner: str, flags: int) -> Iterator[int]:
+        fd = self._beneath.open(inner, flags)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _stat(self, rel: str) -> os.stat_result:
+        """stat(2) of where `rel` leads, opened beneath the root."""
+        with self._open(self._inner(rel), os.O_PATH) as fd:
+            return os.fstat(fd)
 
     # --- uploads -----------------------------------------------------------------------------
 
@@ -142,7 +161,7 @@ class LocalStorage:
             file), or another session is uploading it. NoSpace: no room for `size` bytes.
         """
         rel = require_file_path(path)
-        self._check_dest(rel, self._path(rel))
+        self._check_dest(rel)
         try:
             staged = self._open_staged(rel, size, chunk_size)
         except NotFound:  # a commit of the same path removed the folder under us: once more
@@ -157,42 +176,57 @@ class LocalStorage:
                 fsync_dir(self._staging)
         return StagedFile.open(folder / "data", folder / "journal", size, chunk_size, label=rel)
 
-    def _check_dest(self, rel: str, dest: Path) -> None:
+    def _check_dest(self, rel: str) -> None:
         with storage_errors(f"checking {rel}"):
             try:
-                _require_file(rel, os.stat(dest))
+                _require_file(rel, self._stat(rel))
             except FileNotFoundError:
                 return
             except NotADirectoryError:
                 raise Conflict(f"a parent of {rel} is a file") from None
 
-    def _make_parents(self, rel: str, dest: Path) -> None:
-        """mkdir -p for dest's parents (all inside the root: `dest` was resolved)."""
-        todo: list[Path] = []
-        parent = dest.parent
+    def _parent_dir(self, rel: str, inner: str) -> int:
+        """mkdir -p for the parents of `inner`; returns the parent directory, open.
+
+        Every step is opened beneath the root without following symlinks, so a folder swapped
+        for a link meanwhile makes this fail instead of creating anything outside.
+        """
+        parts = inner.split("/")[:-1]
         with storage_errors(f"creating the folders of {rel}"):
-            while not parent.is_dir():
-                if parent.exists() or parent.is_symlink():
-                    raise Conflict(f"a parent of {rel} is a file")
-                todo.append(parent)
-                parent = parent.parent
-            for folder in reversed(todo):
-                try:
-                    folder.mkdir()
-                except FileExistsError:
-                    if not folder.is_dir():
-                        raise Conflict(f"a parent of {rel} is a file") from None
-                fsync_dir(folder.parent)
+            fd = self._beneath.open("", _DIR)
+            try:
+                for i, part in enumerate(parts):
+                    sub = "/".join(parts[: i + 1])
+                    try:
+                        nxt = self._beneath.open(sub, _DIR)
+                    except FileNotFoundError:
+                        with contextlib.suppress(FileExistsError):  # a concurrent mkdir
+                            os.mkdir(part, dir_fd=fd)
+                            os.fsync(fd)
+                        nxt = self._beneath.open(sub, _DIR)
+                    os.close(fd)
+                    fd = nxt
+            except NotADirectoryError:
+                os.close(fd)
+                raise Conflict(f"a parent of {rel} is a file") from None
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd
 
     def _publish(self, rel: str, staged: StagedFile, digest: bytes, mode: int) -> None:
-        dest = self._path(rel)  # resolved again: the tree may have changed since open_upload
-        self._check_dest(rel, dest)
-        self._make_parents(rel, dest)
-        st = staged.fstat()  # the inode and mtime survive the rename
-        digests = b"".join(staged.held[i] for i in range(staged.count))
-        size, cs = staged.size, staged.chunk_size
-        self._write_manifest(Manifest(rel, size, cs, digest, digests, st.st_mtime_ns, st.st_ino))
-        staged.publish(dest, mode)
+        # Resolved again: the tree may have changed since open_upload.
+        self._check_dest(rel)
+        inner = self._inner(rel)
+        parent = self._parent_dir(rel, inner)
+        try:
+            st = staged.fstat()  # the inode and mtime survive the rename
+            digests = b"".join(staged.held[i] for i in range(staged.count))
+            size, cs, mtime = staged.size, staged.chunk_size, st.st_mtime_ns
+            self._write_manifest(Manifest(rel, size, cs, digest, digests, mtime, st.st_ino))
+            staged.publish(inner.rpartition("/")[2], mode, dir_fd=parent)
+        finally:
+            os.close(parent)
         self._remove_staging(rel)
 
     def _remove_staging(self, rel: str) -> None:
@@ -271,10 +305,9 @@ class LocalStorage:
             NotFound: no such file. Conflict: a directory or not a regular file.
         """
         rel = require_file_path(path)
-        real = self._path(rel)
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: fifos
+        inner = self._inner(rel)
         with storage_errors(f"opening {rel}"):
-            fd = os.open(real, flags)
+            fd = self._beneath.open(inner, os.O_RDONLY | os.O_NONBLOCK)  # NONBLOCK: fifos
         try:
             with storage_errors(f"reading {rel}"):
                 st = os.fstat(fd)
@@ -301,9 +334,8 @@ class LocalStorage:
     def stat(self, path: str) -> Entry:
         """The entry at `path` ("/" for the root). Raises NotFound, PermissionDenied."""
         rel = normalize(path)
-        real = self._path(rel)
         with storage_errors(f"reading {rel or '/'}"):
-            st = os.stat(real)
+            st = self._stat(rel)
         return self._entry(rel, st)
 
     def list(self, path: str, cursor: str | None, limit: int) -> EntryPage:
@@ -314,23 +346,24 @@ class LocalStorage:
         of the root and entries that are neither files nor directories.
         """
         rel = normalize(path)
-        real = self._path(rel)
-        with storage_errors(f"listing {rel or '/'}"):
-            st = os.stat(real)
+        inner = self._inner(rel)
+        with storage_errors(f"listing {rel or '/'}"), self._open(inner, os.O_PATH) as fd:
+            st = os.fstat(fd)
             if not stat.S_ISDIR(st.st_mode):
                 return [self._entry(rel, st)], None
-            names = sorted(n for n in os.listdir(real) if self._listable(rel, n, real))
-        i = bisect.bisect_right(names, cursor) if cursor is not None else 0
-        entries: list[Entry] = []
-        while i < len(names) and len(entries) < max(1, limit):
-            entry = self._child(rel, real, names[i])
-            if entry is not None:
-                entries.append(entry)
-            i += 1
+        with storage_errors(f"listing {rel or '/'}"), self._open(inner, _DIR) as fd:
+            names = sorted(n for n in os.listdir(fd) if self._listable(rel, n, inner))
+            i = bisect.bisect_right(names, cursor) if cursor is not None else 0
+            entries: list[Entry] = []
+            while i < len(names) and len(entries) < max(1, limit):
+                entry = self._child(rel, fd, names[i])
+                if entry is not None:
+                    entries.append(entry)
+                i += 1
         return entries, names[i - 1] if i < len(names) else None
 
-    def _listable(self, rel: str, name: str, real: Path) -> bool:
-        if real == self.root and name.casefold() == RESERVED:
+    def _listable(self, rel: str, name: str, inner: str) -> bool:
+        if inner == "" and name.casefold() == RESERVED:
             return False  # also when `rel` is a symlink to the root
         child = f"{rel}/{name}" if rel else name
         try:
@@ -338,12 +371,12 @@ class LocalStorage:
         except PermissionDenied:
             return False
 
-    def _child(self, rel: str, real: Path, name: str) -> Entry | None:
+    def _child(self, rel: str, dir_fd: int, name: str) -> Entry | None:
         child = f"{rel}/{name}" if rel else name
         try:
-            st = os.lstat(real / name)
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
-                st = os.stat(self._path(child))
+                st = self._stat(child)
             return self._entry(child, st)
         except (OSError, PermissionDenied, Conflict):
             return None  # vanished, dangling, leading out of the root, or a fifo/socket/device
@@ -356,33 +389,40 @@ class LocalStorage:
         """
         rel = require_file_path(path)
         parent, _, name = rel.rpartition("/")
-        target = self._path(parent) / name
-        with storage_errors(f"deleting {rel}"):
-            if stat.S_ISDIR(os.lstat(target).st_mode):
+        inner = self._inner(parent)
+        if not inner and name.casefold() == RESERVED:  # `parent` is a symlink to the root
+            raise PermissionDenied(f"{rel} leads into the reserved area {RESERVED}")
+        with storage_errors(f"deleting {rel}"), self._open(inner, _DIR) as fd:
+            if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
                 raise Conflict(f"{rel} is a directory")
-            os.unlink(target)
+            os.unlink(name, dir_fd=fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._manifest_path(rel))
-            fsync_dir(target.parent)
+            os.fsync(fd)
 
     def usage(self, path: str) -> int:
         """Bytes of the regular files under `path`, symlinks not followed (like `du -b`)."""
         rel = normalize(path)
         total = 0
-        todo = [self._path(rel)]
+        todo = [self._inner(rel)]
         with storage_errors(f"measuring {rel or '/'}"):
             while todo:
+                inner = todo.pop()
                 try:
-                    it = os.scandir(todo.pop())
-                except (FileNotFoundError, NotADirectoryError):
-                    continue
-                with it:
-                    for entry in it:
-                        if entry.is_dir(follow_symlinks=False):
-                            if Path(entry.path) != self.root / RESERVED:
-                                todo.append(Path(entry.path))
-                        elif entry.is_file(follow_symlinks=False):
-                            total += entry.stat(follow_symlinks=False).st_size
+                    fd = self._beneath.open(inner, _DIR)
+                except (FileNotFoundError, NotADirectoryError, PermissionDenied):
+                    continue  # gone, a file, or swapped for a link meanwhile
+                try:
+                    with os.scandir(fd) as it:
+                        for entry in it:
+                            sub = f"{inner}/{entry.name}" if inner else entry.name
+                            if entry.is_dir(follow_symlinks=False):
+                                if sub != RESERVED:
+                                    todo.append(sub)
+                            elif entry.is_file(follow_symlinks=False):
+                                total += entry.stat(follow_symlinks=False).st_size
+                finally:
+                    os.close(fd)
         return total
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+import urllib.parse
 from pathlib import Path
 
 from fluxproto.errors import PermissionDenied
@@ -18,10 +19,19 @@ from fluxproto.frames import MAX_PATH
 #: The daemon's hidden area lives at ROOT/.flux; no remote path may name it.
 RESERVED = ".flux"
 MAX_COMPONENT = 255  # bytes of UTF-8, the usual NAME_MAX
+MAX_DEPTH = 128  # components
 
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
+#: Unicode categories refused anywhere in a path: controls (C0 and C1), format characters
+#: (zero-width, bidi overrides: names that display as something else), line and paragraph
+#: separators, surrogates.
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+#: Characters that look like a slash or backslash without compatibility-decomposing to one.
+_SLASH_LOOKALIKES = frozenset("\u2044\u2215\u2216\u2571\u2572\u29f5\u29f8\u29f9\u3033")
+#: Rounds of percent-decoding tried when looking for a hidden separator or dot-dot.
+_DECODE_ROUNDS = 3
 
-__all__ = ["MAX_COMPONENT", "RESERVED", "normalize", "require_file_path", "resolve"]
+__all__ = ["MAX_COMPONENT", "MAX_DEPTH", "RESERVED", "normalize", "require_file_path", "resolve"]
 
 
 def _show(path: str) -> str:
@@ -41,11 +51,13 @@ def normalize(path: str) -> str:
     """Canonical relative form of a remote path: "/"-separated, no leading slash, NFC.
 
     "/", "" and "." all name the root and give "". Repeated slashes and "." components are
-    dropped.
+    dropped. The rules are PROTOCOL.md section 17.
 
     Raises:
-        PermissionDenied: the path has a ".." component, a control character or backslash, a
-            component over 255 bytes, more than MAX_PATH bytes in all, or starts with ".flux".
+        PermissionDenied: the path has a ".." component (also one hidden by percent-encoding
+            or compatibility characters such as U+2025), a control, format or separator
+            character, a backslash or slash look-alike, a component over 255 bytes, more than
+            128 components or MAX_PATH bytes, or starts with ".flux".
     """
     if _utf8_len(path, path) > MAX_PATH:
         raise PermissionDenied(f"path {_show(path)} is longer than {MAX_PATH} bytes")
@@ -53,6 +65,8 @@ def normalize(path: str) -> str:
     if bad is not None:
         what = "a backslash" if bad.group() == "\\" else "a control character"
         raise PermissionDenied(f"path {_show(path)} contains {what}")
+    if not path.isascii():
+        _check_unicode(path)
     parts: list[str] = []
     for part in unicodedata.normalize("NFC", path).split("/"):
         if part in ("", "."):
@@ -61,7 +75,13 @@ def normalize(path: str) -> str:
             raise PermissionDenied(f"path {_show(path)} has a '..' component")
         if _utf8_len(part, path) > MAX_COMPONENT:
             raise PermissionDenied(f"path {_show(path)} has a name longer than 255 bytes")
+        if "%" in part:
+            _check_encoded(part, path)
+        if not part.isascii():
+            _check_lookalike(part, path)
         parts.append(part)
+    if len(parts) > MAX_DEPTH:
+        raise PermissionDenied(f"path {_show(path)} has more than {MAX_DEPTH} components")
     # casefold: the root may sit on a case-insensitive filesystem where .FLUX is .flux.
     if parts and parts[0].casefold() == RESERVED:
         raise PermissionDenied(f"path {_show(path)} is in the reserved area {RESERVED}")
@@ -69,6 +89,40 @@ def normalize(path: str) -> str:
     if _utf8_len(rel, path) > MAX_PATH:  # NFC can lengthen a string
         raise PermissionDenied(f"path {_show(path)} is longer than {MAX_PATH} bytes")
     return rel
+
+
+def _check_unicode(path: str) -> None:
+    for ch in path:
+        if unicodedata.category(ch) in _BAD_CATEGORIES:
+            raise PermissionDenied(f"path {_show(path)} contains the invisible U+{ord(ch):04X}")
+        if ch in _SLASH_LOOKALIKES:
+            raise PermissionDenied(
+                f"path {_show(path)} contains U+{ord(ch):04X}, a slash look-alike"
+            )
+
+
+def _check_lookalike(part: str, path: str) -> None:
+    """Refuse a name that compatibility normalisation (NFKC, as some tools and filesystems
+    apply) turns into ".", ".." or something with a separator."""
+    folded = unicodedata.normalize("NFKC", part)
+    if folded in (".", "..") or "/" in folded or "\\" in folded:
+        raise PermissionDenied(f"path {_show(path)} has a name that reads as {folded!r}")
+
+
+def _check_encoded(part: str, path: str) -> None:
+    """Refuse a name that percent-decodes (up to three times) to ".", ".." or a separator:
+    another layer (a proxy, a shell script, an object store) might decode it."""
+    for _ in range(_DECODE_ROUNDS):
+        try:
+            decoded = urllib.parse.unquote(part, errors="strict")
+        except UnicodeDecodeError:  # e.g. %c0%ae, the overlong "." of old exploits
+            why = "hides invalid UTF-8 in percent-encoding"
+            raise PermissionDenied(f"path {_show(path)} {why}") from None
+        if decoded == part:
+            return
+        if decoded in (".", "..") or any(c in decoded for c in "/\\\x00"):
+            raise PermissionDenied(f"path {_show(path)} hides {decoded!r} in percent-encoding")
+        part = decoded
 
 
 def require_file_path(path: str) -> str:

@@ -401,12 +401,12 @@ class StagedFile:
 
     # --- ending ------------------------------------------------------------------------------
 
-    def publish(self, dest: Path, mode: int) -> None:
+    def publish(self, dest: Path | str, mode: int, dir_fd: int | None = None) -> None:
         """Atomically move the complete file to `dest` with permissions `mode & 0o777`.
 
-        The data is fsynced before the rename and dest's directory after it, so a crash leaves
-        either the old `dest` or the complete new one. The journal is then removed and this
-        object closed.
+        With `dir_fd`, `dest` is a name in that (open) directory. The data is fsynced before
+        the rename and dest's directory after it, so a crash leaves either the old `dest` or
+        the complete new one. The journal is then removed and this object closed.
 
         Raises:
             StorageError: not complete, or the filesystem failed (Conflict if dest is a
@@ -419,10 +419,13 @@ class StagedFile:
         with storage_errors(f"publishing {self.label}"):
             os.fchmod(dfd, mode & 0o777)
             os.fsync(dfd)
-            os.replace(self.data_path, dest)
+            os.replace(self.data_path, dest, dst_dir_fd=dir_fd)
         try:
             with storage_errors(f"publishing {self.label}"):
-                fsync_dir(dest.parent)
+                if dir_fd is None:
+                    fsync_dir(Path(dest).parent)
+                else:
+                    os.fsync(dir_fd)
                 os.unlink(self.journal_path)
                 fsync_dir(self.journal_path.parent)
         finally:

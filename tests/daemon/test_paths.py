@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from fluxd.storage.paths import normalize, require_file_path, resolve
 from fluxproto.errors import PermissionDenied
 from fluxproto.frames import MAX_PATH
+from tests import hostile_paths
 
 ACCEPTED = [
     ("/", ""),
@@ -158,3 +159,22 @@ def test_resolve_refuses_symlink_into_reserved_area(tmp_path: Path) -> None:
     for rel in ("sneaky", "sneaky/manifests", "self/.flux/x"):
         with pytest.raises(PermissionDenied, match="reserved"):
             resolve(tmp_path, rel)
+
+
+# --- the traversal corpus -----------------------------------------------------------------------
+
+
+def test_the_corpus_is_large_enough() -> None:
+    assert len(hostile_paths.ALL) >= 50
+    assert len(set(hostile_paths.ALL)) == len(hostile_paths.ALL)
+
+
+@pytest.mark.parametrize("path", hostile_paths.REFUSED_BY_RULES)
+def test_normalize_refuses_every_hostile_path(path: str) -> None:
+    with pytest.raises(PermissionDenied):
+        normalize(path)
+
+
+@pytest.mark.parametrize("path", ["100%", "a%20b", "%41", "50%off/x", "%e2%82%ac"])
+def test_harmless_percent_signs_are_plain_characters(path: str) -> None:
+    assert normalize(path) == path
