@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .access import AccessLog
 from .auth.gate import Authenticator
+from .buffers import ReceiveBudget
 from .claims import UploadClaims
 from .config import ServerConfig
 from .limits import Admission, Throttle
@@ -25,3 +26,5 @@ class Shared:
     admission: Admission
     throttle: Throttle
     access: AccessLog
+    #: Received chunk buffers of all connections (limits.memory); TCP readers pause beyond it.
+    budget: ReceiveBudget

@@ -19,7 +19,7 @@ from fluxproto import AuthError, ConnectError, Connection, Role
 from . import log
 from .access import AccessLog
 from .auth.gate import Authenticator
-from .buffers import POOL
+from .buffers import ReceiveBudget
 from .chunkflow import Channel
 from .claims import UploadClaims
 from .config import ServerConfig, format_hostport, is_loopback
@@ -58,7 +58,9 @@ class FluxServer:
             Admission(config.limits),
             Throttle(config.limits),
             AccessLog(config.access_log),
+            ReceiveBudget(config.limits.memory),
         )
+        self.budget = self.shared.budget
         self._listener: Listener | None = None
         self._quic: QuicListener | None = None
         self._sessions: dict[asyncio.Task[None], Session] = {}
@@ -90,6 +92,7 @@ class FluxServer:
                     self._start_quic_session,
                     self.config.quic_datagram_size,
                     self.config.limits.max_header,
+                    self.budget.alloc,
                 )
                 udp = await self._quic.start(host, port)
                 bound += [("quic", format_hostport(h, p)) for h, p in udp]
@@ -110,8 +113,9 @@ class FluxServer:
         return slot.release
 
     def _start_tcp_session(self, sock: socket.socket, release: Callable[[], None]) -> None:
-        conn = Connection(Role.SERVER, alloc=POOL.get, max_header=self.config.limits.max_header)
-        self._start_session(SocketChannel(sock, conn), release)
+        limits = self.config.limits
+        conn = Connection(Role.SERVER, alloc=self.budget.alloc, max_header=limits.max_header)
+        self._start_session(SocketChannel(sock, conn, self.budget), release)
 
     def _start_quic_session(self, ch: QuicChannel) -> None:
         release = self._admit(ch.peer.rpartition(":")[0].strip("[]"))

@@ -269,7 +269,9 @@ class Session:
 
     async def _upload_claimed(self, key: str, f: OpenUpload) -> int:
         upload = await self._blocking(self.storage.open_upload, key, f.size, f.chunk_size, f.mode)
-        writer = ChunkWriter(self.ch, upload, executor=self.pool)
+        writer = ChunkWriter(
+            self.ch, upload, executor=self.pool, release=self.shared.budget.release
+        )
         try:
             self.ch.send(held_status(upload))
             while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -60,7 +61,8 @@ class FluxPeer(Service):
     given) goes to the daemon as --quic-datagram-size and to the client as
     FLUX_QUIC_DATAGRAM_SIZE, so both ends use the same datagram size. `placement` puts the
     daemon and the client on loopback or into an emulated link's namespaces; `tool` names the
-    peer in reports.
+    peer in reports. The daemon serves anonymous clients even on an emulated link's non-loopback
+    address (the namespaces are the harness's own); `limits` become its `[limits]` table.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class FluxPeer(Service):
         placement: Placement = LOOPBACK,
         tool: str = "fluxctl",
         strict: bool = True,
+        limits: dict[str, int | str] | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise BenchError(f"unknown fluxctl transport {transport!r}: choose {TRANSPORTS}")
@@ -81,6 +84,7 @@ class FluxPeer(Service):
         #: Strict: the file must go over exactly once (no retry resent a chunk). Emulated links
         #: with address changes make TCP reconnect; there, resent bytes are reported instead.
         self.strict = strict
+        self.limits = limits or {}
         self.port, self.fingerprint = 0, ""
         self._tmp: Path | None = None
         self._env: dict[str, str] = {}
@@ -96,8 +100,13 @@ class FluxPeer(Service):
         argv = [
             *self.placement.server_prefix, flux_binary("fluxd"), "serve", "--root",
             str(self.root), "--listen", f"{self.placement.host}:0",
-            "--certs", str(self._tmp / "certs"),
+            "--certs", str(self._tmp / "certs"), "--anonymous",
         ]  # fmt: skip
+        if self.limits:
+            config = self._tmp / "fluxd.toml"
+            lines = [f"{k} = {json.dumps(v)}" for k, v in self.limits.items()]
+            config.write_text("[limits]\n" + "\n".join(lines) + "\n")
+            argv += ["--config", str(config)]
         if self.quic_datagram_size is not None:
             argv += [QUIC_FLAG, str(self.quic_datagram_size)]
             self._env[QUIC_ENV] = str(self.quic_datagram_size)

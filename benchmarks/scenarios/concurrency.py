@@ -93,7 +93,15 @@ def run(args: argparse.Namespace) -> int:
         data["machine"] = describe(ws.base)
         src, digest = ws.source(size)
         (ws.path / "flux").mkdir()
-        with FluxPeer(ws.path / "flux", args.transport) as flux:
+        # One address and one (anonymous) account for the whole crowd: limits sized for it.
+        crowd = max(crowds)
+        limits: dict[str, int | str] = {
+            "connections": crowd + 64,
+            "connections_per_address": crowd + 64,
+            "connections_per_subject": crowd + 64,
+            "uploads_per_subject": crowd + 64,
+        }
+        with FluxPeer(ws.path / "flux", args.transport, limits=limits) as flux:
             print(f"one client, {format_size(size)}, 3 times", file=sys.stderr)
             single = [_crowd(flux, src, digest, 1, args.transport) for _ in range(3)]
             rates = [one["aggregate_mb_per_s"] for one in single]

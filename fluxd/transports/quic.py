@@ -107,12 +107,14 @@ class QuicChannel(QuicConnectionProtocol):
         stream_handler: Any = None,
         on_ready: Callable[[QuicChannel], None] | None = None,
         max_header: int = MAX_HEADER,
+        alloc: Callable[[int], memoryview] = POOL.get,
     ) -> None:
         super().__init__(quic, stream_handler)
         self._loop = PreciseClock(self._loop)  # type: ignore[assignment]
         quic._loss._pacer = TimerAwarePacer(max_datagram_size=quic._max_datagram_size)
         role = Role.CLIENT if quic.configuration.is_client else Role.SERVER
-        self.conn = Connection(role, alloc=POOL.get, max_header=max_header)
+        self.conn = Connection(role, alloc=alloc, max_header=max_header)
+        self._alloc = alloc
         self.peer = "?"
         self._peer_addr: NetworkAddress | None = None
         #: The client's own UDP socket (None on the server, whose socket all connections share).
@@ -296,7 +298,7 @@ class QuicChannel(QuicConnectionProtocol):
         reader = self._data_in.get(sid)
         if reader is None:
             reader = self._data_in[sid] = FrameReader(
-                max_chunk=MAX_CHUNK, alloc=POOL.get, max_header=self.conn.max_header
+                max_chunk=MAX_CHUNK, alloc=self._alloc, max_header=self.conn.max_header
             )
         try:
             reader.feed(event.data)
@@ -467,9 +469,10 @@ class QuicListener:
         on_channel: Callable[[QuicChannel], None],
         datagram_size: int,
         max_header: int = MAX_HEADER,
+        alloc: Callable[[int], memoryview] = POOL.get,
     ) -> None:
         self._config = configuration(is_client=False, datagram_size=datagram_size)
-        self._max_header = max_header
+        self._max_header, self._alloc = max_header, alloc
         self._config.load_cert_chain(paths.server_cert, paths.server_key)
         self._on_channel = on_channel
         self._server: QuicServer | None = None
@@ -482,7 +485,11 @@ class QuicListener:
             port,
             configuration=self._config,
             create_protocol=lambda quic, stream_handler=None: QuicChannel(
-                quic, stream_handler, on_ready=self._on_channel, max_header=self._max_header
+                quic,
+                stream_handler,
+                on_ready=self._on_channel,
+                max_header=self._max_header,
+                alloc=self._alloc,
             ),
             # Single use: a replayed 0-RTT ticket finds nothing and gets a full handshake.
             session_ticket_fetcher=lambda ticket: self._tickets.pop(ticket, None),

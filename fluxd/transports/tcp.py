@@ -28,6 +28,7 @@ from fluxproto import (
     State,
 )
 
+from ..buffers import ReceiveBudget
 from .inbox import Inbox
 
 #: Events waiting for the session before we stop reading. The protocol window bounds chunks;
@@ -51,7 +52,11 @@ class SocketChannel:
     transport = "tcp"
     copies_on_send = False  # queued memoryviews are written later: buffers live until acked
 
-    def __init__(self, sock: socket.socket, conn: Connection) -> None:
+    def __init__(
+        self, sock: socket.socket, conn: Connection, budget: ReceiveBudget | None = None
+    ) -> None:
+        """`budget`, if given, is the daemon-wide limit on received chunk buffers (`conn`
+        allocates from it): reading pauses while it is spent."""
         sock.setblocking(False)
         self.sock, self.conn = sock, conn
         self.loop = asyncio.get_running_loop()
@@ -67,6 +72,7 @@ class SocketChannel:
         self._lost = False
         self._gone = asyncio.Event()
         self._closing = False
+        self._memory = budget
         self._resume_reading()
 
     # --- channel API ------------------------------------------------------------------------
@@ -150,6 +156,13 @@ class SocketChannel:
         budget = READ_BUDGET
         try:
             while budget > 0 and self._reading:
+                # Only between frames: a payload buffer already taken must be filled, or every
+                # connection could end up holding a half-read chunk and none could finish.
+                memory = self._memory
+                if memory is not None and memory.exhausted and self.conn.between_frames:
+                    self._pause_reading()  # other connections' chunks must reach disk first
+                    memory.when_available(self._resume_reading)
+                    return
                 buf = self.conn.get_buffer()
                 n = self.sock.recv_into(buf)
                 if n == 0:

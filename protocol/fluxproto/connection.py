@@ -140,6 +140,12 @@ class Connection:
 
     # --- receiving -----------------------------------------------------------------------------
 
+    @property
+    def between_frames(self) -> bool:
+        """True when no received frame is partly buffered (so the next read starts a new one,
+        and a transport may stop reading without stranding a half-filled payload buffer)."""
+        return self._reader.at_boundary and not self._inbox
+
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """A buffer for the transport to fill; call `next_event` after each `buffer_updated`.
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import gc
 import mmap
 import threading
 
 import pytest
 
-from fluxd.buffers import PAGE, POOL, BufferPool, is_page_aligned
+from fluxd.buffers import PAGE, POOL, BufferPool, ReceiveBudget, is_page_aligned
 
 
 def address(view: memoryview) -> int:
@@ -208,3 +210,57 @@ def test_two_threads_share_a_pool_consistently() -> None:
                 assert pool.idle_bytes == before  # a fresh mapping: this size class is empty
                 break
     assert pool.idle_bytes == 0
+
+
+# --- ReceiveBudget ------------------------------------------------------------------------------
+
+
+def test_budget_counts_live_views_and_forgets_them_when_they_die() -> None:
+    budget = ReceiveBudget(3 * PAGE)
+    views = [budget.alloc(PAGE) for _ in range(2)]
+    assert budget.in_use == 2 * PAGE and not budget.exhausted
+    views.append(budget.alloc(PAGE))
+    assert budget.exhausted
+    for v in views:
+        POOL.put(v)
+    del v, views
+    gc.collect()
+    assert budget.in_use == 0
+
+
+def test_release_uncounts_at_once_even_if_a_stale_reference_lives_on() -> None:
+    budget = ReceiveBudget(PAGE)
+    view = budget.alloc(PAGE)
+    stale = view  # e.g. a Chunk frame still bound to a local variable
+    budget.release(view)
+    assert budget.in_use == 0 and not budget.exhausted
+    del view, stale
+    gc.collect()
+    assert budget.in_use == 0, "collected after release: not uncounted twice"
+
+
+def test_a_view_dropped_without_put_is_uncounted_too() -> None:
+    budget = ReceiveBudget(PAGE)
+    view = budget.alloc(100)
+    assert budget.in_use == 100
+    del view
+    gc.collect()
+    assert budget.in_use == 0
+
+
+def test_waiters_are_called_once_usage_is_below_the_limit() -> None:
+    async def scenario() -> list[str]:
+        budget = ReceiveBudget(PAGE)
+        calls: list[str] = []
+        done = asyncio.Event()
+        budget.when_available(lambda: calls.append("at once"))
+        view = budget.alloc(PAGE)
+        budget.when_available(lambda: (calls.append("later"), done.set()))
+        await asyncio.sleep(0)
+        assert calls == ["at once"]  # still exhausted: the second waits
+        del view
+        gc.collect()
+        await asyncio.wait_for(done.wait(), 5)
+        return calls
+
+    assert asyncio.run(scenario()) == ["at once", "later"]
