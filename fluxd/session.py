@@ -22,6 +22,7 @@ from fluxproto import (
     Commit,
     Committed,
     ConnectionClosed,
+    ConnectionLost,
     Delete,
     Deleted,
     Entry,
@@ -43,6 +44,7 @@ from fluxproto import (
     State,
     Status,
     TransportError,
+    Unavailable,
     VersionMismatch,
     Welcome,
     chunk_count,
@@ -158,8 +160,13 @@ class Session:
             raise VersionMismatch(f"server speaks protocol version {PROTOCOL_VERSION}")
         grant = self.shared.auth.authenticate(hello.token)
         self.account = grant.subject if grant.jti is not None else f"anonymous@{_host(self.ch)}"
-        self._slots.append(self.shared.admission.subject(self.account))
         self.grant = grant
+        try:
+            self._slots.append(self.shared.admission.subject(self.account))
+        except Unavailable as exc:  # retryable for the client; for us the connection ends
+            self._access(op="connect", result=_result(exc), duration=self._age())
+            self._send_error(exc)
+            raise ConnectionLost(exc.message) from None
         self._pace = self.shared.throttle.pacer(self.account)
         self.ch.send(
             Welcome(
