@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench clean sysdeps
+.PHONY: demo test lint typecheck pytest bench fuzz clean sysdeps
 
 # Python 3.11+ with venv and pip; installs Debian's python3-venv only when venv is missing.
 sysdeps:
@@ -40,6 +40,11 @@ bench: $(STAMP)
 	$(PY) -m benchmarks quic
 	$(PY) -m benchmarks links
 	$(PY) -m benchmarks concurrency
+	$(PY) -m benchmarks ratelimit
+
+# Every fuzz property with 10000 inputs each (make test runs 800); the count goes to RESULTS.md.
+fuzz: $(STAMP)
+	$(PY) -m benchmarks.fuzz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -16,7 +16,9 @@ Groups = dict[str, dict[str, dict[str, float]]]  # group -> tool -> {median, min
 
 
 def _groups(scenario: str, data: dict[str, Any]) -> tuple[Groups, str]:
-    """The bars to draw: one group per link/crowd/size, one bar per tool."""
+    """The bars to draw: one group per link/crowd/size, one bar per tool (none for fuzz)."""
+    if scenario == "fuzz":
+        return {}, ""
     if scenario == "links":  # as a share of each link's rate, so that links compare
         groups: Groups = {}
         for link in data["links"]:
@@ -40,9 +42,29 @@ def _groups(scenario: str, data: dict[str, Any]) -> tuple[Groups, str]:
                 "fluxd": {"median": rate, "min": rate, "max": rate}
             }
         return groups, "aggregate goodput of concurrent 10 MiB uploads (MB/s)"
+    if scenario == "ratelimit":  # as a share of each limit: 100 % is on target
+        groups = {}
+        for r in data["per_subject"]:
+            groups[f"{r['limit']:g} MB/s per subject"] = {
+                way: {k: v / r["limit"] * 100 for k, v in _stats(r[way]).items()}
+                for way in ("upload", "download")
+            }
+        g = data["global"]
+        share = g["aggregate"] / g["limit"] * 100
+        groups[f"{g['limit']:g} MB/s global, 2 clients"] = {
+            "upload": {"median": share, "min": share, "max": share}
+        }
+        return groups, "measured rate, % of the configured limit (median; bars: min-max)"
     summary = data["throughput"]["summary"]
     title = f"{scenario}: goodput over loopback (MB/s, median; bars: min-max)"
     return {"loopback": {t: s["mb_per_s"] for t, s in summary.items()}}, title
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return {"median": median, "min": ordered[0], "max": ordered[-1]}
 
 
 def plot(

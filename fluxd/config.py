@@ -125,7 +125,7 @@ class Limits:
     connections_per_subject: int = 64
     #: Uploads one subject may have open at once.
     uploads_per_subject: int = 16
-    #: Seconds from accept to a completed HELLO (TLS included).
+    #: Seconds the TLS handshake may take after accept, and then again for HELLO to arrive.
     handshake_timeout: float = 10.0
     #: Seconds a connection may stay silent before the daemon closes it.
     idle_timeout: float = 120.0

@@ -86,8 +86,8 @@ class Session:
         ch: the connection.
         shared: the daemon's config, storage, authenticator and limits.
         release: frees the connection's place in the connection limits (called once, at end).
-        accepted: `time.monotonic()` at accept; HELLO must arrive within the handshake
-            timeout of it (TLS included).
+        accepted: `time.monotonic()` when the connection was ready (TLS done); HELLO must
+            arrive within the handshake timeout of it.
     """
 
     def __init__(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import concurrency, core, links, quic
+from . import concurrency, core, links, quic, ratelimit
 
 SCENARIOS: dict[str, ModuleType] = {
     "core": core,
     "quic": quic,
     "links": links,
     "concurrency": concurrency,
+    "ratelimit": ratelimit,
 }

@@ -222,9 +222,12 @@ class Verifier:
             raise AuthError("token has an empty or non-string jti or sub")
         if self.revoked(jti):
             raise AuthError(f"token {jti} was revoked")
+        scope = claims.get("scope", "")
+        if not isinstance(scope, str):
+            raise AuthError("token scopes are not valid: `scope` must be a space-separated string")
         try:
-            scopes = parse_scopes(claims.get("scope", ""))
-        except (ValueError, TypeError) as exc:
+            scopes = parse_scopes(scope)
+        except ValueError as exc:
             raise AuthError(f"token scopes are not valid: {exc}") from None
         root = subject_root(self.root_template, sub) if self.root_template else ""
         return Grant(sub, jti, scopes, root, float(claims["exp"]))

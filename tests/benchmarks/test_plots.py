@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks.fuzz import count_inputs
 from benchmarks.plots import _groups
 
 
@@ -59,3 +60,21 @@ def test_loopback_scenarios_draw_every_tool_of_the_summary() -> None:
 def test_a_link_refused_by_its_self_test_has_no_bars() -> None:
     data = {"links": [{"link": "wan", "spec": {"rate": 100e6}, "refused": "self-test"}]}
     assert _groups("links", data)[0] == {}
+
+
+def test_fuzz_counts_are_read_from_hypothesis_statistics() -> None:
+    out = """
+tests/daemon/test_x.py::test_a:
+
+  - during reuse phase (0.00 seconds):
+    - 2 passing, 0 failing, and 0 invalid test cases
+  - during generate phase (1.20 seconds):
+    - 798 passing, 0 failing, and 5 invalid test cases
+
+tests/daemon/test_x.py::test_b:
+    - 10 passing, 1 failing, and 0 invalid test cases
+"""
+    assert count_inputs(out) == {
+        "tests/daemon/test_x.py::test_a": [800, 0, 5],
+        "tests/daemon/test_x.py::test_b": [10, 1, 0],
+    }

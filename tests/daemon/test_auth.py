@@ -20,6 +20,7 @@ from fluxd.auth.gate import Authenticator
 from fluxd.auth.registry import Revocations, TokenRegistry
 from fluxd.auth.scopes import Grant, Scope, parse_scopes, subject_root
 from fluxd.auth.tokens import SigningKey, Verifier, key_id, load_public_keys
+from fluxd.cli import parse_ttl
 from fluxd.config import AuthConfig, ServerConfig
 from fluxproto import AuthError, ConfigError, PermissionDenied
 
@@ -351,3 +352,19 @@ def test_invalid_reason_follows_revocation_and_expiry(tmp_path: Path) -> None:
     with pytest.raises(AuthError, match="revoked"):
         auth.authenticate(token)
     assert auth.invalid_reason(auth.authenticate(None)) is None  # anonymous never expires
+
+
+# --- fluxd token --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("3600", 3600)]
+)
+def test_ttl_parses(text: str, seconds: int) -> None:
+    assert parse_ttl(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "0d", "soon", "-1h", "1y", ""])
+def test_bad_ttl_is_a_config_error(text: str) -> None:
+    with pytest.raises(ConfigError, match="not a duration"):
+        parse_ttl(text)

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from proto_support import (
-    FUZZ_EXAMPLES,
     NCHUNKS,
     SAMPLES,
     ConnectionPair,
@@ -47,6 +46,7 @@ from fluxproto import (
 )
 from fluxproto.codec import PREFIX_SIZE
 from fluxproto.frames import FRAME_CLASSES
+from tests.fuzzing import FUZZ_EXAMPLES
 
 FUZZ = settings(
     max_examples=FUZZ_EXAMPLES,
