@@ -18,7 +18,14 @@ from .config import Limits
 #: few seconds is the configured one, and large enough to pass one chunk without a wait.
 BURST_SECONDS = 0.25
 
-__all__ = ["Admission", "Slot", "Throttle", "TokenBucket"]
+__all__ = ["Admission", "Slot", "Throttle", "TokenBucket", "peer_host"]
+
+
+def peer_host(peer: str) -> str:
+    """A channel's `peer` without the port (`1.2.3.4:5` and `[::1]:5` forms): what the
+    per-address limits count."""
+    host = peer.rpartition(":")[0] or peer
+    return host.strip("[]")
 
 
 class Slot:

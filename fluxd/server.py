@@ -24,7 +24,7 @@ from .chunkflow import Channel
 from .claims import UploadClaims
 from .config import ServerConfig, format_hostport, is_loopback
 from .context import Shared
-from .limits import Admission, Throttle
+from .limits import Admission, Throttle, peer_host
 from .session import Session
 from .storage.base import Storage
 from .tls import CertPaths
@@ -60,7 +60,6 @@ class FluxServer:
             AccessLog(config.access_log),
             ReceiveBudget(config.limits.memory),
         )
-        self.budget = self.shared.budget
         self._listener: Listener | None = None
         self._quic: QuicListener | None = None
         self._sessions: dict[asyncio.Task[None], Session] = {}
@@ -92,7 +91,7 @@ class FluxServer:
                     self._start_quic_session,
                     self.config.quic_datagram_size,
                     self.config.limits.max_header,
-                    self.budget.alloc,
+                    self.shared.budget.alloc,
                 )
                 udp = await self._quic.start(host, port)
                 bound += [("quic", format_hostport(h, p)) for h, p in udp]
@@ -113,12 +112,12 @@ class FluxServer:
         return slot.release
 
     def _start_tcp_session(self, sock: socket.socket, release: Callable[[], None]) -> None:
-        limits = self.config.limits
-        conn = Connection(Role.SERVER, alloc=self.budget.alloc, max_header=limits.max_header)
-        self._start_session(SocketChannel(sock, conn, self.budget), release)
+        budget, max_header = self.shared.budget, self.config.limits.max_header
+        conn = Connection(Role.SERVER, alloc=budget.alloc, max_header=max_header)
+        self._start_session(SocketChannel(sock, conn, budget), release)
 
     def _start_quic_session(self, ch: QuicChannel) -> None:
-        release = self._admit(ch.peer.rpartition(":")[0].strip("[]"))
+        release = self._admit(peer_host(ch.peer))
         if release is None:
             ch.close()
             return

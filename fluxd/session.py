@@ -68,7 +68,7 @@ from .chunkflow import (
     send_chunks,
 )
 from .context import Shared
-from .limits import Slot
+from .limits import Slot, peer_host
 from .storage.base import Download, Upload
 from .storage.paths import require_file_path
 
@@ -86,8 +86,8 @@ class Session:
         ch: the connection.
         shared: the daemon's config, storage, authenticator and limits.
         release: frees the connection's place in the connection limits (called once, at end).
-        accepted: `time.monotonic()` when the connection was ready (TLS done); HELLO must
-            arrive within the handshake timeout of it.
+
+    HELLO must arrive within the handshake timeout of the session's start (TLS is done by then).
     """
 
     def __init__(
@@ -95,7 +95,6 @@ class Session:
         ch: Channel,
         shared: Shared,
         release: Callable[[], None] = lambda: None,
-        accepted: float | None = None,
     ) -> None:
         self.ch, self.shared = ch, shared
         self.config, self.limits = shared.config, shared.config.limits
@@ -104,7 +103,7 @@ class Session:
         #: Who per-subject limits count: the token's subject, anonymous clients per address.
         self.account = ""
         self._slots = [Slot(release)]
-        self._accepted = accepted if accepted is not None else time.monotonic()
+        self._started = time.monotonic()
         self._pace: Callable[[int], float] | None = None
         self._ended_by: FluxError | None = None
         # Request frame → (name in the log, handler returning the payload bytes moved).
@@ -154,12 +153,12 @@ class Session:
             self.ch.close()
 
     async def _handshake(self) -> None:
-        left = self.limits.handshake_timeout - self._age()
-        hello = await expect(self.ch, Hello, max(0.05, left))
+        hello = await expect(self.ch, Hello, self.limits.handshake_timeout)
         if PROTOCOL_VERSION not in hello.versions:
             raise VersionMismatch(f"server speaks protocol version {PROTOCOL_VERSION}")
         grant = self.shared.auth.authenticate(hello.token)
-        self.account = grant.subject if grant.jti is not None else f"anonymous@{_host(self.ch)}"
+        anonymous = f"anonymous@{peer_host(self.ch.peer)}"
+        self.account = grant.subject if grant.jti is not None else anonymous
         self.grant = grant
         try:
             self._slots.append(self.shared.admission.subject(self.account))
@@ -178,7 +177,7 @@ class Session:
         )
 
     def _age(self) -> float:
-        return time.monotonic() - self._accepted
+        return time.monotonic() - self._started
 
     def _access(self, **fields: Any) -> None:
         grant = self.grant
@@ -375,12 +374,6 @@ class Session:
             frame = handle_control(self.ch, await self.ch.next_event(self.limits.idle_timeout))
             if frame is not None:
                 return frame
-
-
-def _host(ch: Channel) -> str:
-    """The client's address without the port (`1.2.3.4:5` and `[::1]:5` forms)."""
-    host = ch.peer.rpartition(":")[0] or ch.peer
-    return host.strip("[]")
 
 
 def _result(exc: FluxError) -> str:

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fluxd.config import Limits
-from fluxd.limits import BURST_SECONDS, Admission, Throttle, TokenBucket
+from fluxd.limits import BURST_SECONDS, Admission, Throttle, TokenBucket, peer_host
 from fluxproto import LimitExceeded, Unavailable
 
 
@@ -93,3 +93,10 @@ def test_subject_and_upload_slots() -> None:
     u1.release()
     u2.release()
     assert "alice" not in adm.uploads and "alice" not in adm.reserved
+
+
+@pytest.mark.parametrize(
+    ("peer", "host"), [("1.2.3.4:5", "1.2.3.4"), ("[::1]:7070", "::1"), ("?", "?")]
+)
+def test_peer_host_drops_the_port(peer: str, host: str) -> None:
+    assert peer_host(peer) == host
