@@ -27,6 +27,7 @@ import msgpack
 from fluxproto.digest import FileHasher, chunk_digest
 from fluxproto.errors import (
     Conflict,
+    FluxError,
     IntegrityError,
     LimitExceeded,
     NotFound,
@@ -54,6 +55,7 @@ from .staging import READ_BLOCK, ChunkData, StagedFile, fsync_dir, pread_into
 
 _MANIFEST_LIMIT = MAX_DIGESTS_PAYLOAD + 64 * 1024
 _DIR = os.O_RDONLY | os.O_DIRECTORY
+_COPY_BATCH = 8  # chunks copied from the destination per durable write
 
 __all__ = ["LocalDownload", "LocalStorage", "LocalUpload", "Manifest"]
 
@@ -166,7 +168,20 @@ class LocalStorage:
             staged = self._open_staged(rel, size, chunk_size)
         except NotFound:  # a commit of the same path removed the folder under us: once more
             staged = self._open_staged(rel, size, chunk_size)
-        return LocalUpload(self, rel, staged, mode)
+        return LocalUpload(self, rel, staged, mode, self._base(rel, size, chunk_size))
+
+    def _base(self, rel: str, size: int, chunk_size: int) -> Manifest | None:
+        """The manifest of the file now at `rel` if it has this size and chunk size: chunks
+        the new file shares with it need not cross the network again (like rsync's basis
+        file), and re-sending an unchanged file costs one pass of hashing."""
+        try:
+            st = self._stat(rel)
+        except (OSError, FluxError):
+            return None
+        manifest = self._load_manifest(rel, st) if stat.S_ISREG(st.st_mode) else None
+        if manifest is None or (manifest.size, manifest.chunk_size) != (size, chunk_size):
+            return None
+        return manifest
 
     def _open_staged(self, rel: str, size: int, chunk_size: int) -> StagedFile:
         folder = self._staging / _key(rel)
@@ -253,6 +268,10 @@ class LocalStorage:
                     os.unlink(tmp)
                 raise
             fsync_dir(self._manifests)
+
+    def _forget_manifest(self, rel: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self._manifest_path(rel))
 
     def _load_manifest(self, rel: str, st: os.stat_result) -> Manifest | None:
         """The manifest of `rel` if it describes the file `st` is of; None otherwise."""
@@ -396,8 +415,7 @@ class LocalStorage:
             if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
                 raise Conflict(f"{rel} is a directory")
             os.unlink(name, dir_fd=fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._manifest_path(rel))
+            self._forget_manifest(rel)
             os.fsync(fd)
 
     def usage(self, path: str) -> int:
@@ -426,16 +444,48 @@ class LocalStorage:
         return total
 
 
-class LocalUpload:
-    """An upload into LocalStorage: a StagedFile plus where and how to publish it."""
+class _HeldWithBase(Mapping[int, bytes]):
+    """Every chunk: the staged one where there is one, else the destination's (the base)."""
 
-    def __init__(self, storage: LocalStorage, rel: str, staged: StagedFile, mode: int) -> None:
+    def __init__(self, staged: Mapping[int, bytes], base: bytes, count: int) -> None:
+        self._staged, self._base, self._count = staged, base, count
+
+    def __getitem__(self, index: int) -> bytes:
+        if index in self._staged:
+            return self._staged[index]
+        if not 0 <= index < self._count:
+            raise KeyError(index)
+        return self._base[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self._count))
+
+    def __len__(self) -> int:
+        return self._count
+
+
+class LocalUpload:
+    """An upload into LocalStorage: a StagedFile plus where and how to publish it, and the
+    file now at the destination (`base`) when its chunks can stand in for missing ones."""
+
+    def __init__(
+        self,
+        storage: LocalStorage,
+        rel: str,
+        staged: StagedFile,
+        mode: int,
+        base: Manifest | None = None,
+    ) -> None:
         self._storage, self._rel, self._staged, self._mode = storage, rel, staged, mode
+        self._base = base
 
     @property
     def held(self) -> Mapping[int, bytes]:
-        """Chunk index -> digest of every verified durable chunk."""
-        return self._staged.held
+        """Chunk index -> digest of every chunk the server can vouch for: verified durable
+        staged chunks, and (with a base) the destination's chunks where none is staged."""
+        if self._base is None:
+            return self._staged.held
+        return _HeldWithBase(self._staged.held, self._base.digests, self._staged.count)
 
     def write_chunks(self, batch: Sequence[ChunkData]) -> None:
         """See `StagedFile.write_chunks`."""
@@ -450,6 +500,11 @@ class LocalUpload:
             Conflict: the path became a directory, or a parent is a file.
         """
         staged = self._staged
+        if self._base is not None and not staged.complete:
+            if not staged.held and digest == self._base.digest and self._unchanged_at_dest():
+                self._keep_dest()  # the destination already is this file (a resend, a lost reply)
+                return
+            self._fill_from_base()
         if not staged.complete:
             raise IntegrityError(f"missing {staged.count - len(staged.held)} chunks of {self._rel}")
         if staged.file_digest() != digest:
@@ -458,6 +513,71 @@ class LocalUpload:
                 f"file digest mismatch for {self._rel}; {len(bad)} stored chunks were corrupt"
             )
         self._storage._publish(self._rel, staged, digest, self._mode)
+
+    def _unchanged_at_dest(self) -> bool:
+        assert self._base is not None
+        try:
+            dl = self._storage.open_download(self._rel, self._base.chunk_size)
+        except FluxError:
+            return False
+        try:
+            return (dl.digest, dl.chunk_size, dl.size) == (
+                self._base.digest,
+                self._base.chunk_size,
+                self._base.size,
+            )
+        finally:
+            dl.close()
+
+    def _keep_dest(self) -> None:
+        """Commit as a no-op: set the mode the upload asked for, drop the staging."""
+        with storage_errors(f"setting the mode of {self._rel}"):
+            fd = self._storage._beneath.open(self._storage._inner(self._rel), os.O_RDONLY)
+            try:
+                if stat.S_IMODE(os.fstat(fd).st_mode) != self._mode & 0o777:
+                    os.fchmod(fd, self._mode & 0o777)
+            finally:
+                os.close(fd)
+        self.abort()
+
+    def _fill_from_base(self) -> None:
+        """Copy into the staged file the chunks the client skipped because the destination
+        had them, checking each against the base manifest.
+
+        Raises:
+            IntegrityError: the destination changed since the upload opened (the client then
+                resends: its next STATUS no longer offers those chunks).
+        """
+        assert self._base is not None
+        base, staged = self._base, self._staged
+        missing = staged.missing()
+        changed = IntegrityError(f"{self._rel} changed during the upload; resend the rest")
+        try:
+            dl = self._storage.open_download(self._rel, base.chunk_size)
+        except (NotFound, Conflict):
+            raise changed from None
+        try:
+            if (dl.digest, dl.chunk_size) != (base.digest, base.chunk_size):
+                raise changed
+            for start in range(0, len(missing), _COPY_BATCH):
+                batch: list[ChunkData] = []
+                try:
+                    for index in missing[start : start + _COPY_BATCH]:
+                        data = dl.read_chunk(index)
+                        digest = base.digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
+                        batch.append((index, digest, data))
+                        if chunk_digest(data) != digest:
+                            # Replaced so fast that size, mtime and inode all look the same:
+                            # the manifest no longer describes the file, so forget it.
+                            self._storage._forget_manifest(self._rel)
+                            raise changed
+                    staged.write_chunks(batch)
+                finally:
+                    for _, _, buf in batch:
+                        if isinstance(buf, memoryview):
+                            POOL.put(buf)
+        finally:
+            dl.close()
 
     def close(self) -> None:
         """Keep the staged chunks for a resume. Idempotent; a no-op after commit."""

@@ -289,3 +289,23 @@ def test_recv_resume_when_remote_file_changed(
 
 def test_free_port_helper_gives_bindable_port() -> None:
     assert 0 < free_port() < 65536
+
+
+def test_sending_again_moves_only_what_changed(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    src = tmp_path / "again.bin"
+    data = bytearray(os.urandom(6 * 1024 * 1024))
+    src.write_bytes(data)
+    args = ("send", str(src), daemon.url("/again.bin"), "--chunk-size", "1M", "--json")
+    first = fluxctl(*args)
+    assert first.code == 0 and first.json["sent"] == len(data)
+    same = fluxctl(*args)
+    assert same.code == 0, same.stderr
+    assert (same.json["sent"], same.json["skipped"]) == (0, len(data))
+    data[3 * 1024 * 1024 + 7] ^= 0xFF  # one chunk changes
+    src.write_bytes(data)
+    changed = fluxctl(*args)
+    assert changed.code == 0, changed.stderr
+    assert changed.json["sent"] == 1024 * 1024
+    assert (daemon.root / "again.bin").read_bytes() == bytes(data)
