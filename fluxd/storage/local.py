@@ -47,6 +47,7 @@ from fluxproto.frames import (
 
 from .. import log
 from ..buffers import POOL
+from ..crashpoints import crash_point
 from .base import EntryPage
 from .beneath import Beneath
 from .oserrors import storage_errors
@@ -239,6 +240,7 @@ class LocalStorage:
             digests = b"".join(staged.held[i] for i in range(staged.count))
             size, cs, mtime = staged.size, staged.chunk_size, st.st_mtime_ns
             self._write_manifest(Manifest(rel, size, cs, digest, digests, mtime, st.st_ino))
+            crash_point("manifest-written")
             staged.publish(inner.rpartition("/")[2], mode, dir_fd=parent)
         finally:
             os.close(parent)
@@ -512,7 +514,9 @@ class LocalUpload:
             raise IntegrityError(
                 f"file digest mismatch for {self._rel}; {len(bad)} stored chunks were corrupt"
             )
+        crash_point("commit-checked")
         self._storage._publish(self._rel, staged, digest, self._mode)
+        crash_point("published")
 
     def _unchanged_at_dest(self) -> bool:
         assert self._base is not None

@@ -32,6 +32,7 @@ from fluxproto.frames import DIGEST_SIZE, MAX_CHUNKS, chunk_count
 from fluxproto.ranges import to_ranges
 
 from ..buffers import PAGE, is_page_aligned
+from ..crashpoints import crash_point
 from .oserrors import storage_errors
 
 Buffer = bytes | bytearray | memoryview
@@ -308,9 +309,12 @@ class StagedFile:
         for index, _, data in batch:
             with storage_errors(f"writing chunk {index} of {self.label}"):
                 self._write_chunk(dfd, index, data)
+        crash_point("chunk-written")
         with storage_errors(f"syncing {self.label}"):
             os.fdatasync(dfd)
+        crash_point("data-synced")
         self._append(b"".join(_record(KIND_CHUNK, i, d) for i, d, _ in batch))
+        crash_point("chunks-durable")
         for index, digest, data in sorted(batch, key=lambda c: c[0]):
             self._note_written(index, digest, data)
 
@@ -360,6 +364,7 @@ class StagedFile:
         _, jfd = self._fds()
         with storage_errors(f"recording chunks of {self.label}"):
             _pwrite_all(jfd, records, self._jend)
+            crash_point("record-written")
             os.fdatasync(jfd)
         self._jend += len(records)
 
@@ -420,6 +425,7 @@ class StagedFile:
             os.fchmod(dfd, mode & 0o777)
             os.fsync(dfd)
             os.replace(self.data_path, dest, dst_dir_fd=dir_fd)
+        crash_point("renamed")
         try:
             with storage_errors(f"publishing {self.label}"):
                 if dir_fd is None:

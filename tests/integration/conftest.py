@@ -42,6 +42,8 @@ class Daemon:
 
     home: Path
     args: list[str]
+    #: Extra environment for the daemon process (FLUX_CRASH_AT for the kill-9 tests).
+    env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     fingerprint: str | None = None
     proc: subprocess.Popen[bytes] | None = None
@@ -64,7 +66,7 @@ class Daemon:
         listen = f"127.0.0.1:{self.port}"
         cmd = [str(BIN / "fluxd"), "serve", "--root", str(self.root), "--certs", str(self.certs)]
         cmd += ["--listen", listen, *self.args]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=_env(self.home))
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=_env(self.home) | self.env)
         ready = threading.Event()
         self._reader = threading.Thread(target=self._read_log, args=(self.proc, ready), daemon=True)
         self._reader.start()
@@ -178,8 +180,8 @@ class Fluxctl:
 def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     daemons: list[Daemon] = []
 
-    def make(*args: str, name: str = "d") -> Daemon:
-        d = Daemon(tmp_path / name, list(args)).start()
+    def make(*args: str, name: str = "d", env: dict[str, str] | None = None) -> Daemon:
+        d = Daemon(tmp_path / name, list(args), env or {}).start()
         daemons.append(d)
         return d
 
