@@ -1,13 +1,13 @@
-"""The `fluxd` command: `serve`, `certs`, `token`. Parses options, maps errors to exit codes."""
+"""The `fluxd` command: serve, scrub, certs, token. Parses options, maps errors to exit codes."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
 import os
-import re
 import resource
 import sys
 import time
@@ -19,14 +19,14 @@ import typer
 import uvloop
 
 from fluxproto import ConfigError, FluxError
-from fluxproto.errors import EXIT_OTHER, EXIT_USAGE
+from fluxproto.errors import EXIT_INTEGRITY, EXIT_OTHER, EXIT_USAGE
 
 from . import __version__, log
 from .auth.registry import TokenRegistry
 from .auth.scopes import parse_scopes, subject_root
 from .auth.tokens import SigningKey
 from .certs import ensure_certs, init_certs
-from .config import ServerConfig, data_dir, is_loopback, load_config
+from .config import ServerConfig, data_dir, is_loopback, load_config, parse_duration
 from .server import serve as run_server
 from .storage import LocalStorage
 from .tls import CertPaths, cert_fingerprint, server_ssl_context
@@ -120,6 +120,31 @@ def serve(
     _run_loop(run_server(cfg, storage, ssl_context, paths, fingerprint))
 
 
+@app.command()
+def scrub(
+    root: Annotated[
+        Path | None, typer.Option(help="Directory to check (default DATA/files).")
+    ] = None,
+    config: ConfigFile = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Verify every committed file against its chunk digests; exit 3 if any is corrupt."""
+    cfg = load_config(config, {"root": root})
+    report = LocalStorage(cfg.root).scrub()
+    if json_:
+        typer.echo(json.dumps(dataclasses.asdict(report)))
+    else:
+        for problem in report.corrupt:
+            typer.echo(f"corrupt: {problem}")
+        mib = report.bytes / (1 << 20)
+        typer.echo(
+            f"checked {report.checked} files ({mib:.1f} MiB): {len(report.corrupt)} corrupt, "
+            f"{report.stale} manifests of files changed outside fluxd dropped"
+        )
+    if report.corrupt:
+        raise typer.Exit(EXIT_INTEGRITY)
+
+
 @certs_app.command("init")
 def certs_init(
     dir: Annotated[
@@ -148,20 +173,16 @@ def certs_fingerprint(
     typer.echo(cert_fingerprint(CertPaths.in_dir(dir or data_dir() / "certs").server_cert))
 
 
-_TTL_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
-_TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
 def parse_ttl(text: str) -> int:
-    """`30d`, `12h`, `90m`, `3600` (seconds) into seconds.
+    """A token lifetime: `30d`, `12h`, `90m`, `3600` (seconds), at least one second.
 
     Raises:
         ConfigError: not a duration, or zero.
     """
-    m = _TTL_RE.match(text)
-    if not m or int(m.group(1)) == 0:
+    seconds = int(parse_duration(text))
+    if seconds < 1:
         raise ConfigError(f"not a duration: {text!r} (examples: 30d, 12h, 90m, 3600)")
-    return int(m.group(1)) * _TTL_UNITS[m.group(2)]
+    return seconds
 
 
 def _token_config(config: Path | None, certs: Path | None) -> ServerConfig:

@@ -50,6 +50,24 @@ def parse_size(text: str | int) -> int:
     return int(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str | float) -> float:
+    """`30d`, `12h`, `90m`, `3600` or a number of seconds, into seconds.
+
+    Raises:
+        ConfigError: not a duration.
+    """
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return float(text)
+    m = _DURATION_RE.match(str(text))
+    if not m:
+        raise ConfigError(f"not a duration: {text!r} (examples: 30d, 12h, 90m, 3600)")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
 def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """Parse `HOST:PORT`, `[V6]:PORT`, `HOST` into (host, port)."""
     m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", text.strip())
@@ -177,6 +195,12 @@ class ServerConfig:
     log_level: str = "info"
     #: Where the JSON-lines access log goes: a file path, or "-" for stderr with the daemon log.
     access_log: str = "-"
+    #: Staged uploads untouched this long (seconds) and held by no session are removed.
+    staging_grace: float = 86400.0
+    #: Seconds between garbage collections (also one at start); 0: only at start.
+    gc_every: float = 3600.0
+    #: Seconds between scrubs of every committed file against its manifest; 0: never.
+    scrub_every: float = 0.0
     auth: AuthConfig = dataclasses.field(default_factory=AuthConfig)
     limits: Limits = dataclasses.field(default_factory=Limits)
 
@@ -190,6 +214,9 @@ class ServerConfig:
             raise ConfigError("tcp and quic are both off: nothing to serve")
         if not 1200 <= self.quic_datagram_size <= 16000:
             raise ConfigError("quic_datagram_size must be between 1200 and 16000 bytes")
+        for name in ("staging_grace", "gc_every", "scrub_every"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"{name} must be >= 0 (finite seconds)")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level must be debug, info, warning or error")
         if self.limits.quota and "{sub}" not in self.auth.root:
@@ -243,6 +270,9 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Any]]] = {
             "shutdown_grace": float,
             "log_level": str,
             "access_log": str,
+            "staging_grace": parse_duration,
+            "gc_every": parse_duration,
+            "scrub_every": parse_duration,
         },
     ),
     "auth": (

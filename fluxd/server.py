@@ -7,14 +7,17 @@ clients it is going away, and keeps every partial upload for the clients to resu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
-from fluxproto import AuthError, ConnectError, Connection, Role
+from fluxproto import AuthError, ConnectError, Connection, FluxError, Role
 
 from . import log
 from .access import AccessLog
@@ -33,6 +36,11 @@ from .transports.tcp import Listener, SocketChannel
 
 #: How often revocations (and token expiry) are checked against live connections.
 GRANT_CHECK_EVERY = 1.0
+R = TypeVar("R")
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)
 
 
 class FluxServer:
@@ -63,7 +71,7 @@ class FluxServer:
         self._listener: Listener | None = None
         self._quic: QuicListener | None = None
         self._sessions: dict[asyncio.Task[None], Session] = {}
-        self._watcher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> list[tuple[str, str]]:
         """Bind and start accepting; returns (transport, HOST:PORT) for every listener.
@@ -71,6 +79,7 @@ class FluxServer:
         QUIC listens on the UDP port with the TCP listener's number (port 0: the one TCP got).
         QUIC always runs TLS, so it is off when TLS is.
         """
+        await self._recover()
         host, port = self.config.address
         bound: list[tuple[str, str]] = []
         try:
@@ -98,8 +107,47 @@ class FluxServer:
         except OSError as exc:
             self._close_listeners()
             raise ConnectError(f"cannot listen on {self.config.listen}: {exc.strerror}") from None
-        self._watcher = asyncio.get_running_loop().create_task(self._watch_grants())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._watch_grants())]
+        if self.config.gc_every:
+            self._tasks.append(loop.create_task(self._every(self.config.gc_every, self._collect)))
+        if self.config.scrub_every:
+            self._tasks.append(loop.create_task(self._every(self.config.scrub_every, self._scrub)))
         return bound
+
+    async def _recover(self) -> None:
+        """Before listening: rebuild the staging area after whatever stopped the last run, and
+        collect what was abandoned."""
+        started = time.monotonic()
+        found = await self._in_pool(self.storage.recover)
+        log.event("recovered", **dataclasses.asdict(found), seconds=_since(started))
+        await self._collect()
+
+    async def _collect(self) -> None:
+        grace = self.config.staging_grace
+        done = await self._in_pool(self.storage.collect, grace, time.time())
+        if done.uploads or done.manifests:
+            log.event("collected", **dataclasses.asdict(done))
+
+    async def _scrub(self) -> None:
+        started = time.monotonic()
+        report = await self._in_pool(self.storage.scrub)
+        for problem in report.corrupt:
+            log.event("corrupt-file", logging.ERROR, detail=problem)
+        fields = dataclasses.asdict(report) | {"corrupt": len(report.corrupt)}
+        log.event("scrubbed", **fields, seconds=_since(started))
+
+    async def _in_pool(self, fn: Callable[..., R], *args: Any) -> R:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
+        """Run `job` every `seconds`; a failure is logged and the next round still runs."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except FluxError as exc:
+                log.event("housekeeping-failed", logging.ERROR, error=exc.message)
 
     def _admit(self, host: str) -> Callable[[], None] | None:
         """A connection slot for `host`, or None (logged) when a connection limit is reached."""
@@ -145,8 +193,8 @@ class FluxServer:
                     session.end(AuthError(reason))
 
     def _close_listeners(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for task in self._tasks:
+            task.cancel()
         if self._listener is not None:
             self._listener.close()
         if self._quic is not None:

@@ -8,11 +8,14 @@ another session writing the path), NoSpace, IntegrityError, StorageError.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fluxproto.frames import Entry
 
 from .staging import ChunkData
+
+if TYPE_CHECKING:
+    from .housekeeping import Collected, Recovered, ScrubReport
 
 #: One page of a listing: entries sorted by name, and the cursor for the next page (or None).
 EntryPage = tuple[list[Entry], str | None]
@@ -107,4 +110,16 @@ class Storage(Protocol):
 
     def usage(self, path: str) -> int:
         """Bytes of the files stored under `path` (0 if it does not exist), for quotas."""
+        ...
+
+    def recover(self) -> Recovered:
+        """After a crash or restart: rebuild the staging area (see storage.housekeeping)."""
+        ...
+
+    def collect(self, grace: float, now: float) -> Collected:
+        """Remove staged uploads idle for `grace` seconds (never one a session holds)."""
+        ...
+
+    def scrub(self) -> ScrubReport:
+        """Verify every committed file against its chunk digests."""
         ...

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgpack
 
@@ -49,6 +50,9 @@ from .. import log
 from ..buffers import POOL
 from ..crashpoints import crash_point
 from .base import EntryPage
+
+if TYPE_CHECKING:
+    from .housekeeping import Collected, Recovered, ScrubReport
 from .beneath import Beneath
 from .oserrors import storage_errors
 from .paths import RESERVED, normalize, require_file_path, resolve
@@ -419,6 +423,24 @@ class LocalStorage:
             os.unlink(name, dir_fd=fd)
             self._forget_manifest(rel)
             os.fsync(fd)
+
+    def recover(self) -> Recovered:
+        """See `housekeeping.recover`."""
+        from .housekeeping import recover  # noqa: PLC0415 - housekeeping builds on this module
+
+        return recover(self)
+
+    def collect(self, grace: float, now: float) -> Collected:
+        """See `housekeeping.collect`."""
+        from .housekeeping import collect  # noqa: PLC0415
+
+        return collect(self, grace, now)
+
+    def scrub(self) -> ScrubReport:
+        """See `housekeeping.scrub`."""
+        from .housekeeping import scrub  # noqa: PLC0415
+
+        return scrub(self)
 
     def usage(self, path: str) -> int:
         """Bytes of the regular files under `path`, symlinks not followed (like `du -b`)."""

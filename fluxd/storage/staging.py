@@ -59,6 +59,21 @@ def _header(size: int, chunk_size: int) -> bytes:
     return body + _CRC.pack(zlib.crc32(body))
 
 
+def _parse_header(raw: bytes) -> tuple[int, int] | None:
+    """(size, chunk_size) from a journal header, or None if it is not a valid one."""
+    if len(raw) < HEADER_SIZE:
+        return None
+    body = raw[: _HEADER.size]
+    if zlib.crc32(body) != _CRC.unpack(raw[_HEADER.size : HEADER_SIZE])[0]:
+        return None
+    magic, version, size, chunk_size = _HEADER.unpack(body)
+    if magic != MAGIC or version != VERSION or not chunk_size > 0 or size < 0:
+        return None
+    if chunk_count(size, chunk_size) > MAX_CHUNKS:
+        return None
+    return size, chunk_size
+
+
 def _record(kind: int, index: int, digest: bytes) -> bytes:
     body = _RECORD.pack(kind, index, digest)
     return body + _CRC.pack(zlib.crc32(body))
@@ -161,6 +176,56 @@ class StagedFile:
                 self.close()
                 raise
         return self
+
+    @classmethod
+    def recover(cls, data_path: Path, journal_path: Path, *, label: str = "") -> int | None:
+        """At the daemon's start: cut a torn tail off the journal of a staged file whose writer
+        is gone; return how many chunks it records, or None if it has no valid header (nothing
+        in it can be vouched for). The chunk data is verified when the upload resumes (`open`).
+
+        Raises:
+            Conflict: a live session holds the file.
+            StorageError: the filesystem failed.
+        """
+        label = label or data_path.name
+        with storage_errors(f"recovering the staged file for {label}"):
+            fd = _lock(journal_path, label)
+            try:
+                geometry = _parse_header(os.pread(fd, HEADER_SIZE, 0))
+                if geometry is None:
+                    return None
+                self = cls((data_path, journal_path), *geometry, label)
+                self._jfd = fd
+                loaded = self._load_journal()
+                if loaded is None:
+                    return None
+                if os.fstat(fd).st_size > self._jend:
+                    os.ftruncate(fd, self._jend)
+                    os.fsync(fd)
+                return len(loaded[0])
+            finally:
+                os.close(fd)
+
+    @classmethod
+    def discard_if_idle(cls, data_path: Path, journal_path: Path, *, label: str = "") -> bool:
+        """Remove a staged file nobody is writing (garbage collection); False if one is.
+
+        Raises:
+            StorageError: the filesystem failed.
+        """
+        label = label or data_path.name
+        with storage_errors(f"removing the staged file for {label}"):
+            try:
+                fd = _lock(journal_path, label)
+            except Conflict:
+                return False
+            try:
+                for path in (journal_path, data_path):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+            finally:
+                os.close(fd)
+        return True
 
     def _start(self) -> None:
         loaded = self._load_journal()
