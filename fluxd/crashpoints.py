@@ -1,4 +1,4 @@
-"""Named points where the kill-9 tests make a process die, exactly there, as `kill -9` would.
+"""Named points where the fault tests make a process die (as `kill -9` would) or fail an I/O.
 
 `FLUX_CRASH_AT=NAME:N` (read once, at import) makes the N-th arrival at point NAME send SIGKILL
 to the process itself: nothing is flushed, no handler runs. Unset, as always outside the tests,
@@ -14,10 +14,15 @@ to the process itself: nothing is flushed, no handler runs. Unset, as always out
     published         staging removed, COMMITTED not yet sent
 
 Downloads meet the same staging points on the client, then `renamed`.
+
+`FLUX_FAULT_AT=NAME:N:ERRNO` (e.g. `chunk-write:3:ENOSPC`) makes the N-th arrival at fault point
+NAME raise that OSError, as the disk would, once: the storage translates it like a real one.
+Fault points: `chunk-write` (writing chunk data), `record-write` (appending to the journal).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -33,7 +38,9 @@ POINTS = (
     "published",
 )
 
-__all__ = ["POINTS", "crash_point"]
+FAULT_POINTS = ("chunk-write", "record-write")
+
+__all__ = ["FAULT_POINTS", "POINTS", "crash_point", "fault_point"]
 
 
 def _target() -> tuple[str, int] | None:
@@ -44,16 +51,35 @@ def _target() -> tuple[str, int] | None:
     return name, int(count)
 
 
+def _fault() -> tuple[str, int, int] | None:
+    name, _, rest = os.environ.get("FLUX_FAULT_AT", "").partition(":")
+    count, _, code = rest.partition(":")
+    number = getattr(errno, code, None) if code.isupper() else None
+    if name not in FAULT_POINTS or not count.isdigit() or int(count) < 1 or number is None:
+        return None
+    return name, int(count), number
+
+
 _TARGET = _target()
+_FAULT = _fault()
 _lock = threading.Lock()
-_arrivals = [0]  # writer threads arrive too
+_arrivals = [0, 0]  # crash, fault; writer threads arrive too
+
+
+def _arrive(which: int, count: int) -> bool:
+    """Count one arrival (0: crash, 1: fault); True at the configured one."""
+    with _lock:
+        _arrivals[which] += 1
+        return _arrivals[which] == count
 
 
 def crash_point(name: str) -> None:
     """Die here if this is the configured point and arrival (see the module docstring)."""
-    if _TARGET is None or _TARGET[0] != name:
-        return
-    with _lock:
-        _arrivals[0] += 1
-        if _arrivals[0] == _TARGET[1]:
-            os.kill(os.getpid(), signal.SIGKILL)
+    if _TARGET is not None and _TARGET[0] == name and _arrive(0, _TARGET[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fault_point(name: str) -> None:
+    """Raise the configured OSError here, once (see the module docstring)."""
+    if _FAULT is not None and _FAULT[0] == name and _arrive(1, _FAULT[1]):
+        raise OSError(_FAULT[2], os.strerror(_FAULT[2]))

@@ -36,6 +36,7 @@ from fluxproto import (
     ListDir,
     Listing,
     Meta,
+    NoSpace,
     NotFound,
     OpenDownload,
     OpenUpload,
@@ -43,6 +44,7 @@ from fluxproto import (
     Stat,
     State,
     Status,
+    StorageError,
     TransportError,
     Unavailable,
     VersionMismatch,
@@ -216,9 +218,13 @@ class Session:
     def _send_error(self, exc: FluxError) -> None:
         if self.ch.conn.state is State.CLOSED:
             return
+        message = exc.message
+        if type(exc) in (StorageError, NoSpace):
+            # The disk that failed is ours: say so, or "no space left on device" reads as local.
+            message = f"on the server: {message}"
         # If even this fails the connection is already unusable; the log has the reason.
         with contextlib.suppress(FluxError):
-            self.ch.send(ErrorFrame(exc.code, exc.message[:1000]))
+            self.ch.send(ErrorFrame(exc.code, message[:1000]))
 
     async def _blocking(self, fn: Callable[..., R], *args: Any) -> R:
         """Run a blocking storage call; if cancelled, let the thread finish before unwinding."""

@@ -32,7 +32,7 @@ from fluxproto.frames import DIGEST_SIZE, MAX_CHUNKS, chunk_count
 from fluxproto.ranges import to_ranges
 
 from ..buffers import PAGE, is_page_aligned
-from ..crashpoints import crash_point
+from ..crashpoints import crash_point, fault_point
 from .oserrors import storage_errors
 
 Buffer = bytes | bytearray | memoryview
@@ -373,6 +373,7 @@ class StagedFile:
             self._check_chunk(index, digest, data)
         for index, _, data in batch:
             with storage_errors(f"writing chunk {index} of {self.label}"):
+                fault_point("chunk-write")
                 self._write_chunk(dfd, index, data)
         crash_point("chunk-written")
         with storage_errors(f"syncing {self.label}"):
@@ -428,6 +429,7 @@ class StagedFile:
         # the partial bytes instead of landing behind them (where recovery would never look).
         _, jfd = self._fds()
         with storage_errors(f"recording chunks of {self.label}"):
+            fault_point("record-write")
             _pwrite_all(jfd, records, self._jend)
             crash_point("record-written")
             os.fdatasync(jfd)
