@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks links
 	$(PY) -m benchmarks concurrency
 	$(PY) -m benchmarks ratelimit
+	$(PY) -m benchmarks housekeeping
 
 # Every fuzz property with 10000 inputs each (make test runs 800); the count goes to RESULTS.md.
 fuzz: $(STAMP)

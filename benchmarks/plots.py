@@ -19,6 +19,11 @@ def _groups(scenario: str, data: dict[str, Any]) -> tuple[Groups, str]:
     """The bars to draw: one group per link/crowd/size, one bar per tool (none for fuzz)."""
     if scenario == "fuzz":
         return {}, ""
+    if scenario == "housekeeping":
+        reps = {"scrub": data["scrub_mb_s"], "dd": data["dd_mb_s"]}
+        return {"read rate": {k: _stats(v) for k, v in reps.items()}}, (
+            "fluxd scrub against dd, cold cache (MB/s, median; bars: min-max)"
+        )
     if scenario == "links":  # as a share of each link's rate, so that links compare
         groups: Groups = {}
         for link in data["links"]:

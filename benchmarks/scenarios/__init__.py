@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import concurrency, core, links, quic, ratelimit
+from . import concurrency, core, housekeeping, links, quic, ratelimit
 
 SCENARIOS: dict[str, ModuleType] = {
     "core": core,
@@ -12,4 +12,5 @@ SCENARIOS: dict[str, ModuleType] = {
     "links": links,
     "concurrency": concurrency,
     "ratelimit": ratelimit,
+    "housekeeping": housekeeping,
 }
