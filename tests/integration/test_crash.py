@@ -134,8 +134,18 @@ def test_daemon_killed_at_random_moments(
     [(p, n) for p in POINTS[:4] for n in (1, 4)] + [("renamed", 1)],
 )
 def test_fluxctl_recv_killed_at_each_step(
-    daemon: Daemon, fluxctl: Fluxctl, payload: Path, tmp_path: Path, point: str, arrival: int
+    make_daemon: Callable[..., Daemon],
+    fluxctl: Fluxctl,
+    payload: Path,
+    tmp_path: Path,
+    point: str,
+    arrival: int,
 ) -> None:
+    # The client's window takes the whole file: on a fast link its group commit could write it
+    # in fewer batches than `arrival`. At 8 MB/s a chunk arrives every ~130 ms, each its own.
+    config = tmp_path / "fluxd.toml"
+    config.write_text('[limits]\nrate_per_subject = "8M"\n')
+    daemon = make_daemon("--config", str(config))
     assert fluxctl(*send_args(daemon, payload, "/src.bin")).code == 0
     dest = tmp_path / "out" / "got.bin"
     dest.parent.mkdir()
