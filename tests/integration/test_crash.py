@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fluxd.crashpoints import POINTS
-from fluxd.storage import local, staging
+from fluxd.storage import local, local_upload, staging
 from fluxd.storage.staging import StagedFile
 
 from .conftest import Daemon, Fluxctl
@@ -165,6 +165,6 @@ def test_fluxctl_recv_killed_at_each_step(
 
 def test_every_crash_point_is_in_the_code() -> None:
     # Guards the harness itself: a point renamed in the code would silently test nothing.
-    sources = [Path(m.__file__).read_text() for m in (local, staging)]
+    sources = [Path(m.__file__).read_text() for m in (local, local_upload, staging)]
     for point in POINTS:
         assert any(f'crash_point("{point}")' in src for src in sources), point
