@@ -55,7 +55,7 @@ from fluxproto import (
     to_ranges,
 )
 from fluxproto import Error as ErrorFrame
-from fluxproto.digest import DIGEST_SIZE
+from fluxproto.digest import digest_at
 from fluxproto.ranges import count, is_canonical
 
 from . import __version__, log
@@ -67,6 +67,7 @@ from .chunkflow import (
     expect,
     handle_control,
     prefetch,
+    recv_frame,
     send_chunks,
 )
 from .context import Shared
@@ -287,7 +288,7 @@ class Session:
         try:
             self.ch.send(held_status(upload))
             while True:
-                frame = await self._next_frame()
+                frame = await recv_frame(self.ch, self.limits.idle_timeout)
                 if isinstance(frame, Chunk):
                     writer.add(frame)
                     await self._paced(len(frame.data))
@@ -353,9 +354,9 @@ class Session:
         try:
             entries, cursor = await self._blocking(self.storage.list, key, f.cursor, LIST_PAGE)
         except NotFound:
-            if key != self._grant.root or not key:
+            if not self._is_own_root(key):
                 raise
-            entries, cursor = [], None  # a subject's own root exists once it stores something
+            entries, cursor = [], None
         self.ch.send(Listing(tuple(entries), cursor))
         return 0
 
@@ -364,22 +365,21 @@ class Session:
         try:
             entry = await self._blocking(self.storage.stat, key)
         except NotFound:
-            if key != self._grant.root or not key:
+            if not self._is_own_root(key):
                 raise
             entry = Entry("/", "dir", 0, 0, 0o755, None)
         self.ch.send(Info(entry))
         return 0
 
+    def _is_own_root(self, key: str) -> bool:
+        """True for a confined subject's own root, which exists only once it stores something
+        (until then it lists as an empty folder)."""
+        return bool(key) and key == self._grant.root
+
     async def _delete(self, f: Delete) -> int:
         await self._blocking(self.storage.delete, self._grant.check(f.path, "delete"))
         self.ch.send(Deleted(f.path))
         return 0
-
-    async def _next_frame(self) -> Frame:
-        while True:
-            frame = handle_control(self.ch, await self.ch.next_event(self.limits.idle_timeout))
-            if frame is not None:
-                return frame
 
 
 def _result(exc: FluxError) -> str:
@@ -414,8 +414,8 @@ def wanted_chunks(dl: Download, f: OpenDownload) -> tuple[Iterable[int], int]:
 
 def read_verified(dl: Download, index: int) -> ChunkData:
     """Read a stored chunk and check it against the manifest: corrupt data is never served."""
-    digest = dl.digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
+    digest = digest_at(dl.digests, index)
     data = dl.read_chunk(index)
     if chunk_digest(data) != digest:
         raise IntegrityError(f"stored file is corrupt at chunk {index}; not serving it")
-    return index, bytes(digest), data
+    return index, digest, data

@@ -16,7 +16,6 @@ from pathlib import Path
 from fluxd.chunkflow import Channel, ChunkWriter, expect
 from fluxd.storage.staging import StagedFile
 from fluxproto import (
-    DIGEST_SIZE,
     MAX_RANGES,
     Chunk,
     ConfigError,
@@ -26,6 +25,7 @@ from fluxproto import (
     chunk_count,
     to_ranges,
 )
+from fluxproto.digest import digest_at
 
 from .connect import ClientOptions
 from .results import DEFAULT_CHUNK, ProgressFn, TransferResult
@@ -52,10 +52,6 @@ def partial_paths(dest: Path) -> tuple[Path, Path]:
     """The hidden staged data file and its journal beside `dest`."""
     base = dest.parent / f".{dest.name}{PARTIAL_SUFFIX}"
     return base, base.with_name(base.name + ".journal")
-
-
-def _digest_at(meta: Meta, index: int) -> bytes:
-    return bytes(meta.digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE])
 
 
 class Download:
@@ -128,7 +124,7 @@ class Download:
         held = sum(
             min(meta.chunk_size, meta.size - i * meta.chunk_size)
             for i, d in staged.held.items()
-            if d == _digest_at(meta, i)
+            if d == digest_at(meta.digests, i)
         )
         if self.skipped is None:
             self.skipped = held
@@ -139,7 +135,7 @@ class Download:
     @staticmethod
     def _missing(staged: StagedFile, meta: Meta) -> list[int]:
         n = chunk_count(meta.size, meta.chunk_size)
-        return [i for i in range(n) if staged.held.get(i) != _digest_at(meta, i)]
+        return [i for i in range(n) if staged.held.get(i) != digest_at(meta.digests, i)]
 
     async def _receive(self, ch: Channel, staged: StagedFile, meta: Meta) -> None:
         def on_durable(nbytes: int) -> None:

@@ -20,7 +20,6 @@ from pathlib import Path
 from fluxd.buffers import POOL
 from fluxd.chunkflow import Channel, ChunkData, expect, prefetch, send_chunks
 from fluxproto import (
-    DIGEST_SIZE,
     Commit,
     Committed,
     ConfigError,
@@ -36,6 +35,7 @@ from fluxproto import (
     chunk_digest,
     iter_indices,
 )
+from fluxproto.digest import digest_at
 from fluxproto.errors import map_exceptions
 
 from .connect import ClientOptions
@@ -178,8 +178,7 @@ class Upload:
 def held_digests(status: Status) -> dict[int, bytes]:
     """Map chunk index → digest for every chunk STATUS says the server holds."""
     return {
-        index: bytes(status.digests[k * DIGEST_SIZE : (k + 1) * DIGEST_SIZE])
-        for k, index in enumerate(iter_indices(status.held))
+        index: digest_at(status.digests, k) for k, index in enumerate(iter_indices(status.held))
     }
 
 

@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fluxproto.digest import FileHasher, chunk_digest
+from fluxproto.digest import FileHasher, chunk_digest, digest_at
 from fluxproto.errors import Conflict, FluxError, StorageError
-from fluxproto.frames import DIGEST_SIZE
 
 from ..buffers import POOL
 from .local import LocalStorage, Manifest
@@ -172,8 +171,7 @@ def _verify(storage: LocalStorage, manifest: Manifest) -> str | None:
             except FluxError as exc:
                 return exc.message
             try:
-                want = manifest.digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
-                if chunk_digest(data) != want:
+                if chunk_digest(data) != digest_at(manifest.digests, index):
                     bad.append(index)
                 hasher.update(data)
             finally:

@@ -12,9 +12,8 @@ import stat
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from fluxproto.digest import chunk_digest
+from fluxproto.digest import chunk_digest, digest_at
 from fluxproto.errors import Conflict, FluxError, IntegrityError, NotFound
-from fluxproto.frames import DIGEST_SIZE
 
 from ..buffers import POOL
 from ..crashpoints import crash_point
@@ -40,7 +39,7 @@ class _HeldWithBase(Mapping[int, bytes]):
             return self._staged[index]
         if not 0 <= index < self._count:
             raise KeyError(index)
-        return self._base[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
+        return digest_at(self._base, index)
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self._count))
@@ -151,7 +150,7 @@ class LocalUpload:
                 try:
                     for index in missing[start : start + _COPY_BATCH]:
                         data = dl.read_chunk(index)
-                        digest = base.digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
+                        digest = digest_at(base.digests, index)
                         batch.append((index, digest, data))
                         if chunk_digest(data) != digest:
                             # Replaced so fast that size, mtime and inode all look the same:

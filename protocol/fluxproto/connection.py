@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .codec import Buffer, FrameReader, encode
-from .digest import chunk_digest
+from .digest import chunk_digest, digest_at
 from .errors import FluxError, IntegrityError, LocalProtocolError, RemoteProtocolError
 from .frames import (
-    DIGEST_SIZE,
     MAX_HEADER,
     Ack,
     Chunk,
@@ -354,10 +353,8 @@ class Connection:
             raise err(f"chunk {i} is {len(f.data)} bytes, expected {t.chunk_length(i)}")
         if not t.can_send:
             raise err(f"chunk {i} exceeds the window of {t.window_chunks} chunks")
-        if t.digests is not None:
-            want = t.digests[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE]
-            if f.digest != want:
-                raise err(f"chunk {i} digest differs from the one announced in META")
+        if t.digests is not None and f.digest != digest_at(t.digests, i):
+            raise err(f"chunk {i} digest differs from the one announced in META")
         if sender is not self.role and chunk_digest(f.data) != f.digest:
             raise IntegrityError(f"chunk {i} does not match its digest")
         t.marks[i] = _IN_FLIGHT

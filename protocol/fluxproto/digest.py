@@ -8,12 +8,17 @@ from .frames import DIGEST_SIZE
 
 ALGORITHM = "xxh3-128"
 
-__all__ = ["ALGORITHM", "DIGEST_SIZE", "FileHasher", "chunk_digest", "format_digest"]
+__all__ = ["ALGORITHM", "DIGEST_SIZE", "FileHasher", "chunk_digest", "digest_at", "format_digest"]
 
 
 def chunk_digest(data: bytes | bytearray | memoryview) -> bytes:
     """The 16-byte xxh3-128 digest of one chunk."""
     return bytes(xxhash.xxh3_128_digest(data))
+
+
+def digest_at(digests: bytes | bytearray | memoryview, index: int) -> bytes:
+    """Chunk `index`'s digest in a concatenation of digests (STATUS, META, manifests)."""
+    return bytes(digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE])
 
 
 class FileHasher:
