@@ -54,6 +54,8 @@ class Channel(Protocol):
     transport: str
     #: True if send() copies a frame's bytes (QUIC), so its buffer is free once send() returns.
     copies_on_send: bool
+    #: Loop time of the last bytes (or datagram) received from the peer: a sign of life.
+    last_receive: float
 
     async def next_event(self, timeout: float | None = None) -> Event: ...
     def poll(self) -> Event | None: ...

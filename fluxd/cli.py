@@ -7,9 +7,7 @@ import dataclasses
 import gc
 import json
 import logging
-import os
 import resource
-import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -18,14 +16,15 @@ from typing import Annotated, Any, NoReturn
 import typer
 import uvloop
 
-from fluxproto import ConfigError, FluxError
-from fluxproto.errors import EXIT_INTEGRITY, EXIT_OTHER, EXIT_USAGE
+from fluxproto import ConfigError
+from fluxproto.errors import EXIT_INTEGRITY
 
 from . import __version__, log
 from .auth.registry import TokenRegistry
 from .auth.scopes import parse_scopes, subject_root
 from .auth.tokens import SigningKey
 from .certs import ensure_certs, init_certs
+from .cliutil import CONTEXT, run_app
 from .config import ServerConfig, data_dir, is_loopback, load_config, parse_duration
 from .server import serve as run_server
 from .storage import LocalStorage
@@ -34,6 +33,7 @@ from .tls import CertPaths, cert_fingerprint, server_ssl_context
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    context_settings=CONTEXT,
     pretty_exceptions_enable=False,
     help="fluxd: the flux file-transfer daemon.",
 )
@@ -84,7 +84,8 @@ def serve(
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
 ) -> None:
-    """Serve files under ROOT over TCP with TLS 1.3 until SIGTERM or SIGINT."""
+    """Serve files under ROOT over TCP+TLS 1.3 and QUIC (UDP, the same port number) until
+    SIGTERM or SIGINT."""
 
     cfg = load_config(
         config,
@@ -114,8 +115,7 @@ def serve(
         paths = ensure_certs(cfg.certs)
         ssl_context = server_ssl_context(paths)
         fingerprint = cert_fingerprint(paths.server_cert)
-    cfg.root.mkdir(parents=True, exist_ok=True)
-    storage = LocalStorage(cfg.root)
+    storage = LocalStorage(_root_dir(cfg.root, create=True))
     _raise_fd_limit(cfg.limits.connections)
     _run_loop(run_server(cfg, storage, ssl_context, paths, fingerprint))
 
@@ -130,7 +130,7 @@ def scrub(
 ) -> None:
     """Verify every committed file against its chunk digests; exit 3 if any is corrupt."""
     cfg = load_config(config, {"root": root})
-    report = LocalStorage(cfg.root).scrub()
+    report = LocalStorage(_root_dir(cfg.root, create=False)).scrub()
     if json_:
         typer.echo(json.dumps(dataclasses.asdict(report)))
     else:
@@ -240,21 +240,60 @@ def token_list(
 
 @token_app.command("revoke")
 def token_revoke(
-    jti: Annotated[str, typer.Argument(help="The token id (jti) to revoke.")],
+    jti: Annotated[
+        str,
+        typer.Argument(
+            help="The token id (jti) to revoke; put -- before an id that starts with -."
+        ),
+    ],
+    external: Annotated[
+        bool,
+        typer.Option(
+            "--external", help="The token comes from an external issuer (not in `token list`)."
+        ),
+    ] = False,
     config: ConfigFile = None,
     certs: CertsDir = None,
 ) -> None:
     """Revoke a token; a running daemon refuses it (and drops its connections) within 5 s."""
     registry = TokenRegistry(_token_config(config, certs).certs)
-    known = any(rec["jti"] == jti for rec in registry.issued())
+    if jti in registry.revoked():
+        typer.echo(f"{jti} was already revoked")
+        return
+    if not external and not any(rec["jti"] == jti for rec in registry.issued()):
+        raise ConfigError(
+            f"no token {jti!r} was issued here (see `fluxd token list`); "
+            "for a token of an external issuer, add --external"
+        )
     registry.revoke(jti)
-    typer.echo(f"revoked {jti}" + ("" if known else " (not issued here)"))
+    typer.echo(f"revoked {jti}")
 
 
 @app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(f"fluxd {__version__}")
+
+
+def _root_dir(root: Path, *, create: bool) -> Path:
+    """The storage root, created first if asked; a path that cannot be one is a usage error.
+
+    Raises:
+        ConfigError: `root` (or one of its parents) is a file, missing, or not accessible.
+    """
+    try:
+        if create:
+            root.mkdir(parents=True, exist_ok=True)
+        if not root.is_dir():
+            what = "is not a directory" if root.exists() else "does not exist"
+            raise ConfigError(f"root {root} {what}")
+    except FileExistsError:
+        raise ConfigError(f"root {root} is not a directory") from None
+    except NotADirectoryError:
+        raise ConfigError(f"root {root}: a parent of it is not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"root {root}: {exc.strerror or exc}") from None
+    return root
 
 
 def _raise_fd_limit(connections: int) -> None:
@@ -276,24 +315,4 @@ def main() -> NoReturn:
     # Everything imported so far lives for the whole process: keep the collector off it, so
     # collections during a transfer only look at the few objects a chunk creates.
     gc.freeze()
-    try:
-        # standalone_mode=False: click returns a command's typer.Exit code instead of exiting.
-        code = app(standalone_mode=False)
-    except FluxError as exc:
-        _fail(exc.message, exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.TyperException as exc:  # bad arguments or options
-        _fail(f"{exc.format_message()} (see fluxd --help)", EXIT_USAGE)
-    except (typer.Abort, KeyboardInterrupt):
-        _fail("interrupted", 130)
-    except Exception as exc:  # the one place every failure becomes an exit code
-        if os.environ.get("FLUX_DEBUG"):
-            raise
-        _fail(f"internal error: {exc!r} (set FLUX_DEBUG=1 for a traceback)", EXIT_OTHER)
-    sys.exit(code if isinstance(code, int) else 0)
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    print(f"fluxd: {message}", file=sys.stderr)
-    sys.exit(code)
+    run_app(app, "fluxd")

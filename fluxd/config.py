@@ -21,8 +21,6 @@ from typing import Any
 from fluxproto import MAX_CHUNK, MIN_CHUNK, ConfigError
 from fluxproto.frames import MAX_FILE_SIZE, MAX_HEADER, MAX_WINDOW, MIN_WINDOW
 
-from .auth.scopes import parse_scopes
-
 DEFAULT_PORT = 7070
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 
@@ -115,6 +113,10 @@ class AuthConfig:
     jwks: Path | None = None
 
     def __post_init__(self) -> None:
+        # Imported here: fluxctl reads host and size helpers from this module at start-up, and
+        # the scopes pull in the whole storage package.
+        from .auth.scopes import parse_scopes  # noqa: PLC0415
+
         try:
             parse_scopes(self.anonymous_scope)
         except ValueError as exc:

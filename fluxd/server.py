@@ -12,6 +12,7 @@ import logging
 import signal
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -215,6 +216,18 @@ class FluxServer:
         self.shared.access.close()
 
 
+def banner(listeners: list[tuple[str, str]], config: ServerConfig, fingerprint: str | None) -> str:
+    """The human summary of a started daemon: where, how, what it serves, who is let in."""
+    names = {"tcp": "TCP+TLS", "tcp-plaintext": "TCP without TLS", "quic": "QUIC"}
+    by_address: dict[str, list[str]] = {}
+    for transport, address in listeners:
+        by_address.setdefault(address, []).append(names.get(transport, transport))
+    where = ", ".join(f"{a} ({' and '.join(t)})" for a, t in by_address.items())
+    who = "anyone (no token needed)" if config.anonymous else "token holders"
+    trust = f"certificate {fingerprint}" if fingerprint else "no TLS"
+    return f"fluxd: serving {config.root} on {where} to {who}; {trust}; Ctrl-C stops"
+
+
 async def serve(
     config: ServerConfig,
     storage: Storage,
@@ -247,6 +260,8 @@ async def serve(
             audience=server.shared.auth.verifier.audience,
             anonymous=config.anonymous,
         )
+    if sys.stderr.isatty():  # a person started it: one line they can read among the JSON
+        print(banner(listeners, config, fingerprint), file=sys.stderr, flush=True)
     await stop.wait()
     log.event("stopping", sessions=len(server._sessions))
     await server.shutdown()

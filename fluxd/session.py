@@ -70,6 +70,7 @@ from .chunkflow import (
     recv_frame,
     send_chunks,
 )
+from .claims import Holder
 from .context import Shared
 from .limits import Slot, peer_host
 from .storage.base import Download, Upload
@@ -109,6 +110,12 @@ class Session:
         self._started = time.monotonic()
         self._pace: Callable[[int], float] | None = None
         self._ended_by: FluxError | None = None
+        #: How many storage calls the daemon is making on the client's behalf: a busy session
+        #: is alive, whatever the network says (see `_last_heard`).
+        self._busy = 0
+        #: Payload bytes the current request stored or had acknowledged, for the access log
+        #: (kept up to date, so an interrupted transfer logs what it did move).
+        self._moved = 0
         # Request frame → (name in the log, handler returning the payload bytes moved).
         self._handlers: dict[type[Frame], tuple[str, Callable[[Any], Awaitable[int]]]] = {
             OpenUpload: ("upload", self._upload),
@@ -195,9 +202,10 @@ class Session:
     async def _request(self, frame: Frame) -> None:
         started = time.monotonic()
         op, handler = self._handlers[type(frame)]
-        fields: dict[str, Any] = {"op": op, "path": getattr(frame, "path", None), "bytes": 0}
+        fields: dict[str, Any] = {"op": op, "path": getattr(frame, "path", None)}
+        self._moved = 0
         try:
-            fields["bytes"] = await handler(frame)
+            await handler(frame)
             fields["result"] = "ok"
         except FluxError as exc:
             fields["result"] = _result(self._ended_by or exc)
@@ -208,6 +216,7 @@ class Session:
             if self.ch.conn.state is State.CLOSED:
                 raise TransportError("connection closed after an error") from exc
         finally:
+            fields["bytes"] = self._moved
             fields["duration"] = round(time.monotonic() - started, 6)
             self._access(**fields, **_details(self.ch))
 
@@ -236,6 +245,14 @@ class Session:
             await asyncio.wait([fut])
             raise
 
+    async def _busy_with(self, fn: Callable[..., R], *args: Any) -> R:
+        """`_blocking`, counted as a sign of life (see `_last_heard`)."""
+        self._busy += 1
+        try:
+            return await self._blocking(fn, *args)
+        finally:
+            self._busy -= 1
+
     # --- requests --------------------------------------------------------------------------
 
     @property
@@ -254,10 +271,25 @@ class Session:
         slot = self.shared.admission.upload(self.account, f.size)
         try:
             await self._check_quota(key, f.size)
-            async with self.claims.claim(key, lambda: self.ch.closed, self.config.shutdown_grace):
+            holder = Holder(
+                self.account, lambda: self.ch.closed, self._last_heard, self._superseded
+            )
+            async with self.claims.claim(key, holder, self.config.shutdown_grace):
                 return await self._upload_claimed(key, f)
         finally:
             slot.release()
+
+    def _last_heard(self) -> float:
+        """What a claim of the same subject takes for a sign of life: bytes from the client
+        (not frames taken from the queue: a paced session takes those long after a killed
+        client sent them), or the daemon working on its behalf."""
+        return time.monotonic() if self._busy else self.ch.last_receive
+
+    def _superseded(self) -> None:
+        """A new connection of the same subject wants the path this one holds, and this one
+        has been silent for as long as a dead connection would be: end it."""
+        log.event("superseded", peer=self.ch.peer, subject=self.account)
+        self.end(Unavailable("superseded by a newer connection of the same client"))
 
     async def _check_quota(self, key: str, size: int) -> None:
         """Refuse an upload that would take the subject over its quota.
@@ -281,7 +313,7 @@ class Session:
             )
 
     async def _upload_claimed(self, key: str, f: OpenUpload) -> int:
-        upload = await self._blocking(self.storage.open_upload, key, f.size, f.chunk_size, f.mode)
+        upload = await self._busy_with(self.storage.open_upload, key, f.size, f.chunk_size, f.mode)
         writer = ChunkWriter(
             self.ch, upload, executor=self.pool, release=self.shared.budget.release
         )
@@ -300,6 +332,7 @@ class Session:
         finally:
             # Chunks already received reach disk even if the client vanished or we are stopping.
             await writer.flush()
+            self._moved = writer.written
             upload.close()
 
     async def _paced(self, nbytes: int) -> None:
@@ -313,7 +346,7 @@ class Session:
 
     async def _commit(self, upload: Upload, size: int, digest: bytes) -> None:
         # Shielded: a shutdown must not interrupt a commit between its rename and the reply.
-        task = asyncio.ensure_future(self._blocking(upload.commit, digest))
+        task = asyncio.ensure_future(self._busy_with(upload.commit, digest))
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -333,11 +366,9 @@ class Session:
             )
             if n == 0:
                 return 0
-            acked = 0
 
             def on_acked(nbytes: int) -> None:
-                nonlocal acked
-                acked += nbytes
+                self._moved += nbytes
 
             # Closed before dl: no read may still be running when the file is closed.
             reads = prefetch(lambda i: read_verified(dl, i), indices, READ_AHEAD, self.pool)
@@ -345,7 +376,7 @@ class Session:
                 await send_chunks(
                     self.ch, chunks, on_acked, self.limits.idle_timeout, pace=self._pace
                 )
-            return acked
+            return self._moved
         finally:
             dl.close()
 

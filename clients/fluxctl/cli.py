@@ -2,6 +2,10 @@
 
 No transfer logic lives here (see upload.py, download.py, ops.py). Every failure becomes one line
 on stderr and a distinct exit code; with `--json`, exactly one JSON object goes to stdout.
+
+Scripts call fluxctl in loops, so start-up is kept small: this module imports only typer at the
+top, and each command imports what it needs when it runs (`fluxctl version` loads no protocol,
+no asyncio and no QUIC; a TCP transfer loads no QUIC).
 """
 
 from __future__ import annotations
@@ -9,33 +13,26 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-import uvloop
 
-from fluxd.config import parse_size
-from fluxd.transports.quic import DEFAULT_DATAGRAM_SIZE
-from fluxproto import MAX_CHUNK, MIN_CHUNK, ConfigError, FluxError
-from fluxproto.errors import EXIT_OTHER, EXIT_USAGE
+from fluxd.cliutil import CONTEXT, EXIT_INTERRUPTED, run_app
 
 from . import __version__
-from .connect import ClientOptions
-from .download import Download
-from .ops import entry_json, list_entries, remove, stat_entry
-from .progress import ProgressBar, human_bytes
-from .results import TransferResult
-from .retry import Retrier
-from .tokens import resolve_token
-from .trust import TrustPolicy
-from .upload import Upload
-from .url import FluxURL
+
+if TYPE_CHECKING:
+    from fluxproto import Entry, FluxError
+
+    from .connect import ClientOptions
+    from .progress import ProgressBar
+    from .results import TransferResult
+    from .url import FluxURL
 
 T = TypeVar("T")
 
@@ -43,6 +40,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings=CONTEXT,
     help="fluxctl: send and receive files with a fluxd server, resuming after any interruption.",
 )
 
@@ -85,6 +83,20 @@ ShowProgress = Annotated[
     bool | None,
     typer.Option("--progress/--no-progress", help="Force the progress bar on or off."),
 ]
+RemoteURL = Annotated[str, typer.Argument(help="flux://HOST:PORT/PATH")]
+
+
+@dataclass(frozen=True)
+class Connect:
+    """The options every command that talks to a server takes."""
+
+    ca: Path | None
+    pin: str | None
+    transport: str
+    retry_for: float
+    plaintext: bool
+    token: str | None
+    chunk_size: str | None = None
 
 
 @dataclass
@@ -95,32 +107,29 @@ class Run:
     path: str
     json: bool
     quiet: bool
-    show_progress: bool | None
+    show_progress: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def options(
-        self,
-        url: FluxURL,
-        ca: Path | None,
-        pin: str | None,
-        transport: str,
-        chunk_size: str | None,
-        retry_for: float,
-        plaintext: bool,
-        token: str | None,
-    ) -> ClientOptions:
-        size = parse_size(chunk_size) if chunk_size is not None else None
+    def options(self, url: FluxURL, c: Connect) -> ClientOptions:
+        from fluxd.config import parse_size  # noqa: PLC0415
+        from fluxproto import MAX_CHUNK, MIN_CHUNK, ConfigError  # noqa: PLC0415
+
+        from .connect import ClientOptions  # noqa: PLC0415
+        from .tokens import resolve_token  # noqa: PLC0415
+        from .trust import TrustPolicy  # noqa: PLC0415
+
+        size = parse_size(c.chunk_size) if c.chunk_size is not None else None
         if size is not None and not MIN_CHUNK <= size <= MAX_CHUNK:
             raise ConfigError(f"--chunk-size must be between {MIN_CHUNK} and {MAX_CHUNK} bytes")
         return ClientOptions(
-            trust=None if plaintext else TrustPolicy.from_options(ca, pin),
-            transport=transport,
+            trust=None if c.plaintext else TrustPolicy.from_options(c.ca, c.pin),
+            transport=c.transport,
             chunk_size=size,
-            retry_for=retry_for,
-            insecure_plaintext=plaintext,
-            quic_datagram_size=_datagram_size_from_env(),
+            retry_for=c.retry_for,
+            insecure_plaintext=c.plaintext,
+            quic_datagram_size=ClientOptions.datagram_size_from_env(),
             on_new_host=self.notice,
-            token=resolve_token(token, url.host, url.port),
+            token=resolve_token(c.token, url.host, url.port),
         )
 
     def notice(self, message: str) -> None:
@@ -132,6 +141,8 @@ class Run:
             print(f"fluxctl: {exc.message}; retrying in {pause:.1f} s", file=sys.stderr)
 
     def progress_bar(self, label: str) -> ProgressBar:
+        from .progress import ProgressBar  # noqa: PLC0415
+
         wanted = self.show_progress
         if wanted is None:
             wanted = sys.stderr.isatty() and not (self.quiet or self.json)
@@ -139,19 +150,27 @@ class Run:
 
     def execute(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run `work` on uvloop; report a failure and exit with its code."""
+        import uvloop  # noqa: PLC0415
+
+        from fluxproto import FluxError  # noqa: PLC0415
+
+        # What the command imported lives for the whole process: keep the collector off it,
+        # so collections during a transfer only look at the few objects a chunk creates.
+        gc.freeze()
         try:
             return uvloop.run(work())
         except FluxError as exc:
             self.fail(exc.message, exc.exit_code)
         except KeyboardInterrupt:
-            self.fail("interrupted; run the same command again to resume", 130)
+            self.fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
 
     def fail(self, message: str, code: int) -> NoReturn:
         if self.json:
             out = {"ok": False, "op": self.op, "path": self.path, "error": message}
             print(json.dumps({**out, "exit_code": code}))
         print(f"fluxctl: {message}", file=sys.stderr)
-        raise typer.Exit(code)
+        # SystemExit, not typer.Exit: typer would hand 130 back as if it had caught a Ctrl-C.
+        sys.exit(code)
 
     def done(self, result: dict[str, Any], human: str | None) -> None:
         if self.json:
@@ -160,18 +179,9 @@ class Run:
             print(human)
 
 
-def _datagram_size_from_env() -> int:
-    """FLUX_QUIC_DATAGRAM_SIZE: larger QUIC datagrams for paths known to carry them."""
-    text = os.environ.get("FLUX_QUIC_DATAGRAM_SIZE", "")
-    if not text:
-        return DEFAULT_DATAGRAM_SIZE
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"FLUX_QUIC_DATAGRAM_SIZE is not a number: {text!r}") from None
-
-
 def _transfer_summary(r: TransferResult) -> str:
+    from .progress import human_bytes  # noqa: PLC0415
+
     verb = "sent" if r.op == "send" else "received"
     rate = r.moved / r.seconds / 1e6 if r.seconds > 0 else 0.0
     return (
@@ -181,10 +191,18 @@ def _transfer_summary(r: TransferResult) -> str:
     )
 
 
+def _parse_url(run: Run, text: str) -> FluxURL:
+    from .url import FluxURL  # noqa: PLC0415
+
+    url = FluxURL.parse(text)
+    run.path = url.path
+    return url
+
+
 @app.command()
 def send(
-    local: Annotated[Path, typer.Argument(help="Local file to send.")],
-    url: Annotated[str, typer.Argument(help="flux://HOST:PORT/PATH")],
+    local: Annotated[str, typer.Argument(help="Local file to send; - reads standard input.")],
+    url: RemoteURL,
     ca: Ca = None,
     pin: Pin = None,
     transport: Transport = "auto",
@@ -197,26 +215,33 @@ def send(
     token: Token = None,
 ) -> None:
     """Send LOCAL to the server; run it again after any failure to resume."""
+    from .retry import Retrier  # noqa: PLC0415
+    from .upload import Upload  # noqa: PLC0415
+
     run = Run("send", url, json_, quiet, progress)
+    connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token, chunk_size)
 
     async def work() -> TransferResult:
-        target = FluxURL.parse(url)
-        run.path = target.path
-        opts = run.options(
-            target, ca, pin, transport, chunk_size, retry_for, insecure_plaintext, token
-        )
-        with run.progress_bar(f"send {local.name}") as bar:
-            upload = Upload(local, target, opts, bar.update)
+        target = _parse_url(run, url)
+        opts = run.options(target, connect)
+        with (
+            Upload.open(local, target, opts) as upload,
+            run.progress_bar(f"send {upload.label}") as bar,
+        ):
+            upload.progress = bar.update
             return await upload.run(Retrier(target, opts, run.on_retry))
 
     result = run.execute(work)
+    run.path = result.path
     run.done(result.to_json(), _transfer_summary(result))
 
 
 @app.command()
 def recv(
-    url: Annotated[str, typer.Argument(help="flux://HOST:PORT/PATH")],
-    local: Annotated[str, typer.Argument(help="Local file or directory to write.")],
+    url: RemoteURL,
+    local: Annotated[
+        str, typer.Argument(help="Local file or directory to write; - writes standard output.")
+    ],
     ca: Ca = None,
     pin: Pin = None,
     transport: Transport = "auto",
@@ -229,32 +254,42 @@ def recv(
     token: Token = None,
 ) -> None:
     """Receive PATH from the server into LOCAL; run it again after any failure to resume."""
+    to_stdout = local == "-"
+    if to_stdout and json_:
+        run = Run("recv", url, json_, quiet)
+        run.fail("--json and - (standard output) both write to stdout; choose one", 2)
+    from .download import Download, StreamDownload  # noqa: PLC0415
+    from .retry import Retrier  # noqa: PLC0415
+
     run = Run("recv", url, json_, quiet, progress)
+    connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token, chunk_size)
 
     async def work() -> TransferResult:
-        source = FluxURL.parse(url)
-        run.path = source.path
-        opts = run.options(
-            source, ca, pin, transport, chunk_size, retry_for, insecure_plaintext, token
-        )
+        source = _parse_url(run, url)
+        opts = run.options(source, connect)
         with run.progress_bar(f"recv {source.name}") as bar:
-            download = Download(source, local, opts, bar.update)
-            return await download.run(Retrier(source, opts, run.on_retry))
+            retrier = Retrier(source, opts, run.on_retry)
+            if to_stdout:
+                return await StreamDownload(source, sys.stdout.buffer, opts, bar.update).run(
+                    retrier
+                )
+            return await Download(source, local, opts, bar.update).run(retrier)
 
     result = run.execute(work)
+    # With `-` the file went to stdout: the summary goes to stderr, if anywhere.
+    if to_stdout:
+        if not quiet:
+            print(_transfer_summary(result), file=sys.stderr)
+        return
     run.done(result.to_json(), _transfer_summary(result))
 
 
-def _simple(
-    run: Run,
-    url: str,
-    opts_args: tuple[Any, ...],
-    request: Callable[[Any, str, float], Awaitable[T]],
-) -> T:
+def _simple(run: Run, url: str, connect: Connect, request: Callable[..., Awaitable[T]]) -> T:
+    from .retry import Retrier  # noqa: PLC0415
+
     async def work() -> T:
-        target = FluxURL.parse(url)
-        run.path = target.path
-        opts = run.options(target, *opts_args)
+        target = _parse_url(run, url)
+        opts = run.options(target, connect)
         return await Retrier(target, opts, run.on_retry).run(
             lambda ch, n: request(ch, target.path, opts.io_timeout)
         )
@@ -264,22 +299,22 @@ def _simple(
 
 @app.command("ls")
 def ls(
-    url: Annotated[str, typer.Argument(help="flux://HOST:PORT/PATH")],
+    url: RemoteURL,
     ca: Ca = None,
     pin: Pin = None,
     transport: Transport = "auto",
-    chunk_size: ChunkSize = None,
     json_: Json = False,
     quiet: Quiet = False,
     retry_for: RetryFor = 300.0,
     insecure_plaintext: Plaintext = False,
-    progress: ShowProgress = None,
     token: Token = None,
 ) -> None:
     """List a directory (or show one file) on the server."""
-    run = Run("ls", url, json_, quiet, progress)
-    args = (ca, pin, transport, chunk_size, retry_for, insecure_plaintext, token)
-    entries = _simple(run, url, args, list_entries)
+    from .ops import entry_json, list_entries  # noqa: PLC0415
+
+    run = Run("ls", url, json_, quiet)
+    connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token)
+    entries: list[Entry] = _simple(run, url, connect, list_entries)
     lines = [
         f"{'d' if e.kind == 'dir' else '-'}{e.mode:04o} {e.size:>14} "
         f"{_mtime(e.mtime_ns)} {e.name}{'/' if e.kind == 'dir' else ''}"
@@ -293,22 +328,23 @@ def ls(
 
 @app.command("stat")
 def stat_(
-    url: Annotated[str, typer.Argument(help="flux://HOST:PORT/PATH")],
+    url: RemoteURL,
     ca: Ca = None,
     pin: Pin = None,
     transport: Transport = "auto",
-    chunk_size: ChunkSize = None,
     json_: Json = False,
     quiet: Quiet = False,
     retry_for: RetryFor = 300.0,
     insecure_plaintext: Plaintext = False,
-    progress: ShowProgress = None,
     token: Token = None,
 ) -> None:
     """Show size, time, mode and digest of a path on the server."""
-    run = Run("stat", url, json_, quiet, progress)
-    args = (ca, pin, transport, chunk_size, retry_for, insecure_plaintext, token)
-    entry = _simple(run, url, args, stat_entry)
+    from .ops import entry_json, stat_entry  # noqa: PLC0415
+    from .progress import human_bytes  # noqa: PLC0415
+
+    run = Run("stat", url, json_, quiet)
+    connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token)
+    entry: Entry = _simple(run, url, connect, stat_entry)
     info = entry_json(entry)
     shown = {**info, "size": f"{entry.size} ({human_bytes(entry.size)})"}
     shown["mtime"] = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(entry.mtime_ns / 1e9))
@@ -318,22 +354,22 @@ def stat_(
 
 @app.command("rm")
 def rm(
-    url: Annotated[str, typer.Argument(help="flux://HOST:PORT/PATH")],
+    url: RemoteURL,
     ca: Ca = None,
     pin: Pin = None,
     transport: Transport = "auto",
-    chunk_size: ChunkSize = None,
     json_: Json = False,
     quiet: Quiet = False,
     retry_for: RetryFor = 300.0,
     insecure_plaintext: Plaintext = False,
-    progress: ShowProgress = None,
     token: Token = None,
 ) -> None:
     """Delete a file on the server."""
-    run = Run("rm", url, json_, quiet, progress)
-    args = (ca, pin, transport, chunk_size, retry_for, insecure_plaintext, token)
-    _simple(run, url, args, remove)
+    from .ops import remove  # noqa: PLC0415
+
+    run = Run("rm", url, json_, quiet)
+    connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token)
+    _simple(run, url, connect, remove)
     run.done({"ok": True, "op": "rm", "path": run.path}, None)
 
 
@@ -349,32 +385,7 @@ def _mtime(ns: int) -> str:
 
 def main() -> NoReturn:
     """Console-script entry point; a traceback only with FLUX_DEBUG=1."""
-    # Everything imported so far lives for the whole process: keep the collector off it, so
-    # collections during a transfer only look at the few objects a chunk creates.
-    gc.freeze()
     # Libraries' own log lines (aioquic's "quic" logger) would break the one-line error rule.
     logging.getLogger("quic").addHandler(logging.NullHandler())
     logging.getLogger("quic").propagate = False
-    try:
-        # standalone_mode=False: click returns a command's typer.Exit code instead of exiting.
-        code = app(standalone_mode=False)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.TyperException as exc:  # bad arguments or options
-        message = f"{exc.format_message()} (see fluxctl --help)"
-        if "--json" in sys.argv:
-            print(json.dumps({"ok": False, "error": message, "exit_code": EXIT_USAGE}))
-        print(f"fluxctl: {message}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except (typer.Abort, KeyboardInterrupt):
-        print("fluxctl: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except FluxError as exc:
-        print(f"fluxctl: {exc.message}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except Exception as exc:
-        if os.environ.get("FLUX_DEBUG"):
-            raise
-        print(f"fluxctl: internal error: {exc!r} (FLUX_DEBUG=1 shows a traceback)", file=sys.stderr)
-        sys.exit(EXIT_OTHER)
-    sys.exit(code if isinstance(code, int) else 0)
+    run_app(app, "fluxctl", json_errors=True)

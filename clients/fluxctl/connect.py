@@ -7,21 +7,22 @@ UDP is blocked the transfer starts over TCP within a second, where it passes QUI
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from aioquic.tls import SessionTicket
+from typing import TYPE_CHECKING
 
 from fluxd.buffers import POOL
 from fluxd.chunkflow import Channel, expect
 from fluxd.config import is_loopback
-from fluxd.transports import quic, tcp
+from fluxd.transports import DEFAULT_DATAGRAM_SIZE, tcp
 from fluxproto import (
     DEFAULT_WINDOW,
     ConfigError,
     ConnectError,
     Connection,
+    ConnectionRefused,
     FluxError,
     Hello,
     Role,
@@ -30,7 +31,6 @@ from fluxproto import (
 from fluxproto.errors import map_exceptions
 
 from . import __version__
-from .tickets import TicketStore
 from .trust import (
     TrustPolicy,
     check_alpn,
@@ -40,6 +40,11 @@ from .trust import (
     translate_ssl_errors,
 )
 from .url import FluxURL
+
+if TYPE_CHECKING:
+    from aioquic.tls import SessionTicket
+
+    from .tickets import TicketStore
 
 TRANSPORTS = ("auto", "quic", "tcp")
 #: How long QUIC may try alone before TCP joins the race.
@@ -62,7 +67,7 @@ class ClientOptions:
     connect_timeout: float = 10.0
     #: Seconds without any frame from the server before the link is considered dead.
     io_timeout: float = 60.0
-    quic_datagram_size: int = quic.DEFAULT_DATAGRAM_SIZE
+    quic_datagram_size: int = DEFAULT_DATAGRAM_SIZE
     on_new_host: Callable[[str], None] | None = None
     #: Bearer token sent in HELLO (see tokens.resolve_token), or None for anonymous access.
     token: str | None = None
@@ -78,6 +83,17 @@ class ClientOptions:
             raise ConfigError("QUIC always uses TLS: --insecure-plaintext needs --transport tcp")
         if not 1200 <= self.quic_datagram_size <= 16000:
             raise ConfigError("the QUIC datagram size must be between 1200 and 16000 bytes")
+
+    @staticmethod
+    def datagram_size_from_env() -> int:
+        """FLUX_QUIC_DATAGRAM_SIZE: larger QUIC datagrams for paths known to carry them."""
+        text = os.environ.get("FLUX_QUIC_DATAGRAM_SIZE", "")
+        if not text:
+            return DEFAULT_DATAGRAM_SIZE
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"FLUX_QUIC_DATAGRAM_SIZE is not a number: {text!r}") from None
 
     @property
     def policy(self) -> TrustPolicy:
@@ -115,7 +131,7 @@ async def _race(url: FluxURL, opts: ClientOptions) -> Channel:
                 attempts, timeout=left, return_when=asyncio.FIRST_COMPLETED
             )
             if not done:
-                break  # QUIC is silent and TCP was refused: nothing is answering
+                break  # QUIC is silent and TCP failed: nothing is answering
             for task in done:
                 exc = task.exception()
                 if exc is None:
@@ -132,6 +148,9 @@ async def _race(url: FluxURL, opts: ClientOptions) -> Channel:
         if attempts:
             await asyncio.wait(attempts)
     errors.setdefault("QUIC", ConnectError("no answer"))
+    if isinstance(errors.get("TCP"), ConnectionRefused):
+        # TCP refused and QUIC silent (or refused too): nothing listens at this address.
+        raise errors["TCP"]
     reasons = "; ".join(f"{name}: {exc}" for name, exc in sorted(errors.items()))
     raise ConnectError(f"cannot reach {url.address} ({reasons})")
 
@@ -140,7 +159,7 @@ async def connect_tcp(url: FluxURL, opts: ClientOptions) -> Channel:
     ctx = _ssl_context(url, opts)
     # ssl.SSLError is an OSError: the ssl translation must be the inner manager.
     with (
-        map_exceptions({OSError: _os_connect_error, TimeoutError: ConnectError}),
+        map_exceptions({OSError: _connect_error(url), TimeoutError: ConnectError}),
         translate_ssl_errors(),
     ):
         sock = await tcp.open_connection(
@@ -159,6 +178,11 @@ async def connect_tcp(url: FluxURL, opts: ClientOptions) -> Channel:
 
 
 async def connect_quic(url: FluxURL, opts: ClientOptions) -> Channel:
+    # Imported here: aioquic costs ~0.1 s of start-up that a TCP-only command does not need.
+    from fluxd.transports import quic  # noqa: PLC0415
+
+    from .tickets import TicketStore  # noqa: PLC0415
+
     policy = opts.policy
     config = quic.configuration(is_client=True, datagram_size=opts.quic_datagram_size)
     if policy.ca is not None:
@@ -179,7 +203,7 @@ async def connect_quic(url: FluxURL, opts: ClientOptions) -> Channel:
             TimeoutError: lambda e: ConnectError(
                 f"no QUIC answer from {url.address} (UDP blocked?)"
             ),
-            OSError: _os_connect_error,
+            OSError: _connect_error(url),
         }
     ):
         ch = await quic.open_connection(
@@ -225,9 +249,14 @@ class _TicketKeeper:
             self._store.save(self._key, ticket, self._certificate)
 
 
-def _os_connect_error(exc: BaseException) -> FluxError:
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return ConnectError(reason.lower())
+def _connect_error(url: FluxURL) -> Callable[[BaseException], FluxError]:
+    def translate(exc: BaseException) -> FluxError:
+        if isinstance(exc, ConnectionRefusedError):
+            return ConnectionRefused(f"connection refused by {url.address}: is fluxd running?")
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return ConnectError(reason.lower())
+
+    return translate
 
 
 def _make_hello(opts: ClientOptions) -> Hello:

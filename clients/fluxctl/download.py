@@ -12,13 +12,18 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import BinaryIO
 
-from fluxd.chunkflow import Channel, ChunkWriter, expect
+from fluxd.buffers import POOL
+from fluxd.chunkflow import Buffer, Channel, ChunkWriter, expect
 from fluxd.storage.staging import StagedFile
 from fluxproto import (
     MAX_RANGES,
+    Ack,
     Chunk,
     ConfigError,
+    Conflict,
+    FileHasher,
     IntegrityError,
     Meta,
     OpenDownload,
@@ -30,6 +35,7 @@ from fluxproto.digest import digest_at
 from .connect import ClientOptions
 from .results import DEFAULT_CHUNK, ProgressFn, TransferResult
 from .retry import Retrier
+from .upload import current_umask
 from .url import FluxURL
 
 PARTIAL_SUFFIX = ".fluxpart"
@@ -109,14 +115,7 @@ class Download:
     async def _meta(
         self, ch: Channel, want: tuple[tuple[int, int], ...], plan: Meta | None
     ) -> Meta:
-        """Ask for `want` of the version `plan` describes (None: learn the current version)."""
-        if plan is None:
-            request = OpenDownload(self.url.path, want, None, self.opts.chunk_size or DEFAULT_CHUNK)
-        else:  # digest and chunk size pin the version and geometry `want` was computed for
-            request = OpenDownload(self.url.path, want, plan.digest, plan.chunk_size)
-        ch.send(request)
-        # The server may hash a file it has no manifest for before answering.
-        return await expect(ch, Meta, self.opts.io_timeout * 10)
+        return await ask_meta(ch, self.url.path, want, plan, self.opts)
 
     async def _open_staged(self, meta: Meta) -> StagedFile:
         data, journal = partial_paths(self.dest)
@@ -158,10 +157,110 @@ class Download:
         if digest != meta.digest:
             await asyncio.to_thread(staged.discard)
             raise IntegrityError(f"{self.dest}: whole-file digest does not match the server's")
-        await asyncio.to_thread(staged.publish, self.dest, meta.mode & 0o777 & ~_umask())
+        await asyncio.to_thread(staged.publish, self.dest, meta.mode & 0o777 & ~current_umask())
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+async def ask_meta(
+    ch: Channel,
+    path: str,
+    want: tuple[tuple[int, int], ...],
+    plan: Meta | None,
+    opts: ClientOptions,
+) -> Meta:
+    """Ask for `want` of the version `plan` describes (None: learn the current version)."""
+    if plan is None:
+        request = OpenDownload(path, want, None, opts.chunk_size or DEFAULT_CHUNK)
+    else:  # digest and chunk size pin the version and geometry `want` was computed for
+        request = OpenDownload(path, want, plan.digest, plan.chunk_size)
+    ch.send(request)
+    # The server may hash a file it has no manifest for before answering.
+    return await expect(ch, Meta, opts.io_timeout * 10)
+
+
+class StreamDownload:
+    """`recv URL -`: the file, in order, to a stream such as standard output.
+
+    Each chunk is checked against its digest (by the protocol layer) before it is written, and
+    acknowledged only once written, so the server's window bounds what waits here for a chunk
+    that arrives out of order (QUIC spreads chunks over several streams). After a reconnect the
+    run goes on from the first chunk not yet written, pinned to the same version of the file;
+    a stream cannot be rewound, so a file replaced on the server meanwhile ends the run (exit
+    6), and a run interrupted for good starts again from the beginning. The whole-file digest
+    is checked at the end (exit 3 if it differs: the bytes already written are then wrong).
+    """
+
+    def __init__(
+        self,
+        url: FluxURL,
+        out: BinaryIO,
+        opts: ClientOptions,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.url, self.out, self.opts = url, out, opts
+        self.progress = progress or (lambda done, total: None)
+        self.received = 0
+        self.written = 0
+        self._meta: Meta | None = None
+        self._next = 0  # the first chunk not yet written
+        self._hasher = FileHasher()
+
+    async def run(self, retrier: Retrier | None = None) -> TransferResult:
+        started = time.monotonic()
+        retrier = retrier or Retrier(self.url, self.opts)
+        meta = await retrier.run(self._attempt)
+        seconds = time.monotonic() - started
+        return TransferResult(
+            "recv", self.url.path, meta.size, self.received, 0, retrier.retries, seconds,
+            meta.digest, transport=retrier.transport,
+        )  # fmt: skip
+
+    async def _attempt(self, ch: Channel, n: int) -> Meta:
+        if self._meta is None:
+            self._meta = await ask_meta(ch, self.url.path, (), None, self.opts)
+            self.progress(0, self._meta.size)
+        meta = self._meta
+        total = chunk_count(meta.size, meta.chunk_size)
+        if self._next < total:
+            want = ((self._next, total - self._next),)
+            reply = await ask_meta(ch, self.url.path, want, meta, self.opts)
+            if reply.count == 0:
+                raise Conflict(
+                    f"{self.url.path} changed on the server during the transfer; "
+                    f"{self.written} bytes of the old version were already written"
+                )
+            await self._receive(ch, reply.count, meta.size)
+        if self._hasher.digest() != meta.digest:
+            raise IntegrityError(f"{self.url.path}: whole-file digest does not match the server's")
+        return meta
+
+    async def _receive(self, ch: Channel, count: int, size: int) -> None:
+        early: dict[int, Buffer] = {}  # arrived before a chunk ahead of them
+        try:
+            for _ in range(count):
+                chunk = await expect(ch, Chunk, self.opts.io_timeout)
+                self.received += len(chunk.data)
+                early[chunk.index] = chunk.data
+                first, ready = self._next, []
+                while self._next in early:
+                    ready.append(early.pop(self._next))
+                    self._next += 1
+                if ready:
+                    await asyncio.to_thread(self._write, ready)
+                    ch.send(Ack(to_ranges(range(first, self._next))))
+                    self.progress(self.written, size)
+        finally:
+            for data in early.values():
+                if isinstance(data, memoryview):
+                    POOL.put(data)
+
+    def _write(self, buffers: list[Buffer]) -> None:
+        try:
+            for data in buffers:
+                self._hasher.update(data)
+                self.out.write(data)
+                self.written += len(data)
+            self.out.flush()
+        finally:
+            for data in buffers:
+                if isinstance(data, memoryview):
+                    POOL.put(data)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from fluxd.chunkflow import Channel
-from fluxproto import FluxError, Goodbye
+from fluxproto import ConnectionRefused, FluxError, Goodbye
 
 from .connect import ClientOptions, connect
 from .url import FluxURL
@@ -40,6 +40,9 @@ class Retrier:
         #: The transport the last attempt connected over ("tcp" or "quic"), and its channel.
         self.transport = "tcp"
         self.channel: Channel | None = None
+        #: True once any attempt connected: from then on a refused connection is a daemon
+        #: restarting, worth waiting for; before, it is most likely a wrong address.
+        self.connected = False
 
     async def run(self, attempt: Callable[[Channel, int], Awaitable[T]]) -> T:
         """Call `attempt(channel, n)` on a fresh connection until it succeeds or gives up.
@@ -56,6 +59,8 @@ class Retrier:
                 pause = delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
                 if not exc.retryable or time.monotonic() + pause > deadline:
                     raise
+                if isinstance(exc, ConnectionRefused) and not self.connected:
+                    raise
                 if self.on_retry is not None:
                     self.on_retry(exc, pause)
                 await asyncio.sleep(pause)
@@ -66,13 +71,23 @@ class Retrier:
         ch = await connect(self.url, self.opts)
         self.transport = ch.transport
         self.channel = ch
+        self.connected = True
+        farewell: str | None = None
         try:
             result = await attempt(ch, self.retries)
-            with contextlib.suppress(FluxError):  # the work is done; a lost goodbye changes nothing
-                ch.send(Goodbye("done"))
+            farewell = "done"
             return result
+        except asyncio.CancelledError:
+            # Ctrl-C: say so, so the server lets go of this upload now, not when it notices
+            # the silence (a rerun of the same command would wait for that).
+            farewell = "interrupted"
+            raise
         finally:
+            if farewell is not None:
+                with contextlib.suppress(FluxError):  # a lost goodbye changes nothing here
+                    ch.send(Goodbye(farewell))
             ch.close()
             # Closing flushes what is queued (a goodbye); bounded, it cannot hold up a result.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ch.wait_closed(), CLOSE_WAIT)
+                async with asyncio.timeout(CLOSE_WAIT):
+                    await ch.wait_closed()

@@ -9,11 +9,15 @@ read in this attempt; if the file changed during the pass, the attempt is repeat
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
+import shutil
 import stat
+import sys
+import tempfile
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,10 +30,13 @@ from fluxproto import (
     Conflict,
     FileHasher,
     FluxError,
+    Info,
     IntegrityError,
     OpenUpload,
     PermissionDenied,
+    Stat,
     Status,
+    TransportError,
     Unavailable,
     chunk_count,
     chunk_digest,
@@ -47,6 +54,8 @@ READ_AHEAD = 4
 MAX_RESCANS = 3
 #: Commit re-reads the staged file on the server when it could not hash it in order.
 COMMIT_RATE = 50e6
+#: What `send -` names the data it reads from standard input.
+STDIN = "-"
 
 
 class LocalFileChanged(FluxError):
@@ -59,18 +68,58 @@ class Upload:
     """One `fluxctl send` run; `run` retries attempts until the file is committed."""
 
     def __init__(
-        self, local: Path, url: FluxURL, opts: ClientOptions, progress: ProgressFn | None = None
+        self,
+        local: Path,
+        url: FluxURL,
+        opts: ClientOptions,
+        progress: ProgressFn | None = None,
+        *,
+        name: str | None = None,
     ) -> None:
         self.local, self.url, self.opts = local, url, opts
-        # Like scp: a remote path ending in "/" names a directory to put the file in.
-        self.remote = url.path + local.name if url.path.endswith("/") else url.path
+        #: The file's name where the remote path names a directory (None: there must be none).
+        self.name = local.name if name is None else name or None
+        if url.path.endswith("/"):  # like scp: a trailing "/" names a directory to put it in
+            if self.name is None:
+                raise ConfigError(f"{url} names a directory: add a file name to the URL")
+            self.remote = url.path + self.name
+        else:
+            self.remote = url.path
+        #: What progress shows as being sent.
+        self.label = local.name if self.name == local.name else "standard input"
         self.progress = progress or (lambda done, total: None)
+        self._into_folder_tried = url.path.endswith("/")
+        #: The mode the remote file gets (None: the local file's).
+        self.mode: int | None = None
         self.sent = 0
         self.skipped = 0
         #: What the server held when the run started: the base for `skipped`.
         self.first_held: dict[int, bytes] | None = None
         self.rescans = 0
         self.integrity_retries = 0
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, local: str, url: FluxURL, opts: ClientOptions) -> Iterator[Upload]:
+        """The upload of `local` (a path, or `-` for standard input) to `url`.
+
+        Standard input is copied to a private temporary file first (in TMPDIR, removed at
+        the end): the protocol announces a file's size before its chunks, and a retry within
+        the run must read the data again. A pipe cannot be read twice, so an interrupted
+        `send -` resumes only when the same data is piped in again.
+        """
+        if local != STDIN:
+            yield cls(Path(local), url, opts)
+            return
+        if url.path.endswith("/"):
+            raise ConfigError(f"{url} names a directory: data from standard input needs a name")
+        with tempfile.NamedTemporaryFile(prefix="fluxctl-stdin-") as spool:
+            with map_exceptions({OSError: _stdin_error}):
+                shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+                spool.flush()
+            upload = cls(Path(spool.name), url, opts, name="")
+            upload.mode = 0o666 & ~current_umask()  # as a new file would get, not the spool's 0600
+            yield upload
 
     async def run(self, retrier: Retrier | None = None) -> TransferResult:
         started = time.monotonic()
@@ -93,14 +142,8 @@ class Upload:
         try:
             size = st.st_size
             chunk_size = chunk_size_for(size, self.opts.chunk_size)
-            ch.send(OpenUpload(self.remote, size, chunk_size, stat.S_IMODE(st.st_mode)))
-            try:
-                status = await expect(ch, Status, self.opts.io_timeout)
-            except Conflict as exc:
-                if n == 0:
-                    raise
-                # Most likely our own previous connection, not yet noticed dead by the server.
-                raise Unavailable(str(exc)) from exc
+            mode = stat.S_IMODE(st.st_mode) if self.mode is None else self.mode
+            status = await self._open(ch, n, OpenUpload(self.remote, size, chunk_size, mode))
             held = held_digests(status)
             if self.first_held is None:
                 self.first_held = held
@@ -116,6 +159,35 @@ class Upload:
             raise
         finally:
             os.close(fd)
+
+    async def _open(self, ch: Channel, n: int, request: OpenUpload) -> Status:
+        ch.send(request)
+        try:
+            return await expect(ch, Status, self.opts.io_timeout)
+        except Conflict as exc:
+            if await self._into_folder(ch):
+                return await self._open(ch, n, dataclasses.replace(request, path=self.remote))
+            if n == 0:
+                raise
+            # Most likely our own previous connection, not yet noticed dead by the server.
+            raise Unavailable(str(exc)) from exc
+
+    async def _into_folder(self, ch: Channel) -> bool:
+        """Like scp: if the remote path is a directory, send the file into it (once)."""
+        if self._into_folder_tried or self.name is None:
+            return False
+        self._into_folder_tried = True
+        ch.send(Stat(self.remote))
+        try:
+            info = await expect(ch, Info, self.opts.io_timeout)
+        except TransportError:
+            raise
+        except FluxError:  # not allowed to look (a write-only token), or gone: the first error
+            return False
+        if info.entry.kind != "dir":
+            return False
+        self.remote = self.remote.rstrip("/") + "/" + self.name
+        return True
 
     async def _send_all(
         self,
@@ -192,6 +264,18 @@ def _local_error(exc: BaseException) -> FluxError:
     if exc.errno == errno.EISDIR:
         return ConfigError(f"{name} is a directory; fluxctl sends single files")
     return ConfigError(f"cannot read {name}: {exc.strerror}")
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it; set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _stdin_error(exc: BaseException) -> FluxError:
+    assert isinstance(exc, OSError)
+    return ConfigError(f"cannot read standard input: {exc.strerror or exc}")
 
 
 def open_local(path: Path) -> tuple[int, os.stat_result]:

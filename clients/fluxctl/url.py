@@ -21,7 +21,7 @@ class FluxURL:
         """Parse a flux URL; the path is taken literally (no percent-decoding).
 
         Raises:
-            ConfigError: not a flux:// URL or no host.
+            ConfigError: not a flux:// URL, no host, or port 0 (which no server listens on).
         """
         if not text.startswith(SCHEME):
             raise ConfigError(f"not a flux URL: {text!r} (expected flux://HOST:PORT/PATH)")
@@ -30,6 +30,8 @@ class FluxURL:
         if not authority:
             raise ConfigError(f"no host in {text!r}")
         host, port = parse_hostport(authority, DEFAULT_PORT)
+        if port == 0:
+            raise ConfigError(f"port 0 in {text!r}: give the port fluxd listens on (default 7070)")
         return cls(host, port, "/" + path if slash else "/")
 
     @property

@@ -45,7 +45,11 @@ class Authenticator:
         keys = {own.kid: own.public, **load_public_keys(auth.trusted_keys, auth.jwks)}
         revocations = Revocations(TokenRegistry(config.certs))
         verifier = Verifier(
-            keys, auth.audience or own.audience, revocations.__contains__, auth.root
+            keys,
+            auth.audience or own.audience,
+            revocations.__contains__,
+            auth.root,
+            own=frozenset({own.kid}),
         )
         anonymous = None
         if config.anonymous:

@@ -35,7 +35,8 @@ KEY_FILE = "token-key.pem"
 PUB_FILE = "token-pub.pem"
 ISSUER = "fluxd"
 ALGORITHM = "EdDSA"
-#: Clock difference tolerated between the issuer and this daemon.
+#: Clock difference tolerated between an external issuer and this daemon (README "Tokens and
+#: access"). Tokens this daemon signed itself were stamped by its own clock: no tolerance.
 LEEWAY = 30.0
 _REQUIRED = ["exp", "iat", "sub", "jti", "aud"]
 
@@ -122,7 +123,8 @@ class SigningKey:
             "iat": iat,
             "nbf": iat,
             "exp": iat + max(1, int(ttl)),
-            "jti": secrets.token_urlsafe(12),
+            # Hex: an id never begins with "-", which a command line would take for an option.
+            "jti": secrets.token_hex(12),
             "scope": " ".join(str(s) for s in scopes),
         }
         token = jwt.encode(claims, self.private, algorithm=ALGORITHM, headers={"kid": self.kid})
@@ -188,6 +190,7 @@ class Verifier:
         audience: the `aud` a token must carry.
         revoked: tells whether a `jti` was revoked.
         root_template: `root` from the config (`/users/{sub}`), or "" for the whole tree.
+        own: ids of the keys this daemon signs with: their tokens get no clock leeway.
     """
 
     def __init__(
@@ -196,9 +199,10 @@ class Verifier:
         audience: str,
         revoked: Callable[[str], bool],
         root_template: str = "",
+        own: frozenset[str] = frozenset(),
     ) -> None:
         self.keys, self.audience, self.revoked = dict(keys), audience, revoked
-        self.root_template = root_template
+        self.root_template, self.own = root_template, own
 
     def verify(self, token: str) -> Grant:
         """The grant a token carries.
@@ -215,8 +219,8 @@ class Verifier:
         if header.get("alg") != ALGORITHM:
             raise AuthError(f"token algorithm {header.get('alg')!r} is not accepted (EdDSA only)")
         kid = header.get("kid")
-        candidates = [self.keys[kid]] if kid in self.keys else list(self.keys.values())
-        claims = self._decode(token, candidates)
+        candidates = [(kid, self.keys[kid])] if kid in self.keys else list(self.keys.items())
+        claims, leeway = self._decode(token, candidates)
         jti, sub = claims["jti"], claims["sub"]
         if not (isinstance(jti, str) and jti and isinstance(sub, str) and sub):
             raise AuthError("token has an empty or non-string jti or sub")
@@ -230,21 +234,26 @@ class Verifier:
         except ValueError as exc:
             raise AuthError(f"token scopes are not valid: {exc}") from None
         root = subject_root(self.root_template, sub) if self.root_template else ""
-        return Grant(sub, jti, scopes, root, float(claims["exp"]))
+        # Live connections end at the same moment a new one would be refused.
+        return Grant(sub, jti, scopes, root, float(claims["exp"]) + leeway)
 
-    def _decode(self, token: str, keys: list[Ed25519PublicKey]) -> dict[str, Any]:
+    def _decode(
+        self, token: str, keys: list[tuple[str, Ed25519PublicKey]]
+    ) -> tuple[dict[str, Any], float]:
+        """The verified claims, and the clock leeway they were checked with."""
         error: jwt.InvalidTokenError = jwt.InvalidSignatureError()
-        for key in keys:
+        for kid, key in keys:
+            leeway = 0.0 if kid in self.own else LEEWAY
             try:
                 claims: dict[str, Any] = jwt.decode(
                     token,
                     key,
                     algorithms=[ALGORITHM],
                     audience=self.audience,
-                    leeway=LEEWAY,
+                    leeway=leeway,
                     options={"require": _REQUIRED},
                 )
-                return claims
+                return claims, leeway
             except jwt.InvalidSignatureError as exc:
                 error = exc
             except jwt.InvalidTokenError as exc:

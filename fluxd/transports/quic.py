@@ -58,14 +58,13 @@ from fluxproto import (
 from fluxproto.frames import ALPN
 
 from ..buffers import POOL
-from . import quic_cc
+from . import DEFAULT_DATAGRAM_SIZE, quic_cc
 from .inbox import Inbox
 from .quic_io import GsoTransport, PreciseClock, TimerAwarePacer, udp_socket
 
 DATA_STREAMS = 4
 #: Chunks that may wait for their transfer to open before the peer is breaking the protocol.
 MAX_WAITING_CHUNKS = 64
-DEFAULT_DATAGRAM_SIZE = 1452  # 1500-byte MTU minus IPv6 and UDP headers
 #: Connection and stream flow-control credit; the protocol window is the real bound.
 FLOW_CREDIT = 64 * 1024 * 1024
 IDLE_TIMEOUT = 8.0  # a path silent this long is dead: the client reconnects and resumes

@@ -73,6 +73,8 @@ class SocketChannel:
         self._gone = asyncio.Event()
         self._closing = False
         self._memory = budget
+        #: Loop time of the last bytes from the peer (a sign of life, whatever they carry).
+        self.last_receive = self.loop.time()
         self._resume_reading()
 
     # --- channel API ------------------------------------------------------------------------
@@ -168,6 +170,7 @@ class SocketChannel:
                 if n == 0:
                     self._on_eof()
                     return
+                self.last_receive = self.loop.time()
                 self.conn.buffer_updated(n)
                 self._pump()  # one frame per buffer: it must be taken before the next
                 budget -= n

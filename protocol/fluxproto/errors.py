@@ -75,6 +75,10 @@ class ConnectError(TransportError):
     """Could not connect to the server."""
 
 
+class ConnectionRefused(ConnectError):
+    """Nothing accepts connections at the server's address (a typo, or the daemon is down)."""
+
+
 class ConnectionLost(TransportError):
     """The connection closed or broke in the middle of an exchange."""
 

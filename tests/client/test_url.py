@@ -56,6 +56,8 @@ def test_default_port_is_7070() -> None:
         ("flux:///x", "no host"),
         ("flux://:80/x", "HOST:PORT"),
         ("flux://h:port/x", "HOST:PORT"),
+        ("flux://h:0/x", "port 0"),
+        ("flux://[::1]:0/x", "port 0"),
         ("flux://h:/x", "HOST:PORT"),
         ("flux://::1/x", "HOST:PORT"),
         ("flux://[::1/x", "HOST:PORT"),

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fluxd.auth.gate import Authenticator
 from fluxd.auth.registry import Revocations, TokenRegistry
 from fluxd.auth.scopes import Grant, Scope, parse_scopes, subject_root
-from fluxd.auth.tokens import SigningKey, Verifier, key_id, load_public_keys
+from fluxd.auth.tokens import LEEWAY, SigningKey, Verifier, key_id, load_public_keys
 from fluxd.cli import parse_ttl
 from fluxd.config import AuthConfig, ServerConfig
 from fluxproto import AuthError, ConfigError, PermissionDenied
@@ -104,9 +104,13 @@ def key(tmp_path: Path) -> SigningKey:
     return SigningKey.load_or_create(tmp_path / "certs")
 
 
-def verifier(key: SigningKey, revoked: set[str] | None = None, root: str = "") -> Verifier:
+def verifier(
+    key: SigningKey, revoked: set[str] | None = None, root: str = "", *, own: bool = True
+) -> Verifier:
+    """A daemon's verifier whose own key is `key` (own=False: `key` is an external issuer's)."""
     gone = revoked or set()
-    return Verifier({key.kid: key.public}, key.audience, gone.__contains__, root)
+    kids = frozenset({key.kid}) if own else frozenset()
+    return Verifier({key.kid: key.public}, key.audience, gone.__contains__, root, own=kids)
 
 
 def mint(private: Ed25519PrivateKey, kid: str | None = None, **claims: Any) -> str:
@@ -188,10 +192,12 @@ def test_refusals_say_why(key: SigningKey) -> None:
     assert "non-string" in refusal(key, mint(key.private, aud=aud, jti=""))
 
 
-def test_clock_skew_within_the_leeway_is_tolerated(key: SigningKey) -> None:
+def test_clock_skew_of_an_external_issuer_within_the_leeway_is_tolerated(key: SigningKey) -> None:
     now = int(time.time())
     token = mint(key.private, aud=key.audience, iat=now + 10, nbf=now + 10)
-    assert verifier(key).verify(token).subject == "alice"
+    assert verifier(key, own=False).verify(token).subject == "alice"
+    with pytest.raises(AuthError, match="not valid yet"):
+        verifier(key).verify(token)  # our own tokens come from our own clock
 
 
 def test_algorithm_confusion_and_none_are_refused(key: SigningKey) -> None:
@@ -368,3 +374,20 @@ def test_ttl_parses(text: str, seconds: int) -> None:
 def test_bad_ttl_is_a_config_error(text: str) -> None:
     with pytest.raises(ConfigError, match="not a duration"):
         parse_ttl(text)
+
+
+def test_token_ids_are_hex_and_never_look_like_options(key: SigningKey) -> None:
+    for _ in range(200):  # base64url ids began with "-" about once in 32
+        _, claims = key.issue("a", parse_scopes("read:/"), 60, key.audience, time.time())
+        assert int(claims["jti"], 16) >= 0 and not claims["jti"].startswith("-")
+
+
+def test_own_tokens_get_no_clock_leeway_external_ones_do(key: SigningKey) -> None:
+    now = int(time.time())
+    just_expired = mint(key.private, aud=key.audience, iat=now - 60, exp=now - 5)
+    with pytest.raises(AuthError, match="expired"):
+        verifier(key).verify(just_expired)
+    # An external issuer's clock may be ahead or behind: LEEWAY tolerates that, and a live
+    # grant then ends at the same moment a new connection would be refused.
+    grant = verifier(key, own=False).verify(just_expired)
+    assert grant.expires == now - 5 + LEEWAY

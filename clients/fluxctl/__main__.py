@@ -1,0 +1,11 @@
+"""Entry point of `fluxctl` (the console script) and of `python -m fluxctl`."""
+
+from fluxd.entry import guarded
+
+
+def main() -> None:
+    guarded("fluxctl", "fluxctl.cli")
+
+
+if __name__ == "__main__":
+    main()
