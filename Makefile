@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks concurrency
 	$(PY) -m benchmarks ratelimit
 	$(PY) -m benchmarks housekeeping
+	$(PY) -m benchmarks startup
 
 # Every fuzz property with 10000 inputs each (make test runs 800); the count goes to RESULTS.md.
 fuzz: $(STAMP)

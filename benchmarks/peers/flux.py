@@ -91,6 +91,11 @@ class FluxPeer(Service):
         self._server: ServerProcess | None = None
 
     @property
+    def env(self) -> dict[str, str]:
+        """The environment fluxctl runs with against this daemon (its isolated directories)."""
+        return dict(self._env)
+
+    @property
     def peak_resettable(self) -> bool:
         return self._server.peak_resettable if self._server else False
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import concurrency, core, housekeeping, links, quic, ratelimit
+from . import concurrency, core, housekeeping, links, quic, ratelimit, startup
 
 SCENARIOS: dict[str, ModuleType] = {
     "core": core,
@@ -13,4 +13,5 @@ SCENARIOS: dict[str, ModuleType] = {
     "concurrency": concurrency,
     "ratelimit": ratelimit,
     "housekeeping": housekeeping,
+    "startup": startup,
 }
