@@ -3,7 +3,9 @@
 Each attempt reads the whole local file once, in order: every chunk is hashed, chunks the server
 holds with the same digest are skipped, the rest are sent within the server's window. The
 whole-file digest comes from the same pass, so the committed file is exactly the local file as
-read in this attempt; if the file changed during the pass, the attempt is repeated.
+read in this attempt; if the file changed during the pass, the attempt is repeated. When the
+server answers COMMIT with 422 (chunks it offered as held turned out damaged when it read
+them), the attempt makes another pass on the same connection against a fresh STATUS.
 """
 
 from __future__ import annotations

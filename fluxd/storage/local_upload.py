@@ -97,6 +97,10 @@ class LocalUpload:
             self._fill_from_base()
         if not staged.complete:
             raise IntegrityError(f"missing {staged.count - len(staged.held)} chunks of {self._rel}")
+        # The digest of the chunks as they were verified on arrival (disk is read only for
+        # what came out of order): reading everything back made a 1 GiB upload 1.5x slower.
+        # Rot after arrival never enters the manifest, so downloads, scrub and the next
+        # upload's check of the file it would keep find it (README, Resume).
         if staged.file_digest() != digest:
             bad = staged.reverify()
             raise IntegrityError(

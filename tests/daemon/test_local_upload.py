@@ -185,6 +185,26 @@ def test_a_corrupt_staged_chunk_falls_back_to_the_base(storage: LocalStorage, ro
     assert (root / "f.bin").read_bytes() == bytes(new)
 
 
+def test_rot_in_a_staged_chunk_after_it_arrived_is_repaired_by_the_next_send(
+    storage: LocalStorage, root: Path
+) -> None:
+    """What commit guarantees (README, Behaviour): chunks are verified as they arrive and
+    synced; commit does not read them back. The manifest names the bytes that arrived, not
+    what is on disk, so rot in between is caught by downloads, scrub and the next send."""
+    data = content()
+    up = storage.open_upload("f.bin", len(data), CS, 0o644)
+    up.write_chunks(chunks(data))  # in order: commit hashes them as they arrived
+    flip_in_place(staging_dir(root, "f.bin") / "data", 4 * CS + 1)
+    up.commit(ref(data))
+    up.close()
+    assert manifest(root, "f.bin").digests == b"".join(d for _, d, _ in chunks(data))
+    assert storage.scrub().corrupt == ["/f.bin: 1 corrupt chunk(s): 4"]
+    with pytest.raises(IntegrityError, match="1 chunks"):
+        send(storage, "f.bin", data)
+    assert send(storage, "f.bin", data) == [4]
+    assert (root / "f.bin").read_bytes() == data
+
+
 # --- manifests ----------------------------------------------------------------------------------
 
 

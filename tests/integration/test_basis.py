@@ -25,6 +25,10 @@ def src(tmp_path: Path) -> Path:
     return path
 
 
+def upload_results(daemon: Daemon) -> list[str]:
+    return [r["result"].partition(":")[0] for r in daemon.events("access") if r["op"] == "upload"]
+
+
 def recv(fluxctl: Fluxctl, daemon: Daemon, out: Path) -> int:
     out.unlink(missing_ok=True)
     return fluxctl("recv", daemon.url("/f.bin"), str(out), "--retry-for", "0").code
@@ -46,6 +50,8 @@ def test_resending_over_a_rotten_copy_repairs_it(
     assert recv(fluxctl, daemon, tmp_path / "out.bin") == 0
     assert (tmp_path / "out.bin").read_bytes() == src.read_bytes()
     assert [e["path"] for e in daemon.events("stored-file-damaged")] == ["f.bin"]
+    # The first COMMIT found the damage (422); the second pass sent the one chunk.
+    assert upload_results(daemon) == ["ok", "error 422", "ok"]
     # Repaired for good: the next send keeps the file and moves nothing.
     third = fluxctl("send", str(src), daemon.url("/f.bin"), *SEND)
     assert third.code == 0 and third.json["sent"] == 0
@@ -64,5 +70,6 @@ def test_rot_in_a_chunk_a_changed_file_skips_is_resent(
     assert changed.code == 0, changed.stderr
     assert (daemon.root / "f.bin").read_bytes() == bytes(new)
     assert changed.json["sent"] == 2 * CHUNK, "chunk 9 (changed), then chunk 2 (damaged)"
+    assert upload_results(daemon) == ["ok", "error 422", "ok"]
     assert recv(fluxctl, daemon, tmp_path / "out.bin") == 0
     assert (tmp_path / "out.bin").read_bytes() == bytes(new)
