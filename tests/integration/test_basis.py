@@ -34,26 +34,28 @@ def recv(fluxctl: Fluxctl, daemon: Daemon, out: Path) -> int:
     return fluxctl("recv", daemon.url("/f.bin"), str(out), "--retry-for", "0").code
 
 
+@pytest.mark.parametrize("transport", ["tcp", "quic"])
 def test_resending_over_a_rotten_copy_repairs_it(
-    daemon: Daemon, fluxctl: Fluxctl, src: Path, tmp_path: Path
+    daemon: Daemon, fluxctl: Fluxctl, src: Path, tmp_path: Path, transport: str
 ) -> None:
-    assert fluxctl("send", str(src), daemon.url("/f.bin"), *SEND).code == 0
+    send = ("send", str(src), daemon.url("/f.bin"), *SEND, "--transport", transport)
+    assert fluxctl(*send).code == 0
     stored = daemon.root / "f.bin"
     flip_in_place(stored, 5 * CHUNK + 123)
     assert recv(fluxctl, daemon, tmp_path / "out.bin") == 3, "stored file is corrupt"
 
-    again = fluxctl("send", str(src), daemon.url("/f.bin"), *SEND)
+    again = fluxctl(*send)
     assert again.code == 0, again.stderr
     assert stored.read_bytes() == src.read_bytes()
     assert (again.json["sent"], again.json["skipped"]) == (CHUNK, SIZE - CHUNK)
-    assert again.json["retries"] == 0
+    assert (again.json["retries"], again.json["transport"]) == (0, transport)
     assert recv(fluxctl, daemon, tmp_path / "out.bin") == 0
     assert (tmp_path / "out.bin").read_bytes() == src.read_bytes()
     assert [e["path"] for e in daemon.events("stored-file-damaged")] == ["f.bin"]
     # The first COMMIT found the damage (422); the second pass sent the one chunk.
     assert upload_results(daemon) == ["ok", "error 422", "ok"]
     # Repaired for good: the next send keeps the file and moves nothing.
-    third = fluxctl("send", str(src), daemon.url("/f.bin"), *SEND)
+    third = fluxctl(*send)
     assert third.code == 0 and third.json["sent"] == 0
 
 
