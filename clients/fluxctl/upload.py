@@ -3,7 +3,9 @@
 Each attempt reads the whole local file once, in order: every chunk is hashed, chunks the server
 holds with the same digest are skipped, the rest are sent within the server's window. The
 whole-file digest comes from the same pass, so the committed file is exactly the local file as
-read in this attempt; if the file changed during the pass, the attempt is repeated.
+read in this attempt; if the file changed during the pass, the attempt is repeated. When the
+server answers COMMIT with 422 (chunks it offered as held turned out damaged when it read
+them), the attempt makes another pass on the same connection against a fresh STATUS.
 """
 
 from __future__ import annotations
@@ -52,7 +54,11 @@ from .url import FluxURL
 
 READ_AHEAD = 4
 MAX_RESCANS = 3
-#: Commit re-reads the staged file on the server when it could not hash it in order.
+#: COMMITs answered 422 that are followed by another pass: the server reports all it found
+#: damaged at once, so one is the rule; a second covers damage that happens meanwhile.
+MAX_INTEGRITY_RETRIES = 2
+#: Commit may read the whole file on the server: the staged file when it could not hash it in
+#: order, or the file at the destination it keeps (an unchanged file sent again).
 COMMIT_RATE = 50e6
 #: What `send -` names the data it reads from standard input.
 STDIN = "-"
@@ -140,25 +146,34 @@ class Upload:
     async def _attempt(self, ch: Channel, n: int) -> tuple[bytes, int]:
         fd, st = open_local(self.local)
         try:
-            size = st.st_size
-            chunk_size = chunk_size_for(size, self.opts.chunk_size)
-            mode = stat.S_IMODE(st.st_mode) if self.mode is None else self.mode
-            status = await self._open(ch, n, OpenUpload(self.remote, size, chunk_size, mode))
-            held = held_digests(status)
-            if self.first_held is None:
-                self.first_held = held
-            hasher = FileHasher()
-            await self._send_all(ch, fd, size, chunk_size, held, hasher)
-            if changed(fd, st, self.local):
-                self.rescans += 1
-                raise LocalFileChanged(f"{self.local} changed while it was being sent")
-            return await self._commit(ch, hasher.digest(), size), size
+            # None: the server found chunks it offered as held corrupt and dropped them. That
+            # is no network failure: plan again on this connection against a fresh STATUS.
+            while (digest := await self._pass(ch, n, fd, st)) is None:
+                pass
+            return digest, st.st_size
         except LocalFileChanged as exc:
             if self.rescans >= MAX_RESCANS:
                 raise ConfigError(f"{self.local} keeps changing; not sending a mix") from exc
             raise
         finally:
             os.close(fd)
+
+    async def _pass(self, ch: Channel, n: int, fd: int, st: os.stat_result) -> bytes | None:
+        """OPEN_UPLOAD, send what STATUS lacks, COMMIT; the committed digest, or None to
+        plan again."""
+        size = st.st_size
+        chunk_size = chunk_size_for(size, self.opts.chunk_size)
+        mode = stat.S_IMODE(st.st_mode) if self.mode is None else self.mode
+        status = await self._open(ch, n, OpenUpload(self.remote, size, chunk_size, mode))
+        held = held_digests(status)
+        if self.first_held is None:
+            self.first_held = held
+        hasher = FileHasher()
+        await self._send_all(ch, fd, size, chunk_size, held, hasher)
+        if changed(fd, st, self.local):
+            self.rescans += 1
+            raise LocalFileChanged(f"{self.local} changed while it was being sent")
+        return await self._commit(ch, hasher.digest(), size)
 
     async def _open(self, ch: Channel, n: int, request: OpenUpload) -> Status:
         ch.send(request)
@@ -234,16 +249,17 @@ class Upload:
     def _on_sent(self, nbytes: int) -> None:
         self.sent += nbytes
 
-    async def _commit(self, ch: Channel, digest: bytes, size: int) -> bytes:
+    async def _commit(self, ch: Channel, digest: bytes, size: int) -> bytes | None:
+        """COMMIT; the digest once COMMITTED, or None when the server answered 422 (it found
+        chunks it held corrupt, dropped them and keeps the rest): send again what it lacks."""
         ch.send(Commit(digest))
         try:
             await expect(ch, Committed, self.opts.io_timeout + size / COMMIT_RATE)
-        except IntegrityError as exc:
-            # The server found a staged chunk damaged and dropped it: resend what is missing.
+        except IntegrityError:
             self.integrity_retries += 1
-            if self.integrity_retries > 2:
+            if self.integrity_retries > MAX_INTEGRITY_RETRIES:
                 raise
-            raise Unavailable(f"server asked to resend damaged chunks: {exc.message}") from exc
+            return None
         return digest
 
 

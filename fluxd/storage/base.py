@@ -28,7 +28,10 @@ class Upload(Protocol):
 
     @property
     def held(self) -> Mapping[int, bytes]:
-        """Chunk index -> digest for every chunk durably stored and verified."""
+        """Chunk index -> digest for every chunk the storage can vouch for: staged chunks read
+        back and verified when the upload opened (or written since), and chunks an
+        implementation can take from elsewhere (LocalStorage: the file at the destination),
+        which `commit` reads and checks before it keeps or copies them."""
         ...
 
     def write_chunks(self, batch: Sequence[ChunkData]) -> None:
@@ -39,8 +42,9 @@ class Upload(Protocol):
         """Check the whole-file digest and publish the file atomically at its path.
 
         Raises:
-            IntegrityError: chunks are missing or the digest differs (corrupt chunks are dropped
-                from `held`, the rest stay staged for a retry).
+            IntegrityError: chunks are missing, the digest differs, or chunks `held` offered
+                turned out corrupt when read. Those are no longer in `held` when the upload is
+                opened again; the chunks that still verify stay staged for the retry.
         """
         ...
 

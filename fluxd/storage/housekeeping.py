@@ -14,11 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fluxproto.digest import FileHasher, chunk_digest, digest_at
-from fluxproto.errors import Conflict, FluxError, StorageError
+from fluxproto.errors import Conflict, FluxError
 
-from ..buffers import POOL
-from .local import LocalStorage, Manifest
+from .local import LocalStorage, Manifest, show_chunks
 from .staging import StagedFile
 
 __all__ = ["Collected", "Recovered", "ScrubReport", "collect", "recover", "scrub"]
@@ -164,25 +162,13 @@ def _verify(storage: LocalStorage, manifest: Manifest) -> str | None:
     except FluxError as exc:
         return exc.message
     try:
-        hasher, bad = FileHasher(), []
-        for index in range(dl.count):
-            try:
-                data = dl.read_chunk(index)
-            except FluxError as exc:
-                return exc.message
-            try:
-                if chunk_digest(data) != digest_at(manifest.digests, index):
-                    bad.append(index)
-                hasher.update(data)
-            finally:
-                POOL.put(data)
-        if bad:
-            shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
-            return f"{len(bad)} corrupt chunk(s): {shown}"
-        if hasher.digest() != manifest.digest:
-            return "whole-file digest mismatch"
-        return None
-    except StorageError as exc:
+        bad, whole = dl.check()
+    except FluxError as exc:
         return exc.message
     finally:
         dl.close()
+    if bad:
+        return f"{len(bad)} corrupt chunk(s): {show_chunks(bad)}"
+    if whole != dl.digest:
+        return "whole-file digest mismatch"
+    return None

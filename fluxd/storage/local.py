@@ -6,6 +6,9 @@ Layout under the root (hidden from clients; `paths.normalize` refuses ".flux"):
     .flux/manifests/<sha256 of path>                 msgpack: chunk and file digests of a file
 
 A manifest is trusted only while the file's size, mtime_ns and inode match what it recorded.
+It records the digests of the bytes that were sent (or, for a file fluxd did not store, read
+when it was indexed); it never vouches for what is on disk now. Whatever takes a manifest's
+word for bytes it keeps or serves reads them and checks them first.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
-from fluxproto.digest import FileHasher, chunk_digest
+from fluxproto.digest import FileHasher, chunk_digest, digest_at
 from fluxproto.errors import (
     Conflict,
     FluxError,
@@ -62,7 +65,7 @@ from .staging import READ_BLOCK, StagedFile, fsync_dir, pread_into
 _MANIFEST_LIMIT = MAX_DIGESTS_PAYLOAD + 64 * 1024
 _DIR = os.O_RDONLY | os.O_DIRECTORY
 
-__all__ = ["LocalDownload", "LocalStorage", "Manifest"]
+__all__ = ["LocalDownload", "LocalStorage", "Manifest", "show_chunks"]
 
 
 def _key(rel: str) -> str:
@@ -71,6 +74,11 @@ def _key(rel: str) -> str:
 
 def _name(rel: str) -> str:
     return rel.rpartition("/")[2] or "/"
+
+
+def show_chunks(indices: list[int]) -> str:
+    """Chunk indices for a log line or message: the first ten, then "..."."""
+    return ", ".join(map(str, indices[:10])) + (" ..." if len(indices) > 10 else "")
 
 
 def _require_file(rel: str, st: os.stat_result) -> None:
@@ -91,6 +99,11 @@ class Manifest:
     digests: bytes
     mtime_ns: int
     ino: int
+    #: The bytes were found not to match these digests (a commit checking the file as a
+    #: basis): the file is no longer offered as a basis and its digest is not reported. The
+    #: digests are kept, so downloads go on refusing the damaged chunks instead of indexing
+    #: the damaged bytes as good. A new upload of the path replaces the manifest.
+    damaged: bool = False
 
     def matches(self, st: os.stat_result) -> bool:
         """True if `st` (of the opened file) is the file this manifest describes."""
@@ -105,10 +118,11 @@ class Manifest:
             return None
         if type(fields) is not dict:
             return None
-        try:
-            manifest = cls(**{f.name: fields[f.name] for f in dataclasses.fields(cls)})
-        except KeyError:
+        # A field with a default may be absent: manifests written before it existed.
+        values = {f.name: fields.get(f.name, f.default) for f in dataclasses.fields(cls)}
+        if dataclasses.MISSING in values.values():
             return None
+        manifest = cls(**values)
         return manifest if manifest._sane() else None
 
     def _sane(self) -> bool:
@@ -116,6 +130,8 @@ class Manifest:
         if any(type(v) is not int for v in ints) or type(self.path) is not str:
             return False
         if type(self.digest) is not bytes or type(self.digests) is not bytes:
+            return False
+        if type(self.damaged) is not bool:
             return False
         if not MIN_CHUNK <= self.chunk_size <= MAX_CHUNK or not 0 <= self.size <= MAX_FILE_SIZE:
             return False
@@ -184,7 +200,9 @@ class LocalStorage:
         except (OSError, FluxError):
             return None
         manifest = self._load_manifest(rel, st) if stat.S_ISREG(st.st_mode) else None
-        if manifest is None or (manifest.size, manifest.chunk_size) != (size, chunk_size):
+        if manifest is None or manifest.damaged:
+            return None
+        if (manifest.size, manifest.chunk_size) != (size, chunk_size):
             return None
         return manifest
 
@@ -275,6 +293,14 @@ class LocalStorage:
                 raise
             fsync_dir(self._manifests)
 
+    def _mark_damaged(self, manifest: Manifest, bad: list[int]) -> None:
+        """Record that the file `manifest` describes no longer holds its bytes (see
+        `Manifest.damaged`). Raises StorageError if the manifest cannot be written."""
+        log.event(
+            "stored-file-damaged", logging.WARNING, path=manifest.path, chunks=show_chunks(bad)
+        )
+        self._write_manifest(dataclasses.replace(manifest, damaged=True))
+
     def _forget_manifest(self, rel: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(self._manifest_path(rel))
@@ -350,7 +376,8 @@ class LocalStorage:
             kind, digest = "dir", None
         elif stat.S_ISREG(st.st_mode):
             manifest = self._load_manifest(rel, st)
-            kind, digest = "file", manifest.digest if manifest else None
+            # A damaged file does not hold the digest its manifest names.
+            kind, digest = "file", manifest.digest if manifest and not manifest.damaged else None
         else:
             raise Conflict(f"{rel} is not a regular file or directory")
         mode, mtime = st.st_mode & 0o7777, max(0, st.st_mtime_ns)
@@ -497,6 +524,24 @@ class LocalDownload:
             POOL.put(data)
             raise IntegrityError(f"{self._rel} was truncated on disk at chunk {index}")
         return data
+
+    def check(self) -> tuple[list[int], bytes]:
+        """Read the whole file: the chunks whose bytes do not match their digest, and the
+        xxh3-128 of everything read.
+
+        Raises:
+            StorageError: closed or unreadable. IntegrityError: the file got shorter.
+        """
+        hasher, bad = FileHasher(), []
+        for index in range(self.count):
+            data = self.read_chunk(index)
+            try:
+                if chunk_digest(data) != digest_at(self.digests, index):
+                    bad.append(index)
+                hasher.update(data)
+            finally:
+                POOL.put(data)
+        return bad, hasher.digest()
 
     def close(self) -> None:
         """Close the file. Idempotent."""

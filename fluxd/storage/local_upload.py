@@ -2,7 +2,11 @@
 
 When the file already at the destination has the upload's size and chunk size (and a
 manifest), its chunks count as held (rsync's basis file): the client skips the ones it shares,
-and commit copies them into the staged file, each checked against the manifest again.
+and commit copies them into the staged file, each checked against the manifest again. Nothing
+is taken on the manifest's word: a commit that keeps the file as it is (an unchanged file sent
+again) first reads it whole. When a chunk there no longer matches, commit stages every chunk
+that still does, marks the manifest damaged (the file stops counting as held) and fails with
+IntegrityError; the client's next STATUS then lacks exactly the damaged chunks.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from .oserrors import storage_errors
 from .staging import ChunkData, StagedFile
 
 if TYPE_CHECKING:
-    from .local import LocalStorage, Manifest
+    from .local import LocalDownload, LocalStorage, Manifest
 
 _COPY_BATCH = 8  # chunks copied from the destination per durable write
 
@@ -80,17 +84,23 @@ class LocalUpload:
 
         Raises:
             IntegrityError: chunks missing, or the digest differs; then every held chunk is
-                read back and the corrupt ones dropped, the rest stay staged.
+                read back and the corrupt ones dropped, the rest stay staged. Or a chunk taken
+                from the destination no longer matches; then the ones that do are staged and
+                the destination no longer counts as held.
             Conflict: the path became a directory, or a parent is a file.
         """
         staged = self._staged
         if self._base is not None and not staged.complete:
-            if not staged.held and digest == self._base.digest and self._unchanged_at_dest():
+            if not staged.held and digest == self._base.digest and self._dest_holds(digest):
                 self._keep_dest()  # the destination already is this file (a resend, a lost reply)
                 return
             self._fill_from_base()
         if not staged.complete:
             raise IntegrityError(f"missing {staged.count - len(staged.held)} chunks of {self._rel}")
+        # The digest of the chunks as they were verified on arrival (disk is read only for
+        # what came out of order): reading everything back made a 1 GiB upload 1.5x slower.
+        # Rot after arrival never enters the manifest, so downloads, scrub and the next
+        # upload's check of the file it would keep find it (README, Resume).
         if staged.file_digest() != digest:
             bad = staged.reverify()
             raise IntegrityError(
@@ -100,20 +110,28 @@ class LocalUpload:
         self._storage._publish(self._rel, staged, digest, self._mode)
         crash_point("published")
 
-    def _unchanged_at_dest(self) -> bool:
+    def _dest_holds(self, digest: bytes) -> bool:
+        """True if the file at the destination is still the base and its bytes, read now, are
+        exactly the file `digest` names: only then may commit keep it without writing.
+
+        The read costs one pass over the file on the server, where an unchanged file sent
+        again costs the client one too; it is what makes COMMITTED true for a kept file.
+        """
         assert self._base is not None
+        base = self._base
         try:
-            dl = self._storage.open_download(self._rel, self._base.chunk_size)
+            dl = self._storage.open_download(self._rel, base.chunk_size)
         except FluxError:
             return False
         try:
-            return (dl.digest, dl.chunk_size, dl.size) == (
-                self._base.digest,
-                self._base.chunk_size,
-                self._base.size,
-            )
+            if (dl.digest, dl.chunk_size, dl.size) != (base.digest, base.chunk_size, base.size):
+                return False
+            bad, whole = dl.check()
+        except FluxError:
+            return False  # unreadable or shrunk: copying (`_fill_from_base`) says which
         finally:
             dl.close()
+        return not bad and whole == digest
 
     def _keep_dest(self) -> None:
         """Commit as a no-op: set the mode the upload asked for, drop the staging."""
@@ -131,12 +149,13 @@ class LocalUpload:
         had them, checking each against the base manifest.
 
         Raises:
-            IntegrityError: the destination changed since the upload opened (the client then
-                resends: its next STATUS no longer offers those chunks).
+            IntegrityError: the destination changed since the upload opened, or some of its
+                chunks no longer match the manifest (then the good ones are staged and the
+                manifest is marked damaged). Either way the client resends: its next STATUS
+                no longer offers those chunks.
         """
         assert self._base is not None
-        base, staged = self._base, self._staged
-        missing = staged.missing()
+        base = self._base
         changed = IntegrityError(f"{self._rel} changed during the upload; resend the rest")
         try:
             dl = self._storage.open_download(self._rel, base.chunk_size)
@@ -145,25 +164,40 @@ class LocalUpload:
         try:
             if (dl.digest, dl.chunk_size) != (base.digest, base.chunk_size):
                 raise changed
-            for start in range(0, len(missing), _COPY_BATCH):
-                batch: list[ChunkData] = []
-                try:
-                    for index in missing[start : start + _COPY_BATCH]:
-                        data = dl.read_chunk(index)
-                        digest = digest_at(base.digests, index)
-                        batch.append((index, digest, data))
-                        if chunk_digest(data) != digest:
-                            # Replaced so fast that size, mtime and inode all look the same:
-                            # the manifest no longer describes the file, so forget it.
-                            self._storage._forget_manifest(self._rel)
-                            raise changed
-                    staged.write_chunks(batch)
-                finally:
-                    for _, _, buf in batch:
-                        if isinstance(buf, memoryview):
-                            POOL.put(buf)
+            bad = self._copy_checked(dl, self._staged.missing())
         finally:
             dl.close()
+        if bad:
+            # Rot, or a change that kept size, mtime and inode: either way those bytes are not
+            # the manifest's. Keeping the manifest (marked) matters: forgotten, the next
+            # download would index the damaged bytes as good and serve them.
+            self._storage._mark_damaged(base, bad)
+            raise IntegrityError(
+                f"{len(bad)} chunks of the stored {self._rel} are corrupt; resend them"
+            )
+
+    def _copy_checked(self, dl: LocalDownload, indices: list[int]) -> list[int]:
+        """Copy chunks `indices` from `dl` into the staged file, durably, skipping those that
+        do not match the base manifest; returns the skipped ones. Every chunk is looked at,
+        so one failed commit finds all the damage and the client resends it in one go."""
+        assert self._base is not None
+        digests, bad = self._base.digests, []
+        for start in range(0, len(indices), _COPY_BATCH):
+            batch: list[ChunkData] = []
+            try:
+                for index in indices[start : start + _COPY_BATCH]:
+                    data = dl.read_chunk(index)
+                    if chunk_digest(data) != digest_at(digests, index):
+                        POOL.put(data)
+                        bad.append(index)
+                        continue
+                    batch.append((index, digest_at(digests, index), data))
+                self._staged.write_chunks(batch)
+            finally:
+                for _, _, buf in batch:
+                    if isinstance(buf, memoryview):
+                        POOL.put(buf)
+        return bad
 
     def close(self) -> None:
         """Keep the staged chunks for a resume. Idempotent; a no-op after commit."""

@@ -6,20 +6,13 @@ import os
 import time
 from pathlib import Path
 
-import pytest
 from test_local_storage import CS, chunks, content, manifest_file, put, ref, staging_dir
 
 from fluxd.storage import LocalStorage
 from fluxd.storage.staging import HEADER_SIZE, RECORD_SIZE
+from tests.damage import flip_in_place
 
 DAY = 86400.0
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> LocalStorage:
-    root = tmp_path / "root"
-    root.mkdir()
-    return LocalStorage(root)
 
 
 def stage(storage: LocalStorage, rel: str, n: int = 3) -> bytes:
@@ -100,17 +93,6 @@ def test_collect_drops_manifests_of_files_deleted_outside_fluxd(storage: LocalSt
 
 
 # --- scrub --------------------------------------------------------------------------------------
-
-
-def flip_in_place(path: Path, offset: int) -> None:
-    """Bit rot: one byte changes, size, inode and mtime stay (the manifest still matches)."""
-    st = path.stat()
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x40]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def test_scrub_finds_rot_and_drops_stale_manifests(storage: LocalStorage) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from fluxd.storage.staging import HEADER_SIZE, RECORD_SIZE
+from tests.damage import flip_in_place
 
 from .conftest import Daemon, Fluxctl, Result, free_port, wait_for
 from .proxy import Proxy
@@ -78,21 +79,21 @@ def interrupted_send(
     return proc
 
 
-def upload_finished(daemon: Daemon) -> bool:
-    return any(r["op"] == "upload" for r in daemon.events("access"))
+def upload_finished(daemon: Daemon, uploads: int = 1) -> bool:
+    return sum(r["op"] == "upload" for r in daemon.events("access")) >= uploads
 
 
-def killed_send(daemon: Daemon, fluxctl: Fluxctl, proxy: Proxy, src: Path) -> int:
+def killed_send(daemon: Daemon, fluxctl: Fluxctl, proxy: Proxy, src: Path, uploads: int = 1) -> int:
     """Kill a send part-way; return how many chunks the server then holds.
 
     The link recovers after the kill: what the client had sent arrives, then its reset. The
-    server flushes every chunk it fully received and logs the request.
+    server flushes every chunk it fully received and logs the request (its `uploads`th).
     """
     proc = interrupted_send(daemon, fluxctl, proxy, src, "--retry-for", "0")
     proc.kill()
     proc.communicate()
     proxy.release()
-    wait_for(lambda: upload_finished(daemon), what="server to close the upload")
+    wait_for(lambda: upload_finished(daemon, uploads), what="server to close the upload")
     return server_held(daemon)
 
 
@@ -186,6 +187,37 @@ def test_corrupted_staged_chunk_is_detected_and_resent(
     assert second.json["skipped"] == (held - 1) * CHUNK
     assert second.json["sent"] == SIZE - (held - 1) * CHUNK
     assert (daemon.root / "f.bin").read_bytes() == src.read_bytes()
+
+
+def test_corrupted_staged_chunk_over_a_stored_copy_is_resent(
+    make_daemon: Callable[..., Daemon],
+    fluxctl: Fluxctl,
+    src: Path,
+    proxies: Callable[..., Proxy],
+) -> None:
+    """Staged chunks and the file at the destination together: a staged chunk damaged between
+    attempts is not offered; the stored copy's chunk at that index is, but the new version
+    differs there, so it is sent again; chunks both versions share come from the stored copy."""
+    daemon = make_daemon("--window", "256K")
+    old = src.read_bytes()
+    assert fluxctl("send", str(src), daemon.url("/f.bin"), *SEND).code == 0
+    new = bytearray(os.urandom(SIZE))
+    shared = 60 * CHUNK  # chunks 60.. are the same in both versions
+    new[shared:] = old[shared:]
+    src.write_bytes(new)
+    proxy = proxies(daemon.port)
+    held = killed_send(daemon, fluxctl, proxy, src, uploads=2)
+    assert 3 < held < 60
+    journal = server_journal(daemon)
+    assert journal is not None
+    flip_in_place(journal.with_name("data"), 3 * CHUNK + 100)
+
+    second = fluxctl("send", str(src), daemon.url("/f.bin"), *SEND)
+    assert second.code == 0, second.stderr
+    assert second.json["sent"] == shared - (held - 1) * CHUNK
+    assert (daemon.root / "f.bin").read_bytes() == bytes(new)
+    uploads = [r["result"] for r in daemon.events("access") if r["op"] == "upload"]
+    assert uploads[2:] == ["ok"], "chunk 3 was never offered: no commit had to fail"
 
 
 def test_local_file_changed_between_attempts(
