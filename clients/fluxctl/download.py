@@ -39,6 +39,8 @@ from .upload import current_umask
 from .url import FluxURL
 
 PARTIAL_SUFFIX = ".fluxpart"
+#: Passes a run makes again after finding staged chunks damaged on disk before publishing.
+MAX_REFETCHES = 2
 
 
 def destination(local_arg: str | Path, url: FluxURL) -> Path:
@@ -75,6 +77,8 @@ class Download:
         self.progress = progress or (lambda done, total: None)
         self.received = 0
         self.skipped: int | None = None
+        #: Passes made again because staged chunks were found damaged at the end.
+        self.refetches = 0
 
     async def run(self, retrier: Retrier | None = None) -> TransferResult:
         started = time.monotonic()
@@ -96,18 +100,20 @@ class Download:
         meta = await self._meta(ch, (), None)
         staged = await self._open_staged(meta)
         try:
-            while missing := self._missing(staged, meta):
-                want = to_ranges(missing)[:MAX_RANGES]
-                reply = await self._meta(ch, want, meta)
-                if reply.count:
-                    await self._receive(ch, staged, reply)
-                    continue
-                # The file changed on the server: re-plan against its new digests.
-                if (reply.size, reply.chunk_size) != (meta.size, meta.chunk_size):
-                    await asyncio.to_thread(staged.discard)
-                    staged = await self._open_staged(reply)
-                meta = reply
-            await self._publish(staged, meta)
+            while True:
+                while missing := self._missing(staged, meta):
+                    want = to_ranges(missing)[:MAX_RANGES]
+                    reply = await self._meta(ch, want, meta)
+                    if reply.count:
+                        await self._receive(ch, staged, reply)
+                        continue
+                    # The file changed on the server: re-plan against its new digests.
+                    if (reply.size, reply.chunk_size) != (meta.size, meta.chunk_size):
+                        await asyncio.to_thread(staged.discard)
+                        staged = await self._open_staged(reply)
+                    meta = reply
+                if await self._publish(staged, meta):
+                    break
             return meta
         finally:
             staged.close()
@@ -152,12 +158,20 @@ class Download:
         if writer.error is not None:
             raise writer.error
 
-    async def _publish(self, staged: StagedFile, meta: Meta) -> None:
+    async def _publish(self, staged: StagedFile, meta: Meta) -> bool:
+        """Put the file in place if its whole-file digest is the server's. False: staged chunks
+        were damaged on disk after they were verified; they are dropped and fetched again."""
         digest = await asyncio.to_thread(staged.file_digest)
         if digest != meta.digest:
+            # Read back what the journal vouches for, rather than trust it or throw it all away.
+            damaged = await asyncio.to_thread(staged.reverify)
+            if damaged and self.refetches < MAX_REFETCHES:
+                self.refetches += 1
+                return False
             await asyncio.to_thread(staged.discard)
             raise IntegrityError(f"{self.dest}: whole-file digest does not match the server's")
         await asyncio.to_thread(staged.publish, self.dest, meta.mode & 0o777 & ~current_umask())
+        return True
 
 
 async def ask_meta(
