@@ -282,6 +282,7 @@ class QuicChannel(QuicConnectionProtocol):
 
     def _stream_data(self, event: StreamDataReceived) -> None:
         sid = event.stream_id
+        self._inbox.received(len(event.data))
         unidirectional = bool(sid & 2)
         if not unidirectional:
             if self._control is None and not self._quic.configuration.is_client:

@@ -169,6 +169,7 @@ class SocketChannel:
                     self._on_eof()
                     return
                 self.conn.buffer_updated(n)
+                self._inbox.received(n)
                 self._pump()  # one frame per buffer: it must be taken before the next
                 budget -= n
         except _WOULD_BLOCK:
