@@ -30,6 +30,7 @@ from fluxproto import (
     Pong,
     State,
     TransportError,
+    TransportTimeout,
     Unavailable,
     error_from_code,
     to_ranges,
@@ -84,8 +85,30 @@ def handle_control(ch: Channel, event: Event) -> Frame | None:
     return event
 
 
+@contextlib.asynccontextmanager
+async def deadline(ch: Channel, seconds: float, what: str) -> AsyncIterator[None]:
+    """Raise TransportTimeout unless the body finishes within `seconds` of entering, however
+    much the peer sends meanwhile (the timeouts of `recv_frame` restart on every frame).
+
+    Raises:
+        TransportTimeout: naming `what` was awaited from `ch.peer`.
+    """
+    timer = asyncio.timeout(seconds)
+    try:
+        async with timer:
+            yield
+    except TimeoutError:
+        if not timer.expired():
+            raise  # not ours: a socket's own timeout, say
+        raise TransportTimeout(f"no {what} from {ch.peer} within {seconds:g} s") from None
+
+
 async def recv_frame(ch: Channel, timeout: float | None) -> Frame:
-    """The next request or reply frame, with control frames handled."""
+    """The next request or reply frame, with control frames handled.
+
+    `timeout` is an idle timeout: it restarts on each frame received (a PING included) and on
+    each PROGRESS_BYTES of a frame in progress (see transports.inbox), never on fewer bytes.
+    """
     while True:
         frame = handle_control(ch, await ch.next_event(timeout))
         if frame is not None:
