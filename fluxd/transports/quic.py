@@ -396,6 +396,12 @@ class QuicChannel(QuicConnectionProtocol):
         self.transmit()
 
 
+def _abort_unless_ready(channel: QuicChannel) -> None:
+    if not channel.handshake.done():
+        channel.handshake.set_exception(ConnectionError("handshake timed out"))
+        channel.abort()
+
+
 def _retrieve(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -469,11 +475,15 @@ class QuicListener:
         paths: Any,
         on_channel: Callable[[QuicChannel], None],
         datagram_size: int,
+        handshake_timeout: float,
         max_header: int = MAX_HEADER,
         alloc: Callable[[int], memoryview] = POOL.get,
     ) -> None:
+        """A connection whose QUIC handshake has not completed `handshake_timeout` seconds
+        after its first packet is closed."""
         self._config = configuration(is_client=False, datagram_size=datagram_size)
         self._max_header, self._alloc = max_header, alloc
+        self._handshake_timeout = handshake_timeout
         self._config.load_cert_chain(paths.server_cert, paths.server_key)
         self._on_channel = on_channel
         self._server: QuicServer | None = None
@@ -485,19 +495,29 @@ class QuicListener:
             host,
             port,
             configuration=self._config,
-            create_protocol=lambda quic, stream_handler=None: QuicChannel(
-                quic,
-                stream_handler,
-                on_ready=self._on_channel,
-                max_header=self._max_header,
-                alloc=self._alloc,
-            ),
+            create_protocol=self._channel,
             # Single use: a replayed 0-RTT ticket finds nothing and gets a full handshake.
             session_ticket_fetcher=lambda ticket: self._tickets.pop(ticket, None),
             session_ticket_handler=self._store_ticket,
         )
         sock = self._server._transport.get_extra_info("socket")  # type: ignore[union-attr]
         return [sock.getsockname()[:2]]
+
+    def _channel(self, quic: QuicConnection, stream_handler: Any = None) -> QuicChannel:
+        channel = QuicChannel(
+            quic,
+            stream_handler,
+            on_ready=self._on_channel,
+            max_header=self._max_header,
+            alloc=self._alloc,
+        )
+        # aioquic restarts its idle timer on every packet: a peer sending PINGs, or its flight
+        # a packet at a time, would keep an unfinished handshake alive without a deadline.
+        expire = asyncio.get_running_loop().call_later(
+            self._handshake_timeout, _abort_unless_ready, channel
+        )
+        channel.handshake.add_done_callback(lambda _: expire.cancel())
+        return channel
 
     def _store_ticket(self, ticket: Any) -> None:
         # Tickets live as long as the daemon: a restart costs clients one full handshake.
