@@ -451,7 +451,9 @@ async def open_connection(
     if early is not None:
         channel.send(early)  # 0-RTT data when config.session_ticket allows it
     try:
-        await asyncio.wait_for(asyncio.shield(channel.handshake), timeout)
+        # Shielded: the future is the channel's own, and a timeout must not cancel it.
+        async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancellation
+            await asyncio.shield(channel.handshake)
     except ConnectionError:
         channel.abort()
         reason = channel.termination or "handshake failed"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import ssl
 import struct
@@ -315,9 +316,13 @@ async def _wait_fd(sock: socket.socket, writable: bool) -> None:
 
 
 async def handshake(sock: ssl.SSLSocket, timeout: float) -> None:
-    """Complete a TLS handshake on a non-blocking SSLSocket within `timeout` seconds."""
+    """Complete a TLS handshake on a non-blocking SSLSocket within `timeout` seconds.
 
-    async def run() -> None:
+    A deadline for the whole handshake: a peer sending its flight a byte at a time does not
+    extend it. Raises TimeoutError, ssl.SSLError or OSError.
+    """
+    # asyncio.timeout, here and below: 3.11's wait_for can lose a cancellation (Ctrl-C).
+    async with asyncio.timeout(timeout):
         while True:
             try:
                 sock.do_handshake()
@@ -326,8 +331,6 @@ async def handshake(sock: ssl.SSLSocket, timeout: float) -> None:
                 await _wait_fd(sock, writable=False)
             except ssl.SSLWantWriteError:
                 await _wait_fd(sock, writable=True)
-
-    await asyncio.wait_for(run(), timeout)
 
 
 async def open_connection(
@@ -369,7 +372,8 @@ async def open_connection(
             return tls
         raise last
 
-    return await asyncio.wait_for(run(), timeout)
+    async with asyncio.timeout(timeout):
+        return await run()
 
 
 class Listener:
@@ -440,22 +444,33 @@ class Listener:
                 continue
             sock.setblocking(False)
             tune_socket(sock)
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False
+                )
             task = asyncio.get_running_loop().create_task(self._secure(sock, release))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
+            task.add_done_callback(functools.partial(_close_if_cancelled, sock, release))
 
     async def _secure(self, sock: socket.socket, release: Callable[[], None]) -> None:
-        if self.ssl_context is None:
-            self.on_socket(sock, release)
-            return
-        tls = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        try:
-            await handshake(tls, self.handshake_timeout)
-        except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError):
-            tls.close()  # a failed handshake concerns nobody but the peer
-            release()
-            return
-        self.on_socket(tls, release)
+        if isinstance(sock, ssl.SSLSocket):
+            try:
+                await handshake(sock, self.handshake_timeout)
+            except OSError:  # ssl.SSLError and TimeoutError included
+                sock.close()  # a failed handshake concerns nobody but the peer
+                release()
+                return
+        self.on_socket(sock, release)
+
+
+def _close_if_cancelled(
+    sock: socket.socket, release: Callable[[], None], task: asyncio.Task[None]
+) -> None:
+    # Cancelled by close(), perhaps before it ever ran: the socket and its slot are still ours.
+    if task.cancelled():
+        sock.close()
+        release()
 
 
 def _drop(sock: socket.socket) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import mmap
 import random
 import socket
@@ -516,6 +517,11 @@ def test_send_after_the_peer_left_raises_connection_lost(run: Runner) -> None:
 # --- Listener, open_connection, handshake -------------------------------------------------------
 
 
+def coro_state(tasks: set[asyncio.Task[None]]) -> str:
+    (task,) = tasks
+    return inspect.getcoroutinestate(task.get_coro())  # type: ignore[arg-type]
+
+
 def test_listener_hands_plain_sockets_over_and_stops_on_close(run: Runner) -> None:
     async def main() -> None:
         listener, port, accepted = await serve_listener(None)
@@ -578,6 +584,35 @@ def test_listener_drops_a_silent_tls_client_after_the_handshake_timeout(
             listener.close()
 
     assert run(main()) == 0
+
+
+@pytest.mark.parametrize("state", [inspect.CORO_CREATED, inspect.CORO_SUSPENDED])
+def test_closing_the_listener_mid_handshake_releases_the_slot_and_cancels(
+    run: Runner, server_ctx: ssl.SSLContext, state: str
+) -> None:
+    async def main() -> None:
+        released: list[str] = []
+        admitted = asyncio.Event()
+
+        def admit(host: str) -> Callable[[], None]:
+            admitted.set()
+            return lambda: released.append(host)
+
+        listener = Listener(server_ctx, lambda sock, release: None, LONG, admit)
+        port = listener.start("127.0.0.1", 0)[0][1]
+        with socket.create_connection(("127.0.0.1", port)):  # never says a word of TLS
+            async with asyncio.timeout(LONG):
+                await admitted.wait()
+                # Not yet started, or waiting for the client's first flight.
+                while not listener._pending or state != coro_state(listener._pending):
+                    await asyncio.sleep(0.001)
+            (task,) = listener._pending
+            listener.close()
+            with pytest.raises(asyncio.CancelledError):  # not swallowed by the cleanup
+                await task
+        assert released == ["127.0.0.1"]
+
+    run(main())
 
 
 def test_open_connection_tls_handshake_times_out(run: Runner) -> None:
