@@ -59,7 +59,7 @@ class Channel(Protocol):
     async def next_event(self, timeout: float | None = None) -> Event: ...
     def poll(self) -> Event | None: ...
     def send(self, frame: Frame) -> None: ...
-    async def drain(self) -> None: ...
+    async def drain(self, timeout: float | None = None) -> None: ...
     def fail(self, exc: FluxError) -> None: ...
     def close(self) -> None: ...
     def abort(self) -> None: ...
@@ -168,7 +168,8 @@ async def send_chunks(
     `on_sent(nbytes)` is called as each chunk is handed to the transport and `on_acked(nbytes)`
     as acknowledgements (durable on the peer) arrive. An acked chunk's buffer, if a memoryview,
     goes to `release`: by then the socket has long stopped referencing it. `pace(nbytes)`, if
-    given, charges a rate limit and returns the seconds to wait before sending.
+    given, charges a rate limit and returns the seconds to wait before sending. `timeout` is an
+    idle timeout (see `recv_frame`) on the peer's acks and on its taking our bytes (`drain`).
     """
     transfer = ch.conn.transfer
     assert transfer is not None
@@ -199,7 +200,7 @@ async def send_chunks(
         else:
             unacked[index] = data
         on_sent(size)
-        await ch.drain()
+        await ch.drain(timeout)
     while transfer.inflight:
         take(await ch.next_event(timeout))
     while (event := ch.poll()) is not None:

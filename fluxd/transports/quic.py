@@ -163,7 +163,7 @@ class QuicChannel(QuicConnectionProtocol):
             self._quic.send_stream_data(stream, buf)  # type: ignore[arg-type]
         self._schedule_transmit()
 
-    async def drain(self) -> None:
+    async def drain(self, timeout: float | None = None) -> None:
         # aioquic takes everything; the protocol window bounds what it holds (module docstring).
         if self._lost:
             raise ConnectionLost(f"connection to {self.peer} was lost")

@@ -27,10 +27,11 @@ from fluxproto import (
     FluxError,
     Frame,
     State,
+    TransportTimeout,
 )
 
 from ..buffers import ReceiveBudget
-from .inbox import Inbox
+from .inbox import PROGRESS_BYTES, Inbox
 
 #: Events waiting for the session before we stop reading. The protocol window bounds chunks;
 #: this bounds everything else a peer could pile up (pings, for instance).
@@ -66,6 +67,7 @@ class SocketChannel:
         self._inbox = Inbox(on_take=self._maybe_resume_reading)
         self._out: deque[memoryview] = deque()
         self._out_bytes = 0
+        self._written = 0  # bytes the socket took, ever (progress for drain)
         self._writable = asyncio.Event()
         self._writable.set()
         self._reading = False
@@ -102,9 +104,24 @@ class SocketChannel:
             self._out_bytes += len(view)
         self._flush()
 
-    async def drain(self) -> None:
-        """Wait until the unsent bytes are below the low-water mark."""
-        await self._writable.wait()
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until the unsent bytes are below the low-water mark.
+
+        Raises:
+            TransportTimeout: the peer took fewer than PROGRESS_BYTES of them in a `timeout`
+                (it stopped reading, or reads a few bytes at a time); the socket is closed.
+            ConnectionLost: the connection is gone.
+        """
+        while not self._writable.is_set():
+            mark = self._written
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._writable.wait()
+            if not self._writable.is_set() and self._written - mark < PROGRESS_BYTES:
+                # What is queued, here or in the kernel, would not reach it either: reset.
+                _set_linger_zero(self.sock)
+                self.abort()
+                raise TransportTimeout(f"{self.peer} took no data for {timeout:g} s")
         if self._lost:
             raise ConnectionLost(f"connection to {self.peer} was lost")
 
@@ -234,6 +251,7 @@ class SocketChannel:
                 # unless the socket reported a partial write (plain TCP).
                 n = self.sock.send(head)
                 self._out_bytes -= n
+                self._written += n
                 if n < len(head):
                     self._out[0] = head[n:]
                 else:
@@ -474,7 +492,12 @@ def _close_if_cancelled(
 
 
 def _drop(sock: socket.socket) -> None:
-    """Close with a reset (SO_LINGER 0): a refused peer leaves no TIME_WAIT behind on our side."""
+    """Close with a reset: a refused peer leaves no TIME_WAIT behind on our side."""
+    _set_linger_zero(sock)
+    sock.close()
+
+
+def _set_linger_zero(sock: socket.socket) -> None:
+    """Make close() reset the connection and drop unsent bytes, the kernel's included."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()

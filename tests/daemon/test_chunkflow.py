@@ -87,7 +87,7 @@ class FakeChannel:
             raise self.send_error
         self.sent.append(frame)
 
-    async def drain(self) -> None:
+    async def drain(self, timeout: float | None = None) -> None:
         pass
 
     def fail(self, exc: FluxError) -> None:
@@ -139,7 +139,7 @@ class MemChannel:
     def poll(self) -> Event | None:
         return self.events.popleft() if self.events else None
 
-    async def drain(self) -> None:
+    async def drain(self, timeout: float | None = None) -> None:
         self.drains += 1
 
     def fail(self, exc: FluxError) -> None:

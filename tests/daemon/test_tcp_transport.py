@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import inspect
 import mmap
 import random
@@ -497,6 +498,48 @@ def test_close_gives_up_on_a_peer_that_never_reads(
     sent, received, open_after_close = run(main())
     assert open_after_close
     assert received < sent
+
+
+async def stalled_upload(a: socket.socket, b: socket.socket) -> tuple[SocketChannel, RawPeer]:
+    """A client channel on `a` whose upload to the raw server on `b` has filled every buffer."""
+    ch = SocketChannel(a, Connection(Role.CLIENT))
+    peer = RawPeer(b, Role.SERVER)
+    await open_upload_to_raw_server(ch, peer, 64 * MiB, MiB)
+    await fill_until_drain_blocks(ch)
+    return ch, peer
+
+
+def test_drain_resets_a_peer_that_stops_reading(run: Runner) -> None:
+    async def main() -> None:
+        with raw_pair(64 * 1024) as (a, b):
+            ch, _ = await stalled_upload(a, b)
+            with pytest.raises(TransportTimeout, match=r"took no data for 0\.2 s"):
+                await ch.drain(0.2)
+            assert ch.closed
+            # Reset, not closed after the queued bytes: the peer's kernel knows at once.
+            assert b.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET
+
+    run(main())
+
+
+def test_drain_waits_as_long_as_a_slow_peer_reads_steadily(run: Runner) -> None:
+    async def main() -> float:
+        with raw_pair(64 * 1024) as (a, b):
+            ch, peer = await stalled_upload(a, b)
+
+            async def read_slowly() -> None:  # at most 64 KiB (its buffer) per 20 ms
+                while await peer.recv():
+                    await asyncio.sleep(0.02)
+
+            reader = asyncio.ensure_future(read_slowly())
+            started = asyncio.get_running_loop().time()
+            await ch.drain(0.3)
+            took = asyncio.get_running_loop().time() - started
+            ch.abort()
+            await reader
+            return took
+
+    assert run(main()) > 0.3  # longer than the timeout: progress kept it going
 
 
 def test_send_after_the_peer_left_raises_connection_lost(run: Runner) -> None:

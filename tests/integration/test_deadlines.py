@@ -22,7 +22,16 @@ from typing import Any
 import pytest
 
 from fluxd.transports import quic
-from fluxproto import MIN_CHUNK, Chunk, OpenUpload, Stat, Status, Welcome, chunk_digest
+from fluxproto import (
+    MIN_CHUNK,
+    Chunk,
+    OpenDownload,
+    OpenUpload,
+    Stat,
+    Status,
+    Welcome,
+    chunk_digest,
+)
 from fluxproto.codec import encode_bytes
 from fluxproto.frames import ALPN, FrameType
 
@@ -41,13 +50,13 @@ anonymous = false
 [limits]
 handshake_timeout = {HANDSHAKE}
 idle_timeout = {IDLE}
-rate = "1M"
 """
 #: Scheduling slack on a shared machine. A trickle below would need minutes to finish its
 #: message, so "closed within the timeout + MARGIN" tells a deadline from no deadline.
 MARGIN = 4.0
 STEP = 0.05  # seconds between two trickled bytes (20 bytes/s)
 PADDING = 4096  # bytes that make a header take 200 s to trickle in
+SLOW_READ = 512  # bytes a slow reader takes per STEP
 MiB = 1 << 20
 
 
@@ -71,11 +80,11 @@ def peers() -> Iterator[list[socket.socket]]:
             sock.close()
 
 
-def closed(sock: socket.socket, wait: float) -> bool:
+def closed(sock: socket.socket, wait: float, most: int = 65536) -> bool:
     """True once the server has closed `sock` (waiting up to `wait` s); data is dropped."""
     sock.settimeout(wait)
     try:
-        return not sock.recv(65536)
+        return not sock.recv(most)
     except TimeoutError:
         return False
     except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
@@ -163,10 +172,12 @@ def test_a_chunk_trickled_in_during_an_upload_is_cut_by_the_idle_timeout(
 
 
 def test_an_honest_upload_on_a_slow_link_is_not_cut(
-    daemon: Daemon, fluxctl: Fluxctl, token: str, tmp_path: Path
+    make_daemon: Callable[..., Daemon], fluxctl: Fluxctl, tmp_path: Path
 ) -> None:
     # Each 1 MiB chunk takes 4 s on a 256 KiB/s link, twice the idle timeout, but 64 KiB of it
     # arrive every 0.25 s; the daemon's own rate limit applies on top.
+    daemon = configured(make_daemon, tmp_path, CONFIG + 'rate = "1M"\n')
+    token = issue(daemon, "alice", *FULL)
     src = tmp_path / "slow.bin"
     src.write_bytes(os.urandom(MiB + MiB // 4))
     proxy = Proxy(daemon.port, rate=256 * 1024)
@@ -222,3 +233,32 @@ def test_a_hello_trickled_or_withheld_over_quic_is_cut_at_the_deadline(
             ch.abort()
 
     assert asyncio.run(main()) >= HANDSHAKE - 0.1
+
+
+def read_until_closed(sock: socket.socket, within: float) -> float:
+    """Read SLOW_READ bytes per STEP (10 KiB/s: a third of the 64 KiB per idle timeout that
+    would count as progress) until the server has closed or reset the connection."""
+    started = time.monotonic()
+    while (took := time.monotonic() - started) < within:
+        # Asked of the kernel: the bytes already received would take long to read to the end.
+        if tcp_state(sock) != TCP_ESTABLISHED or closed(sock, STEP, SLOW_READ):
+            return took
+        time.sleep(STEP)  # closed() returned at once: data was waiting
+    raise AssertionError(f"still open after {within:.1f} s of slow reading")
+
+
+TCP_ESTABLISHED = 1  # tcpi_state (linux/tcp_states.h)
+
+
+def tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+def test_a_download_read_slowly_is_cut_by_the_idle_timeout(
+    daemon: Daemon, token: str, peers: list[socket.socket]
+) -> None:
+    (daemon.root / "big.bin").write_bytes(os.urandom(32 * MiB))
+    peer = authenticated(daemon, token, peers)
+    peer.send(encode_bytes(OpenDownload("/big.bin", chunk_size=MiB)))
+    took = read_until_closed(peer.sock, IDLE + MARGIN)
+    assert took >= IDLE - 0.1
