@@ -30,6 +30,7 @@ from fluxproto import (
     Pong,
     State,
     TransportError,
+    TransportTimeout,
     Unavailable,
     error_from_code,
     to_ranges,
@@ -60,7 +61,7 @@ class Channel(Protocol):
     async def next_event(self, timeout: float | None = None) -> Event: ...
     def poll(self) -> Event | None: ...
     def send(self, frame: Frame) -> None: ...
-    async def drain(self) -> None: ...
+    async def drain(self, timeout: float | None = None) -> None: ...
     def fail(self, exc: FluxError) -> None: ...
     def close(self) -> None: ...
     def abort(self) -> None: ...
@@ -86,8 +87,30 @@ def handle_control(ch: Channel, event: Event) -> Frame | None:
     return event
 
 
+@contextlib.asynccontextmanager
+async def deadline(ch: Channel, seconds: float, what: str) -> AsyncIterator[None]:
+    """Raise TransportTimeout unless the body finishes within `seconds` of entering, however
+    much the peer sends meanwhile (the timeouts of `recv_frame` restart on every frame).
+
+    Raises:
+        TransportTimeout: naming `what` was awaited from `ch.peer`.
+    """
+    timer = asyncio.timeout(seconds)
+    try:
+        async with timer:
+            yield
+    except TimeoutError:
+        if not timer.expired():
+            raise  # not ours: a socket's own timeout, say
+        raise TransportTimeout(f"no {what} from {ch.peer} within {seconds:g} s") from None
+
+
 async def recv_frame(ch: Channel, timeout: float | None) -> Frame:
-    """The next request or reply frame, with control frames handled."""
+    """The next request or reply frame, with control frames handled.
+
+    `timeout` is an idle timeout: it restarts on each frame received (a PING included) and on
+    each PROGRESS_BYTES of a frame in progress (see transports.inbox), never on fewer bytes.
+    """
     while True:
         frame = handle_control(ch, await ch.next_event(timeout))
         if frame is not None:
@@ -147,7 +170,8 @@ async def send_chunks(
     `on_sent(nbytes)` is called as each chunk is handed to the transport and `on_acked(nbytes)`
     as acknowledgements (durable on the peer) arrive. An acked chunk's buffer, if a memoryview,
     goes to `release`: by then the socket has long stopped referencing it. `pace(nbytes)`, if
-    given, charges a rate limit and returns the seconds to wait before sending.
+    given, charges a rate limit and returns the seconds to wait before sending. `timeout` is an
+    idle timeout (see `recv_frame`) on the peer's acks and on its taking our bytes (`drain`).
     """
     transfer = ch.conn.transfer
     assert transfer is not None
@@ -178,7 +202,7 @@ async def send_chunks(
         else:
             unacked[index] = data
         on_sent(size)
-        await ch.drain()
+        await ch.drain(timeout)
     while transfer.inflight:
         take(await ch.next_event(timeout))
     while (event := ch.poll()) is not None:

@@ -100,6 +100,7 @@ class FluxServer:
                     self.certs,
                     self._start_quic_session,
                     self.config.quic_datagram_size,
+                    self.config.limits.handshake_timeout,
                     self.config.limits.max_header,
                     self.shared.budget.alloc,
                 )

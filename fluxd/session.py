@@ -64,6 +64,7 @@ from .chunkflow import (
     Channel,
     ChunkData,
     ChunkWriter,
+    deadline,
     expect,
     handle_control,
     prefetch,
@@ -163,7 +164,9 @@ class Session:
             self.ch.close()
 
     async def _handshake(self) -> None:
-        hello = await expect(self.ch, Hello, self.limits.handshake_timeout)
+        # A deadline, not an idle timeout: bytes trickling in cannot extend it.
+        async with deadline(self.ch, self.limits.handshake_timeout, "HELLO"):
+            hello = await expect(self.ch, Hello, None)
         if PROTOCOL_VERSION not in hello.versions:
             raise VersionMismatch(f"server speaks protocol version {PROTOCOL_VERSION}")
         grant = self.shared.auth.authenticate(hello.token)

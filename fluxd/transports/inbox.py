@@ -8,6 +8,10 @@ from collections.abc import Callable
 
 from fluxproto import Event, FluxError, TransportTimeout
 
+#: Bytes received that count as progress for a waiting `get`, as a whole frame does. A peer must
+#: send at least this much per timeout to keep a connection alive without completing frames.
+PROGRESS_BYTES = 64 * 1024
+
 
 class Inbox:
     """A queue of protocol events with one waiting reader and a sticky error.
@@ -21,6 +25,7 @@ class Inbox:
         self.events: deque[Event] = deque()
         self.error: FluxError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._arrived = 0  # bytes received since the current wait (or its last progress) began
         #: Called after each event taken (TCP resumes reading once the queue has room).
         self._on_take = on_take
 
@@ -28,19 +33,39 @@ class Inbox:
         return len(self.events)
 
     async def get(self, timeout: float | None, peer: str) -> Event:
-        """The next event; raises the error once the queue is empty, TransportTimeout if
-        nothing arrives from `peer` within `timeout` seconds."""
-        while not self.events:
-            if self.error is not None:
-                raise self.error
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(self._waiter, timeout)
-            except TimeoutError:
-                raise TransportTimeout(f"no data from {peer} for {timeout:g} s") from None
-            finally:
-                self._waiter = None
+        """The next event; raises the error once the queue is empty.
+
+        Raises TransportTimeout after `timeout` seconds without an event, unless the transport
+        reported PROGRESS_BYTES received meanwhile (`received`), which starts the `timeout`
+        again: a large frame arriving steadily on a slow link is alive, a peer trickling a
+        few bytes of a frame is idle. Wake-ups alone never extend the wait.
+        """
+        if self.events:
+            return self._take()
+        loop = asyncio.get_running_loop()
+        self._arrived = 0
+        try:
+            # asyncio.timeout, not wait_for: in 3.11 wait_for returns a result that lands in
+            # the same loop iteration as a cancellation and loses the cancellation (Ctrl-C).
+            async with asyncio.timeout(timeout) as clock:
+                while not self.events:
+                    if self.error is not None:
+                        raise self.error
+                    if timeout is not None and self._arrived >= PROGRESS_BYTES:
+                        self._arrived = 0
+                        clock.reschedule(loop.time() + timeout)
+                    self._waiter = loop.create_future()
+                    try:
+                        await self._waiter
+                    finally:
+                        self._waiter = None
+        except TimeoutError:
+            raise TransportTimeout(f"no data from {peer} for {timeout:g} s") from None
         return self._take()
+
+    def received(self, nbytes: int) -> None:
+        """The transport read `nbytes` from the peer (progress for `get`'s timeout)."""
+        self._arrived += nbytes
 
     def poll(self) -> Event | None:
         """The next event if one is queued, the error if the queue is empty, else None."""

@@ -162,7 +162,7 @@ class QuicChannel(QuicConnectionProtocol):
             self._quic.send_stream_data(stream, buf)  # type: ignore[arg-type]
         self._schedule_transmit()
 
-    async def drain(self) -> None:
+    async def drain(self, timeout: float | None = None) -> None:
         # aioquic takes everything; the protocol window bounds what it holds (module docstring).
         if self._lost:
             raise ConnectionLost(f"connection to {self.peer} was lost")
@@ -281,6 +281,7 @@ class QuicChannel(QuicConnectionProtocol):
 
     def _stream_data(self, event: StreamDataReceived) -> None:
         sid = event.stream_id
+        self._inbox.received(len(event.data))
         unidirectional = bool(sid & 2)
         if not unidirectional:
             if self._control is None and not self._quic.configuration.is_client:
@@ -394,6 +395,12 @@ class QuicChannel(QuicConnectionProtocol):
         self.transmit()
 
 
+def _abort_unless_ready(channel: QuicChannel) -> None:
+    if not channel.handshake.done():
+        channel.handshake.set_exception(ConnectionError("handshake timed out"))
+        channel.abort()
+
+
 def _retrieve(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -443,7 +450,9 @@ async def open_connection(
     if early is not None:
         channel.send(early)  # 0-RTT data when config.session_ticket allows it
     try:
-        await asyncio.wait_for(asyncio.shield(channel.handshake), timeout)
+        # Shielded: the future is the channel's own, and a timeout must not cancel it.
+        async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancellation
+            await asyncio.shield(channel.handshake)
     except ConnectionError:
         channel.abort()
         reason = channel.termination or "handshake failed"
@@ -467,11 +476,15 @@ class QuicListener:
         paths: Any,
         on_channel: Callable[[QuicChannel], None],
         datagram_size: int,
+        handshake_timeout: float,
         max_header: int = MAX_HEADER,
         alloc: Callable[[int], memoryview] = POOL.get,
     ) -> None:
+        """A connection whose QUIC handshake has not completed `handshake_timeout` seconds
+        after its first packet is closed."""
         self._config = configuration(is_client=False, datagram_size=datagram_size)
         self._max_header, self._alloc = max_header, alloc
+        self._handshake_timeout = handshake_timeout
         self._config.load_cert_chain(paths.server_cert, paths.server_key)
         self._on_channel = on_channel
         self._server: QuicServer | None = None
@@ -483,19 +496,29 @@ class QuicListener:
             host,
             port,
             configuration=self._config,
-            create_protocol=lambda quic, stream_handler=None: QuicChannel(
-                quic,
-                stream_handler,
-                on_ready=self._on_channel,
-                max_header=self._max_header,
-                alloc=self._alloc,
-            ),
+            create_protocol=self._channel,
             # Single use: a replayed 0-RTT ticket finds nothing and gets a full handshake.
             session_ticket_fetcher=lambda ticket: self._tickets.pop(ticket, None),
             session_ticket_handler=self._store_ticket,
         )
         sock = self._server._transport.get_extra_info("socket")  # type: ignore[union-attr]
         return [sock.getsockname()[:2]]
+
+    def _channel(self, quic: QuicConnection, stream_handler: Any = None) -> QuicChannel:
+        channel = QuicChannel(
+            quic,
+            stream_handler,
+            on_ready=self._on_channel,
+            max_header=self._max_header,
+            alloc=self._alloc,
+        )
+        # aioquic restarts its idle timer on every packet: a peer sending PINGs, or its flight
+        # a packet at a time, would keep an unfinished handshake alive without a deadline.
+        expire = asyncio.get_running_loop().call_later(
+            self._handshake_timeout, _abort_unless_ready, channel
+        )
+        channel.handshake.add_done_callback(lambda _: expire.cancel())
+        return channel
 
     def _store_ticket(self, ticket: Any) -> None:
         # Tickets live as long as the daemon: a restart costs clients one full handshake.

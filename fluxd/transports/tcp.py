@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import ssl
 import struct
@@ -26,10 +27,11 @@ from fluxproto import (
     FluxError,
     Frame,
     State,
+    TransportTimeout,
 )
 
 from ..buffers import ReceiveBudget
-from .inbox import Inbox
+from .inbox import PROGRESS_BYTES, Inbox
 
 #: Events waiting for the session before we stop reading. The protocol window bounds chunks;
 #: this bounds everything else a peer could pile up (pings, for instance).
@@ -65,6 +67,7 @@ class SocketChannel:
         self._inbox = Inbox(on_take=self._maybe_resume_reading)
         self._out: deque[memoryview] = deque()
         self._out_bytes = 0
+        self._written = 0  # bytes the socket took, ever (progress for drain)
         self._writable = asyncio.Event()
         self._writable.set()
         self._reading = False
@@ -103,9 +106,24 @@ class SocketChannel:
             self._out_bytes += len(view)
         self._flush()
 
-    async def drain(self) -> None:
-        """Wait until the unsent bytes are below the low-water mark."""
-        await self._writable.wait()
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until the unsent bytes are below the low-water mark.
+
+        Raises:
+            TransportTimeout: the peer took fewer than PROGRESS_BYTES of them in a `timeout`
+                (it stopped reading, or reads a few bytes at a time); the socket is closed.
+            ConnectionLost: the connection is gone.
+        """
+        while not self._writable.is_set():
+            mark = self._written
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._writable.wait()
+            if not self._writable.is_set() and self._written - mark < PROGRESS_BYTES:
+                # What is queued, here or in the kernel, would not reach it either: reset.
+                _set_linger_zero(self.sock)
+                self.abort()
+                raise TransportTimeout(f"{self.peer} took no data for {timeout:g} s")
         if self._lost:
             raise ConnectionLost(f"connection to {self.peer} was lost")
 
@@ -172,6 +190,7 @@ class SocketChannel:
                     return
                 self.last_receive = self.loop.time()
                 self.conn.buffer_updated(n)
+                self._inbox.received(n)
                 self._pump()  # one frame per buffer: it must be taken before the next
                 budget -= n
         except _WOULD_BLOCK:
@@ -235,6 +254,7 @@ class SocketChannel:
                 # unless the socket reported a partial write (plain TCP).
                 n = self.sock.send(head)
                 self._out_bytes -= n
+                self._written += n
                 if n < len(head):
                     self._out[0] = head[n:]
                 else:
@@ -317,9 +337,13 @@ async def _wait_fd(sock: socket.socket, writable: bool) -> None:
 
 
 async def handshake(sock: ssl.SSLSocket, timeout: float) -> None:
-    """Complete a TLS handshake on a non-blocking SSLSocket within `timeout` seconds."""
+    """Complete a TLS handshake on a non-blocking SSLSocket within `timeout` seconds.
 
-    async def run() -> None:
+    A deadline for the whole handshake: a peer sending its flight a byte at a time does not
+    extend it. Raises TimeoutError, ssl.SSLError or OSError.
+    """
+    # asyncio.timeout, here and below: 3.11's wait_for can lose a cancellation (Ctrl-C).
+    async with asyncio.timeout(timeout):
         while True:
             try:
                 sock.do_handshake()
@@ -328,8 +352,6 @@ async def handshake(sock: ssl.SSLSocket, timeout: float) -> None:
                 await _wait_fd(sock, writable=False)
             except ssl.SSLWantWriteError:
                 await _wait_fd(sock, writable=True)
-
-    await asyncio.wait_for(run(), timeout)
 
 
 async def open_connection(
@@ -371,7 +393,8 @@ async def open_connection(
             return tls
         raise last
 
-    return await asyncio.wait_for(run(), timeout)
+    async with asyncio.timeout(timeout):
+        return await run()
 
 
 class Listener:
@@ -442,26 +465,42 @@ class Listener:
                 continue
             sock.setblocking(False)
             tune_socket(sock)
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False
+                )
             task = asyncio.get_running_loop().create_task(self._secure(sock, release))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
+            task.add_done_callback(functools.partial(_close_if_cancelled, sock, release))
 
     async def _secure(self, sock: socket.socket, release: Callable[[], None]) -> None:
-        if self.ssl_context is None:
-            self.on_socket(sock, release)
-            return
-        tls = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        try:
-            await handshake(tls, self.handshake_timeout)
-        except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError):
-            tls.close()  # a failed handshake concerns nobody but the peer
-            release()
-            return
-        self.on_socket(tls, release)
+        if isinstance(sock, ssl.SSLSocket):
+            try:
+                await handshake(sock, self.handshake_timeout)
+            except OSError:  # ssl.SSLError and TimeoutError included
+                sock.close()  # a failed handshake concerns nobody but the peer
+                release()
+                return
+        self.on_socket(sock, release)
+
+
+def _close_if_cancelled(
+    sock: socket.socket, release: Callable[[], None], task: asyncio.Task[None]
+) -> None:
+    # Cancelled by close(), perhaps before it ever ran: the socket and its slot are still ours.
+    if task.cancelled():
+        sock.close()
+        release()
 
 
 def _drop(sock: socket.socket) -> None:
-    """Close with a reset (SO_LINGER 0): a refused peer leaves no TIME_WAIT behind on our side."""
+    """Close with a reset: a refused peer leaves no TIME_WAIT behind on our side."""
+    _set_linger_zero(sock)
+    sock.close()
+
+
+def _set_linger_zero(sock: socket.socket) -> None:
+    """Make close() reset the connection and drop unsent bytes, the kernel's included."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()

@@ -17,6 +17,7 @@ from fluxd.buffers import BufferPool
 from fluxd.chunkflow import (
     ChunkData,
     ChunkWriter,
+    deadline,
     expect,
     handle_control,
     prefetch,
@@ -48,6 +49,7 @@ from fluxproto import (
     State,
     Status,
     StorageError,
+    TransportTimeout,
     Unavailable,
     Welcome,
     chunk_count,
@@ -85,7 +87,7 @@ class FakeChannel:
             raise self.send_error
         self.sent.append(frame)
 
-    async def drain(self) -> None:
+    async def drain(self, timeout: float | None = None) -> None:
         pass
 
     def fail(self, exc: FluxError) -> None:
@@ -137,7 +139,7 @@ class MemChannel:
     def poll(self) -> Event | None:
         return self.events.popleft() if self.events else None
 
-    async def drain(self) -> None:
+    async def drain(self, timeout: float | None = None) -> None:
         self.drains += 1
 
     def fail(self, exc: FluxError) -> None:
@@ -277,6 +279,37 @@ def test_expect_checks_the_frame_type() -> None:
     assert asyncio.run(expect(FakeChannel(events=[ack]), Ack, LONG)) is ack
     with pytest.raises(ConnectionLost, match="expected Meta, got Ack"):
         asyncio.run(expect(FakeChannel(events=[ack]), Meta, LONG))
+
+
+class PingingChannel(FakeChannel):
+    """A peer that sends a PING every 10 ms and nothing else (each one a whole frame)."""
+
+    async def next_event(self, timeout: float | None = None) -> Event:
+        await asyncio.sleep(0.01)
+        return Ping(1)
+
+
+def test_deadline_is_not_extended_by_frames_arriving() -> None:
+    async def main() -> None:
+        ch = PingingChannel(State.IDLE)
+        async with asyncio.timeout(LONG):
+            with pytest.raises(TransportTimeout, match=r"no HELLO from peer:1 within 0\.2 s"):
+                async with deadline(ch, 0.2, "HELLO"):
+                    await expect(ch, Hello, None)
+        assert len(ch.sent) >= 2  # the pings were answered meanwhile
+
+    asyncio.run(main())
+
+
+def test_deadline_lets_other_timeouts_through() -> None:
+    async def main() -> None:
+        with pytest.raises(TimeoutError, match="a socket's own"):  # not a TransportTimeout
+            async with deadline(FakeChannel(), LONG, "HELLO"):
+                raise TimeoutError("a socket's own")
+        async with deadline(FakeChannel(), LONG, "HELLO"):
+            pass  # finishing in time raises nothing
+
+    asyncio.run(main())
 
 
 # --- prefetch -----------------------------------------------------------------------------------

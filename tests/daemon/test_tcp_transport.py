@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import inspect
 import mmap
 import random
 import socket
@@ -498,6 +500,48 @@ def test_close_gives_up_on_a_peer_that_never_reads(
     assert received < sent
 
 
+async def stalled_upload(a: socket.socket, b: socket.socket) -> tuple[SocketChannel, RawPeer]:
+    """A client channel on `a` whose upload to the raw server on `b` has filled every buffer."""
+    ch = SocketChannel(a, Connection(Role.CLIENT))
+    peer = RawPeer(b, Role.SERVER)
+    await open_upload_to_raw_server(ch, peer, 64 * MiB, MiB)
+    await fill_until_drain_blocks(ch)
+    return ch, peer
+
+
+def test_drain_resets_a_peer_that_stops_reading(run: Runner) -> None:
+    async def main() -> None:
+        with raw_pair(64 * 1024) as (a, b):
+            ch, _ = await stalled_upload(a, b)
+            with pytest.raises(TransportTimeout, match=r"took no data for 0\.2 s"):
+                await ch.drain(0.2)
+            assert ch.closed
+            # Reset, not closed after the queued bytes: the peer's kernel knows at once.
+            assert b.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET
+
+    run(main())
+
+
+def test_drain_waits_as_long_as_a_slow_peer_reads_steadily(run: Runner) -> None:
+    async def main() -> float:
+        with raw_pair(64 * 1024) as (a, b):
+            ch, peer = await stalled_upload(a, b)
+
+            async def read_slowly() -> None:  # at most 64 KiB (its buffer) per 20 ms
+                while await peer.recv():
+                    await asyncio.sleep(0.02)
+
+            reader = asyncio.ensure_future(read_slowly())
+            started = asyncio.get_running_loop().time()
+            await ch.drain(0.3)
+            took = asyncio.get_running_loop().time() - started
+            ch.abort()
+            await reader
+            return took
+
+    assert run(main()) > 0.3  # longer than the timeout: progress kept it going
+
+
 def test_send_after_the_peer_left_raises_connection_lost(run: Runner) -> None:
     async def main() -> None:
         with raw_pair() as (a, b):
@@ -514,6 +558,11 @@ def test_send_after_the_peer_left_raises_connection_lost(run: Runner) -> None:
 
 
 # --- Listener, open_connection, handshake -------------------------------------------------------
+
+
+def coro_state(tasks: set[asyncio.Task[None]]) -> str:
+    (task,) = tasks
+    return inspect.getcoroutinestate(task.get_coro())  # type: ignore[arg-type]
 
 
 def test_listener_hands_plain_sockets_over_and_stops_on_close(run: Runner) -> None:
@@ -578,6 +627,35 @@ def test_listener_drops_a_silent_tls_client_after_the_handshake_timeout(
             listener.close()
 
     assert run(main()) == 0
+
+
+@pytest.mark.parametrize("state", [inspect.CORO_CREATED, inspect.CORO_SUSPENDED])
+def test_closing_the_listener_mid_handshake_releases_the_slot_and_cancels(
+    run: Runner, server_ctx: ssl.SSLContext, state: str
+) -> None:
+    async def main() -> None:
+        released: list[str] = []
+        admitted = asyncio.Event()
+
+        def admit(host: str) -> Callable[[], None]:
+            admitted.set()
+            return lambda: released.append(host)
+
+        listener = Listener(server_ctx, lambda sock, release: None, LONG, admit)
+        port = listener.start("127.0.0.1", 0)[0][1]
+        with socket.create_connection(("127.0.0.1", port)):  # never says a word of TLS
+            async with asyncio.timeout(LONG):
+                await admitted.wait()
+                # Not yet started, or waiting for the client's first flight.
+                while not listener._pending or state != coro_state(listener._pending):
+                    await asyncio.sleep(0.001)
+            (task,) = listener._pending
+            listener.close()
+            with pytest.raises(asyncio.CancelledError):  # not swallowed by the cleanup
+                await task
+        assert released == ["127.0.0.1"]
+
+    run(main())
 
 
 def test_open_connection_tls_handshake_times_out(run: Runner) -> None:

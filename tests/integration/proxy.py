@@ -3,6 +3,7 @@
 No timing is involved: `limit` bytes pass in one direction (client to server by default), then
 forwarding in that direction stops until the test calls `release()` (let everything through
 from now on) or `cut()` (reset every connection on both sides, as a broken link would).
+The one exception, for tests of a slow link: `rate` bytes per second in that direction.
 """
 
 from __future__ import annotations
@@ -11,13 +12,23 @@ import contextlib
 import socket
 import struct
 import threading
+import time
+
+#: Bytes sent at once by a rate-limited proxy: small, so the far end sees a steady trickle.
+SLICE = 8192
 
 
 class Proxy:
     def __init__(
-        self, target_port: int, limit: int | None = None, *, upstream: bool = True
+        self,
+        target_port: int,
+        limit: int | None = None,
+        *,
+        upstream: bool = True,
+        rate: float | None = None,
     ) -> None:
         self.target_port = target_port
+        self._rate = rate  # bytes/s in the limited direction, for each connection; None: as fast
         self._limit = limit
         self._limit_upstream = upstream  # limit client->server (send) or server->client (recv)
         self.forwarded = 0  # bytes passed on in the limited direction, all connections
@@ -73,10 +84,14 @@ class Proxy:
 
     def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
         """Copy one direction; a FIN is passed on as a FIN, a reset as a reset."""
+        due = time.monotonic()  # when the next slice may leave, at `rate`
         try:
             while data := src.recv(65536):
                 if upstream == self._limit_upstream:
                     data = self._gate(data, dst)
+                    if self._rate is not None:
+                        due = self._slowly(data, dst, due)
+                        continue
                 if data:
                     dst.sendall(data)
         except OSError:
@@ -99,6 +114,17 @@ class Proxy:
             self._unblocked.wait()
         self.forwarded += len(data)
         return data
+
+    def _slowly(self, data: bytes, dst: socket.socket, due: float) -> float:
+        """Send `data` in slices at `rate` from `due` on; returns when the next slice is due."""
+        assert self._rate is not None
+        for start in range(0, len(data), SLICE):
+            piece = data[start : start + SLICE]
+            due = max(due, time.monotonic())  # an idle link does not save up a burst
+            time.sleep(max(0.0, due - time.monotonic()))
+            dst.sendall(piece)
+            due += len(piece) / self._rate
+        return due
 
 
 def _reset(s: socket.socket) -> None:

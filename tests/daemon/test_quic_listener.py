@@ -1,0 +1,95 @@
+"""fluxd.transports.quic.QuicListener: the deadline on an unfinished QUIC handshake.
+
+aioquic restarts its idle timer on every packet it accepts, so a client that keeps sending
+packets without finishing the handshake stays until the listener's own deadline closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from pathlib import Path
+
+from aioquic.buffer import Buffer
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersion, pull_quic_header
+from aioquic.quic.packet_builder import QuicPacketBuilder
+
+from fluxd.certs import init_certs
+from fluxd.transports import quic
+from fluxd.transports.quic import QuicChannel, QuicListener
+
+DEADLINE = 0.5
+MARGIN = 3.0  # scheduling slack; aioquic's own idle timeout (8 s) lies far beyond
+STEP = 0.05  # seconds between two packets of the client
+LONG = 30.0
+VERSION = QuicProtocolVersion.VERSION_1
+
+
+def first_flight(host: str, port: int) -> tuple[bytes, bytes, bytes]:
+    """A real client's first datagram (its ClientHello) and the connection IDs it chose."""
+    config = quic.configuration(is_client=True)
+    config.verify_mode = ssl.CERT_NONE
+    client = QuicConnection(configuration=config)
+    client.connect((host, port), now=0.0)
+    ((datagram, _),) = client.datagrams_to_send(now=0.0)
+    header = pull_quic_header(Buffer(data=datagram))
+    return datagram, header.destination_cid, header.source_cid
+
+
+def initial_ping(dcid: bytes, scid: bytes, number: int) -> bytes:
+    """A client Initial packet holding one PING: the server accepts it, nothing completes."""
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=dcid, is_client=True, version=VERSION)
+    builder = QuicPacketBuilder(
+        host_cid=scid,
+        peer_cid=dcid,
+        version=VERSION,
+        is_client=True,
+        max_datagram_size=1200,
+        packet_number=number,
+    )
+    builder.start_packet(QuicPacketType.INITIAL, crypto)
+    builder.start_frame(QuicFrameType.PING)
+    datagrams, _ = builder.flush()
+    return datagrams[0]
+
+
+def test_a_handshake_kept_alive_by_pings_is_closed_at_the_deadline(tmp_path: Path) -> None:
+    async def main() -> None:
+        ready: list[QuicChannel] = []
+        listener = QuicListener(init_certs(tmp_path / "certs"), ready.append, 1452, DEADLINE)
+        host, port = (await listener.start("127.0.0.1", 0))[0]
+        loop = asyncio.get_running_loop()
+        hello, dcid, scid = first_flight(host, port)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(hello, (host, port))
+            started = loop.time()
+            server = await only_channel(listener)
+            closed = asyncio.ensure_future(server.wait_closed())
+            number = 100  # above the ClientHello's
+            while not closed.done():
+                sock.sendto(initial_ping(dcid, scid, number), (host, port))
+                number += 1
+                await asyncio.wait([closed], timeout=STEP)
+                assert loop.time() - started < DEADLINE + MARGIN, "still open"
+        listener.close()
+        assert loop.time() - started >= DEADLINE - STEP
+        assert "handshake timed out" in str(server.handshake.exception())
+        assert not ready
+
+    asyncio.run(main())
+
+
+async def only_channel(listener: QuicListener) -> QuicChannel:
+    """The server side of the one connection the listener has (once its packet arrived)."""
+    server = listener._server
+    assert server is not None
+    async with asyncio.timeout(LONG):
+        while not (protocols := set(server._protocols.values())):
+            await asyncio.sleep(0.01)
+    (channel,) = protocols
+    assert isinstance(channel, QuicChannel)
+    return channel
