@@ -250,10 +250,17 @@ class ChunkWriter:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def flush(self) -> None:
-        """Wait until every added chunk is durable (or has failed); never raises."""
+        """Wait until every added chunk is durable (or has failed); write errors are not raised
+        here (see `error`). A cancellation still waits for the writes in progress, then is
+        raised: the caller stops, and nothing is left half-written behind it."""
+        cancelled = False
         while self._task is not None and not self._task.done():
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await asyncio.shield(self._task)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

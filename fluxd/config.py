@@ -147,7 +147,8 @@ class Limits:
     uploads_per_subject: int = 16
     #: Seconds the TLS handshake may take after accept, and then again for HELLO to arrive.
     handshake_timeout: float = 10.0
-    #: Seconds a connection may stay silent before the daemon closes it.
+    #: Seconds a connection may go without progress (a whole frame, or 64 KiB of one, either
+    #: way) while the daemon waits on it, before it is closed.
     idle_timeout: float = 120.0
     #: Bytes per second over all connections, and per subject; 0: unlimited.
     rate: int = 0

@@ -334,9 +334,11 @@ class Session:
                 return writer.written
         finally:
             # Chunks already received reach disk even if the client vanished or we are stopping.
-            await writer.flush()
-            self._moved = writer.written
-            upload.close()
+            try:
+                await writer.flush()
+            finally:
+                self._moved = writer.written
+                upload.close()
 
     async def _paced(self, nbytes: int) -> None:
         """Hold the session back to the subject's and the daemon's rate (if any is set).

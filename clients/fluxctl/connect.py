@@ -120,8 +120,10 @@ async def _race(url: FluxURL, opts: ClientOptions) -> Channel:
     attempts = {quic_attempt}
     await asyncio.wait(attempts, timeout=QUIC_HEAD_START)
     attempts.add(asyncio.ensure_future(connect_tcp(url, opts)))
+    everyone = set(attempts)
     errors: dict[str, BaseException] = {}
     deadline: float | None = None  # set once TCP failed: QUIC then gets a last short chance
+    winner: Channel | None = None
     try:
         while attempts:
             left = (
@@ -135,7 +137,8 @@ async def _race(url: FluxURL, opts: ClientOptions) -> Channel:
             for task in done:
                 exc = task.exception()
                 if exc is None:
-                    return task.result()
+                    winner = task.result()
+                    return winner
                 if not isinstance(exc, FluxError) or not exc.retryable:
                     raise exc  # a trust or usage failure would fail the other way too
                 name = "QUIC" if task is quic_attempt else "TCP"
@@ -147,6 +150,10 @@ async def _race(url: FluxURL, opts: ClientOptions) -> Channel:
             task.cancel()
         if attempts:
             await asyncio.wait(attempts)
+        # Both may have connected in the same loop turn: only the winner stays open.
+        for task in everyone:
+            if not task.cancelled() and task.exception() is None and task.result() is not winner:
+                task.result().abort()
     errors.setdefault("QUIC", ConnectError("no answer"))
     if isinstance(errors.get("TCP"), ConnectionRefused):
         # TCP refused and QUIC silent (or refused too): nothing listens at this address.

@@ -125,6 +125,8 @@ class QuicChannel(QuicConnectionProtocol):
         self._next_out = 0
         self._data_in: dict[int, FrameReader] = {}
         self._waiting: deque[Chunk] = deque()
+        #: Their payload bytes: a peer may not park more than one window of them.
+        self._waiting_bytes = 0
         self._lost = False
         self._gone = asyncio.Event()
         self._closing = False
@@ -295,6 +297,9 @@ class QuicChannel(QuicConnectionProtocol):
                 self.conn.receive_data(b"")
             self._pump()
             return
+        if self.conn.handshaking:  # chunks before HELLO: an unauthenticated peer's memory
+            self._protocol_error(f"data on stream {sid} before the handshake")
+            return
         reader = self._data_in.get(sid)
         if reader is None:
             reader = self._data_in[sid] = FrameReader(
@@ -306,7 +311,11 @@ class QuicChannel(QuicConnectionProtocol):
                 if not isinstance(frame, Chunk):
                     raise RemoteProtocolError(f"{frame.TYPE.name} on data stream {sid}")
                 self._waiting.append(frame)
-                if len(self._waiting) > MAX_WAITING_CHUNKS:
+                self._waiting_bytes += len(frame.data)
+                if (
+                    len(self._waiting) > MAX_WAITING_CHUNKS
+                    or self._waiting_bytes > self.conn.receive_window + MAX_CHUNK
+                ):
                     raise RemoteProtocolError("too many chunks before their transfer opened")
         except FluxError as exc:
             self._inbox.set_error(exc)
@@ -321,7 +330,9 @@ class QuicChannel(QuicConnectionProtocol):
                 if isinstance(event, ConnectionClosed):
                     break
             while self._waiting and self.conn.chunk_limit:
-                frame = self.conn.receive_frame(self._waiting.popleft())
+                chunk = self._waiting.popleft()
+                self._waiting_bytes -= len(chunk.data)
+                frame = self.conn.receive_frame(chunk)
                 if frame is not None:
                     self._inbox.put(frame)
         except FluxError as exc:

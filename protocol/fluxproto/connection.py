@@ -247,6 +247,16 @@ class Connection:
         """Largest CHUNK payload the peer may send now (0: none): for other streams' readers."""
         return self._reader.max_chunk
 
+    @property
+    def receive_window(self) -> int:
+        """Bytes of chunks this end said it takes in flight (its HELLO or WELCOME window)."""
+        return self._windows[self.role]
+
+    @property
+    def handshaking(self) -> bool:
+        """True until the HELLO/WELCOME exchange is done: no chunk may arrive yet."""
+        return self.state in (State.START, State.HANDSHAKE)
+
     # --- sending -------------------------------------------------------------------------------
 
     def send(self, frame: Frame) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 from collections import deque
@@ -636,6 +637,30 @@ def test_flush_without_chunks_returns() -> None:
 
     writer = asyncio.run(main())
     assert writer.written == 0
+
+
+def test_a_cancelled_flush_waits_for_the_write_then_stays_cancelled() -> None:
+    """Shutdown cancels a session in its flush: the chunks still reach disk (and are acked),
+    and the cancellation is not swallowed (the session would go on serving)."""
+    sink = GatedSink()
+    ch = FakeChannel(State.DOWNLOADING)
+
+    async def main() -> tuple[ChunkWriter, bool]:
+        writer = ChunkWriter(ch, sink)
+        writer.add(chunk(0))
+        flushing = asyncio.create_task(writer.flush())
+        assert await asyncio.to_thread(sink.started.wait, LONG)
+        flushing.cancel()
+        await asyncio.sleep(0)  # one loop turn: the cancellation reaches the flush
+        assert not flushing.done(), "the flush gave up on a write in progress"
+        sink.gate.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flushing
+        return writer, flushing.cancelled()
+
+    writer, cancelled = asyncio.run(main())
+    assert cancelled
+    assert writer.written == CS and ch.sent == [Ack(((0, 1),))]
 
 
 def test_acks_are_canonical_and_split_at_max_ranges() -> None:

@@ -235,6 +235,27 @@ def test_a_hello_trickled_or_withheld_over_quic_is_cut_at_the_deadline(
     assert asyncio.run(main()) >= HANDSHAKE - 0.1
 
 
+def test_chunks_on_a_data_stream_before_hello_are_refused_at_once(daemon: Daemon) -> None:
+    """Before HELLO nothing may be buffered for the peer: a data stream is a protocol error
+    (it used to be decoded, and a 16 MiB chunk buffer taken, for anyone who finished TLS)."""
+    chunk = encode_bytes(Chunk(0, chunk_digest(b"x" * 1000), b"x" * 1000))
+
+    async def main() -> bool:
+        ch = await quic_client(daemon.port)
+        try:
+            stream = ch._quic.get_next_available_stream_id(is_unidirectional=True)
+            ch._quic.send_stream_data(stream, chunk)
+            ch.transmit()
+            return await closed_by_server(ch, HANDSHAKE / 2)
+        finally:
+            ch.abort()
+
+    assert asyncio.run(main()), "the server kept a connection that sent chunks before HELLO"
+    assert any(
+        "before the handshake" in str(e.get("error")) for e in daemon.events("protocol-error")
+    )
+
+
 def read_until_closed(sock: socket.socket, within: float) -> float:
     """Read SLOW_READ bytes per STEP (10 KiB/s: a third of the 64 KiB per idle timeout that
     would count as progress) until the server has closed or reset the connection."""
