@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench fuzz clean sysdeps
+.PHONY: demo test lint typecheck wheelcheck pytest bench fuzz clean sysdeps
 
 # Python 3.11+ with venv and pip; installs Debian's python3-venv only when venv is missing.
 sysdeps:
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml | sysdeps
 demo: $(STAMP)
 	$(PY) -m fluxctl.demo
 
-test: lint typecheck pytest
+test: lint typecheck wheelcheck pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -30,6 +30,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+
+# The wheel `pip install .` builds, installed alone into a fresh venv: versions, a send and a
+# recv over TCP and QUIC (an editable install would hide a module the wheel leaves out).
+wheelcheck: $(STAMP)
+	$(PY) .ci/wheelcheck.py
 
 pytest: $(STAMP)
 	$(PY) -m pytest -n 2 -q

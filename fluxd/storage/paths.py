@@ -11,6 +11,7 @@ import os
 import re
 import unicodedata
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 from fluxproto.errors import PermissionDenied
@@ -28,8 +29,12 @@ _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
 _BAD_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 #: Characters that look like a slash or backslash without compatibility-decomposing to one.
 _SLASH_LOOKALIKES = frozenset("\u2044\u2215\u2216\u2571\u2572\u29f5\u29f8\u29f9\u3033")
-#: Rounds of percent-decoding tried when looking for a hidden separator or dot-dot.
-_DECODE_ROUNDS = 3
+#: IIS-style %uXXXX escapes: not a standard, but servers and proxies have decoded them.
+_PERCENT_U = re.compile(r"%[uU]([0-9a-fA-F]{4})")
+#: Most forms of one name that are checked. Every percent-decoding shortens a name, so the forms
+#: run out; a name with more than this many is nested deeper than any honest name and refused
+#: rather than followed further.
+_MAX_READINGS = 32
 
 __all__ = ["MAX_COMPONENT", "MAX_DEPTH", "RESERVED", "normalize", "require_file_path", "resolve"]
 
@@ -54,19 +59,17 @@ def normalize(path: str) -> str:
     dropped. The rules are PROTOCOL.md section 17.
 
     Raises:
-        PermissionDenied: the path has a ".." component (also one hidden by percent-encoding
-            or compatibility characters such as U+2025), a control, format or separator
+        PermissionDenied: the path has a ".." component, a control, format or separator
             character, a backslash or slash look-alike, a component over 255 bytes, more than
-            128 components or MAX_PATH bytes, or starts with ".flux".
+            128 components or MAX_PATH bytes, or starts with ".flux"; or a name that reads as
+            any of these once compatibility-normalised (NFKC) or percent-decoded, any number
+            of times in any order (".%ef%bc%8e", "%252e%252e", "a%0ab", "%2eflux", ...).
     """
     if _utf8_len(path, path) > MAX_PATH:
         raise PermissionDenied(f"path {_show(path)} is longer than {MAX_PATH} bytes")
-    bad = _FORBIDDEN.search(path)
-    if bad is not None:
-        what = "a backslash" if bad.group() == "\\" else "a control character"
-        raise PermissionDenied(f"path {_show(path)} contains {what}")
-    if not path.isascii():
-        _check_unicode(path)
+    fault = _fault(path)
+    if fault is not None:
+        raise PermissionDenied(f"path {_show(path)} contains {fault}")
     parts: list[str] = []
     for part in unicodedata.normalize("NFC", path).split("/"):
         if part in ("", "."):
@@ -75,10 +78,8 @@ def normalize(path: str) -> str:
             raise PermissionDenied(f"path {_show(path)} has a '..' component")
         if _utf8_len(part, path) > MAX_COMPONENT:
             raise PermissionDenied(f"path {_show(path)} has a name longer than 255 bytes")
-        if "%" in part:
-            _check_encoded(part, path)
-        if not part.isascii():
-            _check_lookalike(part, path)
+        if "%" in part or not part.isascii():
+            _check_readings(part, path, first=not parts)
         parts.append(part)
     if len(parts) > MAX_DEPTH:
         raise PermissionDenied(f"path {_show(path)} has more than {MAX_DEPTH} components")
@@ -91,38 +92,74 @@ def normalize(path: str) -> str:
     return rel
 
 
-def _check_unicode(path: str) -> None:
-    for ch in path:
+def _fault(text: str) -> str | None:
+    """What rules 2 and 3 refuse in `text` (a control, format or separator character, a
+    backslash or a slash look-alike), as a phrase for the message; None if nothing."""
+    bad = _FORBIDDEN.search(text)
+    if bad is not None:
+        return "a backslash" if bad.group() == "\\" else "a control character"
+    if text.isascii():
+        return None
+    for ch in text:
         if unicodedata.category(ch) in _BAD_CATEGORIES:
-            raise PermissionDenied(f"path {_show(path)} contains the invisible U+{ord(ch):04X}")
+            return f"the invisible U+{ord(ch):04X}"
         if ch in _SLASH_LOOKALIKES:
-            raise PermissionDenied(
-                f"path {_show(path)} contains U+{ord(ch):04X}, a slash look-alike"
-            )
+            return f"U+{ord(ch):04X}, a slash look-alike"
+    return None
 
 
-def _check_lookalike(part: str, path: str) -> None:
-    """Refuse a name that compatibility normalisation (NFKC, as some tools and filesystems
-    apply) turns into ".", ".." or something with a separator."""
-    folded = unicodedata.normalize("NFKC", part)
-    if folded in (".", "..") or "/" in folded or "\\" in folded:
-        raise PermissionDenied(f"path {_show(path)} has a name that reads as {folded!r}")
+def _check_readings(part: str, path: str, first: bool) -> None:
+    """Apply the rules for the raw text to every other form `part` can take in another layer:
+    a name that reads as ".", "..", the reserved area, or text the raw rules refuse, is
+    refused as if it were that text."""
+    for reading in _readings(part, path)[1:]:
+        if reading in (".", ".."):
+            fault: str | None = repr(reading)
+        elif first and reading.casefold() == RESERVED:
+            fault = f"the reserved name {RESERVED}"
+        elif "/" in reading:
+            fault = "a slash"
+        else:
+            fault = _fault(reading)
+        if fault is not None:
+            raise PermissionDenied(f"path {_show(path)} has a name that reads as {fault}")
 
 
-def _check_encoded(part: str, path: str) -> None:
-    """Refuse a name that percent-decodes (up to three times) to ".", ".." or a separator:
-    another layer (a proxy, a shell script, an object store) might decode it."""
-    for _ in range(_DECODE_ROUNDS):
-        try:
-            decoded = urllib.parse.unquote(part, errors="strict")
-        except UnicodeDecodeError:  # e.g. %c0%ae, the overlong "." of old exploits
-            why = "hides invalid UTF-8 in percent-encoding"
-            raise PermissionDenied(f"path {_show(path)} {why}") from None
-        if decoded == part:
-            return
-        if decoded in (".", "..") or any(c in decoded for c in "/\\\x00"):
-            raise PermissionDenied(f"path {_show(path)} hides {decoded!r} in percent-encoding")
-        part = decoded
+def _readings(part: str, path: str) -> list[str]:
+    """`part` and every distinct form it takes under compatibility normalisation (NFKC, as some
+    tools and filesystems apply) and percent-decoding (%XX as UTF-8, and %uXXXX), each applied
+    any number of times and in any order: a proxy, a shell script or an object store might
+    apply any of them, and each on its own form hides nothing (fullwidth "%2e", U+FF05 U+FF12
+    U+FF45, needs NFKC, then a decoding, to read as ".")."""
+    forms = [part]
+    steps: tuple[Callable[[str], str], ...] = (
+        lambda text: unicodedata.normalize("NFKC", text),
+        lambda text: _percent_decode(text, path),
+        _percent_u_decode,
+    )
+    for form in forms:  # grows while iterated: a breadth-first closure
+        for step in steps:
+            new = step(form)
+            if new not in forms:
+                forms.append(new)
+        if len(forms) > _MAX_READINGS:
+            raise PermissionDenied(f"path {_show(path)} has a name encoded too many times")
+    return forms
+
+
+def _percent_decode(text: str, path: str) -> str:
+    try:
+        return urllib.parse.unquote(text, errors="strict")
+    except UnicodeDecodeError:  # e.g. %c0%ae, the overlong "." of old exploits
+        why = "hides invalid UTF-8 in percent-encoding"
+        raise PermissionDenied(f"path {_show(path)} {why}") from None
+
+
+def _percent_u_decode(text: str) -> str:
+    units = _PERCENT_U.sub(lambda m: chr(int(m.group(1), 16)), text)
+    # %uD83D%uDE00 is how JavaScript's escape() writes one emoji: pair the surrogates up, so
+    # only a lone one (never a valid name) is left for the rules to refuse.
+    return units.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
 
 
 def require_file_path(path: str) -> str:

@@ -28,6 +28,8 @@ from fluxproto import ConfigError
         ("flux://[2001:db8::1]", "2001:db8::1", DEFAULT_PORT, "/"),
         # The path is literal: no percent-decoding, queries or fragments.
         ("flux://h/a%20b", "h", DEFAULT_PORT, "/a%20b"),
+        # Disguises reach the server as typed, for its path rules to refuse.
+        ("flux://h/%ef%bc%8e%ef%bc%8e/x", "h", DEFAULT_PORT, "/%ef%bc%8e%ef%bc%8e/x"),
         ("flux://h/a?b#c", "h", DEFAULT_PORT, "/a?b#c"),
         ("flux://h//double", "h", DEFAULT_PORT, "//double"),
         ("flux://h/ünï cödé", "h", DEFAULT_PORT, "/ünï cödé"),

@@ -12,6 +12,8 @@ import contextlib
 import json
 import tempfile
 import time
+import unicodedata
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +45,41 @@ FUZZ_FILES = settings(FUZZ, max_examples=max(1, FUZZ_EXAMPLES // 4))  # each tou
 path_chars = st.sampled_from(
     [*"/.%\\a2eEfF5cC0", "\x00", "\x1f", "\x85", "\u200b", "\u2025", "\uff0e", "\u2215"]
 )
-paths = st.one_of(st.text(max_size=300), st.text(path_chars, max_size=60))
+# Pieces of disguises: escapes of dots, slashes and percent signs, whole and in halves.
+path_tokens = st.sampled_from(
+    [
+        *("/", ".", "%", "25", "2e", "2f", "0a", "%2e", "%25", "%ef%bc%8e", "%ef%bc", "%8e"),
+        *("%e2%80%a5", "%e2%88%95", "%c0%ae", "%u002e", "u", "\uff05", "\uff12\uff45", "flux"),
+    ]
+)
+paths = st.one_of(
+    st.text(max_size=300),
+    st.text(path_chars, max_size=60),
+    st.lists(path_tokens, max_size=12).map("".join),
+)
+
+
+#: Rule 3 of PROTOCOL.md section 17 (private-use and unassigned code points are names).
+REFUSED_CATS = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def greedy_reading(name: str) -> list[str]:
+    """What a layer that percent-decodes and NFKC-folds until nothing changes sees, one round
+    at a time: a simpler order than normalize's own, for an independent check."""
+    seen = [name]
+    while True:
+        name = unicodedata.normalize("NFKC", urllib.parse.unquote(name, errors="strict"))
+        if name in seen:
+            return seen
+        seen.append(name)
 
 
 @FUZZ
 @given(paths)
 @example("a/" * (MAX_DEPTH + 1))
 @example("%25" * 30 + "2e")
+@example("%ef%bc%8e%ef%bc%8e")
+@example("\uff05\uff12\uff45\uff05\uff12\uff45")
 def test_normalize_gives_a_canonical_path_or_refuses(path: str) -> None:
     try:
         rel = normalize(path)
@@ -61,6 +91,10 @@ def test_normalize_gives_a_canonical_path_or_refuses(path: str) -> None:
     assert not rel.startswith("/") and len(rel.encode()) <= MAX_PATH
     assert not any(ord(c) < 0x20 or c in "\x7f\\" for c in rel)
     assert not (parts and parts[0].casefold() == ".flux")
+    for part in parts:  # nothing hides in a decoded or compatibility form either
+        for reading in greedy_reading(part):
+            assert reading not in (".", "..")
+            assert not any(c in "/\\" or unicodedata.category(c) in REFUSED_CATS for c in reading)
 
 
 @FUZZ

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 from pathlib import Path
 
@@ -175,6 +176,38 @@ def test_normalize_refuses_every_hostile_path(path: str) -> None:
         normalize(path)
 
 
-@pytest.mark.parametrize("path", ["100%", "a%20b", "%41", "50%off/x", "%e2%82%ac"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "100%",
+        "a%20b",
+        "%41",
+        "50%off/x",
+        "%e2%82%ac",
+        "a%2e%2eb",  # reads as "a..b": a name, not a step up
+        "%2e%2e%2e",  # "..."
+        "%e2%80%a6",  # U+2026 HORIZONTAL ELLIPSIS, "..." under NFKC
+        "x/%2eflux",  # only the first component is reserved
+        "%uD83D%uDE00",  # one emoji as JavaScript's escape() writes it
+        "%25" * 40 + "2e",  # 40 percent signs and a dot
+        "\uff05\uff14\uff11",  # fullwidth "%41"
+    ],
+)
 def test_harmless_percent_signs_are_plain_characters(path: str) -> None:
     assert normalize(path) == path
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("%ef%bc%8e%ef%bc%8e/x", "reads as '..'"),
+        ("..%e2%88%95x", "reads as U+2215, a slash look-alike"),
+        ("a%0ab", "reads as a control character"),
+        ("%2eflux", "reads as the reserved name .flux"),
+        ("%c0%ae", "hides invalid UTF-8"),
+        ("%" + "25" * 40 + "2e", "encoded too many times"),
+    ],
+)
+def test_a_decoded_name_is_refused_for_what_it_reads_as(path: str, reason: str) -> None:
+    with pytest.raises(PermissionDenied, match=re.escape(reason)):
+        normalize(path)

@@ -63,25 +63,41 @@ class Daemon:
         return f"flux://127.0.0.1:{port or self.port}/{path.lstrip('/')}"
 
     def start(self) -> Daemon:
+        """Start fluxd (on the last port, after a restart) and wait until it listens.
+
+        Raises:
+            AssertionError: this daemon is still running (starting again would orphan it: the
+                new one cannot take the port, and the old one would outlive the test), or
+                fluxd exited or did not listen within START_TIMEOUT.
+        """
+        if self.proc is not None and self.proc.poll() is None:
+            raise AssertionError(f"fluxd (pid {self.proc.pid}) is still running: stop it first")
         listen = f"127.0.0.1:{self.port}"
         cmd = [str(BIN / "fluxd"), "serve", "--root", str(self.root), "--certs", str(self.certs)]
         cmd += ["--listen", listen, *self.args]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=_env(self.home) | self.env)
-        ready = threading.Event()
-        self._reader = threading.Thread(target=self._read_log, args=(self.proc, ready), daemon=True)
+        ready, listening = threading.Event(), threading.Event()
+        self._reader = threading.Thread(
+            target=self._read_log, args=(self.proc, ready, listening), daemon=True
+        )
         self._reader.start()
-        if not ready.wait(START_TIMEOUT):
+        ready.wait(START_TIMEOUT)  # also set when the log ends: fluxd exited before listening
+        if not listening.is_set():
             self.kill()
-            raise AssertionError(f"fluxd did not start: {self.log_lines}")
+            raise AssertionError(f"fluxd did not start (exit {self.proc.poll()}): {self.log_lines}")
         return self
 
-    def _read_log(self, proc: subprocess.Popen[bytes], ready: threading.Event) -> None:
+    def _read_log(
+        self, proc: subprocess.Popen[bytes], ready: threading.Event, listening: threading.Event
+    ) -> None:
         assert proc.stderr is not None
         with proc.stderr:
-            self._consume(proc.stderr, ready)
+            self._consume(proc.stderr, ready, listening)
         ready.set()
 
-    def _consume(self, stream: IO[bytes], ready: threading.Event) -> None:
+    def _consume(
+        self, stream: IO[bytes], ready: threading.Event, listening: threading.Event
+    ) -> None:
         for raw in stream:
             try:
                 line = json.loads(raw)
@@ -92,6 +108,7 @@ class Daemon:
             if line.get("event") == "listening":
                 self.port = int(line["address"].rsplit(":", 1)[1])
                 self.fingerprint = line.get("fingerprint")
+                listening.set()
                 ready.set()
 
     def events(self, name: str) -> list[dict[str, Any]]:
@@ -149,6 +166,7 @@ class Fluxctl:
 
     def __init__(self, home: Path) -> None:
         self.home = home
+        self.spawned: list[subprocess.Popen[str]] = []
 
     def cmd(self, *args: str) -> list[str]:
         return [str(BIN / "fluxctl"), *args]
@@ -167,13 +185,24 @@ class Fluxctl:
         return Result(p.returncode, p.stdout, p.stderr)
 
     def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        return subprocess.Popen(
+        """Start fluxctl in the background; `close` kills it if the test did not wait for it."""
+        proc = subprocess.Popen(
             self.cmd(*args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env={**_env(self.home), **(env or {})},
         )
+        self.spawned.append(proc)
+        return proc
+
+    def close(self) -> None:
+        """Kill and reap every spawned fluxctl still running (a test that failed before it
+        waited for one), and close their pipes."""
+        for proc in self.spawned:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
 
 
 @pytest.fixture
@@ -196,5 +225,7 @@ def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
 
 
 @pytest.fixture
-def fluxctl(tmp_path: Path) -> Fluxctl:
-    return Fluxctl(tmp_path / "d")
+def fluxctl(tmp_path: Path) -> Iterator[Fluxctl]:
+    runner = Fluxctl(tmp_path / "d")
+    yield runner
+    runner.close()

@@ -117,3 +117,17 @@ def test_deleting_a_link_that_leads_out_removes_only_the_link(
         assert not (daemon.root / name).is_symlink()
     assert (outside / "secret.txt").read_text() == "outside the root"
     assert Path("/etc/passwd").exists()
+
+
+@pytest.mark.parametrize("path", ["%ef%bc%8e%ef%bc%8e/x", "%e2%80%a5/x", "..%e2%88%95x"])
+def test_fluxctl_send_to_an_encoded_look_alike_is_refused(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path, path: str
+) -> None:
+    # fluxctl sends the path as typed (it decodes nothing); the daemon must see through it.
+    local = tmp_path / "f"
+    local.write_bytes(b"payload")
+    before = snapshot(daemon.root, skip=daemon.root / ".flux")
+    result = fluxctl("send", str(local), daemon.url(path), "--pin", str(daemon.fingerprint))
+    assert result.code == 4, result.stderr
+    assert "reads as" in result.stderr
+    assert snapshot(daemon.root, skip=daemon.root / ".flux") == before
