@@ -157,11 +157,13 @@ class Run:
         # What the command imported lives for the whole process: keep the collector off it,
         # so collections during a transfer only look at the few objects a chunk creates.
         gc.freeze()
+        coro = work()
         try:
-            return uvloop.run(work())
+            return uvloop.run(coro)
         except FluxError as exc:
             self.fail(exc.message, exc.exit_code)
         except KeyboardInterrupt:
+            coro.close()  # interrupted before the loop ran it: no "never awaited" warning
             self.fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
 
     def fail(self, message: str, code: int) -> NoReturn:

@@ -118,13 +118,15 @@ async def connect(url: FluxURL, opts: ClientOptions) -> Channel:
 async def _race(url: FluxURL, opts: ClientOptions) -> Channel:
     quic_attempt = asyncio.ensure_future(connect_quic(url, opts))
     attempts = {quic_attempt}
-    await asyncio.wait(attempts, timeout=QUIC_HEAD_START)
-    attempts.add(asyncio.ensure_future(connect_tcp(url, opts)))
     everyone = set(attempts)
     errors: dict[str, BaseException] = {}
     deadline: float | None = None  # set once TCP failed: QUIC then gets a last short chance
     winner: Channel | None = None
     try:
+        await asyncio.wait(attempts, timeout=QUIC_HEAD_START)
+        tcp_attempt = asyncio.ensure_future(connect_tcp(url, opts))
+        attempts.add(tcp_attempt)
+        everyone.add(tcp_attempt)
         while attempts:
             left = (
                 None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
@@ -146,20 +148,31 @@ async def _race(url: FluxURL, opts: ClientOptions) -> Channel:
                 if name == "TCP":
                     deadline = asyncio.get_running_loop().time() + QUIC_LAST_CHANCE
     finally:
-        for task in attempts:
-            task.cancel()
-        if attempts:
-            await asyncio.wait(attempts)
-        # Both may have connected in the same loop turn: only the winner stays open.
-        for task in everyone:
-            if not task.cancelled() and task.exception() is None and task.result() is not winner:
-                task.result().abort()
+        await _settle(attempts, everyone, winner)
     errors.setdefault("QUIC", ConnectError("no answer"))
     if isinstance(errors.get("TCP"), ConnectionRefused):
         # TCP refused and QUIC silent (or refused too): nothing listens at this address.
         raise errors["TCP"]
     reasons = "; ".join(f"{name}: {exc}" for name, exc in sorted(errors.items()))
     raise ConnectError(f"cannot reach {url.address} ({reasons})")
+
+
+async def _settle(
+    pending: set[asyncio.Task[Channel]],
+    everyone: set[asyncio.Task[Channel]],
+    winner: Channel | None,
+) -> None:
+    """End a race: cancel what still runs, and close every channel but the winner's (both may
+    have connected in the same loop turn). Every outcome is collected, so an interrupted race
+    leaves no unretrieved failure behind."""
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    for task in everyone:
+        done = task.done() and not task.cancelled() and task.exception() is None
+        if done and task.result() is not winner:
+            task.result().abort()
 
 
 async def connect_tcp(url: FluxURL, opts: ClientOptions) -> Channel:

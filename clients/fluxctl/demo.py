@@ -5,6 +5,7 @@ Every step prints the command it runs, so the demo doubles as a usage example.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -14,9 +15,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 from fluxd.config import DEFAULT_PORT
 from fluxd.storage.staging import HEADER_SIZE, RECORD_SIZE
@@ -61,15 +63,28 @@ def start_daemon(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     listen = [] if _port_free(DEFAULT_PORT) else ["--listen", "127.0.0.1:0"]
     cmd = [str(BIN / "fluxd"), "serve", *listen]
     print("$ " + shlex.join(["fluxd", "serve", *listen]) + " &", flush=True)
-    # The demo runs no threads, so preexec_fn is safe here.
+    # No thread runs yet (the log drain starts below), so preexec_fn is safe here.
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)  # noqa: PLW1509
     assert proc.stderr is not None
-    for raw in proc.stderr:
-        line = json.loads(raw)
-        print("  fluxd: " + raw.decode().strip(), flush=True)
-        if line.get("event") == "listening":
-            return proc, line["address"]
-    raise SystemExit("fluxd did not start")
+    try:
+        for raw in proc.stderr:
+            print("  fluxd: " + raw.decode(errors="replace").strip(), flush=True)
+            with contextlib.suppress(ValueError):  # a line that is not JSON is just shown
+                line = json.loads(raw)
+                if isinstance(line, dict) and line.get("event") == "listening":
+                    # Keep reading its log, or a full pipe would stall the daemon.
+                    threading.Thread(target=_drain, args=(proc.stderr,), daemon=True).start()
+                    return proc, str(line["address"])
+        fail(f"fluxd exited with {proc.wait(timeout=30)} before listening")
+    except BaseException:
+        proc.kill()
+        proc.wait(timeout=30)
+        raise
+
+
+def _drain(stream: IO[bytes]) -> None:
+    for _ in stream:
+        pass
 
 
 def _die_with_parent() -> None:

@@ -366,9 +366,18 @@ class QuicChannel(QuicConnectionProtocol):
     # --- client path management ----------------------------------------------------------------
 
     def error_received(self, exc: Exception) -> None:
-        """The socket reported an error (network unreachable, a changed interface): move."""
-        if self._quic.configuration.is_client:
-            self._start_rebind()
+        """The socket reported an error. Refused (the client's socket is connected, so the
+        kernel passes on the server's ICMP port unreachable): nothing listens there now, the
+        connection is over. Anything else (network unreachable, a changed interface): move."""
+        if not self._quic.configuration.is_client:
+            return
+        if isinstance(exc, ConnectionRefusedError):
+            self.termination = "connection refused"
+            if not self.handshake.done():
+                self.handshake.set_exception(exc)
+            self._connection_gone()
+            return
+        self._start_rebind()
 
     def _watch(self) -> None:
         if self._lost or self._closing:
@@ -398,7 +407,10 @@ class QuicChannel(QuicConnectionProtocol):
         """
         old = self._transport
         assert old is not None
-        sock = udp_socket(old.get_extra_info("socket").family)
+        old_sock = old.get_extra_info("socket")
+        sock = udp_socket(old_sock.family)
+        with contextlib.suppress(OSError):
+            sock.connect(old_sock.getpeername())  # to the same server, as the old one was
         self._own_socket = sock
         await self._loop.create_datagram_endpoint(lambda: self, sock=sock)
         old.close()
@@ -447,6 +459,13 @@ async def open_connection(
             addr = (f"::ffff:{addr[0]}", int(addr[1]), 0, 0)
     except OSError:  # no IPv6 in this kernel: a plain IPv4 socket
         sock = udp_socket(socket.AF_INET)
+    # Connected: the kernel then reports the server's ICMP errors (nothing listening: refused
+    # at once, not after the handshake timeout), and takes datagrams from the server only.
+    try:
+        sock.connect(addr)
+    except BaseException:
+        sock.close()
+        raise
     config.server_name = config.server_name or host
     quic = QuicConnection(configuration=config, session_ticket_handler=session_ticket_handler)
 
@@ -464,6 +483,9 @@ async def open_connection(
         # Shielded: the future is the channel's own, and a timeout must not cancel it.
         async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancellation
             await asyncio.shield(channel.handshake)
+    except ConnectionRefusedError:
+        channel.abort()
+        raise  # an OSError for the caller to map, like TCP's
     except ConnectionError:
         channel.abort()
         reason = channel.termination or "handshake failed"

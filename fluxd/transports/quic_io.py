@@ -74,15 +74,25 @@ class GsoTransport:
         self._transport, self._sock = transport, sock
         self._batch: list[tuple[bytes, Any]] | None = None
         self._gso = True
+        # A connected socket's transport refuses an address (uvloop: EISCONN) even when it is
+        # the one connected to; sendmsg below takes it either way.
+        try:
+            sock.getpeername()
+            self._connected = True
+        except OSError:
+            self._connected = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
     def sendto(self, data: bytes, addr: Any = None) -> None:
         if self._batch is None:
-            self._transport.sendto(data, addr)
+            self._send_one(data, addr)
         else:
             self._batch.append((data, addr))
+
+    def _send_one(self, data: bytes, addr: Any) -> None:
+        self._transport.sendto(data, None if self._connected else addr)
 
     def begin(self) -> None:
         self._batch = []
@@ -96,7 +106,7 @@ class GsoTransport:
                 self._send_segments(batch[i:j])
             else:
                 for data, addr in batch[i:j]:
-                    self._transport.sendto(data, addr)
+                    self._send_one(data, addr)
             i = j
 
     @staticmethod
@@ -124,10 +134,11 @@ class GsoTransport:
                 addr,
             )
         except OSError as exc:
-            if not isinstance(exc, BlockingIOError):
+            # A pending ICMP error (refused) or a full buffer says nothing about GSO.
+            if not isinstance(exc, BlockingIOError | ConnectionRefusedError):
                 self._gso = False  # no GSO here (or no socket any more): plain sends from now on
             for data, _ in run:
-                self._transport.sendto(data, addr)
+                self._send_one(data, addr)
 
     def close(self) -> None:
         self._transport.close()

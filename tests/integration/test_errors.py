@@ -149,7 +149,7 @@ def test_exit_codes(daemon: Daemon, fluxctl: Fluxctl, small: Path, tmp_path: Pat
     assert (daemon.root / "dir" / "file").exists(), "nothing stored is lost"
 
 
-@pytest.mark.parametrize("transport", ["auto", "tcp"])
+@pytest.mark.parametrize("transport", ["auto", "tcp", "quic"])
 @pytest.mark.parametrize("op", ["send", "recv", "ls", "stat", "rm"])
 def test_nothing_listening_fails_at_once(
     fluxctl: Fluxctl, small: Path, tmp_path: Path, op: str, transport: str
