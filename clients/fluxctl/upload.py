@@ -119,7 +119,9 @@ class Upload:
             return
         if url.path.endswith("/"):
             raise ConfigError(f"{url} names a directory: data from standard input needs a name")
-        with tempfile.NamedTemporaryFile(prefix="fluxctl-stdin-") as spool:
+        with map_exceptions({OSError: _stdin_error}):
+            spool = tempfile.NamedTemporaryFile(prefix="fluxctl-stdin-")  # noqa: SIM115
+        with spool:
             with map_exceptions({OSError: _stdin_error}):
                 shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
                 spool.flush()
@@ -291,7 +293,9 @@ def current_umask() -> int:
 
 def _stdin_error(exc: BaseException) -> FluxError:
     assert isinstance(exc, OSError)
-    return ConfigError(f"cannot read standard input: {exc.strerror or exc}")
+    # Reading the pipe or writing the spool (a full TMPDIR): both are local, both end here.
+    why = exc.strerror or str(exc)
+    return ConfigError(f"cannot copy standard input to a temporary file (TMPDIR): {why}")
 
 
 def open_local(path: Path) -> tuple[int, os.stat_result]:

@@ -261,3 +261,4 @@ def test_revoke_takes_ids_that_look_like_options_and_refuses_unknown_ones(
     while (res := fluxctl("ls", daemon.url("/"), "--token", token)).code == 0:
         assert time.monotonic() < deadline, "the revocation never reached the daemon"
     assert res.code == 4 and "revoked" in res.stderr
+
