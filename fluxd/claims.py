@@ -35,7 +35,8 @@ class Holder:
     account: str
     #: True once the holder's connection is gone.
     is_closed: Callable[[], bool]
-    #: Monotonic time of the holder's last sign of life.
+    #: A reading that changes whenever the holder shows life (the time it was last heard
+    #: from, or now while the daemon works for it); only compared with itself.
     last_heard: Callable[[], float]
     #: End the holder's connection: it is superseded by a new one of the same subject.
     end: Callable[[], None]

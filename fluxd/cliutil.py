@@ -24,6 +24,23 @@ SUGGEST_CUTOFF = 0.8
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
+#: Standard descriptors (0, 1, 2) that were closed when the process started.
+CLOSED_AT_START: frozenset[int] = frozenset()
+
+
+def _reopen_closed_std_fds() -> frozenset[int]:
+    """Point closed standard descriptors at /dev/null. Otherwise the next file or socket takes
+    the number (uvloop aborts on such a socket, and output meant for stdout lands in it)."""
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+    return frozenset(closed)
+
+
 def run_app(app: typer.Typer, prog: str, *, json_errors: bool = False) -> NoReturn:
     """Run a typer `app` as the process; never returns, never prints a traceback.
 
@@ -33,6 +50,8 @@ def run_app(app: typer.Typer, prog: str, *, json_errors: bool = False) -> NoRetu
         json_errors: with `--json` among the arguments, usage errors also print one JSON
             object on stdout (fluxctl's contract with scripts).
     """
+    global CLOSED_AT_START  # noqa: PLW0603 - set once, at start, before any command runs
+    CLOSED_AT_START = _reopen_closed_std_fds()
     try:
         # standalone_mode=False: click returns a command's typer.Exit code instead of exiting.
         code = app(prog_name=prog, standalone_mode=False)
@@ -69,13 +88,8 @@ def _unexpected(prog: str, exc: Exception) -> NoReturn:
 def _usage_error(app: typer.Typer, prog: str, exc: Any, json_errors: bool) -> NoReturn:
     if type(exc).__name__ == "NoArgsIsHelpError":
         sys.exit(EXIT_USAGE)  # a bare `fluxd` or `fluxd token`: typer has shown the help
-    ctx = getattr(exc, "ctx", None)
-    _reply(
-        prog,
-        f"{usage_message(exc)} (see {_command_path(ctx, prog)} --help)",
-        EXIT_USAGE,
-        json_errors,
-    )
+    where = _command_path(getattr(exc, "ctx", None), prog, app)
+    _reply(prog, f"{usage_message(exc)} (see {where} --help)", EXIT_USAGE, json_errors)
 
 
 def _reply(prog: str, message: str, code: int, json_errors: bool) -> NoReturn:
@@ -92,9 +106,25 @@ def usage_message(exc: Any) -> str:
     if type(exc).__name__ != "NoSuchOption" or not name:
         return str(exc.format_message())
     close = difflib.get_close_matches(name, exc.possibilities or (), n=1, cutoff=SUGGEST_CUTOFF)
-    return f"no such option: {name}" + (f" (did you mean {close[0]}?)" if close else "")
+    if close:
+        return f"no such option: {name} (did you mean {close[0]}?)"
+    if any(a.startswith(name) and a != name and a[1] != "-" for a in sys.argv[1:]):
+        # `-abc` read as the options -a -b -c: most likely a value, such as a token id.
+        return f"no such option: {name} (an argument that begins with - goes after --)"
+    return f"no such option: {name}"
 
 
-def _command_path(ctx: Any, prog: str) -> str:
-    path = getattr(ctx, "command_path", "") if ctx is not None else ""
-    return str(path) or prog
+def _command_path(ctx: Any, prog: str, app: typer.Typer) -> str:
+    """`fluxd serve`: the command the error is about (some errors carry no context: then the
+    subcommands named at the start of the arguments)."""
+    path: Any = getattr(ctx, "command_path", None)
+    if path:
+        return str(path)
+    words, group = [prog], typer.main.get_command(app)
+    for arg in sys.argv[1:]:
+        sub = getattr(group, "commands", {}).get(arg)
+        if sub is None:
+            break
+        words.append(arg)
+        group = sub
+    return " ".join(words)

@@ -18,6 +18,9 @@ Downloads meet the same staging points on the client, then `renamed`.
 `FLUX_FAULT_AT=NAME:N:ERRNO` (e.g. `chunk-write:3:ENOSPC`) makes the N-th arrival at fault point
 NAME raise that OSError, as the disk would, once: the storage translates it like a real one.
 Fault points: `chunk-write` (writing chunk data), `record-write` (appending to the journal).
+
+`FLUX_STALL_AT=NAME:N:SECONDS` makes the N-th arrival at crash point NAME wait SECONDS, as a
+slow disk would (`commit-checked:1:5`): the storage call takes that much longer, nothing fails.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import errno
 import os
 import signal
 import threading
+import time
 
 POINTS = (
     "chunk-written",
@@ -60,21 +64,36 @@ def _fault() -> tuple[str, int, int] | None:
     return name, int(count), number
 
 
+def _stall() -> tuple[str, int, float] | None:
+    name, _, rest = os.environ.get("FLUX_STALL_AT", "").partition(":")
+    count, _, seconds = rest.partition(":")
+    try:
+        wait = float(seconds)
+    except ValueError:
+        return None
+    if name not in POINTS or not count.isdigit() or int(count) < 1 or not 0 < wait < 3600:
+        return None
+    return name, int(count), wait
+
+
 _TARGET = _target()
 _FAULT = _fault()
+_STALL = _stall()
 _lock = threading.Lock()
-_arrivals = [0, 0]  # crash, fault; writer threads arrive too
+_arrivals = [0, 0, 0]  # crash, fault, stall; writer threads arrive too
 
 
 def _arrive(which: int, count: int) -> bool:
-    """Count one arrival (0: crash, 1: fault); True at the configured one."""
+    """Count one arrival (0: crash, 1: fault, 2: stall); True at the configured one."""
     with _lock:
         _arrivals[which] += 1
         return _arrivals[which] == count
 
 
 def crash_point(name: str) -> None:
-    """Die here if this is the configured point and arrival (see the module docstring)."""
+    """Die (or stall) here if this is the configured point and arrival (module docstring)."""
+    if _STALL is not None and _STALL[0] == name and _arrive(2, _STALL[1]):
+        time.sleep(_STALL[2])  # a slow disk, on purpose: this runs in a storage thread
     if _TARGET is not None and _TARGET[0] == name and _arrive(0, _TARGET[1]):
         os.kill(os.getpid(), signal.SIGKILL)
 

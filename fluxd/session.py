@@ -40,6 +40,7 @@ from fluxproto import (
     NotFound,
     OpenDownload,
     OpenUpload,
+    Ping,
     ProtocolError,
     Stat,
     State,
@@ -82,6 +83,9 @@ R = TypeVar("R")
 CAPABILITIES = ("xxh3-128", "resume")
 LIST_PAGE = 150  # entries per LISTING; keeps the header under its 64 KiB limit
 READ_AHEAD = 4  # chunks read from disk ahead of the send window
+#: While a storage call for a request runs long, the client hears from us this often: well
+#: within any timeout a client would choose (fluxctl's default is 60 s).
+KEEPALIVE = 1.0
 
 
 class Session:
@@ -114,11 +118,12 @@ class Session:
         #: How many storage calls the daemon is making on the client's behalf: a busy session
         #: is alive, whatever the network says (see `_last_heard`).
         self._busy = 0
+        self._pings = 0
         #: Payload bytes the current request stored or had acknowledged, for the access log
         #: (kept up to date, so an interrupted transfer logs what it did move).
         self._moved = 0
-        # Request frame → (name in the log, handler returning the payload bytes moved).
-        self._handlers: dict[type[Frame], tuple[str, Callable[[Any], Awaitable[int]]]] = {
+        # Request frame → (name in the log, handler; what it moved goes to self._moved).
+        self._handlers: dict[type[Frame], tuple[str, Callable[[Any], Awaitable[None]]]] = {
             OpenUpload: ("upload", self._upload),
             OpenDownload: ("download", self._download),
             ListDir: ("list", self._list),
@@ -249,12 +254,30 @@ class Session:
             raise
 
     async def _busy_with(self, fn: Callable[..., R], *args: Any) -> R:
-        """`_blocking`, counted as a sign of life (see `_last_heard`)."""
+        """`_blocking` for a call that may take long (it reads whole files): counted as a sign
+        of life (see `_last_heard`), and the client gets a PING every KEEPALIVE seconds until
+        it returns, so its wait for the reply does not run out however slow the disk."""
         self._busy += 1
+        work = asyncio.ensure_future(self._blocking(fn, *args))
         try:
-            return await self._blocking(fn, *args)
+            while not work.done():
+                await asyncio.wait([work], timeout=KEEPALIVE)
+                if not work.done():
+                    self._ping()
+            return work.result()
+        except asyncio.CancelledError:
+            await asyncio.wait([work])  # the thread cannot be stopped: it finishes first
+            if not work.cancelled():
+                work.exception()  # retrieved: the cancellation is what the caller gets
+            raise
         finally:
             self._busy -= 1
+
+    def _ping(self) -> None:
+        self._pings += 1
+        if self.ch.conn.state not in (State.CLOSED, State.ERROR):
+            with contextlib.suppress(FluxError):  # a dead link shows on the next read
+                self.ch.send(Ping(self._pings))
 
     # --- requests --------------------------------------------------------------------------
 
@@ -263,7 +286,7 @@ class Session:
         assert self.grant is not None, "requests come only after the handshake"
         return self.grant
 
-    async def _upload(self, f: OpenUpload) -> int:
+    async def _upload(self, f: OpenUpload) -> None:
         lim = self.limits
         if f.chunk_size > lim.max_chunk:
             raise LimitExceeded(f"chunk size {f.chunk_size} > server limit {lim.max_chunk}")
@@ -315,7 +338,7 @@ class Session:
                 f"({used} bytes stored, {others} in other uploads, this file {size})"
             )
 
-    async def _upload_claimed(self, key: str, f: OpenUpload) -> int:
+    async def _upload_claimed(self, key: str, f: OpenUpload) -> None:
         upload = await self._busy_with(self.storage.open_upload, key, f.size, f.chunk_size, f.mode)
         writer = ChunkWriter(
             self.ch, upload, executor=self.pool, release=self.shared.budget.release
@@ -331,7 +354,7 @@ class Session:
                 assert isinstance(frame, Commit)
                 await writer.flush()
                 await self._commit(upload, f.size, frame.digest)
-                return writer.written
+                return
         finally:
             # Chunks already received reach disk even if the client vanished or we are stopping.
             try:
@@ -361,16 +384,16 @@ class Session:
             raise
         self.ch.send(Committed(size, digest))
 
-    async def _download(self, f: OpenDownload) -> int:
+    async def _download(self, f: OpenDownload) -> None:
         key = self._grant.check(f.path, "read")
-        dl = await self._blocking(self.storage.open_download, key, f.chunk_size)
+        dl = await self._busy_with(self.storage.open_download, key, f.chunk_size)
         try:
             indices, n = wanted_chunks(dl, f)
             self.ch.send(
                 Meta(dl.size, dl.chunk_size, dl.digest, n, dl.mode, dl.mtime_ns, dl.digests)
             )
             if n == 0:
-                return 0
+                return
 
             def on_acked(nbytes: int) -> None:
                 self._moved += nbytes
@@ -381,11 +404,10 @@ class Session:
                 await send_chunks(
                     self.ch, chunks, on_acked, self.limits.idle_timeout, pace=self._pace
                 )
-            return self._moved
         finally:
             dl.close()
 
-    async def _list(self, f: ListDir) -> int:
+    async def _list(self, f: ListDir) -> None:
         key = self._grant.check(f.path, "list")
         try:
             entries, cursor = await self._blocking(self.storage.list, key, f.cursor, LIST_PAGE)
@@ -394,9 +416,8 @@ class Session:
                 raise
             entries, cursor = [], None
         self.ch.send(Listing(tuple(entries), cursor))
-        return 0
 
-    async def _stat(self, f: Stat) -> int:
+    async def _stat(self, f: Stat) -> None:
         key = self._grant.check(f.path, "list", "read")
         try:
             entry = await self._blocking(self.storage.stat, key)
@@ -405,17 +426,15 @@ class Session:
                 raise
             entry = Entry("/", "dir", 0, 0, 0o755, None)
         self.ch.send(Info(entry))
-        return 0
 
     def _is_own_root(self, key: str) -> bool:
         """True for a confined subject's own root, which exists only once it stores something
         (until then it lists as an empty folder)."""
         return bool(key) and key == self._grant.root
 
-    async def _delete(self, f: Delete) -> int:
+    async def _delete(self, f: Delete) -> None:
         await self._blocking(self.storage.delete, self._grant.check(f.path, "delete"))
         self.ch.send(Deleted(f.path))
-        return 0
 
 
 def _result(exc: FluxError) -> str:

@@ -10,19 +10,21 @@ no asyncio and no QUIC; a TCP transfer loads no QUIC).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from fluxd.cliutil import CONTEXT, EXIT_INTERRUPTED, run_app
+from fluxd import cliutil
+from fluxd.cliutil import CONTEXT, EXIT_INTERRUPTED, EXIT_USAGE, run_app
 
 from . import __version__
 
@@ -67,6 +69,12 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no s
 RetryFor = Annotated[
     float, typer.Option("--retry-for", help="Keep reconnecting for this many seconds.")
 ]
+IoTimeout = Annotated[
+    float,
+    typer.Option(
+        "--io-timeout", help="Seconds without a sign of life from the server before a retry."
+    ),
+]
 Plaintext = Annotated[
     bool, typer.Option("--insecure-plaintext", help="No TLS; loopback servers only.")
 ]
@@ -96,6 +104,7 @@ class Connect:
     retry_for: float
     plaintext: bool
     token: str | None
+    io_timeout: float
     chunk_size: str | None = None
 
 
@@ -109,6 +118,10 @@ class Run:
     quiet: bool
     show_progress: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: What an interrupted run says (how to resume it).
+    interrupted: str = "interrupted; run the same command again to resume"
+    #: What the command holds open around its run (a copy of standard input).
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def options(self, url: FluxURL, c: Connect) -> ClientOptions:
         from fluxd.config import parse_size  # noqa: PLC0415
@@ -126,6 +139,7 @@ class Run:
             transport=c.transport,
             chunk_size=size,
             retry_for=c.retry_for,
+            io_timeout=c.io_timeout,
             insecure_plaintext=c.plaintext,
             quic_datagram_size=ClientOptions.datagram_size_from_env(),
             on_new_host=self.notice,
@@ -164,7 +178,21 @@ class Run:
             self.fail(exc.message, exc.exit_code)
         except KeyboardInterrupt:
             coro.close()  # interrupted before the loop ran it: no "never awaited" warning
-            self.fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
+            self.fail(self.interrupted, EXIT_INTERRUPTED)
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Work done before the event loop: failures and Ctrl-C end the command as in it."""
+        from fluxproto import FluxError  # noqa: PLC0415
+
+        try:
+            yield
+        except FluxError as exc:
+            self.stack.close()
+            self.fail(exc.message, exc.exit_code)
+        except KeyboardInterrupt:
+            self.stack.close()
+            self.fail(self.interrupted, EXIT_INTERRUPTED)
 
     def fail(self, message: str, code: int) -> NoReturn:
         if self.json:
@@ -212,28 +240,35 @@ def send(
     json_: Json = False,
     quiet: Quiet = False,
     retry_for: RetryFor = 300.0,
+    io_timeout: IoTimeout = 60.0,
     insecure_plaintext: Plaintext = False,
     progress: ShowProgress = None,
     token: Token = None,
 ) -> None:
-    """Send LOCAL to the server; run it again after any failure to resume."""
+    """Send LOCAL to the server; run it again after any failure to resume (for `-`, with
+    the same data on standard input)."""
     from .retry import Retrier  # noqa: PLC0415
-    from .upload import Upload  # noqa: PLC0415
+    from .upload import STDIN, Upload, open_source  # noqa: PLC0415
 
     run = Run("send", url, json_, quiet, progress)
-    connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token, chunk_size)
+    if local == STDIN:
+        run.interrupted = "interrupted; pipe the same data to the same command to resume"
+    connect = Connect(
+        ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size
+    )
+    with run.guard():  # outside the event loop: reading standard input may block, Ctrl-C not
+        target = _parse_url(run, url)
+        source = run.stack.enter_context(open_source(local, target))
 
     async def work() -> TransferResult:
-        target = _parse_url(run, url)
         opts = run.options(target, connect)
-        with (
-            Upload.open(local, target, opts) as upload,
-            run.progress_bar(f"send {upload.label}") as bar,
-        ):
+        upload = Upload(source.path, target, opts, name=source.name, mode=source.mode)
+        with run.progress_bar(f"send {source.label}") as bar:
             upload.progress = bar.update
             return await upload.run(Retrier(target, opts, run.on_retry))
 
-    result = run.execute(work)
+    with run.stack:
+        result = run.execute(work)
     run.path = result.path
     run.done(result.to_json(), _transfer_summary(result))
 
@@ -251,6 +286,7 @@ def recv(
     json_: Json = False,
     quiet: Quiet = False,
     retry_for: RetryFor = 300.0,
+    io_timeout: IoTimeout = 60.0,
     insecure_plaintext: Plaintext = False,
     progress: ShowProgress = None,
     token: Token = None,
@@ -259,12 +295,18 @@ def recv(
     to_stdout = local == "-"
     if to_stdout and json_:
         run = Run("recv", url, json_, quiet)
-        run.fail("--json and - (standard output) both write to stdout; choose one", 2)
+        run.fail("--json and - (standard output) both write to stdout; choose one", EXIT_USAGE)
+    if to_stdout and 1 in cliutil.CLOSED_AT_START:
+        Run("recv", url, json_, quiet).fail(
+            "standard output is closed: nowhere to write", EXIT_USAGE
+        )
     from .download import Download, StreamDownload  # noqa: PLC0415
     from .retry import Retrier  # noqa: PLC0415
 
     run = Run("recv", url, json_, quiet, progress)
-    connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token, chunk_size)
+    connect = Connect(
+        ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size
+    )
 
     async def work() -> TransferResult:
         source = _parse_url(run, url)
@@ -308,6 +350,7 @@ def ls(
     json_: Json = False,
     quiet: Quiet = False,
     retry_for: RetryFor = 300.0,
+    io_timeout: IoTimeout = 60.0,
     insecure_plaintext: Plaintext = False,
     token: Token = None,
 ) -> None:
@@ -315,7 +358,7 @@ def ls(
     from .ops import entry_json, list_entries  # noqa: PLC0415
 
     run = Run("ls", url, json_, quiet)
-    connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token)
+    connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout)
     entries: list[Entry] = _simple(run, url, connect, list_entries)
     lines = [
         f"{'d' if e.kind == 'dir' else '-'}{e.mode:04o} {e.size:>14} "
@@ -337,6 +380,7 @@ def stat_(
     json_: Json = False,
     quiet: Quiet = False,
     retry_for: RetryFor = 300.0,
+    io_timeout: IoTimeout = 60.0,
     insecure_plaintext: Plaintext = False,
     token: Token = None,
 ) -> None:
@@ -345,7 +389,7 @@ def stat_(
     from .progress import human_bytes  # noqa: PLC0415
 
     run = Run("stat", url, json_, quiet)
-    connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token)
+    connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout)
     entry: Entry = _simple(run, url, connect, stat_entry)
     info = entry_json(entry)
     shown = {**info, "size": f"{entry.size} ({human_bytes(entry.size)})"}
@@ -363,6 +407,7 @@ def rm(
     json_: Json = False,
     quiet: Quiet = False,
     retry_for: RetryFor = 300.0,
+    io_timeout: IoTimeout = 60.0,
     insecure_plaintext: Plaintext = False,
     token: Token = None,
 ) -> None:
@@ -370,7 +415,7 @@ def rm(
     from .ops import remove  # noqa: PLC0415
 
     run = Run("rm", url, json_, quiet)
-    connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token)
+    connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout)
     _simple(run, url, connect, remove)
     run.done({"ok": True, "op": "rm", "path": run.path}, None)
 

@@ -7,6 +7,7 @@ UDP is blocked the transfer starts over TCP within a second, where it passes QUI
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import ssl
 from collections.abc import Callable
@@ -77,8 +78,10 @@ class ClientOptions:
             raise ConfigError(
                 f"unknown transport {self.transport!r}: choose {', '.join(TRANSPORTS)}"
             )
-        if self.retry_for < 0:
-            raise ConfigError("--retry-for must be >= 0")
+        if not 0 <= self.retry_for < math.inf:  # also refuses nan
+            raise ConfigError("--retry-for must be a number of seconds >= 0")
+        if not 0 < self.io_timeout < math.inf:
+            raise ConfigError("--io-timeout must be a number of seconds > 0")
         if self.insecure_plaintext and self.transport == "quic":
             raise ConfigError("QUIC always uses TLS: --insecure-plaintext needs --transport tcp")
         if not 1200 <= self.quic_datagram_size <= 16000:

@@ -27,6 +27,7 @@ from fluxproto import (
     IntegrityError,
     Meta,
     OpenDownload,
+    StorageError,
     chunk_count,
     to_ranges,
 )
@@ -274,6 +275,10 @@ class StreamDownload:
                 self.out.write(data)
                 self.written += len(data)
             self.out.flush()
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): the CLI ends quietly, as pipes expect
+        except OSError as exc:
+            raise StorageError(f"cannot write to standard output: {exc.strerror}") from None
         finally:
             for data in buffers:
                 if isinstance(data, memoryview):

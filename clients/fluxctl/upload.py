@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from fluxd.buffers import POOL
@@ -81,6 +82,7 @@ class Upload:
         progress: ProgressFn | None = None,
         *,
         name: str | None = None,
+        mode: int | None = None,
     ) -> None:
         self.local, self.url, self.opts = local, url, opts
         #: The file's name where the remote path names a directory (None: there must be none).
@@ -91,43 +93,16 @@ class Upload:
             self.remote = url.path + self.name
         else:
             self.remote = url.path
-        #: What progress shows as being sent.
-        self.label = local.name if self.name == local.name else "standard input"
         self.progress = progress or (lambda done, total: None)
         self._into_folder_tried = url.path.endswith("/")
         #: The mode the remote file gets (None: the local file's).
-        self.mode: int | None = None
+        self.mode = mode
         self.sent = 0
         self.skipped = 0
         #: What the server held when the run started: the base for `skipped`.
         self.first_held: dict[int, bytes] | None = None
         self.rescans = 0
         self.integrity_retries = 0
-
-    @classmethod
-    @contextlib.contextmanager
-    def open(cls, local: str, url: FluxURL, opts: ClientOptions) -> Iterator[Upload]:
-        """The upload of `local` (a path, or `-` for standard input) to `url`.
-
-        Standard input is copied to a private temporary file first (in TMPDIR, removed at
-        the end): the protocol announces a file's size before its chunks, and a retry within
-        the run must read the data again. A pipe cannot be read twice, so an interrupted
-        `send -` resumes only when the same data is piped in again.
-        """
-        if local != STDIN:
-            yield cls(Path(local), url, opts)
-            return
-        if url.path.endswith("/"):
-            raise ConfigError(f"{url} names a directory: data from standard input needs a name")
-        with map_exceptions({OSError: _stdin_error}):
-            spool = tempfile.NamedTemporaryFile(prefix="fluxctl-stdin-")  # noqa: SIM115
-        with spool:
-            with map_exceptions({OSError: _stdin_error}):
-                shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
-                spool.flush()
-            upload = cls(Path(spool.name), url, opts, name="")
-            upload.mode = 0o666 & ~current_umask()  # as a new file would get, not the spool's 0600
-            yield upload
 
     async def run(self, retrier: Retrier | None = None) -> TransferResult:
         started = time.monotonic()
@@ -184,6 +159,9 @@ class Upload:
         except Conflict as exc:
             if await self._into_folder(ch):
                 return await self._open(ch, n, dataclasses.replace(request, path=self.remote))
+            if exc.message.endswith("is a directory") and self.name is not None:
+                # Looking was not allowed (a write-only token): say how to get what scp does.
+                raise Conflict(f"{exc.message}; to send into it, end the URL with /") from exc
             if n == 0:
                 raise
             # Most likely our own previous connection, not yet noticed dead by the server.
@@ -289,6 +267,53 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a `send` reads: a local file, or standard input kept in a temporary file."""
+
+    path: Path
+    #: The remote file's name where the URL names a folder (None: the URL must name the file).
+    name: str | None
+    #: The remote file's mode (None: the local file's).
+    mode: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or "standard input"
+
+
+@contextlib.contextmanager
+def open_source(local: str, url: FluxURL) -> Iterator[Source]:
+    """The source for `send LOCAL URL`: the file `local`, or standard input for `-`.
+
+    Standard input is copied first into an anonymous temporary file (in TMPDIR; it has no
+    name, so nothing is left behind even if the process is killed): the protocol announces a
+    file's size before its chunks, and a retry within the run must read the data again. A
+    pipe cannot be read twice, so an interrupted `send -` resumes only when the same data is
+    piped in again. Call this outside the event loop: the copy blocks until the input ends,
+    and Ctrl-C must be able to stop it.
+
+    Raises:
+        ConfigError: `-` with a URL that names a folder, or standard input cannot be copied.
+    """
+    if local != STDIN:
+        path = Path(local)
+        yield Source(path, path.name)
+        return
+    if url.path.endswith("/"):
+        raise ConfigError(f"{url} names a directory: data from standard input needs a name")
+    if sys.stdin.isatty():
+        print("fluxctl: reading standard input; end it with Ctrl-D", file=sys.stderr)
+    with map_exceptions({OSError: _stdin_error}):
+        spool = tempfile.TemporaryFile(prefix="fluxctl-stdin-")  # noqa: SIM115
+    with spool:
+        with map_exceptions({OSError: _stdin_error}):
+            shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+            spool.flush()
+        # Opened again by each attempt through the descriptor's name (Linux's /proc).
+        yield Source(Path(f"/proc/self/fd/{spool.fileno()}"), None, 0o666 & ~current_umask())
 
 
 def _stdin_error(exc: BaseException) -> FluxError:

@@ -60,7 +60,7 @@ from fluxproto.frames import ALPN
 from ..buffers import POOL
 from . import DEFAULT_DATAGRAM_SIZE, quic_cc
 from .inbox import Inbox
-from .quic_io import GsoTransport, PreciseClock, TimerAwarePacer, udp_socket
+from .quic_io import GsoTransport, PreciseClock, TimerAwarePacer, drain_errors, udp_socket
 
 DATA_STREAMS = 4
 #: Chunks that may wait for their transfer to open before the peer is breaking the protocol.
@@ -366,16 +366,19 @@ class QuicChannel(QuicConnectionProtocol):
     # --- client path management ----------------------------------------------------------------
 
     def error_received(self, exc: Exception) -> None:
-        """The socket reported an error. Refused (the client's socket is connected, so the
-        kernel passes on the server's ICMP port unreachable): nothing listens there now, the
-        connection is over. Anything else (network unreachable, a changed interface): move."""
+        """The socket reported an error. Refused (the server's ICMP port unreachable, which the
+        client's socket asks the kernel for) during the handshake: nothing listens there, the
+        attempt is over. Refused later: ignored, as QUIC ignores unauthenticated signals (the
+        idle timeout ends a dead connection). Anything else (network unreachable, a changed
+        interface): move."""
         if not self._quic.configuration.is_client:
             return
+        if self._own_socket is not None:
+            drain_errors(self._own_socket)
         if isinstance(exc, ConnectionRefusedError):
-            self.termination = "connection refused"
             if not self.handshake.done():
+                self.termination = "connection refused"
                 self.handshake.set_exception(exc)
-            self._connection_gone()
             return
         self._start_rebind()
 
@@ -407,10 +410,7 @@ class QuicChannel(QuicConnectionProtocol):
         """
         old = self._transport
         assert old is not None
-        old_sock = old.get_extra_info("socket")
-        sock = udp_socket(old_sock.family)
-        with contextlib.suppress(OSError):
-            sock.connect(old_sock.getpeername())  # to the same server, as the old one was
+        sock = udp_socket(old.get_extra_info("socket").family)
         self._own_socket = sock
         await self._loop.create_datagram_endpoint(lambda: self, sock=sock)
         old.close()
@@ -459,13 +459,6 @@ async def open_connection(
             addr = (f"::ffff:{addr[0]}", int(addr[1]), 0, 0)
     except OSError:  # no IPv6 in this kernel: a plain IPv4 socket
         sock = udp_socket(socket.AF_INET)
-    # Connected: the kernel then reports the server's ICMP errors (nothing listening: refused
-    # at once, not after the handshake timeout), and takes datagrams from the server only.
-    try:
-        sock.connect(addr)
-    except BaseException:
-        sock.close()
-        raise
     config.server_name = config.server_name or host
     quic = QuicConnection(configuration=config, session_ticket_handler=session_ticket_handler)
 

@@ -10,7 +10,7 @@ import contextlib
 import socket
 import struct
 import time
-from typing import Any
+from typing import Any, cast
 
 from aioquic.quic.recovery import QuicPacketPacer
 
@@ -74,25 +74,15 @@ class GsoTransport:
         self._transport, self._sock = transport, sock
         self._batch: list[tuple[bytes, Any]] | None = None
         self._gso = True
-        # A connected socket's transport refuses an address (uvloop: EISCONN) even when it is
-        # the one connected to; sendmsg below takes it either way.
-        try:
-            sock.getpeername()
-            self._connected = True
-        except OSError:
-            self._connected = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
     def sendto(self, data: bytes, addr: Any = None) -> None:
         if self._batch is None:
-            self._send_one(data, addr)
+            self._transport.sendto(data, addr)
         else:
             self._batch.append((data, addr))
-
-    def _send_one(self, data: bytes, addr: Any) -> None:
-        self._transport.sendto(data, None if self._connected else addr)
 
     def begin(self) -> None:
         self._batch = []
@@ -106,7 +96,7 @@ class GsoTransport:
                 self._send_segments(batch[i:j])
             else:
                 for data, addr in batch[i:j]:
-                    self._send_one(data, addr)
+                    self._transport.sendto(data, addr)
             i = j
 
     @staticmethod
@@ -133,12 +123,16 @@ class GsoTransport:
                 0,
                 addr,
             )
+        except ConnectionRefusedError as exc:
+            # An ICMP error the socket had queued (see udp_socket), reported on this send: it
+            # says nothing about GSO, and the protocol must hear of it like any other.
+            cast(asyncio.DatagramProtocol, self._transport.get_protocol()).error_received(exc)
+            return
         except OSError as exc:
-            # A pending ICMP error (refused) or a full buffer says nothing about GSO.
-            if not isinstance(exc, BlockingIOError | ConnectionRefusedError):
+            if not isinstance(exc, BlockingIOError):
                 self._gso = False  # no GSO here (or no socket any more): plain sends from now on
             for data, _ in run:
-                self._send_one(data, addr)
+                self._transport.sendto(data, addr)
 
     def close(self) -> None:
         self._transport.close()
@@ -146,15 +140,42 @@ class GsoTransport:
             self._sock.detach()  # the loop closes the descriptor; ours must not close it again
 
 
+#: linux/in.h and linux/in6.h (Python's socket module does not name them).
+IP_RECVERR = 11
+IPV6_RECVERR = 25
+
+
+def drain_errors(sock: socket.socket) -> int:
+    """Empty the socket's error queue (see `udp_socket`), all of it: a report left behind keeps
+    the socket readable without anything to read. The kernel bounds the queue by the socket's
+    receive buffer. Returns how many reports it held."""
+    n = 0
+    while True:
+        try:
+            sock.recvmsg(1, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        except OSError:
+            return n
+        n += 1
+
+
 def udp_socket(family: int) -> socket.socket:
-    """A UDP socket on an ephemeral port of every local address (a client's own socket)."""
+    """A UDP socket on an ephemeral port of every local address (a client's own socket).
+
+    It asks for ICMP errors (IP_RECVERR): a server port with nothing behind it then answers
+    the first datagram with "refused" at once, not with the silence of a lost packet. The
+    socket stays unconnected, so a server that replies from another of its addresses is
+    still heard. Whoever handles the errors must `drain_errors`, or the queued reports keep
+    the socket readable and the loop spins.
+    """
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
             sock.bind(("::", 0, 0, 0))
         else:
             sock.bind(("0.0.0.0", 0))  # noqa: S104 - an ephemeral client port, not a server
+        sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)  # IPv4 (and v4-mapped) destinations
     except BaseException:
         sock.close()
         raise

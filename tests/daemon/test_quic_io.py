@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -17,9 +18,11 @@ from fluxd.transports.quic_io import (
     GsoTransport,
     PreciseClock,
     TimerAwarePacer,
+    drain_errors,
     udp_socket,
 )
 
+LONG = 30.0  # a bound that must never be reached
 Address = tuple[str, int]
 
 
@@ -184,3 +187,22 @@ def test_udp_socket_binds_an_ephemeral_port() -> None:
     with udp_socket(socket.AF_INET) as sock:
         host, port = sock.getsockname()
         assert host == "0.0.0.0" and port > 0
+
+
+def test_a_client_socket_hears_refused_and_its_error_queue_drains() -> None:
+    """Nothing listening answers with ICMP port unreachable: the unconnected client socket
+    reports it (IP_RECVERR), and once drained the socket is quiet again (no spinning loop)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]  # bound a moment ago, closed now
+    sock = udp_socket(socket.AF_INET6)
+    try:
+        sock.sendto(b"x", ("::ffff:127.0.0.1", closed_port, 0, 0))
+        ready, _, _ = select.select([sock], [], [], LONG)
+        assert ready, "no report of the refusal"
+        with pytest.raises(ConnectionRefusedError):
+            sock.recv(100, socket.MSG_DONTWAIT)
+        assert drain_errors(sock) >= 1
+        assert select.select([sock], [], [], 0) == ([], [], [])  # nothing left to report
+    finally:
+        sock.close()

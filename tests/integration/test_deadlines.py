@@ -283,3 +283,20 @@ def test_a_download_read_slowly_is_cut_by_the_idle_timeout(
     peer.send(encode_bytes(OpenDownload("/big.bin", chunk_size=MiB)))
     took = read_until_closed(peer.sock, IDLE + MARGIN)
     assert took >= IDLE - 0.1
+
+
+def test_a_commit_slower_than_the_clients_io_timeout_completes(
+    make_daemon: Callable[..., Daemon], fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    """A storage call that takes long (here the commit stalls 4 s, as a slow disk reading a
+    whole file would) keeps the client's wait alive with PINGs: a client that gives up after
+    2 s of silence still gets its COMMITTED, without a retry."""
+    d = make_daemon(env={"FLUX_STALL_AT": "commit-checked:1:4"})
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(300_000))
+    res = fluxctl(
+        "send", str(src), d.url("/slow.bin"), "--io-timeout", "2", "--retry-for", "0", "--json"
+    )
+    assert res.code == 0, res.stderr
+    assert res.json["retries"] == 0
+    assert (d.root / "slow.bin").read_bytes() == src.read_bytes()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Daemon, Fluxctl, free_port, wait_for
+from .conftest import Daemon, Fluxctl, _env, free_port, wait_for
 from .test_resume import server_held
 
 MiB = 1024 * 1024
@@ -127,3 +127,25 @@ def _only_in_the_launcher(err: str) -> bool:
 
 
 ENTRY_FILES = ("fluxctl/__main__.py", "fluxd/entry.py")
+
+
+def test_ctrl_c_while_send_dash_reads_stdin_stops_it(daemon: Daemon, fluxctl: Fluxctl) -> None:
+    """`send -` copies standard input before any connection: Ctrl-C must stop that copy (it
+    used to run inside the event loop, deaf to the first Ctrl-C), and say how to resume."""
+    proc = subprocess.Popen(
+        fluxctl.cmd("send", "-", daemon.url("/piped.bin")),
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=False,
+        env=_env(fluxctl.home),
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    proc.stdin.write(os.urandom(4 * MiB))  # returns once fluxctl has read most of it
+    proc.stdin.flush()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert err.decode().strip() == (
+        "fluxctl: interrupted; pipe the same data to the same command to resume"
+    )
+    assert not (daemon.root / "piped.bin").exists()

@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from .conftest import BIN, Daemon, Fluxctl, _env, free_port
-from .test_auth import daemon_key, fluxd, mint
+from .test_auth import daemon_key, fluxd, issue, mint
 from .test_errors import one_line
 
 
@@ -72,6 +72,10 @@ def test_unknown_options_get_only_close_suggestions(tmp_path: Path) -> None:
     assert one_line(far.stderr.decode(), "fluxd") == expected
     near = run("fluxd", "serve", "--rot", home=tmp_path)
     assert "did you mean --root?" in one_line(near.stderr.decode(), "fluxd")
+    dashed = run("fluxd", "token", "revoke", "-abc", home=tmp_path)
+    assert "goes after --" in one_line(dashed.stderr.decode(), "fluxd")
+    no_value = run("fluxd", "serve", "--listen", home=tmp_path)
+    assert one_line(no_value.stderr.decode(), "fluxd").endswith("(see fluxd serve --help)")
 
 
 def test_serve_help_mentions_quic(tmp_path: Path) -> None:
@@ -262,3 +266,17 @@ def test_revoke_takes_ids_that_look_like_options_and_refuses_unknown_ones(
         assert time.monotonic() < deadline, "the revocation never reached the daemon"
     assert res.code == 4 and "revoked" in res.stderr
 
+
+def test_a_write_only_token_is_told_how_to_send_into_a_folder(
+    daemon: Daemon, fluxctl: Fluxctl, small: Path
+) -> None:
+    """Finding out that the path is a folder takes list or read; without them the 409 says how
+    to get scp's behaviour, and the trailing slash does it."""
+    assert fluxctl("send", str(small), daemon.url("/d/first.bin")).code == 0
+    token = issue(daemon, "writer", "--scope", "write:/d/")
+    refused = fluxctl("send", str(small), daemon.url("/d"), "--token", token)
+    assert refused.code == 6
+    assert "end the URL with /" in one_line(refused.stderr)
+    into = fluxctl("send", str(small), daemon.url("/d/"), "--token", token)
+    assert into.code == 0, into.stderr
+    assert (daemon.root / "d" / "small.bin").read_bytes() == small.read_bytes()
