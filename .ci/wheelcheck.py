@@ -2,10 +2,10 @@
 
 An editable install reads the source tree, so it hides a package the wheel leaves out (fluxd.auth
 once was). This builds the wheel from a copy of the tree, checks it holds every module and
-py.typed of fluxproto, fluxd and fluxctl and nothing else, installs it non-editable into a fresh
-venv, and from that venv alone (cwd outside the tree) runs `fluxd version`, `fluxctl version`,
-and a `fluxd serve` that a file is sent to and received from over TCP and over QUIC, byte for
-byte. Everything it starts or writes is gone when it ends, whatever the outcome.
+py.typed of fluxproto, fluxio, fluxd and fluxctl and nothing else, installs it non-editable
+into a fresh venv, and from that venv alone (cwd outside the tree) runs `fluxd version`,
+`fluxctl version`, and a `fluxd serve` that a file is sent to and received from over TCP and
+over QUIC, byte for byte. Everything it starts or writes is gone when it ends, whatever the outcome.
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ from typing import IO, Any
 
 REPO = Path(__file__).resolve().parent.parent
 #: Import name -> source folder, as pyproject's package discovery maps them.
-PACKAGES = {"fluxproto": "protocol/fluxproto", "fluxd": "fluxd", "fluxctl": "clients/fluxctl"}
+PACKAGES = {
+    "fluxproto": "protocol/fluxproto",
+    "fluxio": "runtime/fluxio",
+    "fluxd": "fluxd",
+    "fluxctl": "clients/fluxctl",
+}
 #: What the copy of the tree leaves out: the dev venv, caches and earlier build output (a stale
 #: build/lib would put deleted modules back into the wheel).
 SKIP = shutil.ignore_patterns(

@@ -1,6 +1,6 @@
 """Entry point of `fluxd` (the console script) and of `python -m fluxd`."""
 
-from fluxd.entry import guarded
+from fluxio.entry import guarded
 
 
 def main() -> None:

@@ -16,6 +16,9 @@ from typing import Annotated, Any, NoReturn
 import typer
 import uvloop
 
+from fluxio.cliutil import CONTEXT, run_app
+from fluxio.parsing import is_loopback, parse_duration
+from fluxio.tls import CertPaths, cert_fingerprint, server_ssl_context
 from fluxproto import ConfigError
 from fluxproto.errors import EXIT_INTEGRITY
 
@@ -24,11 +27,9 @@ from .auth.registry import TokenRegistry
 from .auth.scopes import parse_scopes, subject_root
 from .auth.tokens import SigningKey
 from .certs import ensure_certs, init_certs
-from .cliutil import CONTEXT, run_app
-from .config import ServerConfig, data_dir, is_loopback, load_config, parse_duration
+from .config import ServerConfig, data_dir, load_config
 from .server import serve as run_server
 from .storage import LocalStorage
-from .tls import CertPaths, cert_fingerprint, server_ssl_context
 
 app = typer.Typer(
     add_completion=False,

@@ -5,9 +5,10 @@ from __future__ import annotations
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from fluxio.buffers import ReceiveBudget
+
 from .access import AccessLog
 from .auth.gate import Authenticator
-from .buffers import ReceiveBudget
 from .claims import UploadClaims
 from .config import ServerConfig
 from .limits import Admission, Throttle

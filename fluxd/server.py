@@ -18,22 +18,23 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from fluxio.buffers import ReceiveBudget
+from fluxio.chunkflow import Channel
+from fluxio.parsing import format_hostport, is_loopback
+from fluxio.tls import CertPaths
+from fluxio.transports.quic import QuicChannel, QuicListener
+from fluxio.transports.tcp import Listener, SocketChannel
 from fluxproto import AuthError, ConnectError, Connection, FluxError, Role
 
 from . import log
 from .access import AccessLog
 from .auth.gate import Authenticator
-from .buffers import ReceiveBudget
-from .chunkflow import Channel
 from .claims import UploadClaims
-from .config import ServerConfig, format_hostport, is_loopback
+from .config import ServerConfig
 from .context import Shared
 from .limits import Admission, Throttle, peer_host
 from .session import Session
 from .storage.base import Storage
-from .tls import CertPaths
-from .transports.quic import QuicChannel, QuicListener
-from .transports.tcp import Listener, SocketChannel
 
 #: How often revocations (and token expiry) are checked against live connections.
 GRANT_CHECK_EVERY = 1.0

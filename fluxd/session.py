@@ -14,6 +14,17 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+from fluxio.chunkflow import (
+    Channel,
+    ChunkData,
+    ChunkWriter,
+    deadline,
+    expect,
+    handle_control,
+    prefetch,
+    recv_frame,
+    send_chunks,
+)
 from fluxproto import (
     MAX_RANGES,
     PROTOCOL_VERSION,
@@ -61,17 +72,6 @@ from fluxproto.ranges import count, is_canonical
 
 from . import __version__, log
 from .auth.scopes import Grant
-from .chunkflow import (
-    Channel,
-    ChunkData,
-    ChunkWriter,
-    deadline,
-    expect,
-    handle_control,
-    prefetch,
-    recv_frame,
-    send_chunks,
-)
 from .claims import Holder
 from .context import Shared
 from .limits import Slot, peer_host

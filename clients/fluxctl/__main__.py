@@ -1,6 +1,6 @@
 """Entry point of `fluxctl` (the console script) and of `python -m fluxctl`."""
 
-from fluxd.entry import guarded
+from fluxio.entry import guarded
 
 
 def main() -> None:

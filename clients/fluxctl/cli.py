@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from fluxd import cliutil
-from fluxd.cliutil import CONTEXT, EXIT_INTERRUPTED, EXIT_USAGE, run_app
+from fluxio import cliutil
+from fluxio.cliutil import CONTEXT, EXIT_INTERRUPTED, EXIT_USAGE, run_app
 
 from . import __version__
 
@@ -124,7 +124,7 @@ class Run:
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def options(self, url: FluxURL, c: Connect) -> ClientOptions:
-        from fluxd.config import parse_size  # noqa: PLC0415
+        from fluxio.parsing import parse_size  # noqa: PLC0415
         from fluxproto import MAX_CHUNK, MIN_CHUNK, ConfigError  # noqa: PLC0415
 
         from .connect import ClientOptions  # noqa: PLC0415

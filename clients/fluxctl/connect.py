@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fluxd.buffers import POOL
-from fluxd.chunkflow import Channel, expect
-from fluxd.config import is_loopback
-from fluxd.transports import DEFAULT_DATAGRAM_SIZE, tcp
+from fluxio.buffers import POOL
+from fluxio.chunkflow import Channel, expect
+from fluxio.parsing import is_loopback
+from fluxio.transports import DEFAULT_DATAGRAM_SIZE, tcp
 from fluxproto import (
     DEFAULT_WINDOW,
     ConfigError,
@@ -202,7 +202,7 @@ async def connect_tcp(url: FluxURL, opts: ClientOptions) -> Channel:
 
 async def connect_quic(url: FluxURL, opts: ClientOptions) -> Channel:
     # Imported here: aioquic costs ~0.1 s of start-up that a TCP-only command does not need.
-    from fluxd.transports import quic  # noqa: PLC0415
+    from fluxio.transports import quic  # noqa: PLC0415
 
     from .tickets import TicketStore  # noqa: PLC0415
 

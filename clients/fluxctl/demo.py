@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from fluxd.config import DEFAULT_PORT
-from fluxd.storage.staging import HEADER_SIZE, RECORD_SIZE
+from fluxio.parsing import DEFAULT_PORT
+from fluxio.staging import HEADER_SIZE, RECORD_SIZE
 from fluxproto import DEFAULT_WINDOW as WINDOW
 from fluxproto import FileHasher, format_digest
 

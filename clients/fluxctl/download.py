@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from fluxd.buffers import POOL
-from fluxd.chunkflow import Buffer, Channel, ChunkWriter, expect
-from fluxd.storage.staging import StagedFile
+from fluxio.buffers import POOL
+from fluxio.chunkflow import Buffer, Channel, ChunkWriter, expect
+from fluxio.staging import StagedFile
 from fluxproto import (
     MAX_RANGES,
     Ack,

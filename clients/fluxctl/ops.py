@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fluxd.chunkflow import Channel, expect
+from fluxio.chunkflow import Channel, expect
 from fluxproto import Delete, Deleted, Entry, Info, ListDir, Listing, Stat, format_digest
 
 

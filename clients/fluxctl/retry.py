@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from fluxd.chunkflow import Channel
+from fluxio.chunkflow import Channel
 from fluxproto import ConnectionRefused, FluxError, Goodbye
 
 from .connect import ClientOptions, connect

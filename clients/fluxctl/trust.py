@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fluxd.tls import fingerprint
+from fluxio.tls import fingerprint
 from fluxproto.errors import (
     ConfigError,
     ConnectError,

@@ -24,8 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from fluxd.buffers import POOL
-from fluxd.chunkflow import Channel, ChunkData, expect, prefetch, send_chunks
+from fluxio.buffers import POOL
+from fluxio.chunkflow import Channel, ChunkData, expect, prefetch, send_chunks
 from fluxproto import (
     Commit,
     Committed,

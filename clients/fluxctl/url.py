@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fluxd.config import DEFAULT_PORT, format_hostport, parse_hostport
+from fluxio.parsing import DEFAULT_PORT, format_hostport, parse_hostport
 from fluxproto import ConfigError
 
 SCHEME = "flux://"

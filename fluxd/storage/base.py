@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from fluxio.staging import ChunkData
 from fluxproto.frames import Entry
-
-from .staging import ChunkData
 
 if TYPE_CHECKING:
     from .housekeeping import Collected, Recovered, ScrubReport

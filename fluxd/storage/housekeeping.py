@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fluxio.staging import StagedFile
 from fluxproto.errors import Conflict, FluxError
 
 from .local import LocalStorage, Manifest, show_chunks
-from .staging import StagedFile
 
 __all__ = ["Collected", "Recovered", "ScrubReport", "collect", "recover", "scrub"]
 

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
+from fluxio.buffers import POOL
+from fluxio.crashpoints import crash_point
 from fluxproto.digest import FileHasher, chunk_digest, digest_at
 from fluxproto.errors import (
     Conflict,
@@ -50,17 +52,16 @@ from fluxproto.frames import (
 )
 
 from .. import log
-from ..buffers import POOL
-from ..crashpoints import crash_point
 from .base import EntryPage
 
 if TYPE_CHECKING:
     from .housekeeping import Collected, Recovered, ScrubReport
+from fluxio.oserrors import storage_errors
+from fluxio.staging import READ_BLOCK, StagedFile, fsync_dir, pread_into
+
 from .beneath import Beneath
 from .local_upload import LocalUpload
-from .oserrors import storage_errors
 from .paths import RESERVED, normalize, require_file_path, resolve
-from .staging import READ_BLOCK, StagedFile, fsync_dir, pread_into
 
 _MANIFEST_LIMIT = MAX_DIGESTS_PAYLOAD + 64 * 1024
 _DIR = os.O_RDONLY | os.O_DIRECTORY

@@ -16,13 +16,12 @@ import stat
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from fluxio.buffers import POOL
+from fluxio.crashpoints import crash_point
+from fluxio.oserrors import storage_errors
+from fluxio.staging import ChunkData, StagedFile
 from fluxproto.digest import chunk_digest, digest_at
 from fluxproto.errors import Conflict, FluxError, IntegrityError, NotFound
-
-from ..buffers import POOL
-from ..crashpoints import crash_point
-from .oserrors import storage_errors
-from .staging import ChunkData, StagedFile
 
 if TYPE_CHECKING:
     from .local import LocalDownload, LocalStorage, Manifest

@@ -11,7 +11,7 @@ import pytest
 from fluxctl.connect import ClientOptions
 from fluxctl.download import MAX_REFETCHES, Download, partial_paths
 from fluxctl.url import FluxURL
-from fluxd.storage.staging import StagedFile
+from fluxio.staging import StagedFile
 from fluxproto import FileHasher, IntegrityError, Meta, chunk_digest
 from fluxproto.frames import MIN_CHUNK
 

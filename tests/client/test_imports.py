@@ -30,3 +30,15 @@ def test_a_tcp_transfer_loads_no_quic_and_no_daemon_storage() -> None:
     assert "aioquic" not in loaded
     assert "fluxd.storage" not in loaded
     assert "fluxd.auth" not in loaded
+
+
+def test_the_client_imports_no_daemon_module() -> None:
+    """The client builds on fluxproto and fluxio only: installing or loading it never pulls in
+    the daemon (its storage, auth, server)."""
+    every_path = (
+        "import fluxctl.cli, fluxctl.connect, fluxctl.upload, fluxctl.download, fluxctl.ops, "
+        "fluxctl.retry, fluxctl.trust, fluxctl.tickets, fluxctl.tokens, fluxctl.demo, "
+        "fluxio.transports.quic"
+    )
+    daemon = sorted(m for m in loaded_after(every_path) if m == "fluxd" or m.startswith("fluxd."))
+    assert daemon == []

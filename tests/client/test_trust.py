@@ -24,7 +24,7 @@ from fluxctl.trust import (
     translate_ssl_errors,
 )
 from fluxd.certs import init_certs
-from fluxd.tls import CertPaths, cert_fingerprint, fingerprint, server_ssl_context
+from fluxio.tls import CertPaths, cert_fingerprint, fingerprint, server_ssl_context
 from fluxproto.errors import (
     ConfigError,
     ConnectError,

@@ -9,7 +9,7 @@ import pytest
 
 from fluxctl.download import PARTIAL_SUFFIX, destination, partial_paths
 from fluxctl.url import FluxURL
-from fluxd.config import DEFAULT_PORT
+from fluxio.parsing import DEFAULT_PORT
 from fluxproto import ConfigError
 
 # --- FluxURL.parse ------------------------------------------------------------------------------

@@ -9,20 +9,16 @@ from typing import Any
 
 import pytest
 
-from fluxd import config
 from fluxd.config import (
     DEFAULT_LISTEN,
-    DEFAULT_PORT,
     AuthConfig,
     Limits,
     ServerConfig,
     data_dir,
-    format_hostport,
-    is_loopback,
     load_config,
-    parse_hostport,
-    parse_size,
 )
+from fluxio import parsing
+from fluxio.parsing import DEFAULT_PORT, format_hostport, is_loopback, parse_hostport, parse_size
 from fluxproto import MAX_CHUNK, ConfigError
 from fluxproto.frames import MAX_WINDOW, MIN_WINDOW
 
@@ -170,7 +166,7 @@ def test_non_loopback_literals(host: str, monkeypatch: pytest.MonkeyPatch) -> No
     def no_dns(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("an IP literal must not be resolved")
 
-    monkeypatch.setattr(config.socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(parsing.socket, "getaddrinfo", no_dns)
     assert not is_loopback(host)
 
 
@@ -193,7 +189,7 @@ def _fake_resolver(
                 out.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", (addr, 0)))
         return out
 
-    monkeypatch.setattr(config.socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(parsing.socket, "getaddrinfo", getaddrinfo)
 
 
 def test_names_are_loopback_only_if_every_address_is(monkeypatch: pytest.MonkeyPatch) -> None:

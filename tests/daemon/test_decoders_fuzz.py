@@ -29,7 +29,7 @@ from fluxd.auth.tokens import SigningKey, Verifier
 from fluxd.config import ServerConfig, load_config
 from fluxd.storage.local import Manifest
 from fluxd.storage.paths import MAX_DEPTH, normalize
-from fluxd.storage.staging import HEADER_SIZE, StagedFile
+from fluxio.staging import HEADER_SIZE, StagedFile
 from fluxproto import AuthError, ConfigError, PermissionDenied, StorageError
 from fluxproto.frames import MAX_PATH
 from tests.fuzzing import FUZZ_EXAMPLES

@@ -9,7 +9,7 @@ from pathlib import Path
 from test_local_storage import CS, chunks, content, manifest_file, put, ref, staging_dir
 
 from fluxd.storage import LocalStorage
-from fluxd.storage.staging import HEADER_SIZE, RECORD_SIZE
+from fluxio.staging import HEADER_SIZE, RECORD_SIZE
 from tests.damage import flip_in_place
 
 DAY = 86400.0

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from fluxd.crashpoints import POINTS
-from fluxd.storage import local, local_upload, staging
-from fluxd.storage.staging import StagedFile
+from fluxd.storage import local, local_upload
+from fluxio import staging
+from fluxio.crashpoints import POINTS
+from fluxio.staging import StagedFile
 
 from .conftest import Daemon, Fluxctl
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from fluxd.transports import quic
+from fluxio.transports import quic
 from fluxproto import (
     MIN_CHUNK,
     Chunk,

@@ -17,7 +17,7 @@ from fluxctl.retry import Retrier
 from fluxctl.trust import TrustPolicy
 from fluxctl.upload import Upload
 from fluxctl.url import FluxURL
-from fluxd.transports.quic import QuicChannel
+from fluxio.transports.quic import QuicChannel
 
 from .conftest import BIN, Daemon, Fluxctl, Result, _env, wait_for
 from .test_resume import server_held

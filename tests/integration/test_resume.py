@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from fluxd.storage.staging import HEADER_SIZE, RECORD_SIZE
+from fluxio.staging import HEADER_SIZE, RECORD_SIZE
 from tests.damage import flip_in_place
 
 from .conftest import Daemon, Fluxctl, Result, free_port, wait_for

@@ -13,7 +13,7 @@ import pytest
 from fluxctl.connect import ClientOptions, connect
 from fluxctl.trust import TrustPolicy
 from fluxctl.url import FluxURL
-from fluxd.chunkflow import expect
+from fluxio.chunkflow import expect
 from fluxproto import (
     MIN_CHUNK,
     Delete,

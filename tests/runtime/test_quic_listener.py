@@ -1,4 +1,4 @@
-"""fluxd.transports.quic.QuicListener: the deadline on an unfinished QUIC handshake.
+"""fluxio.transports.quic.QuicListener: the deadline on an unfinished QUIC handshake.
 
 aioquic restarts its idle timer on every packet it accepts, so a client that keeps sending
 packets without finishing the handshake stays until the listener's own deadline closes it.
@@ -18,8 +18,8 @@ from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersi
 from aioquic.quic.packet_builder import QuicPacketBuilder
 
 from fluxd.certs import init_certs
-from fluxd.transports import quic
-from fluxd.transports.quic import QuicChannel, QuicListener
+from fluxio.transports import quic
+from fluxio.transports.quic import QuicChannel, QuicListener
 
 DEADLINE = 0.5
 MARGIN = 3.0  # scheduling slack; aioquic's own idle timeout (8 s) lies far beyond

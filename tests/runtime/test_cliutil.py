@@ -1,9 +1,9 @@
-"""fluxd.cliutil keeps its own copy of the exit codes (the protocol package is too heavy for
+"""fluxio.cliutil keeps its own copy of the exit codes (the protocol package is too heavy for
 fluxctl's start-up): the copies must match the one table in fluxproto.errors."""
 
 from __future__ import annotations
 
-from fluxd import cliutil
+from fluxio import cliutil
 from fluxproto import errors
 
 

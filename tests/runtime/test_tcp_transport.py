@@ -1,4 +1,4 @@
-"""fluxd.transports.tcp over real loopback sockets, under asyncio's loop and uvloop.
+"""fluxio.transports.tcp over real loopback sockets, under asyncio's loop and uvloop.
 
 A `RawPeer` is the far end when a test needs a peer that misbehaves (never reads, sends garbage,
 hangs up): a plain non-blocking socket driven by an in-memory `fluxproto.Connection`.
@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 import uvloop
 
-from fluxd.buffers import BufferPool
 from fluxd.certs import init_certs
-from fluxd.tls import server_ssl_context
-from fluxd.transports import tcp
-from fluxd.transports.tcp import Listener, SocketChannel, open_connection
+from fluxio.buffers import BufferPool
+from fluxio.tls import server_ssl_context
+from fluxio.transports import tcp
+from fluxio.transports.tcp import Listener, SocketChannel, open_connection
 from fluxproto import (
     ALPN,
     Ack,

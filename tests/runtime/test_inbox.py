@@ -1,4 +1,4 @@
-"""fluxd.transports.inbox: the event queue both transports hand their sessions."""
+"""fluxio.transports.inbox: the event queue both transports hand their sessions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from fluxd.transports.inbox import PROGRESS_BYTES, Inbox
+from fluxio.transports.inbox import PROGRESS_BYTES, Inbox
 from fluxproto import ConnectionLost, Event, Ping, RemoteProtocolError, TransportTimeout
 
 LONG = 30.0  # bound on waits that must succeed; never reached when the code works

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fluxd.certs import ensure_certs, init_certs
-from fluxd.tls import CertPaths, cert_fingerprint, fingerprint, server_ssl_context
+from fluxio.tls import CertPaths, cert_fingerprint, fingerprint, server_ssl_context
 from fluxproto.errors import ConfigError
 
 

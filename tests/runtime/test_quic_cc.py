@@ -1,4 +1,4 @@
-"""fluxd.transports.quic_cc: the window follows delivery rate x min RTT, not losses."""
+"""fluxio.transports.quic_cc: the window follows delivery rate x min RTT, not losses."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from aioquic.quic.packet import QuicPacketType
 from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.tls import Epoch
 
-from fluxd.transports.quic_cc import (
+from fluxio.transports.quic_cc import (
     CWND_GAIN,
     RTT_FLOOR,
     STARTUP_FLAT_ROUNDS,

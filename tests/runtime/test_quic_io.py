@@ -1,4 +1,4 @@
-"""fluxd.transports.quic_io: the clock, pacer and GSO sender fluxd puts beneath aioquic."""
+"""fluxio.transports.quic_io: the clock, pacer and GSO sender fluxd puts beneath aioquic."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aioquic.quic.recovery import QuicPacketPacer
 
-from fluxd.transports.quic_io import (
+from fluxio.transports.quic_io import (
     MIN_BURST_BYTES,
     MIN_BURST_TIME,
     GsoTransport,

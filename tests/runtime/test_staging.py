@@ -15,7 +15,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluxd.storage.staging import HEADER_SIZE, RECORD_SIZE, StagedFile
+from fluxio.staging import HEADER_SIZE, RECORD_SIZE, StagedFile
 from fluxproto.digest import chunk_digest
 from fluxproto.errors import Conflict, NoSpace, StorageError
 

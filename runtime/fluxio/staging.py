@@ -31,8 +31,8 @@ from fluxproto.errors import Conflict, StorageError
 from fluxproto.frames import DIGEST_SIZE, MAX_CHUNKS, chunk_count
 from fluxproto.ranges import to_ranges
 
-from ..buffers import PAGE, is_page_aligned
-from ..crashpoints import crash_point, fault_point
+from .buffers import PAGE, is_page_aligned
+from .crashpoints import crash_point, fault_point
 from .oserrors import storage_errors
 
 Buffer = bytes | bytearray | memoryview

@@ -1,4 +1,4 @@
-"""fluxd.buffers: page-aligned, recycled chunk buffers."""
+"""fluxio.buffers: page-aligned, recycled chunk buffers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from fluxd.buffers import PAGE, POOL, BufferPool, ReceiveBudget, is_page_aligned
+from fluxio.buffers import PAGE, POOL, BufferPool, ReceiveBudget, is_page_aligned
 
 
 def address(view: memoryview) -> int:

@@ -1,4 +1,4 @@
-"""fluxd.chunkflow: control frames, read-ahead, windowed chunk sending, group-commit writing."""
+"""fluxio.chunkflow: control frames, read-ahead, windowed chunk sending, group-commit writing."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from fluxd.buffers import BufferPool
-from fluxd.chunkflow import (
+from fluxio.buffers import BufferPool
+from fluxio.chunkflow import (
     ChunkData,
     ChunkWriter,
     deadline,
