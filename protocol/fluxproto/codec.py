@@ -104,7 +104,8 @@ class FrameReader:
     """Incremental decoder. Feed bytes with `feed` or `get_buffer`/`buffer_updated`.
 
     `max_chunk` is the largest CHUNK payload accepted, checked at the prefix before allocation;
-    a connection lowers it to the open transfer's chunk size (0: no chunk may arrive). `alloc`
+    a connection lowers it to the largest chunk size of a transfer the peer may still send
+    chunks on (0: no chunk may arrive). `alloc`
     provides CHUNK payload buffers (e.g. page-aligned ones for O_DIRECT); other payloads are
     bytearrays. `max_header` lowers the header limit below MAX_HEADER. After a
     `RemoteProtocolError` the reader is broken and refuses further input.
@@ -181,7 +182,9 @@ class FrameReader:
             check_prefix(ftype, hlen, plen, self.max_header)
             if ftype == FrameType.CHUNK and plen > self.max_chunk:
                 why = (
-                    f"> chunk size {self.max_chunk}" if self.max_chunk else "with no transfer open"
+                    f"> chunk size {self.max_chunk}"
+                    if self.max_chunk
+                    else "with no transfer open for it"
                 )
                 raise RemoteProtocolError(f"CHUNK payload of {plen} bytes {why}")
             self._type, self._payload_len = ftype, plen

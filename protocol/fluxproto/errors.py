@@ -55,9 +55,18 @@ class RemoteProtocolError(ProtocolError):
 
 
 class VersionMismatch(ProtocolError):
-    """No protocol version in common with the peer."""
+    """No protocol version in common with the peer (`negotiation.py` words the message)."""
 
     code = 505
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+class Cancelled(FluxError):
+    """The request was cancelled (the server's answer to CANCEL)."""
+
+    code = 499
 
 
 # --- transport --------------------------------------------------------------------------------
@@ -172,6 +181,7 @@ _BY_CODE: dict[int, type[FluxError]] = {
     for cls in (
         RemoteProtocolError,
         VersionMismatch,
+        Cancelled,
         AuthError,
         PermissionDenied,
         NotFound,

@@ -11,34 +11,44 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
+from proto_strategies import fuzz_frame, mutated, mutated_frames
 from proto_support import (
     NCHUNKS,
+    RID,
     SAMPLES,
     ConnectionPair,
     chunk,
+    commit,
+    committed,
     drain_reader,
     drive,
+    drive_request,
     feed_buffered,
     feed_bytewise,
     feed_split,
     feed_whole,
-    fuzz_frame,
-    mutated,
-    mutated_frames,
     raw_frame,
+    sample_meta,
+    status,
+    upload,
 )
 
 from fluxproto import (
     Ack,
+    Cancel,
     Commit,
     Connection,
     ConnectionClosed,
+    Entries,
+    Error,
     Frame,
     FrameReader,
     FrameType,
     IntegrityError,
     ProtocolError,
     RemoteProtocolError,
+    RequestEnded,
+    RequestState,
     Role,
     State,
     decode,
@@ -56,11 +66,11 @@ FUZZ = settings(
 # Strategies that are costly to draw get fewer examples to stay inside the time budget.
 FUZZ_SLOW = settings(FUZZ, max_examples=FUZZ_EXAMPLES // 2)
 
-# --- structure-aware headers: real field names with values of every msgpack type ----------------
+# --- structure-aware headers: real field names with values of every msgpack type ------------------
 
 FIELD_NAMES = sorted(
     {f.name for cls in FRAME_CLASSES.values() for f in dataclasses.fields(cls)}
-    | {"name", "kind", "size", "mtime_ns", "mode", "digest", "entry", "entries"}
+    | {"name", "kind", "size", "mtime_ns", "mode", "digest", "target", "entry", "entries"}
 )
 scalars = st.one_of(
     st.none(),
@@ -70,7 +80,8 @@ scalars = st.one_of(
     st.floats(allow_nan=True),
     st.text(max_size=20),
     st.binary(max_size=40),
-    st.sampled_from(["file", "dir", "FLUX", ""]),
+    st.sampled_from(["file", "dir", "link", "FLUX", ""]),
+    st.integers(1, 3),  # rids the fuzzed connections have open
 )
 keys = st.one_of(st.sampled_from(FIELD_NAMES), st.text(max_size=8))
 values = st.recursive(
@@ -152,9 +163,11 @@ def test_reader_structured_headers(data: bytes, how: str, cuts: list[int]) -> No
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@example(data=raw_frame(FrameType.INFO, {"entry": {"name": "a", "kinf": "file"}}))
+@example(data=raw_frame(FrameType.INFO, {"rid": 1, "entry": {"name": "a", "kinf": "file"}}))
 @given(
-    data=st.lists(structured_frames([FrameType.INFO, FrameType.LISTING]), min_size=1).map(b"".join)
+    data=st.lists(
+        structured_frames([FrameType.INFO, FrameType.ENTRIES, FrameType.MADE]), min_size=1
+    ).map(b"".join)
 )
 def test_reader_entry_frames(data: bytes) -> None:
     check_reader(data, "whole", [])
@@ -162,53 +175,62 @@ def test_reader_entry_frames(data: bytes) -> None:
 
 # --- connections ----------------------------------------------------------------------------------
 
-# (role of the fuzzed end, state it is in, frames its peer could legitimately send there)
-CONTEXTS: list[tuple[str, State, list[Frame]]] = [
+R = RequestState
+
+# (role of the fuzzed end, state its request RID is in, frames its peer could legitimately send
+# there). NONE: a connection in OPEN with no request.
+CONTEXTS: list[tuple[str, RequestState | State, list[Frame]]] = [
     ("server", State.START, [SAMPLES[FrameType.HELLO]]),
     (
         "server",
-        State.IDLE,
+        R.NONE,
         [
             SAMPLES[t]
             for t in (
                 FrameType.OPEN_UPLOAD,
                 FrameType.OPEN_DOWNLOAD,
                 FrameType.LIST,
+                FrameType.MKDIR,
+                FrameType.SYMLINK,
                 FrameType.PING,
             )
         ],
     ),
     (
         "server",
-        State.UPLOADING,
-        [
-            *(chunk(i) for i in range(NCHUNKS)),
-            Commit(bytes(16)),
-            SAMPLES[FrameType.PING],
-        ],
+        R.UP_OPENING,
+        [*(chunk(i) for i in range(NCHUNKS)), commit(sent=0), commit(sent=2), Cancel(RID)],
     ),
-    ("server", State.DOWNLOADING, [Ack(((0, 1),)), Ack(((0, 3),))]),
-    ("client", State.HANDSHAKE, [SAMPLES[FrameType.WELCOME], SAMPLES[FrameType.ERROR]]),
-    ("client", State.UPLOAD_OPENING, [SAMPLES[FrameType.STATUS]]),
-    ("client", State.UPLOADING, [Ack(((0, 1),)), SAMPLES[FrameType.ERROR]]),
-    ("client", State.DOWNLOAD_OPENING, [SAMPLES[FrameType.META]]),
     (
-        "client",
-        State.DOWNLOADING,
-        [chunk(i) for i in range(NCHUNKS)],
+        "server",
+        R.UPLOADING,
+        [*(chunk(i) for i in range(NCHUNKS)), commit(sent=1), Cancel(RID), SAMPLES[FrameType.PING]],
     ),
-    ("client", State.STATING, [SAMPLES[FrameType.ERROR]]),
+    ("server", R.DOWNLOADING, [Ack(RID, ((0, 1),)), Ack(RID, ((0, 3),)), Cancel(RID)]),
+    ("server", R.CANCELLING, [chunk(1), chunk(2), upload(2)]),
+    ("client", State.HANDSHAKE, [SAMPLES[FrameType.WELCOME], SAMPLES[FrameType.ERROR]]),
+    ("client", R.UP_OPENING, [status(), Error(404, "x", RID)]),
+    ("client", R.UPLOADING, [Ack(RID, ((0, 1),)), Error(507, "full", RID)]),
+    ("client", R.COMMITTING, [Ack(RID, ((0, 1),)), committed()]),
+    ("client", R.DOWN_OPENING, [sample_meta(), sample_meta(count=0)]),
+    ("client", R.DOWNLOADING, [chunk(i) for i in range(NCHUNKS)]),
+    ("client", R.LISTING, [SAMPLES[FrameType.ENTRIES], Entries(RID, done=True)]),
+    ("client", R.STATING, [SAMPLES[FrameType.INFO], Error(404, "x", RID)]),
+    ("client", R.CANCELLING, [status(), committed(), Error(499, "cancelled", RID)]),
 ]
 
 
 def fuzzed_end(ctx: int) -> Connection:
     role, state, _ = CONTEXTS[ctx]
-    pair = drive(ConnectionPair(), state)
+    if isinstance(state, State):
+        pair = drive(ConnectionPair(), state)
+    else:
+        pair = drive_request(ConnectionPair(), state)
     conn = pair.server if role == "server" else pair.client
-    if state is State.DOWNLOADING and role == "server":
-        pair.send(pair.server, SAMPLES[FrameType.CHUNK])  # chunk 0 in flight, so ACKs can apply
-    elif state is State.UPLOADING and role == "client":
-        pair.send(pair.client, SAMPLES[FrameType.CHUNK])
+    if state is R.DOWNLOADING and role == "server":
+        pair.s2c(chunk(0))  # chunk 0 in flight, so ACKs can apply
+    elif state is R.UPLOADING and role == "client":
+        pair.c2s(chunk(0))
     return conn
 
 
@@ -238,7 +260,7 @@ def exercise(conn: Connection, data: bytes, how: str, eof: bool) -> list[Any]:
         if eof:
             conn.receive_data(b"")
         while (ev := conn.next_event()) is not None:
-            assert isinstance(ev, Frame | ConnectionClosed)
+            assert isinstance(ev, Frame | RequestEnded | ConnectionClosed)
             events.append(ev)
             assert len(events) < 1000
     except ALLOWED as exc:
@@ -274,6 +296,29 @@ def test_fresh_connection_fuzz(data: bytes, role: str, eof: bool) -> None:
     exercise(conn, data, "whole", eof)
 
 
+@FUZZ_SLOW
+@given(ctx=st.integers(0, len(CONTEXTS) - 1), frames=st.lists(fuzz_frame, max_size=4))
+def test_connection_fuzz_with_frames_from_other_streams(ctx: int, frames: list[Frame]) -> None:
+    """Valid frames of any type and rid, as a QUIC stream's reader would hand them over:
+    events or RemoteProtocolError/IntegrityError, nothing else."""
+    conn = fuzzed_end(ctx)
+    try:
+        for frame in frames:
+            conn.receive_frame(frame)
+            while (ev := conn.next_event()) is not None:
+                assert isinstance(ev, Frame | RequestEnded | ConnectionClosed)
+    except ALLOWED:
+        event("receive_frame: refused")
+        assert conn.state is State.ERROR
+        return
+    event("receive_frame: accepted")
+
+
+# Seeds that end the request (or the connection) deliver a RequestEnded after them, or are
+# dropped when they cross the CANCEL; the rest come out as themselves.
+CROSSING_DROPPED = {(R.CANCELLING, FrameType.STATUS), (R.CANCELLING, FrameType.CHUNK)}
+
+
 def test_fuzz_contexts_are_live() -> None:
     """Each context's seed frames are accepted as they are, so mutations start from valid input."""
     for ctx, (_, state, frames) in enumerate(CONTEXTS):
@@ -282,7 +327,17 @@ def test_fuzz_contexts_are_live() -> None:
                 continue  # only chunk 0 is in flight; the wider ACK is there for mutations
             conn = fuzzed_end(ctx)
             conn.receive_data(encode_bytes(frame))
-            assert conn.next_event() == frame, (state, frame)
+            events = []
+            while (ev := conn.next_event()) is not None:
+                events.append(ev)
+            if (state, frame.TYPE) in CROSSING_DROPPED:
+                assert events == [], (state, frame)
+            elif isinstance(frame, Commit) and frame.sent:  # waits for its chunks
+                assert events == [], (state, frame)
+                assert conn.requests[RID].commit == frame
+            else:
+                assert events[:1] == [frame], (state, frame)
+                assert all(isinstance(e, RequestEnded) for e in events[1:]), (state, frame)
 
 
 def test_random_msgpack_values_never_crash_decode() -> None:

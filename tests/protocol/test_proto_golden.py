@@ -1,22 +1,22 @@
-"""Golden byte vectors: they pin the wire format of every frame type. Never regenerate them to
-make a failing test pass; a change here is a protocol version change (PROTOCOL.md "Versioning")."""
+"""Golden byte vectors: they pin the wire format of every frame type of version 2. Never
+regenerate them to make a failing test pass; a change here is a protocol change (PROTOCOL.md
+"Versioning"). PING, PONG, GOODBYE and ERROR without rid are byte for byte version 1's."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 import xxhash
+from proto_support import V1_HELLO, raw_frame
 
-import fluxproto
 from fluxproto import (
     Ack,
+    Cancel,
     Chunk,
     Commit,
     Committed,
     Delete,
     Deleted,
+    Entries,
     Entry,
     Error,
     FileHasher,
@@ -26,21 +26,22 @@ from fluxproto import (
     Hello,
     Info,
     ListDir,
-    Listing,
+    Made,
     Meta,
+    Mkdir,
     OpenDownload,
     OpenUpload,
     Ping,
     Pong,
     Stat,
     Status,
+    Symlink,
     Welcome,
     chunk_digest,
     decode,
     encode,
     encode_bytes,
     format_digest,
-    frames,
 )
 from fluxproto.frames import FRAME_CLASSES, FrameType
 
@@ -49,25 +50,60 @@ D2 = bytes(range(16, 32))
 DFF = b"\xff" * 16
 HELLO_DIGEST = bytes.fromhex("b5e9c1ad071b3e7fc779cfaa5e523818")  # xxh3-128(b"hello")
 
+# Msgpack pieces that recur: the key "rid" with value 1, a 16-byte bin of D1, D2 or DFF.
+RID1 = "a3726964 01"
+BIN_D1 = "c410 000102030405060708090a0b0c0d0e0f"
+BIN_D2 = "c410 101112131415161718191a1b1c1d1e1f"
+BIN_FF = "c410 ffffffffffffffffffffffffffffffff"
+# An Entry map's keys after name and kind: size, mtime_ns, mode, digest, target.
+ENTRY_TAIL = "a473697a65 {size} a86d74696d655f6e73 {mtime} a46d6f6465 {mode} a6646967657374 {digest} a6746172676574 {target}"  # noqa: E501
+
+
+def entry_hex(
+    name: str,
+    kind: str,
+    size: str = "00",
+    mtime: str = "00",
+    mode: str = "cd01a4",
+    digest: str = "c0",
+    target: str = "c0",
+) -> str:
+    """An Entry as its 7-key map: name and kind (hex of their msgpack strings), then the rest."""
+    tail = ENTRY_TAIL.format(size=size, mtime=mtime, mode=mode, digest=digest, target=target)
+    return f"87 a46e616d65 {name} a46b696e64 {kind} {tail}"
+
+
 GOLDEN: list[tuple[Frame, str]] = [
     (
-        Hello(versions=(1,), caps=("xxh3-128",), window=65536, agent="t/1"),
-        "01 00000043 00000000"
-        " 86 a876657273696f6e73 9101 a463617073 91a8787868332d313238"
-        " a677696e646f77 ce00010000 a56167656e74 a3742f31 a5746f6b656e c0"
-        " a56d61676963 a4464c5558",
+        Hello(
+            versions=(2,),
+            caps=("xxh3-128",),
+            window=65536,
+            agent="t/2",
+            transfer_window=16384,
+            requests=8,
+        ),
+        "01 00000060 00000000 88"
+        " a876657273696f6e73 9102 a463617073 91a8787868332d313238"
+        " a677696e646f77 ce00010000 a56167656e74 a3742f32 a5746f6b656e c0"
+        " a56d61676963 a4464c5558"
+        " af7472616e736665725f77696e646f77 cd4000 a87265717565737473 08",
     ),
     (
-        Hello(versions=(1, 2), caps=(), window=4096, agent="", token="tok"),
-        "01 00000039 00000000"
-        " 86 a876657273696f6e73 920102 a463617073 90 a677696e646f77 cd1000"
-        " a56167656e74 a0 a5746f6b656e a3746f6b a56d61676963 a4464c5558",
+        Hello(versions=(2,), window=4096, token="tok"),  # transfer_window: the window
+        "01 00000055 00000000 88"
+        " a876657273696f6e73 9102 a463617073 90 a677696e646f77 cd1000 a56167656e74 a0"
+        " a5746f6b656e a3746f6b a56d61676963 a4464c5558"
+        " af7472616e736665725f77696e646f77 cd1000 a87265717565737473 40",
     ),
     (
-        Welcome(version=1, caps=("resume",), window=1 << 20, agent="fluxd/0"),
-        "02 00000031 00000000"
-        " 84 a776657273696f6e 01 a463617073 91a6726573756d65 a677696e646f77 ce00100000"
-        " a56167656e74 a7666c7578642f30",
+        Welcome(
+            version=2, caps=("resume",), window=1 << 20, agent="fluxd/0", transfer_window=1 << 18
+        ),
+        "02 00000050 00000000 86"
+        " a776657273696f6e 02 a463617073 91a6726573756d65 a677696e646f77 ce00100000"
+        " a56167656e74 a7666c7578642f30"
+        " af7472616e736665725f77696e646f77 ce00040000 a87265717565737473 40",
     ),
     (Ping(nonce=7), "03 00000008 00000000 81 a56e6f6e6365 07"),
     (Pong(nonce=2**64 - 1), "04 00000010 00000000 81 a56e6f6e6365 cfffffffffffffffff"),
@@ -77,68 +113,133 @@ GOLDEN: list[tuple[Frame, str]] = [
         "06 0000001e 00000000 82 a4636f6465 cd0194 a76d657373616765 ac6e6f20737563682066696c65",
     ),
     (
-        OpenUpload(path="a/b.bin", size=10000, chunk_size=4096, mode=0o600),
-        "10 0000002c 00000000"
-        " 84 a470617468 a7612f622e62696e a473697a65 cd2710 aa6368756e6b5f73697a65 cd1000"
-        " a46d6f6465 cd0180",
+        Error(code=404, message="no such file", rid=7),
+        "06 00000023 00000000 83 a4636f6465 cd0194 a76d657373616765 ac6e6f20737563682066696c65"
+        " a3726964 07",
+    ),
+    (Cancel(rid=7), "07 00000006 00000000 81 a3726964 07"),
+    (
+        OpenUpload(rid=1, path="a/b.bin", size=10000, chunk_size=4096, mode=0o600),
+        f"10 00000043 00000000 87 {RID1} a470617468 a7612f622e62696e a473697a65 cd2710"
+        " aa6368756e6b5f73697a65 cd1000 a46d6f6465 cd0180 a86d74696d655f6e73 c0"
+        " a6617474616368 c0",
     ),
     (
-        Status(held=((0, 1), (2, 1)), digests=D1 + D2),
-        "11 0000000d 00000020 81 a468656c64 92 920001 920201"
+        OpenUpload(rid=2, path="x", size=0, chunk_size=4096, mtime_ns=1, attach=D1),
+        "10 0000004c 00000000 87 a3726964 02 a470617468 a178 a473697a65 00"
+        " aa6368756e6b5f73697a65 cd1000 a46d6f6465 cd01a4 a86d74696d655f6e73 01"
+        f" a6617474616368 {BIN_D1}",
+    ),
+    (
+        Status(rid=1, tid=D2, held=((0, 1), (2, 1)), digests=D1 + D2),
+        f"11 00000028 00000020 83 {RID1} a3746964 {BIN_D2} a468656c64 92 920001 920201"
         " 000102030405060708090a0b0c0d0e0f 101112131415161718191a1b1c1d1e1f",
     ),
-    (Status(), "11 00000007 00000000 81 a468656c64 90"),
+    (Status(rid=1, tid=D2), f"11 00000022 00000000 83 {RID1} a3746964 {BIN_D2} a468656c64 90"),
     (
-        Chunk(index=2, digest=HELLO_DIGEST, data=b"hello"),
-        "12 00000021 00000005 82 a5696e646578 02 a6646967657374 c410"
+        Chunk(rid=1, index=2, digest=HELLO_DIGEST, data=b"hello"),
+        f"12 00000026 00000005 83 {RID1} a5696e646578 02 a6646967657374 c410"
         " b5e9c1ad071b3e7fc779cfaa5e523818 68656c6c6f",
     ),
-    (Ack(ranges=((0, 3), (5, 1))), "13 0000000f 00000000 81 a672616e676573 92 920003 920501"),
     (
-        Commit(digest=DFF),
-        "14 0000001a 00000000 81 a6646967657374 c410 ffffffffffffffffffffffffffffffff",
+        Ack(rid=1, ranges=((0, 3), (5, 1))),
+        f"13 00000014 00000000 82 {RID1} a672616e676573 92 920003 920501",
     ),
     (
-        Committed(size=10000, digest=DFF),
-        "15 00000022 00000000 82 a473697a65 cd2710 a6646967657374 c410"
-        " ffffffffffffffffffffffffffffffff",
+        Commit(rid=1, digest=DFF, sent=3),
+        f"14 00000025 00000000 83 {RID1} a6646967657374 {BIN_FF} a473656e74 03",
     ),
     (
-        OpenDownload(path="a/b.bin"),
-        "20 0000002c 00000000 84 a470617468 a7612f622e62696e a477616e74 c0"
-        " a6646967657374 c0 aa6368756e6b5f73697a65 ce00100000",
+        Committed(rid=1, size=10000, digest=DFF),
+        f"15 00000027 00000000 83 {RID1} a473697a65 cd2710 a6646967657374 {BIN_FF}",
     ),
     (
-        OpenDownload(path="x", want=((1, 2),), digest=D1, chunk_size=4096),
-        "20 00000038 00000000 84 a470617468 a178 a477616e74 91920102"
-        " a6646967657374 c410 000102030405060708090a0b0c0d0e0f aa6368756e6b5f73697a65 cd1000",
+        OpenDownload(rid=1, path="a/b.bin"),
+        f"20 00000039 00000000 86 {RID1} a470617468 a7612f622e62696e a477616e74 c0"
+        " a6646967657374 c0 aa6368756e6b5f73697a65 ce00100000 a6617474616368 c0",
     ),
     (
-        Meta(size=5000, chunk_size=4096, digest=DFF, count=2, mtime_ns=1, digests=D1 + D2),
-        "21 00000049 00000020 86 a473697a65 cd1388 aa6368756e6b5f73697a65 cd1000"
-        " a6646967657374 c410 ffffffffffffffffffffffffffffffff a5636f756e74 02"
+        OpenDownload(rid=1, path="x", want=((1, 2),), digest=D1, chunk_size=4096, attach=D2),
+        f"20 00000056 00000000 86 {RID1} a470617468 a178 a477616e74 91920102"
+        f" a6646967657374 {BIN_D1} aa6368756e6b5f73697a65 cd1000 a6617474616368 {BIN_D2}",
+    ),
+    (
+        Meta(
+            rid=1,
+            tid=D2,
+            size=5000,
+            chunk_size=4096,
+            digest=DFF,
+            count=2,
+            mtime_ns=1,
+            digests=D1 + D2,
+        ),
+        f"21 00000064 00000020 88 {RID1} a3746964 {BIN_D2} a473697a65 cd1388"
+        f" aa6368756e6b5f73697a65 cd1000 a6646967657374 {BIN_FF} a5636f756e74 02"
         " a46d6f6465 cd01a4 a86d74696d655f6e73 01"
         " 000102030405060708090a0b0c0d0e0f 101112131415161718191a1b1c1d1e1f",
     ),
-    (ListDir(path="/"), "30 00000010 00000000 82 a470617468 a12f a6637572736f72 c0"),
-    (ListDir(path="d", cursor="c"), "30 00000011 00000000 82 a470617468 a164 a6637572736f72 a163"),
     (
-        Listing(entries=(Entry("f", "file", 3, 4, 0o644, D1), Entry("d", "dir")), cursor=None),
-        "31 00000086 00000000 82 a7656e7472696573 92"
-        " 86 a46e616d65 a166 a46b696e64 a466696c65 a473697a65 03 a86d74696d655f6e73 04"
-        " a46d6f6465 cd01a4 a6646967657374 c410 000102030405060708090a0b0c0d0e0f"
-        " 86 a46e616d65 a164 a46b696e64 a3646972 a473697a65 00 a86d74696d655f6e73 00"
-        " a46d6f6465 cd01a4 a6646967657374 c0"
-        " a6637572736f72 c0",
+        ListDir(rid=1, path="/"),
+        f"30 00000018 00000000 83 {RID1} a470617468 a12f a9726563757273697665 c2",
     ),
-    (Stat(path="f"), "32 00000008 00000000 81 a470617468 a166"),
     (
-        Info(Entry("f", "file", size=5)),
-        "33 00000039 00000000 81 a5656e747279 86 a46e616d65 a166 a46b696e64 a466696c65"
-        " a473697a65 05 a86d74696d655f6e73 00 a46d6f6465 cd01a4 a6646967657374 c0",
+        ListDir(rid=1, path="d", recursive=True),
+        f"30 00000018 00000000 83 {RID1} a470617468 a164 a9726563757273697665 c3",
     ),
-    (Delete(path="f"), "34 00000008 00000000 81 a470617468 a166"),
-    (Deleted(path="f"), "35 00000008 00000000 81 a470617468 a166"),
+    (
+        Entries(
+            rid=1,
+            entries=(
+                Entry("f", "file", 3, 4, 0o644, D1),
+                Entry("d", "dir"),
+                Entry("l", "link", target="f"),
+            ),
+            done=False,
+        ),
+        f"31 000000d4 00000000 83 {RID1} a7656e7472696573 93"
+        f" {entry_hex('a166', 'a466696c65', size='03', mtime='04', digest=BIN_D1)}"
+        f" {entry_hex('a164', 'a3646972')}"
+        f" {entry_hex('a16c', 'a46c696e6b', target='a166')}"
+        " a4646f6e65 c2",
+    ),
+    (Entries(rid=1), f"31 00000015 00000000 83 {RID1} a7656e7472696573 90 a4646f6e65 c3"),
+    (Stat(rid=1, path="f"), f"32 0000000d 00000000 82 {RID1} a470617468 a166"),
+    (
+        Info(rid=1, entry=Entry("f", "file", size=5)),
+        f"33 00000046 00000000 82 {RID1} a5656e747279 {entry_hex('a166', 'a466696c65', '05')}",
+    ),
+    (
+        Delete(rid=1, path="f"),
+        f"34 00000018 00000000 83 {RID1} a470617468 a166 a9726563757273697665 c2",
+    ),
+    (
+        Delete(rid=1, path="d", recursive=True),
+        f"34 00000018 00000000 83 {RID1} a470617468 a164 a9726563757273697665 c3",
+    ),
+    (
+        Deleted(rid=1, path="f", count=1),
+        f"35 00000014 00000000 83 {RID1} a470617468 a166 a5636f756e74 01",
+    ),
+    (
+        Mkdir(rid=1, path="d"),
+        f"36 00000026 00000000 85 {RID1} a470617468 a164 a46d6f6465 c0 a86d74696d655f6e73 c0"
+        " a7706172656e7473 c3",
+    ),
+    (
+        Mkdir(rid=1, path="d", mode=0o700, mtime_ns=1, parents=False),
+        f"36 00000028 00000000 85 {RID1} a470617468 a164 a46d6f6465 cd01c0"
+        " a86d74696d655f6e73 01 a7706172656e7473 c2",
+    ),
+    (
+        Symlink(rid=1, path="l", target="f"),
+        f"37 00000016 00000000 83 {RID1} a470617468 a16c a6746172676574 a166",
+    ),
+    (
+        Made(rid=1, entry=Entry("d", "dir", mode=0o755)),
+        f"38 00000045 00000000 82 {RID1} a5656e747279"
+        f" {entry_hex('a164', 'a3646972', mode='cd01ed')}",
+    ),
 ]
 
 IDS = [f"{i:02d}-{frame.TYPE.name}" for i, (frame, _) in enumerate(GOLDEN)]
@@ -150,7 +251,7 @@ def golden_bytes(hexstr: str) -> bytes:
 
 def test_golden_table_covers_every_frame_type() -> None:
     assert {frame.TYPE for frame, _ in GOLDEN} == set(FRAME_CLASSES) == set(FrameType)
-    assert len(FRAME_CLASSES) == 20
+    assert len(FRAME_CLASSES) == 24
 
 
 @pytest.mark.parametrize(("frame", "hexstr"), GOLDEN, ids=IDS)
@@ -184,9 +285,33 @@ def test_golden_prefix_layout(frame: Frame, hexstr: str) -> None:
         assert payload == b""
 
 
+# --- what a version-1 peer sends and reads --------------------------------------------------------
+
+
+def test_a_version_1_hello_decodes() -> None:
+    reader = FrameReader()
+    reader.feed(V1_HELLO)
+    hello = reader.next_frame()
+    assert hello == Hello(versions=(1,), caps=("xxh3-128",), window=65536, agent="t/1")
+    assert isinstance(hello, Hello)
+    assert (hello.transfer_window, hello.requests) == (65536, 64)  # the v2 defaults
+    assert reader.at_boundary
+
+
+@pytest.mark.parametrize("message", ["fluxd speaks flux protocol 2, this client speaks 1: x", ""])
+def test_an_error_without_rid_has_the_version_1_shape(message: str) -> None:
+    """A version-1 peer reads ERROR as the map {code, message}: without a rid, that is all the
+    version-2 frame is, byte for byte."""
+    v1_error = raw_frame(FrameType.ERROR, {"code": 505, "message": message})
+    assert encode_bytes(Error(505, message)) == v1_error
+
+
+# --- encoding details -----------------------------------------------------------------------------
+
+
 def test_encode_returns_payload_uncopied() -> None:
     data = bytearray(b"x" * 5000)
-    frame = Chunk(0, chunk_digest(data), data)
+    frame = Chunk(1, 0, chunk_digest(data), data)
     parts = encode(frame)
     assert len(parts) == 2
     assert parts[1] is data
@@ -195,8 +320,8 @@ def test_encode_returns_payload_uncopied() -> None:
 
 
 def test_empty_payload_frame_is_one_buffer() -> None:
-    assert len(encode(Status())) == 1
-    assert len(encode(Chunk(0, D1, b""))) == 1
+    assert len(encode(Status(1, D1))) == 1
+    assert len(encode(Chunk(1, 0, D1, b""))) == 1
 
 
 def test_digest_is_xxh3_128_big_endian_canonical() -> None:
@@ -216,50 +341,3 @@ def test_file_hasher_streams_the_same_digest() -> None:
         h.update(memoryview(data)[i : i + 4096])
     assert h.offset == len(data)
     assert h.digest() == chunk_digest(data)
-
-
-# --- PROTOCOL.md stays in step with the code ------------------------------------------------------
-
-SPEC = Path(fluxproto.__file__).resolve().parent.parent / "PROTOCOL.md"
-
-
-def test_spec_hex_examples_decode() -> None:
-    text = SPEC.read_text()
-    blobs = re.findall(r"`([0-9a-f]{40,})`", text)
-    decoded = []
-    for blob in blobs:
-        reader = FrameReader()
-        reader.feed(bytes.fromhex(blob))
-        frame = reader.next_frame()
-        assert frame is not None
-        assert reader.next_frame() is None
-        assert reader.at_boundary
-        decoded.append(frame)
-    assert Hello(versions=(1,), caps=("xxh3-128",), window=65536, agent="t/1") in decoded
-    assert Chunk(index=2, digest=HELLO_DIGEST, data=b"hello") in decoded
-
-
-def test_spec_frame_codes_match() -> None:
-    rows = re.findall(r"^\| (0x[0-9A-F]{2}) \| ([A-Z_]+) +\|", SPEC.read_text(), re.M)
-    assert {name: int(code, 16) for code, name in rows} == {t.name: int(t) for t in FrameType}
-
-
-def _spec_number(value: str) -> int | None:
-    token = value.split(maxsplit=1)[0]
-    if m := re.fullmatch(r"(\d+)\^(\d+)", token):
-        return int(m[1]) ** int(m[2])
-    if token.startswith("0o"):
-        return int(token, 8)
-    return int(token) if token.isdigit() else None
-
-
-def test_spec_limits_table_matches_constants() -> None:
-    rows = re.findall(r"^\| `([A-Z_]+)` +\| ([^|]+)\|", SPEC.read_text(), re.M)
-    checked = set()
-    for name, value in rows:
-        number = _spec_number(value)
-        if hasattr(frames, name) and number is not None:
-            assert getattr(frames, name) == number, name
-            checked.add(name)
-    assert {"MAX_HEADER", "MAX_CHUNK", "MAX_CHUNKS", "MAX_PATH", "MAX_RANGES"} <= checked
-    assert len(checked) >= 15

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from proto_support import canonical_ranges
+from proto_strategies import canonical_ranges
 
 from fluxproto.ranges import count, is_canonical, iter_indices, to_ranges
 

@@ -7,10 +7,8 @@ import contextlib
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from proto_strategies import FRAME_STRATEGIES, ROUNDTRIP_EXAMPLES, any_frame
 from proto_support import (
-    FRAME_STRATEGIES,
-    ROUNDTRIP_EXAMPLES,
-    any_frame,
     drain_reader,
     feed_buffered,
     feed_bytewise,
@@ -168,7 +166,7 @@ def test_reader_is_broken_after_an_error() -> None:
 def test_payload_is_received_into_the_buffer_get_buffer_handed_out() -> None:
     """Copy avoidance: the chunk's data is the very buffer the transport wrote the payload into."""
     data = bytes(range(256)) * 20
-    raw = encode_bytes(Chunk(3, chunk_digest(data), data))
+    raw = encode_bytes(Chunk(1, 3, chunk_digest(data), data))
     reader = FrameReader()
     views = []
     pos = 0
