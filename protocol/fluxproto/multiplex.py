@@ -382,6 +382,23 @@ class RequestTable:
 
     def _on_cancel(self, req: Request, f: Frame, s: Role, nxt: R, err: _Err) -> R | None:
         req.commit = None  # a COMMIT still waiting for its chunks is abandoned with the rest
+        t = req.transfer
+        if t is not None and t.sender is not self.role:
+            # The chunks' receiver gives their room back now: it drops every later one, and it
+            # must free room no later than their sender does (which is at ERROR 499).
+            self._release(req, t.inflight)
+        return nxt
+
+    def _on_error(self, req: Request, f: Error, sender: Role, nxt: R, err: _Err) -> R | None:
+        t = req.transfer
+        if req.state is R.DOWNLOADING and t is not None and t.inflight:
+            # A sender that ended its own transfer would free room before the receiver knows,
+            # and over QUIC its next chunks (other requests, other streams) could overtake the
+            # ERROR and break the receiver's window: it waits for the ACKs first.
+            raise err(
+                f"ERROR ends download {req.rid} with {t.inflight} bytes in flight; "
+                "their ACKs come first"
+            )
         return nxt
 
 
@@ -433,4 +450,5 @@ _HOOKS: dict[FrameType, _Hook] = {
     FrameType.ENTRIES: RequestTable._on_entries,
     FrameType.MADE: RequestTable._on_made,
     FrameType.CANCEL: RequestTable._on_cancel,
+    FrameType.ERROR: RequestTable._on_error,
 }

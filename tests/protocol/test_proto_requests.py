@@ -158,15 +158,29 @@ def test_a_late_chunk_must_still_fit_its_request() -> None:
         pair.server.receive_frame(Chunk(RID, 0, b"\0" * 16, b"x"))  # none was ever possible
 
 
-def test_an_ack_crossing_the_servers_error_is_dropped() -> None:
+def test_a_download_ends_by_error_only_with_nothing_in_flight() -> None:
+    """The server (the chunks' sender) would free room before the client knows; over QUIC its
+    next chunks could overtake the ERROR. It waits for the ACKs of what it sent (10.27)."""
     pair = opened()
     pair.c2s(download())
     pair.s2c(sample_meta())
     pair.s2c(chunk(0))
-    ack = wire_of(pair.client, Ack(RID, ((0, 1),)))
-    pair.s2c(Error(500, "disk gone", RID))
-    pair.server.receive_data(ack)
-    assert drain(pair.server) == []
+    refused_both_ways(pair, pair.server, Error(500, "disk gone", RID), "in flight")
+    pair = opened()
+    pair.c2s(download())
+    pair.s2c(sample_meta())
+    pair.s2c(chunk(0))
+    pair.c2s(Ack(RID, ((0, 1),)))
+    assert pair.s2c(Error(500, "disk gone", RID))[-1] == RequestEnded(RID, EndReason.ERROR)
+
+
+def test_a_cancel_crossing_the_servers_error() -> None:
+    pair = opened()
+    pair.c2s(download())
+    error = wire_of(pair.server, Error(404, "gone", RID))  # ended at the server
+    assert pair.send(pair.client, Cancel(RID)) == []  # a late CANCEL: dropped
+    pair.client.receive_data(error)
+    assert drain(pair.client) == [Error(404, "gone", RID), RequestEnded(RID, EndReason.ERROR)]
     assert pair.client.requests == pair.server.requests == {}
 
 
@@ -205,6 +219,18 @@ def test_cancel_an_upload() -> None:
     assert events[1:] == [RequestEnded(RID, EndReason.CANCELLED)]
     assert isinstance(error_from_code(499, "cancelled"), Cancelled)
     assert pair.client.sent_inflight == pair.server.received_inflight == 0
+
+
+def test_cancelling_a_download_frees_the_clients_room_at_once() -> None:
+    """The receiver of the chunks gives their room back first, the sender at ERROR 499."""
+    pair = opened()
+    pair.c2s(download())
+    pair.s2c(sample_meta())
+    pair.s2c(chunk(0))
+    pair.c2s(Cancel(RID))
+    assert (pair.client.received_inflight, pair.server.sent_inflight) == (0, CS)
+    pair.s2c(Error(499, "cancelled", RID))
+    assert pair.server.sent_inflight == 0
 
 
 def test_frames_crossing_a_cancel_are_dropped() -> None:
