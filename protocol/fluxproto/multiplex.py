@@ -191,8 +191,10 @@ class RequestTable:
         self._release(req, req.inflight)
         self._late[req.rid] = still
         self._set_limit(req.rid, still)
-        while len(self._late) > LATE_RIDS:
-            self._set_limit(self._late.pop(next(iter(self._late))), 0)
+        while len(self._late) > LATE_RIDS:  # forget the oldest (dicts keep insertion order)
+            oldest = next(iter(self._late))
+            del self._late[oldest]
+            self._set_limit(oldest, 0)
         out.append(RequestEnded(req.rid, reason))
 
     # --- windows and chunk limits ----------------------------------------------------------------

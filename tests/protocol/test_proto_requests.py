@@ -205,6 +205,21 @@ def test_ended_rids_are_remembered_within_a_bound() -> None:
         pair.server.next_event()  # ended 4097 requests ago: forgotten
 
 
+def test_forgetting_an_ended_upload_forgets_its_chunk_limit() -> None:
+    conn = opened().server  # driven by hand: 4097 uploads, each refused at once
+    for rid in range(1, LATE_RIDS + 2):
+        conn.receive_data(encode_bytes(upload(rid)))
+        drain(conn)
+        conn.send(Error(403, "no", rid))
+    assert conn.chunk_limit(1) == 0  # forgotten: its chunks are an error now
+    assert conn.chunk_limit(2) == conn.chunk_limit(LATE_RIDS + 1) == CS
+    assert conn.chunk_limit() == CS
+    conn.receive_frame(chunk(0, LATE_RIDS))
+    assert drain(conn) == []  # still remembered: dropped
+    with pytest.raises(RemoteProtocolError, match="not open"):
+        conn.receive_frame(chunk(0, 1))
+
+
 # --- CANCEL ---------------------------------------------------------------------------------------
 
 
