@@ -1,0 +1,147 @@
+"""V2.md stays in step with the code: its frame codes, key orders, limits and worked byte
+examples; and PROTOCOL.md's version-1 HELLO still decodes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from proto_support import REQUEST_SAMPLES, V1_HELLO, ConnectionPair, drain, drive
+
+import fluxproto
+from fluxproto import (
+    Chunk,
+    Commit,
+    Committed,
+    EndReason,
+    Error,
+    Frame,
+    FrameReader,
+    FrameType,
+    Hello,
+    OpenUpload,
+    RequestEnded,
+    State,
+    Status,
+    chunk_digest,
+    frames,
+    multiplex,
+)
+
+HERE = Path(fluxproto.__file__).resolve().parent.parent
+V2 = (HERE / "V2.md").read_text()
+V1 = (HERE / "PROTOCOL.md").read_text()
+HELLO_DIGEST = chunk_digest(b"hello")
+
+
+def decode_all(blob: str) -> list[Frame]:
+    reader = FrameReader()
+    reader.feed(bytes.fromhex(blob))
+    out = []
+    while (frame := reader.next_frame()) is not None:
+        out.append(frame)
+    assert reader.at_boundary
+    return out
+
+
+def hex_blobs(text: str) -> list[str]:
+    return re.findall(r"`([0-9a-f]{40,})`", text)
+
+
+def test_every_hex_example_in_v2_decodes() -> None:
+    decoded = [frame for blob in hex_blobs(V2) for frame in decode_all(blob)]
+    assert len(decoded) == 7
+    assert decoded[0] == Hello(
+        versions=(2,), caps=("xxh3-128",), window=65536, agent="t/2", transfer_window=16384,
+        requests=8,
+    )  # fmt: skip
+    assert decoded[-1] == Error(
+        505, "fluxd speaks flux protocol 2, this client speaks 1: upgrade fluxctl"
+    )
+
+
+def test_the_one_flight_example_is_what_the_connections_do() -> None:
+    flight, answer = (bytes.fromhex(b) for b in hex_blobs(V2)[1:3])
+    pair = drive(ConnectionPair(), State.OPEN)
+    tid = bytes.fromhex("7a3f0c1e9b2d48e6a1c5f0d2b3e4a697")
+    frames_sent = [
+        OpenUpload(1, "hello.txt", 5, 4096),
+        Chunk(1, 0, HELLO_DIGEST, b"hello"),
+        Commit(1, HELLO_DIGEST, 1),
+    ]
+    for frame in frames_sent:
+        pair.client.send(frame)
+    assert b"".join(bytes(b) for b in pair.client.data_to_send()) == flight
+    pair.server.receive_data(flight)
+    assert drain(pair.server) == frames_sent
+    pair.server.send(Status(1, tid))
+    pair.server.send(Committed(1, 5, HELLO_DIGEST))
+    assert b"".join(bytes(b) for b in pair.server.data_to_send()) == answer
+    pair.client.receive_data(answer)
+    assert drain(pair.client)[-1] == RequestEnded(1, EndReason.COMMITTED)
+    assert pair.client.sent_inflight == 0
+
+
+def test_the_version_1_hello_of_protocol_md_is_the_one_tested() -> None:
+    assert bytes.fromhex(hex_blobs(V1)[0]) == V1_HELLO
+    assert decode_all(V1_HELLO.hex())[0] == Hello(
+        versions=(1,), caps=("xxh3-128",), window=65536, agent="t/1"
+    )
+
+
+def test_v2_frame_codes_match() -> None:
+    rows = re.findall(r"^\| (0x[0-9A-F]{2}) \| ([A-Z_]+) +\|", V2, re.M)
+    assert {name: int(code, 16) for code, name in rows} == {t.name: int(t) for t in FrameType}
+
+
+def test_v2_key_orders_match_the_encoder() -> None:
+    section = V2[V2.index("### 3.1 Keys") : V2.index("## 4. Requests")]
+    rows = re.findall(r"^\| ([A-Z_]+) +\| (.+?)\|$", section, re.M)
+    listed = {name: re.findall(r"`([a-z_]+)`", keys.split(";")[0]) for name, keys in rows}
+    assert "frame" not in listed or listed.pop("frame") == []
+    for name, keys in listed.items():
+        sample = REQUEST_SAMPLES[FrameType[name]]
+        assert list(sample.header()) == keys, name
+        payload = sample.PAYLOAD
+        assert payload is None or f"payload `{payload}`" in dict(rows)[name]
+    # Every frame whose keys changed is listed.
+    assert {"HELLO", "WELCOME", "ERROR", "ENTRIES", "MKDIR", "SYMLINK", "MADE"} <= set(listed)
+
+
+def _number(value: str) -> int | None:
+    token = value.split(maxsplit=1)[0]
+    if m := re.fullmatch(r"(\d+)\^(\d+)(-1)?", token):
+        return int(m[1]) ** int(m[2]) - (1 if m[3] else 0)
+    if token.startswith("0o"):
+        return int(token, 8)
+    return int(token) if token.isdigit() else None
+
+
+def limits_table(text: str) -> dict[str, int]:
+    rows = re.findall(r"^\| `([A-Z_]+)` +\| ([^|]+)\|", text, re.M)
+    return {name: n for name, value in rows if (n := _number(value)) is not None}
+
+
+@pytest.mark.parametrize("doc", ["V2.md", "PROTOCOL.md"])
+def test_limits_tables_match_constants(doc: str) -> None:
+    v2 = limits_table(V2)
+    table = v2 if doc == "V2.md" else {k: v for k, v in limits_table(V1).items() if k not in v2}
+    checked = set()
+    for name, number in table.items():
+        module = multiplex if name == "LATE_RIDS" else frames
+        if hasattr(module, name):
+            assert getattr(module, name) == number, name
+            checked.add(name)
+    if doc == "V2.md":
+        assert set(v2) == checked  # every constant V2.md names exists with that value
+    else:
+        assert {"MAX_HEADER", "MAX_CHUNK", "MAX_CHUNKS", "MAX_RANGES", "MAX_TOKEN"} <= checked
+
+
+def test_decision_references_exist() -> None:
+    decisions = V2[V2.index("## 10. Decisions") : V2.index("## 11. Worked")]
+    numbered = {int(n) for n in re.findall(r"^(\d+)\. \*\*", decisions, re.M)}
+    assert numbered == set(range(1, max(numbered) + 1))
+    cited = {int(n) for n in re.findall(r"\b10\.(\d+)\b", V2)}
+    assert cited <= numbered
