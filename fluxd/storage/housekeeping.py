@@ -11,45 +11,15 @@ from __future__ import annotations
 import contextlib
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from fluxio.staging import StagedFile
 from fluxproto.errors import Conflict, FluxError
 
+from .base import Collected, Recovered, ScrubReport
 from .local import LocalStorage, Manifest, show_chunks
 
-__all__ = ["Collected", "Recovered", "ScrubReport", "collect", "recover", "scrub"]
-
-
-@dataclass
-class Recovered:
-    """What recovery at start found in the staging area."""
-
-    uploads: int = 0
-    chunks: int = 0
-    removed: int = 0  # folders with no usable journal: nothing in them can be vouched for
-    busy: int = 0
-
-
-@dataclass
-class Collected:
-    """What one garbage collection reclaimed."""
-
-    uploads: int = 0
-    bytes: int = 0
-    manifests: int = 0
-
-
-@dataclass
-class ScrubReport:
-    """What a scrub found: `corrupt` is the only finding that is an error."""
-
-    checked: int = 0
-    bytes: int = 0
-    corrupt: list[str] = field(default_factory=list)
-    #: Manifests of files changed or removed outside fluxd (stale caches, dropped).
-    stale: int = 0
+__all__ = ["collect", "recover", "scrub"]
 
 
 def _staged(storage: LocalStorage) -> Iterator[tuple[Path, Path, Path]]:

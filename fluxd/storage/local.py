@@ -24,12 +24,13 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgpack
 
 from fluxio.buffers import POOL
 from fluxio.crashpoints import crash_point
+from fluxio.oserrors import storage_errors
+from fluxio.staging import READ_BLOCK, StagedFile, fsync_dir, pread_into
 from fluxproto.digest import FileHasher, chunk_digest, digest_at
 from fluxproto.errors import (
     Conflict,
@@ -52,13 +53,7 @@ from fluxproto.frames import (
 )
 
 from .. import log
-from .base import EntryPage
-
-if TYPE_CHECKING:
-    from .housekeeping import Collected, Recovered, ScrubReport
-from fluxio.oserrors import storage_errors
-from fluxio.staging import READ_BLOCK, StagedFile, fsync_dir, pread_into
-
+from .base import Collected, EntryPage, Recovered, ScrubReport
 from .beneath import Beneath
 from .local_upload import LocalUpload
 from .paths import RESERVED, normalize, require_file_path, resolve
