@@ -34,7 +34,7 @@ from .config import ServerConfig
 from .context import Shared
 from .limits import Admission, Throttle, peer_host
 from .session import Session
-from .storage.base import Storage
+from .storage.base import Backend, Maintenance, Storage
 
 #: How often revocations (and token expiry) are checked against live connections.
 GRANT_CHECK_EVERY = 1.0
@@ -51,12 +51,15 @@ class FluxServer:
     def __init__(
         self,
         config: ServerConfig,
-        storage: Storage,
+        storage: Backend,
         ssl_context: ssl.SSLContext | None,
         certs: CertPaths | None = None,
         auth: Authenticator | None = None,
     ) -> None:
-        self.config, self.storage, self.ssl_context = config, storage, ssl_context
+        self.config, self.ssl_context = config, ssl_context
+        # Sessions get the request interface only; the daemon's jobs, the maintenance one.
+        self.storage: Storage = storage
+        self.maintenance: Maintenance = storage
         self.certs = certs
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fluxd-io")
         self.shared = Shared(
@@ -122,19 +125,19 @@ class FluxServer:
         """Before listening: rebuild the staging area after whatever stopped the last run, and
         collect what was abandoned."""
         started = time.monotonic()
-        found = await self._in_pool(self.storage.recover)
+        found = await self._in_pool(self.maintenance.recover)
         log.event("recovered", **dataclasses.asdict(found), seconds=_since(started))
         await self._collect()
 
     async def _collect(self) -> None:
         grace = self.config.staging_grace
-        done = await self._in_pool(self.storage.collect, grace, time.time())
+        done = await self._in_pool(self.maintenance.collect, grace, time.time())
         if done.uploads or done.manifests:
             log.event("collected", **dataclasses.asdict(done))
 
     async def _scrub(self) -> None:
         started = time.monotonic()
-        report = await self._in_pool(self.storage.scrub)
+        report = await self._in_pool(self.maintenance.scrub)
         for problem in report.corrupt:
             log.event("corrupt-file", logging.ERROR, detail=problem)
         fields = dataclasses.asdict(report) | {"corrupt": len(report.corrupt)}
@@ -232,7 +235,7 @@ def banner(listeners: list[tuple[str, str]], config: ServerConfig, fingerprint: 
 
 async def serve(
     config: ServerConfig,
-    storage: Storage,
+    storage: Backend,
     ssl_context: ssl.SSLContext | None,
     certs: CertPaths | None,
     fingerprint: str | None,

@@ -7,6 +7,7 @@ normalised path meets the real filesystem. Everything that refuses a path raises
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import unicodedata
@@ -36,7 +37,15 @@ _PERCENT_U = re.compile(r"%[uU]([0-9a-fA-F]{4})")
 #: rather than followed further.
 _MAX_READINGS = 32
 
-__all__ = ["MAX_COMPONENT", "MAX_DEPTH", "RESERVED", "normalize", "require_file_path", "resolve"]
+__all__ = [
+    "MAX_COMPONENT",
+    "MAX_DEPTH",
+    "RESERVED",
+    "normalize",
+    "require_file_path",
+    "reserved_key",
+    "resolve",
+]
 
 
 def _show(path: str) -> str:
@@ -192,3 +201,9 @@ def resolve(root: Path, rel: str) -> Path:
     if inner.split(os.sep, 1)[0].casefold() == RESERVED:
         raise PermissionDenied(f"{rel or '/'} leads into the reserved area {RESERVED}")
     return Path(real)
+
+
+def reserved_key(rel: str) -> str:
+    """The name under which the reserved area keeps what belongs to the normalised `rel` (its
+    staged upload, its manifest): fixed-length and free of any character of the path."""
+    return hashlib.sha256(rel.encode("utf-8")).hexdigest()
