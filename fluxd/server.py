@@ -33,6 +33,7 @@ from .claims import UploadClaims
 from .config import ServerConfig
 from .context import Shared
 from .limits import Admission, Throttle, peer_host
+from .service import FileService
 from .session import Session
 from .storage.base import Backend, Maintenance, Storage
 
@@ -73,6 +74,8 @@ class FluxServer:
             AccessLog(config.access_log),
             ReceiveBudget(config.limits.memory),
         )
+        #: What every connection's requests go to, whatever their transport.
+        self.service = FileService(self.shared)
         self._listener: Listener | None = None
         self._quic: QuicListener | None = None
         self._sessions: dict[asyncio.Task[None], Session] = {}
@@ -178,7 +181,7 @@ class FluxServer:
         self._start_session(ch, release)
 
     def _start_session(self, ch: Channel, release: Callable[[], None]) -> None:
-        session = Session(ch, self.shared, release)
+        session = Session(ch, self.shared, self.service, release)
         task = asyncio.get_running_loop().create_task(session.run())
         self._sessions[task] = session
         task.add_done_callback(self._sessions.pop)
