@@ -26,7 +26,6 @@ Rules (README, "Folders"):
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -281,13 +280,16 @@ class TreePlan:
             self._keep = key  # whatever the destination holds there stays as it is
             yield _note(source)
             return
-        if not isinstance(dest, TreeEntry):
+        ignored = self._unsendable(key, source)
+        if ignored is not None:
+            yield ignored
+        elif not isinstance(dest, TreeEntry):
             yield self._refuse(key, source, _dest_blocked(dest))
-            return
-        if dest.kind == "dir" and source.kind != "dir":
-            yield from self._replace_folder(key, source, dest)
-            return
-        if source.kind == dest.kind == "dir":
+        elif dest.kind == "dir" and source.kind != "dir":
+            fail = self._replace_folder(key, source, dest)
+            if fail is not None:
+                yield fail
+        elif source.kind == dest.kind == "dir":
             self._open_dir(key, source, dest)
             yield Skip(source.name, source)
         elif source.kind == dest.kind == "file":
@@ -299,15 +301,24 @@ class TreePlan:
 
     # --- pieces ------------------------------------------------------------------------------
 
+    def _unsendable(self, key: Key, source: TreeEntry) -> Ignore | None:
+        """An entry never created on the other side (whatever is there stays): a link leading
+        out of the tree (the local walk skips those already; a server's listing is checked
+        here), or a special file."""
+        ignored = None
+        if source.kind == "link" and link_escapes(source.name, source.target or ""):
+            ignored = Ignore(source.name, LINK_OUTSIDE, source.target or "")
+        elif source.kind == "other":
+            ignored = Ignore(source.name, SPECIAL, "special file")
+        if ignored is not None:
+            self._keep = key
+        return ignored
+
     def _create(self, key: Key, source: TreeEntry, dest: TreeEntry | None) -> Iterator[Action]:
         """Make `source` at the destination, replacing the leaf `dest` if there is one."""
-        if source.kind == "link" and link_escapes(source.name, source.target or ""):
-            self._keep = key
-            yield Ignore(source.name, LINK_OUTSIDE, source.target or "")
-            return
-        if source.kind == "other":  # only a destination walk has these; never sent
-            self._keep = key
-            yield Ignore(source.name, SPECIAL, "special file")
+        ignored = self._unsendable(key, source)
+        if ignored is not None:
+            yield ignored
             return
         self._dirty(key)
         if source.kind == "dir":
@@ -340,21 +351,19 @@ class TreePlan:
         if (source.mode, source.mtime_ns) != (dest.mode, dest.mtime_ns):
             yield SetAttrs(source.name, "file", source.mode, source.mtime_ns)
 
-    def _replace_folder(self, key: Key, source: TreeEntry, dest: TreeEntry) -> Iterator[Action]:
+    def _replace_folder(self, key: Key, source: TreeEntry, dest: TreeEntry) -> Fail | None:
         if not key or not self.options.delete:
             why = "the destination is a folder" if not key else "a folder is in the way"
             hint = "" if not key else " (--delete replaces it)"
-            yield self._refuse(key, source, f"{why}{hint}")
-            return
-        # Created after the folder's recursive delete, so nothing is in the way by then.
-        then = list(self._create(key, source, None))
-        if len(then) == 1 and isinstance(then[0], Copy | MakeLink):
-            first = then[0]
-            if isinstance(first, Copy):
-                first = dataclasses.replace(first, reason=TYPE)
-            self._doomed.append(_Doomed(key, dest, self._spool.tell(), first))
-        else:  # a link leaving the tree: not created, so nothing replaces the folder
-            yield from then
+            return self._refuse(key, source, f"{why}{hint}")
+        # Created after the folder's recursive delete (deferred), so nothing is in the way.
+        then: Copy | MakeLink
+        if source.kind == "link":
+            then = MakeLink(source.name, source.target or "", None)
+        else:
+            then = Copy(source.name, source, None, TYPE)
+        self._doomed.append(_Doomed(key, dest, self._spool.tell(), then))
+        return None
 
     def _refuse(self, key: Key, source: TreeEntry, why: str) -> Fail:
         """`source` cannot be planned: it fails alone, nothing at `key` is touched."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,7 +43,7 @@ from .tree import (
     utf8_fault,
 )
 
-__all__ = ["Role", "walk"]
+__all__ = ["Role", "local_digest", "walk"]
 
 Role = Literal["source", "dest"]
 
@@ -295,3 +295,30 @@ def walk(
         copy_hardlinks,
     )
     return state.records()
+
+
+#: Bytes read at a time when hashing for --checksum.
+_HASH_BLOCK = 1 << 20
+
+
+def local_digest(root: str) -> Callable[[TreeEntry], bytes]:
+    """The --checksum digest callback for the local side of a plan (PlanOptions'
+    `source_digest` for send, `dest_digest` for recv): the whole-file xxh3-128 of the entry
+    under `root`, as the server's listing reports it.
+
+    The callback raises OSError when the file cannot be read (the planner turns that into a
+    failure of that entry alone); a link is not followed.
+    """
+    from fluxproto.digest import FileHasher  # noqa: PLC0415  (xxhash only when hashing)
+
+    def digest(entry: TreeEntry) -> bytes:
+        path = os.path.join(root, entry.local) if entry.name else root
+        hasher = FileHasher()
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) if entry.name else os.O_RDONLY
+        fd = os.open(path, flags)
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            while block := f.read(_HASH_BLOCK):
+                hasher.update(block)
+        return hasher.digest()
+
+    return digest

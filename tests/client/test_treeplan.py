@@ -313,6 +313,11 @@ def test_links_leaving_the_tree_from_a_remote_source_are_not_created() -> None:
     assert Ignore("bad", LINK_OUTSIDE, "../../etc") in main
     assert MakeLink("ok", "sub/../x", None) in main
     assert not any(isinstance(a, Copy | MakeLink) and a.name == "bad" for a in main)
+    # Never created, so it is in no folder's way either: the folder stays, no failure.
+    main, later = plan([d(""), ln("x", "/abs")], [d(""), d("x"), f("x/1")], remote="source")
+    assert main == [Skip("", d("")), Ignore("x", LINK_OUTSIDE, "/abs")]
+    _, later = plan([d(""), ln("x", "/abs")], [d(""), d("x"), f("x/1")], delete=True)
+    assert later == []
 
 
 def test_folder_attributes_are_set_after_their_content_only_when_needed() -> None:

@@ -27,7 +27,8 @@ from fluxctl.tree import (
     remote_name_check,
     tree_key,
 )
-from fluxctl.treewalk import walk
+from fluxctl.treewalk import local_digest, walk
+from fluxproto.digest import FileHasher
 
 NS = 1_600_000_000_123_456_789  # an mtime with every nanosecond digit set
 BAD = os.fsdecode(b"bad\xff.txt")  # a name on disk that is not UTF-8
@@ -282,3 +283,17 @@ def test_modes_are_permission_bits(tree: Path) -> None:
     os.chmod(tree / "a" / "zero", 0o4755)
     entry = by_name(walk(str(tree)))["a/zero"]
     assert isinstance(entry, TreeEntry) and entry.mode == stat.S_IMODE(0o104755)
+
+
+def test_local_digest_is_the_servers_whole_file_digest(tree: Path) -> None:
+    hasher = FileHasher()
+    hasher.update(b"hello")
+    digest = local_digest(str(tree))
+    assert digest(TreeEntry("a/b.txt", "file")) == hasher.digest()
+    assert digest(TreeEntry("a/zero", "file")) == FileHasher().digest()
+    with pytest.raises(FileNotFoundError):
+        digest(TreeEntry("a/vanished", "file"))
+    with pytest.raises(OSError, match="link"):  # never read through a link
+        digest(TreeEntry("a/in", "file"))
+    (tree / "single").write_bytes(b"hello")
+    assert local_digest(str(tree / "single"))(TreeEntry("", "file")) == hasher.digest()
