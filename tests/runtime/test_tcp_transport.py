@@ -328,6 +328,33 @@ def test_garbage_from_the_peer_is_a_remote_protocol_error(run: Runner) -> None:
     run(main())
 
 
+def test_what_a_session_may_still_send_follows_the_conversation(run: Runner) -> None:
+    async def main() -> list[tuple[bool, bool, bool, str]]:
+        seen = []
+        with raw_pair() as (a, b):
+            ch = SocketChannel(b, Connection(Role.SERVER))
+            peer = RawPeer(a, Role.CLIENT)
+            await handshake_with_raw_client(ch, peer)
+            seen.append((ch.usable, ch.broken, ch.ended, ch.end_reason))
+            await peer.send_raw(b"\xff" * 64)  # not a frame
+            with pytest.raises(RemoteProtocolError):
+                await ch.next_event(LONG)
+            seen.append((ch.usable, ch.broken, ch.ended, ch.end_reason))
+            ch.abort()
+        with raw_pair() as (a, b):
+            ch = SocketChannel(b, Connection(Role.SERVER))
+            a.shutdown(socket.SHUT_WR)
+            assert isinstance(await ch.next_event(LONG), ConnectionClosed)
+            seen.append((ch.usable, ch.broken, ch.ended, ch.end_reason))
+        return seen
+
+    assert run(main()) == [
+        (True, False, False, "closed"),
+        (False, True, False, "closed"),  # an ERROR may still tell the peer why
+        (False, False, True, "closed by peer"),
+    ]
+
+
 def test_next_event_times_out(run: Runner) -> None:
     async def main() -> None:
         with raw_pair() as (_, b):

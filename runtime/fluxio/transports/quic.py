@@ -44,22 +44,19 @@ from fluxproto import (
     Chunk,
     ConnectError,
     Connection,
-    ConnectionClosed,
     ConnectionLost,
-    Event,
     FluxError,
     Frame,
     FrameReader,
     RemoteProtocolError,
     Role,
-    State,
     TrustError,
 )
 from fluxproto.frames import ALPN
 
 from ..buffers import POOL
 from . import DEFAULT_DATAGRAM_SIZE, quic_cc
-from .inbox import Inbox
+from .channel import ChannelBase
 from .quic_io import GsoTransport, PreciseClock, TimerAwarePacer, drain_errors, udp_socket
 
 DATA_STREAMS = 4
@@ -94,8 +91,8 @@ def configuration(
     )
 
 
-class QuicChannel(QuicConnectionProtocol):
-    """An aioquic protocol that is also the session-facing channel (see tcp.SocketChannel)."""
+class QuicChannel(ChannelBase, QuicConnectionProtocol):
+    """A channel (see ChannelBase) that is also the aioquic protocol of its connection."""
 
     transport = "quic"
     copies_on_send = True  # aioquic copies stream data into its own buffer
@@ -108,18 +105,17 @@ class QuicChannel(QuicConnectionProtocol):
         max_header: int = MAX_HEADER,
         alloc: Callable[[int], memoryview] = POOL.get,
     ) -> None:
-        super().__init__(quic, stream_handler)
+        QuicConnectionProtocol.__init__(self, quic, stream_handler)
         self._loop = PreciseClock(self._loop)  # type: ignore[assignment]
         quic._loss._pacer = TimerAwarePacer(max_datagram_size=quic._max_datagram_size)
         role = Role.CLIENT if quic.configuration.is_client else Role.SERVER
-        self.conn = Connection(role, alloc=alloc, max_header=max_header)
+        conn = Connection(role, alloc=alloc, max_header=max_header)
+        ChannelBase.__init__(self, conn, "?", self._loop.time())
         self._alloc = alloc
-        self.peer = "?"
         self._peer_addr: NetworkAddress | None = None
         #: The client's own UDP socket (None on the server, whose socket all connections share).
         self._own_socket: socket.socket | None = None
         self._on_ready = on_ready
-        self._inbox = Inbox()
         self._control: int | None = None
         self._data_out: list[int] = []
         self._next_out = 0
@@ -127,11 +123,7 @@ class QuicChannel(QuicConnectionProtocol):
         self._waiting: deque[Chunk] = deque()
         #: Their payload bytes: a peer may not park more than one window of them.
         self._waiting_bytes = 0
-        self._lost = False
-        self._gone = asyncio.Event()
-        self._closing = False
         self._flush_handle: asyncio.Handle | None = None
-        self.last_receive = self._loop.time()
         #: Why the connection ended, as aioquic reported it (None while it is up).
         self.termination: str | None = None
         # Ours, not aioquic's wait_connected(): that one misses a handshake completed before it
@@ -147,17 +139,12 @@ class QuicChannel(QuicConnectionProtocol):
         self._rebinding: asyncio.Task[None] | None = None
         self._silence_handled = -1.0  # last_receive of the silence a rebind already answered
 
-    # --- channel API ------------------------------------------------------------------------
-
-    async def next_event(self, timeout: float | None = None) -> Event:
-        return await self._inbox.get(timeout, self.peer)
-
-    def poll(self) -> Event | None:
-        return self._inbox.poll()
+    # --- how bytes leave ----------------------------------------------------------------------
 
     def send(self, frame: Frame) -> None:
-        if self._lost or self._closing or self.conn.state is State.CLOSED:
-            raise ConnectionLost(f"connection to {self.peer} is closed")
+        """Queue a frame on its stream (see the module docstring); raises ConnectionLost if
+        the connection is closing or gone."""
+        self._check_open()
         self.conn.send(frame)
         stream = self._data_stream() if isinstance(frame, Chunk) else self._control_stream()
         for buf in self.conn.data_to_send():
@@ -165,12 +152,10 @@ class QuicChannel(QuicConnectionProtocol):
         self._schedule_transmit()
 
     async def drain(self, timeout: float | None = None) -> None:
-        # aioquic takes everything; the protocol window bounds what it holds (module docstring).
+        """Returns at once: aioquic takes everything, and the protocol window bounds what it
+        holds (module docstring). Raises ConnectionLost if the connection is gone."""
         if self._lost:
             raise ConnectionLost(f"connection to {self.peer} was lost")
-
-    def fail(self, exc: FluxError) -> None:
-        self._inbox.fail(exc)
 
     def close(self, error_code: int = QuicErrorCode.NO_ERROR, reason_phrase: str = "") -> None:
         """Close once the control stream's data is acknowledged (at most CLOSE_FLUSH seconds).
@@ -189,7 +174,7 @@ class QuicChannel(QuicConnectionProtocol):
         if pending and not self._lost and self._loop.time() < deadline:
             self._loop.call_later(0.005, self._close_when_flushed, deadline, error_code, reason)
             return
-        super().close(error_code, reason)  # CONNECTION_CLOSE leaves now
+        QuicConnectionProtocol.close(self, error_code, reason)  # CONNECTION_CLOSE leaves now
         if self._quic.configuration.is_client:
             self._connection_gone()  # a client has no use for aioquic's draining period
 
@@ -197,22 +182,13 @@ class QuicChannel(QuicConnectionProtocol):
         """Close now, dropping anything unsent."""
         if not (self._closing or self._lost):
             self._closing = True
-            if not self._lost:
-                super().close()
+            QuicConnectionProtocol.close(self)
         self._connection_gone()
-
-    @property
-    def closed(self) -> bool:
-        return self._lost
-
-    async def wait_closed(self) -> None:
-        """Wait until the connection is gone (a client's socket is then closed too)."""
-        await self._gone.wait()
 
     def describe(self) -> dict[str, Any]:
         """Transport details for the daemon's request log."""
         return {
-            "transport": self.transport,
+            **super().describe(),
             "resumed": self.session_resumed,
             "early_data": self.early_data_accepted,
         }
@@ -325,16 +301,13 @@ class QuicChannel(QuicConnectionProtocol):
     def _pump(self) -> None:
         """Move control-stream events and waiting chunks (in that order) to the session."""
         try:
-            while (event := self.conn.next_event()) is not None:
-                self._inbox.put(event)
-                if isinstance(event, ConnectionClosed):
-                    break
-            while self._waiting and self.conn.chunk_limit:
-                chunk = self._waiting.popleft()
-                self._waiting_bytes -= len(chunk.data)
-                frame = self.conn.receive_frame(chunk)
-                if frame is not None:
-                    self._inbox.put(frame)
+            if self._take_events():
+                while self._waiting and self.conn.chunk_limit:
+                    chunk = self._waiting.popleft()
+                    self._waiting_bytes -= len(chunk.data)
+                    frame = self.conn.receive_frame(chunk)
+                    if frame is not None:
+                        self._inbox.put(frame)
         except FluxError as exc:
             self._inbox.set_error(exc)
         self._inbox.wake()
@@ -343,16 +316,12 @@ class QuicChannel(QuicConnectionProtocol):
         self._inbox.set_error(RemoteProtocolError(why))
 
     def _connection_gone(self) -> None:
-        if self._lost:
+        if not self._end():
             return
-        self._lost = True
-        self._gone.set()
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._quic.configuration.is_client and self._transport is not None:
             self._transport.close()  # the client's own socket (a server's is shared)
-        self.conn.receive_data(b"")
-        self._pump()
 
     def _schedule_transmit(self) -> None:
         # Frames sent in one loop iteration leave in one burst of datagrams.

@@ -21,17 +21,15 @@ from typing import Any
 
 from fluxproto import (
     Connection,
-    ConnectionClosed,
     ConnectionLost,
-    Event,
     FluxError,
     Frame,
-    State,
     TransportTimeout,
 )
 
 from ..buffers import ReceiveBudget
-from .inbox import PROGRESS_BYTES, Inbox
+from .channel import ChannelBase
+from .inbox import PROGRESS_BYTES
 
 #: Events waiting for the session before we stop reading. The protocol window bounds chunks;
 #: this bounds everything else a peer could pile up (pings, for instance).
@@ -48,8 +46,8 @@ CLOSE_TIMEOUT = 10.0
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
-class SocketChannel:
-    """The session-facing channel (`next_event`, `send`, `drain`, ...) over one socket."""
+class SocketChannel(ChannelBase):
+    """A channel (see ChannelBase) over one socket."""
 
     transport = "tcp"
     copies_on_send = False  # queued memoryviews are written later: buffers live until acked
@@ -60,11 +58,10 @@ class SocketChannel:
         """`budget`, if given, is the daemon-wide limit on received chunk buffers (`conn`
         allocates from it): reading pauses while it is spent."""
         sock.setblocking(False)
-        self.sock, self.conn = sock, conn
+        self.sock = sock
         self.loop = asyncio.get_running_loop()
-        self.peer = _peer_name(sock)
+        super().__init__(conn, _peer_name(sock), self.loop.time(), self._maybe_resume_reading)
         self._fd = sock.fileno()
-        self._inbox = Inbox(on_take=self._maybe_resume_reading)
         self._out: deque[memoryview] = deque()
         self._out_bytes = 0
         self._written = 0  # bytes the socket took, ever (progress for drain)
@@ -72,33 +69,14 @@ class SocketChannel:
         self._writable.set()
         self._reading = False
         self._writer_armed = False
-        self._lost = False
-        self._gone = asyncio.Event()
-        self._closing = False
         self._memory = budget
-        #: Loop time of the last bytes from the peer (a sign of life, whatever they carry).
-        self.last_receive = self.loop.time()
         self._resume_reading()
 
-    # --- channel API ------------------------------------------------------------------------
-
-    async def next_event(self, timeout: float | None = None) -> Event:
-        """The next protocol event.
-
-        Raises:
-            RemoteProtocolError / IntegrityError: the peer broke the protocol.
-            TransportTimeout: nothing arrived within `timeout` seconds.
-        """
-        return await self._inbox.get(timeout, self.peer)
-
-    def poll(self) -> Event | None:
-        """The next event if one is already queued, without waiting."""
-        return self._inbox.poll()
+    # --- how bytes leave ------------------------------------------------------------------------
 
     def send(self, frame: Frame) -> None:
         """Queue a frame and write what the socket takes now; raises ConnectionLost if gone."""
-        if self._lost or self._closing or self.conn.state is State.CLOSED:
-            raise ConnectionLost(f"connection to {self.peer} is closed")
+        self._check_open()
         self.conn.send(frame)
         for buf in self.conn.data_to_send():
             view = memoryview(buf)
@@ -127,10 +105,6 @@ class SocketChannel:
         if self._lost:
             raise ConnectionLost(f"connection to {self.peer} was lost")
 
-    def fail(self, exc: FluxError) -> None:
-        """Make the session's next receive raise `exc` (a local failure such as a full disk)."""
-        self._inbox.fail(exc)
-
     def close(self) -> None:
         """Close once queued bytes are written (an ERROR or GOODBYE still reaches the peer),
         or after CLOSE_TIMEOUT seconds, whichever comes first."""
@@ -144,31 +118,18 @@ class SocketChannel:
 
     def abort(self) -> None:
         """Close now, dropping anything unsent."""
-        if self._lost:
+        self._close_socket()
+
+    def _close_socket(self, failure: FluxError | None = None, *, by_peer: bool = False) -> None:
+        if not self._end(failure, by_peer=by_peer):
             return
-        self._lost = True
-        self._gone.set()
         self._pause_reading()
         if self._writer_armed:
             self.loop.remove_writer(self._fd)
             self._writer_armed = False
         with contextlib.suppress(OSError):
             self.sock.close()
-        self.conn.receive_data(b"")
-        self._pump()
         self._writable.set()  # wake writers so they see the loss
-
-    @property
-    def closed(self) -> bool:
-        return self._lost
-
-    async def wait_closed(self) -> None:
-        """Wait until the socket is closed (queued bytes written, or CLOSE_TIMEOUT passed)."""
-        await self._gone.wait()
-
-    def describe(self) -> dict[str, Any]:
-        """Transport details for the daemon's request log."""
-        return {"transport": self.transport}
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -205,6 +166,7 @@ class SocketChannel:
 
     def _on_eof(self) -> None:
         self._pause_reading()
+        self._peer_closed = True
         self.conn.receive_data(b"")
         self._pump()
         if not self._out:
@@ -215,14 +177,8 @@ class SocketChannel:
         self.abort()
 
     def _pump(self) -> None:
-        try:
-            while (event := self.conn.next_event()) is not None:
-                self._inbox.put(event)
-                if isinstance(event, ConnectionClosed):
-                    break
-        except FluxError as exc:
+        if not self._take_events():
             self._pause_reading()
-            self._inbox.set_error(exc)
         if len(self._inbox) >= MAX_QUEUED_EVENTS:
             self._pause_reading()
         self._inbox.wake()
