@@ -37,8 +37,8 @@ from .trust import (
     check_alpn,
     check_peer,
     client_ssl_context,
+    explain_untrusted,
     host_key,
-    translate_ssl_errors,
 )
 from .url import FluxURL
 
@@ -180,11 +180,7 @@ async def _settle(
 
 async def connect_tcp(url: FluxURL, opts: ClientOptions) -> Channel:
     ctx = _ssl_context(url, opts)
-    # ssl.SSLError is an OSError: the ssl translation must be the inner manager.
-    with (
-        map_exceptions({OSError: _connect_error(url), TimeoutError: ConnectError}),
-        translate_ssl_errors(),
-    ):
+    with explain_untrusted():
         sock = await tcp.open_connection(
             url.host, url.port, ctx, url.host if ctx else None, opts.connect_timeout
         )

@@ -32,9 +32,11 @@ from fluxproto import (
     Chunk,
     Commit,
     Committed,
+    ConnectError,
     Connection,
     ConnectionClosed,
     ConnectionLost,
+    ConnectionRefused,
     Event,
     Frame,
     Goodbye,
@@ -604,7 +606,7 @@ def test_listener_hands_plain_sockets_over_and_stops_on_close(run: Runner) -> No
                 assert ssock.getblocking() is False
                 assert ssock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         listener.close()
-        with pytest.raises(ConnectionRefusedError):
+        with pytest.raises(ConnectionRefused):
             await open_connection("127.0.0.1", port, None, None, LONG)
 
     run(main())
@@ -691,7 +693,7 @@ def test_open_connection_tls_handshake_times_out(run: Runner) -> None:
             silent.bind(("127.0.0.1", 0))
             silent.listen(1)
             port = silent.getsockname()[1]
-            with pytest.raises(TimeoutError):
+            with pytest.raises(ConnectError, match=rf"no answer from 127.0.0.1:{port} within"):
                 await open_connection("127.0.0.1", port, client_ctx(), "localhost", 0.05)
 
     run(main())
@@ -702,8 +704,9 @@ def test_open_connection_refused(run: Runner) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]  # bound but not listening: connections are refused
-            with pytest.raises(ConnectionRefusedError):
+            with pytest.raises(ConnectionRefused, match=f"refused by 127.0.0.1:{port}") as info:
                 await open_connection("127.0.0.1", port, None, None, LONG)
+            assert isinstance(info.value.__cause__, ConnectionRefusedError)
 
     run(main())
 

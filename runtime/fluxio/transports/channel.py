@@ -13,6 +13,8 @@ from fluxproto import (
     ConnectionLost,
     Event,
     FluxError,
+    Frame,
+    Goodbye,
     State,
 )
 
@@ -51,6 +53,22 @@ class ChannelBase:
         self._gone = asyncio.Event()
 
     # --- the session's side -----------------------------------------------------------------
+
+    def send(self, frame: Frame) -> None:
+        """Queue `frame` for the peer; raises ConnectionLost if closing or gone."""
+        raise NotImplementedError
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until the transport has room for more (raises TransportError if it is gone)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close once what is queued has left (bounded by a timeout)."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Close now, dropping anything unsent."""
+        raise NotImplementedError
 
     async def next_event(self, timeout: float | None = None) -> Event:
         """The next protocol event.
@@ -108,9 +126,15 @@ class ChannelBase:
     # --- for the transport ----------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        """Raise ConnectionLost if nothing may be sent any more."""
-        if self._lost or self._closing or self.conn.state is State.CLOSED:
+        """Raise why nothing may be sent any more, if so (see `_check_alive`)."""
+        self._check_alive()
+        if self._closing or self.conn.state is State.CLOSED:
             raise ConnectionLost(f"connection to {self.peer} is closed")
+
+    def _check_alive(self) -> None:
+        """Raise the failure that ended the connection (ConnectionLost if it just closed)."""
+        if self._lost:
+            raise self.failure or ConnectionLost(f"connection to {self.peer} is closed")
 
     def _take_events(self) -> bool:
         """Queue the events `conn` has for the session; False if the peer broke the protocol
@@ -118,6 +142,8 @@ class ChannelBase:
         try:
             while (event := self.conn.next_event()) is not None:
                 self._inbox.put(event)
+                if isinstance(event, Goodbye):
+                    self._peer_closed = True  # it is leaving: whatever follows, it closed
                 if isinstance(event, ConnectionClosed):
                     break
         except FluxError as exc:

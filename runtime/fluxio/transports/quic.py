@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import ssl
 from collections import deque
@@ -44,7 +45,6 @@ from fluxproto import (
     Chunk,
     ConnectError,
     Connection,
-    ConnectionLost,
     FluxError,
     Frame,
     FrameReader,
@@ -52,11 +52,13 @@ from fluxproto import (
     Role,
     TrustError,
 )
+from fluxproto.errors import map_exceptions
 from fluxproto.frames import ALPN
 
 from ..buffers import POOL
 from . import DEFAULT_DATAGRAM_SIZE, quic_cc
 from .channel import ChannelBase
+from .errors import listen_error
 from .quic_io import GsoTransport, PreciseClock, TimerAwarePacer, drain_errors, udp_socket
 
 DATA_STREAMS = 4
@@ -153,9 +155,8 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
 
     async def drain(self, timeout: float | None = None) -> None:
         """Returns at once: aioquic takes everything, and the protocol window bounds what it
-        holds (module docstring). Raises ConnectionLost if the connection is gone."""
-        if self._lost:
-            raise ConnectionLost(f"connection to {self.peer} was lost")
+        holds (module docstring). Raises why if the connection is gone."""
+        self._check_alive()
 
     def close(self, error_code: int = QuicErrorCode.NO_ERROR, reason_phrase: str = "") -> None:
         """Close once the control stream's data is acknowledged (at most CLOSE_FLUSH seconds).
@@ -486,16 +487,21 @@ class QuicListener:
         self._tickets: dict[bytes, Any] = {}
 
     async def start(self, host: str, port: int) -> list[tuple[str, int]]:
-        """Bind host:port over UDP; returns the bound (host, port)."""
-        self._server = await serve(
-            host,
-            port,
-            configuration=self._config,
-            create_protocol=self._channel,
-            # Single use: a replayed 0-RTT ticket finds nothing and gets a full handshake.
-            session_ticket_fetcher=lambda ticket: self._tickets.pop(ticket, None),
-            session_ticket_handler=self._store_ticket,
-        )
+        """Bind host:port over UDP; returns the bound (host, port).
+
+        Raises:
+            ConnectError: the address cannot be resolved or bound.
+        """
+        with map_exceptions({OSError: functools.partial(listen_error, host, port)}):
+            self._server = await serve(
+                host,
+                port,
+                configuration=self._config,
+                create_protocol=self._channel,
+                # Single use: a replayed 0-RTT ticket finds nothing and gets a full handshake.
+                session_ticket_fetcher=lambda ticket: self._tickets.pop(ticket, None),
+                session_ticket_handler=self._store_ticket,
+            )
         sock = self._server._transport.get_extra_info("socket")  # type: ignore[union-attr]
         return [sock.getsockname()[:2]]
 

@@ -5,6 +5,7 @@ transports go through memory BIOs that copy every byte twice more; measured here
 TLS stream took 1.5-2.3 s that way and 0.55 s on an SSLSocket. Received bytes land directly in the
 buffers `Connection.get_buffer` hands out, so a chunk is decrypted straight into its own buffer.
 No protocol logic lives here: bytes in, events out, frames in, bytes out, backpressure both ways.
+Socket and TLS failures become flux errors here (errors.py), the session hears why.
 """
 
 from __future__ import annotations
@@ -21,14 +22,23 @@ from typing import Any
 
 from fluxproto import (
     Connection,
-    ConnectionLost,
     FluxError,
     Frame,
     TransportTimeout,
 )
+from fluxproto.errors import map_exceptions
 
 from ..buffers import ReceiveBudget
+from ..parsing import format_hostport
 from .channel import ChannelBase
+from .errors import (
+    OnFailed,
+    foreign_error,
+    handshake_errors,
+    ignore_failure,
+    is_ragged_eof,
+    listen_error,
+)
 from .inbox import PROGRESS_BYTES
 
 #: Events waiting for the session before we stop reading. The protocol window bounds chunks;
@@ -100,10 +110,10 @@ class SocketChannel(ChannelBase):
             if not self._writable.is_set() and self._written - mark < PROGRESS_BYTES:
                 # What is queued, here or in the kernel, would not reach it either: reset.
                 _set_linger_zero(self.sock)
-                self.abort()
-                raise TransportTimeout(f"{self.peer} took no data for {timeout:g} s")
-        if self._lost:
-            raise ConnectionLost(f"connection to {self.peer} was lost")
+                stalled = TransportTimeout(f"{self.peer} took no data for {timeout:g} s")
+                self._close_socket(stalled)
+                raise stalled
+        self._check_alive()
 
     def close(self) -> None:
         """Close once queued bytes are written (an ERROR or GOODBYE still reaches the peer),
@@ -156,7 +166,13 @@ class SocketChannel(ChannelBase):
                 budget -= n
         except _WOULD_BLOCK:
             return
-        except (OSError, ssl.SSLError) as exc:
+        except ssl.SSLError as exc:
+            if is_ragged_eof(exc):
+                self._on_eof()  # the peer closed TCP without TLS's close_notify, as all do
+            else:
+                self._on_error(exc)
+            return
+        except OSError as exc:
             self._on_error(exc)
             return
         # Stopped by the budget or a pause: OpenSSL may hold decrypted bytes the socket's
@@ -172,9 +188,9 @@ class SocketChannel(ChannelBase):
         if not self._out:
             self.abort()
 
-    def _on_error(self, exc: BaseException) -> None:
-        # A reset or TLS failure ends the stream like an EOF: the session sees ConnectionClosed.
-        self.abort()
+    def _on_error(self, exc: OSError) -> None:
+        # A reset or a TLS alert: the session hears which (not an EOF), and so does the log.
+        self._close_socket(foreign_error(exc, self.peer), by_peer=True)
 
     def _pump(self) -> None:
         if not self._take_events():
@@ -217,7 +233,7 @@ class SocketChannel(ChannelBase):
                     self._out.popleft()
         except _WOULD_BLOCK:
             pass
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:  # ssl.SSLError included
             self._on_error(exc)
             return
         self._arm_writer(bool(self._out))
@@ -239,13 +255,15 @@ class SocketChannel(ChannelBase):
 
 def _peer_name(sock: socket.socket) -> str:
     try:
-        addr = sock.getpeername()
+        return _address_name(sock.getpeername())
     except OSError:
         return "?"
+
+
+def _address_name(addr: Any) -> str:
     if not isinstance(addr, tuple):  # a Unix socket: a path, often empty
-        return addr or "local"
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return str(addr) or "local"
+    return format_hostport(str(addr[0]), int(addr[1]))
 
 
 #: Asked for per socket where the kernel offers it (else the system default stays): loss-based
@@ -319,7 +337,11 @@ async def open_connection(
 ) -> socket.socket:
     """Connect (trying each resolved address) and finish TLS; returns the ready socket.
 
-    Raises OSError, ssl.SSLError or TimeoutError; callers translate them.
+    Raises:
+        ConnectionRefused: nothing listens there.
+        ConnectError / TransportTimeout: no connection or no TLS within `timeout` seconds.
+        TrustError: the certificate failed `ssl_context`'s verification (or the server
+            refused ours).
     """
     loop = asyncio.get_running_loop()
 
@@ -339,7 +361,10 @@ async def open_connection(
             if ssl_context is None:
                 return sock
             tls = ssl_context.wrap_socket(
-                sock, server_hostname=server_hostname, do_handshake_on_connect=False
+                sock,
+                server_hostname=server_hostname,
+                do_handshake_on_connect=False,
+                suppress_ragged_eofs=False,  # see errors.RAGGED_EOF
             )
             try:
                 await handshake(tls, timeout)
@@ -349,8 +374,9 @@ async def open_connection(
             return tls
         raise last
 
-    async with asyncio.timeout(timeout):
-        return await run()
+    with handshake_errors(format_hostport(host, port), timeout, "answer"):
+        async with asyncio.timeout(timeout):
+            return await run()
 
 
 class Listener:
@@ -358,7 +384,8 @@ class Listener:
 
     `admit(host)` is asked at accept, before any TLS work: it returns a release function (the
     connection is counted until it is called) or None, and then the socket is closed at once.
-    `on_socket(sock, release)` owns the release from then on.
+    `on_socket(sock, release)` owns the release from then on. `on_failed(peer, error)` hears of
+    each TLS handshake that failed (an alert, a reset, a timeout).
     """
 
     def __init__(
@@ -367,15 +394,24 @@ class Listener:
         on_socket: Callable[[socket.socket, Callable[[], None]], Any],
         handshake_timeout: float,
         admit: Callable[[str], Callable[[], None] | None] = lambda host: lambda: None,
+        on_failed: OnFailed = ignore_failure,
     ) -> None:
         self.ssl_context, self.on_socket = ssl_context, on_socket
         self.handshake_timeout = handshake_timeout
-        self.admit = admit
+        self.admit, self.on_failed = admit, on_failed
         self._socks: list[socket.socket] = []
         self._pending: set[asyncio.Task[None]] = set()
 
     def start(self, host: str, port: int) -> list[tuple[str, int]]:
-        """Bind and listen; returns the bound (host, port) pairs."""
+        """Bind and listen; returns the bound (host, port) pairs.
+
+        Raises:
+            ConnectError: the address cannot be resolved or bound (nothing is left listening).
+        """
+        with map_exceptions({OSError: functools.partial(listen_error, host, port)}):
+            return self._listen(host, port)
+
+    def _listen(self, host: str, port: int) -> list[tuple[str, int]]:
         loop = asyncio.get_running_loop()
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         for family, kind, proto, _, resolved in infos:
@@ -414,7 +450,7 @@ class Listener:
             except _WOULD_BLOCK:
                 return
             except OSError:
-                return  # e.g. EMFILE: try again on the next readiness
+                return  # the listener's trouble (EMFILE), no one connection's: try again later
             release = self.admit(str(addr[0]))
             if release is None:
                 _drop(sock)
@@ -423,20 +459,26 @@ class Listener:
             tune_socket(sock)
             if self.ssl_context is not None:
                 sock = self.ssl_context.wrap_socket(
-                    sock, server_side=True, do_handshake_on_connect=False
+                    sock,
+                    server_side=True,
+                    do_handshake_on_connect=False,
+                    suppress_ragged_eofs=False,  # see errors.RAGGED_EOF
                 )
-            task = asyncio.get_running_loop().create_task(self._secure(sock, release))
+            peer = _address_name(addr)
+            task = asyncio.get_running_loop().create_task(self._secure(sock, peer, release))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
             task.add_done_callback(functools.partial(_close_if_cancelled, sock, release))
 
-    async def _secure(self, sock: socket.socket, release: Callable[[], None]) -> None:
+    async def _secure(self, sock: socket.socket, peer: str, release: Callable[[], None]) -> None:
         if isinstance(sock, ssl.SSLSocket):
             try:
-                await handshake(sock, self.handshake_timeout)
-            except OSError:  # ssl.SSLError and TimeoutError included
-                sock.close()  # a failed handshake concerns nobody but the peer
+                with handshake_errors(peer, self.handshake_timeout, "TLS handshake"):
+                    await handshake(sock, self.handshake_timeout)
+            except FluxError as exc:
+                sock.close()
                 release()
+                self.on_failed(peer, exc)
                 return
         self.on_socket(sock, release)
 
