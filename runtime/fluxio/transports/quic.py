@@ -56,10 +56,10 @@ from fluxproto.errors import map_exceptions
 from fluxproto.frames import ALPN
 
 from ..buffers import POOL
-from . import DEFAULT_DATAGRAM_SIZE, quic_cc
+from . import DEFAULT_DATAGRAM_SIZE, aioquic_shim, quic_cc
 from .channel import ChannelBase
 from .errors import listen_error
-from .quic_io import GsoTransport, PreciseClock, TimerAwarePacer, drain_errors, udp_socket
+from .quic_io import GsoTransport, PreciseClock, drain_errors, udp_socket
 
 DATA_STREAMS = 4
 #: Chunks that may wait for their transfer to open before the peer is breaking the protocol.
@@ -108,16 +108,19 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
         alloc: Callable[[int], memoryview] = POOL.get,
     ) -> None:
         QuicConnectionProtocol.__init__(self, quic, stream_handler)
-        self._loop = PreciseClock(self._loop)  # type: ignore[assignment]
-        quic._loss._pacer = TimerAwarePacer(max_datagram_size=quic._max_datagram_size)
+        #: The event loop, with a finer clock (shared with aioquic, see PreciseClock).
+        self.loop = aioquic_shim.install_clock(self, PreciseClock)
+        aioquic_shim.install_pacer(quic)
         role = Role.CLIENT if quic.configuration.is_client else Role.SERVER
         conn = Connection(role, alloc=alloc, max_header=max_header)
-        ChannelBase.__init__(self, conn, "?", self._loop.time())
+        ChannelBase.__init__(self, conn, "?", self.loop.time())
         self._alloc = alloc
         self._peer_addr: NetworkAddress | None = None
         #: The client's own UDP socket (None on the server, whose socket all connections share).
         self._own_socket: socket.socket | None = None
         self._on_ready = on_ready
+        #: The UDP transport datagrams leave through (set by connection_made).
+        self._udp: asyncio.DatagramTransport | None = None
         self._control: int | None = None
         self._data_out: list[int] = []
         self._next_out = 0
@@ -130,11 +133,13 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
         self.termination: str | None = None
         # Ours, not aioquic's wait_connected(): that one misses a handshake completed before it
         # is awaited, which uvloop makes likely on a fast link.
-        self.handshake: asyncio.Future[None] = self._loop.create_future()
+        self.handshake: asyncio.Future[None] = self.loop.create_future()
         self.handshake.add_done_callback(_retrieve)  # a failure nobody awaits is not an error
         #: How often this client moved to a new socket by itself (path silent or socket error).
         self.rebinds = 0
-        #: Set by the handshake: TLS session resumed from a ticket, 0-RTT data accepted.
+        #: Set by the handshake: the ALPN protocol, TLS session resumed from a ticket, 0-RTT
+        #: data accepted.
+        self.alpn: str | None = None
         self.session_resumed = False
         self.early_data_accepted = False
         self._watchdog: asyncio.TimerHandle | None = None
@@ -167,13 +172,13 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
         if self._closing or self._lost:
             return
         self._closing = True
-        self._close_when_flushed(self._loop.time() + CLOSE_FLUSH, error_code, reason_phrase)
+        self._close_when_flushed(self.loop.time() + CLOSE_FLUSH, error_code, reason_phrase)
 
     def _close_when_flushed(self, deadline: float, error_code: int, reason: str) -> None:
-        stream = self._quic._streams.get(self._control) if self._control is not None else None
-        pending = stream is not None and not stream.sender.buffer_is_empty
-        if pending and not self._lost and self._loop.time() < deadline:
-            self._loop.call_later(0.005, self._close_when_flushed, deadline, error_code, reason)
+        control = self._control
+        pending = control is not None and aioquic_shim.has_unacked_data(self._quic, control)
+        if pending and not self._lost and self.loop.time() < deadline:
+            self.loop.call_later(0.005, self._close_when_flushed, deadline, error_code, reason)
             return
         QuicConnectionProtocol.close(self, error_code, reason)  # CONNECTION_CLOSE leaves now
         if self._quic.configuration.is_client:
@@ -198,12 +203,14 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self._udp = cast(asyncio.DatagramTransport, transport)
         if self._own_socket is not None:  # a client's: batch its sends (server sockets are shared)
-            gso = GsoTransport(cast(asyncio.DatagramTransport, transport), self._own_socket)
-            self._transport = gso  # type: ignore[assignment]
+            gso = GsoTransport(self._udp, self._own_socket)
+            aioquic_shim.send_through(self, gso)  # type: ignore[arg-type]
+            self._udp = gso  # type: ignore[assignment]
 
     def transmit(self) -> None:
-        gso = self._transport
+        gso = self._udp
         if isinstance(gso, GsoTransport):
             gso.begin()
             try:
@@ -216,9 +223,9 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         if addr != self._peer_addr:
             self._peer_addr, self.peer = addr, _address(addr)
-        self.last_receive = now = self._loop.time()
+        self.last_receive = now = self.loop.time()
         self._quic.receive_datagram(cast(bytes, data), addr, now=now)
-        self._process_events()
+        aioquic_shim.process_events(self)
         # aioquic transmits after every datagram; once per loop iteration covers the whole
         # burst libuv just read (up to 32 datagrams) with one round of packet building.
         self._schedule_transmit()
@@ -227,12 +234,13 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
         if isinstance(event, StreamDataReceived):
             self._stream_data(event)
         elif isinstance(event, HandshakeCompleted):
+            self.alpn = event.alpn_protocol
             self.session_resumed = event.session_resumed
             self.early_data_accepted = event.early_data_accepted
             if not self.handshake.done():
                 self.handshake.set_result(None)
             if self._quic.configuration.is_client:
-                self._watchdog = self._loop.call_later(WATCH_EVERY, self._watch)
+                self._watchdog = self.loop.call_later(WATCH_EVERY, self._watch)
             if self._on_ready is not None:
                 self._on_ready(self)
         elif isinstance(event, ConnectionTerminated):
@@ -321,13 +329,13 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
             return
         if self._watchdog is not None:
             self._watchdog.cancel()
-        if self._quic.configuration.is_client and self._transport is not None:
-            self._transport.close()  # the client's own socket (a server's is shared)
+        if self._quic.configuration.is_client and self._udp is not None:
+            self._udp.close()  # the client's own socket (a server's is shared)
 
     def _schedule_transmit(self) -> None:
         # Frames sent in one loop iteration leave in one burst of datagrams.
         if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+            self._flush_handle = self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None
@@ -355,19 +363,19 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
     def _watch(self) -> None:
         if self._lost or self._closing:
             return
-        silent = self._loop.time() - self.last_receive
+        silent = self.loop.time() - self.last_receive
         if silent > KEEPALIVE:
             self._quic.send_ping(0)  # the peer's acknowledgement proves the path again
             self.transmit()
         if silent > REBIND_AFTER and self._silence_handled != self.last_receive:
             self._silence_handled = self.last_receive  # one move per silence
             self._start_rebind()
-        self._watchdog = self._loop.call_later(WATCH_EVERY, self._watch)
+        self._watchdog = self.loop.call_later(WATCH_EVERY, self._watch)
 
     def _start_rebind(self) -> None:
         if self._rebinding is None or self._rebinding.done():
             self.rebinds += 1
-            self._rebinding = self._loop.create_task(self._rebind_quietly())
+            self._rebinding = self.loop.create_task(self._rebind_quietly())
 
     async def _rebind_quietly(self) -> None:
         with contextlib.suppress(OSError):  # no usable network now: the next silence retries
@@ -378,11 +386,11 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
 
         The server validates the new path itself; the transfer goes on without a reconnect.
         """
-        old = self._transport
+        old = self._udp
         assert old is not None
         sock = udp_socket(old.get_extra_info("socket").family)
         self._own_socket = sock
-        await self._loop.create_datagram_endpoint(lambda: self, sock=sock)
+        await self.loop.create_datagram_endpoint(lambda: self, sock=sock)
         old.close()
         self._quic.change_connection_id()
         self.transmit()
@@ -401,7 +409,7 @@ def _retrieve(fut: asyncio.Future[None]) -> None:
 
 def peer_certificate_der(channel: QuicChannel) -> bytes | None:
     """The server certificate from the handshake (None when the session was resumed)."""
-    cert = getattr(channel._quic.tls, "_peer_certificate", None)  # aioquic keeps it here
+    cert = aioquic_shim.peer_certificate(channel._quic)
     return cert.public_bytes(Encoding.DER) if cert is not None else None
 
 
@@ -458,7 +466,7 @@ async def open_connection(
     except BaseException:
         channel.abort()
         raise
-    if channel._quic.tls.alpn_negotiated != ALPN:
+    if channel.alpn != ALPN:
         channel.abort()
         raise RemoteProtocolError(f"server does not speak {ALPN} over QUIC")
     return channel
@@ -502,7 +510,7 @@ class QuicListener:
                 session_ticket_fetcher=lambda ticket: self._tickets.pop(ticket, None),
                 session_ticket_handler=self._store_ticket,
             )
-        sock = self._server._transport.get_extra_info("socket")  # type: ignore[union-attr]
+        sock = aioquic_shim.server_socket(self._server)
         return [sock.getsockname()[:2]]
 
     def _channel(self, quic: QuicConnection, stream_handler: Any = None) -> QuicChannel:
