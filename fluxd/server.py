@@ -106,6 +106,7 @@ class FluxServer:
                     self.config.limits.handshake_timeout,
                     self.config.limits.max_header,
                     self.shared.budget.alloc,
+                    functools.partial(_handshake_failed, "quic"),
                 )
                 udp = await self._quic.start(host, port)
                 bound += [("quic", format_hostport(h, p)) for h, p in udp]

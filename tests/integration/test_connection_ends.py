@@ -4,6 +4,7 @@ error code, and a clean close."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import ssl
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from fluxio.transports import quic
+from fluxproto import Hello, Welcome
 
 from .conftest import BIN, Daemon, Fluxctl, wait_for
 from .proxy import Proxy
@@ -43,17 +47,21 @@ def other_ca(tmp_path: Path) -> Path:
     return other / "ca.pem"
 
 
-def test_a_client_refusing_the_certificate_over_tcp(
-    daemon: Daemon, fluxctl: Fluxctl, other_ca: Path
+@pytest.mark.parametrize(
+    ("transport", "alert"),
+    # OpenSSL says it does not know the CA; aioquic that the certificate is bad.
+    [("tcp", "unknown ca"), ("quic", "bad certificate (QUIC error 0x12a)")],
+)
+def test_a_client_refusing_the_certificate(
+    daemon: Daemon, fluxctl: Fluxctl, other_ca: Path, transport: str, alert: str
 ) -> None:
-    res = fluxctl("stat", daemon.url("/"), "--transport", "tcp", "--ca", str(other_ca))
+    res = fluxctl("stat", daemon.url("/"), "--transport", transport, "--ca", str(other_ca))
     assert res.code == 4, res.stderr
     line = one_line(res.stderr)
     assert f"certificate of 127.0.0.1:{daemon.port} not trusted" in line
     assert "is --ca the ca.pem of this server" in line
-    end = one_ended(daemon, "tcp")
-    assert end["level"] == "info"
-    assert end["reason"] == f"TLS alert from {end['peer']}: unknown ca"
+    end = one_ended(daemon, transport)
+    assert (end["level"], end["reason"]) == ("info", f"TLS alert from {end['peer']}: {alert}")
 
 
 def test_a_plain_ssl_client_refusing_the_certificate(daemon: Daemon) -> None:
@@ -96,3 +104,23 @@ def test_a_clean_close_is_logged_at_debug(
     assert fluxctl("ls", daemon.url("/"), "--transport", transport).code == 0
     end = one_ended(daemon, transport)
     assert (end["level"], end["reason"]) == ("debug", "closed by peer")
+
+
+def test_a_quic_close_with_an_error_code(daemon: Daemon) -> None:
+    async def main() -> str:
+        config = quic.configuration(is_client=True)
+        config.verify_mode = ssl.CERT_NONE
+        ch = await quic.open_connection("127.0.0.1", daemon.port, config, 10.0)
+        ch.send(Hello())
+        assert isinstance(await ch.next_event(10.0), Welcome)
+        ch.close(error_code=0x1C, reason_phrase="testing")
+        await ch.wait_closed()
+        return ch.peer
+
+    asyncio.run(main())
+    end = one_ended(daemon, "quic")
+    assert end["level"] == "info"
+    peer = end["peer"]
+    assert (
+        end["reason"] == f"QUIC connection closed by peer {peer}: application error 0x1c: testing"
+    )

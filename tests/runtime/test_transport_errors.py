@@ -1,5 +1,6 @@
-"""fluxio.transports.errors, and the TCP transport's boundary on loopback: what a refused
-certificate, a reset and a ragged close look like to the listener and to a channel."""
+"""fluxio.transports.errors, and the transports' boundary on loopback: what a refused
+certificate, a reset, a ragged close and a QUIC close with an error code look like to the
+listener and to a channel."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from fluxd.certs import init_certs
 from fluxio.tls import CertPaths, server_ssl_context
+from fluxio.transports import quic
 from fluxio.transports.errors import (
     foreign_error,
     is_ragged_eof,
@@ -21,6 +23,7 @@ from fluxio.transports.errors import (
     quic_close_error,
     tls_error,
 )
+from fluxio.transports.quic import QuicChannel, QuicListener
 from fluxio.transports.tcp import Listener, SocketChannel, open_connection
 from fluxproto import (
     ALPN,
@@ -239,3 +242,28 @@ def test_a_tls_peer_closing_without_close_notify_is_an_eof(certs: CertPaths) -> 
     event, reason, failure = asyncio.run(main())
     assert event == ConnectionClosed(clean=True)
     assert (reason, failure) == ("closed by peer", None)
+
+
+def test_a_quic_server_closing_with_an_error_code_is_heard_by_the_client(
+    certs: CertPaths,
+) -> None:
+    async def main() -> tuple[FluxError, str, int]:
+        def close_at_once(ch: QuicChannel) -> None:
+            ch.close(error_code=0x2A, reason_phrase="go away")
+
+        listener = QuicListener(certs, close_at_once, 1452, LONG)
+        port = (await listener.start("127.0.0.1", 0))[0][1]
+        config = quic.configuration(is_client=True)
+        config.verify_mode = ssl.CERT_NONE
+        try:
+            ch = await quic.open_connection("127.0.0.1", port, config, LONG)
+            with pytest.raises(ConnectionLost) as heard:
+                await ch.next_event(LONG)
+        finally:
+            listener.close()
+        assert ch.closed and ch.failure is heard.value
+        return heard.value, ch.end_reason, port
+
+    heard, reason, port = asyncio.run(main())
+    expected = f"QUIC connection closed by peer 127.0.0.1:{port}: application error 0x2a: go away"
+    assert heard.message == reason == expected

@@ -220,6 +220,11 @@ def quic_close_error(
     return RemoteProtocolError(f"QUIC connection with {peer} failed: {kind}{detail}")
 
 
+def no_quic_answer(peer: str, seconds: float) -> ConnectError:
+    """A QUIC handshake that heard nothing back (UDP is often blocked where TCP passes)."""
+    return ConnectError(f"no QUIC answer from {peer} in {seconds:g} s (UDP blocked?)")
+
+
 def listen_error(host: str, port: int, exc: BaseException) -> FluxError:
     """The flux error for a listener that cannot bind `host`:`port`."""
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

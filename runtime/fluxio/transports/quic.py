@@ -50,15 +50,23 @@ from fluxproto import (
     FrameReader,
     RemoteProtocolError,
     Role,
-    TrustError,
+    TransportTimeout,
 )
 from fluxproto.errors import map_exceptions
 from fluxproto.frames import ALPN
 
 from ..buffers import POOL
+from ..parsing import format_hostport
 from . import DEFAULT_DATAGRAM_SIZE, aioquic_shim, quic_cc
 from .channel import ChannelBase
-from .errors import listen_error
+from .errors import (
+    OnFailed,
+    foreign_error,
+    ignore_failure,
+    listen_error,
+    no_quic_answer,
+    quic_close_error,
+)
 from .quic_io import GsoTransport, PreciseClock, drain_errors, udp_socket
 
 DATA_STREAMS = 4
@@ -129,8 +137,8 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
         #: Their payload bytes: a peer may not park more than one window of them.
         self._waiting_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
-        #: Why the connection ended, as aioquic reported it (None while it is up).
-        self.termination: str | None = None
+        #: The peer's CONNECTION_CLOSE arrived (aioquic tells only after its draining period).
+        self._close_received = False
         # Ours, not aioquic's wait_connected(): that one misses a handshake completed before it
         # is awaited, which uvloop makes likely on a fast link.
         self.handshake: asyncio.Future[None] = self.loop.create_future()
@@ -225,6 +233,8 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
             self._peer_addr, self.peer = addr, _address(addr)
         self.last_receive = now = self.loop.time()
         self._quic.receive_datagram(cast(bytes, data), addr, now=now)
+        if not self._close_received and aioquic_shim.closed_by_peer(self._quic):
+            self._close_received = True
         aioquic_shim.process_events(self)
         # aioquic transmits after every datagram; once per loop iteration covers the whole
         # burst libuv just read (up to 32 datagrams) with one round of packet building.
@@ -244,14 +254,40 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
             if self._on_ready is not None:
                 self._on_ready(self)
         elif isinstance(event, ConnectionTerminated):
-            self.termination = event.reason_phrase or f"error {event.error_code}"
-            if not self.handshake.done():
-                self.handshake.set_exception(ConnectionError(self.termination))
-            self._connection_gone()
+            self._terminated(event)
         elif isinstance(event, StreamReset):
             self._protocol_error(f"stream {event.stream_id} was reset")
 
     # --- internals ----------------------------------------------------------------------------
+
+    def _terminated(self, event: ConnectionTerminated) -> None:
+        connecting = not self.handshake.done()
+        failure = self._termination_error(event, connecting)
+        if connecting:
+            self.handshake.set_exception(
+                failure or ConnectError(f"{self.peer} closed the QUIC connection in its handshake")
+            )
+        self._connection_gone(failure, by_peer=self._close_received)
+
+    def _termination_error(self, event: ConnectionTerminated, connecting: bool) -> FluxError | None:
+        """Why the connection ended, as a flux error; None for a clean close."""
+        if self._close_received:
+            pass  # the peer closed it: its code says how
+        elif self._closing:
+            return None  # we did
+        elif aioquic_shim.is_idle_timeout(event):
+            silent = self._quic.configuration.idle_timeout
+            if connecting:
+                return no_quic_answer(self.peer, silent)
+            return TransportTimeout(f"no QUIC packets from {self.peer} for {silent:g} s")
+        return quic_close_error(
+            event.error_code,
+            transport_close=event.frame_type is not None,  # None: an application's close
+            reason=event.reason_phrase,
+            peer=self.peer,
+            by_peer=self._close_received,
+            connecting=connecting,
+        )
 
     def _control_stream(self) -> int:
         if self._control is None:
@@ -324,8 +360,8 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
     def _protocol_error(self, why: str) -> None:
         self._inbox.set_error(RemoteProtocolError(why))
 
-    def _connection_gone(self) -> None:
-        if not self._end():
+    def _connection_gone(self, failure: FluxError | None = None, *, by_peer: bool = False) -> None:
+        if not self._end(failure, by_peer=by_peer):
             return
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -355,8 +391,7 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
             drain_errors(self._own_socket)
         if isinstance(exc, ConnectionRefusedError):
             if not self.handshake.done():
-                self.termination = "connection refused"
-                self.handshake.set_exception(exc)
+                self.handshake.set_exception(foreign_error(exc, self.peer, connecting=True))
             return
         self._start_rebind()
 
@@ -396,9 +431,10 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
         self.transmit()
 
 
-def _abort_unless_ready(channel: QuicChannel) -> None:
+def _abort_unless_ready(channel: QuicChannel, timeout: float) -> None:
     if not channel.handshake.done():
-        channel.handshake.set_exception(ConnectionError("handshake timed out"))
+        late = ConnectError(f"no QUIC handshake from {channel.peer} within {timeout:g} s")
+        channel.handshake.set_exception(late)
         channel.abort()
 
 
@@ -427,25 +463,34 @@ async def open_connection(
     session_ticket_handler: Callable[[Any], None] | None = None,
     early: Frame | None = None,
 ) -> QuicChannel:
-    """Connect over QUIC and finish the handshake (raises OSError, TimeoutError, FluxError)."""
+    """Connect over QUIC and finish the handshake.
+
+    Raises:
+        ConnectionRefused: nothing listens there (the server's ICMP said so).
+        ConnectError: no answer within `timeout` seconds, or the handshake failed.
+        TrustError: the server's certificate failed `config`'s verification.
+        RemoteProtocolError: the server does not speak flux over QUIC.
+    """
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    family, addr = infos[0][0], cast(NetworkAddress, infos[0][4])
-    try:
-        sock = udp_socket(socket.AF_INET6)
-        if family == socket.AF_INET:
-            addr = (f"::ffff:{addr[0]}", int(addr[1]), 0, 0)
-    except OSError:  # no IPv6 in this kernel: a plain IPv4 socket
-        sock = udp_socket(socket.AF_INET)
-    config.server_name = config.server_name or host
-    quic = QuicConnection(configuration=config, session_ticket_handler=session_ticket_handler)
+    where = format_hostport(host, port)
+    with map_exceptions({OSError: lambda e: foreign_error(e, where, connecting=True)}):
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, addr = infos[0][0], cast(NetworkAddress, infos[0][4])
+        try:
+            sock = udp_socket(socket.AF_INET6)
+            if family == socket.AF_INET:
+                addr = (f"::ffff:{addr[0]}", int(addr[1]), 0, 0)
+        except OSError:  # no IPv6 in this kernel: a plain IPv4 socket
+            sock = udp_socket(socket.AF_INET)
+        config.server_name = config.server_name or host
+        quic = QuicConnection(configuration=config, session_ticket_handler=session_ticket_handler)
 
-    def make() -> QuicChannel:
-        channel = QuicChannel(quic)
-        channel._own_socket = sock
-        return channel
+        def make() -> QuicChannel:
+            channel = QuicChannel(quic)
+            channel._own_socket = sock
+            return channel
 
-    _, channel = await loop.create_datagram_endpoint(make, sock=sock)
+        _, channel = await loop.create_datagram_endpoint(make, sock=sock)
     channel.peer = _address(infos[0][4])
     channel.connect(addr)
     if early is not None:
@@ -453,16 +498,10 @@ async def open_connection(
     try:
         # Shielded: the future is the channel's own, and a timeout must not cancel it.
         async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancellation
-            await asyncio.shield(channel.handshake)
-    except ConnectionRefusedError:
+            await asyncio.shield(channel.handshake)  # raises the flux error it failed with
+    except TimeoutError:
         channel.abort()
-        raise  # an OSError for the caller to map, like TCP's
-    except ConnectionError:
-        channel.abort()
-        reason = channel.termination or "handshake failed"
-        if "certificate" in reason.lower():  # aioquic verifies a CA chain during the handshake
-            raise TrustError(f"{channel.peer}: {reason}") from None
-        raise ConnectError(f"QUIC connection to {channel.peer} failed: {reason}") from None
+        raise no_quic_answer(channel.peer, timeout) from None
     except BaseException:
         channel.abort()
         raise
@@ -473,7 +512,8 @@ async def open_connection(
 
 
 class QuicListener:
-    """Serves QUIC on one UDP address and hands each new connection's channel to `on_channel`."""
+    """Serves QUIC on one UDP address and hands each new connection's channel to `on_channel`;
+    `on_failed(peer, error)` hears of each handshake that failed."""
 
     def __init__(
         self,
@@ -483,6 +523,7 @@ class QuicListener:
         handshake_timeout: float,
         max_header: int = MAX_HEADER,
         alloc: Callable[[int], memoryview] = POOL.get,
+        on_failed: OnFailed = ignore_failure,
     ) -> None:
         """A connection whose QUIC handshake has not completed `handshake_timeout` seconds
         after its first packet is closed."""
@@ -490,7 +531,7 @@ class QuicListener:
         self._max_header, self._alloc = max_header, alloc
         self._handshake_timeout = handshake_timeout
         self._config.load_cert_chain(paths.server_cert, paths.server_key)
-        self._on_channel = on_channel
+        self._on_channel, self._on_failed = on_channel, on_failed
         self._server: QuicServer | None = None
         self._tickets: dict[bytes, Any] = {}
 
@@ -524,10 +565,20 @@ class QuicListener:
         # aioquic restarts its idle timer on every packet: a peer sending PINGs, or its flight
         # a packet at a time, would keep an unfinished handshake alive without a deadline.
         expire = asyncio.get_running_loop().call_later(
-            self._handshake_timeout, _abort_unless_ready, channel
+            self._handshake_timeout, _abort_unless_ready, channel, self._handshake_timeout
         )
-        channel.handshake.add_done_callback(lambda _: expire.cancel())
+        channel.handshake.add_done_callback(
+            functools.partial(self._handshake_done, channel, expire)
+        )
         return channel
+
+    def _handshake_done(
+        self, channel: QuicChannel, expire: asyncio.TimerHandle, done: asyncio.Future[None]
+    ) -> None:
+        expire.cancel()
+        failure = None if done.cancelled() else done.exception()
+        if isinstance(failure, FluxError):
+            self._on_failed(channel.peer, failure)
 
     def _store_ticket(self, ticket: Any) -> None:
         # Tickets live as long as the daemon: a restart costs clients one full handshake.
