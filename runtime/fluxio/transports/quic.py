@@ -1,13 +1,9 @@
 """QUIC transport (aioquic): one flux conversation per QUIC connection, chunks spread on streams.
 
-Stream mapping:
-- the control stream, the client's first bidirectional stream, carries every frame but CHUNK;
-- CHUNK frames travel on unidirectional *data streams* opened by whoever sends chunks (the client
-  during uploads, the server during downloads), `DATA_STREAMS` of them, reused for the life of
-  the connection and filled round-robin, so one lost packet does not stall every chunk.
-The receiver decodes each data stream with its own FrameReader and hands the chunks to
-`Connection.receive_frame`: one state machine checks everything, as over TCP. A chunk that
-overtakes the frame opening its transfer (META on the control stream) waits here until it lands.
+Which frame travels on which stream is fluxproto.streams' business (sans-IO); a client's path
+upkeep (keepalive, rebinding) is quic_migration's; every aioquic internal goes through
+aioquic_shim. This module moves bytes between them, maps how a connection ended
+(errors.quic_close_error), and serves or opens connections.
 
 aioquic buffers without limit in both directions; memory is bounded by the protocol's window
 (at most `window` bytes of chunks unacknowledged), which a peer cannot exceed without a
@@ -17,11 +13,9 @@ protocol error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import socket
 import ssl
-from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -40,20 +34,18 @@ from aioquic.quic.packet import QuicErrorCode
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fluxproto import (
-    MAX_CHUNK,
     MAX_HEADER,
-    Chunk,
     ConnectError,
     Connection,
     FluxError,
     Frame,
-    FrameReader,
     RemoteProtocolError,
     Role,
     TransportTimeout,
 )
 from fluxproto.errors import map_exceptions
 from fluxproto.frames import ALPN
+from fluxproto.streams import StreamMap
 
 from ..buffers import POOL
 from ..parsing import format_hostport
@@ -67,19 +59,12 @@ from .errors import (
     no_quic_answer,
     quic_close_error,
 )
-from .quic_io import GsoTransport, PreciseClock, drain_errors, udp_socket
+from .quic_io import PreciseClock, udp_socket
+from .quic_migration import ClientPath
 
-DATA_STREAMS = 4
-#: Chunks that may wait for their transfer to open before the peer is breaking the protocol.
-MAX_WAITING_CHUNKS = 64
 #: Connection and stream flow-control credit; the protocol window is the real bound.
 FLOW_CREDIT = 64 * 1024 * 1024
 IDLE_TIMEOUT = 8.0  # a path silent this long is dead: the client reconnects and resumes
-#: A client whose path has been silent this long probes it with a PING ...
-KEEPALIVE = 1.0
-#: ... and this long moves to a new local socket (a dead NAT mapping, a changed network).
-REBIND_AFTER = 1.5
-WATCH_EVERY = 0.25
 CLOSE_FLUSH = 2.0  # seconds close() waits for the control stream to be acknowledged
 
 
@@ -119,23 +104,19 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
         #: The event loop, with a finer clock (shared with aioquic, see PreciseClock).
         self.loop = aioquic_shim.install_clock(self, PreciseClock)
         aioquic_shim.install_pacer(quic)
-        role = Role.CLIENT if quic.configuration.is_client else Role.SERVER
-        conn = Connection(role, alloc=alloc, max_header=max_header)
+        is_client = quic.configuration.is_client
+        conn = Connection(
+            Role.CLIENT if is_client else Role.SERVER, alloc=alloc, max_header=max_header
+        )
         ChannelBase.__init__(self, conn, "?", self.loop.time())
-        self._alloc = alloc
+        self._streams = StreamMap(
+            conn, is_client=is_client, open_stream=self._open_stream, alloc=alloc
+        )
         self._peer_addr: NetworkAddress | None = None
-        #: The client's own UDP socket (None on the server, whose socket all connections share).
-        self._own_socket: socket.socket | None = None
+        #: A client's own socket and its upkeep (None on the server: all its connections share
+        #: one socket).
+        self._path: ClientPath | None = None
         self._on_ready = on_ready
-        #: The UDP transport datagrams leave through (set by connection_made).
-        self._udp: asyncio.DatagramTransport | None = None
-        self._control: int | None = None
-        self._data_out: list[int] = []
-        self._next_out = 0
-        self._data_in: dict[int, FrameReader] = {}
-        self._waiting: deque[Chunk] = deque()
-        #: Their payload bytes: a peer may not park more than one window of them.
-        self._waiting_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
         #: The peer's CONNECTION_CLOSE arrived (aioquic tells only after its draining period).
         self._close_received = False
@@ -143,25 +124,20 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
         # is awaited, which uvloop makes likely on a fast link.
         self.handshake: asyncio.Future[None] = self.loop.create_future()
         self.handshake.add_done_callback(_retrieve)  # a failure nobody awaits is not an error
-        #: How often this client moved to a new socket by itself (path silent or socket error).
-        self.rebinds = 0
         #: Set by the handshake: the ALPN protocol, TLS session resumed from a ticket, 0-RTT
         #: data accepted.
         self.alpn: str | None = None
         self.session_resumed = False
         self.early_data_accepted = False
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._rebinding: asyncio.Task[None] | None = None
-        self._silence_handled = -1.0  # last_receive of the silence a rebind already answered
 
     # --- how bytes leave ----------------------------------------------------------------------
 
     def send(self, frame: Frame) -> None:
-        """Queue a frame on its stream (see the module docstring); raises ConnectionLost if
-        the connection is closing or gone."""
+        """Queue a frame on its stream (see fluxproto.streams); raises ConnectionLost if the
+        connection is closing or gone."""
         self._check_open()
         self.conn.send(frame)
-        stream = self._data_stream() if isinstance(frame, Chunk) else self._control_stream()
+        stream = self._streams.stream_for(frame)
         for buf in self.conn.data_to_send():
             self._quic.send_stream_data(stream, buf)  # type: ignore[arg-type]
         self._schedule_transmit()
@@ -183,7 +159,7 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
         self._close_when_flushed(self.loop.time() + CLOSE_FLUSH, error_code, reason_phrase)
 
     def _close_when_flushed(self, deadline: float, error_code: int, reason: str) -> None:
-        control = self._control
+        control = self._streams.control
         pending = control is not None and aioquic_shim.has_unacked_data(self._quic, control)
         if pending and not self._lost and self.loop.time() < deadline:
             self.loop.call_later(0.005, self._close_when_flushed, deadline, error_code, reason)
@@ -211,22 +187,15 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._udp = cast(asyncio.DatagramTransport, transport)
-        if self._own_socket is not None:  # a client's: batch its sends (server sockets are shared)
-            gso = GsoTransport(self._udp, self._own_socket)
-            aioquic_shim.send_through(self, gso)  # type: ignore[arg-type]
-            self._udp = gso  # type: ignore[assignment]
+        if self._path is not None:  # a client's own socket: batch its sends
+            batched = self._path.attach(cast(asyncio.DatagramTransport, transport))
+            aioquic_shim.send_through(self, batched)  # type: ignore[arg-type]
 
     def transmit(self) -> None:
-        gso = self._udp
-        if isinstance(gso, GsoTransport):
-            gso.begin()
-            try:
-                super().transmit()
-            finally:
-                gso.flush()
-        else:
+        if self._path is None:
             super().transmit()
+        else:
+            self._path.transmit(super().transmit)
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         if addr != self._peer_addr:
@@ -249,8 +218,10 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
             self.early_data_accepted = event.early_data_accepted
             if not self.handshake.done():
                 self.handshake.set_result(None)
-            if self._quic.configuration.is_client:
-                self._watchdog = self.loop.call_later(WATCH_EVERY, self._watch)
+            if self._path is not None:
+                self._path.watch(
+                    lambda: self.last_receive, lambda: not (self._closing or self._lost)
+                )
             if self._on_ready is not None:
                 self._on_ready(self)
         elif isinstance(event, ConnectionTerminated):
@@ -271,15 +242,14 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
 
     def _termination_error(self, event: ConnectionTerminated, connecting: bool) -> FluxError | None:
         """Why the connection ended, as a flux error; None for a clean close."""
-        if self._close_received:
-            pass  # the peer closed it: its code says how
-        elif self._closing:
-            return None  # we did
-        elif aioquic_shim.is_idle_timeout(event):
-            silent = self._quic.configuration.idle_timeout
-            if connecting:
-                return no_quic_answer(self.peer, silent)
-            return TransportTimeout(f"no QUIC packets from {self.peer} for {silent:g} s")
+        if not self._close_received:  # the peer did not close it: its code says how if it did
+            if self._closing:
+                return None  # we did
+            if aioquic_shim.is_idle_timeout(event):
+                silent = self._quic.configuration.idle_timeout
+                if connecting:
+                    return no_quic_answer(self.peer, silent)
+                return TransportTimeout(f"no QUIC packets from {self.peer} for {silent:g} s")
         return quic_close_error(
             event.error_code,
             transport_close=event.frame_type is not None,  # None: an application's close
@@ -289,55 +259,13 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
             connecting=connecting,
         )
 
-    def _control_stream(self) -> int:
-        if self._control is None:
-            # Only the client opens it; the server learns it from the first data it carries.
-            self._control = self._quic.get_next_available_stream_id()
-        return self._control
-
-    def _data_stream(self) -> int:
-        if len(self._data_out) < DATA_STREAMS:
-            self._data_out.append(self._quic.get_next_available_stream_id(is_unidirectional=True))
-        stream = self._data_out[self._next_out % len(self._data_out)]
-        self._next_out += 1
-        return stream
+    def _open_stream(self, unidirectional: bool) -> int:
+        return self._quic.get_next_available_stream_id(is_unidirectional=unidirectional)
 
     def _stream_data(self, event: StreamDataReceived) -> None:
-        sid = event.stream_id
         self._inbox.received(len(event.data))
-        unidirectional = bool(sid & 2)
-        if not unidirectional:
-            if self._control is None and not self._quic.configuration.is_client:
-                self._control = sid
-            if sid != self._control:
-                self._protocol_error(f"unexpected bidirectional stream {sid}")
-                return
-            if event.data:
-                self.conn.receive_data(event.data)
-            if event.end_stream:
-                self.conn.receive_data(b"")
-            self._pump()
-            return
-        if self.conn.handshaking:  # chunks before HELLO: an unauthenticated peer's memory
-            self._protocol_error(f"data on stream {sid} before the handshake")
-            return
-        reader = self._data_in.get(sid)
-        if reader is None:
-            reader = self._data_in[sid] = FrameReader(
-                max_chunk=MAX_CHUNK, alloc=self._alloc, max_header=self.conn.max_header
-            )
         try:
-            reader.feed(event.data)
-            while (frame := reader.next_frame()) is not None:
-                if not isinstance(frame, Chunk):
-                    raise RemoteProtocolError(f"{frame.TYPE.name} on data stream {sid}")
-                self._waiting.append(frame)
-                self._waiting_bytes += len(frame.data)
-                if (
-                    len(self._waiting) > MAX_WAITING_CHUNKS
-                    or self._waiting_bytes > self.conn.receive_window + MAX_CHUNK
-                ):
-                    raise RemoteProtocolError("too many chunks before their transfer opened")
+            self._streams.receive(event.stream_id, event.data, event.end_stream)
         except FluxError as exc:
             self._inbox.set_error(exc)
             return
@@ -347,12 +275,8 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
         """Move control-stream events and waiting chunks (in that order) to the session."""
         try:
             if self._take_events():
-                while self._waiting and self.conn.chunk_limit:
-                    chunk = self._waiting.popleft()
-                    self._waiting_bytes -= len(chunk.data)
-                    frame = self.conn.receive_frame(chunk)
-                    if frame is not None:
-                        self._inbox.put(frame)
+                for chunk in self._streams.ready_chunks():
+                    self._inbox.put(chunk)
         except FluxError as exc:
             self._inbox.set_error(exc)
         self._inbox.wake()
@@ -361,12 +285,8 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
         self._inbox.set_error(RemoteProtocolError(why))
 
     def _connection_gone(self, failure: FluxError | None = None, *, by_peer: bool = False) -> None:
-        if not self._end(failure, by_peer=by_peer):
-            return
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        if self._quic.configuration.is_client and self._udp is not None:
-            self._udp.close()  # the client's own socket (a server's is shared)
+        if self._end(failure, by_peer=by_peer) and self._path is not None:
+            self._path.close()  # a server's socket is shared: it stays
 
     def _schedule_transmit(self) -> None:
         # Frames sent in one loop iteration leave in one burst of datagrams.
@@ -377,58 +297,20 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
         self._flush_handle = None
         self.transmit()
 
-    # --- client path management ----------------------------------------------------------------
+    # --- a client's path ------------------------------------------------------------------------
 
     def error_received(self, exc: Exception) -> None:
-        """The socket reported an error. Refused (the server's ICMP port unreachable, which the
-        client's socket asks the kernel for) during the handshake: nothing listens there, the
-        attempt is over. Refused later: ignored, as QUIC ignores unauthenticated signals (the
-        idle timeout ends a dead connection). Anything else (network unreachable, a changed
-        interface): move."""
-        if not self._quic.configuration.is_client:
-            return
-        if self._own_socket is not None:
-            drain_errors(self._own_socket)
-        if isinstance(exc, ConnectionRefusedError):
-            if not self.handshake.done():
-                self.handshake.set_exception(foreign_error(exc, self.peer, connecting=True))
-            return
-        self._start_rebind()
-
-    def _watch(self) -> None:
-        if self._lost or self._closing:
-            return
-        silent = self.loop.time() - self.last_receive
-        if silent > KEEPALIVE:
-            self._quic.send_ping(0)  # the peer's acknowledgement proves the path again
-            self.transmit()
-        if silent > REBIND_AFTER and self._silence_handled != self.last_receive:
-            self._silence_handled = self.last_receive  # one move per silence
-            self._start_rebind()
-        self._watchdog = self.loop.call_later(WATCH_EVERY, self._watch)
-
-    def _start_rebind(self) -> None:
-        if self._rebinding is None or self._rebinding.done():
-            self.rebinds += 1
-            self._rebinding = self.loop.create_task(self._rebind_quietly())
-
-    async def _rebind_quietly(self) -> None:
-        with contextlib.suppress(OSError):  # no usable network now: the next silence retries
-            await self.rebind()
+        """The socket reported an error. Refused during the handshake: nothing listens there,
+        the attempt is over. Refused later: ignored, as QUIC ignores unauthenticated signals
+        (the idle timeout ends a dead connection). Anything else: the client moves (see
+        ClientPath). A server's socket is shared by all its connections: ignored."""
+        if self._path is not None and self._path.socket_error(exc) and not self.handshake.done():
+            self.handshake.set_exception(foreign_error(exc, self.peer, connecting=True))
 
     async def rebind(self) -> None:
-        """Move this connection to a new local UDP socket (a new address, like a network change).
-
-        The server validates the new path itself; the transfer goes on without a reconnect.
-        """
-        old = self._udp
-        assert old is not None
-        sock = udp_socket(old.get_extra_info("socket").family)
-        self._own_socket = sock
-        await self.loop.create_datagram_endpoint(lambda: self, sock=sock)
-        old.close()
-        self._quic.change_connection_id()
-        self.transmit()
+        """Move this client's connection to a new local UDP socket (see ClientPath.rebind)."""
+        assert self._path is not None, "only a client has a path of its own"
+        await self._path.rebind()
 
 
 def _abort_unless_ready(channel: QuicChannel, timeout: float) -> None:
@@ -487,7 +369,7 @@ async def open_connection(
 
         def make() -> QuicChannel:
             channel = QuicChannel(quic)
-            channel._own_socket = sock
+            channel._path = ClientPath(channel, quic, sock, channel.loop)
             return channel
 
         _, channel = await loop.create_datagram_endpoint(make, sock=sock)
@@ -595,7 +477,6 @@ def ssl_verify_mode(cafile: str | None) -> int:
 
 
 __all__ = [
-    "DATA_STREAMS",
     "QuicChannel",
     "QuicListener",
     "configuration",
