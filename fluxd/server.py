@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import signal
 import socket
@@ -19,12 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from fluxio.buffers import ReceiveBudget
-from fluxio.chunkflow import Channel
 from fluxio.parsing import format_hostport, is_loopback
 from fluxio.tls import CertPaths
+from fluxio.transports.channel import ChannelBase
 from fluxio.transports.quic import QuicChannel, QuicListener
 from fluxio.transports.tcp import Listener, SocketChannel
-from fluxproto import AuthError, ConnectError, Connection, FluxError, Role
+from fluxproto import AuthError, Connection, FluxError, Role
 
 from . import log
 from .access import AccessLog
@@ -97,6 +98,7 @@ class FluxServer:
                     self._start_tcp_session,
                     self.config.limits.handshake_timeout,
                     self._admit,
+                    functools.partial(_handshake_failed, "tcp"),
                 )
                 tcp = self._listener.start(host, port)
                 name = "tcp" if self.ssl_context else "tcp-plaintext"
@@ -110,12 +112,13 @@ class FluxServer:
                     self.config.limits.handshake_timeout,
                     self.config.limits.max_header,
                     self.shared.budget.alloc,
+                    functools.partial(_handshake_failed, "quic"),
                 )
                 udp = await self._quic.start(host, port)
                 bound += [("quic", format_hostport(h, p)) for h, p in udp]
-        except OSError as exc:
+        except FluxError:  # the address cannot be bound
             self._close_listeners()
-            raise ConnectError(f"cannot listen on {self.config.listen}: {exc.strerror}") from None
+            raise
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._watch_grants())]
         if self.config.gc_every:
@@ -180,11 +183,14 @@ class FluxServer:
             return
         self._start_session(ch, release)
 
-    def _start_session(self, ch: Channel, release: Callable[[], None]) -> None:
+    def _start_session(self, ch: ChannelBase, release: Callable[[], None]) -> None:
         session = Session(ch, self.shared, self.service, release)
         task = asyncio.get_running_loop().create_task(session.run())
         self._sessions[task] = session
         task.add_done_callback(self._sessions.pop)
+        task.add_done_callback(
+            lambda _: _connection_ended(ch.transport, ch.peer, ch.failure, ch.end_reason)
+        )
 
     async def _watch_grants(self) -> None:
         """End connections whose token was revoked (or expired) since they were let in."""
@@ -222,6 +228,18 @@ class FluxServer:
             session.ch.abort()
         self.pool.shutdown(wait=True)
         self.shared.access.close()
+
+
+def _connection_ended(transport: str, peer: str, failure: FluxError | None, reason: str) -> None:
+    """One line per connection once it is over: at INFO when the transport saw it fail (a
+    reset, a TLS alert, a QUIC close with an error code, a handshake that never finished),
+    at DEBUG when it was closed cleanly."""
+    level = logging.DEBUG if failure is None else logging.INFO
+    log.event("connection-ended", level, peer=peer, transport=transport, reason=reason)
+
+
+def _handshake_failed(transport: str, peer: str, failure: FluxError) -> None:
+    _connection_ended(transport, peer, failure, failure.message)
 
 
 def banner(listeners: list[tuple[str, str]], config: ServerConfig, fingerprint: str | None) -> str:

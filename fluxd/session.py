@@ -49,7 +49,6 @@ from fluxproto import (
     Ping,
     ProtocolError,
     Stat,
-    State,
     Status,
     StorageError,
     TransportError,
@@ -198,19 +197,19 @@ class Session:
             await self._handlers[type(frame)](frame)
         except FluxError as exc:
             # Broken link or broken peer: the connection ends (run() reports it).
-            if isinstance(exc, TransportError | ProtocolError) or self.ch.conn.state is State.ERROR:
+            if isinstance(exc, TransportError | ProtocolError) or self.ch.broken:
                 raise
             self._send_error(exc)
-            if self.ch.conn.state is State.CLOSED:
+            if self.ch.ended:
                 raise TransportError("connection closed after an error") from exc
 
     def _goodbye(self, reason: str) -> None:
-        if self.ch.conn.state not in (State.CLOSED, State.ERROR):
+        if self.ch.usable:
             with contextlib.suppress(FluxError):
                 self.ch.send(Goodbye(reason))
 
     def _send_error(self, exc: FluxError) -> None:
-        if self.ch.conn.state is State.CLOSED:
+        if self.ch.ended:
             return
         message = exc.message
         if type(exc) in (StorageError, NoSpace):
@@ -222,7 +221,7 @@ class Session:
 
     def _ping(self) -> None:
         self._pings += 1
-        if self.ch.conn.state not in (State.CLOSED, State.ERROR):
+        if self.ch.usable:
             with contextlib.suppress(FluxError):  # a dead link shows on the next read
                 self.ch.send(Ping(self._pings))
 
