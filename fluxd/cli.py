@@ -29,7 +29,7 @@ from .auth.tokens import SigningKey
 from .certs import ensure_certs, init_certs
 from .config import ServerConfig, data_dir, load_config
 from .server import serve as run_server
-from .storage import LocalStorage
+from .storage import LocalStorage, Maintenance
 
 app = typer.Typer(
     add_completion=False,
@@ -131,7 +131,8 @@ def scrub(
 ) -> None:
     """Verify every committed file against its chunk digests; exit 3 if any is corrupt."""
     cfg = load_config(config, {"root": root})
-    report = LocalStorage(_root_dir(cfg.root, create=False)).scrub()
+    maintenance: Maintenance = LocalStorage(_root_dir(cfg.root, create=False))
+    report = maintenance.scrub()
     if json_:
         typer.echo(json.dumps(dataclasses.asdict(report)))
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import signal
 import socket
@@ -19,12 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from fluxio.buffers import ReceiveBudget
-from fluxio.chunkflow import Channel
 from fluxio.parsing import format_hostport, is_loopback
 from fluxio.tls import CertPaths
+from fluxio.transports.channel import ChannelBase
 from fluxio.transports.quic import QuicChannel, QuicListener
 from fluxio.transports.tcp import Listener, SocketChannel
-from fluxproto import AuthError, ConnectError, Connection, FluxError, Role
+from fluxproto import AuthError, Connection, FluxError, Role
 
 from . import log
 from .access import AccessLog
@@ -33,8 +34,9 @@ from .claims import UploadClaims
 from .config import ServerConfig
 from .context import Shared
 from .limits import Admission, Throttle, peer_host
+from .service import FileService
 from .session import Session
-from .storage.base import Storage
+from .storage.base import Backend, Maintenance, Storage
 
 #: How often revocations (and token expiry) are checked against live connections.
 GRANT_CHECK_EVERY = 1.0
@@ -51,12 +53,15 @@ class FluxServer:
     def __init__(
         self,
         config: ServerConfig,
-        storage: Storage,
+        storage: Backend,
         ssl_context: ssl.SSLContext | None,
         certs: CertPaths | None = None,
         auth: Authenticator | None = None,
     ) -> None:
-        self.config, self.storage, self.ssl_context = config, storage, ssl_context
+        self.config, self.ssl_context = config, ssl_context
+        # Sessions get the request interface only; the daemon's jobs, the maintenance one.
+        self.storage: Storage = storage
+        self.maintenance: Maintenance = storage
         self.certs = certs
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fluxd-io")
         self.shared = Shared(
@@ -70,6 +75,8 @@ class FluxServer:
             AccessLog(config.access_log),
             ReceiveBudget(config.limits.memory),
         )
+        #: What every connection's requests go to, whatever their transport.
+        self.service = FileService(self.shared)
         self._listener: Listener | None = None
         self._quic: QuicListener | None = None
         self._sessions: dict[asyncio.Task[None], Session] = {}
@@ -91,6 +98,7 @@ class FluxServer:
                     self._start_tcp_session,
                     self.config.limits.handshake_timeout,
                     self._admit,
+                    functools.partial(_handshake_failed, "tcp"),
                 )
                 tcp = self._listener.start(host, port)
                 name = "tcp" if self.ssl_context else "tcp-plaintext"
@@ -104,12 +112,13 @@ class FluxServer:
                     self.config.limits.handshake_timeout,
                     self.config.limits.max_header,
                     self.shared.budget.alloc,
+                    functools.partial(_handshake_failed, "quic"),
                 )
                 udp = await self._quic.start(host, port)
                 bound += [("quic", format_hostport(h, p)) for h, p in udp]
-        except OSError as exc:
+        except FluxError:  # the address cannot be bound
             self._close_listeners()
-            raise ConnectError(f"cannot listen on {self.config.listen}: {exc.strerror}") from None
+            raise
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._watch_grants())]
         if self.config.gc_every:
@@ -122,19 +131,19 @@ class FluxServer:
         """Before listening: rebuild the staging area after whatever stopped the last run, and
         collect what was abandoned."""
         started = time.monotonic()
-        found = await self._in_pool(self.storage.recover)
+        found = await self._in_pool(self.maintenance.recover)
         log.event("recovered", **dataclasses.asdict(found), seconds=_since(started))
         await self._collect()
 
     async def _collect(self) -> None:
         grace = self.config.staging_grace
-        done = await self._in_pool(self.storage.collect, grace, time.time())
+        done = await self._in_pool(self.maintenance.collect, grace, time.time())
         if done.uploads or done.manifests:
             log.event("collected", **dataclasses.asdict(done))
 
     async def _scrub(self) -> None:
         started = time.monotonic()
-        report = await self._in_pool(self.storage.scrub)
+        report = await self._in_pool(self.maintenance.scrub)
         for problem in report.corrupt:
             log.event("corrupt-file", logging.ERROR, detail=problem)
         fields = dataclasses.asdict(report) | {"corrupt": len(report.corrupt)}
@@ -174,11 +183,14 @@ class FluxServer:
             return
         self._start_session(ch, release)
 
-    def _start_session(self, ch: Channel, release: Callable[[], None]) -> None:
-        session = Session(ch, self.shared, release)
+    def _start_session(self, ch: ChannelBase, release: Callable[[], None]) -> None:
+        session = Session(ch, self.shared, self.service, release)
         task = asyncio.get_running_loop().create_task(session.run())
         self._sessions[task] = session
         task.add_done_callback(self._sessions.pop)
+        task.add_done_callback(
+            lambda _: _connection_ended(ch.transport, ch.peer, ch.failure, ch.end_reason)
+        )
 
     async def _watch_grants(self) -> None:
         """End connections whose token was revoked (or expired) since they were let in."""
@@ -218,6 +230,18 @@ class FluxServer:
         self.shared.access.close()
 
 
+def _connection_ended(transport: str, peer: str, failure: FluxError | None, reason: str) -> None:
+    """One line per connection once it is over: at INFO when the transport saw it fail (a
+    reset, a TLS alert, a QUIC close with an error code, a handshake that never finished),
+    at DEBUG when it was closed cleanly."""
+    level = logging.DEBUG if failure is None else logging.INFO
+    log.event("connection-ended", level, peer=peer, transport=transport, reason=reason)
+
+
+def _handshake_failed(transport: str, peer: str, failure: FluxError) -> None:
+    _connection_ended(transport, peer, failure, failure.message)
+
+
 def banner(listeners: list[tuple[str, str]], config: ServerConfig, fingerprint: str | None) -> str:
     """The human summary of a started daemon: where, how, what it serves, who is let in."""
     names = {"tcp": "TCP+TLS", "tcp-plaintext": "TCP without TLS", "quic": "QUIC"}
@@ -232,7 +256,7 @@ def banner(listeners: list[tuple[str, str]], config: ServerConfig, fingerprint: 
 
 async def serve(
     config: ServerConfig,
-    storage: Storage,
+    storage: Backend,
     ssl_context: ssl.SSLContext | None,
     certs: CertPaths | None,
     fingerprint: str | None,

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fluxd.storage import LocalStorage
+from fluxd.storage import LocalStorage, Maintenance
 from fluxproto import chunk_digest
 from fluxproto.digest import FileHasher
 
@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         root = ws.path / "root"
         root.mkdir()
         storage = LocalStorage(root)
+        maintenance: Maintenance = storage  # what the daemon's jobs and `fluxd scrub` call
         files = 16
         for i in range(files):
             _store(storage, f"f{i:02d}.bin", size // files, rng)
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         for rep in range(reps):
             print(f"scrub and dd, repetition {rep + 1}/{reps}", file=sys.stderr)
             cold &= _drop_caches()
-            scrub_s.append(_timed(storage.scrub))
+            scrub_s.append(_timed(maintenance.scrub))
             cold &= _drop_caches()
             dd_s.append(_timed(lambda: _dd(paths)))
         data["cold_cache"] = cold
@@ -108,9 +109,9 @@ def run(args: argparse.Namespace) -> int:
             piece = rng.randbytes(CS)
             up.write_chunks([(0, chunk_digest(piece), piece)])
             up.close()
-        data["recover_s"] = _timed(storage.recover)
+        data["recover_s"] = _timed(maintenance.recover)
         started = time.monotonic()
-        data["collected"] = storage.collect(0.0, time.time() + 1).uploads
+        data["collected"] = maintenance.collect(0.0, time.time() + 1).uploads
         data["collect_s"] = time.monotonic() - started
         data["machine"]["load_at_end"] = load_average()
     publish("housekeeping", render(data), data, not args.no_results)

@@ -29,7 +29,6 @@ from fluxproto import (
     Role,
     Welcome,
 )
-from fluxproto.errors import map_exceptions
 
 from . import __version__
 from .trust import (
@@ -37,8 +36,8 @@ from .trust import (
     check_alpn,
     check_peer,
     client_ssl_context,
+    explain_untrusted,
     host_key,
-    translate_ssl_errors,
 )
 from .url import FluxURL
 
@@ -180,11 +179,7 @@ async def _settle(
 
 async def connect_tcp(url: FluxURL, opts: ClientOptions) -> Channel:
     ctx = _ssl_context(url, opts)
-    # ssl.SSLError is an OSError: the ssl translation must be the inner manager.
-    with (
-        map_exceptions({OSError: _connect_error(url), TimeoutError: ConnectError}),
-        translate_ssl_errors(),
-    ):
+    with explain_untrusted():
         sock = await tcp.open_connection(
             url.host, url.port, ctx, url.host if ctx else None, opts.connect_timeout
         )
@@ -221,14 +216,7 @@ async def connect_quic(url: FluxURL, opts: ClientOptions) -> Channel:
     # With a ticket, HELLO (idempotent) rides in 0-RTT early data; every request waits for
     # WELCOME, which only comes once the handshake completed.
     early = _make_hello(opts) if config.session_ticket is not None else None
-    with map_exceptions(
-        {
-            TimeoutError: lambda e: ConnectError(
-                f"no QUIC answer from {url.address} (UDP blocked?)"
-            ),
-            OSError: _connect_error(url),
-        }
-    ):
+    with explain_untrusted():
         ch = await quic.open_connection(
             url.host, url.port, config, opts.connect_timeout, tickets.received, early
         )
@@ -270,16 +258,6 @@ class _TicketKeeper:
     def _save(self, ticket: SessionTicket) -> None:
         if self._enabled and self._certificate is not None:
             self._store.save(self._key, ticket, self._certificate)
-
-
-def _connect_error(url: FluxURL) -> Callable[[BaseException], FluxError]:
-    def translate(exc: BaseException) -> FluxError:
-        if isinstance(exc, ConnectionRefusedError):
-            return ConnectionRefused(f"connection refused by {url.address}: is fluxd running?")
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return ConnectError(reason.lower())
-
-    return translate
 
 
 def _make_hello(opts: ClientOptions) -> Hello:

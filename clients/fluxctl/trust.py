@@ -22,15 +22,14 @@ import ipaddress
 import os
 import re
 import ssl
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from fluxio.tls import fingerprint
 from fluxproto.errors import (
     ConfigError,
-    ConnectError,
     FluxError,
     RemoteProtocolError,
     TrustError,
@@ -40,15 +39,8 @@ from fluxproto.frames import ALPN
 
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 _HOST_PORT = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^\s:\[\]]+)):(?P<port>[0-9]{1,5})")
-#: OpenSSL reasons for a peer that speaks plaintext or an older TLS.
-_NOT_TLS13 = frozenset(
-    {
-        "WRONG_VERSION_NUMBER",
-        "RECORD_LAYER_FAILURE",
-        "PACKET_LENGTH_TOO_LONG",
-        "UNSUPPORTED_PROTOCOL",
-        "TLSV1_ALERT_PROTOCOL_VERSION",
-    }
+_UNTRUSTED_HINT = (
+    " (is --ca the ca.pem of this server, and the host one of its names? otherwise use --pin)"
 )
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
@@ -192,14 +184,13 @@ def check_alpn(selected: str | None) -> None:
         raise RemoteProtocolError(f"server does not speak {ALPN}{detail}")
 
 
-def translate_ssl_errors() -> AbstractContextManager[None]:
-    """Map ssl errors raised while connecting: verify failures → TrustError, others → ConnectError.
-
-    Put it outside any `map_exceptions({OSError: ...})`: ssl.SSLError is an OSError.
-    """
-    return map_exceptions(
-        {ssl.SSLCertVerificationError: _verify_error, ssl.SSLError: _handshake_error}
-    )
+@contextmanager
+def explain_untrusted() -> Iterator[None]:
+    """Add what to check to a TrustError from the TLS layer (which verifies only with --ca)."""
+    try:
+        yield
+    except TrustError as exc:
+        raise TrustError(exc.message + _UNTRUSTED_HINT) from exc.__cause__
 
 
 def host_key(host: str, port: int) -> str:
@@ -322,17 +313,3 @@ def _ca_error(path: Path | None, exc: BaseException) -> FluxError:
         return ConfigError(f"--ca {path} holds no valid PEM certificate ({exc.reason})")
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return ConfigError(f"cannot load --ca {path}: {reason}")
-
-
-def _verify_error(exc: BaseException) -> FluxError:
-    reason = getattr(exc, "verify_message", None) or str(exc)
-    return TrustError(
-        f"server certificate not trusted: {reason} (is --ca the ca.pem of this server, and "
-        "the host one of its names? otherwise use --pin)"
-    )
-
-
-def _handshake_error(exc: BaseException) -> FluxError:
-    reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-    hint = " (is the server a fluxd speaking TLS 1.3?)" if reason in _NOT_TLS13 else ""
-    return ConnectError(f"TLS handshake failed: {reason}{hint}")

@@ -1,4 +1,8 @@
-"""The narrow storage interface the daemon's sessions talk to; LocalStorage is one implementation.
+"""The storage interfaces and every type they use: requests (`Storage`, what sessions call) and
+maintenance (`Maintenance`, what the daemon's own jobs and `fluxd scrub` call).
+
+LocalStorage is one implementation; an object store is to fit the same interfaces. This module
+imports no implementation, so implementations may import it freely.
 
 Every method blocks (sessions call them from a thread pool) and raises only flux errors:
 PermissionDenied for a path the sandbox refuses, NotFound, Conflict (wrong type of entry, or
@@ -8,18 +12,26 @@ another session writing the path), NoSpace, IntegrityError, StorageError.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from fluxio.staging import ChunkData
 from fluxproto.frames import Entry
 
-if TYPE_CHECKING:
-    from .housekeeping import Collected, Recovered, ScrubReport
-
 #: One page of a listing: entries sorted by name, and the cursor for the next page (or None).
 EntryPage = tuple[list[Entry], str | None]
 
-__all__ = ["Download", "EntryPage", "Storage", "Upload"]
+__all__ = [
+    "Backend",
+    "Collected",
+    "Download",
+    "EntryPage",
+    "Maintenance",
+    "Recovered",
+    "ScrubReport",
+    "Storage",
+    "Upload",
+]
 
 
 class Upload(Protocol):
@@ -89,7 +101,8 @@ class Download(Protocol):
 
 
 class Storage(Protocol):
-    """Files under one root, addressed by remote paths ("/a/b", "a/b")."""
+    """Files under one root, addressed by remote paths ("/a/b", "a/b"): the requests sessions
+    make."""
 
     def open_upload(self, path: str, size: int, chunk_size: int, mode: int) -> Upload:
         """Start an upload to `path`, resuming a staged one with the same size and chunk size."""
@@ -115,14 +128,57 @@ class Storage(Protocol):
         """Bytes of the files stored under `path` (0 if it does not exist), for quotas."""
         ...
 
+
+@dataclass
+class Recovered:
+    """What recovery at start found among the uploads left in progress."""
+
+    uploads: int = 0
+    chunks: int = 0
+    removed: int = 0  # uploads with nothing in them the storage can vouch for
+    busy: int = 0  # held by a live session (another process): left alone
+
+
+@dataclass
+class Collected:
+    """What one garbage collection reclaimed."""
+
+    uploads: int = 0
+    bytes: int = 0
+    manifests: int = 0
+
+
+@dataclass
+class ScrubReport:
+    """What a scrub found: `corrupt` is the only finding that is an error."""
+
+    checked: int = 0
+    bytes: int = 0
+    corrupt: list[str] = field(default_factory=list)
+    #: Manifests of files changed or removed outside fluxd (stale caches, dropped).
+    stale: int = 0
+
+
+class Maintenance(Protocol):
+    """The storage's own upkeep, apart from requests: the daemon runs it at start and on timers
+    (`gc_every`, `scrub_every`), `fluxd scrub` on demand. None of it touches an upload a live
+    session holds."""
+
     def recover(self) -> Recovered:
-        """After a crash or restart: rebuild the staging area (see storage.housekeeping)."""
+        """After a crash or restart, before serving: repair or drop uploads left in progress
+        (LocalStorage: cut torn journal tails, remove staging it cannot vouch for)."""
         ...
 
     def collect(self, grace: float, now: float) -> Collected:
-        """Remove staged uploads idle for `grace` seconds (never one a session holds)."""
+        """Remove uploads idle for `grace` seconds at `now` (never one a session holds), and
+        digests kept for files that no longer exist."""
         ...
 
     def scrub(self) -> ScrubReport:
         """Verify every committed file against its chunk digests."""
         ...
+
+
+class Backend(Storage, Maintenance, Protocol):
+    """A storage implementation as the daemon holds it: sessions see only `Storage`, the
+    daemon's jobs only `Maintenance`."""

@@ -42,7 +42,7 @@ class _OpenHow(ctypes.Structure):
     )
 
 
-def _libc_syscall() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def _libc_syscall() -> Callable[..., int] | None:
     if platform.system() != "Linux":
         return None
     try:

@@ -1,174 +1,129 @@
-"""Storage housekeeping for a long-running daemon: recovery at start, garbage collection of
-abandoned uploads and orphaned manifests, and scrubbing committed files against their manifests.
+"""Storage housekeeping for a long-running daemon (`base.Maintenance` on a local root): recovery
+at start, garbage collection of abandoned uploads and orphaned manifests, and scrubbing
+committed files against their manifests.
 
-Each function works on a LocalStorage and blocks (the daemon runs them in its thread pool).
-Nothing here touches a staged upload a live session holds: that session's lock on the journal
-keeps recovery and collection away from it.
+Every method blocks (the daemon runs them in its thread pool). Nothing here touches a staged
+upload a live session holds: that session's lock on the journal keeps recovery and collection
+away from it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from fluxio.staging import StagedFile
 from fluxproto.errors import Conflict, FluxError
 
-from .local import LocalStorage, Manifest, show_chunks
+from .base import Collected, Recovered, ScrubReport
+from .local_download import open_local_download
+from .local_staging import StagingArea
+from .local_tree import LocalTree
+from .manifests import Manifest, ManifestStore, show_chunks
 
-__all__ = ["Collected", "Recovered", "ScrubReport", "collect", "recover", "scrub"]
-
-
-@dataclass
-class Recovered:
-    """What recovery at start found in the staging area."""
-
-    uploads: int = 0
-    chunks: int = 0
-    removed: int = 0  # folders with no usable journal: nothing in them can be vouched for
-    busy: int = 0
+__all__ = ["LocalMaintenance"]
 
 
-@dataclass
-class Collected:
-    """What one garbage collection reclaimed."""
+class LocalMaintenance:
+    """Recovery, collection and scrub of the staging area and manifests of one local root.
 
-    uploads: int = 0
-    bytes: int = 0
-    manifests: int = 0
+    Args:
+        tree: the served tree. manifests: its manifests. staging: its staging area.
+    """
 
+    def __init__(self, tree: LocalTree, manifests: ManifestStore, staging: StagingArea) -> None:
+        self._tree, self._manifests, self._staging = tree, manifests, staging
 
-@dataclass
-class ScrubReport:
-    """What a scrub found: `corrupt` is the only finding that is an error."""
+    def recover(self) -> Recovered:
+        """Rebuild the staging area after a crash: cut torn journal tails, count what each
+        staged upload records, and remove folders whose journal is missing or unreadable."""
+        found = Recovered()
+        for folder, data, journal in self._staging.uploads():
+            try:
+                chunks = None
+                if journal.exists():
+                    chunks = StagedFile.recover(data, journal, label=folder.name)
+            except Conflict:
+                found.busy += 1
+                continue
+            if chunks is None:
+                shutil.rmtree(folder, ignore_errors=True)
+                found.removed += 1
+            else:
+                found.uploads += 1
+                found.chunks += chunks
+        return found
 
-    checked: int = 0
-    bytes: int = 0
-    corrupt: list[str] = field(default_factory=list)
-    #: Manifests of files changed or removed outside fluxd (stale caches, dropped).
-    stale: int = 0
+    def collect(self, grace: float, now: float) -> Collected:
+        """Remove staged uploads untouched for `grace` seconds that no session holds, and the
+        manifests of files that no longer exist."""
+        done = Collected()
+        for folder, data, journal in self._staging.uploads():
+            try:
+                touched = max(p.stat().st_mtime for p in (folder, data, journal) if p.exists())
+            except (OSError, ValueError):
+                continue
+            if now - touched < grace:
+                continue
+            size = data.stat().st_size if data.exists() else 0
+            if StagedFile.discard_if_idle(data, journal, label=folder.name):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+                done.uploads += 1
+                done.bytes += size
+        for file, manifest in self._manifests.scan():
+            if manifest is None or not self._exists(manifest.path):
+                self._manifests.discard(file)
+                done.manifests += 1
+        return done
 
-
-def _staged(storage: LocalStorage) -> Iterator[tuple[Path, Path, Path]]:
-    """(folder, data, journal) of every staged upload."""
-    with contextlib.suppress(FileNotFoundError):
-        for folder in sorted(storage._staging.iterdir()):
-            if folder.is_dir() and not folder.is_symlink():
-                yield folder, folder / "data", folder / "journal"
-
-
-def _remove_folder(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def recover(storage: LocalStorage) -> Recovered:
-    """Rebuild the staging area after a crash: cut torn journal tails, count what each staged
-    upload records, and remove folders whose journal is missing or unreadable."""
-    found = Recovered()
-    for folder, data, journal in _staged(storage):
+    def _exists(self, rel: str) -> bool:
         try:
-            chunks = None
-            if journal.exists():
-                chunks = StagedFile.recover(data, journal, label=folder.name)
-        except Conflict:
-            found.busy += 1
-            continue
-        if chunks is None:
-            _remove_folder(folder)
-            found.removed += 1
-        else:
-            found.uploads += 1
-            found.chunks += chunks
-    return found
+            self._tree.stat(rel)
+        except FileNotFoundError:
+            return False
+        except (OSError, FluxError):
+            return True  # unreadable is not gone: keep its manifest
+        return True
 
-
-def collect(storage: LocalStorage, grace: float, now: float) -> Collected:
-    """Remove staged uploads untouched for `grace` seconds that no session holds, and the
-    manifests of files that no longer exist."""
-    done = Collected()
-    for folder, data, journal in _staged(storage):
-        try:
-            touched = max(p.stat().st_mtime for p in (folder, data, journal) if p.exists())
-        except (OSError, ValueError):
-            continue
-        if now - touched < grace:
-            continue
-        size = data.stat().st_size if data.exists() else 0
-        if StagedFile.discard_if_idle(data, journal, label=folder.name):
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-            done.uploads += 1
-            done.bytes += size
-    for path, manifest in _manifests(storage):
-        if manifest is None or not _exists(storage, manifest.path):
-            with contextlib.suppress(OSError):
-                path.unlink()
-            done.manifests += 1
-    return done
-
-
-def _manifests(storage: LocalStorage) -> Iterator[tuple[Path, Manifest | None]]:
-    with contextlib.suppress(FileNotFoundError):
-        for path in sorted(storage._manifests.iterdir()):
-            if path.suffix == ".tmp":
+    def scrub(self) -> ScrubReport:
+        """Read every file that has a manifest and check each chunk and the whole-file digest."""
+        report = ScrubReport()
+        for file, manifest in self._manifests.scan():
+            if manifest is None:
                 continue
             try:
-                raw = path.read_bytes()
-            except OSError:
+                st = self._tree.stat(manifest.path)
+            except (OSError, FluxError):
+                st = None
+            if st is None or not manifest.matches(st):
+                # It describes a file that is gone or was changed outside fluxd.
+                self._manifests.discard(file)
+                report.stale += 1
                 continue
-            yield path, Manifest.unpack(raw)
+            report.checked += 1
+            report.bytes += manifest.size
+            problem = self._verify(manifest)
+            if problem is not None:
+                report.corrupt.append(f"/{manifest.path}: {problem}")
+        return report
 
-
-def _exists(storage: LocalStorage, rel: str) -> bool:
-    try:
-        storage._stat(rel)
-    except FileNotFoundError:
-        return False
-    except (OSError, FluxError):
-        return True  # unreadable is not gone: keep its manifest
-    return True
-
-
-def scrub(storage: LocalStorage) -> ScrubReport:
-    """Read every file that has a manifest and check each chunk and the whole-file digest."""
-    report = ScrubReport()
-    for path, manifest in _manifests(storage):
-        if manifest is None:
-            continue
+    def _verify(self, manifest: Manifest) -> str | None:
+        """None if the file matches its manifest, else what is wrong."""
         try:
-            st = storage._stat(manifest.path)
-        except (OSError, FluxError):
-            st = None
-        if st is None or not manifest.matches(st):
-            with contextlib.suppress(OSError):
-                path.unlink()  # describes a file that is gone or was changed outside fluxd
-            report.stale += 1
-            continue
-        report.checked += 1
-        report.bytes += manifest.size
-        problem = _verify(storage, manifest)
-        if problem is not None:
-            report.corrupt.append(f"/{manifest.path}: {problem}")
-    return report
-
-
-def _verify(storage: LocalStorage, manifest: Manifest) -> str | None:
-    """None if the file matches its manifest, else what is wrong."""
-    try:
-        dl = storage.open_download(manifest.path, manifest.chunk_size)
-    except FluxError as exc:
-        return exc.message
-    try:
-        bad, whole = dl.check()
-    except FluxError as exc:
-        return exc.message
-    finally:
-        dl.close()
-    if bad:
-        return f"{len(bad)} corrupt chunk(s): {show_chunks(bad)}"
-    if whole != dl.digest:
-        return "whole-file digest mismatch"
-    return None
+            dl = open_local_download(
+                self._tree, self._manifests, manifest.path, manifest.chunk_size
+            )
+        except FluxError as exc:
+            return exc.message
+        try:
+            bad, whole = dl.check()
+        except FluxError as exc:
+            return exc.message
+        finally:
+            dl.close()
+        if bad:
+            return f"{len(bad)} corrupt chunk(s): {show_chunks(bad)}"
+        if whole != dl.digest:
+            return "whole-file digest mismatch"
+        return None

@@ -7,6 +7,9 @@ is taken on the manifest's word: a commit that keeps the file as it is (an uncha
 again) first reads it whole. When a chunk there no longer matches, commit stages every chunk
 that still does, marks the manifest damaged (the file stops counting as held) and fails with
 IntegrityError; the client's next STATUS then lacks exactly the damaged chunks.
+
+What an upload touches besides its staged file (the tree it publishes into, the manifests, the
+staging area) it reaches through one `Publisher`, which LocalStorage makes and shares.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from fluxio.buffers import POOL
 from fluxio.crashpoints import crash_point
@@ -23,12 +25,14 @@ from fluxio.staging import ChunkData, StagedFile
 from fluxproto.digest import chunk_digest, digest_at
 from fluxproto.errors import Conflict, FluxError, IntegrityError, NotFound
 
-if TYPE_CHECKING:
-    from .local import LocalDownload, LocalStorage, Manifest
+from .local_download import LocalDownload, open_local_download
+from .local_staging import StagingArea
+from .local_tree import LocalTree
+from .manifests import Manifest, ManifestStore
 
 _COPY_BATCH = 8  # chunks copied from the destination per durable write
 
-__all__ = ["LocalUpload"]
+__all__ = ["LocalUpload", "Publisher"]
 
 
 class _HeldWithBase(Mapping[int, bytes]):
@@ -57,13 +61,13 @@ class LocalUpload:
 
     def __init__(
         self,
-        storage: LocalStorage,
+        publisher: Publisher,
         rel: str,
         staged: StagedFile,
         mode: int,
         base: Manifest | None = None,
     ) -> None:
-        self._storage, self._rel, self._staged, self._mode = storage, rel, staged, mode
+        self._publisher, self._rel, self._staged, self._mode = publisher, rel, staged, mode
         self._base = base
 
     @property
@@ -106,7 +110,7 @@ class LocalUpload:
                 f"file digest mismatch for {self._rel}; {len(bad)} stored chunks were corrupt"
             )
         crash_point("commit-checked")
-        self._storage._publish(self._rel, staged, digest, self._mode)
+        self._publisher.publish(self._rel, staged, digest, self._mode)
         crash_point("published")
 
     def _dest_holds(self, digest: bytes) -> bool:
@@ -119,7 +123,7 @@ class LocalUpload:
         assert self._base is not None
         base = self._base
         try:
-            dl = self._storage.open_download(self._rel, base.chunk_size)
+            dl = self._publisher.read(self._rel, base.chunk_size)
         except FluxError:
             return False
         try:
@@ -134,13 +138,7 @@ class LocalUpload:
 
     def _keep_dest(self) -> None:
         """Commit as a no-op: set the mode the upload asked for, drop the staging."""
-        with storage_errors(f"setting the mode of {self._rel}"):
-            fd = self._storage._beneath.open(self._storage._inner(self._rel), os.O_RDONLY)
-            try:
-                if stat.S_IMODE(os.fstat(fd).st_mode) != self._mode & 0o777:
-                    os.fchmod(fd, self._mode & 0o777)
-            finally:
-                os.close(fd)
+        self._publisher.set_mode(self._rel, self._mode)
         self.abort()
 
     def _fill_from_base(self) -> None:
@@ -157,7 +155,7 @@ class LocalUpload:
         base = self._base
         changed = IntegrityError(f"{self._rel} changed during the upload; resend the rest")
         try:
-            dl = self._storage.open_download(self._rel, base.chunk_size)
+            dl = self._publisher.read(self._rel, base.chunk_size)
         except (NotFound, Conflict):
             raise changed from None
         try:
@@ -170,7 +168,7 @@ class LocalUpload:
             # Rot, or a change that kept size, mtime and inode: either way those bytes are not
             # the manifest's. Keeping the manifest (marked) matters: forgotten, the next
             # download would index the damaged bytes as good and serve them.
-            self._storage._mark_damaged(base, bad)
+            self._publisher.mark_damaged(base, bad)
             raise IntegrityError(
                 f"{len(bad)} chunks of the stored {self._rel} are corrupt; resend them"
             )
@@ -206,4 +204,61 @@ class LocalUpload:
         """Throw the staged chunks away. A no-op once closed or committed."""
         if not self._staged.closed:
             self._staged.discard()
-            self._storage._remove_staging(self._rel)
+            self._publisher.unstage(self._rel)
+
+
+class Publisher:
+    """Everything LocalUploads of one root do outside their staged file: publish it into the
+    tree with its manifest, read or keep the file at the destination, mark that file's
+    manifest damaged, and remove the staging folder.
+
+    Args:
+        tree: the served tree. manifests: its manifests. staging: its staging area.
+    """
+
+    def __init__(self, tree: LocalTree, manifests: ManifestStore, staging: StagingArea) -> None:
+        self._tree, self._manifests, self._staging = tree, manifests, staging
+
+    def publish(self, rel: str, staged: StagedFile, digest: bytes, mode: int) -> None:
+        """Write the manifest of the complete, checked `staged`, then rename it to `rel`.
+
+        Raises:
+            Conflict: the path became a directory, or a parent is a file. PermissionDenied:
+            it now leads out of the root. StorageError, NoSpace.
+        """
+        # Resolved again: the tree may have changed since open_upload.
+        self._tree.check_dest(rel)
+        inner = self._tree.inner(rel)
+        parent = self._tree.parent_dir(rel, inner)
+        try:
+            st = staged.fstat()  # the inode and mtime survive the rename
+            digests = b"".join(staged.held[i] for i in range(staged.count))
+            size, cs, mtime = staged.size, staged.chunk_size, st.st_mtime_ns
+            self._manifests.write(Manifest(rel, size, cs, digest, digests, mtime, st.st_ino))
+            crash_point("manifest-written")
+            staged.publish(inner.rpartition("/")[2], mode, dir_fd=parent)
+        finally:
+            os.close(parent)
+        self._staging.remove(rel)
+
+    def read(self, rel: str, chunk_size_hint: int) -> LocalDownload:
+        """The file now at `rel`, opened for reading; see `open_local_download`."""
+        return open_local_download(self._tree, self._manifests, rel, chunk_size_hint)
+
+    def set_mode(self, rel: str, mode: int) -> None:
+        """Give the file at `rel` the permission bits of `mode` (only if they differ)."""
+        with storage_errors(f"setting the mode of {rel}"):
+            fd = self._tree.open_fd(self._tree.inner(rel), os.O_RDONLY)
+            try:
+                if stat.S_IMODE(os.fstat(fd).st_mode) != mode & 0o777:
+                    os.fchmod(fd, mode & 0o777)
+            finally:
+                os.close(fd)
+
+    def mark_damaged(self, manifest: Manifest, bad: list[int]) -> None:
+        """See `ManifestStore.mark_damaged`."""
+        self._manifests.mark_damaged(manifest, bad)
+
+    def unstage(self, rel: str) -> None:
+        """Remove the staging folder of `rel` once its staged file is gone."""
+        self._staging.remove(rel)

@@ -28,7 +28,6 @@ from fluxproto import (
     Goodbye,
     Ping,
     Pong,
-    State,
     TransportError,
     TransportTimeout,
     Unavailable,
@@ -47,8 +46,9 @@ ChunkData = tuple[int, bytes, Buffer]  # index, digest, payload
 
 
 class Channel(Protocol):
-    """What sessions need from a transport (TCP now, QUIC later)."""
+    """What sessions need from a transport (both are a transports.channel.ChannelBase)."""
 
+    #: The conversation's state machine; only the chunk flow here reads it (its transfer).
     conn: Connection
     peer: str
     #: "tcp" or "quic", for logs and --json.
@@ -69,6 +69,12 @@ class Channel(Protocol):
     def describe(self) -> dict[str, Any]: ...
     @property
     def closed(self) -> bool: ...
+    @property
+    def usable(self) -> bool: ...
+    @property
+    def broken(self) -> bool: ...
+    @property
+    def ended(self) -> bool: ...
 
 
 def handle_control(ch: Channel, event: Event) -> Frame | None:
@@ -283,7 +289,7 @@ class ChunkWriter:
             self._on_durable(nbytes)
 
     def _ack(self, indices: Sequence[int]) -> None:
-        if self._ch.conn.state in (State.CLOSED, State.ERROR):
+        if not self._ch.usable:
             return  # the peer is gone; these chunks are durable and will be reported on resume
         ranges = to_ranges(indices)
         for start in range(0, len(ranges), MAX_RANGES):

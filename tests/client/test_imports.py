@@ -38,6 +38,8 @@ def test_the_client_imports_no_daemon_module() -> None:
     every_path = (
         "import fluxctl.cli, fluxctl.connect, fluxctl.upload, fluxctl.download, fluxctl.ops, "
         "fluxctl.retry, fluxctl.trust, fluxctl.tickets, fluxctl.tokens, fluxctl.demo, "
+        "fluxctl.targets, fluxctl.tree, fluxctl.treewalk, fluxctl.excludes, fluxctl.treeplan, "
+        "fluxctl.treeactions, fluxctl.treeresult, "
         "fluxio.transports.quic"
     )
     daemon = sorted(m for m in loaded_after(every_path) if m == "fluxd" or m.startswith("fluxd."))

@@ -19,18 +19,18 @@ from fluxctl.trust import (
     check_peer,
     client_ssl_context,
     config_dir,
+    explain_untrusted,
     host_key,
     read_known_hosts,
-    translate_ssl_errors,
 )
 from fluxd.certs import init_certs
 from fluxio.tls import CertPaths, cert_fingerprint, fingerprint, server_ssl_context
+from fluxio.transports import tcp
 from fluxproto.errors import (
     ConfigError,
     ConnectError,
     RemoteProtocolError,
     TrustError,
-    map_exceptions,
 )
 
 FP_A = "sha256:" + "a" * 64
@@ -87,29 +87,15 @@ async def tls_server(ctx: ssl.SSLContext, port: int = 0) -> AsyncIterator[int]:
 async def tls_connect(
     client_ctx: ssl.SSLContext, port: int, server_hostname: str = "127.0.0.1"
 ) -> Peer:
-    """Connect the way fluxctl.connect does: ssl errors translated where they enter.
-
-    translate_ssl_errors must be the inner one: ssl.SSLError is an OSError.
-    """
-    with map_exceptions({OSError: ConnectError}), translate_ssl_errors():
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                "127.0.0.1", port, ssl=client_ctx, server_hostname=server_hostname
-            ),
-            5,
-        )
-    try:
-        sslobj = writer.get_extra_info("ssl_object")
+    """Connect the way fluxctl.connect does: the TCP transport maps ssl errors where they
+    enter, and the client says what to check about a certificate the TLS layer refused."""
+    with explain_untrusted():
+        sock = await tcp.open_connection("127.0.0.1", port, client_ctx, server_hostname, 5)
+    with sock:
+        assert isinstance(sock, ssl.SSLSocket)
         return Peer(
-            port,
-            sslobj.version(),
-            sslobj.selected_alpn_protocol(),
-            sslobj.getpeercert(binary_form=True),
+            port, sock.version(), sock.selected_alpn_protocol(), sock.getpeercert(binary_form=True)
         )
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
 
 
 def handshake(
@@ -268,19 +254,21 @@ def test_plaintext_server_is_a_connect_error(known_hosts: Path) -> None:
             server.close()
             await server.wait_closed()
 
-    with pytest.raises(ConnectError, match="TLS handshake failed") as info:
+    with pytest.raises(ConnectError, match=r"TLS handshake with 127\.0\.0\.1:\d+ failed") as info:
         asyncio.run(run())
+    assert "does not speak TLS 1.3" in info.value.message
     assert isinstance(info.value.__cause__, ssl.SSLError)
     assert info.value.retryable
 
 
-def test_translate_ssl_errors_leaves_other_errors_alone() -> None:
-    with pytest.raises(ConnectError, match="TLS handshake failed"), translate_ssl_errors():
-        raise ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
-    with pytest.raises(TrustError), translate_ssl_errors():
-        raise TrustError("passes through")
-    with pytest.raises(ValueError, match="unrelated"), translate_ssl_errors():
-        raise ValueError("unrelated")
+def test_explain_untrusted_adds_what_to_check_and_keeps_the_cause() -> None:
+    cause = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    hinted = r"not trusted: x \(is --ca the ca\.pem"
+    with pytest.raises(TrustError, match=hinted) as info, explain_untrusted():
+        raise TrustError("certificate of h:1 not trusted: x") from cause
+    assert info.value.__cause__ is cause
+    with pytest.raises(ConnectError, match=r"^as it was$"), explain_untrusted():
+        raise ConnectError("as it was")
 
 
 # --- check_peer and known_hosts ---------------------------------------------------------------

@@ -40,9 +40,10 @@ def test_recovery_cuts_torn_tails_and_removes_what_cannot_be_vouched_for(
     journal = staging_dir(storage.root, "a.bin") / "journal"
     with open(journal, "ab") as f:
         f.write(b"\x01torn record")  # a crash in the middle of an append
-    empty = storage._staging / ("0" * 64)
+    staging = journal.parent.parent  # ROOT/.flux/staging
+    empty = staging / ("0" * 64)
     empty.mkdir()  # a folder whose journal was never written
-    garbage = storage._staging / ("1" * 64)
+    garbage = staging / ("1" * 64)
     garbage.mkdir()
     (garbage / "journal").write_bytes(b"not a journal at all")
     found = storage.recover()

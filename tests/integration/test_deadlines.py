@@ -15,11 +15,13 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
 
 from fluxio.transports import quic
 from fluxproto import (
@@ -196,41 +198,53 @@ def test_an_honest_upload_on_a_slow_link_is_not_cut(
 # --- QUIC ---------------------------------------------------------------------------------------
 
 
-async def quic_client(port: int) -> quic.QuicChannel:
+@contextlib.asynccontextmanager
+async def raw_quic(port: int) -> AsyncIterator[QuicConnectionProtocol]:
+    """A stock aioquic client on the daemon's QUIC port: no fluxd code in the way."""
     config = quic.configuration(is_client=True)
     config.verify_mode = ssl.CERT_NONE
-    return await quic.open_connection("127.0.0.1", port, config, 10.0)
+    async with connect("127.0.0.1", port, configuration=config) as client:
+        yield client
 
 
-async def closed_by_server(ch: quic.QuicChannel, wait: float) -> bool:
-    with contextlib.suppress(TimeoutError):
+@contextlib.asynccontextmanager
+async def stream(
+    client: QuicConnectionProtocol, unidirectional: bool = False
+) -> AsyncIterator[asyncio.StreamWriter]:
+    """A new stream of `client` (its first bidirectional one is the control stream)."""
+    _, writer = await client.create_stream(is_unidirectional=unidirectional)
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
+async def closed_by_server(client: QuicConnectionProtocol, wait: float) -> bool:
+    try:
         async with asyncio.timeout(wait):
-            await ch.wait_closed()
-    return ch.closed
+            await client.wait_closed()
+    except TimeoutError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize("trickled", [True, False], ids=["trickled", "withheld"])
 def test_a_hello_trickled_or_withheld_over_quic_is_cut_at_the_deadline(
     daemon: Daemon, token: str, trickled: bool
 ) -> None:
-    # The client's keepalive PINGs keep aioquic's own idle timer running all along.
+    # aioquic's own idle timeout (8 s) lies far beyond the deadline and its margin.
     hello = hello_with_padding(PADDING, token) if trickled else b""
 
     async def main() -> float:
-        ch = await quic_client(daemon.port)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            stream = ch._control_stream()
+        async with raw_quic(daemon.port) as client, stream(client) as control:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             for i in range(len(hello) + 1):
-                if await closed_by_server(ch, STEP if trickled else HANDSHAKE + MARGIN):
+                if await closed_by_server(client, STEP if trickled else HANDSHAKE + MARGIN):
                     return loop.time() - started
                 assert loop.time() - started < HANDSHAKE + MARGIN, "still open"
-                ch._quic.send_stream_data(stream, hello[i : i + 1])
-                ch.transmit()
+                control.write(hello[i : i + 1])
             raise AssertionError("the server never closed the connection")
-        finally:
-            ch.abort()
 
     assert asyncio.run(main()) >= HANDSHAKE - 0.1
 
@@ -241,14 +255,9 @@ def test_chunks_on_a_data_stream_before_hello_are_refused_at_once(daemon: Daemon
     chunk = encode_bytes(Chunk(0, chunk_digest(b"x" * 1000), b"x" * 1000))
 
     async def main() -> bool:
-        ch = await quic_client(daemon.port)
-        try:
-            stream = ch._quic.get_next_available_stream_id(is_unidirectional=True)
-            ch._quic.send_stream_data(stream, chunk)
-            ch.transmit()
-            return await closed_by_server(ch, HANDSHAKE / 2)
-        finally:
-            ch.abort()
+        async with raw_quic(daemon.port) as client, stream(client, unidirectional=True) as data:
+            data.write(chunk)
+            return await closed_by_server(client, HANDSHAKE / 2)
 
     assert asyncio.run(main()), "the server kept a connection that sent chunks before HELLO"
     assert any(

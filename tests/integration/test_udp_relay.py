@@ -24,6 +24,7 @@ from aioquic.asyncio import connect, serve
 from aioquic.quic.configuration import QuicConfiguration
 
 from fluxd.certs import init_certs
+from fluxio.transports import aioquic_shim
 from fluxproto import ALPN
 
 from .udp_relay import C2S, S2C, Stats, UdpRelay
@@ -398,7 +399,7 @@ async def echo_over_quic(
 
     server = await serve("127.0.0.1", 0, configuration=server_config, stream_handler=on_stream)
     try:
-        server_port = server._transport.get_extra_info("sockname")[1]
+        server_port = aioquic_shim.server_socket(server).getsockname()[1]
         client_config = QuicConfiguration(
             is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE
         )

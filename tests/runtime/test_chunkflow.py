@@ -101,6 +101,10 @@ class FakeChannel:
     def closed(self) -> bool:
         return False
 
+    @property
+    def usable(self) -> bool:
+        return self.conn.state not in (State.CLOSED, State.ERROR)
+
 
 class MemChannel:
     """A Channel over a real `fluxproto.Connection`, joined in memory to another MemChannel."""

@@ -1,4 +1,4 @@
-"""fluxio.transports.quic_io: the clock, pacer and GSO sender fluxd puts beneath aioquic."""
+"""fluxio.transports.quic_io: the clock and GSO sender fluxd puts beneath aioquic."""
 
 from __future__ import annotations
 
@@ -10,14 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aioquic.quic.recovery import QuicPacketPacer
 
 from fluxio.transports.quic_io import (
-    MIN_BURST_BYTES,
-    MIN_BURST_TIME,
     GsoTransport,
     PreciseClock,
-    TimerAwarePacer,
     drain_errors,
     udp_socket,
 )
@@ -140,35 +136,6 @@ def test_other_attributes_and_close_reach_the_loop_transport() -> None:
     assert fallback.closed
     assert sender.fileno() == -1  # detached: the descriptor belongs to the loop's transport
     socket.socket(fileno=fd).close()
-
-
-def paced(window: int, rtt: float) -> tuple[TimerAwarePacer, QuicPacketPacer]:
-    ours, stock = TimerAwarePacer(max_datagram_size=1452), QuicPacketPacer(max_datagram_size=1452)
-    for pacer in (ours, stock):
-        pacer.update_rate(congestion_window=window, smoothed_rtt=rtt)
-    assert ours.packet_time == stock.packet_time  # the pace itself is aioquic's
-    return ours, stock
-
-
-@pytest.mark.parametrize(
-    ("window", "rtt"),
-    [(8_900_000, 0.0002), (1_000_000, 0.001), (200_000, 0.0005)],  # 1-44 GB/s: loopback, LAN
-)
-def test_a_fast_path_bursts_min_burst_bytes(window: int, rtt: float) -> None:
-    ours, _ = paced(window, rtt)
-    assert ours.bucket_max * window / rtt == pytest.approx(MIN_BURST_BYTES)
-    assert ours.bucket_max < MIN_BURST_TIME  # a burst that fits a default receive buffer
-
-
-def test_a_medium_path_bursts_for_min_burst_time() -> None:
-    ours, stock = paced(500_000, 0.04)  # 100 Mbit/s, 40 ms: 12.5 MB/s
-    assert stock.bucket_max < MIN_BURST_TIME
-    assert ours.bucket_max == pytest.approx(MIN_BURST_TIME)  # 25 KB, not 128 KiB
-
-
-def test_a_slow_path_is_paced_as_aioquic_paces_it() -> None:
-    ours, stock = paced(40 * 1452, 0.08)  # ~0.7 MB/s: aioquic's bursts already last 20 ms
-    assert ours.bucket_max == stock.bucket_max
 
 
 def test_the_clock_is_time_monotonic_and_the_rest_is_the_loop() -> None:

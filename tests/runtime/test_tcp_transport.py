@@ -32,9 +32,11 @@ from fluxproto import (
     Chunk,
     Commit,
     Committed,
+    ConnectError,
     Connection,
     ConnectionClosed,
     ConnectionLost,
+    ConnectionRefused,
     Event,
     Frame,
     Goodbye,
@@ -328,6 +330,33 @@ def test_garbage_from_the_peer_is_a_remote_protocol_error(run: Runner) -> None:
     run(main())
 
 
+def test_what_a_session_may_still_send_follows_the_conversation(run: Runner) -> None:
+    async def main() -> list[tuple[bool, bool, bool, str]]:
+        seen = []
+        with raw_pair() as (a, b):
+            ch = SocketChannel(b, Connection(Role.SERVER))
+            peer = RawPeer(a, Role.CLIENT)
+            await handshake_with_raw_client(ch, peer)
+            seen.append((ch.usable, ch.broken, ch.ended, ch.end_reason))
+            await peer.send_raw(b"\xff" * 64)  # not a frame
+            with pytest.raises(RemoteProtocolError):
+                await ch.next_event(LONG)
+            seen.append((ch.usable, ch.broken, ch.ended, ch.end_reason))
+            ch.abort()
+        with raw_pair() as (a, b):
+            ch = SocketChannel(b, Connection(Role.SERVER))
+            a.shutdown(socket.SHUT_WR)
+            assert isinstance(await ch.next_event(LONG), ConnectionClosed)
+            seen.append((ch.usable, ch.broken, ch.ended, ch.end_reason))
+        return seen
+
+    assert run(main()) == [
+        (True, False, False, "closed"),
+        (False, True, False, "closed"),  # an ERROR may still tell the peer why
+        (False, False, True, "closed by peer"),
+    ]
+
+
 def test_next_event_times_out(run: Runner) -> None:
     async def main() -> None:
         with raw_pair() as (_, b):
@@ -577,7 +606,7 @@ def test_listener_hands_plain_sockets_over_and_stops_on_close(run: Runner) -> No
                 assert ssock.getblocking() is False
                 assert ssock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         listener.close()
-        with pytest.raises(ConnectionRefusedError):
+        with pytest.raises(ConnectionRefused):
             await open_connection("127.0.0.1", port, None, None, LONG)
 
     run(main())
@@ -664,7 +693,7 @@ def test_open_connection_tls_handshake_times_out(run: Runner) -> None:
             silent.bind(("127.0.0.1", 0))
             silent.listen(1)
             port = silent.getsockname()[1]
-            with pytest.raises(TimeoutError):
+            with pytest.raises(ConnectError, match=rf"no answer from 127.0.0.1:{port} within"):
                 await open_connection("127.0.0.1", port, client_ctx(), "localhost", 0.05)
 
     run(main())
@@ -675,8 +704,9 @@ def test_open_connection_refused(run: Runner) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]  # bound but not listening: connections are refused
-            with pytest.raises(ConnectionRefusedError):
+            with pytest.raises(ConnectionRefused, match=f"refused by 127.0.0.1:{port}") as info:
                 await open_connection("127.0.0.1", port, None, None, LONG)
+            assert isinstance(info.value.__cause__, ConnectionRefusedError)
 
     run(main())
 

@@ -1,13 +1,9 @@
 """QUIC transport (aioquic): one flux conversation per QUIC connection, chunks spread on streams.
 
-Stream mapping:
-- the control stream, the client's first bidirectional stream, carries every frame but CHUNK;
-- CHUNK frames travel on unidirectional *data streams* opened by whoever sends chunks (the client
-  during uploads, the server during downloads), `DATA_STREAMS` of them, reused for the life of
-  the connection and filled round-robin, so one lost packet does not stall every chunk.
-The receiver decodes each data stream with its own FrameReader and hands the chunks to
-`Connection.receive_frame`: one state machine checks everything, as over TCP. A chunk that
-overtakes the frame opening its transfer (META on the control stream) waits here until it lands.
+Which frame travels on which stream is fluxproto.streams' business (sans-IO); a client's path
+upkeep (keepalive, rebinding) is quic_migration's; every aioquic internal goes through
+aioquic_shim. This module moves bytes between them, maps how a connection ended
+(errors.quic_close_error), and serves or opens connections.
 
 aioquic buffers without limit in both directions; memory is bounded by the protocol's window
 (at most `window` bytes of chunks unacknowledged), which a peer cannot exceed without a
@@ -17,10 +13,9 @@ protocol error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import socket
 import ssl
-from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -39,40 +34,37 @@ from aioquic.quic.packet import QuicErrorCode
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fluxproto import (
-    MAX_CHUNK,
     MAX_HEADER,
-    Chunk,
     ConnectError,
     Connection,
-    ConnectionClosed,
-    ConnectionLost,
-    Event,
     FluxError,
     Frame,
-    FrameReader,
     RemoteProtocolError,
     Role,
-    State,
-    TrustError,
+    TransportTimeout,
 )
+from fluxproto.errors import map_exceptions
 from fluxproto.frames import ALPN
+from fluxproto.streams import StreamMap
 
 from ..buffers import POOL
-from . import DEFAULT_DATAGRAM_SIZE, quic_cc
-from .inbox import Inbox
-from .quic_io import GsoTransport, PreciseClock, TimerAwarePacer, drain_errors, udp_socket
+from ..parsing import format_hostport
+from . import DEFAULT_DATAGRAM_SIZE, aioquic_shim, quic_cc
+from .channel import ChannelBase
+from .errors import (
+    OnFailed,
+    foreign_error,
+    ignore_failure,
+    listen_error,
+    no_quic_answer,
+    quic_close_error,
+)
+from .quic_io import PreciseClock, udp_socket
+from .quic_migration import ClientPath
 
-DATA_STREAMS = 4
-#: Chunks that may wait for their transfer to open before the peer is breaking the protocol.
-MAX_WAITING_CHUNKS = 64
 #: Connection and stream flow-control credit; the protocol window is the real bound.
 FLOW_CREDIT = 64 * 1024 * 1024
 IDLE_TIMEOUT = 8.0  # a path silent this long is dead: the client reconnects and resumes
-#: A client whose path has been silent this long probes it with a PING ...
-KEEPALIVE = 1.0
-#: ... and this long moves to a new local socket (a dead NAT mapping, a changed network).
-REBIND_AFTER = 1.5
-WATCH_EVERY = 0.25
 CLOSE_FLUSH = 2.0  # seconds close() waits for the control stream to be acknowledged
 
 
@@ -94,8 +86,8 @@ def configuration(
     )
 
 
-class QuicChannel(QuicConnectionProtocol):
-    """An aioquic protocol that is also the session-facing channel (see tcp.SocketChannel)."""
+class QuicChannel(ChannelBase, QuicConnectionProtocol):
+    """A channel (see ChannelBase) that is also the aioquic protocol of its connection."""
 
     transport = "quic"
     copies_on_send = True  # aioquic copies stream data into its own buffer
@@ -108,69 +100,52 @@ class QuicChannel(QuicConnectionProtocol):
         max_header: int = MAX_HEADER,
         alloc: Callable[[int], memoryview] = POOL.get,
     ) -> None:
-        super().__init__(quic, stream_handler)
-        self._loop = PreciseClock(self._loop)  # type: ignore[assignment]
-        quic._loss._pacer = TimerAwarePacer(max_datagram_size=quic._max_datagram_size)
-        role = Role.CLIENT if quic.configuration.is_client else Role.SERVER
-        self.conn = Connection(role, alloc=alloc, max_header=max_header)
-        self._alloc = alloc
-        self.peer = "?"
+        QuicConnectionProtocol.__init__(self, quic, stream_handler)
+        #: The event loop, with a finer clock (shared with aioquic, see PreciseClock).
+        self.loop = aioquic_shim.install_clock(self, PreciseClock)
+        aioquic_shim.install_pacer(quic)
+        is_client = quic.configuration.is_client
+        conn = Connection(
+            Role.CLIENT if is_client else Role.SERVER, alloc=alloc, max_header=max_header
+        )
+        ChannelBase.__init__(self, conn, "?", self.loop.time())
+        self._streams = StreamMap(
+            conn, is_client=is_client, open_stream=self._open_stream, alloc=alloc
+        )
         self._peer_addr: NetworkAddress | None = None
-        #: The client's own UDP socket (None on the server, whose socket all connections share).
-        self._own_socket: socket.socket | None = None
+        #: A client's own socket and its upkeep (None on the server: all its connections share
+        #: one socket).
+        self._path: ClientPath | None = None
         self._on_ready = on_ready
-        self._inbox = Inbox()
-        self._control: int | None = None
-        self._data_out: list[int] = []
-        self._next_out = 0
-        self._data_in: dict[int, FrameReader] = {}
-        self._waiting: deque[Chunk] = deque()
-        #: Their payload bytes: a peer may not park more than one window of them.
-        self._waiting_bytes = 0
-        self._lost = False
-        self._gone = asyncio.Event()
-        self._closing = False
         self._flush_handle: asyncio.Handle | None = None
-        self.last_receive = self._loop.time()
-        #: Why the connection ended, as aioquic reported it (None while it is up).
-        self.termination: str | None = None
+        #: The peer's CONNECTION_CLOSE arrived (aioquic tells only after its draining period).
+        self._close_received = False
         # Ours, not aioquic's wait_connected(): that one misses a handshake completed before it
         # is awaited, which uvloop makes likely on a fast link.
-        self.handshake: asyncio.Future[None] = self._loop.create_future()
+        self.handshake: asyncio.Future[None] = self.loop.create_future()
         self.handshake.add_done_callback(_retrieve)  # a failure nobody awaits is not an error
-        #: How often this client moved to a new socket by itself (path silent or socket error).
-        self.rebinds = 0
-        #: Set by the handshake: TLS session resumed from a ticket, 0-RTT data accepted.
+        #: Set by the handshake: the ALPN protocol, TLS session resumed from a ticket, 0-RTT
+        #: data accepted.
+        self.alpn: str | None = None
         self.session_resumed = False
         self.early_data_accepted = False
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._rebinding: asyncio.Task[None] | None = None
-        self._silence_handled = -1.0  # last_receive of the silence a rebind already answered
 
-    # --- channel API ------------------------------------------------------------------------
-
-    async def next_event(self, timeout: float | None = None) -> Event:
-        return await self._inbox.get(timeout, self.peer)
-
-    def poll(self) -> Event | None:
-        return self._inbox.poll()
+    # --- how bytes leave ----------------------------------------------------------------------
 
     def send(self, frame: Frame) -> None:
-        if self._lost or self._closing or self.conn.state is State.CLOSED:
-            raise ConnectionLost(f"connection to {self.peer} is closed")
+        """Queue a frame on its stream (see fluxproto.streams); raises ConnectionLost if the
+        connection is closing or gone."""
+        self._check_open()
         self.conn.send(frame)
-        stream = self._data_stream() if isinstance(frame, Chunk) else self._control_stream()
+        stream = self._streams.stream_for(frame)
         for buf in self.conn.data_to_send():
             self._quic.send_stream_data(stream, buf)  # type: ignore[arg-type]
         self._schedule_transmit()
 
     async def drain(self, timeout: float | None = None) -> None:
-        # aioquic takes everything; the protocol window bounds what it holds (module docstring).
-        if self._lost:
-            raise ConnectionLost(f"connection to {self.peer} was lost")
-
-    def fail(self, exc: FluxError) -> None:
-        self._inbox.fail(exc)
+        """Returns at once: aioquic takes everything, and the protocol window bounds what it
+        holds (module docstring). Raises why if the connection is gone."""
+        self._check_alive()
 
     def close(self, error_code: int = QuicErrorCode.NO_ERROR, reason_phrase: str = "") -> None:
         """Close once the control stream's data is acknowledged (at most CLOSE_FLUSH seconds).
@@ -181,15 +156,15 @@ class QuicChannel(QuicConnectionProtocol):
         if self._closing or self._lost:
             return
         self._closing = True
-        self._close_when_flushed(self._loop.time() + CLOSE_FLUSH, error_code, reason_phrase)
+        self._close_when_flushed(self.loop.time() + CLOSE_FLUSH, error_code, reason_phrase)
 
     def _close_when_flushed(self, deadline: float, error_code: int, reason: str) -> None:
-        stream = self._quic._streams.get(self._control) if self._control is not None else None
-        pending = stream is not None and not stream.sender.buffer_is_empty
-        if pending and not self._lost and self._loop.time() < deadline:
-            self._loop.call_later(0.005, self._close_when_flushed, deadline, error_code, reason)
+        control = self._streams.control
+        pending = control is not None and aioquic_shim.has_unacked_data(self._quic, control)
+        if pending and not self._lost and self.loop.time() < deadline:
+            self.loop.call_later(0.005, self._close_when_flushed, deadline, error_code, reason)
             return
-        super().close(error_code, reason)  # CONNECTION_CLOSE leaves now
+        QuicConnectionProtocol.close(self, error_code, reason)  # CONNECTION_CLOSE leaves now
         if self._quic.configuration.is_client:
             self._connection_gone()  # a client has no use for aioquic's draining period
 
@@ -197,22 +172,13 @@ class QuicChannel(QuicConnectionProtocol):
         """Close now, dropping anything unsent."""
         if not (self._closing or self._lost):
             self._closing = True
-            if not self._lost:
-                super().close()
+            QuicConnectionProtocol.close(self)
         self._connection_gone()
-
-    @property
-    def closed(self) -> bool:
-        return self._lost
-
-    async def wait_closed(self) -> None:
-        """Wait until the connection is gone (a client's socket is then closed too)."""
-        await self._gone.wait()
 
     def describe(self) -> dict[str, Any]:
         """Transport details for the daemon's request log."""
         return {
-            "transport": self.transport,
+            **super().describe(),
             "resumed": self.session_resumed,
             "early_data": self.early_data_accepted,
         }
@@ -221,27 +187,24 @@ class QuicChannel(QuicConnectionProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self._own_socket is not None:  # a client's: batch its sends (server sockets are shared)
-            gso = GsoTransport(cast(asyncio.DatagramTransport, transport), self._own_socket)
-            self._transport = gso  # type: ignore[assignment]
+        if self._path is not None:  # a client's own socket: batch its sends
+            batched = self._path.attach(cast(asyncio.DatagramTransport, transport))
+            aioquic_shim.send_through(self, batched)  # type: ignore[arg-type]
 
     def transmit(self) -> None:
-        gso = self._transport
-        if isinstance(gso, GsoTransport):
-            gso.begin()
-            try:
-                super().transmit()
-            finally:
-                gso.flush()
-        else:
+        if self._path is None:
             super().transmit()
+        else:
+            self._path.transmit(super().transmit)
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         if addr != self._peer_addr:
             self._peer_addr, self.peer = addr, _address(addr)
-        self.last_receive = now = self._loop.time()
+        self.last_receive = now = self.loop.time()
         self._quic.receive_datagram(cast(bytes, data), addr, now=now)
-        self._process_events()
+        if not self._close_received and aioquic_shim.closed_by_peer(self._quic):
+            self._close_received = True
+        aioquic_shim.process_events(self)
         # aioquic transmits after every datagram; once per loop iteration covers the whole
         # burst libuv just read (up to 32 datagrams) with one round of packet building.
         self._schedule_transmit()
@@ -250,73 +213,59 @@ class QuicChannel(QuicConnectionProtocol):
         if isinstance(event, StreamDataReceived):
             self._stream_data(event)
         elif isinstance(event, HandshakeCompleted):
+            self.alpn = event.alpn_protocol
             self.session_resumed = event.session_resumed
             self.early_data_accepted = event.early_data_accepted
             if not self.handshake.done():
                 self.handshake.set_result(None)
-            if self._quic.configuration.is_client:
-                self._watchdog = self._loop.call_later(WATCH_EVERY, self._watch)
+            if self._path is not None:
+                self._path.watch(
+                    lambda: self.last_receive, lambda: not (self._closing or self._lost)
+                )
             if self._on_ready is not None:
                 self._on_ready(self)
         elif isinstance(event, ConnectionTerminated):
-            self.termination = event.reason_phrase or f"error {event.error_code}"
-            if not self.handshake.done():
-                self.handshake.set_exception(ConnectionError(self.termination))
-            self._connection_gone()
+            self._terminated(event)
         elif isinstance(event, StreamReset):
             self._protocol_error(f"stream {event.stream_id} was reset")
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _control_stream(self) -> int:
-        if self._control is None:
-            # Only the client opens it; the server learns it from the first data it carries.
-            self._control = self._quic.get_next_available_stream_id()
-        return self._control
+    def _terminated(self, event: ConnectionTerminated) -> None:
+        connecting = not self.handshake.done()
+        failure = self._termination_error(event, connecting)
+        if connecting:
+            self.handshake.set_exception(
+                failure or ConnectError(f"{self.peer} closed the QUIC connection in its handshake")
+            )
+        self._connection_gone(failure, by_peer=self._close_received)
 
-    def _data_stream(self) -> int:
-        if len(self._data_out) < DATA_STREAMS:
-            self._data_out.append(self._quic.get_next_available_stream_id(is_unidirectional=True))
-        stream = self._data_out[self._next_out % len(self._data_out)]
-        self._next_out += 1
-        return stream
+    def _termination_error(self, event: ConnectionTerminated, connecting: bool) -> FluxError | None:
+        """Why the connection ended, as a flux error; None for a clean close."""
+        if not self._close_received:  # the peer did not close it: its code says how if it did
+            if self._closing:
+                return None  # we did
+            if aioquic_shim.is_idle_timeout(event):
+                silent = self._quic.configuration.idle_timeout
+                if connecting:
+                    return no_quic_answer(self.peer, silent)
+                return TransportTimeout(f"no QUIC packets from {self.peer} for {silent:g} s")
+        return quic_close_error(
+            event.error_code,
+            transport_close=event.frame_type is not None,  # None: an application's close
+            reason=event.reason_phrase,
+            peer=self.peer,
+            by_peer=self._close_received,
+            connecting=connecting,
+        )
+
+    def _open_stream(self, unidirectional: bool) -> int:
+        return self._quic.get_next_available_stream_id(is_unidirectional=unidirectional)
 
     def _stream_data(self, event: StreamDataReceived) -> None:
-        sid = event.stream_id
         self._inbox.received(len(event.data))
-        unidirectional = bool(sid & 2)
-        if not unidirectional:
-            if self._control is None and not self._quic.configuration.is_client:
-                self._control = sid
-            if sid != self._control:
-                self._protocol_error(f"unexpected bidirectional stream {sid}")
-                return
-            if event.data:
-                self.conn.receive_data(event.data)
-            if event.end_stream:
-                self.conn.receive_data(b"")
-            self._pump()
-            return
-        if self.conn.handshaking:  # chunks before HELLO: an unauthenticated peer's memory
-            self._protocol_error(f"data on stream {sid} before the handshake")
-            return
-        reader = self._data_in.get(sid)
-        if reader is None:
-            reader = self._data_in[sid] = FrameReader(
-                max_chunk=MAX_CHUNK, alloc=self._alloc, max_header=self.conn.max_header
-            )
         try:
-            reader.feed(event.data)
-            while (frame := reader.next_frame()) is not None:
-                if not isinstance(frame, Chunk):
-                    raise RemoteProtocolError(f"{frame.TYPE.name} on data stream {sid}")
-                self._waiting.append(frame)
-                self._waiting_bytes += len(frame.data)
-                if (
-                    len(self._waiting) > MAX_WAITING_CHUNKS
-                    or self._waiting_bytes > self.conn.receive_window + MAX_CHUNK
-                ):
-                    raise RemoteProtocolError("too many chunks before their transfer opened")
+            self._streams.receive(event.stream_id, event.data, event.end_stream)
         except FluxError as exc:
             self._inbox.set_error(exc)
             return
@@ -325,16 +274,9 @@ class QuicChannel(QuicConnectionProtocol):
     def _pump(self) -> None:
         """Move control-stream events and waiting chunks (in that order) to the session."""
         try:
-            while (event := self.conn.next_event()) is not None:
-                self._inbox.put(event)
-                if isinstance(event, ConnectionClosed):
-                    break
-            while self._waiting and self.conn.chunk_limit:
-                chunk = self._waiting.popleft()
-                self._waiting_bytes -= len(chunk.data)
-                frame = self.conn.receive_frame(chunk)
-                if frame is not None:
-                    self._inbox.put(frame)
+            if self._take_events():
+                for chunk in self._streams.ready_chunks():
+                    self._inbox.put(chunk)
         except FluxError as exc:
             self._inbox.set_error(exc)
         self._inbox.wake()
@@ -342,85 +284,39 @@ class QuicChannel(QuicConnectionProtocol):
     def _protocol_error(self, why: str) -> None:
         self._inbox.set_error(RemoteProtocolError(why))
 
-    def _connection_gone(self) -> None:
-        if self._lost:
-            return
-        self._lost = True
-        self._gone.set()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        if self._quic.configuration.is_client and self._transport is not None:
-            self._transport.close()  # the client's own socket (a server's is shared)
-        self.conn.receive_data(b"")
-        self._pump()
+    def _connection_gone(self, failure: FluxError | None = None, *, by_peer: bool = False) -> None:
+        if self._end(failure, by_peer=by_peer) and self._path is not None:
+            self._path.close()  # a server's socket is shared: it stays
 
     def _schedule_transmit(self) -> None:
         # Frames sent in one loop iteration leave in one burst of datagrams.
         if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+            self._flush_handle = self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None
         self.transmit()
 
-    # --- client path management ----------------------------------------------------------------
+    # --- a client's path ------------------------------------------------------------------------
 
     def error_received(self, exc: Exception) -> None:
-        """The socket reported an error. Refused (the server's ICMP port unreachable, which the
-        client's socket asks the kernel for) during the handshake: nothing listens there, the
-        attempt is over. Refused later: ignored, as QUIC ignores unauthenticated signals (the
-        idle timeout ends a dead connection). Anything else (network unreachable, a changed
-        interface): move."""
-        if not self._quic.configuration.is_client:
-            return
-        if self._own_socket is not None:
-            drain_errors(self._own_socket)
-        if isinstance(exc, ConnectionRefusedError):
-            if not self.handshake.done():
-                self.termination = "connection refused"
-                self.handshake.set_exception(exc)
-            return
-        self._start_rebind()
-
-    def _watch(self) -> None:
-        if self._lost or self._closing:
-            return
-        silent = self._loop.time() - self.last_receive
-        if silent > KEEPALIVE:
-            self._quic.send_ping(0)  # the peer's acknowledgement proves the path again
-            self.transmit()
-        if silent > REBIND_AFTER and self._silence_handled != self.last_receive:
-            self._silence_handled = self.last_receive  # one move per silence
-            self._start_rebind()
-        self._watchdog = self._loop.call_later(WATCH_EVERY, self._watch)
-
-    def _start_rebind(self) -> None:
-        if self._rebinding is None or self._rebinding.done():
-            self.rebinds += 1
-            self._rebinding = self._loop.create_task(self._rebind_quietly())
-
-    async def _rebind_quietly(self) -> None:
-        with contextlib.suppress(OSError):  # no usable network now: the next silence retries
-            await self.rebind()
+        """The socket reported an error. Refused during the handshake: nothing listens there,
+        the attempt is over. Refused later: ignored, as QUIC ignores unauthenticated signals
+        (the idle timeout ends a dead connection). Anything else: the client moves (see
+        ClientPath). A server's socket is shared by all its connections: ignored."""
+        if self._path is not None and self._path.socket_error(exc) and not self.handshake.done():
+            self.handshake.set_exception(foreign_error(exc, self.peer, connecting=True))
 
     async def rebind(self) -> None:
-        """Move this connection to a new local UDP socket (a new address, like a network change).
-
-        The server validates the new path itself; the transfer goes on without a reconnect.
-        """
-        old = self._transport
-        assert old is not None
-        sock = udp_socket(old.get_extra_info("socket").family)
-        self._own_socket = sock
-        await self._loop.create_datagram_endpoint(lambda: self, sock=sock)
-        old.close()
-        self._quic.change_connection_id()
-        self.transmit()
+        """Move this client's connection to a new local UDP socket (see ClientPath.rebind)."""
+        assert self._path is not None, "only a client has a path of its own"
+        await self._path.rebind()
 
 
-def _abort_unless_ready(channel: QuicChannel) -> None:
+def _abort_unless_ready(channel: QuicChannel, timeout: float) -> None:
     if not channel.handshake.done():
-        channel.handshake.set_exception(ConnectionError("handshake timed out"))
+        late = ConnectError(f"no QUIC handshake from {channel.peer} within {timeout:g} s")
+        channel.handshake.set_exception(late)
         channel.abort()
 
 
@@ -431,7 +327,7 @@ def _retrieve(fut: asyncio.Future[None]) -> None:
 
 def peer_certificate_der(channel: QuicChannel) -> bytes | None:
     """The server certificate from the handshake (None when the session was resumed)."""
-    cert = getattr(channel._quic.tls, "_peer_certificate", None)  # aioquic keeps it here
+    cert = aioquic_shim.peer_certificate(channel._quic)
     return cert.public_bytes(Encoding.DER) if cert is not None else None
 
 
@@ -449,25 +345,34 @@ async def open_connection(
     session_ticket_handler: Callable[[Any], None] | None = None,
     early: Frame | None = None,
 ) -> QuicChannel:
-    """Connect over QUIC and finish the handshake (raises OSError, TimeoutError, FluxError)."""
+    """Connect over QUIC and finish the handshake.
+
+    Raises:
+        ConnectionRefused: nothing listens there (the server's ICMP said so).
+        ConnectError: no answer within `timeout` seconds, or the handshake failed.
+        TrustError: the server's certificate failed `config`'s verification.
+        RemoteProtocolError: the server does not speak flux over QUIC.
+    """
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    family, addr = infos[0][0], cast(NetworkAddress, infos[0][4])
-    try:
-        sock = udp_socket(socket.AF_INET6)
-        if family == socket.AF_INET:
-            addr = (f"::ffff:{addr[0]}", int(addr[1]), 0, 0)
-    except OSError:  # no IPv6 in this kernel: a plain IPv4 socket
-        sock = udp_socket(socket.AF_INET)
-    config.server_name = config.server_name or host
-    quic = QuicConnection(configuration=config, session_ticket_handler=session_ticket_handler)
+    where = format_hostport(host, port)
+    with map_exceptions({OSError: lambda e: foreign_error(e, where, connecting=True)}):
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, addr = infos[0][0], cast(NetworkAddress, infos[0][4])
+        try:
+            sock = udp_socket(socket.AF_INET6)
+            if family == socket.AF_INET:
+                addr = (f"::ffff:{addr[0]}", int(addr[1]), 0, 0)
+        except OSError:  # no IPv6 in this kernel: a plain IPv4 socket
+            sock = udp_socket(socket.AF_INET)
+        config.server_name = config.server_name or host
+        quic = QuicConnection(configuration=config, session_ticket_handler=session_ticket_handler)
 
-    def make() -> QuicChannel:
-        channel = QuicChannel(quic)
-        channel._own_socket = sock
-        return channel
+        def make() -> QuicChannel:
+            channel = QuicChannel(quic)
+            channel._path = ClientPath(channel, quic, sock, channel.loop)
+            return channel
 
-    _, channel = await loop.create_datagram_endpoint(make, sock=sock)
+        _, channel = await loop.create_datagram_endpoint(make, sock=sock)
     channel.peer = _address(infos[0][4])
     channel.connect(addr)
     if early is not None:
@@ -475,27 +380,22 @@ async def open_connection(
     try:
         # Shielded: the future is the channel's own, and a timeout must not cancel it.
         async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancellation
-            await asyncio.shield(channel.handshake)
-    except ConnectionRefusedError:
+            await asyncio.shield(channel.handshake)  # raises the flux error it failed with
+    except TimeoutError:
         channel.abort()
-        raise  # an OSError for the caller to map, like TCP's
-    except ConnectionError:
-        channel.abort()
-        reason = channel.termination or "handshake failed"
-        if "certificate" in reason.lower():  # aioquic verifies a CA chain during the handshake
-            raise TrustError(f"{channel.peer}: {reason}") from None
-        raise ConnectError(f"QUIC connection to {channel.peer} failed: {reason}") from None
+        raise no_quic_answer(channel.peer, timeout) from None
     except BaseException:
         channel.abort()
         raise
-    if channel._quic.tls.alpn_negotiated != ALPN:
+    if channel.alpn != ALPN:
         channel.abort()
         raise RemoteProtocolError(f"server does not speak {ALPN} over QUIC")
     return channel
 
 
 class QuicListener:
-    """Serves QUIC on one UDP address and hands each new connection's channel to `on_channel`."""
+    """Serves QUIC on one UDP address and hands each new connection's channel to `on_channel`;
+    `on_failed(peer, error)` hears of each handshake that failed."""
 
     def __init__(
         self,
@@ -505,6 +405,7 @@ class QuicListener:
         handshake_timeout: float,
         max_header: int = MAX_HEADER,
         alloc: Callable[[int], memoryview] = POOL.get,
+        on_failed: OnFailed = ignore_failure,
     ) -> None:
         """A connection whose QUIC handshake has not completed `handshake_timeout` seconds
         after its first packet is closed."""
@@ -512,22 +413,27 @@ class QuicListener:
         self._max_header, self._alloc = max_header, alloc
         self._handshake_timeout = handshake_timeout
         self._config.load_cert_chain(paths.server_cert, paths.server_key)
-        self._on_channel = on_channel
+        self._on_channel, self._on_failed = on_channel, on_failed
         self._server: QuicServer | None = None
         self._tickets: dict[bytes, Any] = {}
 
     async def start(self, host: str, port: int) -> list[tuple[str, int]]:
-        """Bind host:port over UDP; returns the bound (host, port)."""
-        self._server = await serve(
-            host,
-            port,
-            configuration=self._config,
-            create_protocol=self._channel,
-            # Single use: a replayed 0-RTT ticket finds nothing and gets a full handshake.
-            session_ticket_fetcher=lambda ticket: self._tickets.pop(ticket, None),
-            session_ticket_handler=self._store_ticket,
-        )
-        sock = self._server._transport.get_extra_info("socket")  # type: ignore[union-attr]
+        """Bind host:port over UDP; returns the bound (host, port).
+
+        Raises:
+            ConnectError: the address cannot be resolved or bound.
+        """
+        with map_exceptions({OSError: functools.partial(listen_error, host, port)}):
+            self._server = await serve(
+                host,
+                port,
+                configuration=self._config,
+                create_protocol=self._channel,
+                # Single use: a replayed 0-RTT ticket finds nothing and gets a full handshake.
+                session_ticket_fetcher=lambda ticket: self._tickets.pop(ticket, None),
+                session_ticket_handler=self._store_ticket,
+            )
+        sock = aioquic_shim.server_socket(self._server)
         return [sock.getsockname()[:2]]
 
     def _channel(self, quic: QuicConnection, stream_handler: Any = None) -> QuicChannel:
@@ -541,10 +447,20 @@ class QuicListener:
         # aioquic restarts its idle timer on every packet: a peer sending PINGs, or its flight
         # a packet at a time, would keep an unfinished handshake alive without a deadline.
         expire = asyncio.get_running_loop().call_later(
-            self._handshake_timeout, _abort_unless_ready, channel
+            self._handshake_timeout, _abort_unless_ready, channel, self._handshake_timeout
         )
-        channel.handshake.add_done_callback(lambda _: expire.cancel())
+        channel.handshake.add_done_callback(
+            functools.partial(self._handshake_done, channel, expire)
+        )
         return channel
+
+    def _handshake_done(
+        self, channel: QuicChannel, expire: asyncio.TimerHandle, done: asyncio.Future[None]
+    ) -> None:
+        expire.cancel()
+        failure = None if done.cancelled() else done.exception()
+        if isinstance(failure, FluxError):
+            self._on_failed(channel.peer, failure)
 
     def _store_ticket(self, ticket: Any) -> None:
         # Tickets live as long as the daemon: a restart costs clients one full handshake.
@@ -561,7 +477,6 @@ def ssl_verify_mode(cafile: str | None) -> int:
 
 
 __all__ = [
-    "DATA_STREAMS",
     "QuicChannel",
     "QuicListener",
     "configuration",

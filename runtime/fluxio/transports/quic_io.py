@@ -1,6 +1,7 @@
-"""What fluxd changes beneath aioquic: its clock, its pacer, and how the client's datagrams leave.
+"""What fluxd changes beneath aioquic: its clock, and how the client's datagrams leave.
 
 Each piece answers a measured problem (figures in the docstrings and benchmarks/RESULTS.md).
+Its pacer, which reaches into aioquic, is in aioquic_shim.py.
 """
 
 from __future__ import annotations
@@ -11,33 +12,6 @@ import socket
 import struct
 import time
 from typing import Any, cast
-
-from aioquic.quic.recovery import QuicPacketPacer
-
-#: The pacer lets go at once at least MIN_BURST_TIME of sending or MIN_BURST_BYTES, whichever is
-#: less (see TimerAwarePacer).
-MIN_BURST_TIME = 0.002  # twice an event loop's timer tick
-MIN_BURST_BYTES = 128 * 1024  # below a default UDP receive buffer (~208 KiB)
-
-
-class TimerAwarePacer(QuicPacketPacer):
-    """aioquic's pacer, with bursts of at least MIN_BURST_TIME or MIN_BURST_BYTES, the lesser.
-
-    aioquic caps a burst at 16 packets and then asks to be woken after that many packets' worth
-    of time: microseconds at a large window and a small RTT, while an event loop's timers fire
-    per millisecond, so 16 small packets per millisecond (~23 MB/s) was the ceiling. A sender
-    with an 8.9 MB window had 17-40 KiB in flight and moved 256 MiB in 20 s instead of 5.5 s
-    (measured, 1 run in 3). A floor in time alone let fast paths burst megabytes: at 16000-byte
-    datagrams 2 ms overflowed the receiver's default UDP buffer and halved throughput
-    (measured); a floor in bytes alone would burst 128 KiB into slow paths, which aioquic paces
-    finely. Paths whose bursts already last MIN_BURST_TIME are paced exactly as aioquic does.
-    """
-
-    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
-        super().update_rate(congestion_window, smoothed_rtt)
-        pacing_rate = congestion_window / max(smoothed_rtt, 1e-6)
-        floor = min(MIN_BURST_TIME, MIN_BURST_BYTES / pacing_rate)
-        self.bucket_max = max(self.bucket_max, floor)
 
 
 class PreciseClock:

@@ -5,6 +5,7 @@ transports go through memory BIOs that copy every byte twice more; measured here
 TLS stream took 1.5-2.3 s that way and 0.55 s on an SSLSocket. Received bytes land directly in the
 buffers `Connection.get_buffer` hands out, so a chunk is decrypted straight into its own buffer.
 No protocol logic lives here: bytes in, events out, frames in, bytes out, backpressure both ways.
+Socket and TLS failures become flux errors here (errors.py), the session hears why.
 """
 
 from __future__ import annotations
@@ -21,17 +22,24 @@ from typing import Any
 
 from fluxproto import (
     Connection,
-    ConnectionClosed,
-    ConnectionLost,
-    Event,
     FluxError,
     Frame,
-    State,
     TransportTimeout,
 )
+from fluxproto.errors import map_exceptions
 
 from ..buffers import ReceiveBudget
-from .inbox import PROGRESS_BYTES, Inbox
+from ..parsing import format_hostport
+from .channel import ChannelBase
+from .errors import (
+    OnFailed,
+    foreign_error,
+    handshake_errors,
+    ignore_failure,
+    is_ragged_eof,
+    listen_error,
+)
+from .inbox import PROGRESS_BYTES
 
 #: Events waiting for the session before we stop reading. The protocol window bounds chunks;
 #: this bounds everything else a peer could pile up (pings, for instance).
@@ -48,8 +56,8 @@ CLOSE_TIMEOUT = 10.0
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
-class SocketChannel:
-    """The session-facing channel (`next_event`, `send`, `drain`, ...) over one socket."""
+class SocketChannel(ChannelBase):
+    """A channel (see ChannelBase) over one socket."""
 
     transport = "tcp"
     copies_on_send = False  # queued memoryviews are written later: buffers live until acked
@@ -60,11 +68,10 @@ class SocketChannel:
         """`budget`, if given, is the daemon-wide limit on received chunk buffers (`conn`
         allocates from it): reading pauses while it is spent."""
         sock.setblocking(False)
-        self.sock, self.conn = sock, conn
+        self.sock = sock
         self.loop = asyncio.get_running_loop()
-        self.peer = _peer_name(sock)
+        super().__init__(conn, _peer_name(sock), self.loop.time(), self._maybe_resume_reading)
         self._fd = sock.fileno()
-        self._inbox = Inbox(on_take=self._maybe_resume_reading)
         self._out: deque[memoryview] = deque()
         self._out_bytes = 0
         self._written = 0  # bytes the socket took, ever (progress for drain)
@@ -72,33 +79,14 @@ class SocketChannel:
         self._writable.set()
         self._reading = False
         self._writer_armed = False
-        self._lost = False
-        self._gone = asyncio.Event()
-        self._closing = False
         self._memory = budget
-        #: Loop time of the last bytes from the peer (a sign of life, whatever they carry).
-        self.last_receive = self.loop.time()
         self._resume_reading()
 
-    # --- channel API ------------------------------------------------------------------------
-
-    async def next_event(self, timeout: float | None = None) -> Event:
-        """The next protocol event.
-
-        Raises:
-            RemoteProtocolError / IntegrityError: the peer broke the protocol.
-            TransportTimeout: nothing arrived within `timeout` seconds.
-        """
-        return await self._inbox.get(timeout, self.peer)
-
-    def poll(self) -> Event | None:
-        """The next event if one is already queued, without waiting."""
-        return self._inbox.poll()
+    # --- how bytes leave ------------------------------------------------------------------------
 
     def send(self, frame: Frame) -> None:
         """Queue a frame and write what the socket takes now; raises ConnectionLost if gone."""
-        if self._lost or self._closing or self.conn.state is State.CLOSED:
-            raise ConnectionLost(f"connection to {self.peer} is closed")
+        self._check_open()
         self.conn.send(frame)
         for buf in self.conn.data_to_send():
             view = memoryview(buf)
@@ -122,14 +110,10 @@ class SocketChannel:
             if not self._writable.is_set() and self._written - mark < PROGRESS_BYTES:
                 # What is queued, here or in the kernel, would not reach it either: reset.
                 _set_linger_zero(self.sock)
-                self.abort()
-                raise TransportTimeout(f"{self.peer} took no data for {timeout:g} s")
-        if self._lost:
-            raise ConnectionLost(f"connection to {self.peer} was lost")
-
-    def fail(self, exc: FluxError) -> None:
-        """Make the session's next receive raise `exc` (a local failure such as a full disk)."""
-        self._inbox.fail(exc)
+                stalled = TransportTimeout(f"{self.peer} took no data for {timeout:g} s")
+                self._close_socket(stalled)
+                raise stalled
+        self._check_alive()
 
     def close(self) -> None:
         """Close once queued bytes are written (an ERROR or GOODBYE still reaches the peer),
@@ -144,31 +128,18 @@ class SocketChannel:
 
     def abort(self) -> None:
         """Close now, dropping anything unsent."""
-        if self._lost:
+        self._close_socket()
+
+    def _close_socket(self, failure: FluxError | None = None, *, by_peer: bool = False) -> None:
+        if not self._end(failure, by_peer=by_peer):
             return
-        self._lost = True
-        self._gone.set()
         self._pause_reading()
         if self._writer_armed:
             self.loop.remove_writer(self._fd)
             self._writer_armed = False
         with contextlib.suppress(OSError):
             self.sock.close()
-        self.conn.receive_data(b"")
-        self._pump()
         self._writable.set()  # wake writers so they see the loss
-
-    @property
-    def closed(self) -> bool:
-        return self._lost
-
-    async def wait_closed(self) -> None:
-        """Wait until the socket is closed (queued bytes written, or CLOSE_TIMEOUT passed)."""
-        await self._gone.wait()
-
-    def describe(self) -> dict[str, Any]:
-        """Transport details for the daemon's request log."""
-        return {"transport": self.transport}
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -195,7 +166,13 @@ class SocketChannel:
                 budget -= n
         except _WOULD_BLOCK:
             return
-        except (OSError, ssl.SSLError) as exc:
+        except ssl.SSLError as exc:
+            if is_ragged_eof(exc):
+                self._on_eof()  # the peer closed TCP without TLS's close_notify, as all do
+            else:
+                self._on_error(exc)
+            return
+        except OSError as exc:
             self._on_error(exc)
             return
         # Stopped by the budget or a pause: OpenSSL may hold decrypted bytes the socket's
@@ -205,24 +182,19 @@ class SocketChannel:
 
     def _on_eof(self) -> None:
         self._pause_reading()
+        self._peer_closed = True
         self.conn.receive_data(b"")
         self._pump()
         if not self._out:
             self.abort()
 
-    def _on_error(self, exc: BaseException) -> None:
-        # A reset or TLS failure ends the stream like an EOF: the session sees ConnectionClosed.
-        self.abort()
+    def _on_error(self, exc: OSError) -> None:
+        # A reset or a TLS alert: the session hears which (not an EOF), and so does the log.
+        self._close_socket(foreign_error(exc, self.peer), by_peer=True)
 
     def _pump(self) -> None:
-        try:
-            while (event := self.conn.next_event()) is not None:
-                self._inbox.put(event)
-                if isinstance(event, ConnectionClosed):
-                    break
-        except FluxError as exc:
+        if not self._take_events():
             self._pause_reading()
-            self._inbox.set_error(exc)
         if len(self._inbox) >= MAX_QUEUED_EVENTS:
             self._pause_reading()
         self._inbox.wake()
@@ -261,7 +233,7 @@ class SocketChannel:
                     self._out.popleft()
         except _WOULD_BLOCK:
             pass
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:  # ssl.SSLError included
             self._on_error(exc)
             return
         self._arm_writer(bool(self._out))
@@ -283,13 +255,15 @@ class SocketChannel:
 
 def _peer_name(sock: socket.socket) -> str:
     try:
-        addr = sock.getpeername()
+        return _address_name(sock.getpeername())
     except OSError:
         return "?"
+
+
+def _address_name(addr: Any) -> str:
     if not isinstance(addr, tuple):  # a Unix socket: a path, often empty
-        return addr or "local"
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return str(addr) or "local"
+    return format_hostport(str(addr[0]), int(addr[1]))
 
 
 #: Asked for per socket where the kernel offers it (else the system default stays): loss-based
@@ -363,7 +337,11 @@ async def open_connection(
 ) -> socket.socket:
     """Connect (trying each resolved address) and finish TLS; returns the ready socket.
 
-    Raises OSError, ssl.SSLError or TimeoutError; callers translate them.
+    Raises:
+        ConnectionRefused: nothing listens there.
+        ConnectError / TransportTimeout: no connection or no TLS within `timeout` seconds.
+        TrustError: the certificate failed `ssl_context`'s verification (or the server
+            refused ours).
     """
     loop = asyncio.get_running_loop()
 
@@ -383,7 +361,10 @@ async def open_connection(
             if ssl_context is None:
                 return sock
             tls = ssl_context.wrap_socket(
-                sock, server_hostname=server_hostname, do_handshake_on_connect=False
+                sock,
+                server_hostname=server_hostname,
+                do_handshake_on_connect=False,
+                suppress_ragged_eofs=False,  # see errors.RAGGED_EOF
             )
             try:
                 await handshake(tls, timeout)
@@ -393,8 +374,9 @@ async def open_connection(
             return tls
         raise last
 
-    async with asyncio.timeout(timeout):
-        return await run()
+    with handshake_errors(format_hostport(host, port), timeout, "answer"):
+        async with asyncio.timeout(timeout):
+            return await run()
 
 
 class Listener:
@@ -402,7 +384,8 @@ class Listener:
 
     `admit(host)` is asked at accept, before any TLS work: it returns a release function (the
     connection is counted until it is called) or None, and then the socket is closed at once.
-    `on_socket(sock, release)` owns the release from then on.
+    `on_socket(sock, release)` owns the release from then on. `on_failed(peer, error)` hears of
+    each TLS handshake that failed (an alert, a reset, a timeout).
     """
 
     def __init__(
@@ -411,15 +394,24 @@ class Listener:
         on_socket: Callable[[socket.socket, Callable[[], None]], Any],
         handshake_timeout: float,
         admit: Callable[[str], Callable[[], None] | None] = lambda host: lambda: None,
+        on_failed: OnFailed = ignore_failure,
     ) -> None:
         self.ssl_context, self.on_socket = ssl_context, on_socket
         self.handshake_timeout = handshake_timeout
-        self.admit = admit
+        self.admit, self.on_failed = admit, on_failed
         self._socks: list[socket.socket] = []
         self._pending: set[asyncio.Task[None]] = set()
 
     def start(self, host: str, port: int) -> list[tuple[str, int]]:
-        """Bind and listen; returns the bound (host, port) pairs."""
+        """Bind and listen; returns the bound (host, port) pairs.
+
+        Raises:
+            ConnectError: the address cannot be resolved or bound (nothing is left listening).
+        """
+        with map_exceptions({OSError: functools.partial(listen_error, host, port)}):
+            return self._listen(host, port)
+
+    def _listen(self, host: str, port: int) -> list[tuple[str, int]]:
         loop = asyncio.get_running_loop()
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         for family, kind, proto, _, resolved in infos:
@@ -458,7 +450,7 @@ class Listener:
             except _WOULD_BLOCK:
                 return
             except OSError:
-                return  # e.g. EMFILE: try again on the next readiness
+                return  # the listener's trouble (EMFILE), no one connection's: try again later
             release = self.admit(str(addr[0]))
             if release is None:
                 _drop(sock)
@@ -467,20 +459,26 @@ class Listener:
             tune_socket(sock)
             if self.ssl_context is not None:
                 sock = self.ssl_context.wrap_socket(
-                    sock, server_side=True, do_handshake_on_connect=False
+                    sock,
+                    server_side=True,
+                    do_handshake_on_connect=False,
+                    suppress_ragged_eofs=False,  # see errors.RAGGED_EOF
                 )
-            task = asyncio.get_running_loop().create_task(self._secure(sock, release))
+            peer = _address_name(addr)
+            task = asyncio.get_running_loop().create_task(self._secure(sock, peer, release))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
             task.add_done_callback(functools.partial(_close_if_cancelled, sock, release))
 
-    async def _secure(self, sock: socket.socket, release: Callable[[], None]) -> None:
+    async def _secure(self, sock: socket.socket, peer: str, release: Callable[[], None]) -> None:
         if isinstance(sock, ssl.SSLSocket):
             try:
-                await handshake(sock, self.handshake_timeout)
-            except OSError:  # ssl.SSLError and TimeoutError included
-                sock.close()  # a failed handshake concerns nobody but the peer
+                with handshake_errors(peer, self.handshake_timeout, "TLS handshake"):
+                    await handshake(sock, self.handshake_timeout)
+            except FluxError as exc:
+                sock.close()
                 release()
+                self.on_failed(peer, exc)
                 return
         self.on_socket(sock, release)
 

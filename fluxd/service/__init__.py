@@ -1,0 +1,18 @@
+"""The transport-independent file service: callers, operations, transfer handles, access records."""
+
+from .caller import Caller, Presence
+from .files import FileService
+from .transfers import READ_AHEAD, DownloadHandle, UploadHandle, Version, read_verified
+from .work import KEEPALIVE
+
+__all__ = [
+    "KEEPALIVE",
+    "READ_AHEAD",
+    "Caller",
+    "DownloadHandle",
+    "FileService",
+    "Presence",
+    "UploadHandle",
+    "Version",
+    "read_verified",
+]

@@ -1,0 +1,190 @@
+"""The file service: every request a transport can make, authorised, limited and recorded here.
+
+A transport (the flux session today; an HTTP endpoint, lanes later) authenticates a connection
+into a `Caller`, then calls these operations. Each is an async context manager: authorisation,
+limits and storage happen on entering it, the transport delivers the result in the body, and
+on leaving one access record is written with the outcome of both (so a reply that cannot be
+sent is a failed request, as before). Blocking storage calls run on the daemon's thread pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fluxproto import Entry, FluxError, LimitExceeded, NotFound, Unavailable
+
+from .. import log
+from ..context import Shared
+from ..storage.base import EntryPage
+from ..storage.paths import require_file_path
+from .caller import Caller, Presence
+from .record import recorded, refusal
+from .transfers import DownloadHandle, UploadHandle
+from .work import blocking, busy
+
+__all__ = ["FileService"]
+
+
+class FileService:
+    """One daemon's file operations, shared by every connection and transport.
+
+    Args:
+        shared: the daemon's config, storage, limits, upload claims, access log and pool.
+    """
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.limits, self.storage, self.pool = shared.config.limits, shared.storage, shared.pool
+
+    def refused(
+        self, peer: str, transport: str, caller: Caller | None, exc: FluxError, duration: float
+    ) -> None:
+        """Record a connection refused before its first request (bad token, too many
+        connections of its subject)."""
+        grant = caller.grant if caller else None
+        refusal(self.shared.access, peer, transport, grant, exc, duration)
+
+    @asynccontextmanager
+    async def upload(
+        self, caller: Caller, path: str, size: int, chunk_size: int, mode: int
+    ) -> AsyncIterator[UploadHandle]:
+        """Open an upload of `size` bytes to `path`, resuming what is staged for it.
+
+        Checks the server's chunk and file size limits, the path, scope `write`, the caller's
+        upload slots and quota, then claims the path (one writer at a time; see fluxd.claims)
+        and opens it. On leaving, the upload is closed (what is staged stays for a resume) and
+        the claim and slot are given back.
+
+        Raises:
+            LimitExceeded: a size limit, the upload slots or the quota.
+            PermissionDenied: the path is refused, or no scope allows writing it.
+            Conflict: another live writer holds the path.
+            StorageError (and subclasses): the storage refused to open it.
+        """
+        async with recorded(self.shared.access, caller, "upload", path) as record:
+            lim = self.limits
+            if chunk_size > lim.max_chunk:
+                raise LimitExceeded(f"chunk size {chunk_size} > server limit {lim.max_chunk}")
+            if size > lim.max_file_size:
+                raise LimitExceeded(f"file of {size} bytes > server limit {lim.max_file_size}")
+            require_file_path(path)
+            key = caller.grant.check(path, "write")
+            slot = self.shared.admission.upload(caller.account, size)
+            try:
+                await self._check_quota(caller, key, size)
+                up = UploadHandle(key, size, caller.presence, record, self.pool)
+                holder = up.holder(caller.account, lambda gone: _supersede(gone, caller))
+                async with self.shared.claims.claim(key, holder, self.shared.config.shutdown_grace):
+                    await up.open(self.storage, chunk_size, mode)
+                    try:
+                        yield up
+                    finally:
+                        up.close()
+            finally:
+                slot.release()
+
+    async def _check_quota(self, caller: Caller, key: str, size: int) -> None:
+        """Refuse an upload that would take the subject over its quota.
+
+        Counted: the files under the subject's root, plus what its other open uploads
+        announced, minus the file this upload replaces.
+        """
+        quota, root = self.limits.quota, caller.grant.root
+        if not quota or not root:
+            return
+        used = await blocking(self.pool, self.storage.usage, root)
+        try:
+            replaced = (await blocking(self.pool, self.storage.stat, key)).size
+        except FluxError:  # nothing there (or not a file: the upload itself will say so)
+            replaced = 0
+        others = self.shared.admission.reserved[caller.account] - size
+        if used - replaced + others + size > quota:
+            raise LimitExceeded(
+                f"quota of {quota} bytes for {caller.grant.subject!r} would be exceeded "
+                f"({used} bytes stored, {others} in other uploads, this file {size})"
+            )
+
+    @asynccontextmanager
+    async def download(
+        self, caller: Caller, path: str, chunk_size_hint: int
+    ) -> AsyncIterator[DownloadHandle]:
+        """Open the file at `path` for reading, pinned to its current version (scope `read`).
+
+        `chunk_size_hint` is the geometry used if the file has no manifest yet (it is then
+        hashed whole, with the caller's keepalive running). The handle's reads are verified.
+
+        Raises:
+            PermissionDenied: the path is refused, or no scope allows reading it.
+            NotFound, Conflict (a directory), StorageError: storage could not open it.
+        """
+        async with recorded(self.shared.access, caller, "download", path) as record:
+            key = caller.grant.check(path, "read")
+            dl = await busy(
+                self.pool, caller.presence, self.storage.open_download, key, chunk_size_hint
+            )
+            handle = DownloadHandle(dl, record, self.pool)
+            try:
+                yield handle
+            finally:
+                await handle.close()
+
+    @asynccontextmanager
+    async def list(
+        self, caller: Caller, path: str, cursor: str | None, limit: int
+    ) -> AsyncIterator[EntryPage]:
+        """Up to `limit` entries of the folder at `path` after `cursor` (scope `list`).
+
+        Raises:
+            PermissionDenied, NotFound, StorageError.
+        """
+        async with recorded(self.shared.access, caller, "list", path):
+            key = caller.grant.check(path, "list")
+            try:
+                page = await blocking(self.pool, self.storage.list, key, cursor, limit)
+            except NotFound:
+                if not _is_own_root(caller, key):
+                    raise
+                page = [], None
+            yield page
+
+    @asynccontextmanager
+    async def stat(self, caller: Caller, path: str) -> AsyncIterator[Entry]:
+        """The file or folder at `path` (scope `list` or `read`).
+
+        Raises:
+            PermissionDenied, NotFound, StorageError.
+        """
+        async with recorded(self.shared.access, caller, "stat", path):
+            key = caller.grant.check(path, "list", "read")
+            try:
+                entry = await blocking(self.pool, self.storage.stat, key)
+            except NotFound:
+                if not _is_own_root(caller, key):
+                    raise
+                entry = Entry("/", "dir", 0, 0, 0o755, None)
+            yield entry
+
+    @asynccontextmanager
+    async def delete(self, caller: Caller, path: str) -> AsyncIterator[None]:
+        """Delete the file at `path` (scope `delete`); the body confirms it to the client.
+
+        Raises:
+            PermissionDenied, NotFound, Conflict (a folder), StorageError.
+        """
+        async with recorded(self.shared.access, caller, "delete", path):
+            await blocking(self.pool, self.storage.delete, caller.grant.check(path, "delete"))
+            yield
+
+
+def _is_own_root(caller: Caller, key: str) -> bool:
+    """True for a confined subject's own root, which exists only once it stores something
+    (until then it lists as an empty folder)."""
+    return bool(key) and key == caller.grant.root
+
+
+def _supersede(gone: Presence, caller: Caller) -> None:
+    """A new connection of the same subject wants a path `gone` holds, and `gone` has been
+    silent for as long as a dead connection would be: end it."""
+    log.event("superseded", peer=gone.peer, subject=caller.account)
+    gone.end(Unavailable("superseded by a newer connection of the same client"))

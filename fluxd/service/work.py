@@ -1,0 +1,47 @@
+"""Blocking storage calls on the daemon's thread pool, and the keepalive while long ones run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+from .caller import Presence
+
+R = TypeVar("R")
+
+#: While a storage call for a request runs long, the client hears from us this often: well
+#: within any timeout a client would choose (fluxctl's default is 60 s).
+KEEPALIVE = 1.0
+
+__all__ = ["KEEPALIVE", "blocking", "busy"]
+
+
+async def blocking(pool: Executor, fn: Callable[..., R], *args: Any) -> R:
+    """Run a blocking storage call; if cancelled, let the thread finish before unwinding."""
+    fut = asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait([fut])
+        raise
+
+
+async def busy(pool: Executor, presence: Presence, fn: Callable[..., R], *args: Any) -> R:
+    """`blocking` for a call that may take long (it reads whole files): counted as a sign of
+    life of `presence`, whose keepalive runs every KEEPALIVE seconds until the call returns, so
+    the client's wait for the reply does not run out however slow the disk."""
+    with presence.busy():
+        work = asyncio.ensure_future(blocking(pool, fn, *args))
+        try:
+            while not work.done():
+                await asyncio.wait([work], timeout=KEEPALIVE)
+                if not work.done():
+                    presence.keepalive()
+            return work.result()
+        except asyncio.CancelledError:
+            await asyncio.wait([work])  # the thread cannot be stopped: it finishes first
+            if not work.cancelled():
+                work.exception()  # retrieved: the cancellation is what the caller gets
+            raise

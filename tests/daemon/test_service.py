@@ -1,0 +1,618 @@
+"""fluxd.service without a network: a real LocalStorage in a temp dir and callers made by hand.
+
+Each test drives the FileService as a transport would: enter an operation, deliver (or fail)
+in the body, and read the access record it wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from test_local_storage import CS, chunks, content, put, ref
+
+from fluxd.access import AccessLog
+from fluxd.auth.gate import Authenticator
+from fluxd.auth.scopes import Grant, parse_scopes, subject_root
+from fluxd.claims import UploadClaims
+from fluxd.config import AuthConfig, Limits, ServerConfig
+from fluxd.context import Shared
+from fluxd.limits import Admission, Throttle
+from fluxd.service import Caller, FileService, Presence, UploadHandle, work
+from fluxd.storage import LocalStorage
+from fluxio.buffers import ReceiveBudget
+from fluxproto import (
+    Conflict,
+    ConnectionLost,
+    IntegrityError,
+    LimitExceeded,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from tests.damage import flip_in_place
+
+T = TypeVar("T")
+EVERYTHING = "read:/ write:/ list:/ delete:/"
+LONG = 30.0  # a bound that must never run out in these tests, not a wait
+
+
+class Conn:
+    """A connection as a session would describe it to the service: silent unless told."""
+
+    def __init__(self, peer: str = "127.0.0.1:40000") -> None:
+        self.peer, self.heard, self.closed = peer, 0.0, False
+        self.pings = 0
+        self.ended: list[str] = []
+        #: Set when the service ends the connection; its session would then stop reading.
+        self.hung_up = asyncio.Event()
+        readings = (lambda: self.peer, lambda: self.heard, lambda: self.closed)
+        self.presence = Presence(*readings, keepalive=self._ping, end=self._end)
+
+    def _ping(self) -> None:
+        self.pings += 1
+
+    def _end(self, exc: Exception) -> None:
+        self.ended.append(str(exc))
+        self.hung_up.set()
+
+
+@dataclass
+class Daemon:
+    """What a daemon would create once: the shared state, the service, and its access log."""
+
+    service: FileService
+    storage: LocalStorage
+    root: Path
+    log: Path
+
+    def records(self, op: str | None = None) -> list[dict[str, Any]]:
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        found = [json.loads(line) for line in lines]
+        return [r for r in found if op is None or r["op"] == op]
+
+    def caller(
+        self,
+        subject: str = "alice",
+        scopes: str = EVERYTHING,
+        conn: Conn | None = None,
+        root: str = "",
+    ) -> Caller:
+        grant = Grant(subject, f"jti-{subject}", parse_scopes(scopes), root)
+        return Caller.of(grant, "test", (conn or Conn()).presence, {"resumed": False})
+
+
+@pytest.fixture
+def make(tmp_path: Path, root: Path, storage: LocalStorage) -> Iterator[Callable[..., Daemon]]:
+    """Build a Daemon with `limits`, `auth` and claims that presume silence stale after
+    `stale_after` seconds."""
+    made: list[Shared] = []
+
+    def build(
+        limits: Limits | None = None, auth: AuthConfig | None = None, stale_after: float = 10.0
+    ) -> Daemon:
+        log = tmp_path / f"access-{len(made)}.jsonl"
+        config = ServerConfig(
+            root=root,
+            certs=tmp_path / "certs",
+            access_log=str(log),
+            limits=limits or Limits(),
+            auth=auth or AuthConfig(),
+        )
+        shared = Shared(
+            config,
+            storage,
+            ThreadPoolExecutor(max_workers=4),
+            UploadClaims(stale_after=stale_after),
+            Authenticator.from_config(config),
+            Admission(config.limits),
+            Throttle(config.limits),
+            AccessLog(config.access_log),
+            ReceiveBudget(config.limits.memory),
+        )
+        made.append(shared)
+        return Daemon(FileService(shared), storage, root, log)
+
+    yield build
+    for shared in made:
+        shared.pool.shutdown(wait=True)
+        shared.access.close()
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        async with asyncio.timeout(LONG):
+            return await coro
+
+    return asyncio.run(main())
+
+
+async def send(d: Daemon, caller: Caller, path: str, data: bytes) -> None:
+    """A whole upload as a transport makes it: open, write what is not held, commit."""
+    async with d.service.upload(caller, path, len(data), CS, 0o644) as up:
+        await write(up, [c for c in chunks(data) if up.held.get(c[0]) != c[1]])
+        await up.commit(ref(data))
+
+
+async def write(up: UploadHandle, batch: list[tuple[int, bytes, bytes]]) -> None:
+    await asyncio.get_running_loop().run_in_executor(up.pool, up.write_chunks, batch)
+
+
+# --- uploads -------------------------------------------------------------------------------------
+
+
+def test_an_upload_is_stored_and_recorded(make: Callable[..., Daemon]) -> None:
+    d = make()
+    data = content()
+    run(send(d, d.caller(), "/dir/f.bin", data))
+    assert (d.root / "dir" / "f.bin").read_bytes() == data
+    [record] = d.records()
+    assert record["op"] == "upload" and record["path"] == "/dir/f.bin"
+    assert (record["result"], record["bytes"]) == ("ok", len(data))
+    assert (record["subject"], record["jti"], record["transport"]) == ("alice", "jti-alice", "test")
+    assert (record["peer"], record["resumed"]) == ("127.0.0.1:40000", False)
+    assert record["duration"] >= 0
+
+
+def test_a_resent_file_moves_nothing_and_records_zero_bytes(make: Callable[..., Daemon]) -> None:
+    d = make()
+    data = content()
+    run(send(d, d.caller(), "f", data))
+    run(send(d, d.caller(), "f", data))
+    assert [r["bytes"] for r in d.records("upload")] == [len(data), 0]
+
+
+def test_an_interrupted_upload_records_what_it_stored(make: Callable[..., Daemon]) -> None:
+    d = make()
+    data = content()
+
+    async def main() -> None:
+        async with d.service.upload(d.caller(), "f", len(data), CS, 0o644) as up:
+            await write(up, chunks(data)[:2])
+            raise ConnectionLost("127.0.0.1:40000 closed the connection")
+
+    with pytest.raises(ConnectionLost):
+        run(main())
+    [record] = d.records()
+    assert record["result"] == "error 503: 127.0.0.1:40000 closed the connection"
+    assert record["bytes"] == 2 * CS
+    # What was durable stays staged for the resume.
+    up = d.storage.open_upload("f", len(data), CS, 0o644)
+    assert sorted(up.held) == [0, 1]
+    up.close()
+
+
+def test_a_failed_commit_is_recorded_and_not_committed(make: Callable[..., Daemon]) -> None:
+    d = make()
+    data = content()
+    handles: list[UploadHandle] = []
+
+    async def main() -> None:
+        async with d.service.upload(d.caller(), "f", len(data), CS, 0o644) as up:
+            handles.append(up)
+            await write(up, chunks(data))
+            await up.commit(ref(b"something else"))
+
+    with pytest.raises(IntegrityError):
+        run(main())
+    assert not handles[0].committed
+    assert not (d.root / "f").exists()
+    [record] = d.records()
+    assert record["result"].startswith("error 422: ")
+    assert record["bytes"] == len(data)
+
+
+@pytest.mark.parametrize(
+    ("scopes", "path"),
+    [("read:/ list:/ delete:/", "f"), ("write:/backups/", "/backups2/f")],
+)
+def test_an_upload_needs_the_write_scope(
+    make: Callable[..., Daemon], scopes: str, path: str
+) -> None:
+    d = make()
+    with pytest.raises(PermissionDenied, match="does not allow write"):
+        run(send(d, d.caller(scopes=scopes), path, content()))
+    [record] = d.records()
+    assert record["result"].startswith("error 403: token of 'alice' does not allow write")
+    assert record["bytes"] == 0
+    assert not list((d.root / ".flux" / "staging").iterdir()), "nothing staged"
+
+
+@pytest.mark.parametrize(
+    ("limits", "chunk_size", "message"),
+    [
+        (Limits(max_chunk=64 * 1024), 128 * 1024, "chunk size 131072 > server limit 65536"),
+        (Limits(max_file_size=1000), CS, "file of 2000 bytes > server limit 1000"),
+    ],
+)
+def test_server_size_limits(
+    make: Callable[..., Daemon], limits: Limits, chunk_size: int, message: str
+) -> None:
+    d = make(limits=limits)
+
+    async def main() -> None:
+        async with d.service.upload(d.caller(), "f", 2000, chunk_size, 0o644):
+            raise AssertionError("must be refused")
+
+    with pytest.raises(LimitExceeded, match=message):
+        run(main())
+    assert d.records()[0]["result"] == f"error 413: {message}"
+
+
+def test_quota_counts_stored_files_and_other_open_uploads(make: Callable[..., Daemon]) -> None:
+    d = make(limits=Limits(quota=10 * CS), auth=AuthConfig(root="/users/{sub}"))
+    alice = d.caller(root=subject_root("/users/{sub}", "alice"))
+    run(send(d, alice, "old", content(4 * CS)))
+    assert (d.root / "users" / "alice" / "old").exists()
+
+    async def main() -> None:
+        # 4 stored + 4 announced by an open upload: 2 more fit, 3 do not.
+        async with d.service.upload(alice, "open", 4 * CS, CS, 0o644):
+            await send(d, alice, "fits", content(2 * CS))
+            with pytest.raises(LimitExceeded, match=r"quota of 40960 bytes for 'alice'"):
+                await send(d, alice, "big", content(3 * CS))
+            # Now at the quota; replacing a file counts only the difference.
+            await send(d, alice, "old", content(4 * CS, seed=2))
+
+    run(main())
+    assert [r["result"][:9] for r in d.records("upload")] == [
+        "ok",
+        "ok",
+        "error 413",
+        "ok",
+        "ok",
+    ]
+
+
+def test_uploads_per_subject(make: Callable[..., Daemon]) -> None:
+    d = make(limits=Limits(uploads_per_subject=1))
+    data = content()
+
+    async def main() -> None:
+        async with d.service.upload(d.caller(), "a", len(data), CS, 0o644):
+            with pytest.raises(LimitExceeded, match=r"'alice' already has 1 uploads open"):
+                await send(d, d.caller(), "b", data)
+            await send(d, d.caller("bob"), "b", data)  # another subject has slots of its own
+        await send(d, d.caller(), "c", data)  # the slot was given back
+
+    run(main())
+
+
+def test_a_path_another_subject_uploads_is_a_conflict(make: Callable[..., Daemon]) -> None:
+    d = make()
+    data = content()
+
+    async def main() -> None:
+        async with d.service.upload(d.caller(), "f", len(data), CS, 0o644):
+            with pytest.raises(Conflict, match="/f is being uploaded by another session"):
+                await send(d, d.caller("bob"), "f", data)
+        await send(d, d.caller("bob"), "f", data)  # released
+
+    run(main())
+    bob = [r for r in d.records() if r["subject"] == "bob"]
+    assert bob[0]["result"] == "error 409: /f is being uploaded by another session"
+
+
+def test_a_silent_holder_of_the_same_subject_is_superseded(make: Callable[..., Daemon]) -> None:
+    """The newcomer waits for the silent holder, which is ended (as its session would be) and
+    lets go; the newcomer then resumes what the old connection had stored."""
+    d = make(stale_after=0.2)
+    data = content()
+    old = Conn("127.0.0.1:40001")
+
+    async def holder(opened: asyncio.Event) -> None:
+        async with d.service.upload(d.caller(conn=old), "f", len(data), CS, 0o644) as up:
+            await write(up, chunks(data)[:3])
+            opened.set()
+            await old.hung_up.wait()  # what its session sees once the connection is ended
+            raise ConnectionLost("connection closed")
+
+    async def main() -> tuple[float, list[int]]:
+        opened = asyncio.Event()
+        first = asyncio.create_task(holder(opened))
+        await opened.wait()
+        started = time.monotonic()
+        async with d.service.upload(d.caller(), "f", len(data), CS, 0o644) as up:
+            held = sorted(up.held)
+            await write(up, [c for c in chunks(data) if c[0] not in held])
+            await up.commit(ref(data))
+        with pytest.raises(ConnectionLost):
+            await first
+        return time.monotonic() - started, held
+
+    waited, held = run(main())
+    assert 0.2 <= waited < LONG, "it waited for the holder to go stale, not longer"
+    assert held == [0, 1, 2]
+    assert old.ended == ["superseded by a newer connection of the same client"]
+    assert (d.root / "f").read_bytes() == data
+    first, second = d.records("upload")
+    # The holder's record says why it ended, and what it had stored.
+    assert first["result"] == "error 503: superseded by a newer connection of the same client"
+    assert (first["peer"], first["bytes"]) == ("127.0.0.1:40001", 3 * CS)
+    assert (second["result"], second["bytes"]) == ("ok", len(data) - 3 * CS)
+
+
+def test_a_holder_the_daemon_works_for_is_alive() -> None:
+    """The daemon busy on a connection's behalf counts as a sign of life from it."""
+    conn = Conn()
+    before = conn.presence.last_heard()
+    with conn.presence.busy():
+        assert conn.presence.last_heard() != before
+    assert conn.presence.last_heard() == before
+
+
+# --- downloads -----------------------------------------------------------------------------------
+
+
+async def fetch(d: Daemon, caller: Caller, path: str, got: list[bytes]) -> None:
+    async with d.service.download(caller, path, CS) as dl:
+        v = dl.version
+        async for _, _, data in dl.chunks(range(-(-v.size // v.chunk_size))):
+            got.append(bytes(data))
+            dl.delivered(len(data))
+
+
+def test_a_download_is_verified_and_recorded(make: Callable[..., Daemon], root: Path) -> None:
+    d = make()
+    data = content()
+    put(d.storage, "f", data)
+    got: list[bytes] = []
+    run(fetch(d, d.caller(scopes="read:/"), "/f", got))
+    assert b"".join(got) == data
+    [record] = d.records()
+    assert (record["op"], record["result"], record["bytes"]) == ("download", "ok", len(data))
+
+
+def test_a_corrupt_stored_file_is_not_served(make: Callable[..., Daemon], root: Path) -> None:
+    d = make()
+    data = content()
+    put(d.storage, "f", data)
+    flip_in_place(root / "f", 2 * CS + 5)  # bit rot: size and mtime unchanged
+    got: list[bytes] = []
+    with pytest.raises(IntegrityError, match="corrupt at chunk 2; not serving it"):
+        run(fetch(d, d.caller(), "f", got))
+    assert b"".join(got) == data[: 2 * CS], "the chunks before it, and none of it"
+    [record] = d.records()
+    assert record["result"] == "error 422: stored file is corrupt at chunk 2; not serving it"
+    assert record["bytes"] == 2 * CS
+
+
+def test_a_download_needs_the_read_scope(make: Callable[..., Daemon]) -> None:
+    d = make()
+    put(d.storage, "f", content())
+    with pytest.raises(PermissionDenied, match="does not allow read on /f"):
+        run(fetch(d, d.caller(scopes="write:/ list:/"), "f", []))
+    assert d.records()[0]["result"].startswith("error 403")
+
+
+def test_a_download_keeps_its_version_when_the_file_is_replaced(
+    make: Callable[..., Daemon],
+) -> None:
+    d = make()
+    old, new = content(seed=1), content(seed=2)
+    put(d.storage, "f", old)
+
+    async def main() -> bytes:
+        got = []
+        async with d.service.download(d.caller(), "f", CS) as dl:
+            await send(d, d.caller("bob"), "f", new)
+            async for _, _, data in dl.chunks(range(6)):
+                got.append(bytes(data))
+            assert dl.version.digest == ref(old)
+        return b"".join(got)
+
+    assert run(main()) == old
+
+
+def test_readers_left_open_are_closed_with_the_download(make: Callable[..., Daemon]) -> None:
+    d = make()
+    put(d.storage, "f", content())
+
+    async def main() -> None:
+        async with d.service.download(d.caller(), "f", CS) as dl:
+            reads = dl.chunks(range(6), ahead=3)
+            await anext(reads)  # reads of chunks 1-3 are in flight or done
+        with pytest.raises(StopAsyncIteration):
+            await anext(reads)
+
+    run(main())
+
+
+# --- keepalive -----------------------------------------------------------------------------------
+
+
+class SlowStorage:
+    """LocalStorage whose opening of downloads and commits take `delay` seconds longer."""
+
+    def __init__(self, storage: LocalStorage, delay: float) -> None:
+        self._storage, self._delay = storage, delay
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    def open_download(self, path: str, chunk_size_hint: int) -> Any:
+        time.sleep(self._delay)
+        return self._storage.open_download(path, chunk_size_hint)
+
+    def open_upload(self, path: str, size: int, chunk_size: int, mode: int) -> Any:
+        up = self._storage.open_upload(path, size, chunk_size, mode)
+        real = up.commit
+
+        def commit(digest: bytes) -> None:
+            time.sleep(self._delay)
+            real(digest)
+
+        up.commit = commit  # type: ignore[method-assign]
+        return up
+
+
+def test_long_storage_calls_keep_the_client_waiting(
+    make: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(work, "KEEPALIVE", 0.02)
+    d = make()
+    d.service.storage = SlowStorage(d.storage, 0.3)  # type: ignore[assignment]
+    put(d.storage, "f", content())
+    conn = Conn()
+    run(fetch(d, d.caller(conn=conn), "f", []))
+    assert conn.pings >= 5
+
+
+def test_a_cancelled_commit_finishes_and_says_so(make: Callable[..., Daemon]) -> None:
+    """A shutdown arriving mid-commit: the commit completes, `committed` says so (the session
+    still replies), and the cancellation goes on."""
+    d = make()
+    d.service.storage = SlowStorage(d.storage, 0.3)  # type: ignore[assignment]
+    data = content()
+    handles: list[UploadHandle] = []
+
+    async def upload(committing: asyncio.Event) -> None:
+        async with d.service.upload(d.caller(), "f", len(data), CS, 0o644) as up:
+            handles.append(up)
+            await write(up, chunks(data))
+            committing.set()
+            await up.commit(ref(data))
+
+    async def main() -> None:
+        committing = asyncio.Event()
+        task = asyncio.create_task(upload(committing))
+        await committing.wait()
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(main())
+    assert handles[0].committed
+    assert (d.root / "f").read_bytes() == data
+    [record] = d.records()
+    assert (record["result"], record["bytes"]) == (None, len(data)), "cancelled: no result"
+
+
+# --- list, stat, delete --------------------------------------------------------------------------
+
+
+def test_list_stat_delete(make: Callable[..., Daemon]) -> None:
+    d = make()
+    put(d.storage, "dir/f", content(CS))
+
+    async def main() -> None:
+        async with d.service.list(d.caller(), "/dir", None, 10) as (entries, cursor):
+            assert ([e.name for e in entries], cursor) == (["f"], None)
+        async with d.service.stat(d.caller(scopes="read:/"), "/dir/f") as entry:
+            assert (entry.kind, entry.size) == ("file", CS)
+        async with d.service.delete(d.caller(), "/dir/f"):
+            pass
+        with pytest.raises(NotFound):
+            async with d.service.stat(d.caller(), "/dir/f"):
+                pass
+
+    run(main())
+    assert [(r["op"], r["result"][:9]) for r in d.records()] == [
+        ("list", "ok"),
+        ("stat", "ok"),
+        ("delete", "ok"),
+        ("stat", "error 404"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("op", "scopes"),
+    [("list", "read:/ write:/ delete:/"), ("stat", "write:/ delete:/"), ("delete", "read:/")],
+)
+def test_list_stat_delete_need_their_scopes(
+    make: Callable[..., Daemon], op: str, scopes: str
+) -> None:
+    d = make()
+    put(d.storage, "f", content(CS))
+    caller = d.caller(scopes=scopes)
+    opened = {
+        "list": lambda: d.service.list(caller, "f", None, 10),
+        "stat": lambda: d.service.stat(caller, "f"),
+        "delete": lambda: d.service.delete(caller, "f"),
+    }[op]
+
+    async def main() -> None:
+        async with opened():
+            raise AssertionError("must be refused")
+
+    with pytest.raises(PermissionDenied):
+        run(main())
+    assert (d.root / "f").exists()
+    assert d.records()[0]["result"].startswith("error 403")
+
+
+def test_a_confined_subject_sees_its_root_before_it_exists(make: Callable[..., Daemon]) -> None:
+    d = make(auth=AuthConfig(root="/users/{sub}"))
+    alice = d.caller(root=subject_root("/users/{sub}", "alice"))
+
+    async def main() -> None:
+        async with d.service.list(alice, "/", None, 10) as page:
+            assert page == ([], None)
+        async with d.service.stat(alice, "/") as entry:
+            assert (entry.name, entry.kind) == ("/", "dir")
+        with pytest.raises(NotFound):
+            async with d.service.list(alice, "/missing", None, 10):
+                pass
+
+    run(main())
+
+
+def test_a_failed_reply_fails_the_request(make: Callable[..., Daemon]) -> None:
+    """The record covers delivering the result: a reply that cannot be sent is an error."""
+    d = make()
+    put(d.storage, "f", content(CS))
+
+    async def main() -> None:
+        async with d.service.stat(d.caller(), "f"):
+            raise ConnectionLost("connection to 127.0.0.1:40000 is closed")
+
+    with pytest.raises(ConnectionLost):
+        run(main())
+    assert d.records()[0]["result"] == "error 503: connection to 127.0.0.1:40000 is closed"
+
+
+def test_an_ended_connection_records_why(make: Callable[..., Daemon]) -> None:
+    """A request failing after its connection was ended (token revoked) records the reason."""
+    d = make()
+    conn = Conn()
+    put(d.storage, "f", content(CS))
+
+    async def main() -> None:
+        async with d.service.stat(d.caller(conn=conn), "f"):
+            conn.presence.end(Unavailable("token jti-alice was revoked"))
+            conn.presence.end(Unavailable("a second reason is ignored"))
+            raise ConnectionLost("closed")
+
+    with pytest.raises(ConnectionLost):
+        run(main())
+    assert conn.ended == ["token jti-alice was revoked"]
+    assert d.records()[0]["result"] == "error 503: token jti-alice was revoked"
+
+
+def test_a_refused_connection_is_recorded(make: Callable[..., Daemon]) -> None:
+    d = make()
+    d.service.refused("127.0.0.1:1", "tcp", None, PermissionDenied("bad token"), 0.5)
+    d.service.refused("127.0.0.1:2", "tcp", d.caller(), Unavailable("too many"), 0.25)
+    first, second = d.records("connect")
+    assert (first["subject"], first["result"], first["duration"]) == (
+        None,
+        "error 403: bad token",
+        0.5,
+    )
+    assert (second["subject"], second["jti"]) == ("alice", "jti-alice")
+    assert second["result"] == "error 503: too many"
+
+
+def test_anonymous_callers_count_per_address() -> None:
+    grant = Grant("anonymous", None, parse_scopes(EVERYTHING))
+    caller = Caller.of(grant, "quic", Conn("[::1]:5000").presence)
+    assert caller.account == "anonymous@::1"
+    assert Caller.of(Grant("bob", "j", grant.scopes), "tcp", Conn().presence).account == "bob"
