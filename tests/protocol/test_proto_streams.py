@@ -1,27 +1,52 @@
-"""fluxproto.streams: which frames go on which QUIC stream, and chunks that overtake their META."""
+"""fluxproto.streams: the version-2 QUIC mapping (connection stream, a stream per request, chunk
+streams), chunks that overtake their request, and what each end may put where."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pytest
-from proto_support import CS, PATH, WINDOW, chunk, drain, sample_meta
+from proto_support import (
+    CS,
+    DIGESTS,
+    NCHUNKS,
+    PIECES,
+    TID,
+    chunk,
+    commit,
+    committed,
+    download,
+    drain,
+    sample_meta,
+    status,
+    upload,
+)
 
 from fluxproto import (
+    Ack,
     Chunk,
+    Commit,
+    Committed,
     Connection,
+    Entry,
+    Error,
     Event,
     Frame,
-    Hello,
-    OpenDownload,
+    Info,
     OpenUpload,
     Ping,
     RemoteProtocolError,
+    RequestEnded,
     Role,
+    Stat,
     Status,
-    Welcome,
     chunk_digest,
     encode_bytes,
 )
-from fluxproto.streams import DATA_STREAMS, MAX_WAITING_CHUNKS, StreamMap
+from fluxproto.request import EndReason
+from fluxproto.streams import CHUNK_STREAMS, StreamMap
+
+WINDOW = 8 * CS
 
 
 class Opener:
@@ -38,82 +63,230 @@ class Opener:
         return stream
 
 
+Write = tuple[int, bytes, bool]
+
+
 class End:
-    """One end: its Connection and its StreamMap."""
+    """One end: its Connection, its StreamMap, and the stream writes not yet delivered."""
 
     def __init__(self, role: Role) -> None:
-        self.conn = Connection(role)
-        is_client = role is Role.CLIENT
-        self.streams = StreamMap(self.conn, is_client=is_client, open_stream=Opener(is_client))
+        self.conn = Connection(role, window=WINDOW)
+        self.writes: list[Write] = []
+        self.freed = 0
+        self.streams = StreamMap(
+            self.conn,
+            open_stream=Opener(role is Role.CLIENT),
+            write=lambda s, data, fin: self.writes.append((s, bytes(data), fin)),
+            on_freed=self._freed,
+        )
 
-    def send(self, frame: Frame) -> tuple[int, bytes]:
-        """The stream `frame` goes on and its bytes."""
-        self.conn.send(frame)
-        stream = self.streams.stream_for(frame)
-        return stream, b"".join(bytes(b) for b in self.conn.data_to_send())
+    def _freed(self) -> None:
+        self.freed += 1
 
-    def receive(self, stream: int, data: bytes) -> list[Event]:
-        """Feed what arrived on `stream`; the events for the session, chunks last."""
-        self.streams.receive(stream, data, end_stream=False)
-        return [*drain(self.conn), *self.streams.ready_chunks()]
+    def send(self, *frames: Frame) -> list[Write]:
+        """Send frames; the writes made before (taken from `writes`), then one write per frame
+        (its header and payload joined) and any stream it finished."""
+        out, self.writes = self.writes, []
+        for frame in frames:
+            self.streams.send(frame)
+            data = b"".join(d for _, d, _ in self.writes)
+            out.append((self.writes[0][0], data, False))
+            out += [w for w in self.writes if w[2]]
+            self.writes = []
+        return out
+
+    def receive(self, writes: Iterable[Write]) -> list[Event]:
+        for stream, data, fin in writes:
+            self.streams.receive(stream, data, fin)
+        return drain(self.conn)
 
 
-def talk(sender: End, receiver: End, frame: Frame) -> int:
-    stream, data = sender.send(frame)
-    assert receiver.receive(stream, data) == [frame]
-    return stream
+def talk(sender: End, receiver: End, *frames: Frame) -> list[Event]:
+    return receiver.receive(sender.send(*frames))
+
+
+def streams_of(writes: list[Write]) -> list[int]:
+    return [s for s, data, _ in writes if data]
 
 
 def connected() -> tuple[End, End]:
     client, server = End(Role.CLIENT), End(Role.SERVER)
-    talk(client, server, Hello(window=WINDOW * 4))
-    talk(server, client, Welcome(window=WINDOW * 4))  # room for eight chunks either way
+    talk(client, server, client.conn.hello())
+    talk(server, client, server.conn.welcome())
     return client, server
 
 
-def test_frames_share_the_control_stream_and_chunks_take_turns_on_data_streams() -> None:
+def test_connection_frames_share_stream_0_and_each_request_gets_its_own_stream() -> None:
     client, server = connected()
     assert client.streams.control == server.streams.control == 0
-    count = DATA_STREAMS + 2
-    assert talk(client, server, OpenUpload(PATH, count * CS, CS)) == 0
-    assert talk(server, client, Status()) == 0
-    pieces = [bytes([i]) * CS for i in range(count)]
-    used = [talk(client, server, Chunk(i, chunk_digest(p), p)) for i, p in enumerate(pieces)]
-    assert used == [2, 6, 10, 14, 2, 6]  # the client's unidirectional streams, in turn
+    assert streams_of(client.send(Ping(1))) == [0]
+    opened = client.send(Stat(1, "a"), Stat(2, "b"))
+    assert streams_of(opened) == [4, 8]
+    assert [e for e in server.receive(opened)] == [Stat(1, "a"), Stat(2, "b")]
+    # The server answers each request on its stream, and finishes its side with the answer.
+    answer = server.send(Info(2, sample_entry("b")))
+    assert answer == [(8, encode_bytes(Info(2, sample_entry("b"))), False), (8, b"", True)]
+    assert client.receive(answer) == [
+        Info(2, sample_entry("b")),
+        RequestEnded(2, EndReason.ANSWERED),
+    ]
+    # The client finished its side when the answer ended the request.
+    assert client.writes == [(8, b"", True)]
 
 
-def test_a_chunk_overtaking_its_meta_waits_for_it() -> None:
+def sample_entry(name: str) -> Entry:
+    return Entry(name, "file", 1)
+
+
+def test_a_small_file_travels_in_one_flight_on_its_request_stream() -> None:
     client, server = connected()
-    talk(client, server, OpenDownload(PATH, chunk_size=CS))
-    meta_stream, meta = server.send(sample_meta())
-    data_stream, first = server.send(chunk(0))
-    assert data_stream == 3  # the server opens its own data streams
-    assert client.receive(data_stream, first) == []  # META is still on its way
-    assert client.receive(meta_stream, meta) == [sample_meta(), chunk(0)]
+    data = b"hello"
+    flight = client.send(
+        OpenUpload(1, "hello.txt", len(data), CS),
+        Chunk(1, 0, chunk_digest(data), data),
+        Commit(1, chunk_digest(data), 1),
+    )
+    assert streams_of(flight) == [4, 4, 4]
+    events = server.receive(flight)
+    assert [type(e).__name__ for e in events] == ["OpenUpload", "Chunk", "Commit"]
+    done = server.send(Status(1, TID), Committed(1, len(data), chunk_digest(data)))
+    assert done[-1] == (4, b"", True)
+    assert client.receive(done)[-1] == RequestEnded(1, EndReason.COMMITTED)
+    assert client.conn.sent_inflight == 0
 
 
-def test_the_server_learns_the_control_stream_and_refuses_another() -> None:
-    server = End(Role.SERVER)
-    server.streams.receive(4, encode_bytes(Hello()), end_stream=False)
-    assert server.streams.control == 4
-    with pytest.raises(RemoteProtocolError, match="unexpected bidirectional stream 8"):
-        server.streams.receive(8, encode_bytes(Ping(1)), end_stream=False)
+def test_a_large_transfer_spreads_its_chunks_over_chunk_streams_in_turn() -> None:
+    client, server = connected()
+    talk(client, server, upload(rid=1))
+    talk(server, client, status(rid=1))
+    count = CHUNK_STREAMS + 2
+    size = count * CS
+    client.send(OpenUpload(3, "big", size, CS))
+    used = [streams_of(client.send(Chunk(3, i, DIGESTS[0], PIECES[0])))[0] for i in range(count)]
+    assert used == [2, 6, 10, 14, 2, 6]  # the client's unidirectional streams, in turn
+    small = client.send(Chunk(1, 0, DIGESTS[0], PIECES[0]))
+    assert streams_of(small) == [10]  # a transfer of three chunks spreads them too
 
 
-def test_data_before_the_handshake_is_refused_before_it_is_decoded() -> None:
-    server = End(Role.SERVER)
-    with pytest.raises(RemoteProtocolError, match="before the handshake"):
-        server.streams.receive(2, encode_bytes(chunk(0)), end_stream=False)
+def test_chunks_that_overtake_their_upload_wait_and_commit_waits_for_them() -> None:
+    client, server = connected()
+    writes = client.send(upload(), *(chunk(i) for i in range(NCHUNKS)), commit(sent=NCHUNKS))
+    request = [w for w in writes if w[0] == 4]
+    chunks = [w for w in writes if w[0] != 4]
+    assert len(chunks) == NCHUNKS  # three chunks: the transfer spreads them
+    assert server.receive(chunks) == []  # the upload is not open yet: they wait
+    assert server.streams.waiting_chunks == NCHUNKS
+    events = server.receive(request)
+    assert events == [upload(), *(chunk(i) for i in range(NCHUNKS)), commit(sent=NCHUNKS)]
+    assert server.streams.waiting_chunks == 0
 
 
-def test_only_chunks_travel_on_data_streams() -> None:
+def test_commit_arriving_before_its_chunks_is_reported_after_the_last() -> None:
+    client, server = connected()
+    writes = client.send(upload(), *(chunk(i) for i in range(NCHUNKS)), commit(sent=NCHUNKS))
+    request = [w for w in writes if w[0] == 4]
+    chunks = [w for w in writes if w[0] != 4]
+    assert server.receive(request) == [upload()]  # COMMIT waits for the chunks it counts
+    assert server.receive(chunks[:2]) == [chunk(0), chunk(1)]
+    assert server.receive(chunks[2:]) == [chunk(2), commit(sent=NCHUNKS)]
+
+
+def test_a_download_chunk_that_overtakes_its_meta_waits_for_it() -> None:
+    client, server = connected()
+    talk(client, server, download())
+    meta = server.send(sample_meta())
+    first = server.send(chunk(0))
+    assert streams_of(first) == [3]  # the server opens its own chunk streams
+    assert client.receive(first) == []
+    assert client.receive(meta) == [sample_meta(), chunk(0)]
+
+
+def test_a_download_counts_toward_the_limit_until_the_server_finishes_its_stream() -> None:
+    client, server = connected()
+    talk(client, server, download())
+    talk(server, client, sample_meta(), *(chunk(i) for i in range(NCHUNKS)))
+    last = client.send(Ack(1, ((0, NCHUNKS),)))  # ends the download at the client
+    assert last[-1] == (4, b"", True)
+    assert client.conn.requests == {}
+    assert client.streams.requests_in_use == 1  # decision 26: not yet free
+    answer = server.receive(last) and server.writes
+    assert answer == [(4, b"", True)]
+    client.receive(server.send())
+    assert client.streams.requests_in_use == 0
+    assert client.freed == 1
+
+
+def test_an_error_ends_the_request_and_the_late_frames_on_its_stream_are_dropped() -> None:
+    client, server = connected()
+    flight = client.send(upload(), chunk(0))
+    events = server.receive(flight[:1])
+    assert events == [upload()]
+    refusal = server.send(Error(403, "no", 1))
+    assert refusal[-1] == (4, b"", True)
+    assert server.receive(flight[1:]) == []  # the chunk crossed the ERROR: dropped
+    assert client.receive(refusal) == [Error(403, "no", 1), RequestEnded(1, EndReason.ERROR)]
+
+
+@pytest.mark.parametrize(
+    ("frames", "match"),
+    [
+        ([Stat(1, "a"), Stat(2, "b")], "STAT for request 2 on the stream of request 1"),
+        ([Stat(1, "a"), Ping(3)], "PING for request None on the stream of request 1"),
+        ([Ping(3)], "PING opens request stream 4"),
+        ([commit(sent=0)], "COMMIT opens request stream 4"),
+    ],
+)
+def test_a_request_stream_carries_one_request(frames: list[Frame], match: str) -> None:
     _, server = connected()
-    with pytest.raises(RemoteProtocolError, match="PING on data stream 2"):
-        server.streams.receive(2, encode_bytes(Ping(1)), end_stream=False)
+    data = b"".join(encode_bytes(f) for f in frames)
+    with pytest.raises(RemoteProtocolError, match=match):
+        server.streams.receive(4, data, False)
 
 
-def test_a_peer_may_not_park_chunks_without_end() -> None:
+def test_the_connection_stream_carries_no_request_frame() -> None:
+    _, server = connected()
+    with pytest.raises(RemoteProtocolError, match="STAT on the connection stream"):
+        server.streams.receive(0, encode_bytes(Stat(1, "a")), False)
+
+
+def test_streams_before_the_handshake_are_refused_before_anything_is_decoded() -> None:
+    server = End(Role.SERVER)
+    server.streams.receive(0, encode_bytes(Ping(1))[:3], False)  # the connection stream
+    with pytest.raises(RemoteProtocolError, match="before the handshake"):
+        server.streams.receive(2, encode_bytes(chunk(0)), False)
+    with pytest.raises(RemoteProtocolError, match="before the handshake"):
+        server.streams.receive(4, encode_bytes(Stat(1, "a")), False)
+
+
+def test_the_server_opens_no_bidirectional_stream_and_only_chunks_travel_on_chunk_streams() -> None:
+    client, server = connected()
+    with pytest.raises(RemoteProtocolError, match="unexpected bidirectional stream 1"):
+        client.streams.receive(1, encode_bytes(Info(1, sample_entry("x"))), False)
+    with pytest.raises(RemoteProtocolError, match="PING on chunk stream 2"):
+        server.streams.receive(2, encode_bytes(Ping(1)), False)
+
+
+def test_finishing_a_request_stream_while_the_request_is_open_is_an_error() -> None:
+    client, server = connected()
+    server.receive(client.send(Stat(1, "a")))
+    with pytest.raises(RemoteProtocolError, match="stream 4 finished while request 1 is open"):
+        server.streams.receive(4, b"", True)
+
+
+def test_a_peer_may_not_park_more_than_a_window_of_chunks() -> None:
     client, _ = connected()
-    with pytest.raises(RemoteProtocolError, match="too many chunks"):
-        for _ in range(MAX_WAITING_CHUNKS + 1):
-            client.streams.receive(3, encode_bytes(chunk(2)), end_stream=False)
+    with pytest.raises(RemoteProtocolError, match="wait for requests that are not open"):
+        for _ in range(WINDOW // CS + 1):
+            client.streams.receive(3, encode_bytes(chunk(0, rid=9)), False)
+
+
+def test_every_request_stream_is_forgotten_once_both_ends_finished() -> None:
+    client, server = connected()
+    for rid in range(1, 4):
+        talk(client, server, upload(rid=rid), *(chunk(i, rid) for i in range(NCHUNKS)))
+        talk(server, client, status(rid=rid))
+        talk(client, server, commit(rid=rid, sent=NCHUNKS))
+        events = talk(server, client, committed(rid=rid))
+        assert events[-1] == RequestEnded(rid, EndReason.COMMITTED)
+        server.receive(client.send())  # the client's FIN
+    assert client.streams._streams == server.streams._streams == {}
