@@ -113,6 +113,7 @@ class FluxServer:
                     self.config.limits.max_header,
                     self.shared.budget.alloc,
                     functools.partial(_handshake_failed, "quic"),
+                    window=self.config.window,
                 )
                 udp = await self._quic.start(host, port)
                 bound += [("quic", format_hostport(h, p)) for h, p in udp]
@@ -173,7 +174,9 @@ class FluxServer:
 
     def _start_tcp_session(self, sock: socket.socket, release: Callable[[], None]) -> None:
         budget, max_header = self.shared.budget, self.config.limits.max_header
-        conn = Connection(Role.SERVER, alloc=budget.alloc, max_header=max_header)
+        conn = Connection(
+            Role.SERVER, alloc=budget.alloc, max_header=max_header, window=self.config.window
+        )
         self._start_session(SocketChannel(sock, conn, budget), release)
 
     def _start_quic_session(self, ch: QuicChannel) -> None:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fluxio.buffers import POOL
-from fluxio.chunkflow import Channel, expect
 from fluxio.parsing import is_loopback
+from fluxio.requests import Channel, expect
 from fluxio.transports import DEFAULT_DATAGRAM_SIZE, tcp
 from fluxproto import (
     DEFAULT_WINDOW,
@@ -27,6 +27,7 @@ from fluxproto import (
     FluxError,
     Hello,
     Role,
+    VersionMismatch,
     Welcome,
 )
 
@@ -103,12 +104,15 @@ class ClientOptions:
 
 
 async def connect(url: FluxURL, opts: ClientOptions) -> Channel:
-    """Connect, verify the server per the trust policy, and complete the flux handshake.
+    """Connect, verify the server per the trust policy, and complete the flux handshake
+    (protocol version 2).
 
     Raises:
         ConnectError: cannot reach the server (retryable).
         TrustError: the server's certificate is not trusted.
         ConfigError: plaintext to a non-loopback host, bad pin or CA file.
+        VersionMismatch: the server speaks another protocol version; the message says
+            which program to upgrade.
     """
     if opts.transport == "tcp" or opts.insecure_plaintext:
         return await connect_tcp(url, opts)
@@ -183,12 +187,13 @@ async def connect_tcp(url: FluxURL, opts: ClientOptions) -> Channel:
         sock = await tcp.open_connection(
             url.host, url.port, ctx, url.host if ctx else None, opts.connect_timeout
         )
-    ch = tcp.SocketChannel(sock, Connection(Role.CLIENT, alloc=POOL.get))
+    ch = tcp.SocketChannel(sock, Connection(Role.CLIENT, alloc=POOL.get, window=opts.window))
     try:
         if isinstance(sock, ssl.SSLSocket):
             check_alpn(sock.selected_alpn_protocol())
             check_peer(opts.policy, url.host, url.port, sock.getpeercert(True), opts.on_new_host)
-        await _hello(ch, opts)
+        ch.send(_make_hello(ch, opts))
+        await _welcome(ch, url, opts)
     except BaseException:
         ch.abort()
         raise
@@ -215,10 +220,16 @@ async def connect_quic(url: FluxURL, opts: ClientOptions) -> Channel:
     tickets = _TicketKeeper(store, key, enabled=policy.ca is None)
     # With a ticket, HELLO (idempotent) rides in 0-RTT early data; every request waits for
     # WELCOME, which only comes once the handshake completed.
-    early = _make_hello(opts) if config.session_ticket is not None else None
+    early = config.session_ticket is not None
     with explain_untrusted():
         ch = await quic.open_connection(
-            url.host, url.port, config, opts.connect_timeout, tickets.received, early
+            url.host,
+            url.port,
+            config,
+            opts.connect_timeout,
+            tickets.received,
+            (lambda channel: _make_hello(channel, opts)) if early else None,
+            window=opts.window,
         )
     try:
         # A resumed session shows no certificate: check the one the ticket was issued under.
@@ -226,9 +237,9 @@ async def connect_quic(url: FluxURL, opts: ClientOptions) -> Channel:
         check_peer(policy, url.host, url.port, der, opts.on_new_host)
         if der is not None:
             tickets.trusted(der)
-        if early is None:
-            ch.send(_make_hello(opts))
-        await expect(ch, Welcome, opts.io_timeout)
+        if not early:
+            ch.send(_make_hello(ch, opts))
+        await _welcome(ch, url, opts)
     except BaseException:
         ch.abort()
         raise
@@ -260,15 +271,17 @@ class _TicketKeeper:
             self._store.save(self._key, ticket, self._certificate)
 
 
-def _make_hello(opts: ClientOptions) -> Hello:
-    return Hello(
-        window=opts.window, agent=f"fluxctl/{__version__}", caps=("xxh3-128",), token=opts.token
-    )
+def _make_hello(ch: Channel, opts: ClientOptions) -> Hello:
+    """HELLO offering version 2 and announcing the windows the connection enforces."""
+    return ch.conn.hello(agent=f"fluxctl/{__version__}", caps=("xxh3-128",), token=opts.token)
 
 
-async def _hello(ch: Channel, opts: ClientOptions) -> None:
-    ch.send(_make_hello(opts))
-    await expect(ch, Welcome, opts.io_timeout)
+async def _welcome(ch: Channel, url: FluxURL, opts: ClientOptions) -> None:
+    try:
+        await expect(ch, Welcome, opts.io_timeout)
+    except VersionMismatch as exc:
+        # The server's own words cannot know the remedy; fluxproto says which side to upgrade.
+        raise ch.conn.version_mismatch(url.address) or exc from None
 
 
 def _ssl_context(url: FluxURL, opts: ClientOptions) -> ssl.SSLContext | None:

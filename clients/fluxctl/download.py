@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fluxio.buffers import POOL
-from fluxio.chunkflow import Buffer, Channel, ChunkWriter, expect
+from fluxio.chunkflow import Buffer, ChunkWriter
+from fluxio.requests import Request
 from fluxio.staging import StagedFile
 from fluxproto import (
     MAX_RANGES,
@@ -36,6 +37,7 @@ from fluxproto.digest import digest_at
 from .connect import ClientOptions
 from .results import DEFAULT_CHUNK, ProgressFn, TransferResult
 from .retry import Retrier
+from .session import ClientSession, cancel_on_error
 from .upload import current_umask
 from .url import FluxURL
 
@@ -84,29 +86,30 @@ class Download:
     async def run(self, retrier: Retrier | None = None) -> TransferResult:
         started = time.monotonic()
         retrier = retrier or Retrier(self.url, self.opts)
-        meta = await retrier.run(self._attempt)
+        meta = await retrier.run(self.attempt)
+        seconds = time.monotonic() - started
+        return self.result(meta, retrier.retries, seconds, retrier.transport)
+
+    def result(self, meta: Meta, retries: int, seconds: float, transport: str) -> TransferResult:
+        """The run's result once an attempt put the file in place."""
+        received, skipped = self.received, self.skipped or 0
+        path, size, digest = self.url.path, meta.size, meta.digest
         return TransferResult(
-            "recv",
-            self.url.path,
-            meta.size,
-            self.received,
-            self.skipped or 0,
-            retrier.retries,
-            time.monotonic() - started,
-            meta.digest,
-            transport=retrier.transport,
+            "recv", path, size, received, skipped, retries, seconds, digest, transport
         )
 
-    async def _attempt(self, ch: Channel, n: int) -> Meta:
-        meta = await self._meta(ch, (), None)
+    async def attempt(self, session: ClientSession, n: int) -> Meta:
+        """One attempt on `session` (the `n`th of the run): META of the file once it is in
+        place. Safe to run at once with other transfers' attempts on the same session."""
+        _, meta = await self._meta(session, (), None)
         staged = await self._open_staged(meta)
         try:
             while True:
                 while missing := self._missing(staged, meta):
                     want = to_ranges(missing)[:MAX_RANGES]
-                    reply = await self._meta(ch, want, meta)
+                    req, reply = await self._meta(session, want, meta)
                     if reply.count:
-                        await self._receive(ch, staged, reply)
+                        await self._receive(req, staged, reply)
                         continue
                     # The file changed on the server: re-plan against its new digests.
                     if (reply.size, reply.chunk_size) != (meta.size, meta.chunk_size):
@@ -120,9 +123,9 @@ class Download:
             staged.close()
 
     async def _meta(
-        self, ch: Channel, want: tuple[tuple[int, int], ...], plan: Meta | None
-    ) -> Meta:
-        return await ask_meta(ch, self.url.path, want, plan, self.opts)
+        self, session: ClientSession, want: tuple[tuple[int, int], ...], plan: Meta | None
+    ) -> tuple[Request, Meta]:
+        return await ask_meta(session, self.url.path, want, plan, self.opts)
 
     async def _open_staged(self, meta: Meta) -> StagedFile:
         data, journal = partial_paths(self.dest)
@@ -143,21 +146,22 @@ class Download:
         n = chunk_count(meta.size, meta.chunk_size)
         return [i for i in range(n) if staged.held.get(i) != digest_at(meta.digests, i)]
 
-    async def _receive(self, ch: Channel, staged: StagedFile, meta: Meta) -> None:
+    async def _receive(self, req: Request, staged: StagedFile, meta: Meta) -> None:
         def on_durable(nbytes: int) -> None:
             self._done += nbytes
             self.progress(self._done, meta.size)
 
-        writer = ChunkWriter(ch, staged, on_durable)
-        try:
-            for _ in range(meta.count):
-                chunk = await expect(ch, Chunk, self.opts.io_timeout)
-                self.received += len(chunk.data)
-                writer.add(chunk)
-        finally:
-            await writer.flush()
-        if writer.error is not None:
-            raise writer.error
+        writer = ChunkWriter(req, staged, on_durable)
+        with cancel_on_error(req):
+            try:
+                for _ in range(meta.count):
+                    chunk = await req.expect(Chunk, self.opts.io_timeout)
+                    self.received += len(chunk.data)
+                    writer.add(chunk)
+            finally:
+                await writer.flush()
+            if writer.error is not None:
+                raise writer.error
 
     async def _publish(self, staged: StagedFile, meta: Meta) -> bool:
         """Put the file in place if its whole-file digest is the server's. False: staged chunks
@@ -176,20 +180,22 @@ class Download:
 
 
 async def ask_meta(
-    ch: Channel,
+    session: ClientSession,
     path: str,
     want: tuple[tuple[int, int], ...],
     plan: Meta | None,
     opts: ClientOptions,
-) -> Meta:
-    """Ask for `want` of the version `plan` describes (None: learn the current version)."""
+) -> tuple[Request, Meta]:
+    """Ask for `want` of the version `plan` describes (None: learn the current version); the
+    request (its chunks follow when META's `count` is not 0) and its META."""
     if plan is None:
-        request = OpenDownload(path, want, None, opts.chunk_size or DEFAULT_CHUNK)
+        digest, chunk_size = None, opts.chunk_size or DEFAULT_CHUNK
     else:  # digest and chunk size pin the version and geometry `want` was computed for
-        request = OpenDownload(path, want, plan.digest, plan.chunk_size)
-    ch.send(request)
+        digest, chunk_size = plan.digest, plan.chunk_size
+    req = await session.open(lambda rid: OpenDownload(rid, path, want, digest, chunk_size))
     # The server may hash a file it has no manifest for before answering.
-    return await expect(ch, Meta, opts.io_timeout * 10)
+    with cancel_on_error(req):
+        return req, await req.expect(Meta, opts.io_timeout * 10)
 
 
 class StreamDownload:
@@ -222,37 +228,39 @@ class StreamDownload:
     async def run(self, retrier: Retrier | None = None) -> TransferResult:
         started = time.monotonic()
         retrier = retrier or Retrier(self.url, self.opts)
-        meta = await retrier.run(self._attempt)
+        meta = await retrier.run(self.attempt)
         seconds = time.monotonic() - started
         return TransferResult(
             "recv", self.url.path, meta.size, self.received, 0, retrier.retries, seconds,
             meta.digest, transport=retrier.transport,
         )  # fmt: skip
 
-    async def _attempt(self, ch: Channel, n: int) -> Meta:
+    async def attempt(self, session: ClientSession, n: int) -> Meta:
+        """One attempt on `session`: META of the file once it is all written."""
         if self._meta is None:
-            self._meta = await ask_meta(ch, self.url.path, (), None, self.opts)
+            _, self._meta = await ask_meta(session, self.url.path, (), None, self.opts)
             self.progress(0, self._meta.size)
         meta = self._meta
         total = chunk_count(meta.size, meta.chunk_size)
         if self._next < total:
             want = ((self._next, total - self._next),)
-            reply = await ask_meta(ch, self.url.path, want, meta, self.opts)
+            req, reply = await ask_meta(session, self.url.path, want, meta, self.opts)
             if reply.count == 0:
                 raise Conflict(
                     f"{self.url.path} changed on the server during the transfer; "
                     f"{self.written} bytes of the old version were already written"
                 )
-            await self._receive(ch, reply.count, meta.size)
+            with cancel_on_error(req):
+                await self._receive(req, reply.count, meta.size)
         if self._hasher.digest() != meta.digest:
             raise IntegrityError(f"{self.url.path}: whole-file digest does not match the server's")
         return meta
 
-    async def _receive(self, ch: Channel, count: int, size: int) -> None:
+    async def _receive(self, req: Request, count: int, size: int) -> None:
         early: dict[int, Buffer] = {}  # arrived before a chunk ahead of them
         try:
             for _ in range(count):
-                chunk = await expect(ch, Chunk, self.opts.io_timeout)
+                chunk = await req.expect(Chunk, self.opts.io_timeout)
                 self.received += len(chunk.data)
                 early[chunk.index] = chunk.data
                 first, ready = self._next, []
@@ -261,7 +269,7 @@ class StreamDownload:
                     self._next += 1
                 if ready:
                     await asyncio.to_thread(self._write, ready)
-                    ch.send(Ack(to_ranges(range(first, self._next))))
+                    req.send(Ack(req.rid, to_ranges(range(first, self._next))))
                     self.progress(self.written, size)
         finally:
             for data in early.values():

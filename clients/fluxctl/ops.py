@@ -4,31 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from fluxio.chunkflow import Channel, expect
-from fluxproto import Delete, Deleted, Entry, Info, ListDir, Listing, Stat, format_digest
+from fluxproto import Delete, Deleted, Entries, Entry, Info, ListDir, Stat, format_digest
+
+from .session import ClientSession
 
 
-async def list_entries(ch: Channel, path: str, timeout: float) -> list[Entry]:
-    """Every entry of a directory (or the one entry of a file), following LISTING pages."""
+async def list_entries(session: ClientSession, path: str, timeout: float) -> list[Entry]:
+    """Every entry of a directory (or the one entry of a file), from the ENTRIES pages the
+    server streams until the last."""
+    req = await session.open(lambda rid: ListDir(rid, path))
     entries: list[Entry] = []
-    cursor: str | None = None
     while True:
-        ch.send(ListDir(path, cursor))
-        page = await expect(ch, Listing, timeout)
+        page = await req.expect(Entries, timeout)
         entries.extend(page.entries)
-        if page.cursor is None:
+        if page.done:
             return entries
-        cursor = page.cursor
 
 
-async def stat_entry(ch: Channel, path: str, timeout: float) -> Entry:
-    ch.send(Stat(path))
-    return (await expect(ch, Info, timeout)).entry
+async def stat_entry(session: ClientSession, path: str, timeout: float) -> Entry:
+    req = await session.open(lambda rid: Stat(rid, path))
+    return (await req.expect(Info, timeout)).entry
 
 
-async def remove(ch: Channel, path: str, timeout: float) -> None:
-    ch.send(Delete(path))
-    await expect(ch, Deleted, timeout)
+async def remove(session: ClientSession, path: str, timeout: float) -> None:
+    req = await session.open(lambda rid: Delete(rid, path))
+    await req.expect(Deleted, timeout)
 
 
 def entry_json(entry: Entry) -> dict[str, Any]:

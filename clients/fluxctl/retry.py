@@ -13,10 +13,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from fluxio.chunkflow import Channel
+from fluxio.requests import Channel
 from fluxproto import ConnectionRefused, FluxError, Goodbye
 
 from .connect import ClientOptions, connect
+from .session import ClientSession
 from .url import FluxURL
 
 T = TypeVar("T")
@@ -44,8 +45,8 @@ class Retrier:
         #: restarting, worth waiting for; before, it is most likely a wrong address.
         self.connected = False
 
-    async def run(self, attempt: Callable[[Channel, int], Awaitable[T]]) -> T:
-        """Call `attempt(channel, n)` on a fresh connection until it succeeds or gives up.
+    async def run(self, attempt: Callable[[ClientSession, int], Awaitable[T]]) -> T:
+        """Call `attempt(session, n)` on a fresh connection until it succeeds or gives up.
 
         Raises:
             FluxError: the first non-retryable error, or the last one once time runs out.
@@ -67,14 +68,15 @@ class Retrier:
                 delay = min(delay * 2, MAX_DELAY)
                 self.retries += 1
 
-    async def _once(self, attempt: Callable[[Channel, int], Awaitable[T]]) -> T:
+    async def _once(self, attempt: Callable[[ClientSession, int], Awaitable[T]]) -> T:
         ch = await connect(self.url, self.opts)
         self.transport = ch.transport
         self.channel = ch
         self.connected = True
+        session = ClientSession(ch)
         farewell: str | None = None
         try:
-            result = await attempt(ch, self.retries)
+            result = await attempt(session, self.retries)
             farewell = "done"
             return result
         except asyncio.CancelledError:
@@ -86,6 +88,7 @@ class Retrier:
             if farewell is not None:
                 with contextlib.suppress(FluxError):  # a lost goodbye changes nothing here
                     ch.send(Goodbye(farewell))
+            await session.close()
             ch.close()
             # Closing flushes what is queued (a goodbye); bounded, it cannot hold up a result.
             with contextlib.suppress(TimeoutError):

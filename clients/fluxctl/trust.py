@@ -35,7 +35,7 @@ from fluxproto.errors import (
     TrustError,
     map_exceptions,
 )
-from fluxproto.frames import ALPN
+from fluxproto.frames import ALPN_OFFER
 
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 _HOST_PORT = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^\s:\[\]]+)):(?P<port>[0-9]{1,5})")
@@ -114,7 +114,8 @@ def parse_fingerprint(text: str, what: str = "fingerprint") -> str:
 
 
 def client_ssl_context(policy: TrustPolicy) -> ssl.SSLContext:
-    """A TLS 1.3-only client context offering ALPN flux/1.
+    """A TLS 1.3-only client context offering ALPN flux/2, then flux/1 (a version-1 server
+    then still completes TLS and answers HELLO with ERROR 505: the user learns what to upgrade).
 
     With a CA the chain and hostname are verified during the handshake. Otherwise the TLS
     layer accepts any certificate and the caller must call `check_peer` before sending.
@@ -124,7 +125,7 @@ def client_ssl_context(policy: TrustPolicy) -> ssl.SSLContext:
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.set_alpn_protocols([ALPN])
+    ctx.set_alpn_protocols(list(ALPN_OFFER))
     if policy.ca is not None:
         ctx.check_hostname = True
         ctx.verify_mode = ssl.CERT_REQUIRED
@@ -176,12 +177,15 @@ def check_peer(
 def check_alpn(selected: str | None) -> None:
     """Check the ALPN protocol the server selected in the handshake.
 
+    flux/1 passes: a version-1 server answers the HELLO with ERROR 505, which says what to
+    upgrade better than a refused handshake would.
+
     Raises:
-        RemoteProtocolError: the server selected nothing or something other than flux/1.
+        RemoteProtocolError: the server selected nothing, or a protocol fluxctl did not offer.
     """
-    if selected != ALPN:
+    if selected not in ALPN_OFFER:
         detail = f" (it selected {selected!r})" if selected else ""
-        raise RemoteProtocolError(f"server does not speak {ALPN}{detail}")
+        raise RemoteProtocolError(f"server does not speak {' or '.join(ALPN_OFFER)}{detail}")
 
 
 @contextmanager

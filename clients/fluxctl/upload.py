@@ -1,17 +1,21 @@
 """`send`: upload a local file, resuming from the chunks the server already holds durably.
 
 Each attempt reads the whole local file once, in order: every chunk is hashed, chunks the server
-holds with the same digest are skipped, the rest are sent within the server's window. The
-whole-file digest comes from the same pass, so the committed file is exactly the local file as
-read in this attempt; if the file changed during the pass, the attempt is repeated. When the
-server answers COMMIT with 422 (chunks it offered as held turned out damaged when it read
-them), the attempt makes another pass on the same connection against a fresh STATUS.
+holds with the same digest are skipped, the rest are sent within the server's windows, and
+COMMIT follows the last chunk without waiting for its ACK. The whole-file digest comes from the
+same pass, so the committed file is exactly the local file as read in this attempt; if the file
+changed during the pass, the attempt is repeated. When the server answers COMMIT with 422
+(chunks it offered as held turned out damaged when it read them), the attempt makes another pass
+on the same connection against a fresh STATUS.
+
+A file of at most one chunk goes in one flight: OPEN_UPLOAD, its CHUNK and COMMIT leave
+together, without waiting for STATUS (its chunk is sent even if the server holds it already).
+Each upload is one request, so several run at once on one connection (`many.upload_many`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import os
 import shutil
@@ -19,13 +23,14 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from fluxio.buffers import POOL
-from fluxio.chunkflow import Channel, ChunkData, expect, prefetch, send_chunks
+from fluxio.chunkflow import ChunkData, ChunkSender, prefetch
+from fluxio.requests import Request
 from fluxproto import (
     Commit,
     Committed,
@@ -51,6 +56,7 @@ from fluxproto.errors import map_exceptions
 from .connect import ClientOptions
 from .results import ProgressFn, TransferResult, chunk_size_for
 from .retry import Retrier
+from .session import ClientSession, cancel_on_error
 from .url import FluxURL
 
 READ_AHEAD = 4
@@ -103,29 +109,29 @@ class Upload:
         self.first_held: dict[int, bytes] | None = None
         self.rescans = 0
         self.integrity_retries = 0
+        self._done = 0
 
     async def run(self, retrier: Retrier | None = None) -> TransferResult:
         started = time.monotonic()
         retrier = retrier or Retrier(self.url, self.opts)
-        digest, size = await retrier.run(self._attempt)
-        return TransferResult(
-            "send",
-            self.remote,
-            size,
-            self.sent,
-            self.skipped,
-            retrier.retries,
-            time.monotonic() - started,
-            digest,
-            transport=retrier.transport,
-        )
+        digest, size = await retrier.run(self.attempt)
+        seconds = time.monotonic() - started
+        return self.result(digest, size, retrier.retries, seconds, retrier.transport)
 
-    async def _attempt(self, ch: Channel, n: int) -> tuple[bytes, int]:
+    async def attempt(self, session: ClientSession, n: int) -> tuple[bytes, int]:
+        """One attempt on `session` (the `n`th of the run): (digest, size) once committed.
+
+        Safe to run at once with other uploads' attempts on the same session.
+
+        Raises:
+            LocalFileChanged: the file changed while it was read (retryable).
+            FluxError: what the server or the connection reported.
+        """
         fd, st = open_local(self.local)
         try:
             # None: the server found chunks it offered as held corrupt and dropped them. That
             # is no network failure: plan again on this connection against a fresh STATUS.
-            while (digest := await self._pass(ch, n, fd, st)) is None:
+            while (digest := await self._pass(session, n, fd, st)) is None:
                 pass
             return digest, st.st_size
         except LocalFileChanged as exc:
@@ -135,30 +141,91 @@ class Upload:
         finally:
             os.close(fd)
 
-    async def _pass(self, ch: Channel, n: int, fd: int, st: os.stat_result) -> bytes | None:
+    def result(
+        self, digest: bytes, size: int, retries: int, seconds: float, transport: str
+    ) -> TransferResult:
+        """The run's result once an attempt committed the file."""
+        moved, skipped = self.sent, self.skipped
+        return TransferResult(
+            "send", self.remote, size, moved, skipped, retries, seconds, digest, transport
+        )
+
+    async def _pass(
+        self, session: ClientSession, n: int, fd: int, st: os.stat_result
+    ) -> bytes | None:
         """OPEN_UPLOAD, send what STATUS lacks, COMMIT; the committed digest, or None to
         plan again."""
         size = st.st_size
         chunk_size = chunk_size_for(size, self.opts.chunk_size)
         mode = stat.S_IMODE(st.st_mode) if self.mode is None else self.mode
-        status = await self._open(ch, n, OpenUpload(self.remote, size, chunk_size, mode))
-        held = held_digests(status)
-        if self.first_held is None:
-            self.first_held = held
-        hasher = FileHasher()
-        await self._send_all(ch, fd, size, chunk_size, held, hasher)
+        self._done = 0  # bytes durable on the server, for progress
+        if chunk_count(size, chunk_size) <= 1:
+            return await self._one_flight(session, n, fd, st, chunk_size, mode)
+        req, status = await self._open(session, n, size, chunk_size, mode)
+        with cancel_on_error(req):
+            held = held_digests(status)
+            if self.first_held is None:
+                self.first_held = held
+            hasher = FileHasher()
+            sender = ChunkSender(req, self._on_acked(size), self.opts.io_timeout, self._on_sent)
+            await self._send_all(sender, fd, size, chunk_size, held, hasher)
+            if changed(fd, st, self.local):
+                self.rescans += 1
+                raise LocalFileChanged(f"{self.local} changed while it was being sent")
+            return await self._commit(req, sender, hasher.digest(), size)
+
+    async def _one_flight(
+        self,
+        session: ClientSession,
+        n: int,
+        fd: int,
+        st: os.stat_result,
+        chunk_size: int,
+        mode: int,
+    ) -> bytes | None:
+        """A file of at most one chunk: OPEN_UPLOAD, CHUNK and COMMIT without waiting."""
+        size = st.st_size
+        data = read_exact(fd, 0, size) if size else b""
+        digest = chunk_digest(data)  # one chunk: the whole file's digest too
         if changed(fd, st, self.local):
             self.rescans += 1
             raise LocalFileChanged(f"{self.local} changed while it was being sent")
-        return await self._commit(ch, hasher.digest(), size)
+        self.progress(0, size)
+        req = await session.open(self._opening(size, chunk_size, mode))
+        with cancel_on_error(req):
+            sender = ChunkSender(req, self._on_acked(size), self.opts.io_timeout, self._on_sent)
+            if size:
+                await sender.send_all(_one(0, digest, data))
+            req.send(Commit(req.rid, digest, sender.count))
+            status = await self._status(session, n, req)
+        if status is None:  # refused, and the path named a folder: into it, the long way
+            return await self._one_flight(session, n, fd, st, chunk_size, mode)
+        if self.first_held is None:
+            self.first_held = held_digests(status)
+        with cancel_on_error(req):
+            return await self._committed(req, sender, digest, size)
 
-    async def _open(self, ch: Channel, n: int, request: OpenUpload) -> Status:
-        ch.send(request)
+    async def _open(
+        self, session: ClientSession, n: int, size: int, chunk_size: int, mode: int
+    ) -> tuple[Request, Status]:
+        """OPEN_UPLOAD at `remote` (which may move into a folder once) and its STATUS."""
+        while True:
+            req = await session.open(self._opening(size, chunk_size, mode))
+            status = await self._status(session, n, req)
+            if status is not None:
+                return req, status
+
+    def _opening(self, size: int, chunk_size: int, mode: int) -> Callable[[int], OpenUpload]:
+        return lambda rid: OpenUpload(rid, self.remote, size, chunk_size, mode)
+
+    async def _status(self, session: ClientSession, n: int, req: Request) -> Status | None:
+        """The upload's STATUS; None when it was refused because the remote path is a folder
+        and the file now goes into it (like scp): open it again at `remote`."""
         try:
-            return await expect(ch, Status, self.opts.io_timeout)
+            return await req.expect(Status, self.opts.io_timeout)
         except Conflict as exc:
-            if await self._into_folder(ch):
-                return await self._open(ch, n, dataclasses.replace(request, path=self.remote))
+            if await self._into_folder(session):
+                return None
             if exc.message.endswith("is a directory") and self.name is not None:
                 # Looking was not allowed (a write-only token): say how to get what scp does.
                 raise Conflict(f"{exc.message}; to send into it, end the URL with /") from exc
@@ -167,14 +234,15 @@ class Upload:
             # Most likely our own previous connection, not yet noticed dead by the server.
             raise Unavailable(str(exc)) from exc
 
-    async def _into_folder(self, ch: Channel) -> bool:
+    async def _into_folder(self, session: ClientSession) -> bool:
         """Like scp: if the remote path is a directory, send the file into it (once)."""
         if self._into_folder_tried or self.name is None:
             return False
         self._into_folder_tried = True
-        ch.send(Stat(self.remote))
+        path = self.remote
+        req = await session.open(lambda rid: Stat(rid, path))
         try:
-            info = await expect(ch, Info, self.opts.io_timeout)
+            info = await req.expect(Info, self.opts.io_timeout)
         except TransportError:
             raise
         except FluxError:  # not allowed to look (a write-only token), or gone: the first error
@@ -186,14 +254,13 @@ class Upload:
 
     async def _send_all(
         self,
-        ch: Channel,
+        sender: ChunkSender,
         fd: int,
         size: int,
         chunk_size: int,
         held: dict[int, bytes],
         hasher: FileHasher,
     ) -> None:
-        done = 0
         skipped = 0
         first_held = self.first_held or {}
 
@@ -204,43 +271,64 @@ class Upload:
             return index, chunk_digest(data), data
 
         async def unsent(pool: ThreadPoolExecutor) -> AsyncGenerator[ChunkData, None]:
-            nonlocal done, skipped
+            nonlocal skipped
             indices = range(chunk_count(size, chunk_size))
             async for index, digest, data in prefetch(read, indices, READ_AHEAD, pool):
                 if held.get(index) == digest:
                     if first_held.get(index) == digest:
                         skipped += len(data)
-                    done += len(data)
-                    self.progress(done, size)
+                    self._done += len(data)
+                    self.progress(self._done, size)
                     continue
                 yield index, digest, data
-
-        def on_acked(nbytes: int) -> None:
-            nonlocal done
-            done += nbytes
-            self.progress(done, size)
 
         self.progress(0, size)
         with ThreadPoolExecutor(1, thread_name_prefix="fluxctl-read") as pool:
             async with contextlib.aclosing(unsent(pool)) as chunks:
-                await send_chunks(ch, chunks, on_acked, self.opts.io_timeout, self._on_sent)
+                await sender.send_all(chunks)
         self.skipped = skipped  # the scan completed: this count is exact
+
+    def _on_acked(self, size: int) -> Callable[[int], None]:
+        def on_acked(nbytes: int) -> None:
+            self._done += nbytes
+            self.progress(self._done, size)
+
+        return on_acked
 
     def _on_sent(self, nbytes: int) -> None:
         self.sent += nbytes
 
-    async def _commit(self, ch: Channel, digest: bytes, size: int) -> bytes | None:
-        """COMMIT; the digest once COMMITTED, or None when the server answered 422 (it found
-        chunks it held corrupt, dropped them and keeps the rest): send again what it lacks."""
-        ch.send(Commit(digest))
+    async def _commit(
+        self, req: Request, sender: ChunkSender, digest: bytes, size: int
+    ) -> bytes | None:
+        """COMMIT (right after the last chunk: COMMITTED acknowledges what is still in
+        flight); the digest once COMMITTED, or None when the server answered 422."""
+        req.send(Commit(req.rid, digest, sender.count))
+        return await self._committed(req, sender, digest, size)
+
+    async def _committed(
+        self, req: Request, sender: ChunkSender, digest: bytes, size: int
+    ) -> bytes | None:
+        """The digest once COMMITTED, or None when the server answered 422 (it found chunks
+        it held corrupt, dropped them and keeps the rest): send again what it lacks."""
+        # Commit may read the whole file on the server.
+        timeout = self.opts.io_timeout + size / COMMIT_RATE
         try:
-            await expect(ch, Committed, self.opts.io_timeout + size / COMMIT_RATE)
+            while not isinstance(frame := await req.next(timeout), Committed):
+                sender.take(frame)  # ACKs of chunks still in flight at COMMIT
         except IntegrityError:
             self.integrity_retries += 1
             if self.integrity_retries > MAX_INTEGRITY_RETRIES:
                 raise
             return None
+        sender.acked_all()
         return digest
+
+
+async def _one(
+    index: int, digest: bytes, data: bytes | memoryview
+) -> AsyncGenerator[ChunkData, None]:
+    yield index, digest, data
 
 
 def held_digests(status: Status) -> dict[int, bytes]:

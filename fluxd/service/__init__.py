@@ -2,12 +2,20 @@
 
 from .caller import Caller, Presence
 from .files import FileService
-from .transfers import READ_AHEAD, DownloadHandle, UploadHandle, Version, read_verified
+from .transfers import (
+    READ_AHEAD,
+    AttachedUpload,
+    DownloadHandle,
+    UploadHandle,
+    Version,
+    read_verified,
+)
 from .work import KEEPALIVE
 
 __all__ = [
     "KEEPALIVE",
     "READ_AHEAD",
+    "AttachedUpload",
     "Caller",
     "DownloadHandle",
     "FileService",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fluxproto import Entry, FluxError, LimitExceeded, NotFound, Unavailable
+from fluxproto import Conflict, Entry, FluxError, LimitExceeded, NotFound, Unavailable
 
 from .. import log
 from ..context import Shared
@@ -20,7 +20,8 @@ from ..storage.base import EntryPage
 from ..storage.paths import require_file_path
 from .caller import Caller, Presence
 from .record import recorded, refusal
-from .transfers import DownloadHandle, UploadHandle
+from .registry import TransferRegistry
+from .transfers import AttachedUpload, DownloadHandle, UploadHandle
 from .work import blocking, busy
 
 __all__ = ["FileService"]
@@ -36,6 +37,9 @@ class FileService:
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
         self.limits, self.storage, self.pool = shared.config.limits, shared.storage, shared.pool
+        #: Open transfers by tid, for requests that attach (another connection's, say).
+        self.uploads: TransferRegistry[UploadHandle] = TransferRegistry()
+        self.downloads: TransferRegistry[DownloadHandle] = TransferRegistry()
 
     def refused(
         self, peer: str, transport: str, caller: Caller | None, exc: FluxError, duration: float
@@ -47,21 +51,37 @@ class FileService:
 
     @asynccontextmanager
     async def upload(
-        self, caller: Caller, path: str, size: int, chunk_size: int, mode: int
-    ) -> AsyncIterator[UploadHandle]:
+        self,
+        caller: Caller,
+        path: str,
+        size: int,
+        chunk_size: int,
+        mode: int,
+        attach: bytes | None = None,
+    ) -> AsyncIterator[UploadHandle | AttachedUpload]:
         """Open an upload of `size` bytes to `path`, resuming what is staged for it.
 
         Checks the server's chunk and file size limits, the path, scope `write`, the caller's
         upload slots and quota, then claims the path (one writer at a time; see fluxd.claims)
-        and opens it. On leaving, the upload is closed (what is staged stays for a resume) and
+        and opens it, registered under a new `tid`. On leaving, once every request that
+        attached to it is done, the upload is closed (what is staged stays for a resume) and
         the claim and slot are given back.
+
+        With `attach`, the request joins the caller's open upload of that tid instead (same
+        path and geometry) and gets an AttachedUpload: `held` covers what it holds from every
+        request, and the COMMIT of any of them commits it.
 
         Raises:
             LimitExceeded: a size limit, the upload slots or the quota.
             PermissionDenied: the path is refused, or no scope allows writing it.
-            Conflict: another live writer holds the path.
+            Conflict: another live writer holds the path; an attach with another geometry.
+            NotFound: no open upload of the caller's has that tid.
             StorageError (and subclasses): the storage refused to open it.
         """
+        if attach is not None:
+            async with self._join_upload(caller, path, size, chunk_size, attach) as joined:
+                yield joined
+            return
         async with recorded(self.shared.access, caller, "upload", path) as record:
             lim = self.limits
             if chunk_size > lim.max_chunk:
@@ -78,11 +98,30 @@ class FileService:
                 async with self.shared.claims.claim(key, holder, self.shared.config.shutdown_grace):
                     await up.open(self.storage, chunk_size, mode)
                     try:
-                        yield up
+                        async with self.uploads.opened(caller.account, up) as up.tid:
+                            yield up
                     finally:
                         up.close()
             finally:
                 slot.release()
+
+    @asynccontextmanager
+    async def _join_upload(
+        self, caller: Caller, path: str, size: int, chunk_size: int, tid: bytes
+    ) -> AsyncIterator[AttachedUpload]:
+        async with recorded(self.shared.access, caller, "upload", path) as record:
+            require_file_path(path)
+            key = caller.grant.check(path, "write")
+            async with self.uploads.attached(caller.account, tid) as up:
+                if up.committed:
+                    raise NotFound(f"transfer {tid.hex()} is finished: /{up.key} is committed")
+                if (up.key, up.size, up.chunk_size) != (key, size, chunk_size):
+                    raise Conflict(
+                        f"transfer {tid.hex()} uploads /{up.key} ({up.size} bytes in chunks of "
+                        f"{up.chunk_size}), not /{key} ({size} in {chunk_size})"
+                    )
+                with up.driven_by(caller.presence, record):
+                    yield AttachedUpload(up, record)
 
     async def _check_quota(self, caller: Caller, key: str, size: int) -> None:
         """Refuse an upload that would take the subject over its quota.
@@ -107,25 +146,40 @@ class FileService:
 
     @asynccontextmanager
     async def download(
-        self, caller: Caller, path: str, chunk_size_hint: int
+        self, caller: Caller, path: str, chunk_size_hint: int, attach: bytes | None = None
     ) -> AsyncIterator[DownloadHandle]:
-        """Open the file at `path` for reading, pinned to its current version (scope `read`).
+        """Open the file at `path` for reading, pinned to its current version (scope `read`),
+        registered under a new `tid`; with `attach`, join the caller's open download of that
+        tid instead (same path): it serves the version the opener pinned.
 
         `chunk_size_hint` is the geometry used if the file has no manifest yet (it is then
         hashed whole, with the caller's keepalive running). The handle's reads are verified.
+        On leaving, once every request that attached is done, the file is closed.
 
         Raises:
             PermissionDenied: the path is refused, or no scope allows reading it.
             NotFound, Conflict (a directory), StorageError: storage could not open it.
+            NotFound: no open download of the caller's has that tid.
         """
         async with recorded(self.shared.access, caller, "download", path) as record:
             key = caller.grant.check(path, "read")
+            if attach is not None:
+                async with self.downloads.attached(caller.account, attach) as opener:
+                    if opener.key != key:
+                        raise Conflict(f"transfer {attach.hex()} reads /{opener.key}, not /{key}")
+                    handle = opener.attached(record)
+                    try:
+                        yield handle
+                    finally:
+                        await handle.stop()
+                return
             dl = await busy(
                 self.pool, caller.presence, self.storage.open_download, key, chunk_size_hint
             )
-            handle = DownloadHandle(dl, record, self.pool)
+            handle = DownloadHandle(dl, record, self.pool, key=key)
             try:
-                yield handle
+                async with self.downloads.opened(caller.account, handle) as handle.tid:
+                    yield handle
             finally:
                 await handle.close()
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+import contextlib
+import threading
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from fluxio.chunkflow import prefetch
 from fluxio.staging import ChunkData
-from fluxproto import IntegrityError, chunk_digest
+from fluxproto import Conflict, IntegrityError, chunk_digest
 from fluxproto.digest import digest_at
 
 from ..claims import Holder
@@ -21,36 +23,64 @@ from .work import busy
 #: Chunks read from disk ahead of what the transport has taken.
 READ_AHEAD = 4
 
-__all__ = ["READ_AHEAD", "DownloadHandle", "UploadHandle", "Version", "read_verified"]
+__all__ = [
+    "READ_AHEAD",
+    "AttachedUpload",
+    "DownloadHandle",
+    "UploadHandle",
+    "Version",
+    "read_verified",
+]
 
 
 class UploadHandle:
     """An upload the service has authorised, claimed and opened.
 
-    It holds no connection: liveness for the claim comes from `presence`, which is whoever
-    drives the upload now (a connection that attaches later would replace it). Writes count
-    into the request's access record as they become durable.
+    It holds no connection: liveness for the claim comes from the presences of the requests
+    that drive it (the one that opened it, and those that attached to it by `tid`). Writes
+    count into the access record of the request that made them as they become durable.
     """
 
     def __init__(self, key: str, size: int, presence: Presence, record: Record, pool: Executor):
         self.key, self.size = key, size
-        #: The connection driving this upload: its signs of life keep the claim.
-        self.presence = presence
+        #: The transfer id (STATUS `tid`), once the service registered the upload.
+        self.tid = b""
+        #: The chunk size the upload was opened with.
+        self.chunk_size = 0
         #: Where `write_chunks` is meant to run (it blocks).
         self.pool = pool
         #: True once `commit` has published the file.
         self.committed = False
-        self._record = record
+        self._digest: bytes | None = None
+        self._drivers = [(presence, record)]
         self._upload: Upload | None = None
+        self._commit_lock = asyncio.Lock()
+        self._write_lock = threading.Lock()  # requests of several connections write at once
+
+    @property
+    def presence(self) -> Presence:
+        """The connection driving the upload: the newest one still there, else the opener's."""
+        live = [p for p, _ in self._drivers if not p.closed]
+        return live[-1] if live else self._drivers[0][0]
+
+    @contextlib.contextmanager
+    def driven_by(self, presence: Presence, record: Record) -> Iterator[None]:
+        """A request that attached drives the upload too for the body: its connection's signs
+        of life keep the claim, and its access record counts what it writes."""
+        self._drivers.append((presence, record))
+        try:
+            yield
+        finally:
+            self._drivers.remove((presence, record))
 
     def holder(self, account: str, on_stale: Callable[[Presence], None]) -> Holder:
         """This upload as a claim holder: `on_stale` ends the presence a newer connection of the
         same account supersedes."""
-        # Late-bound: the presence read is whichever drives the upload at the time.
+        # Late-bound: the presences read are whichever drive the upload at the time.
         return Holder(
             account,
-            lambda: self.presence.closed,
-            lambda: self.presence.last_heard(),  # noqa: PLW0108
+            lambda: all(p.closed for p, _ in self._drivers),
+            lambda: max(p.last_heard() for p, _ in self._drivers),
             lambda: on_stale(self.presence),
         )
 
@@ -60,6 +90,7 @@ class UploadHandle:
         Raises:
             Conflict, NoSpace, StorageError: storage could not open it.
         """
+        self.chunk_size = chunk_size
         self._upload = await busy(
             self.pool, self.presence, storage.open_upload, self.key, self.size, chunk_size, mode
         )
@@ -79,14 +110,18 @@ class UploadHandle:
         """Chunk index -> digest of every chunk storage can vouch for (see `Upload.held`)."""
         return self.opened.held
 
-    def write_chunks(self, batch: Sequence[ChunkData]) -> None:
+    def write_chunks(self, batch: Sequence[ChunkData], record: Record | None = None) -> None:
         """Store chunks whose digests the caller verified, durably. Blocks: run it in `pool`.
 
         Raises:
+            Conflict: another request already committed the upload.
             NoSpace, StorageError: the disk failed; what was durable before stays.
         """
-        self.opened.write_chunks(batch)
-        self._record.bytes += sum(len(data) for _, _, data in batch)
+        with self._write_lock:
+            if self.committed:
+                raise Conflict(f"/{self.key} was committed meanwhile; chunks not written")
+            self.opened.write_chunks(batch)
+        (record or self._drivers[0][1]).bytes += sum(len(data) for _, _, data in batch)
 
     async def commit(self, digest: bytes) -> None:
         """Check the whole-file digest and publish the file atomically (see `Upload.commit`).
@@ -95,17 +130,62 @@ class UploadHandle:
         for the commit to finish, sets `committed` if it did, then raises CancelledError, so
         the caller can still tell the client.
 
+        Requests attached to the upload commit it once: a later COMMIT with the same digest
+        finds it done.
+
         Raises:
             IntegrityError: chunks missing, the digest differs, or offered chunks were corrupt.
+            Conflict: it was committed with another digest.
         """
-        work = asyncio.ensure_future(busy(self.pool, self.presence, self.opened.commit, digest))
-        try:
-            await asyncio.shield(work)
-        except asyncio.CancelledError:
-            await asyncio.wait([work])
-            self.committed = not work.cancelled() and work.exception() is None
-            raise
-        self.committed = True
+        async with self._commit_lock:
+            if self.committed:
+                if digest != self._digest:
+                    raise Conflict(f"/{self.key} was committed with another digest meanwhile")
+                return
+            work = asyncio.ensure_future(
+                busy(self.pool, self.presence, self._commit_locked, digest)
+            )
+            try:
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                await asyncio.wait([work])
+                self._committed(digest, not work.cancelled() and work.exception() is None)
+                raise
+            self._committed(digest, True)
+
+    def _commit_locked(self, digest: bytes) -> None:
+        with self._write_lock:  # no batch of another request lands in the middle
+            self.opened.commit(digest)
+
+    def _committed(self, digest: bytes, done: bool) -> None:
+        if done:
+            self.committed, self._digest = True, digest
+
+
+class AttachedUpload:
+    """An open upload as a request that attached to it by tid drives it: the same upload,
+    with what this request writes counted in its own access record."""
+
+    def __init__(self, upload: UploadHandle, record: Record) -> None:
+        self.upload, self._record = upload, record
+        self.pool, self.tid = upload.pool, upload.tid
+
+    @property
+    def held(self) -> Mapping[int, bytes]:
+        """What the upload holds, from every request that drives it."""
+        return self.upload.held
+
+    @property
+    def committed(self) -> bool:
+        return self.upload.committed
+
+    def write_chunks(self, batch: Sequence[ChunkData]) -> None:
+        """See `UploadHandle.write_chunks`."""
+        self.upload.write_chunks(batch, self._record)
+
+    async def commit(self, digest: bytes) -> None:
+        """See `UploadHandle.commit`."""
+        await self.upload.commit(digest)
 
 
 @dataclass(frozen=True)
@@ -129,10 +209,27 @@ class Version:
 class DownloadHandle:
     """A download the service has authorised and opened: one pinned version, read verified."""
 
-    def __init__(self, dl: Download, record: Record, pool: Executor) -> None:
-        self.version = Version.of(dl)
+    def __init__(
+        self,
+        dl: Download,
+        record: Record,
+        pool: Executor,
+        version: Version | None = None,
+        tid: bytes = b"",
+        key: str = "",
+    ) -> None:
+        self.version = version or Version.of(dl)
+        #: The file's storage key.
+        self.key = key
+        #: The transfer id (META `tid`), once the service registered the download.
+        self.tid = tid
         self._dl, self._record, self._pool = dl, record, pool
         self._readers: list[AsyncGenerator[ChunkData, None]] = []
+
+    def attached(self, record: Record) -> DownloadHandle:
+        """The same pinned version for a request that attached: its reads and deliveries
+        count in its own `record` (the file stays the opener's to close)."""
+        return DownloadHandle(self._dl, record, self._pool, self.version, self.tid, self.key)
 
     def chunks(
         self, indices: Iterable[int], ahead: int = READ_AHEAD
@@ -153,11 +250,15 @@ class DownloadHandle:
         """Count `nbytes` of payload as delivered (acknowledged by the client) in the record."""
         self._record.bytes += nbytes
 
+    async def stop(self) -> None:
+        """Stop every reader of this handle, waiting for reads in progress."""
+        for reads in self._readers:
+            await reads.aclose()
+
     async def close(self) -> None:
         """Stop every reader (waiting for reads in progress), then close the file."""
         try:
-            for reads in self._readers:
-                await reads.aclose()
+            await self.stop()
         finally:
             self._dl.close()
 

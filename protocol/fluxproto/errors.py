@@ -164,6 +164,12 @@ class NoSpace(StorageError):
     code = 507
 
 
+class NotSupported(StorageError):
+    """The server does not support this request (yet)."""
+
+    code = 501
+
+
 # --- local configuration and usage --------------------------------------------------------------
 
 
@@ -191,6 +197,7 @@ _BY_CODE: dict[int, type[FluxError]] = {
         StorageError,
         Unavailable,
         NoSpace,
+        NotSupported,
     )
 }
 

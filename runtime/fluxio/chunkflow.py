@@ -1,15 +1,16 @@
-"""Async chunk flow shared by the daemon and the client: receive frames, send chunks within the
-peer's window, and write received chunks durably in batches (group commit) before acking them.
+"""Async chunk flow shared by the daemon and the client, per request: send a request's chunks
+within both of the peer's windows, and write received chunks durably in batches (group commit)
+before acking them.
 
-Both directions of a transfer use this module: the client sends with `send_chunks` on upload and
-receives with `ChunkWriter` on download; the daemon does the opposite.
+Both directions of a transfer use this module: the client sends with `ChunkSender` on upload and
+receives with `ChunkWriter` on download; the daemon does the opposite. Requests come from
+`fluxio.requests`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import Executor
@@ -19,116 +20,22 @@ from fluxproto import (
     MAX_RANGES,
     Ack,
     Chunk,
-    Connection,
-    ConnectionClosed,
-    ConnectionLost,
-    Event,
     FluxError,
     Frame,
-    Goodbye,
-    Ping,
-    Pong,
+    FrameType,
+    LocalProtocolError,
     TransportError,
-    TransportTimeout,
-    Unavailable,
-    error_from_code,
     to_ranges,
 )
-from fluxproto import Error as ErrorFrame
 
 from .buffers import POOL
+from .requests import Request
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 Buffer = bytes | bytearray | memoryview
 ChunkData = tuple[int, bytes, Buffer]  # index, digest, payload
-
-
-class Channel(Protocol):
-    """What sessions need from a transport (both are a transports.channel.ChannelBase)."""
-
-    #: The conversation's state machine; only the chunk flow here reads it (its transfer).
-    conn: Connection
-    peer: str
-    #: "tcp" or "quic", for logs and --json.
-    transport: str
-    #: True if send() copies a frame's bytes (QUIC), so its buffer is free once send() returns.
-    copies_on_send: bool
-    #: Loop time of the last bytes (or datagram) received from the peer: a sign of life.
-    last_receive: float
-
-    async def next_event(self, timeout: float | None = None) -> Event: ...
-    def poll(self) -> Event | None: ...
-    def send(self, frame: Frame) -> None: ...
-    async def drain(self, timeout: float | None = None) -> None: ...
-    def fail(self, exc: FluxError) -> None: ...
-    def close(self) -> None: ...
-    def abort(self) -> None: ...
-    async def wait_closed(self) -> None: ...
-    def describe(self) -> dict[str, Any]: ...
-    @property
-    def closed(self) -> bool: ...
-    @property
-    def usable(self) -> bool: ...
-    @property
-    def broken(self) -> bool: ...
-    @property
-    def ended(self) -> bool: ...
-
-
-def handle_control(ch: Channel, event: Event) -> Frame | None:
-    """Answer pings and turn ERROR/GOODBYE/EOF into exceptions; return any other frame."""
-    if isinstance(event, ConnectionClosed):
-        raise ConnectionLost(f"{ch.peer} closed the connection")
-    if isinstance(event, Ping):
-        ch.send(Pong(event.nonce))
-        return None
-    if isinstance(event, Pong):
-        return None
-    if isinstance(event, ErrorFrame):
-        raise error_from_code(event.code, event.message)
-    if isinstance(event, Goodbye):
-        raise Unavailable(f"{ch.peer} closed the connection: {event.reason or 'goodbye'}")
-    return event
-
-
-@contextlib.asynccontextmanager
-async def deadline(ch: Channel, seconds: float, what: str) -> AsyncIterator[None]:
-    """Raise TransportTimeout unless the body finishes within `seconds` of entering, however
-    much the peer sends meanwhile (the timeouts of `recv_frame` restart on every frame).
-
-    Raises:
-        TransportTimeout: naming `what` was awaited from `ch.peer`.
-    """
-    timer = asyncio.timeout(seconds)
-    try:
-        async with timer:
-            yield
-    except TimeoutError:
-        if not timer.expired():
-            raise  # not ours: a socket's own timeout, say
-        raise TransportTimeout(f"no {what} from {ch.peer} within {seconds:g} s") from None
-
-
-async def recv_frame(ch: Channel, timeout: float | None) -> Frame:
-    """The next request or reply frame, with control frames handled.
-
-    `timeout` is an idle timeout: it restarts on each frame received (a PING included) and on
-    each PROGRESS_BYTES of a frame in progress (see transports.inbox), never on fewer bytes.
-    """
-    while True:
-        frame = handle_control(ch, await ch.next_event(timeout))
-        if frame is not None:
-            return frame
-
-
-async def expect(ch: Channel, cls: type[T], timeout: float | None) -> T:
-    """Receive the next frame and require it to be `cls` (the state table already allows it)."""
-    frame = await recv_frame(ch, timeout)
-    if not isinstance(frame, cls):
-        raise ConnectionLost(f"expected {cls.__name__}, got {type(frame).__name__}")
-    return frame
 
 
 async def prefetch(
@@ -162,57 +69,114 @@ async def prefetch(
             await asyncio.wait([asyncio.wrap_future(f) for f in running])
 
 
-async def send_chunks(
-    ch: Channel,
-    chunks: AsyncIterator[ChunkData],
-    on_acked: Callable[[int], None],
-    timeout: float | None,
-    on_sent: Callable[[int], None] = lambda n: None,
-    release: Callable[[memoryview], None] = POOL.put,
-    pace: Callable[[int], float] | None = None,
-) -> None:
-    """Send every chunk from `chunks` within the peer's window; return once all are acked.
+class ChunkSender:
+    """Sends one request's chunks within the peer's windows and takes the ACKs for them.
 
     `on_sent(nbytes)` is called as each chunk is handed to the transport and `on_acked(nbytes)`
     as acknowledgements (durable on the peer) arrive. An acked chunk's buffer, if a memoryview,
     goes to `release`: by then the socket has long stopped referencing it. `pace(nbytes)`, if
     given, charges a rate limit and returns the seconds to wait before sending. `timeout` is an
-    idle timeout (see `recv_frame`) on the peer's acks and on its taking our bytes (`drain`).
+    idle timeout (see fluxio.requests) on the peer's acks and on its taking our bytes.
+
+    Attributes:
+        count: CHUNK frames sent (an upload's COMMIT `sent`).
     """
-    transfer = ch.conn.transfer
-    assert transfer is not None
-    unacked: dict[int, Buffer] = {}
 
-    def take(event: Event) -> None:
-        frame = handle_control(ch, event)
-        if isinstance(frame, Ack):
-            on_acked(sum(transfer.chunk_length(i) for i in _indices(frame)))
-            for i in _indices(frame):
-                data = unacked.pop(i, None)
-                if isinstance(data, memoryview):
-                    release(data)
-        elif frame is not None:
-            raise ConnectionLost(f"unexpected {type(frame).__name__} during a transfer")
+    def __init__(
+        self,
+        req: Request,
+        on_acked: Callable[[int], None],
+        timeout: float | None,
+        on_sent: Callable[[int], None] = lambda n: None,
+        release: Callable[[memoryview], None] = POOL.put,
+        pace: Callable[[int], float] | None = None,
+    ) -> None:
+        self.req, self.timeout = req, timeout
+        self._on_acked, self._on_sent, self._release, self._pace = on_acked, on_sent, release, pace
+        self._sizes: dict[int, int] = {}  # chunks sent and not yet acknowledged
+        self._buffers: dict[int, memoryview] = {}  # their buffers, where the transport needs them
+        self.count = 0
 
-    async for index, digest, data in chunks:
-        while (event := ch.poll()) is not None:
-            take(event)
-        while not ch.conn.can_send_chunk:
-            take(await ch.next_event(timeout))
-        size = len(data)
-        if pace is not None and (wait := pace(size)) > 0:
-            await asyncio.sleep(wait)
-        ch.send(Chunk(index, digest, data))
-        if ch.copies_on_send and isinstance(data, memoryview):
-            release(data)  # the transport holds its own copy: no need to keep ours until the ACK
-        else:
-            unacked[index] = data
-        on_sent(size)
-        await ch.drain(timeout)
-    while transfer.inflight:
-        take(await ch.next_event(timeout))
-    while (event := ch.poll()) is not None:
-        take(event)
+    async def send_all(self, chunks: AsyncIterator[ChunkData]) -> None:
+        """Send every chunk from `chunks`, each once both windows have room; ACKs that arrive
+        meanwhile are taken. Returns once all are sent (see `settle`).
+
+        Raises:
+            FluxError: the request's ERROR, a frame it does not expect now, the connection.
+        """
+        req, ch = self.req, self.req.channel
+        async for index, digest, data in chunks:
+            self.take_queued()
+            size = len(data)
+            while not req.conn.can_send_chunk(req.rid, size):
+                await req.wait_room(size, self.timeout)
+                self.take_queued()
+            if self._pace is not None and (wait := self._pace(size)) > 0:
+                await asyncio.sleep(wait)
+            req.send(Chunk(req.rid, index, digest, data))
+            self.count += 1
+            self._sizes[index] = size
+            if isinstance(data, memoryview):
+                if ch.copies_on_send:
+                    self._release(data)  # the transport holds its own copy
+                else:
+                    self._buffers[index] = data  # the socket may still read it until acked
+            self._on_sent(size)
+            await ch.drain(self.timeout)
+        self.take_queued()
+
+    async def settle(self) -> None:
+        """Until every chunk sent is acknowledged (a download's last ACK ends its request)."""
+        while self.req.inflight:
+            self.take(await self.req.next(self.timeout))
+        self.take_queued()
+
+    def take_queued(self) -> None:
+        """Take the ACKs already queued for the request."""
+        while (frame := self.req.poll()) is not None:
+            self.take(frame)
+
+    def take(self, frame: Frame) -> None:
+        """Count an ACK; any other frame is one this transfer does not expect now.
+
+        Raises:
+            LocalProtocolError: not an ACK.
+        """
+        if not isinstance(frame, Ack):
+            raise LocalProtocolError(
+                f"unexpected {type(frame).__name__} while request {self.req.rid} sends chunks"
+            )
+        nbytes = 0
+        for index in _indices(frame):
+            nbytes += self._sizes.pop(index, 0)
+            data = self._buffers.pop(index, None)
+            if data is not None:
+                self._release(data)
+        self._on_acked(nbytes)
+
+    def acked_all(self) -> None:
+        """COMMITTED acknowledged every chunk of the upload: count and release the rest."""
+        rest = sum(self._sizes.values())
+        for data in self._buffers.values():  # the peer has them all: the socket is done
+            self._release(data)
+        self._buffers.clear()
+        self._sizes.clear()
+        if rest:
+            self._on_acked(rest)
+
+
+async def send_chunks(
+    req: Request,
+    chunks: AsyncIterator[ChunkData],
+    on_acked: Callable[[int], None],
+    timeout: float | None,
+    **options: Any,
+) -> None:
+    """Send every chunk from `chunks` for `req` and return once all are acknowledged;
+    `options` as ChunkSender's (on_sent, release, pace)."""
+    sender = ChunkSender(req, on_acked, timeout, **options)
+    await sender.send_all(chunks)
+    await sender.settle()
 
 
 def _indices(ack: Ack) -> Iterable[int]:
@@ -229,19 +193,20 @@ class BatchSink(Protocol):
 class ChunkWriter:
     """Group commit: chunks that arrive while a batch is being synced form the next batch.
 
-    After each batch is durable, an ACK for it is sent on `ch` and `on_durable(nbytes)` called.
-    A write failure is injected into the channel, so the session's next receive raises it.
+    After each batch is durable, an ACK for it is sent for `req` (while the request may still
+    send one) and `on_durable(nbytes)` called. A write failure is injected into the request, so
+    its next receive raises it.
     """
 
     def __init__(
         self,
-        ch: Channel,
+        req: Request,
         sink: BatchSink,
         on_durable: Callable[[int], None] = lambda n: None,
         executor: Executor | None = None,
         release: Callable[[memoryview], None] = POOL.put,
     ) -> None:
-        self._ch, self._sink, self._on_durable, self._executor = ch, sink, on_durable, executor
+        self._req, self._sink, self._on_durable, self._executor = req, sink, on_durable, executor
         self._release = release
         self._pending: list[ChunkData] = []
         self._task: asyncio.Task[None] | None = None
@@ -278,7 +243,7 @@ class ChunkWriter:
                 await loop.run_in_executor(self._executor, self._sink.write_chunks, batch)
             except FluxError as exc:
                 self.error = exc
-                self._ch.fail(exc)
+                self._req.fail(exc)
                 return
             finally:
                 for _, _, data in batch:  # written or failed: the buffers can be reused
@@ -289,11 +254,14 @@ class ChunkWriter:
             self._on_durable(nbytes)
 
     def _ack(self, indices: Sequence[int]) -> None:
-        if not self._ch.usable:
-            return  # the peer is gone; these chunks are durable and will be reported on resume
+        req = self._req
         ranges = to_ranges(indices)
         for start in range(0, len(ranges), MAX_RANGES):
+            # Gone, cancelled or ended (COMMITTED acknowledges an upload's chunks): these
+            # chunks are durable all the same, and a resume finds them.
+            if not (req.channel.usable and req.can_send(FrameType.ACK)):
+                return
             try:
-                self._ch.send(Ack(ranges[start : start + MAX_RANGES]))
+                req.send(Ack(req.rid, ranges[start : start + MAX_RANGES]))
             except TransportError:
                 return

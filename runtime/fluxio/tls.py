@@ -18,7 +18,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from fluxproto.errors import ConfigError, map_exceptions
-from fluxproto.frames import ALPN
+from fluxproto.frames import ALPN_ACCEPT
 
 REGENERATE_HINT = "run `fluxd certs init --force` to regenerate"
 _PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
@@ -49,14 +49,16 @@ class CertPaths:
 
 
 def server_ssl_context(paths: CertPaths) -> ssl.SSLContext:
-    """A TLS 1.3-only server context offering ALPN flux/1 with the server certificate.
+    """A TLS 1.3-only server context with the server certificate, accepting ALPN flux/2 and
+    flux/1 (preferring flux/2): a version-1 client then still reaches HELLO and hears ERROR
+    505 with the remedy, instead of a TLS alert.
 
     Raises:
         ConfigError: the certificate or key is unreadable, invalid, or they do not match.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.set_alpn_protocols([ALPN])
+    ctx.set_alpn_protocols(list(ALPN_ACCEPT))
     where = f"{paths.server_cert} / {paths.server_key}"
     with map_exceptions(
         {

@@ -155,7 +155,7 @@ def test_a_request_trickled_in_after_hello_is_cut_by_the_idle_timeout(
     daemon: Daemon, token: str, peers: list[socket.socket]
 ) -> None:
     peer = authenticated(daemon, token, peers)
-    stat = padded(FrameType.STAT, Stat("/x").header())
+    stat = padded(FrameType.STAT, Stat(1, "/x").header())
     took = trickle_until_closed(peer.sock, stat, IDLE + MARGIN)
     assert took >= IDLE - 0.1
 
@@ -164,11 +164,11 @@ def test_a_chunk_trickled_in_during_an_upload_is_cut_by_the_idle_timeout(
     daemon: Daemon, token: str, peers: list[socket.socket]
 ) -> None:
     peer = authenticated(daemon, token, peers)
-    peer.send(encode_bytes(OpenUpload("/m/t.bin", MIN_CHUNK, MIN_CHUNK)))
+    peer.send(encode_bytes(OpenUpload(1, "/m/t.bin", MIN_CHUNK, MIN_CHUNK)))
     assert isinstance(peer.read_frame(), Status)
     data = os.urandom(MIN_CHUNK)
     took = trickle_until_closed(
-        peer.sock, encode_bytes(Chunk(0, chunk_digest(data), data)), IDLE + MARGIN
+        peer.sock, encode_bytes(Chunk(1, 0, chunk_digest(data), data)), IDLE + MARGIN
     )
     assert took >= IDLE - 0.1
 
@@ -252,7 +252,7 @@ def test_a_hello_trickled_or_withheld_over_quic_is_cut_at_the_deadline(
 def test_chunks_on_a_data_stream_before_hello_are_refused_at_once(daemon: Daemon) -> None:
     """Before HELLO nothing may be buffered for the peer: a data stream is a protocol error
     (it used to be decoded, and a 16 MiB chunk buffer taken, for anyone who finished TLS)."""
-    chunk = encode_bytes(Chunk(0, chunk_digest(b"x" * 1000), b"x" * 1000))
+    chunk = encode_bytes(Chunk(1, 0, chunk_digest(b"x" * 1000), b"x" * 1000))
 
     async def main() -> bool:
         async with raw_quic(daemon.port) as client, stream(client, unidirectional=True) as data:
@@ -289,7 +289,7 @@ def test_a_download_read_slowly_is_cut_by_the_idle_timeout(
 ) -> None:
     (daemon.root / "big.bin").write_bytes(os.urandom(32 * MiB))
     peer = authenticated(daemon, token, peers)
-    peer.send(encode_bytes(OpenDownload("/big.bin", chunk_size=MiB)))
+    peer.send(encode_bytes(OpenDownload(1, "/big.bin", chunk_size=MiB)))
     took = read_until_closed(peer.sock, IDLE + MARGIN)
     assert took >= IDLE - 0.1
 

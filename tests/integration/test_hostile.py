@@ -132,7 +132,7 @@ def test_oversized_payload(arena: Arena) -> None:
     peer.send(PREFIX.pack(FrameType.CHUNK, 20, 1 << 30))  # 1 GiB chunk, no transfer open
     assert_refused_and_closed(peer)
     peer = arena.connected()
-    peer.send(encode_bytes(OpenUpload("/m/x.bin", 4 * MIN_CHUNK, MIN_CHUNK)))
+    peer.send(encode_bytes(OpenUpload(1, "/m/x.bin", 4 * MIN_CHUNK, MIN_CHUNK)))
     assert isinstance(peer.read_frame(), Status)
     peer.send(PREFIX.pack(FrameType.CHUNK, 20, 2 * MIN_CHUNK))  # twice the chunk size
     assert_refused_and_closed(peer)
@@ -147,7 +147,7 @@ def test_random_bytes_after_the_handshake(arena: Arena) -> None:
 
 @pytest.mark.usefixtures("good_upload")
 def test_truncated_frames(arena: Arena) -> None:
-    upload = encode_bytes(OpenUpload("/m/t.bin", 10, MIN_CHUNK))
+    upload = encode_bytes(OpenUpload(1, "/m/t.bin", 10, MIN_CHUNK))
     silent = arena.connected()
     silent.send(upload[: len(upload) // 2])  # half a frame, then silence: the idle timeout
     ended = arena.connected()
@@ -156,9 +156,9 @@ def test_truncated_frames(arena: Arena) -> None:
     assert ended.closed_by_server(5)
     assert silent.closed_by_server(4 + 5)
     data = os.urandom(MIN_CHUNK)
-    chunk = encode_bytes(Chunk(0, chunk_digest(data), data))
+    chunk = encode_bytes(Chunk(1, 0, chunk_digest(data), data))
     cut = arena.connected()  # a chunk cut short mid-payload
-    cut.send(encode_bytes(OpenUpload("/m/c.bin", MIN_CHUNK, MIN_CHUNK)))
+    cut.send(encode_bytes(OpenUpload(1, "/m/c.bin", MIN_CHUNK, MIN_CHUNK)))
     assert isinstance(cut.read_frame(), Status)
     cut.send(chunk[: len(chunk) - 100])
     assert cut.closed_by_server(4 + 5)
@@ -199,7 +199,7 @@ def test_a_flood_of_upload_opens_beyond_the_limit(arena: Arena) -> None:
     peers = [arena.connected() for _ in range(12)]
     answers = []
     for i, peer in enumerate(peers):
-        peer.send(encode_bytes(OpenUpload(f"/m/flood-{i}.bin", 1 << 20, MIN_CHUNK)))
+        peer.send(encode_bytes(OpenUpload(1, f"/m/flood-{i}.bin", 1 << 20, MIN_CHUNK)))
         answers.append(peer.read_frame())
     accepted = [a for a in answers if isinstance(a, Status)]
     refused = [a for a in answers if isinstance(a, ErrorFrame)]
@@ -212,7 +212,7 @@ def test_a_flood_of_upload_opens_beyond_the_limit(arena: Arena) -> None:
     deadline = time.monotonic() + 10
     while True:
         peer = arena.connected()
-        peer.send(encode_bytes(OpenUpload("/m/again.bin", 1 << 20, MIN_CHUNK)))
+        peer.send(encode_bytes(OpenUpload(1, "/m/again.bin", 1 << 20, MIN_CHUNK)))
         if isinstance(peer.read_frame(), Status):
             break
         peer.close()

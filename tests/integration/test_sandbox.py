@@ -11,18 +11,18 @@ from pathlib import Path
 import pytest
 
 from fluxctl.connect import ClientOptions, connect
+from fluxctl.session import ClientSession
 from fluxctl.trust import TrustPolicy
 from fluxctl.url import FluxURL
-from fluxio.chunkflow import expect
 from fluxproto import (
     MIN_CHUNK,
     Delete,
     Deleted,
+    Entries,
     FluxError,
     Frame,
     Info,
     ListDir,
-    Listing,
     Meta,
     OpenDownload,
     OpenUpload,
@@ -35,12 +35,13 @@ from tests import hostile_paths
 
 from .conftest import Daemon, Fluxctl
 
-#: Each request a path can be used in: the frame asking, and the reply that would mean success.
-REQUESTS: dict[str, tuple[Callable[[str], Frame], type[Frame]]] = {
-    "upload": (lambda p: OpenUpload(p, 10, MIN_CHUNK), Status),
+#: Each request a path can be used in: the frame asking (given its rid and the path), and the
+#: reply that would mean success.
+REQUESTS: dict[str, tuple[Callable[[int, str], Frame], type[Frame]]] = {
+    "upload": (lambda rid, p: OpenUpload(rid, p, 10, MIN_CHUNK), Status),
     "download": (OpenDownload, Meta),
     "stat": (Stat, Info),
-    "list": (ListDir, Listing),
+    "list": (ListDir, Entries),
     "delete": (Delete, Deleted),
 }
 
@@ -66,15 +67,16 @@ async def refusals(daemon: Daemon, transport: str, paths: list[str]) -> list[str
         trust=TrustPolicy.from_options(None, daemon.fingerprint), transport=transport
     )
     ch = await connect(FluxURL("127.0.0.1", daemon.port, "/"), opts)
+    session = ClientSession(ch)
     leaks: list[str] = []
     try:
         for path in paths:
             for name, (ask, success) in REQUESTS.items():
                 if name == "delete" and path in hostile_paths.PLANTED:
                     continue  # deleting a link removes the link (inside the root), see below
-                ch.send(ask(path))
+                req = await session.open(lambda rid, ask=ask, path=path: ask(rid, path))
                 try:
-                    answer = await expect(ch, success, 10)
+                    answer = await req.expect(success, 10)
                 except PermissionDenied:
                     continue
                 except FluxError as exc:
@@ -82,6 +84,7 @@ async def refusals(daemon: Daemon, transport: str, paths: list[str]) -> list[str
                     continue
                 leaks.append(f"{name} {path!r}: answered {answer!r:.80}")
     finally:
+        await session.close()
         ch.close()
     return leaks
 

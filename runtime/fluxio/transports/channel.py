@@ -15,6 +15,7 @@ from fluxproto import (
     FluxError,
     Frame,
     Goodbye,
+    RequestEnded,
     State,
 )
 
@@ -47,6 +48,11 @@ class ChannelBase:
         #: QUIC close with an error code); None while it is up and after a clean close.
         self.failure: FluxError | None = None
         self._inbox = Inbox(on_take)
+        #: Called with the byte count of every read from the peer (a request router's clock).
+        self.on_progress: Callable[[int], None] | None = None
+        #: Called when a request stops counting toward the server's limit later than its end
+        #: (QUIC: when the server finished its stream, see fluxproto.streams).
+        self.on_freed: Callable[[], None] | None = None
         self._closing = False
         self._lost = False
         self._peer_closed = False
@@ -54,9 +60,16 @@ class ChannelBase:
 
     # --- the session's side -----------------------------------------------------------------
 
-    def send(self, frame: Frame) -> None:
-        """Queue `frame` for the peer; raises ConnectionLost if closing or gone."""
+    def send(self, frame: Frame) -> RequestEnded | None:
+        """Queue `frame` for the peer; the request it ended, if it ended one (as
+        `Connection.send`). Raises ConnectionLost if closing or gone."""
         raise NotImplementedError
+
+    @property
+    def requests_in_use(self) -> int:
+        """Requests that count toward the server's `requests` limit (the open ones; QUIC adds
+        those whose stream the server has not finished yet)."""
+        return len(self.conn.requests)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until the transport has room for more (raises TransportError if it is gone)."""
@@ -135,6 +148,16 @@ class ChannelBase:
         """Raise the failure that ended the connection (ConnectionLost if it just closed)."""
         if self._lost:
             raise self.failure or ConnectionLost(f"connection to {self.peer} is closed")
+
+    def _received(self, nbytes: int) -> None:
+        """The transport read `nbytes` from the peer: progress for whoever waits on them."""
+        self._inbox.received(nbytes)
+        if self.on_progress is not None:
+            self.on_progress(nbytes)
+
+    def _freed(self) -> None:
+        if self.on_freed is not None:
+            self.on_freed()
 
     def _take_events(self) -> bool:
         """Queue the events `conn` has for the session; False if the peer broke the protocol

@@ -40,15 +40,28 @@ class Inbox:
         again: a large frame arriving steadily on a slow link is alive, a peer trickling a
         few bytes of a frame is idle. Wake-ups alone never extend the wait.
         """
-        if self.events:
-            return self._take()
+        await self.wait(timeout, peer)
+        return self._take()
+
+    async def wait(
+        self, timeout: float | None, peer: str, ready: Callable[[], bool] = lambda: False
+    ) -> None:
+        """Until an event is queued, or `ready()` is true when the reader is woken; the clock
+        and the error as in `get`.
+
+        Raises:
+            TransportTimeout: neither within `timeout` (nor PROGRESS_BYTES meanwhile).
+            FluxError: the error, once the queue is empty.
+        """
+        if self.events or ready():
+            return
         loop = asyncio.get_running_loop()
         self._arrived = 0
         try:
             # asyncio.timeout, not wait_for: in 3.11 wait_for returns a result that lands in
             # the same loop iteration as a cancellation and loses the cancellation (Ctrl-C).
             async with asyncio.timeout(timeout) as clock:
-                while not self.events:
+                while not self.events and not ready():
                     if self.error is not None:
                         raise self.error
                     if timeout is not None and self._arrived >= PROGRESS_BYTES:
@@ -61,7 +74,17 @@ class Inbox:
                         self._waiter = None
         except TimeoutError:
             raise TransportTimeout(f"no data from {peer} for {timeout:g} s") from None
-        return self._take()
+
+    @property
+    def waiting(self) -> bool:
+        """True while a reader waits in `get` or `wait`."""
+        return self._waiter is not None
+
+    def alive(self) -> None:
+        """The peer showed life elsewhere (a frame of the connection, not of this queue):
+        a waiting reader's clock starts again, as after PROGRESS_BYTES."""
+        self._arrived = PROGRESS_BYTES
+        self.wake()
 
     def received(self, nbytes: int) -> None:
         """The transport read `nbytes` from the peer (progress for `get`'s timeout)."""

@@ -1,6 +1,7 @@
 """QUIC transport (aioquic): one flux conversation per QUIC connection, chunks spread on streams.
 
-Which frame travels on which stream is fluxproto.streams' business (sans-IO); a client's path
+Which frame travels on which stream (a stream per request, chunk streams for large transfers)
+is fluxproto.streams' business (sans-IO); a client's path
 upkeep (keepalive, rebinding) is quic_migration's; every aioquic internal goes through
 aioquic_shim. This module moves bytes between them, maps how a connection ended
 (errors.quic_close_error), and serves or opens connections.
@@ -34,17 +35,20 @@ from aioquic.quic.packet import QuicErrorCode
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fluxproto import (
+    ALPN_ACCEPT,
+    ALPN_OFFER,
+    DEFAULT_WINDOW,
     MAX_HEADER,
     ConnectError,
     Connection,
     FluxError,
     Frame,
     RemoteProtocolError,
+    RequestEnded,
     Role,
     TransportTimeout,
 )
 from fluxproto.errors import map_exceptions
-from fluxproto.frames import ALPN
 from fluxproto.streams import StreamMap
 
 from ..buffers import POOL
@@ -74,10 +78,11 @@ def configuration(
     datagram_size: int = DEFAULT_DATAGRAM_SIZE,
     idle_timeout: float = IDLE_TIMEOUT,
 ) -> QuicConfiguration:
-    """The QUIC settings both ends use; TLS 1.3 and ALPN flux/1 as over TCP."""
+    """The QUIC settings both ends use; TLS 1.3 and ALPN as over TCP (a client offers flux/2
+    then flux/1, a server accepts both and prefers flux/2)."""
     return QuicConfiguration(
         is_client=is_client,
-        alpn_protocols=[ALPN],
+        alpn_protocols=list(ALPN_OFFER if is_client else ALPN_ACCEPT),
         max_datagram_size=datagram_size,
         idle_timeout=idle_timeout,
         max_data=FLOW_CREDIT,
@@ -99,18 +104,23 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
         on_ready: Callable[[QuicChannel], None] | None = None,
         max_header: int = MAX_HEADER,
         alloc: Callable[[int], memoryview] = POOL.get,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
+        """`window` is this end's receive window (what its HELLO or WELCOME announces)."""
         QuicConnectionProtocol.__init__(self, quic, stream_handler)
         #: The event loop, with a finer clock (shared with aioquic, see PreciseClock).
         self.loop = aioquic_shim.install_clock(self, PreciseClock)
         aioquic_shim.install_pacer(quic)
         is_client = quic.configuration.is_client
-        conn = Connection(
-            Role.CLIENT if is_client else Role.SERVER, alloc=alloc, max_header=max_header
-        )
+        role = Role.CLIENT if is_client else Role.SERVER
+        conn = Connection(role, alloc=alloc, max_header=max_header, window=window)
         ChannelBase.__init__(self, conn, "?", self.loop.time())
         self._streams = StreamMap(
-            conn, is_client=is_client, open_stream=self._open_stream, alloc=alloc
+            conn,
+            open_stream=self._open_stream,
+            write=self._quic.send_stream_data,  # type: ignore[arg-type]
+            alloc=alloc,
+            on_freed=self._freed,
         )
         self._peer_addr: NetworkAddress | None = None
         #: A client's own socket and its upkeep (None on the server: all its connections share
@@ -132,15 +142,19 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
 
     # --- how bytes leave ----------------------------------------------------------------------
 
-    def send(self, frame: Frame) -> None:
-        """Queue a frame on its stream (see fluxproto.streams); raises ConnectionLost if the
-        connection is closing or gone."""
+    def send(self, frame: Frame) -> RequestEnded | None:
+        """Queue a frame on its stream (see fluxproto.streams); the request it ended, if any.
+        Raises ConnectionLost if the connection is closing or gone."""
         self._check_open()
-        self.conn.send(frame)
-        stream = self._streams.stream_for(frame)
-        for buf in self.conn.data_to_send():
-            self._quic.send_stream_data(stream, buf)  # type: ignore[arg-type]
+        ended = self._streams.send(frame)
         self._schedule_transmit()
+        return ended
+
+    @property
+    def requests_in_use(self) -> int:
+        """Open requests, and at a client those whose stream the server has not finished
+        (a download ends at the client before the server knows, decision 26)."""
+        return self._streams.requests_in_use
 
     async def drain(self, timeout: float | None = None) -> None:
         """Returns at once: aioquic takes everything, and the protocol window bounds what it
@@ -263,23 +277,14 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
         return self._quic.get_next_available_stream_id(is_unidirectional=unidirectional)
 
     def _stream_data(self, event: StreamDataReceived) -> None:
-        self._inbox.received(len(event.data))
+        self._received(len(event.data))
         try:
             self._streams.receive(event.stream_id, event.data, event.end_stream)
         except FluxError as exc:
+            self._take_events()  # what the frames before the bad one produced comes first
             self._inbox.set_error(exc)
             return
         self._pump()
-
-    def _pump(self) -> None:
-        """Move control-stream events and waiting chunks (in that order) to the session."""
-        try:
-            if self._take_events():
-                for chunk in self._streams.ready_chunks():
-                    self._inbox.put(chunk)
-        except FluxError as exc:
-            self._inbox.set_error(exc)
-        self._inbox.wake()
 
     def _protocol_error(self, why: str) -> None:
         self._inbox.set_error(RemoteProtocolError(why))
@@ -343,7 +348,8 @@ async def open_connection(
     config: QuicConfiguration,
     timeout: float,
     session_ticket_handler: Callable[[Any], None] | None = None,
-    early: Frame | None = None,
+    early: Callable[[QuicChannel], Frame] | None = None,
+    window: int = DEFAULT_WINDOW,
 ) -> QuicChannel:
     """Connect over QUIC and finish the handshake.
 
@@ -368,7 +374,7 @@ async def open_connection(
         quic = QuicConnection(configuration=config, session_ticket_handler=session_ticket_handler)
 
         def make() -> QuicChannel:
-            channel = QuicChannel(quic)
+            channel = QuicChannel(quic, window=window)
             channel._path = ClientPath(channel, quic, sock, channel.loop)
             return channel
 
@@ -376,7 +382,7 @@ async def open_connection(
     channel.peer = _address(infos[0][4])
     channel.connect(addr)
     if early is not None:
-        channel.send(early)  # 0-RTT data when config.session_ticket allows it
+        channel.send(early(channel))  # 0-RTT data when config.session_ticket allows it
     try:
         # Shielded: the future is the channel's own, and a timeout must not cancel it.
         async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancellation
@@ -387,9 +393,9 @@ async def open_connection(
     except BaseException:
         channel.abort()
         raise
-    if channel.alpn != ALPN:
+    if channel.alpn not in ALPN_OFFER:
         channel.abort()
-        raise RemoteProtocolError(f"server does not speak {ALPN} over QUIC")
+        raise RemoteProtocolError(f"server does not speak {' or '.join(ALPN_OFFER)} over QUIC")
     return channel
 
 
@@ -406,11 +412,13 @@ class QuicListener:
         max_header: int = MAX_HEADER,
         alloc: Callable[[int], memoryview] = POOL.get,
         on_failed: OnFailed = ignore_failure,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         """A connection whose QUIC handshake has not completed `handshake_timeout` seconds
-        after its first packet is closed."""
+        after its first packet is closed. `window` is what each connection's WELCOME
+        announces."""
         self._config = configuration(is_client=False, datagram_size=datagram_size)
-        self._max_header, self._alloc = max_header, alloc
+        self._max_header, self._alloc, self._window = max_header, alloc, window
         self._handshake_timeout = handshake_timeout
         self._config.load_cert_chain(paths.server_cert, paths.server_key)
         self._on_channel, self._on_failed = on_channel, on_failed
@@ -443,6 +451,7 @@ class QuicListener:
             on_ready=self._on_channel,
             max_header=self._max_header,
             alloc=self._alloc,
+            window=self._window,
         )
         # aioquic restarts its idle timer on every packet: a peer sending PINGs, or its flight
         # a packet at a time, would keep an unfinished handshake alive without a deadline.

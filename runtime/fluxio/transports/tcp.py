@@ -24,6 +24,7 @@ from fluxproto import (
     Connection,
     FluxError,
     Frame,
+    RequestEnded,
     TransportTimeout,
 )
 from fluxproto.errors import map_exceptions
@@ -84,15 +85,17 @@ class SocketChannel(ChannelBase):
 
     # --- how bytes leave ------------------------------------------------------------------------
 
-    def send(self, frame: Frame) -> None:
-        """Queue a frame and write what the socket takes now; raises ConnectionLost if gone."""
+    def send(self, frame: Frame) -> RequestEnded | None:
+        """Queue a frame and write what the socket takes now; the request it ended, if any.
+        Raises ConnectionLost if gone."""
         self._check_open()
-        self.conn.send(frame)
+        ended = self.conn.send(frame)
         for buf in self.conn.data_to_send():
             view = memoryview(buf)
             self._out.append(view)
             self._out_bytes += len(view)
         self._flush()
+        return ended
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until the unsent bytes are below the low-water mark.
@@ -161,7 +164,7 @@ class SocketChannel(ChannelBase):
                     return
                 self.last_receive = self.loop.time()
                 self.conn.buffer_updated(n)
-                self._inbox.received(n)
+                self._received(n)
                 self._pump()  # one frame per buffer: it must be taken before the next
                 budget -= n
         except _WOULD_BLOCK:

@@ -1,0 +1,64 @@
+"""One connection to a server as the client library drives it: the channel and the router that
+carries many requests over it at once (protocol version 2)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from fluxio.requests import Channel, Request, Router
+from fluxproto import FluxError, Frame
+
+__all__ = ["ClientSession", "cancel_on_error"]
+
+
+class ClientSession:
+    """A connected channel, past HELLO/WELCOME, with its requests routed.
+
+    Every operation of the library (upload, download, ls, ...) opens its requests here;
+    several may run at once on one session (`many.upload_many`). Start it on the loop that
+    will use it; `close` stops the router (closing the channel is the caller's).
+
+    Attributes:
+        ch: the channel.
+        router: its requests (see fluxio.requests); `router.counts` counts frames.
+    """
+
+    def __init__(self, ch: Channel) -> None:
+        self.ch = ch
+        self.router = Router(ch)
+        self.router.start()
+
+    @property
+    def transport(self) -> str:
+        """ "tcp" or "quic"."""
+        return self.ch.transport
+
+    @property
+    def peer(self) -> str:
+        return self.ch.peer
+
+    async def open(self, make: Callable[[int], Frame]) -> Request:
+        """Open a request (`make(rid)` builds its opening frame) once the server's request
+        limit has room; see `Router.open`.
+
+        Raises:
+            FluxError: the connection failed.
+        """
+        return await self.router.open(make)
+
+    async def close(self) -> None:
+        """Stop routing (every request still open gets ConnectionLost)."""
+        await self.router.stop()
+
+
+@contextlib.contextmanager
+def cancel_on_error(req: Request) -> Iterator[None]:
+    """Give `req` up (CANCEL) if the body fails while it is open: the connection may serve
+    other requests, and the server stops working on this one."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(FluxError):
+            req.cancel()
+        raise

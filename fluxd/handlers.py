@@ -1,0 +1,204 @@
+"""The flux requests the daemon serves, one coroutine per kind: each maps a request's frames to a
+`FileService` operation and carries the result back as frames of that request.
+
+Chunk flow control and pacing stay here: an upload's chunks are acked only once `ChunkWriter`
+made them durable through the service's handle, and a download's chunks leave within the
+client's windows. Errors are raised; the session answers them with ERROR for the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from fluxio.chunkflow import ChunkSender, ChunkWriter
+from fluxio.requests import Request
+from fluxproto import (
+    MAX_RANGES,
+    Chunk,
+    Commit,
+    Committed,
+    Delete,
+    Deleted,
+    Entries,
+    FluxError,
+    FrameType,
+    Info,
+    ListDir,
+    Meta,
+    Mkdir,
+    NotSupported,
+    OpenDownload,
+    OpenUpload,
+    ProtocolError,
+    Stat,
+    Status,
+    Symlink,
+    TransportError,
+    chunk_count,
+    iter_indices,
+    to_ranges,
+)
+from fluxproto.ranges import count, is_canonical
+
+from .service import Caller, FileService, Version
+
+#: Entries per ENTRIES page; keeps the header under its 64 KiB limit.
+LIST_PAGE = 150
+
+Handler = Callable[[Request], Awaitable[None]]
+
+
+@dataclass
+class Handlers:
+    """What one connection's requests run: `for_frame(opening)` is the coroutine for a request.
+
+    Args:
+        service: the daemon's file service.
+        caller: who the connection is (authenticated at HELLO).
+        idle_timeout: how long a request waits for the client (PROTOCOL.md 13.1).
+        pace: the subject's rate limit (seconds to wait before sending or taking n bytes).
+        release: gives back received chunk buffers (the daemon's receive budget).
+    """
+
+    service: FileService
+    caller: Caller
+    idle_timeout: float
+    pace: Callable[[int], float] | None
+    release: Callable[[memoryview], None]
+
+    def for_frame(self, opening: object) -> Handler:
+        """The handler of the request `opening` opens."""
+        table: dict[type, Handler] = {
+            OpenUpload: self.upload,
+            OpenDownload: self.download,
+            ListDir: self.list,
+            Stat: self.stat,
+            Delete: self.delete,
+            Mkdir: self.not_yet,
+            Symlink: self.not_yet,
+        }
+        return table[type(opening)]
+
+    async def upload(self, req: Request) -> None:
+        f = req.opening
+        assert isinstance(f, OpenUpload)
+        # TODO(i12-treeops): pass f.mtime_ns once the service's upload takes it (that branch).
+        async with self.service.upload(
+            self.caller, f.path, f.size, f.chunk_size, f.mode, f.attach
+        ) as up:
+            writer = ChunkWriter(req, up, executor=up.pool, release=self.release)
+            try:
+                # Chunks sent eagerly with OPEN_UPLOAD waited in the request's queue.
+                req.send(held_status(req.rid, up.tid, up.held))
+                while True:
+                    frame = await req.next(self.idle_timeout)
+                    if isinstance(frame, Chunk):
+                        writer.add(frame)
+                        await self._paced(len(frame.data))
+                        continue
+                    assert isinstance(frame, Commit)
+                    await writer.flush()
+                    if writer.error is not None:  # the disk's failure, not a missing chunk
+                        raise writer.error
+                    try:
+                        await up.commit(frame.digest)
+                    finally:  # a shutdown waits for the commit; its reply still goes out
+                        if up.committed and req.can_send(FrameType.COMMITTED):
+                            req.send(Committed(req.rid, f.size, frame.digest))
+                    return
+            finally:
+                # Chunks already received reach disk even if the client vanished or we are
+                # stopping (the service closes the upload after this).
+                await writer.flush()
+
+    async def _paced(self, nbytes: int) -> None:
+        """Hold the request back to the subject's and the daemon's rate (if any is set).
+
+        While an upload waits here it takes no chunks, so none are acked, its window fills and
+        the client stops sending: the limit reaches the sender through flow control.
+        """
+        if self.pace is not None and (wait := self.pace(nbytes)) > 0:
+            await asyncio.sleep(wait)
+
+    async def download(self, req: Request) -> None:
+        f = req.opening
+        assert isinstance(f, OpenDownload)
+        async with self.service.download(self.caller, f.path, f.chunk_size, f.attach) as dl:
+            v = dl.version
+            indices, n = wanted_chunks(v, f)
+            meta = Meta(
+                req.rid, dl.tid, v.size, v.chunk_size, v.digest, n, v.mode, v.mtime_ns, v.digests
+            )
+            req.send(meta)
+            if n == 0:
+                return
+            sender = ChunkSender(req, dl.delivered, self.idle_timeout, pace=self.pace)
+            async with contextlib.aclosing(dl.chunks(indices)) as chunks:
+                try:
+                    await sender.send_all(chunks)
+                except FluxError as exc:
+                    if not isinstance(exc, TransportError | ProtocolError):
+                        # The request ends with ERROR only once nothing of it is in flight
+                        # (decision 27): the client keeps acknowledging what it made durable.
+                        await sender.settle()
+                    raise
+            await sender.settle()
+
+    async def list(self, req: Request) -> None:
+        f = req.opening
+        assert isinstance(f, ListDir)
+        if f.recursive:
+            # TODO(i12-treeops): stream the service's walk once that branch brings it.
+            raise NotSupported("recursive LIST is not supported yet")
+        cursor: str | None = None
+        while True:
+            async with self.service.list(self.caller, f.path, cursor, LIST_PAGE) as page:
+                entries, cursor = page
+                req.send(Entries(req.rid, tuple(entries), done=cursor is None))
+            if cursor is None:
+                return
+
+    async def stat(self, req: Request) -> None:
+        f = req.opening
+        assert isinstance(f, Stat)
+        async with self.service.stat(self.caller, f.path) as entry:
+            req.send(Info(req.rid, entry))
+
+    async def delete(self, req: Request) -> None:
+        f = req.opening
+        assert isinstance(f, Delete)
+        if f.recursive:
+            # TODO(i12-treeops): the service's recursive delete comes with that branch.
+            raise NotSupported("recursive DELETE is not supported yet")
+        async with self.service.delete(self.caller, f.path):
+            req.send(Deleted(req.rid, f.path, 1))
+
+    async def not_yet(self, req: Request) -> None:
+        # TODO(i12-treeops): MKDIR and SYMLINK go to the service's mkdir and symlink, which
+        # that branch adds.
+        raise NotSupported(f"{req.opening.TYPE.name} is not supported yet")
+
+
+def held_status(rid: int, tid: bytes, held: Mapping[int, bytes]) -> Status:
+    """STATUS for an upload holding `held` (index -> digest): the chunks as ranges (at most
+    MAX_RANGES) + their digests.
+
+    Reporting a subset is safe: the client just sends the chunks left out again.
+    """
+    ranges = to_ranges(held)[:MAX_RANGES]
+    return Status(rid, tid, ranges, b"".join(held[i] for i in iter_indices(ranges)))
+
+
+def wanted_chunks(dl: Version, f: OpenDownload) -> tuple[Iterable[int], int]:
+    """Chunk indices to send for `f` and how many; none when the file is not the one asked for."""
+    n = chunk_count(dl.size, dl.chunk_size)
+    # With a digest, chunk_size is the geometry the client planned its `want` with: both pin it.
+    changed = f.digest is not None and (f.digest, f.chunk_size) != (dl.digest, dl.chunk_size)
+    if changed or (f.want is not None and not is_canonical(f.want, n)):
+        return (), 0
+    if f.want is None:
+        return range(n), n
+    return iter_indices(f.want), count(f.want)

@@ -1,0 +1,72 @@
+"""Open transfers by transfer id (`tid`), per account: what a request that attaches finds.
+
+A transfer outlives the request that opened it as long as requests attached to it run: the
+opener's operation waits for them before it closes the transfer (PROTOCOL.md section 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Generic, TypeVar
+
+from fluxproto import TID_SIZE, NotFound
+
+H = TypeVar("H")
+
+__all__ = ["TransferRegistry"]
+
+
+class _Open(Generic[H]):
+    __slots__ = ("account", "handle", "idle", "joinable", "users")
+
+    def __init__(self, account: str, handle: H) -> None:
+        self.account, self.handle = account, handle
+        self.users = 0
+        self.joinable = True
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+
+class TransferRegistry(Generic[H]):
+    """The open transfers of one kind (uploads, or downloads) by tid."""
+
+    def __init__(self) -> None:
+        self._open: dict[bytes, _Open[H]] = {}
+
+    @asynccontextmanager
+    async def opened(self, account: str, handle: H) -> AsyncIterator[bytes]:
+        """Register `handle` for the body under a new tid (yielded). On leaving, no request may
+        attach any more, and the exit waits until the attached ones are done with it."""
+        tid = os.urandom(TID_SIZE)
+        entry = self._open[tid] = _Open(account, handle)
+        try:
+            yield tid
+        finally:
+            entry.joinable = False
+            try:
+                await entry.idle.wait()
+            finally:
+                del self._open[tid]
+
+    @asynccontextmanager
+    async def attached(self, account: str, tid: bytes) -> AsyncIterator[H]:
+        """The transfer `tid` of `account`, held open for the body.
+
+        Raises:
+            NotFound: no such transfer, it is finishing, or it is another account's (the
+                same answer: a tid names nothing to anyone else).
+        """
+        entry = self._open.get(tid)
+        if entry is None or entry.account != account or not entry.joinable:
+            raise NotFound(f"no open transfer {tid.hex()} to attach to")
+        entry.users += 1
+        entry.idle.clear()
+        try:
+            yield entry.handle
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                entry.idle.set()
