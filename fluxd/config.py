@@ -22,7 +22,7 @@ from fluxio.parsing import (
     parse_hostport,
     parse_size,
 )
-from fluxproto import MAX_CHUNK, MIN_CHUNK, ConfigError
+from fluxproto import DEFAULT_REQUESTS, MAX_CHUNK, MIN_CHUNK, ConfigError
 from fluxproto.frames import MAX_FILE_SIZE, MAX_HEADER, MAX_WINDOW, MIN_WINDOW
 
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -86,8 +86,9 @@ class Limits:
     connections: int = 1024
     connections_per_address: int = 64
     connections_per_subject: int = 64
-    #: Uploads one subject may have open at once.
-    uploads_per_subject: int = 16
+    #: Uploads one subject may have open at once: by default as many as one connection may
+    #: have requests open (protocol version 2 runs them at once).
+    uploads_per_subject: int = DEFAULT_REQUESTS
     #: Seconds the TLS handshake may take after accept, and then again for HELLO to arrive.
     handshake_timeout: float = 10.0
     #: Seconds a connection may go without progress (a whole frame, or 64 KiB of one, either

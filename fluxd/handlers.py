@@ -89,7 +89,7 @@ class Handlers:
         async with self.service.upload(
             self.caller, f.path, f.size, f.chunk_size, f.mode, f.attach
         ) as up:
-            writer = ChunkWriter(req, up, executor=up.pool, release=self.release)
+            writer = ChunkWriter(req, up, executor=up.pool, release=self.release, until_commit=True)
             try:
                 # Chunks sent eagerly with OPEN_UPLOAD waited in the request's queue.
                 req.send(held_status(req.rid, up.tid, up.held))

@@ -24,6 +24,7 @@ from fluxproto import (
     Frame,
     FrameType,
     LocalProtocolError,
+    RequestState,
     TransportError,
     to_ranges,
 )
@@ -195,7 +196,9 @@ class ChunkWriter:
 
     After each batch is durable, an ACK for it is sent for `req` (while the request may still
     send one) and `on_durable(nbytes)` called. A write failure is injected into the request, so
-    its next receive raises it.
+    its next receive raises it. With `until_commit` (an upload's receiver), no ACK goes once the
+    request's COMMIT took effect: COMMITTED acknowledges every chunk, and small files committed
+    in one flight then cost no ACK at all.
     """
 
     def __init__(
@@ -205,7 +208,9 @@ class ChunkWriter:
         on_durable: Callable[[int], None] = lambda n: None,
         executor: Executor | None = None,
         release: Callable[[memoryview], None] = POOL.put,
+        until_commit: bool = False,
     ) -> None:
+        self._until_commit = until_commit
         self._req, self._sink, self._on_durable, self._executor = req, sink, on_durable, executor
         self._release = release
         self._pending: list[ChunkData] = []
@@ -260,6 +265,8 @@ class ChunkWriter:
             # Gone, cancelled or ended (COMMITTED acknowledges an upload's chunks): these
             # chunks are durable all the same, and a resume finds them.
             if not (req.channel.usable and req.can_send(FrameType.ACK)):
+                return
+            if self._until_commit and req.state is RequestState.COMMITTING:
                 return
             try:
                 req.send(Ack(req.rid, ranges[start : start + MAX_RANGES]))

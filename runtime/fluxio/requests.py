@@ -45,6 +45,7 @@ from fluxproto import (
     Ping,
     Pong,
     RequestEnded,
+    RequestState,
     Role,
     TransportTimeout,
     Unavailable,
@@ -201,6 +202,12 @@ class Request:
         req = self.conn.requests.get(self.rid)
         return req.inflight if req is not None else 0
 
+    @property
+    def state(self) -> RequestState | None:
+        """The request's state in the connection's table (None once it ended there)."""
+        req = self.conn.requests.get(self.rid)
+        return req.state if req is not None else None
+
     def can_send(self, ftype: FrameType) -> bool:
         """True if this end may send a frame of `ftype` in the request's state now."""
         req = self.conn.requests.get(self.rid)
@@ -230,8 +237,12 @@ class Request:
         return self._frame(await self._inbox.get(timeout, self.peer))
 
     def poll(self) -> Frame | None:
-        """The next frame if one is queued (raising as `next`), else None."""
-        event = self._inbox.poll()
+        """The next frame if one is queued (raising as `next`), else None (also once the
+        request ended and every frame of it was taken)."""
+        try:
+            event = self._inbox.poll()
+        except RequestOver:
+            return None
         return None if event is None else self._frame(event)
 
     async def expect(self, cls: type[T], timeout: float | None) -> T:

@@ -41,7 +41,7 @@ def test_largest_file_fits_the_protocol() -> None:
     chunk = chunk_size_for(MAX_FILE_SIZE, None)
     assert chunk <= MAX_CHUNK
     assert chunk_count(MAX_FILE_SIZE, chunk) == MAX_CHUNKS
-    OpenUpload("/big", MAX_FILE_SIZE, chunk)  # the frame validates the geometry
+    OpenUpload(1, "/big", MAX_FILE_SIZE, chunk)  # the frame validates the geometry
 
 
 @pytest.mark.parametrize("size", [MAX_FILE_SIZE + 1, 2 * MAX_FILE_SIZE])
@@ -60,7 +60,7 @@ def test_smallest_power_of_two_multiple_that_fits(size: int) -> None:
     assert chunk_count(size, chunk) <= MAX_CHUNKS
     if chunk > DEFAULT_CHUNK:
         assert chunk_count(size, chunk // 2) > MAX_CHUNKS, "not the smallest that fits"
-    OpenUpload("/f", size, chunk)
+    OpenUpload(1, "/f", size, chunk)
 
 
 # --- chunk_size_for: --chunk-size ---------------------------------------------------------------

@@ -127,7 +127,7 @@ def test_ca_handshake_negotiates_tls13_and_alpn(certs: CertPaths, known_hosts: P
     policy = TrustPolicy.from_options(certs.ca_cert, None, known_hosts)
     for name in ("127.0.0.1", "localhost"):
         peer = handshake(server_ssl_context(certs), client_ssl_context(policy), name)
-        assert (peer.version, peer.alpn) == ("TLSv1.3", "flux/1")
+        assert (peer.version, peer.alpn) == ("TLSv1.3", "flux/2")
         check_alpn(peer.alpn)
         fp = check_peer(policy, "127.0.0.1", peer.port, peer.der)
         assert fp == cert_fingerprint(certs.server_cert)
@@ -220,12 +220,13 @@ def test_server_without_alpn_is_a_protocol_error(certs: CertPaths) -> None:
     server.load_cert_chain(certs.server_cert, certs.server_key)
     peer = handshake(server, client_ssl_context(TrustPolicy.from_options(certs.ca_cert, None)))
     assert peer.alpn is None
-    with pytest.raises(RemoteProtocolError, match="server does not speak flux/1"):
+    with pytest.raises(RemoteProtocolError, match="server does not speak flux/2 or flux/1"):
         check_alpn(peer.alpn)
 
 
 def test_check_alpn() -> None:
-    check_alpn("flux/1")
+    check_alpn("flux/2")
+    check_alpn("flux/1")  # a version-1 server: its ERROR 505 says what to upgrade
     with pytest.raises(RemoteProtocolError, match=r"selected 'h2'"):
         check_alpn("h2")
 

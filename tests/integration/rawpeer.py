@@ -15,12 +15,12 @@ from fluxproto.codec import PREFIX, encode_bytes
 from fluxproto.frames import ALPN, FrameType
 
 
-def _context() -> ssl.SSLContext:
+def _context(alpn: str = ALPN) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # this peer attacks the server; it does not care who it is
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.set_alpn_protocols([ALPN])
+    ctx.set_alpn_protocols([alpn])
     return ctx
 
 
@@ -38,12 +38,12 @@ def hello_with_padding(nbytes: int, token: str | None = None) -> bytes:
 
 
 class RawPeer:
-    """One TLS connection to the daemon on 127.0.0.1:`port`."""
+    """One TLS connection to the daemon on 127.0.0.1:`port` (offering ALPN `alpn` alone)."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
+    def __init__(self, port: int, timeout: float = 10.0, alpn: str = ALPN) -> None:
         plain = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         try:
-            self.sock = _context().wrap_socket(plain, server_hostname="localhost")
+            self.sock = _context(alpn).wrap_socket(plain, server_hostname="localhost")
         except BaseException:
             plain.close()
             raise

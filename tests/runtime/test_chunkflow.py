@@ -1,4 +1,5 @@
-"""fluxio.chunkflow: control frames, read-ahead, windowed chunk sending, group-commit writing."""
+"""fluxio.chunkflow: read-ahead, a request's chunks sent within both windows, group-commit
+writing with ACKs for the request."""
 
 from __future__ import annotations
 
@@ -6,182 +7,50 @@ import asyncio
 import contextlib
 import random
 import threading
-from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
+from runtime_support import LONG, Pair
 
 from fluxio.buffers import BufferPool
-from fluxio.chunkflow import (
-    ChunkData,
-    ChunkWriter,
-    deadline,
-    expect,
-    handle_control,
-    prefetch,
-    recv_frame,
-    send_chunks,
-)
+from fluxio.chunkflow import ChunkData, ChunkSender, ChunkWriter, prefetch, send_chunks
+from fluxio.requests import Request
 from fluxproto import (
     MAX_RANGES,
     MIN_CHUNK,
     Ack,
     Chunk,
-    Conflict,
-    Connection,
-    ConnectionClosed,
+    Commit,
+    Committed,
     ConnectionLost,
-    Event,
     FluxError,
     Frame,
-    Goodbye,
-    Hello,
-    Meta,
+    FrameType,
+    LocalProtocolError,
     NoSpace,
     NotFound,
     OpenUpload,
     Ping,
     Pong,
-    RemoteProtocolError,
-    Role,
-    State,
+    RequestState,
     Status,
     StorageError,
-    TransportTimeout,
-    Unavailable,
-    Welcome,
     chunk_count,
     chunk_digest,
 )
 from fluxproto import Error as ErrorFrame
 
-LONG = 30.0  # upper bound for waits that must succeed; never reached when the code works
-
-
-# --- fakes --------------------------------------------------------------------------------------
-
-
-class FakeChannel:
-    """A Channel that records what is sent and replays scripted events."""
-
-    copies_on_send = False
-
-    def __init__(self, state: State = State.UPLOADING, events: Iterable[Event] = ()) -> None:
-        self.conn: Any = SimpleNamespace(state=state)
-        self.peer = "peer:1"
-        self.sent: list[Frame] = []
-        self.failed: list[FluxError] = []
-        self.events: deque[Event] = deque(events)
-        self.send_error: FluxError | None = None
-
-    async def next_event(self, timeout: float | None = None) -> Event:
-        return self.events.popleft()
-
-    def poll(self) -> Event | None:
-        return self.events.popleft() if self.events else None
-
-    def send(self, frame: Frame) -> None:
-        if self.send_error is not None:
-            raise self.send_error
-        self.sent.append(frame)
-
-    async def drain(self, timeout: float | None = None) -> None:
-        pass
-
-    def fail(self, exc: FluxError) -> None:
-        self.failed.append(exc)
-
-    def close(self) -> None:
-        pass
-
-    @property
-    def closed(self) -> bool:
-        return False
-
-    @property
-    def usable(self) -> bool:
-        return self.conn.state not in (State.CLOSED, State.ERROR)
-
-
-class MemChannel:
-    """A Channel over a real `fluxproto.Connection`, joined in memory to another MemChannel."""
-
-    copies_on_send = False
-
-    def __init__(self, conn: Connection, peer: str) -> None:
-        self.conn = conn
-        self.peer = peer
-        self.other: MemChannel | None = None
-        self.events: deque[Event] = deque()
-        self.arrived = asyncio.Event()
-        self.sent: list[Frame] = []
-        self.drains = 0
-        self.max_inflight = 0  # most chunks ever sent and not yet acked
-
-    def send(self, frame: Frame) -> None:
-        self.conn.send(frame)
-        self.sent.append(frame)
-        if isinstance(frame, Chunk) and self.conn.transfer is not None:
-            self.max_inflight = max(self.max_inflight, self.conn.transfer.inflight)
-        assert self.other is not None
-        self.other.deliver(b"".join(bytes(b) for b in self.conn.data_to_send()))
-
-    def deliver(self, data: bytes) -> None:
-        self.conn.receive_data(data)
-        while (event := self.conn.next_event()) is not None:
-            self.events.append(event)
-        self.arrived.set()
-
-    async def next_event(self, timeout: float | None = None) -> Event:
-        while not self.events:
-            self.arrived.clear()
-            await asyncio.wait_for(self.arrived.wait(), timeout)
-        return self.events.popleft()
-
-    def poll(self) -> Event | None:
-        return self.events.popleft() if self.events else None
-
-    async def drain(self, timeout: float | None = None) -> None:
-        self.drains += 1
-
-    def fail(self, exc: FluxError) -> None:
-        raise AssertionError(f"unexpected fail({exc!r})")
-
-    def close(self) -> None:
-        pass
-
-    @property
-    def closed(self) -> bool:
-        return False
-
-
 CS = MIN_CHUNK
 DATA = random.Random(7).randbytes(5 * CS + 123)  # six chunks, the last one short
 NCHUNKS = chunk_count(len(DATA), CS)
 PIECES = [DATA[i * CS : (i + 1) * CS] for i in range(NCHUNKS)]
+TID = bytes(16)
 
 
-def chunk(i: int, data: bytes | memoryview | None = None) -> Chunk:
+def chunk(i: int, data: bytes | memoryview | None = None, rid: int = 1) -> Chunk:
     payload = PIECES[i] if data is None else data
-    return Chunk(i, chunk_digest(payload), payload)
-
-
-def uploading_pair(window_chunks: int) -> tuple[MemChannel, MemChannel]:
-    """A client and server channel with an upload of DATA open and the server's window set."""
-    client = MemChannel(Connection(Role.CLIENT), "server:7070")
-    server = MemChannel(Connection(Role.SERVER), "client:5555")
-    client.other, server.other = server, client
-    client.send(Hello(window=window_chunks * CS))
-    server.send(Welcome(window=window_chunks * CS))
-    client.send(OpenUpload("/f", len(DATA), CS))
-    server.send(Status())
-    client.events.clear()
-    server.events.clear()
-    assert client.conn.state is State.UPLOADING
-    return client, server
+    return Chunk(rid, i, chunk_digest(payload), payload)
 
 
 async def chunks_of(
@@ -196,125 +65,40 @@ async def chunks_of(
             yield i, chunk_digest(PIECES[i]), view
 
 
-class AckingServer:
-    """Receives chunks on the server channel and acks them `every` at a time (the rest at the
-    end)."""
+async def uploading(
+    window_chunks: int, transfer_chunks: int | None = None
+) -> tuple[Pair, Request, Request]:
+    """Routers on both ends and an upload of DATA open: (pair, client's request, server's)."""
+    window = window_chunks * CS
+    tw = (transfer_chunks or window_chunks) * CS
+    pair = Pair(server={"window": window, "transfer_window": tw})
+    up = await pair.client.open(lambda rid: OpenUpload(rid, "/f", len(DATA), CS))
+    served = await pair.accept()
+    served.send(Status(served.rid, TID))
+    await up.expect(Status, LONG)
+    return pair, up, served
 
-    def __init__(self, ch: MemChannel, every: int) -> None:
-        self.ch, self.every = ch, every
+
+class AckingServer:
+    """Takes the upload's chunks at the server and acks them `every` at a time (the rest at
+    the end)."""
+
+    def __init__(self, req: Request, every: int) -> None:
+        self.req, self.every = req, every
         self.received: list[int] = []
         self.acked: set[int] = set()
 
     async def run(self, expected: int) -> None:
         batch: list[int] = []
         while len(self.received) < expected:
-            event = await self.ch.next_event(LONG)
-            if isinstance(event, Pong):
-                continue
-            assert isinstance(event, Chunk), event
-            assert bytes(event.data) == PIECES[event.index]
-            self.received.append(event.index)
-            batch.append(event.index)
+            frame = await self.req.expect(Chunk, LONG)
+            assert bytes(frame.data) == PIECES[frame.index]
+            self.received.append(frame.index)
+            batch.append(frame.index)
             if len(batch) == self.every or len(self.received) == expected:
-                self.ch.send(Ack(((batch[0], len(batch)),)))
+                self.req.send(Ack(self.req.rid, ((batch[0], len(batch)),)))
                 self.acked.update(batch)
                 batch = []
-
-
-# --- handle_control / recv_frame / expect -------------------------------------------------------
-
-
-def test_ping_is_answered_with_pong() -> None:
-    ch = FakeChannel()
-    assert handle_control(ch, Ping(42)) is None
-    assert ch.sent == [Pong(42)]
-
-
-def test_pong_is_swallowed() -> None:
-    ch = FakeChannel()
-    assert handle_control(ch, Pong(1)) is None
-    assert ch.sent == []
-
-
-@pytest.mark.parametrize(
-    ("code", "cls"),
-    [
-        (404, NotFound),
-        (409, Conflict),
-        (507, NoSpace),
-        (500, StorageError),
-        (450, RemoteProtocolError),
-    ],
-)
-def test_error_frame_raises_the_matching_exception(code: int, cls: type[FluxError]) -> None:
-    with pytest.raises(cls, match="the message") as info:
-        handle_control(FakeChannel(), ErrorFrame(code, "the message"))
-    assert type(info.value) is cls
-
-
-def test_goodbye_is_unavailable() -> None:
-    with pytest.raises(Unavailable, match=r"peer:1 closed the connection: shutting down"):
-        handle_control(FakeChannel(), Goodbye("shutting down"))
-    with pytest.raises(Unavailable, match=r"peer:1 closed the connection: goodbye"):
-        handle_control(FakeChannel(), Goodbye(""))
-
-
-@pytest.mark.parametrize("clean", [True, False])
-def test_connection_closed_is_connection_lost(clean: bool) -> None:
-    with pytest.raises(ConnectionLost, match="peer:1 closed the connection"):
-        handle_control(FakeChannel(), ConnectionClosed(clean))
-
-
-def test_other_frames_are_returned() -> None:
-    ch = FakeChannel()
-    ack = Ack(((0, 1),))
-    assert handle_control(ch, ack) is ack
-    assert ch.sent == []
-
-
-def test_recv_frame_skips_control_frames() -> None:
-    ack = Ack(((0, 2),))
-    ch = FakeChannel(events=[Ping(1), Pong(2), Ping(3), ack])
-    assert asyncio.run(recv_frame(ch, LONG)) is ack
-    assert ch.sent == [Pong(1), Pong(3)]
-
-
-def test_expect_checks_the_frame_type() -> None:
-    ack = Ack(((0, 1),))
-    assert asyncio.run(expect(FakeChannel(events=[ack]), Ack, LONG)) is ack
-    with pytest.raises(ConnectionLost, match="expected Meta, got Ack"):
-        asyncio.run(expect(FakeChannel(events=[ack]), Meta, LONG))
-
-
-class PingingChannel(FakeChannel):
-    """A peer that sends a PING every 10 ms and nothing else (each one a whole frame)."""
-
-    async def next_event(self, timeout: float | None = None) -> Event:
-        await asyncio.sleep(0.01)
-        return Ping(1)
-
-
-def test_deadline_is_not_extended_by_frames_arriving() -> None:
-    async def main() -> None:
-        ch = PingingChannel(State.IDLE)
-        async with asyncio.timeout(LONG):
-            with pytest.raises(TransportTimeout, match=r"no HELLO from peer:1 within 0\.2 s"):
-                async with deadline(ch, 0.2, "HELLO"):
-                    await expect(ch, Hello, None)
-        assert len(ch.sent) >= 2  # the pings were answered meanwhile
-
-    asyncio.run(main())
-
-
-def test_deadline_lets_other_timeouts_through() -> None:
-    async def main() -> None:
-        with pytest.raises(TimeoutError, match="a socket's own"):  # not a TransportTimeout
-            async with deadline(FakeChannel(), LONG, "HELLO"):
-                raise TimeoutError("a socket's own")
-        async with deadline(FakeChannel(), LONG, "HELLO"):
-            pass  # finishing in time raises nothing
-
-    asyncio.run(main())
 
 
 # --- prefetch -----------------------------------------------------------------------------------
@@ -458,39 +242,79 @@ def test_prefetch_close_waits_for_calls_in_flight() -> None:
     assert running_after == 0
 
 
-# --- send_chunks --------------------------------------------------------------------------------
+# --- ChunkSender --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("window", "every"), [(2, 2), (2, 1), (3, 3), (8, 8)])
 def test_send_chunks_fills_but_never_exceeds_the_window(window: int, every: int) -> None:
-    async def main() -> tuple[AckingServer, list[int], list[int], MemChannel]:
-        client, server_ch = uploading_pair(window)
-        server = AckingServer(server_ch, every)
+    async def main() -> tuple[AckingServer, list[int], list[int], Pair]:
+        pair, up, served = await uploading(window)
+        server = AckingServer(served, every)
         sent: list[int] = []
         acked: list[int] = []
         receiver = asyncio.ensure_future(server.run(NCHUNKS))
-        await send_chunks(client, chunks_of(range(NCHUNKS)), acked.append, LONG, sent.append)
+        await send_chunks(up, chunks_of(range(NCHUNKS)), acked.append, LONG, on_sent=sent.append)
         await asyncio.wait_for(receiver, LONG)
-        return server, sent, acked, client
+        await pair.close()
+        return server, sent, acked, pair
 
-    server, sent, acked, client = asyncio.run(main())
+    server, sent, acked, pair = asyncio.run(main())
     assert server.received == list(range(NCHUNKS))
     # The server's Connection refuses chunks beyond its window, so reaching it is the check.
-    assert client.max_inflight == min(window, NCHUNKS)
+    assert pair.client_ch.max_inflight == min(window * CS, len(DATA))
     assert sent == [len(p) for p in PIECES]
     assert sum(acked) == len(DATA)
-    assert client.conn.transfer is not None
-    assert client.conn.transfer.inflight == 0
-    assert client.conn.transfer.acked == NCHUNKS
-    assert client.drains == NCHUNKS  # the transport got a chance to push back after each chunk
+    assert pair.client_ch.conn.sent_inflight == 0
+    assert pair.client_ch.drains == NCHUNKS  # the transport could push back after each chunk
+
+
+def test_the_transfer_window_binds_within_the_connection_window() -> None:
+    async def main() -> int:
+        pair, up, served = await uploading(8, transfer_chunks=2)
+        receiver = asyncio.ensure_future(AckingServer(served, 2).run(NCHUNKS))
+        await send_chunks(up, chunks_of(range(NCHUNKS)), lambda n: None, LONG)
+        await asyncio.wait_for(receiver, LONG)
+        await pair.close()
+        return pair.client_ch.max_inflight
+
+    assert asyncio.run(main()) == 2 * CS
+
+
+def test_two_uploads_share_the_connection_window() -> None:
+    """The first upload fills the connection's window; the second one's sender waits for room
+    and is woken when the first one's chunks are acknowledged."""
+
+    async def main() -> tuple[list[int], list[int]]:
+        pair = Pair(server={"window": 2 * CS})
+        ups = [
+            await pair.client.open(lambda rid: OpenUpload(rid, f"/f{rid}", len(DATA), CS))
+            for _ in range(2)
+        ]
+        served = [await pair.accept() for _ in range(2)]
+        for req in served:
+            req.send(Status(req.rid, TID))
+        for req in ups:
+            await req.expect(Status, LONG)
+        servers = [AckingServer(req, 1) for req in served]
+        receivers = [asyncio.ensure_future(s.run(NCHUNKS)) for s in servers]
+        await asyncio.gather(
+            *(send_chunks(req, chunks_of(range(NCHUNKS)), lambda n: None, LONG) for req in ups)
+        )
+        await asyncio.wait_for(asyncio.gather(*receivers), LONG)
+        assert pair.client_ch.max_inflight <= 2 * CS
+        await pair.close()
+        return servers[0].received, servers[1].received
+
+    first, second = asyncio.run(main())
+    assert first == second == list(range(NCHUNKS))
 
 
 def test_send_chunks_releases_pool_buffers_only_once_acked() -> None:
     pool = BufferPool()
 
-    async def main() -> tuple[AckingServer, list[tuple[int, bool]]]:
-        client, server_ch = uploading_pair(2)
-        server = AckingServer(server_ch, 2)
+    async def main() -> list[tuple[int, bool]]:
+        pair, up, served = await uploading(2)
+        server = AckingServer(served, 2)
         released: list[tuple[int, bool]] = []
         by_view: dict[int, int] = {}
 
@@ -505,11 +329,12 @@ def test_send_chunks_releases_pool_buffers_only_once_acked() -> None:
             pool.put(view)
 
         receiver = asyncio.ensure_future(server.run(NCHUNKS))
-        await send_chunks(client, chunks(), lambda n: None, LONG, release=release)
+        await send_chunks(up, chunks(), lambda n: None, LONG, release=release)
         await asyncio.wait_for(receiver, LONG)
-        return server, released
+        await pair.close()
+        return released
 
-    _, released = asyncio.run(main())
+    released = asyncio.run(main())
     assert sorted(i for i, _ in released) == list(range(NCHUNKS))  # each exactly once
     assert all(was_acked for _, was_acked in released)
     assert pool.idle_bytes > 0
@@ -519,67 +344,126 @@ def test_send_chunks_does_not_release_bytes_payloads() -> None:
     released: list[memoryview] = []
 
     async def main() -> None:
-        client, server_ch = uploading_pair(4)
-        receiver = asyncio.ensure_future(AckingServer(server_ch, 2).run(NCHUNKS))
+        pair, up, served = await uploading(4)
+        receiver = asyncio.ensure_future(AckingServer(served, 2).run(NCHUNKS))
         await send_chunks(
-            client, chunks_of(range(NCHUNKS)), lambda n: None, LONG, release=released.append
+            up, chunks_of(range(NCHUNKS)), lambda n: None, LONG, release=released.append
         )
         await asyncio.wait_for(receiver, LONG)
+        await pair.close()
 
     asyncio.run(main())
     assert released == []
 
 
-def test_send_chunks_answers_pings_while_waiting_for_the_window() -> None:
+def test_pings_are_answered_while_a_sender_waits_for_the_window() -> None:
     async def main() -> tuple[list[Frame], list[int]]:
-        client, server_ch = uploading_pair(1)
-        server = AckingServer(server_ch, 1)
+        pair, up, served = await uploading(1)
+        server = AckingServer(served, 1)
 
         async def pinging_server() -> None:
-            server_ch.send(Ping(99))
+            pair.server_ch.send(Ping(99))
             await server.run(NCHUNKS)
 
         receiver = asyncio.ensure_future(pinging_server())
-        await send_chunks(client, chunks_of(range(NCHUNKS)), lambda n: None, LONG)
+        await send_chunks(up, chunks_of(range(NCHUNKS)), lambda n: None, LONG)
         await asyncio.wait_for(receiver, LONG)
-        return client.sent, server.received
+        await pair.close()
+        return pair.client_ch.sent, server.received
 
     sent, received = asyncio.run(main())
     assert Pong(99) in sent
     assert received == list(range(NCHUNKS))
 
 
-def test_send_chunks_raises_the_peers_error() -> None:
+def test_send_chunks_raises_the_requests_error_and_the_connection_goes_on() -> None:
     async def main() -> None:
-        client, server_ch = uploading_pair(2)
+        pair, up, served = await uploading(2)
 
         async def failing_server() -> None:
-            await server_ch.next_event(LONG)
-            server_ch.send(ErrorFrame(507, "disk full"))
+            await served.expect(Chunk, LONG)
+            served.send(ErrorFrame(507, "disk full", served.rid))
 
         receiver = asyncio.ensure_future(failing_server())
         with pytest.raises(NoSpace, match="disk full"):
-            await send_chunks(client, chunks_of(range(NCHUNKS)), lambda n: None, LONG)
+            await send_chunks(up, chunks_of(range(NCHUNKS)), lambda n: None, LONG)
         await asyncio.wait_for(receiver, LONG)
+        assert pair.client_ch.usable and not pair.client.done
+        await pair.close()
 
     asyncio.run(main())
 
 
-@pytest.mark.parametrize(
-    ("event", "match"),
-    [(Status(), "unexpected Status during a transfer"), (ConnectionClosed(False), "closed")],
-)
-def test_send_chunks_refuses_unexpected_events(event: Event, match: str) -> None:
+def test_a_frame_the_sender_does_not_expect_is_a_bug() -> None:
     async def main() -> None:
-        client, _ = uploading_pair(2)
-        client.events.append(event)
-        with pytest.raises(ConnectionLost, match=match):
-            await send_chunks(client, chunks_of(range(NCHUNKS)), lambda n: None, LONG)
+        pair, up, _ = await uploading(2)
+        sender = ChunkSender(up, lambda n: None, LONG)
+        with pytest.raises(LocalProtocolError, match="unexpected Status while request 1"):
+            sender.take(Status(1, TID))
+        await pair.close()
+
+    asyncio.run(main())
+
+
+def test_commit_right_after_the_last_chunk_and_committed_acknowledges_the_rest() -> None:
+    async def main() -> tuple[list[int], int]:
+        pair, up, served = await uploading(8)
+        acked: list[int] = []
+        sender = ChunkSender(up, acked.append, LONG)
+        await sender.send_all(chunks_of(range(NCHUNKS)))
+        up.send(Commit(up.rid, chunk_digest(DATA), sender.count))
+        for _ in range(NCHUNKS):
+            await served.expect(Chunk, LONG)
+        await served.expect(Commit, LONG)
+        served.send(Ack(served.rid, ((0, 2),)))  # some ACKs may come before COMMITTED
+        served.send(Committed(served.rid, len(DATA), chunk_digest(DATA)))
+        sender.take(await up.next(LONG))
+        assert isinstance(await up.next(LONG), Committed)
+        sender.acked_all()
+        await pair.close()
+        return acked, pair.client_ch.conn.sent_inflight
+
+    acked, inflight = asyncio.run(main())
+    assert acked == [2 * CS, len(DATA) - 2 * CS]
+    assert inflight == 0
+
+
+def test_the_connection_failing_fails_the_sender() -> None:
+    async def main() -> None:
+        pair, up, _ = await uploading(1)
+        pair.server_ch.close()
+        with pytest.raises(ConnectionLost):
+            await send_chunks(up, chunks_of(range(NCHUNKS)), lambda n: None, LONG)
+        await pair.close()
 
     asyncio.run(main())
 
 
 # --- ChunkWriter --------------------------------------------------------------------------------
+
+
+class FakeRequest:
+    """What ChunkWriter needs of a request: its rid, send, whether an ACK may go, fail."""
+
+    def __init__(self, may_ack: bool = True, usable: bool = True) -> None:
+        self.rid = 1
+        self.sent: list[Frame] = []
+        self.failed: list[FluxError] = []
+        self.send_error: FluxError | None = None
+        self.may_ack = may_ack
+        self.state: RequestState | None = RequestState.UPLOADING
+        self.channel = type("Ch", (), {"usable": usable})()
+
+    def send(self, frame: Frame) -> None:
+        if self.send_error is not None:
+            raise self.send_error
+        self.sent.append(frame)
+
+    def can_send(self, ftype: FrameType) -> bool:
+        return ftype is FrameType.ACK and self.may_ack
+
+    def fail(self, exc: FluxError) -> None:
+        self.failed.append(exc)
 
 
 class GatedSink:
@@ -606,7 +490,7 @@ class GatedSink:
 
 def test_chunks_arriving_during_a_write_form_the_next_batch() -> None:
     sink = GatedSink()
-    ch = FakeChannel(State.DOWNLOADING)
+    ch = FakeRequest()
     durable: list[int] = []
 
     async def main() -> ChunkWriter:
@@ -626,7 +510,7 @@ def test_chunks_arriving_during_a_write_form_the_next_batch() -> None:
 
     writer = asyncio.run(main())
     assert sink.batches == [[0], [2, 1, 5], [3]]
-    assert ch.sent == [Ack(((0, 1),)), Ack(((1, 2), (5, 1))), Ack(((3, 1),))]
+    assert ch.sent == [Ack(1, ((0, 1),)), Ack(1, ((1, 2), (5, 1))), Ack(1, ((3, 1),))]
     assert durable == [CS, 2 * CS + len(PIECES[5]), CS]
     assert writer.written == sum(durable)
     assert writer.error is None
@@ -635,7 +519,7 @@ def test_chunks_arriving_during_a_write_form_the_next_batch() -> None:
 
 def test_flush_without_chunks_returns() -> None:
     async def main() -> ChunkWriter:
-        writer = ChunkWriter(FakeChannel(), GatedSink())
+        writer = ChunkWriter(FakeRequest(), GatedSink())
         await writer.flush()
         return writer
 
@@ -647,7 +531,7 @@ def test_a_cancelled_flush_waits_for_the_write_then_stays_cancelled() -> None:
     """Shutdown cancels a session in its flush: the chunks still reach disk (and are acked),
     and the cancellation is not swallowed (the session would go on serving)."""
     sink = GatedSink()
-    ch = FakeChannel(State.DOWNLOADING)
+    ch = FakeRequest()
 
     async def main() -> tuple[ChunkWriter, bool]:
         writer = ChunkWriter(ch, sink)
@@ -664,12 +548,12 @@ def test_a_cancelled_flush_waits_for_the_write_then_stays_cancelled() -> None:
 
     writer, cancelled = asyncio.run(main())
     assert cancelled
-    assert writer.written == CS and ch.sent == [Ack(((0, 1),))]
+    assert writer.written == CS and ch.sent == [Ack(1, ((0, 1),))]
 
 
 def test_acks_are_canonical_and_split_at_max_ranges() -> None:
     sink = GatedSink()
-    ch = FakeChannel(State.DOWNLOADING)
+    ch = FakeRequest()
     # Every other index: one range each, 2 * MAX_RANGES + 1 of them, added in reverse order.
     indices = [2 * k + 2 for k in range(2 * MAX_RANGES + 1)]
 
@@ -678,7 +562,7 @@ def test_acks_are_canonical_and_split_at_max_ranges() -> None:
         writer.add(chunk(0))
         assert await asyncio.to_thread(sink.started.wait, LONG)
         for i in reversed(indices):
-            writer.add(Chunk(i, bytes(16), b"x"))
+            writer.add(Chunk(1, i, bytes(16), b"x"))
         sink.gate.set()
         await writer.flush()
 
@@ -692,7 +576,7 @@ def test_acks_are_canonical_and_split_at_max_ranges() -> None:
 
 
 def test_adjacent_indices_merge_into_one_range() -> None:
-    ch = FakeChannel(State.DOWNLOADING)
+    ch = FakeRequest()
     sink = GatedSink()
     sink.gate.set()
 
@@ -704,14 +588,14 @@ def test_adjacent_indices_merge_into_one_range() -> None:
 
     asyncio.run(main())
     # add() of 4 starts a write; 2 and 3 are added before the task first runs: one batch.
-    assert ch.sent == [Ack(((2, 3),))]
+    assert ch.sent == [Ack(1, ((2, 3),))]
 
 
-def test_storage_error_fails_the_channel_and_later_adds() -> None:
+def test_storage_error_fails_the_request_and_later_adds() -> None:
     exc = NoSpace("disk full")
     sink = GatedSink(fail_on=0, exc=exc)
     sink.gate.set()
-    ch = FakeChannel(State.DOWNLOADING)
+    ch = FakeRequest()
     durable: list[int] = []
 
     async def main() -> ChunkWriter:
@@ -734,7 +618,7 @@ def test_storage_error_fails_the_channel_and_later_adds() -> None:
 def test_failure_stops_the_batches_queued_behind_it() -> None:
     exc = StorageError("io error")
     sink = GatedSink(fail_on=0, exc=exc)
-    ch = FakeChannel(State.DOWNLOADING)
+    ch = FakeRequest()
 
     async def main() -> None:
         writer = ChunkWriter(ch, sink)
@@ -754,7 +638,7 @@ def test_pool_buffers_are_released_after_the_write() -> None:
     pool = BufferPool()
     sink = GatedSink()
     sink.gate.set()
-    ch = FakeChannel(State.DOWNLOADING)
+    ch = FakeRequest()
 
     async def main() -> list[memoryview]:
         writer = ChunkWriter(ch, sink, release=pool.put)
@@ -782,7 +666,7 @@ def test_failed_batch_buffers_are_released_too() -> None:
     sink.gate.set()
 
     async def main() -> None:
-        writer = ChunkWriter(FakeChannel(State.DOWNLOADING), sink, release=pool.put)
+        writer = ChunkWriter(FakeRequest(), sink, release=pool.put)
         view = pool.get(CS)
         view[:] = PIECES[0]
         writer.add(chunk(0, view))
@@ -792,11 +676,14 @@ def test_failed_batch_buffers_are_released_too() -> None:
     assert pool.idle_bytes == CS
 
 
-@pytest.mark.parametrize("state", [State.CLOSED, State.ERROR])
-def test_no_ack_once_the_connection_is_gone(state: State) -> None:
+@pytest.mark.parametrize(("usable", "may_ack"), [(False, True), (True, False)])
+def test_no_ack_once_the_connection_is_gone_or_the_request_takes_none(
+    usable: bool, may_ack: bool
+) -> None:
+    """Gone, or the request ended (COMMITTED acknowledged everything) or was cancelled."""
     sink = GatedSink()
     sink.gate.set()
-    ch = FakeChannel(state)
+    ch = FakeRequest(may_ack, usable)
     durable: list[int] = []
 
     async def main() -> None:
@@ -813,7 +700,7 @@ def test_no_ack_once_the_connection_is_gone(state: State) -> None:
 def test_ack_send_failure_is_not_a_write_failure() -> None:
     sink = GatedSink()
     sink.gate.set()
-    ch = FakeChannel(State.DOWNLOADING)
+    ch = FakeRequest()
     ch.send_error = ConnectionLost("gone")
     durable: list[int] = []
 
@@ -829,3 +716,20 @@ def test_ack_send_failure_is_not_a_write_failure() -> None:
     assert writer.error is None
     assert ch.failed == []
     assert durable == [CS, CS]
+
+
+@pytest.mark.parametrize("until_commit", [True, False])
+def test_an_upload_takes_no_ack_once_its_commit_took_effect(until_commit: bool) -> None:
+    """COMMITTED acknowledges every chunk: a small file in one flight costs no ACK."""
+    sink = GatedSink()
+    sink.gate.set()
+    req = FakeRequest()
+    req.state = RequestState.COMMITTING
+
+    async def main() -> None:
+        writer = ChunkWriter(req, sink, until_commit=until_commit)  # type: ignore[arg-type]
+        writer.add(chunk(0))
+        await writer.flush()
+
+    asyncio.run(main())
+    assert req.sent == ([] if until_commit else [Ack(1, ((0, 1),))])

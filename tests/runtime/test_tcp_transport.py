@@ -55,6 +55,7 @@ from fluxproto import (
 )
 from fluxproto.frames import MAX_WINDOW
 
+TID = bytes(16)
 LONG = 30.0  # bound on waits that must succeed; never reached when the code works
 MiB = 1 << 20
 
@@ -106,7 +107,7 @@ class RawPeer:
 
     def __init__(self, sock: socket.socket, role: Role) -> None:
         sock.setblocking(False)
-        self.sock, self.conn = sock, Connection(role)
+        self.sock, self.conn = sock, Connection(role, window=MAX_WINDOW)
         self.loop = asyncio.get_running_loop()
 
     async def recv(self) -> bytes:
@@ -142,22 +143,22 @@ async def expect_event(ch: SocketChannel, cls: type[Any]) -> Any:
 
 
 async def handshake_with_raw_client(ch: SocketChannel, peer: RawPeer) -> None:
-    """`ch` is a server channel; bring it to IDLE with `peer` as the client."""
-    await peer.send(Hello(window=MAX_WINDOW))
+    """`ch` is a server channel; bring it to OPEN with `peer` as the client."""
+    await peer.send(peer.conn.hello())
     await expect_event(ch, Hello)
-    ch.send(Welcome(window=MAX_WINDOW))
+    ch.send(ch.conn.welcome())
     assert isinstance(await peer.event(), Welcome)
 
 
 async def open_upload_to_raw_server(ch: SocketChannel, peer: RawPeer, size: int, cs: int) -> None:
-    """`ch` is a client channel; open an upload with a 1 GiB window (no acks needed)."""
-    ch.send(Hello(window=MAX_WINDOW))
+    """`ch` is a client channel; open upload 1 with a 1 GiB window (no acks needed)."""
+    ch.send(ch.conn.hello())
     assert isinstance(await peer.event(), Hello)
-    await peer.send(Welcome(window=MAX_WINDOW))
+    await peer.send(peer.conn.welcome())
     await expect_event(ch, Welcome)
-    ch.send(OpenUpload("/big", size, cs))
+    ch.send(OpenUpload(1, "/big", size, cs))
     assert isinstance(await peer.event(), OpenUpload)
-    await peer.send(Status())
+    await peer.send(Status(1, TID))
     await expect_event(ch, Status)
 
 
@@ -173,7 +174,7 @@ async def fill_until_drain_blocks(
     Returns the number of chunks sent and the pending drain.
     """
     for sent in range(1, limit + 1):
-        ch.send(Chunk(sent - 1, ZEROS_DIGEST, ZEROS))
+        ch.send(Chunk(1, sent - 1, ZEROS_DIGEST, ZEROS))
         waiter = asyncio.ensure_future(ch.drain())
         await asyncio.sleep(0)  # one loop turn: an unblocked drain has finished by now
         if not waiter.done():
@@ -204,9 +205,9 @@ NCHUNKS = chunk_count(len(DATA), CS)
 
 async def mini_server(ch: SocketChannel) -> bytes:
     await expect_event(ch, Hello)
-    ch.send(Welcome(window=2 * CS))
+    ch.send(ch.conn.welcome())
     op = await expect_event(ch, OpenUpload)
-    ch.send(Status())
+    ch.send(Status(op.rid, TID))
     stored = bytearray(op.size)
     for _ in range(chunk_count(op.size, op.chunk_size)):
         chunk = await expect_event(ch, Chunk)
@@ -215,11 +216,11 @@ async def mini_server(ch: SocketChannel) -> bytes:
         stored[chunk.index * op.chunk_size : chunk.index * op.chunk_size + len(chunk.data)] = (
             chunk.data
         )
-        ch.send(Ack(((chunk.index, 1),)))
+        ch.send(Ack(op.rid, ((chunk.index, 1),)))
         await ch.drain()
     commit = await expect_event(ch, Commit)
     assert commit.digest == chunk_digest(stored)
-    ch.send(Committed(op.size, commit.digest))
+    ch.send(Committed(op.rid, op.size, commit.digest))
     await expect_event(ch, Goodbye)
     assert await ch.next_event(LONG) == ConnectionClosed(clean=True)
     assert ch.closed
@@ -227,23 +228,23 @@ async def mini_server(ch: SocketChannel) -> bytes:
 
 
 async def mini_client(ch: SocketChannel) -> Committed:
-    ch.send(Hello(window=MAX_WINDOW))
+    ch.send(ch.conn.hello())
     await expect_event(ch, Welcome)
-    ch.send(OpenUpload("/f", len(DATA), CS))
+    ch.send(OpenUpload(1, "/f", len(DATA), CS))
     await expect_event(ch, Status)
     acked = 0
     for i in range(NCHUNKS):
-        while not ch.conn.can_send_chunk:
+        piece = DATA[i * CS : (i + 1) * CS]
+        while not ch.conn.can_send_chunk(1, len(piece)):
             ack = await expect_event(ch, Ack)
             acked += sum(n for _, n in ack.ranges)
-        piece = DATA[i * CS : (i + 1) * CS]
-        ch.send(Chunk(i, chunk_digest(piece), piece))
+        ch.send(Chunk(1, i, chunk_digest(piece), piece))
         await ch.drain()
     # The Connection counts an ACK when it arrives; the session consumes it from the queue.
     while acked < NCHUNKS:
         ack = await expect_event(ch, Ack)
         acked += sum(n for _, n in ack.ranges)
-    ch.send(Commit(chunk_digest(DATA)))
+    ch.send(Commit(1, chunk_digest(DATA), NCHUNKS))
     committed = await expect_event(ch, Committed)
     ch.send(Goodbye("done"))
     ch.close()
@@ -268,8 +269,10 @@ def test_hello_upload_commit_goodbye(run: Runner, server_ctx: ssl.SSLContext, tl
                 "alpn": (csock.selected_alpn_protocol(), ssock.selected_alpn_protocol()),
                 "version": csock.version(),
             }
-        client = SocketChannel(csock, Connection(Role.CLIENT))
-        server = SocketChannel(ssock, Connection(Role.SERVER, alloc=BufferPool().get))
+        client = SocketChannel(csock, Connection(Role.CLIENT, window=MAX_WINDOW))
+        server = SocketChannel(
+            ssock, Connection(Role.SERVER, alloc=BufferPool().get, window=2 * CS)
+        )
         assert client.peer == f"127.0.0.1:{port}"
         assert server.peer == f"127.0.0.1:{csock.getsockname()[1]}"
         stored, committed = await asyncio.wait_for(
@@ -280,7 +283,7 @@ def test_hello_upload_commit_goodbye(run: Runner, server_ctx: ssl.SSLContext, tl
 
     stored, committed, info = run(main())
     assert stored == DATA
-    assert committed == Committed(len(DATA), chunk_digest(DATA))
+    assert committed == Committed(1, len(DATA), chunk_digest(DATA))
     if tls:
         assert info == {"alpn": (ALPN, ALPN), "version": "TLSv1.3"}
 
@@ -460,7 +463,7 @@ def test_close_flushes_queued_bytes_first(run: Runner) -> None:
             ch.close()
             still_open = not ch.closed
             with pytest.raises(ConnectionLost):
-                ch.send(Chunk(sent, ZEROS_DIGEST, ZEROS))  # closing: nothing new is queued
+                ch.send(Chunk(1, sent, ZEROS_DIGEST, ZEROS))  # closing: nothing new is queued
             received = await asyncio.wait_for(peer.read_to_eof(), LONG)
             assert ch.closed
             await asyncio.wait_for(waiter, LONG)

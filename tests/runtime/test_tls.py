@@ -210,10 +210,20 @@ def test_server_context_settings(certs: CertPaths) -> None:
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3
 
 
-def test_server_handshake_negotiates_tls13_and_alpn(certs: CertPaths) -> None:
+@pytest.mark.parametrize(
+    ("offered", "selected"),
+    [
+        (["flux/2", "flux/1"], "flux/2"),  # a version-2 client
+        (["flux/1", "flux/2"], "flux/2"),  # the server's preference wins
+        (["flux/1"], "flux/1"),  # a version-1 client still reaches HELLO and hears ERROR 505
+    ],
+)
+def test_server_handshake_negotiates_tls13_and_alpn(
+    certs: CertPaths, offered: list[str], selected: str
+) -> None:
     client = ssl.create_default_context(cafile=certs.ca_cert)
-    client.set_alpn_protocols(["flux/1"])
-    assert handshake(server_ssl_context(certs), client, "127.0.0.1") == ("TLSv1.3", "flux/1")
+    client.set_alpn_protocols(offered)
+    assert handshake(server_ssl_context(certs), client, "127.0.0.1") == ("TLSv1.3", selected)
 
 
 def test_server_refuses_tls12(certs: CertPaths) -> None:
