@@ -142,7 +142,7 @@ class Handlers:
                 except FluxError as exc:
                     if not isinstance(exc, TransportError | ProtocolError):
                         # The request ends with ERROR only once nothing of it is in flight
-                        # (decision 27): the client keeps acknowledging what it made durable.
+                        # (PROTOCOL.md 15.33): the client keeps acknowledging what it made durable.
                         await sender.settle()
                     raise
             await sender.settle()

@@ -58,7 +58,7 @@ __all__ = [
 #: Entry kinds: "other" is a special file (fifo, socket, device) on a destination walk only;
 #: a source never sends one.
 KINDS = frozenset({"file", "dir", "link", "other"})
-#: Longest link text the protocol carries (V2.md section 8), in bytes of UTF-8.
+#: Longest link text the protocol carries (PROTOCOL.md section 13), in bytes of UTF-8.
 MAX_TARGET = 4096
 
 # Why an entry is skipped (Skipped.reason).

@@ -11,7 +11,7 @@ request's state, both byte windows and the request limit enforced.
 
 The connection never does I/O and never reads a clock. It refuses frames the state tables do
 not allow, chunks outside the windows or the wanted set, wrong lengths and wrong digests, and
-drops frames that were already on their way when their request ended (V2.md section 4).
+drops frames that were already on their way when their request ended (PROTOCOL.md section 6.3).
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ class Connection:
     def can_send_chunk(self, rid: int, nbytes: int) -> bool:
         """True when this end may send a CHUNK of `nbytes` for request `rid` now: it is that
         transfer's sender, the request's state allows a chunk, and both of the peer's windows
-        have room (V2.md section 5). Which chunk is the caller's business."""
+        have room (PROTOCOL.md section 7). Which chunk is the caller's business."""
         return self.state is State.OPEN and self._table.can_send_chunk(rid, nbytes)
 
     def next_rid(self) -> int:
@@ -311,7 +311,7 @@ class Connection:
         }
 
     def version_mismatch(self, peer: str = "the server") -> VersionMismatch | None:
-        """The version error of this handshake, worded for the user (V2.md section 2).
+        """The version error of this handshake, worded for the user (PROTOCOL.md section 14).
 
         Server: after a HELLO that does not offer version 2, the error to send back as
         ERROR 505 without rid. Client: after the server answered HELLO with ERROR 505, the

@@ -26,7 +26,7 @@ ALPN_OFFER = (ALPN, ALPN_V1)
 #: version-1 client hears ERROR 505 with a remedy instead of a TLS alert.
 ALPN_ACCEPT = (ALPN, ALPN_V1)
 
-# Hard limits (PROTOCOL.md "Limits", V2.md "Limits"). Peers may configure lower ones.
+# Hard limits (PROTOCOL.md section 13). Peers may configure lower ones.
 MAX_HEADER = 64 * 1024
 MIN_CHUNK = 4 * 1024
 MAX_CHUNK = 16 * 1024 * 1024
@@ -55,7 +55,7 @@ MAX_I64 = (1 << 63) - 1
 
 
 class FrameType(enum.IntEnum):
-    """The type byte of each frame (V2.md section 3)."""
+    """The type byte of each frame (PROTOCOL.md section 5)."""
 
     HELLO = 0x01
     WELCOME = 0x02

@@ -1,6 +1,6 @@
 """The requests of one connection (version 2): the table of open requests keyed by rid, the
-bytes in flight in both windows, the CHUNK payload limits, and the ends of requests (V2.md
-sections 4 and 5). `Connection` owns one and hands it every frame that carries a rid."""
+bytes in flight in both windows, the CHUNK payload limits, and the ends of requests (PROTOCOL.md
+sections 6 and 7). `Connection` owns one and hands it every frame that carries a rid."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from .request import (
 from .state import KIND_FRAMES, OPENING, REQUEST_FRAMES, RequestState, Role, next_request_state
 
 #: How many ended rids are remembered, so that frames still on their way for them are dropped
-#: rather than refused (V2.md: at least 4096).
+#: rather than refused (PROTOCOL.md 15.30: at least 4096).
 LATE_RIDS = 4096
 
 R = RequestState

@@ -1,6 +1,6 @@
 """Version negotiation's words: the VersionMismatch each side reports when no version is shared.
 
-The message, not the code, tells the user what to do (V2.md section 2), so it names both
+The message, not the code, tells the user what to do (PROTOCOL.md section 14), so it names both
 versions and which program to upgrade. The server words the ERROR 505 it sends; the client
 rewords the 505 it receives, because an older server's message cannot know the remedy.
 """

@@ -1,6 +1,6 @@
 """Every legal state transition of a flux connection and of each of its requests, as data.
 
-Version 2 has two levels (V2.md section 4). The connection walks START -> HANDSHAKE -> OPEN ->
+Version 2 has two levels (PROTOCOL.md section 6). The connection walks START -> HANDSHAKE -> OPEN ->
 CLOSED (ERROR: this end saw a violation). While OPEN, each request (keyed by its `rid`) walks
 its own copy of the request table. `CONNECTION_TRANSITIONS[(sender, state)][frame_type]` and
 `REQUEST_TRANSITIONS[(sender, request_state)][frame_type]` give the next state for a frame

@@ -61,7 +61,7 @@ class StreamMap:
         write: queues bytes on a stream, finishing this end's side of it if asked.
         alloc: buffers for received CHUNK payloads.
         on_freed: called when a request stops counting toward the server's limit at the
-            client after it ended (the server finished its stream, decision 26).
+            client after it ended (the server finished its stream, PROTOCOL.md 15.32).
 
     Attributes:
         control: the connection stream, once known.

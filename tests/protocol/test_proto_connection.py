@@ -200,7 +200,7 @@ def test_commit_must_count_the_chunks_sent() -> None:
 
 def test_a_commit_waits_for_chunks_still_on_other_streams() -> None:
     """Over QUIC chunks may travel on their own streams and arrive after COMMIT: the server
-    reports COMMIT only once the `sent` chunks it counts are in (V2.md section 4)."""
+    reports COMMIT only once the `sent` chunks it counts are in (PROTOCOL.md section 6.3)."""
     pair = drive(ConnectionPair(client={"window": 4 * CS}, server={"window": 4 * CS}), State.OPEN)
     wire = {}
     for frame in (upload(), chunk(0), chunk(1), chunk(2), commit(sent=3)):

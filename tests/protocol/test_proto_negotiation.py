@@ -1,4 +1,4 @@
-"""Negotiation with a version-1 peer (V2.md section 2): HELLO, WELCOME and ERROR keep their
+"""Negotiation with a version-1 peer (PROTOCOL.md section 14): HELLO, WELCOME and ERROR keep their
 version-1 form, so each side can tell the user which program to upgrade."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Several requests on one connection (V2.md section 4): interleaved requests, ERROR with a rid
-ending one of them, frames that were on their way when their request ended, CANCEL, rid reuse,
+"""Several requests on one connection (PROTOCOL.md section 6): interleaved requests, ERROR with
+a rid ending one of them, frames that were on their way when their request ended, CANCEL, rid reuse,
 the requests limit, attaching to a transfer, and the per-request CHUNK limits."""
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def test_a_late_chunk_must_still_fit_its_request() -> None:
 
 def test_a_download_ends_by_error_only_with_nothing_in_flight() -> None:
     """The server (the chunks' sender) would free room before the client knows; over QUIC its
-    next chunks could overtake the ERROR. It waits for the ACKs of what it sent (10.27)."""
+    next chunks could overtake the ERROR. It waits for the ACKs of what it sent (15.33)."""
     pair = opened()
     pair.c2s(download())
     pair.s2c(sample_meta())

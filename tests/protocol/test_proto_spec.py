@@ -1,12 +1,11 @@
-"""V2.md stays in step with the code: its frame codes, key orders, limits and worked byte
-examples; and PROTOCOL.md's version-1 HELLO still decodes."""
+"""PROTOCOL.md stays in step with the code: its frame codes, key orders, limits, decision
+numbers and worked byte examples (among them the version-1 HELLO a version-2 server answers)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-import pytest
 from proto_support import REQUEST_SAMPLES, V1_HELLO, ConnectionPair, drain, drive
 
 import fluxproto
@@ -30,8 +29,7 @@ from fluxproto import (
 )
 
 HERE = Path(fluxproto.__file__).resolve().parent.parent
-V2 = (HERE / "V2.md").read_text()
-V1 = (HERE / "PROTOCOL.md").read_text()
+DOC = (HERE / "PROTOCOL.md").read_text()
 HELLO_DIGEST = chunk_digest(b"hello")
 
 
@@ -49,20 +47,21 @@ def hex_blobs(text: str) -> list[str]:
     return re.findall(r"`([0-9a-f]{40,})`", text)
 
 
-def test_every_hex_example_in_v2_decodes() -> None:
-    decoded = [frame for blob in hex_blobs(V2) for frame in decode_all(blob)]
-    assert len(decoded) == 7
+def test_every_hex_example_decodes() -> None:
+    decoded = [frame for blob in hex_blobs(DOC) for frame in decode_all(blob)]
+    assert len(decoded) == 8
     assert decoded[0] == Hello(
         versions=(2,), caps=("xxh3-128",), window=65536, agent="t/2", transfer_window=16384,
         requests=8,
     )  # fmt: skip
-    assert decoded[-1] == Error(
+    assert decoded[-2] == Error(
         505, "fluxd speaks flux protocol 2, this client speaks 1: upgrade fluxctl"
     )
+    assert not (HERE / "V2.md").exists(), "folded into PROTOCOL.md"
 
 
 def test_the_one_flight_example_is_what_the_connections_do() -> None:
-    flight, answer = (bytes.fromhex(b) for b in hex_blobs(V2)[1:3])
+    flight, answer = (bytes.fromhex(b) for b in hex_blobs(DOC)[1:3])
     pair = drive(ConnectionPair(), State.OPEN)
     tid = bytes.fromhex("7a3f0c1e9b2d48e6a1c5f0d2b3e4a697")
     frames_sent = [
@@ -83,30 +82,30 @@ def test_the_one_flight_example_is_what_the_connections_do() -> None:
     assert pair.client.sent_inflight == 0
 
 
-def test_the_version_1_hello_of_protocol_md_is_the_one_tested() -> None:
-    assert bytes.fromhex(hex_blobs(V1)[0]) == V1_HELLO
+def test_the_version_1_hello_in_the_document_is_the_one_tested() -> None:
+    assert bytes.fromhex(hex_blobs(DOC)[-1]) == V1_HELLO
     assert decode_all(V1_HELLO.hex())[0] == Hello(
         versions=(1,), caps=("xxh3-128",), window=65536, agent="t/1"
     )
 
 
-def test_v2_frame_codes_match() -> None:
-    rows = re.findall(r"^\| (0x[0-9A-F]{2}) \| ([A-Z_]+) +\|", V2, re.M)
+def test_frame_codes_match() -> None:
+    section = DOC[DOC.index("## 5. Frames") : DOC.index("### 5.1 Keys")]
+    rows = re.findall(r"^\| (0x[0-9A-F]{2}) \| ([A-Z_]+) +\|", section, re.M)
     assert {name: int(code, 16) for code, name in rows} == {t.name: int(t) for t in FrameType}
 
 
-def test_v2_key_orders_match_the_encoder() -> None:
-    section = V2[V2.index("### 3.1 Keys") : V2.index("## 4. Requests")]
+def test_key_orders_match_the_encoder() -> None:
+    section = DOC[DOC.index("### 5.1 Keys") : DOC.index("### 0x01 HELLO")]
     rows = re.findall(r"^\| ([A-Z_]+) +\| (.+?)\|$", section, re.M)
     listed = {name: re.findall(r"`([a-z_]+)`", keys.split(";")[0]) for name, keys in rows}
     assert "frame" not in listed or listed.pop("frame") == []
+    assert set(listed) == {t.name for t in FrameType}  # every frame
     for name, keys in listed.items():
         sample = REQUEST_SAMPLES[FrameType[name]]
         assert list(sample.header()) == keys, name
         payload = sample.PAYLOAD
         assert payload is None or f"payload `{payload}`" in dict(rows)[name]
-    # Every frame whose keys changed is listed.
-    assert {"HELLO", "WELCOME", "ERROR", "ENTRIES", "MKDIR", "SYMLINK", "MADE"} <= set(listed)
 
 
 def _number(value: str) -> int | None:
@@ -123,25 +122,27 @@ def limits_table(text: str) -> dict[str, int]:
     return {name: n for name, value in rows if (n := _number(value)) is not None}
 
 
-@pytest.mark.parametrize("doc", ["V2.md", "PROTOCOL.md"])
-def test_limits_tables_match_constants(doc: str) -> None:
-    v2 = limits_table(V2)
-    table = v2 if doc == "V2.md" else {k: v for k, v in limits_table(V1).items() if k not in v2}
-    checked = set()
+def test_the_limits_table_matches_the_constants() -> None:
+    section = DOC[DOC.index("## 13. Limits") : DOC.index("### 13.1 Timeouts")]
+    table = limits_table(section)
     for name, number in table.items():
         module = multiplex if name == "LATE_RIDS" else frames
-        if hasattr(module, name):
-            assert getattr(module, name) == number, name
-            checked.add(name)
-    if doc == "V2.md":
-        assert set(v2) == checked  # every constant V2.md names exists with that value
-    else:
-        assert {"MAX_HEADER", "MAX_CHUNK", "MAX_CHUNKS", "MAX_RANGES", "MAX_TOKEN"} <= checked
+        assert getattr(module, name) == number, name
+    assert {"MAX_HEADER", "MAX_CHUNK", "MAX_RID", "MAX_REQUESTS", "TID_SIZE", "LATE_RIDS"} <= set(
+        table
+    )
 
 
 def test_decision_references_exist() -> None:
-    decisions = V2[V2.index("## 10. Decisions") : V2.index("## 11. Worked")]
-    numbered = {int(n) for n in re.findall(r"^(\d+)\. \*\*", decisions, re.M)}
-    assert numbered == set(range(1, max(numbered) + 1))
-    cited = {int(n) for n in re.findall(r"\b10\.(\d+)\b", V2)}
-    assert cited <= numbered
+    decisions = DOC[DOC.index("## 15. Decisions") : DOC.index("## 16. Worked")]
+    numbered = [int(n) for n in re.findall(r"^(\d+)\. \*\*", decisions, re.M)]
+    assert numbered == list(range(1, len(numbered) + 1))
+    cited = {int(n) for n in re.findall(r"\b15\.(\d+)\b", DOC)}
+    assert cited <= set(numbered)
+    assert len(numbered) == 37
+
+
+def test_every_section_the_contents_name_is_there() -> None:
+    contents = DOC[DOC.index("## Contents") : DOC.index("## 1. Overview")]
+    for number, title in re.findall(r"^(\d+)\. (.+)$", contents, re.M):
+        assert f"\n## {number}. {title}\n" in DOC, title

@@ -1,6 +1,7 @@
 """The two state tables, exhaustively: every (state, sender, frame) of the connection and of a
-request is legal or refused as V2.md section 4 says, at the sender (LocalProtocolError, nothing
-changes) and at the receiver (RemoteProtocolError), except for frames that cross a CANCEL."""
+request is legal or refused as PROTOCOL.md section 6 says, at the sender (LocalProtocolError,
+nothing changes) and at the receiver (RemoteProtocolError), except for frames that cross a
+CANCEL."""
 
 from __future__ import annotations
 

@@ -208,7 +208,7 @@ def test_a_download_counts_toward_the_limit_until_the_server_finishes_its_stream
     last = client.send(Ack(1, ((0, NCHUNKS),)))  # ends the download at the client
     assert last[-1] == (4, b"", True)
     assert client.conn.requests == {}
-    assert client.streams.requests_in_use == 1  # decision 26: not yet free
+    assert client.streams.requests_in_use == 1  # PROTOCOL.md 15.32: not yet free
     answer = server.receive(last) and server.writes
     assert answer == [(4, b"", True)]
     client.receive(server.send())

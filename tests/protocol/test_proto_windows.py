@@ -1,5 +1,5 @@
-"""Flow control in bytes (V2.md section 5): a chunk goes only when the transfer's window and the
-connection's window both have room, or nothing is in flight there; the receiver checks that
+"""Flow control in bytes (PROTOCOL.md section 7): a chunk goes only when the transfer's window and
+the connection's window both have room, or nothing is in flight there; the receiver checks that
 the sender kept to its windows; ACK and COMMITTED give the room back."""
 
 from __future__ import annotations

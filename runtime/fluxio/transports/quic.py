@@ -153,7 +153,7 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
     @property
     def requests_in_use(self) -> int:
         """Open requests, and at a client those whose stream the server has not finished
-        (a download ends at the client before the server knows, decision 26)."""
+        (a download ends at the client before the server knows, PROTOCOL.md 15.32)."""
         return self._streams.requests_in_use
 
     async def drain(self, timeout: float | None = None) -> None:
