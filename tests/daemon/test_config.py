@@ -17,6 +17,7 @@ from fluxd.config import (
     data_dir,
     load_config,
 )
+from fluxd.storage.base import TREE_ENTRIES
 from fluxio import parsing
 from fluxio.parsing import DEFAULT_PORT, format_hostport, is_loopback, parse_hostport, parse_size
 from fluxproto import MAX_CHUNK, ConfigError
@@ -542,3 +543,7 @@ def test_bad_override_value_is_a_config_error() -> None:
 def test_unknown_override_key_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="bogus"):
         load_config(None, {"bogus": 1})
+
+
+def test_tree_entries_default_is_the_storage_default() -> None:
+    assert Limits().tree_entries == TREE_ENTRIES == 10_000_000
