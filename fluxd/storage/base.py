@@ -117,12 +117,21 @@ class Storage(Protocol):
     make."""
 
     def open_upload(
-        self, path: str, size: int, chunk_size: int, mode: int, mtime_ns: int | None = None
+        self,
+        path: str,
+        size: int,
+        chunk_size: int,
+        mode: int,
+        mtime_ns: int | None = None,
+        grouped: bool = False,
     ) -> Upload:
         """Start an upload to `path`, resuming a staged one with the same size and chunk size.
 
         `mtime_ns` (None: the time of writing) is the published file's modification time; a
-        resend of a file the path already holds changes only the mode and mtime.
+        resend of a file the path already holds changes only the mode and mtime. `grouped`:
+        a small file whose chunks come with its commit, one of a group (`commit_many`): the
+        storage may hold it in memory and store nothing before that commit (LocalStorage
+        does, unless an upload of the path is staged already).
         """
         ...
 

@@ -5,7 +5,8 @@ Layout under the root (hidden from clients; `paths.normalize` refuses ".flux"):
 
     .flux/staging/<key of path>/{data,journal}   uploads in progress (local_staging.py)
     .flux/manifests/<key of path>                 chunk and file digests of a file (manifests.py)
-    .flux/tmp/                                    symlinks before they are renamed into place
+    .flux/tmp/                                    symlinks and small files (local_small.py)
+                                                  before they are renamed into place
 
 The tree itself (opens beneath the root) is local_tree.py; uploads are local_upload.py, group
 commits local_batch.py, downloads local_download.py, folders and symlinks local_nodes.py,
@@ -21,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from fluxio.oserrors import storage_errors
+from fluxio.staging import StagedFile
 from fluxproto.errors import Conflict, FluxError, NotFound, PermissionDenied
 from fluxproto.frames import Entry
 
@@ -30,6 +32,7 @@ from .local_batch import GroupCommit
 from .local_download import LocalDownload, open_local_download
 from .local_entry import entry_of, visible
 from .local_nodes import Nodes
+from .local_small import SmallFile
 from .local_staging import StagingArea
 from .local_tree import DIR, LocalTree
 from .local_upload import LocalUpload, Publisher
@@ -57,7 +60,8 @@ class LocalStorage:
             self._staging = StagingArea(self.root / RESERVED / "staging")
             self._manifests = ManifestStore(self.root / RESERVED / "manifests")
             self._tree = LocalTree(self.root)
-            self._nodes = Nodes(self._tree, self._manifests, self.root / RESERVED / "tmp")
+            self._scratch = self.root / RESERVED / "tmp"
+            self._nodes = Nodes(self._tree, self._manifests, self._scratch)
         parts = (self._tree, self._manifests, self._staging)
         self._publisher = Publisher(*parts)
         self._group = GroupCommit(*parts, barrier=barrier)
@@ -67,7 +71,13 @@ class LocalStorage:
     # --- uploads -----------------------------------------------------------------------------
 
     def open_upload(
-        self, path: str, size: int, chunk_size: int, mode: int, mtime_ns: int | None = None
+        self,
+        path: str,
+        size: int,
+        chunk_size: int,
+        mode: int,
+        mtime_ns: int | None = None,
+        grouped: bool = False,
     ) -> LocalUpload:
         """Start or resume an upload; see `base.Storage.open_upload`.
 
@@ -77,7 +87,11 @@ class LocalStorage:
         """
         rel = require_file_path(path)
         self._tree.check_dest(rel)
-        staged = self._staging.open(rel, size, chunk_size)
+        staged: StagedFile | SmallFile
+        if grouped and not self._staging.exists(rel):
+            staged = SmallFile(self._scratch, rel, size, chunk_size)
+        else:
+            staged = self._staging.open(rel, size, chunk_size)
         base = self._base(rel, size, chunk_size)
         return LocalUpload(self._publisher, rel, staged, mode, base, mtime_ns)
 

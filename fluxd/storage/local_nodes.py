@@ -149,7 +149,8 @@ class Nodes:
             raise
 
     def clean(self) -> int:
-        """Remove what a crash left in the scratch folder (at start, before serving)."""
+        """Remove what a crash left in the scratch folder (at start, before serving): links,
+        and small files of a group commit (local_small.py) that were never renamed."""
         removed = 0
         for leftover in self._scratch.iterdir():
             with contextlib.suppress(OSError):

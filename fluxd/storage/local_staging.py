@@ -48,6 +48,10 @@ class StagingArea:
             folder / "data", folder / "journal", size, chunk_size, label=rel, dirs=(self.folder,)
         )
 
+    def exists(self, rel: str) -> bool:
+        """Whether an upload of `rel` is staged (it may be resumed)."""
+        return (self.folder / reserved_key(rel)).is_dir()
+
     def remove(self, rel: str) -> None:
         """Remove the (emptied) folder of `rel`'s upload once it is published or discarded."""
         with contextlib.suppress(OSError):  # not empty: another session has just reopened it

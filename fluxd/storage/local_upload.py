@@ -29,6 +29,7 @@ from fluxproto.digest import chunk_digest, digest_at
 from fluxproto.errors import Conflict, FluxError, IntegrityError, NotFound
 
 from .local_download import LocalDownload, open_local_download
+from .local_small import SmallFile
 from .local_staging import StagingArea
 from .local_tree import LocalTree
 from .manifests import Manifest, ManifestStore
@@ -43,7 +44,7 @@ class Publication:
     """A checked upload, ready to be put at its path: what a group commit needs of it."""
 
     rel: str
-    staged: StagedFile
+    staged: StagedFile | SmallFile
     digest: bytes
     mode: int
     mtime_ns: int | None
@@ -70,14 +71,16 @@ class _HeldWithBase(Mapping[int, bytes]):
 
 
 class LocalUpload:
-    """An upload into LocalStorage: a StagedFile plus where and how to publish it, and the
-    file now at the destination (`base`) when its chunks can stand in for missing ones."""
+    """An upload into LocalStorage: a StagedFile (or, for a small file opened for a group
+    commit, a SmallFile in memory until a durable write stages it) plus where and how to
+    publish it, and the file now at the destination (`base`) when its chunks can stand in for
+    missing ones."""
 
     def __init__(
         self,
         publisher: Publisher,
         rel: str,
-        staged: StagedFile,
+        staged: StagedFile | SmallFile,
         mode: int,
         base: Manifest | None = None,
         mtime_ns: int | None = None,
@@ -94,7 +97,10 @@ class LocalUpload:
         return _HeldWithBase(self._staged.held, self._base.digests, self._staged.count)
 
     def write_chunks(self, batch: Sequence[ChunkData], durable: bool = True) -> None:
-        """See `base.Upload.write_chunks` and `StagedFile.write_chunks`."""
+        """See `base.Upload.write_chunks` and `StagedFile.write_chunks`. A durable write to an
+        upload held in memory stages it first (with what it held)."""
+        if durable and isinstance(self._staged, SmallFile):
+            self._staged = self._publisher.stage(self._rel, self._staged)
         self._staged.write_chunks(batch, durable=durable)
 
     def commit(self, digest: bytes) -> None:
@@ -216,7 +222,7 @@ class LocalUpload:
                         bad.append(index)
                         continue
                     batch.append((index, digest_at(digests, index), data))
-                self._staged.write_chunks(batch)
+                self.write_chunks(batch)
             finally:
                 for _, _, buf in batch:
                     if isinstance(buf, memoryview):
@@ -246,6 +252,21 @@ class Publisher:
     def __init__(self, tree: LocalTree, manifests: ManifestStore, staging: StagingArea) -> None:
         self._tree, self._manifests, self._staging = tree, manifests, staging
 
+    def stage(self, rel: str, small: SmallFile) -> StagedFile:
+        """Stage an upload that was held in memory, with the chunks it held (not yet durable).
+
+        Raises:
+            Conflict: another session stages the path. NoSpace, StorageError.
+        """
+        staged = self._staging.open(rel, small.size, small.chunk_size)
+        try:
+            staged.write_chunks(small.chunks(), durable=False)
+        except BaseException:
+            staged.close()
+            raise
+        small.close()
+        return staged
+
     def publish(self, ready: Publication) -> None:
         """Write the manifest of the complete, checked upload, then rename it to its path.
 
@@ -262,7 +283,14 @@ class Publisher:
             staged.seal(ready.mode, ready.mtime_ns)  # the manifest records the final mtime
             self._manifests.write(manifest_of(ready))
             crash_point("manifest-written")
-            staged.publish(inner.rpartition("/")[2], ready.mode, parent, ready.mtime_ns)
+            staged.sync()
+            staged.move_to(inner.rpartition("/")[2], parent)
+            crash_point("renamed")
+            try:
+                with storage_errors(f"publishing {rel}"):
+                    os.fsync(parent)
+            finally:
+                staged.finish()
         finally:
             os.close(parent)
         self._staging.remove(rel)

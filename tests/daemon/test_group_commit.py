@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from test_local_storage import CS, chunks, content, put, ref
 
-from fluxd.storage import LocalStorage
+from fluxd.storage import LocalStorage, LocalUpload
 from fluxd.storage.local_batch import BARRIERS
-from fluxproto.errors import Conflict, IntegrityError
+from fluxproto.errors import Conflict, IntegrityError, StorageError
 
 MTIME = 1_700_000_000_123_456_789  # nanoseconds that a float of seconds would round off
 
@@ -51,15 +51,18 @@ def test_an_unchanged_resend_updates_only_the_mtime(storage: LocalStorage, root:
 # --- group commit ------------------------------------------------------------------------------
 
 
-def staged_small(storage: LocalStorage, path: str, data: bytes, mtime: int | None = None):
+def staged_small(
+    storage: LocalStorage, path: str, data: bytes, mtime: int | None = None, grouped: bool = True
+) -> LocalUpload:
     """An upload of a small file whose chunks wait for a group commit (not durable alone)."""
-    up = storage.open_upload(path, len(data), CS, 0o644, mtime)
+    up = storage.open_upload(path, len(data), CS, 0o644, mtime, grouped=grouped)
     up.write_chunks(chunks(data), durable=False)
     return up
 
 
+@pytest.mark.parametrize("grouped", [True, False], ids=["in-memory", "staged"])
 @pytest.mark.parametrize("barrier", BARRIERS)
-def test_a_group_commits_many_files(root: Path, barrier: str) -> None:
+def test_a_group_commits_many_files(root: Path, barrier: str, grouped: bool) -> None:
     storage = LocalStorage(root, barrier=barrier)
     put(storage, "d0/f1", b"old")  # one of them replaces a file
     files = {f"d{i % 3}/f{i}": content(100 + i, seed=i) for i in range(30)}
@@ -72,6 +75,7 @@ def test_a_group_commits_many_files(root: Path, barrier: str) -> None:
         assert (root / path).stat().st_mtime_ns == MTIME + i
         assert storage.stat(path).digest == ref(data)
     assert not list((root / ".flux" / "staging").iterdir()), "staging dropped"
+    assert not list((root / ".flux" / "tmp").iterdir()), "no temporary left"
     assert not [p for p in (root / ".flux" / "manifests").iterdir() if p.suffix == ".tmp"]
     for up, _ in ups:
         up.close()
@@ -115,3 +119,39 @@ def test_a_group_mixes_kept_and_new_files(storage: LocalStorage, root: Path) -> 
     assert results == [None, None]
     assert (root / "same").stat().st_mtime_ns == MTIME
     assert (root / "new").read_bytes() == new
+
+
+def test_a_grouped_upload_stores_nothing_before_its_commit(
+    storage: LocalStorage, root: Path
+) -> None:
+    data = content(3 * CS)
+    up = staged_small(storage, "f", data)
+    assert not list((root / ".flux" / "staging").iterdir())
+    assert not list((root / ".flux" / "tmp").iterdir())
+    up.commit(ref(data))  # alone, outside a group: durable on its own
+    assert (root / "f").read_bytes() == data
+    assert storage.stat("f").digest == ref(data)
+
+
+def test_a_durable_write_stages_a_grouped_upload(storage: LocalStorage, root: Path) -> None:
+    data = content(3 * CS)
+    parts = chunks(data)
+    up = storage.open_upload("f", len(data), CS, 0o644, grouped=True)
+    up.write_chunks(parts[:1], durable=False)
+    up.write_chunks(parts[1:2])  # durable: staged now, with the chunk held in memory
+    up.close()
+    again = storage.open_upload("f", len(data), CS, 0o644, grouped=True)
+    assert sorted(again.held) == [1], "a staged upload resumes, grouped or not"
+    again.write_chunks([parts[0], parts[2]], durable=False)
+    assert storage.commit_many([(again, ref(data))]) == [None]
+    assert (root / "f").read_bytes() == data
+
+
+def test_a_grouped_upload_with_a_bad_chunk(storage: LocalStorage) -> None:
+    data = content(2 * CS)
+    up = storage.open_upload("f", len(data), CS, 0o644, grouped=True)
+    with pytest.raises(StorageError, match="wrong length"):
+        up.write_chunks([(0, chunks(data)[0][1], b"short")], durable=False)
+    up.write_chunks(chunks(data)[:1], durable=False)
+    [result] = storage.commit_many([(up, ref(data))])
+    assert isinstance(result, IntegrityError) and "missing 1 chunks" in result.message
