@@ -1,6 +1,7 @@
 """Small files through fluxd's storage layer alone (no daemon, no network): files/s committed one
 by one (each upload durable on its own, as protocol v1 does) against group commit
-(`LocalStorage.commit_many`, one barrier per group) with each barrier.
+(`LocalStorage.commit_many`, one barrier per group) with each barrier, and the reference of
+PLATFORM.md: plain write + fdatasync + rename per file, no fluxd at all.
 
     .venv/bin/python -m benchmarks.group_commit [--files 10000] [--size 4096] [--group 500]
 
@@ -10,6 +11,7 @@ Modes alternate within each repetition; medians are reported with their ratio to
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import tempfile
@@ -20,7 +22,7 @@ from fluxd.storage import LocalStorage
 from fluxproto import chunk_digest
 from fluxproto.digest import FileHasher
 
-MODES = ("one-by-one", "group-fsync", "group-syncfs")
+MODES = ("one-by-one", "group-fsync", "group-syncfs", "raw-fdatasync")
 
 
 def _digest(data: bytes) -> bytes:
@@ -29,9 +31,28 @@ def _digest(data: bytes) -> bytes:
     return hasher.digest()
 
 
+def _raw(root: Path, files: list[bytes]) -> float:
+    """The reference: each file written to a temporary, fdatasynced, renamed into place."""
+    for d in range(100):
+        (root / f"d{d:02}").mkdir()
+    started = time.monotonic()
+    for i, data in enumerate(files):
+        tmp, final = root / f"d{i % 100:02}" / f".t{i}", root / f"d{i % 100:02}" / f"f{i:06}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, data)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+    return time.monotonic() - started
+
+
 def _run(mode: str, where: Path, files: list[bytes], group: int) -> float:
     """Seconds to store `files` under a fresh root in `where` in `mode`."""
     with tempfile.TemporaryDirectory(dir=where) as tmp:
+        if mode == "raw-fdatasync":
+            return _raw(Path(tmp), files)
         barrier = "syncfs" if mode == "group-syncfs" else "fsync"
         storage = LocalStorage(Path(tmp), barrier=barrier)
         size = len(files[0])
