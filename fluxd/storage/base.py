@@ -131,7 +131,8 @@ class Storage(Protocol):
         resend of a file the path already holds changes only the mode and mtime. `grouped`:
         a small file whose chunks come with its commit, one of a group (`commit_many`): the
         storage may hold it in memory and store nothing before that commit (LocalStorage
-        does, unless an upload of the path is staged already).
+        does, unless an upload of the path is staged already; it then offers no chunks of
+        the file at the path either, and writes the file whole).
         """
         ...
 

@@ -22,7 +22,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from fluxio.oserrors import storage_errors
-from fluxio.staging import StagedFile
 from fluxproto.errors import Conflict, FluxError, NotFound, PermissionDenied
 from fluxproto.frames import Entry
 
@@ -87,11 +86,12 @@ class LocalStorage:
         """
         rel = require_file_path(path)
         self._tree.check_dest(rel)
-        staged: StagedFile | SmallFile
         if grouped and not self._staging.exists(rel):
-            staged = SmallFile(self._scratch, rel, size, chunk_size)
-        else:
-            staged = self._staging.open(rel, size, chunk_size)
+            # A small file is cheaper to write again than to read back as a basis (the
+            # destination's chunks are not offered): it is stored whole at its commit.
+            small = SmallFile(self._scratch, rel, size, chunk_size)
+            return LocalUpload(self._publisher, rel, small, mode, None, mtime_ns)
+        staged = self._staging.open(rel, size, chunk_size)
         base = self._base(rel, size, chunk_size)
         return LocalUpload(self._publisher, rel, staged, mode, base, mtime_ns)
 

@@ -113,7 +113,8 @@ class GroupCommit:
                 ready = upload.prepare(digest)
                 if ready is None:
                     continue  # the destination is this file already
-                self._tree.check_dest(ready.rel)
+                # Not checked again here (open_upload did): a folder that appeared at the path
+                # since fails the rename, a file that became a parent fails `parent_dir`.
                 ready.staged.seal(ready.mode, ready.mtime_ns)
                 manifest = manifest_of(ready)
                 staged = self._manifests.stage(manifest, sync=False)
