@@ -162,8 +162,9 @@ class Storage(Protocol):
         """Every entry under the folder `path`, recursively: depth first, names sorted, each
         named by its path relative to `path` ("a/b.txt"); a folder comes before what it holds.
         Symlinks are entries of kind "link" with their `target`, never followed. Hidden as by
-        `list`: names no request could reach, the reserved area, links leading out of the
-        root. A file lists as itself. Memory does not grow with the tree.
+        `list`: names no request could reach, the reserved area, and links `symlink` would
+        refuse to make (leading out of the root, absolute). A file lists as itself. Memory
+        does not grow with the tree.
 
         Raises (from the iteration): NotFound, PermissionDenied, StorageError, and
         LimitExceeded past `limit` entries or MAX_DEPTH levels.
