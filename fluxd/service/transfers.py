@@ -15,6 +15,7 @@ from fluxproto.digest import digest_at
 from ..claims import Holder
 from ..storage.base import Download, Storage, Upload
 from .caller import Presence
+from .group import CommitGroup
 from .record import Record
 from .work import busy
 
@@ -29,10 +30,22 @@ class UploadHandle:
 
     It holds no connection: liveness for the claim comes from `presence`, which is whoever
     drives the upload now (a connection that attaches later would replace it). Writes count
-    into the request's access record as they become durable.
+    into the request's access record as they become durable (chunks written with
+    durable=False: once the commit made them so).
+
+    An upload opened `grouped` (a small file whose chunks come with its COMMIT) is committed
+    with others through `group`: one durability barrier for many files.
     """
 
-    def __init__(self, key: str, size: int, presence: Presence, record: Record, pool: Executor):
+    def __init__(
+        self,
+        key: str,
+        size: int,
+        presence: Presence,
+        record: Record,
+        pool: Executor,
+        group: CommitGroup | None = None,
+    ):
         self.key, self.size = key, size
         #: The connection driving this upload: its signs of life keep the claim.
         self.presence = presence
@@ -42,6 +55,8 @@ class UploadHandle:
         self.committed = False
         self._record = record
         self._upload: Upload | None = None
+        self._group, self._grouped = group, False
+        self._pending = 0  # bytes written with durable=False: counted once committed
 
     def holder(self, account: str, on_stale: Callable[[Presence], None]) -> Holder:
         """This upload as a claim holder: `on_stale` ends the presence a newer connection of the
@@ -54,15 +69,23 @@ class UploadHandle:
             lambda: on_stale(self.presence),
         )
 
-    async def open(self, storage: Storage, chunk_size: int, mode: int) -> None:
+    async def open(
+        self,
+        storage: Storage,
+        chunk_size: int,
+        mode: int,
+        mtime_ns: int | None = None,
+        grouped: bool = False,
+    ) -> None:
         """Open (or resume) the upload in `storage`; the service does, once, holding the claim.
+        `mtime_ns` and `grouped`: see `Storage.open_upload`.
 
         Raises:
             Conflict, NoSpace, StorageError: storage could not open it.
         """
-        self._upload = await busy(
-            self.pool, self.presence, storage.open_upload, self.key, self.size, chunk_size, mode
-        )
+        args = (self.key, self.size, chunk_size, mode, mtime_ns, grouped)
+        self._upload = await busy(self.pool, self.presence, storage.open_upload, *args)
+        self._grouped = grouped and self._group is not None
 
     def close(self) -> None:
         """Stop writing, keeping what is staged for a later resume."""
@@ -79,14 +102,20 @@ class UploadHandle:
         """Chunk index -> digest of every chunk storage can vouch for (see `Upload.held`)."""
         return self.opened.held
 
-    def write_chunks(self, batch: Sequence[ChunkData]) -> None:
-        """Store chunks whose digests the caller verified, durably. Blocks: run it in `pool`.
+    def write_chunks(self, batch: Sequence[ChunkData], durable: bool = True) -> None:
+        """Store chunks whose digests the caller verified, durably unless `durable` is False
+        (then only the commit makes them so: acknowledge them with COMMITTED, never before).
+        Blocks: run it in `pool`.
 
         Raises:
             NoSpace, StorageError: the disk failed; what was durable before stays.
         """
-        self.opened.write_chunks(batch)
-        self._record.bytes += sum(len(data) for _, _, data in batch)
+        self.opened.write_chunks(batch, durable)
+        nbytes = sum(len(data) for _, _, data in batch)
+        if durable:
+            self._record.bytes += nbytes
+        else:
+            self._pending += nbytes
 
     async def commit(self, digest: bytes) -> None:
         """Check the whole-file digest and publish the file atomically (see `Upload.commit`).
@@ -98,13 +127,22 @@ class UploadHandle:
         Raises:
             IntegrityError: chunks missing, the digest differs, or offered chunks were corrupt.
         """
-        work = asyncio.ensure_future(busy(self.pool, self.presence, self.opened.commit, digest))
+        if self._grouped:
+            assert self._group is not None
+            job = self._group.commit(self.opened, digest, self.presence)
+        else:
+            job = busy(self.pool, self.presence, self.opened.commit, digest)
+        work = asyncio.ensure_future(job)
         try:
             await asyncio.shield(work)
         except asyncio.CancelledError:
             await asyncio.wait([work])
             self.committed = not work.cancelled() and work.exception() is None
             raise
+        finally:
+            if work.done() and not work.cancelled() and work.exception() is None:
+                self._record.bytes += self._pending
+                self._pending = 0
         self.committed = True
 
 

@@ -405,7 +405,13 @@ class Meta(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One file or directory as LISTING and INFO describe it (not a frame)."""
+    """One file, directory or symlink as LISTING and INFO describe it (not a frame).
+
+    `name` is one component, or in a recursive listing the path relative to the listed
+    directory (hence up to MAX_PATH bytes). A link carries its `target`, the link's text (never
+    followed); other kinds have none, and `target` is left out of the wire map when it is None,
+    so entries of files and directories encode as they always did.
+    """
 
     name: str
     kind: str
@@ -413,21 +419,29 @@ class Entry:
     mtime_ns: int = 0
     mode: int = 0o644
     digest: bytes | None = None
+    target: str | None = None
 
-    KINDS: ClassVar[frozenset[str]] = frozenset({"file", "dir"})
+    KINDS: ClassVar[frozenset[str]] = frozenset({"file", "dir", "link"})
 
     def __post_init__(self) -> None:
-        check_str(self.name, "name", MAX_NAME, empty=False)
+        check_str(self.name, "name", MAX_PATH, empty=False)
         if self.kind not in self.KINDS:
-            raise _fail("kind", "expected 'file' or 'dir'")
+            raise _fail("kind", "expected 'file', 'dir' or 'link'")
         check_int(self.size, "size", 0, MAX_U64)
         check_int(self.mtime_ns, "mtime_ns", 0, MAX_I64)
         check_int(self.mode, "mode", 0, MAX_MODE)
         if self.digest is not None:
             check_digest(self.digest)
+        if self.kind == "link":
+            check_str(self.target, "target", MAX_PATH, empty=False)
+        elif self.target is not None:
+            raise _fail("target", "only a link has a target")
 
     def to_wire(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        wire = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.target is None:
+            del wire["target"]
+        return wire
 
     @classmethod
     def from_wire(cls, value: object) -> Entry:
@@ -436,7 +450,7 @@ class Entry:
         if "name" not in value or "kind" not in value:
             raise _fail("entry", "name and kind are required")
         if type(value["kind"]) is not str:
-            raise _fail("kind", "expected 'file' or 'dir'")
+            raise _fail("kind", "expected 'file', 'dir' or 'link'")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in value.items() if k in names})
 
