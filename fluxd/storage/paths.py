@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from pathlib import Path
 
 # The rules themselves are pure and shared with fluxctl, which checks names before sending.
-from fluxio.pathrules import MAX_COMPONENT, MAX_DEPTH, RESERVED, normalize
+from fluxio.pathrules import MAX_COMPONENT, MAX_DEPTH, RESERVED, normalize, show
 from fluxproto.errors import PermissionDenied
+from fluxproto.frames import MAX_PATH
 
 __all__ = [
     "MAX_COMPONENT",
@@ -56,7 +58,7 @@ def check_link_target(target: str, where: str, within: str = "") -> None:
     """
 
     def refuse(why: str) -> PermissionDenied:
-        return PermissionDenied(f"symlink target {_show(target)} {why}")
+        return PermissionDenied(f"symlink target {show(target)} {why}")
 
     try:
         size = len(target.encode("utf-8"))
