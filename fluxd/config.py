@@ -99,6 +99,9 @@ class Limits:
     rate_per_subject: int = 0
     #: Bytes of received chunks the daemon holds in memory at once; readers pause beyond it.
     memory: int = 256 * 1024 * 1024
+    #: Entries one recursive LIST or DELETE may walk; a larger tree is refused (413), and a
+    #: recursive DELETE of one removes nothing.
+    tree_entries: int = 10_000_000
 
     def __post_init__(self) -> None:
         if not 16 * 1024 <= self.max_header <= MAX_HEADER:
@@ -108,7 +111,7 @@ class Limits:
         if not 0 <= self.max_file_size <= MAX_FILE_SIZE:
             raise ConfigError(f"limits.max_file_size must be between 0 and {MAX_FILE_SIZE} bytes")
         counts = ("connections", "connections_per_address", "connections_per_subject")
-        for name in (*counts, "uploads_per_subject"):
+        for name in (*counts, "uploads_per_subject", "tree_entries"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"limits.{name} must be at least 1")
         for name in ("quota", "rate", "rate_per_subject"):
@@ -249,6 +252,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Any]]] = {
             "rate": parse_size,
             "rate_per_subject": parse_size,
             "memory": parse_size,
+            "tree_entries": int,
         },
     ),
 }

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fluxio.chunkflow import ChunkSender, ChunkWriter
 from fluxio.requests import Request
+from fluxio.staging import ChunkData
 from fluxproto import (
     MAX_RANGES,
     Chunk,
@@ -23,13 +24,14 @@ from fluxproto import (
     Delete,
     Deleted,
     Entries,
+    Entry,
     FluxError,
     FrameType,
     Info,
     ListDir,
+    Made,
     Meta,
     Mkdir,
-    NotSupported,
     OpenDownload,
     OpenUpload,
     ProtocolError,
@@ -43,10 +45,15 @@ from fluxproto import (
 )
 from fluxproto.ranges import count, is_canonical
 
-from .service import Caller, FileService, Version
+from .service import AttachedUpload, Caller, FileService, UploadHandle, Version
 
-#: Entries per ENTRIES page; keeps the header under its 64 KiB limit.
+#: Entries per page read from storage (a folder's names are at most 255 bytes each).
 LIST_PAGE = 150
+#: Bytes of ENTRIES header one frame may hold, below the 64 KiB limit (a recursive listing's
+#: names are relative paths, up to 4 KiB each, so its pages are cut by size).
+ENTRIES_BUDGET = 60 * 1024
+#: What an Entry's keys and fixed-size values take in the header at most, beside its texts.
+ENTRY_OVERHEAD = 128
 
 Handler = Callable[[Request], Awaitable[None]]
 
@@ -77,19 +84,37 @@ class Handlers:
             ListDir: self.list,
             Stat: self.stat,
             Delete: self.delete,
-            Mkdir: self.not_yet,
-            Symlink: self.not_yet,
+            Mkdir: self.mkdir,
+            Symlink: self.symlink,
         }
         return table[type(opening)]
 
     async def upload(self, req: Request) -> None:
         f = req.opening
         assert isinstance(f, OpenUpload)
-        # TODO(i12-treeops): pass f.mtime_ns once the service's upload takes it (that branch).
+        # A file of at most one chunk comes whole with its COMMIT (PROTOCOL.md 8.3): it is
+        # committed with others behind one durability barrier, so its chunk is not durable
+        # before the COMMIT and COMMITTED alone acknowledges it (8.5 lets the client not wait).
+        grouped = f.attach is None and f.size <= f.chunk_size
         async with self.service.upload(
-            self.caller, f.path, f.size, f.chunk_size, f.mode, f.attach
+            self.caller,
+            f.path,
+            f.size,
+            f.chunk_size,
+            f.mode,
+            mtime_ns=f.mtime_ns,
+            grouped=grouped,
+            attach=f.attach,
         ) as up:
-            writer = ChunkWriter(req, up, executor=up.pool, release=self.release, until_commit=True)
+            sink = _Deferred(up) if grouped else up
+            writer = ChunkWriter(
+                req,
+                sink,
+                executor=up.pool,
+                release=self.release,
+                until_commit=True,
+                ack=not grouped,
+            )
             try:
                 # Chunks sent eagerly with OPEN_UPLOAD waited in the request's queue.
                 req.send(held_status(req.rid, up.tid, up.held))
@@ -151,8 +176,13 @@ class Handlers:
         f = req.opening
         assert isinstance(f, ListDir)
         if f.recursive:
-            # TODO(i12-treeops): stream the service's walk once that branch brings it.
-            raise NotSupported("recursive LIST is not supported yet")
+            async with self.service.walk(self.caller, f.path, LIST_PAGE) as pages:
+                async for entries, last in pages:
+                    frames = fit_entries(entries)
+                    for i, part in enumerate(frames):
+                        done = last and i == len(frames) - 1
+                        req.send(Entries(req.rid, tuple(part), done=done))
+            return
         cursor: str | None = None
         while True:
             async with self.service.list(self.caller, f.path, cursor, LIST_PAGE) as page:
@@ -170,16 +200,45 @@ class Handlers:
     async def delete(self, req: Request) -> None:
         f = req.opening
         assert isinstance(f, Delete)
-        if f.recursive:
-            # TODO(i12-treeops): the service's recursive delete comes with that branch.
-            raise NotSupported("recursive DELETE is not supported yet")
-        async with self.service.delete(self.caller, f.path):
-            req.send(Deleted(req.rid, f.path, 1))
+        async with self.service.delete(self.caller, f.path, f.recursive) as count:
+            req.send(Deleted(req.rid, f.path, count))
 
-    async def not_yet(self, req: Request) -> None:
-        # TODO(i12-treeops): MKDIR and SYMLINK go to the service's mkdir and symlink, which
-        # that branch adds.
-        raise NotSupported(f"{req.opening.TYPE.name} is not supported yet")
+    async def mkdir(self, req: Request) -> None:
+        f = req.opening
+        assert isinstance(f, Mkdir)
+        async with self.service.mkdir(self.caller, f.path, f.mode, f.mtime_ns, f.parents) as entry:
+            req.send(Made(req.rid, entry))
+
+    async def symlink(self, req: Request) -> None:
+        f = req.opening
+        assert isinstance(f, Symlink)
+        async with self.service.symlink(self.caller, f.path, f.target) as entry:
+            req.send(Made(req.rid, entry))
+
+
+class _Deferred:
+    """A grouped upload as ChunkWriter's sink: chunks kept for the commit, not yet durable."""
+
+    def __init__(self, up: UploadHandle | AttachedUpload) -> None:
+        self._up = up
+
+    def write_chunks(self, batch: list[ChunkData]) -> None:
+        self._up.write_chunks(batch, durable=False)
+
+
+def fit_entries(entries: Sequence[Entry]) -> list[list[Entry]]:
+    """`entries` cut into runs whose ENTRIES header stays within ENTRIES_BUDGET (at least one
+    run, maybe empty, so that a last page can always say `done`)."""
+    runs: list[list[Entry]] = [[]]
+    used = 0
+    for entry in entries:
+        size = ENTRY_OVERHEAD + len(entry.name.encode()) + len((entry.target or "").encode())
+        if runs[-1] and used + size > ENTRIES_BUDGET:
+            runs.append([])
+            used = 0
+        runs[-1].append(entry)
+        used += size
+    return runs
 
 
 def held_status(rid: int, tid: bytes, held: Mapping[int, bytes]) -> Status:

@@ -28,6 +28,8 @@ MARK = "FLUX_TEST_SPAWNED_BY"
 _Key = tuple[int, float]
 _marked: dict[_Key, bool] = {}
 KILL_TIMEOUT = 10.0
+#: Seconds after which a process's environment is surely its final one.
+SETTLED = 5.0
 
 __all__ = ["MARK", "guard_session", "guard_test", "owned", "reap"]
 
@@ -37,15 +39,19 @@ def _key(proc: psutil.Process) -> _Key:
 
 
 def _carries(proc: psutil.Process, token: str) -> bool:
-    """Whether `proc` was started with `token` in MARK (its environment never changes, so each
-    process is read once)."""
+    """Whether `proc` was started with `token` in MARK. Its environment never changes once it
+    runs, so an answer is kept; but a process caught while it is still being exec'd can show an
+    empty one, so a "no" is kept only for a process old enough to be settled."""
     key = _key(proc)
-    if key not in _marked:
-        try:
-            _marked[key] = token in proc.environ().get(MARK, "").split()
-        except (psutil.AccessDenied, psutil.ZombieProcess):  # not ours to read: not ours
-            _marked[key] = False
-    return _marked[key]
+    if key in _marked:
+        return _marked[key]
+    try:
+        carries = token in proc.environ().get(MARK, "").split()
+    except (psutil.AccessDenied, psutil.ZombieProcess):  # not ours to read: not ours
+        carries = False
+    if carries or time.time() - key[1] > SETTLED:
+        _marked[key] = carries
+    return carries
 
 
 def owned(token: str) -> dict[_Key, psutil.Process]:

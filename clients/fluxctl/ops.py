@@ -9,10 +9,13 @@ from fluxproto import Delete, Deleted, Entries, Entry, Info, ListDir, Stat, form
 from .session import ClientSession
 
 
-async def list_entries(session: ClientSession, path: str, timeout: float) -> list[Entry]:
+async def list_entries(
+    session: ClientSession, path: str, timeout: float, recursive: bool = False
+) -> list[Entry]:
     """Every entry of a directory (or the one entry of a file), from the ENTRIES pages the
-    server streams until the last."""
-    req = await session.open(lambda rid: ListDir(rid, path))
+    server streams until the last; with `recursive`, everything under it, named by paths
+    relative to it."""
+    req = await session.open(lambda rid: ListDir(rid, path, recursive))
     entries: list[Entry] = []
     while True:
         page = await req.expect(Entries, timeout)

@@ -9,20 +9,37 @@ sent is a failed request, as before). Blocking storage calls run on the daemon's
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import builtins
+import dataclasses
+import itertools
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 
-from fluxproto import Conflict, Entry, FluxError, LimitExceeded, NotFound, Unavailable
+from fluxproto import (
+    Conflict,
+    Entry,
+    FluxError,
+    LimitExceeded,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from fluxproto.frames import MAX_LIST_ENTRIES
 
 from .. import log
 from ..context import Shared
 from ..storage.base import EntryPage
-from ..storage.paths import require_file_path
+from ..storage.paths import normalize, require_file_path
 from .caller import Caller, Presence
-from .record import recorded, refusal
+from .group import CommitGroup
+from .record import Record, recorded, refusal
 from .registry import TransferRegistry
 from .transfers import AttachedUpload, DownloadHandle, UploadHandle
 from .work import blocking, busy
+
+#: One page of a recursive listing: entries, and whether it is the last page.
+TreePage = tuple[list[Entry], bool]
 
 __all__ = ["FileService"]
 
@@ -40,6 +57,8 @@ class FileService:
         #: Open transfers by tid, for requests that attach (another connection's, say).
         self.uploads: TransferRegistry[UploadHandle] = TransferRegistry()
         self.downloads: TransferRegistry[DownloadHandle] = TransferRegistry()
+        #: Where grouped uploads are committed together (see `upload`).
+        self.group = CommitGroup(self.storage, self.pool)
 
     def refused(
         self, peer: str, transport: str, caller: Caller | None, exc: FluxError, duration: float
@@ -57,6 +76,8 @@ class FileService:
         size: int,
         chunk_size: int,
         mode: int,
+        mtime_ns: int | None = None,
+        grouped: bool = False,
         attach: bytes | None = None,
     ) -> AsyncIterator[UploadHandle | AttachedUpload]:
         """Open an upload of `size` bytes to `path`, resuming what is staged for it.
@@ -65,7 +86,9 @@ class FileService:
         upload slots and quota, then claims the path (one writer at a time; see fluxd.claims)
         and opens it, registered under a new `tid`. On leaving, once every request that
         attached to it is done, the upload is closed (what is staged stays for a resume) and
-        the claim and slot are given back.
+        the claim and slot are given back. The file gets `mtime_ns` (None: the time of
+        writing). `grouped` (a small file whose chunks come with its COMMIT): its chunks may
+        be written with durable=False and its commit joins a group (`CommitGroup`).
 
         With `attach`, the request joins the caller's open upload of that tid instead (same
         path and geometry) and gets an AttachedUpload: `held` covers what it holds from every
@@ -93,10 +116,10 @@ class FileService:
             slot = self.shared.admission.upload(caller.account, size)
             try:
                 await self._check_quota(caller, key, size)
-                up = UploadHandle(key, size, caller.presence, record, self.pool)
+                up = UploadHandle(key, size, caller.presence, record, self.pool, self.group)
                 holder = up.holder(caller.account, lambda gone: _supersede(gone, caller))
                 async with self.shared.claims.claim(key, holder, self.shared.config.shutdown_grace):
-                    await up.open(self.storage, chunk_size, mode)
+                    await up.open(self.storage, chunk_size, mode, mtime_ns, grouped)
                     try:
                         async with self.uploads.opened(caller.account, up) as up.tid:
                             yield up
@@ -219,16 +242,129 @@ class FileService:
                 entry = Entry("/", "dir", 0, 0, 0o755, None)
             yield entry
 
+    async def commit_many(
+        self, items: Sequence[tuple[UploadHandle, bytes]]
+    ) -> builtins.list[FluxError | None]:
+        """Commit several open uploads (each with its whole-file digest) at once: grouped ones
+        share one durability barrier. Each stays its own request: its error is returned here
+        for the caller to raise in that upload's `upload` block, so its access record says so.
+        """
+        done = await asyncio.gather(*(up.commit(d) for up, d in items), return_exceptions=True)
+        for result in done:
+            if result is not None and not isinstance(result, FluxError):
+                raise result  # cancelled, or a bug: not an outcome of one request
+        return [result if isinstance(result, FluxError) else None for result in done]
+
     @asynccontextmanager
-    async def delete(self, caller: Caller, path: str) -> AsyncIterator[None]:
-        """Delete the file at `path` (scope `delete`); the body confirms it to the client.
+    async def walk(
+        self, caller: Caller, path: str, page: int = MAX_LIST_ENTRIES
+    ) -> AsyncIterator[AsyncIterator[TreePage]]:
+        """Everything under the folder at `path`, recursively (scope `list`), as pages of up to
+        `page` entries read as the transport takes them (see `Storage.walk`); the last page
+        says so. Recorded as op `list` with `recursive` and the `count` of entries.
+
+        Raises (entering, or from the pages):
+            PermissionDenied, NotFound, StorageError, LimitExceeded (limits.tree_entries).
+        """
+        async with recorded(self.shared.access, caller, "list", path, recursive=True) as record:
+            key = caller.grant.check(path, "list")
+            entries = self.storage.walk(key, self.limits.tree_entries)
+            pages = self._pages(caller, key, entries, max(1, page), record)
+            try:
+                yield pages
+            finally:
+                await pages.aclose()
+                close = getattr(entries, "close", None)
+                if close is not None:  # a generator: let go of what it holds open
+                    await blocking(self.pool, close)
+
+    async def _pages(
+        self, caller: Caller, key: str, entries: Iterator[Entry], size: int, record: Record
+    ) -> AsyncGenerator[TreePage, None]:
+        record.fields["count"] = 0
+        ahead: list[Entry] = []  # read one entry ahead, so the last page says it is the last
+        while True:
+            try:
+                more = await busy(self.pool, caller.presence, _take, entries, size + 1 - len(ahead))
+            except NotFound:
+                if not _is_own_root(caller, key):
+                    raise
+                more = []  # a confined subject's root before its first upload: empty
+            batch, ahead = (ahead + more)[:size], (ahead + more)[size:]
+            record.fields["count"] += len(batch)
+            yield batch, not ahead
+            if not ahead:
+                return
+
+    @asynccontextmanager
+    async def mkdir(
+        self,
+        caller: Caller,
+        path: str,
+        mode: int | None = None,
+        mtime_ns: int | None = None,
+        parents: bool = True,
+    ) -> AsyncIterator[Entry]:
+        """Make the folder at `path`, or set its mode and mtime (scope `write`); see
+        `Storage.mkdir`.
 
         Raises:
-            PermissionDenied, NotFound, Conflict (a folder), StorageError.
+            PermissionDenied, Conflict (a file in the way), NotFound (no parent and not
+            `parents`), StorageError.
         """
-        async with recorded(self.shared.access, caller, "delete", path):
-            await blocking(self.pool, self.storage.delete, caller.grant.check(path, "delete"))
-            yield
+        async with recorded(self.shared.access, caller, "mkdir", path):
+            key = caller.grant.check(path, "write")
+            args = (key, mode, mtime_ns, parents)
+            entry = await blocking(self.pool, self.storage.mkdir, *args)
+            yield _as_named(entry, path)
+
+    @asynccontextmanager
+    async def symlink(self, caller: Caller, path: str, target: str) -> AsyncIterator[Entry]:
+        """Make or replace the symlink at `path` (scope `write`). A confined subject's target
+        may not lead out of its own root either; see `Storage.symlink`.
+
+        Raises:
+            PermissionDenied (the target or path), Conflict (a file or folder there),
+            StorageError.
+        """
+        async with recorded(self.shared.access, caller, "symlink", path):
+            key = caller.grant.check(path, "write")
+            args = (key, target, caller.grant.root)
+            yield await blocking(self.pool, self.storage.symlink, *args)
+
+    @asynccontextmanager
+    async def delete(
+        self, caller: Caller, path: str, recursive: bool = False
+    ) -> AsyncIterator[int]:
+        """Delete the file or link at `path`, or with `recursive` a folder and all it holds
+        (scope `delete` on it); the body confirms it with the count of entries removed.
+        Recorded with `recursive` and `count` when recursive.
+
+        Raises:
+            PermissionDenied (also: the root, or a confined subject's own root, recursively),
+            NotFound, Conflict (a folder without `recursive`), LimitExceeded, StorageError.
+        """
+        fields = {"recursive": True} if recursive else {}
+        async with recorded(self.shared.access, caller, "delete", path, **fields) as record:
+            key = caller.grant.check(path, "delete")
+            if recursive and (not key or _is_own_root(caller, key)):
+                raise PermissionDenied(f"refusing to delete {'/' if not key else 'your root /'}")
+            if recursive:
+                args = (key, True, self.limits.tree_entries)
+                count = await busy(self.pool, caller.presence, self.storage.delete, *args)
+                record.fields["count"] = count
+            else:
+                count = await blocking(self.pool, self.storage.delete, key)
+            yield count
+
+
+def _take(entries: Iterator[Entry], n: int) -> list[Entry]:
+    return list(itertools.islice(entries, n))
+
+
+def _as_named(entry: Entry, path: str) -> Entry:
+    """`entry` as the client names it: a confined subject's root is "/", not its folder."""
+    return entry if normalize(path) else dataclasses.replace(entry, name="/")
 
 
 def _is_own_root(caller: Caller, key: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fluxproto import FluxError
 
@@ -18,10 +19,12 @@ __all__ = ["Record", "recorded", "refusal", "result_of"]
 class Record:
     """A request's access-log line in the making."""
 
-    def __init__(self) -> None:
+    def __init__(self, **fields: Any) -> None:
         #: Payload bytes the request stored or had acknowledged so far: kept current, so an
         #: interrupted transfer logs what it did move.
         self.bytes = 0
+        #: Fields of this kind of request beyond the common ones (`recursive`, `count`).
+        self.fields: dict[str, Any] = dict(fields)
 
 
 def result_of(exc: FluxError) -> str:
@@ -31,12 +34,13 @@ def result_of(exc: FluxError) -> str:
 
 @asynccontextmanager
 async def recorded(
-    access: AccessLog, caller: Caller, op: str, path: str | None
+    access: AccessLog, caller: Caller, op: str, path: str | None, **fields: Any
 ) -> AsyncIterator[Record]:
     """Write one access record when the body ends: `ok`, the flux error it raised (or the reason
-    the connection was ended, if it was), or no result when it was cancelled."""
+    the connection was ended, if it was), or no result when it was cancelled. `fields` (and
+    what the body adds to `Record.fields`) are written too."""
     started = time.monotonic()
-    record = Record()
+    record = Record(**fields)
     result: str | None = None
     try:
         yield record
@@ -56,6 +60,7 @@ async def recorded(
             result=result,
             bytes=record.bytes,
             duration=round(time.monotonic() - started, 6),
+            **record.fields,
             **caller.details,
         )
 

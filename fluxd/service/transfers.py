@@ -17,6 +17,7 @@ from fluxproto.digest import digest_at
 from ..claims import Holder
 from ..storage.base import Download, Storage, Upload
 from .caller import Presence
+from .group import CommitGroup
 from .record import Record
 from .work import busy
 
@@ -38,10 +39,22 @@ class UploadHandle:
 
     It holds no connection: liveness for the claim comes from the presences of the requests
     that drive it (the one that opened it, and those that attached to it by `tid`). Writes
-    count into the access record of the request that made them as they become durable.
+    count into the access record of the request that made them as they become durable
+    (chunks written with durable=False: once the commit made them so).
+
+    An upload opened `grouped` (a small file whose chunks come with its COMMIT) is committed
+    with others through `group`: one durability barrier for many files.
     """
 
-    def __init__(self, key: str, size: int, presence: Presence, record: Record, pool: Executor):
+    def __init__(
+        self,
+        key: str,
+        size: int,
+        presence: Presence,
+        record: Record,
+        pool: Executor,
+        group: CommitGroup | None = None,
+    ):
         self.key, self.size = key, size
         #: The transfer id (STATUS `tid`), once the service registered the upload.
         self.tid = b""
@@ -56,6 +69,9 @@ class UploadHandle:
         self._upload: Upload | None = None
         self._commit_lock = asyncio.Lock()
         self._write_lock = threading.Lock()  # requests of several connections write at once
+        self._group, self._grouped = group, False
+        # Bytes written with durable=False, by record: counted once committed.
+        self._pending: list[tuple[Record, int]] = []
 
     @property
     def presence(self) -> Presence:
@@ -84,16 +100,24 @@ class UploadHandle:
             lambda: on_stale(self.presence),
         )
 
-    async def open(self, storage: Storage, chunk_size: int, mode: int) -> None:
+    async def open(
+        self,
+        storage: Storage,
+        chunk_size: int,
+        mode: int,
+        mtime_ns: int | None = None,
+        grouped: bool = False,
+    ) -> None:
         """Open (or resume) the upload in `storage`; the service does, once, holding the claim.
+        `mtime_ns` and `grouped`: see `Storage.open_upload`.
 
         Raises:
             Conflict, NoSpace, StorageError: storage could not open it.
         """
         self.chunk_size = chunk_size
-        self._upload = await busy(
-            self.pool, self.presence, storage.open_upload, self.key, self.size, chunk_size, mode
-        )
+        args = (self.key, self.size, chunk_size, mode, mtime_ns, grouped)
+        self._upload = await busy(self.pool, self.presence, storage.open_upload, *args)
+        self._grouped = grouped and self._group is not None
 
     def close(self) -> None:
         """Stop writing, keeping what is staged for a later resume."""
@@ -110,8 +134,12 @@ class UploadHandle:
         """Chunk index -> digest of every chunk storage can vouch for (see `Upload.held`)."""
         return self.opened.held
 
-    def write_chunks(self, batch: Sequence[ChunkData], record: Record | None = None) -> None:
-        """Store chunks whose digests the caller verified, durably. Blocks: run it in `pool`.
+    def write_chunks(
+        self, batch: Sequence[ChunkData], durable: bool = True, record: Record | None = None
+    ) -> None:
+        """Store chunks whose digests the caller verified, durably unless `durable` is False
+        (then only the commit makes them so: acknowledge them with COMMITTED, never before).
+        What they hold counts in `record` (None: the opener's). Blocks: run it in `pool`.
 
         Raises:
             Conflict: another request already committed the upload.
@@ -120,8 +148,13 @@ class UploadHandle:
         with self._write_lock:
             if self.committed:
                 raise Conflict(f"/{self.key} was committed meanwhile; chunks not written")
-            self.opened.write_chunks(batch)
-        (record or self._drivers[0][1]).bytes += sum(len(data) for _, _, data in batch)
+            self.opened.write_chunks(batch, durable)
+        nbytes = sum(len(data) for _, _, data in batch)
+        counted = record or self._drivers[0][1]
+        if durable:
+            counted.bytes += nbytes
+        else:
+            self._pending.append((counted, nbytes))
 
     async def commit(self, digest: bytes) -> None:
         """Check the whole-file digest and publish the file atomically (see `Upload.commit`).
@@ -142,9 +175,7 @@ class UploadHandle:
                 if digest != self._digest:
                     raise Conflict(f"/{self.key} was committed with another digest meanwhile")
                 return
-            work = asyncio.ensure_future(
-                busy(self.pool, self.presence, self._commit_locked, digest)
-            )
+            work = asyncio.ensure_future(self._commit_now(digest))
             try:
                 await asyncio.shield(work)
             except asyncio.CancelledError:
@@ -153,13 +184,27 @@ class UploadHandle:
                 raise
             self._committed(digest, True)
 
-    def _commit_locked(self, digest: bytes) -> None:
-        with self._write_lock:  # no batch of another request lands in the middle
-            self.opened.commit(digest)
+    async def _commit_now(self, digest: bytes) -> None:
+        # No batch of another request may land in the middle of the commit: the write lock is
+        # taken here when free (a commit then joins its group at once), else in the pool (a
+        # batch is being written), and given back here once the commit is done.
+        if not self._write_lock.acquire(blocking=False):
+            await busy(self.pool, self.presence, self._write_lock.acquire)
+        try:
+            if self._grouped:
+                assert self._group is not None
+                await self._group.commit(self.opened, digest, self.presence)
+            else:
+                await busy(self.pool, self.presence, self.opened.commit, digest)
+        finally:
+            self._write_lock.release()
 
     def _committed(self, digest: bytes, done: bool) -> None:
         if done:
             self.committed, self._digest = True, digest
+            for record, nbytes in self._pending:
+                record.bytes += nbytes
+            self._pending.clear()
 
 
 class AttachedUpload:
@@ -179,9 +224,9 @@ class AttachedUpload:
     def committed(self) -> bool:
         return self.upload.committed
 
-    def write_chunks(self, batch: Sequence[ChunkData]) -> None:
+    def write_chunks(self, batch: Sequence[ChunkData], durable: bool = True) -> None:
         """See `UploadHandle.write_chunks`."""
-        self.upload.write_chunks(batch, self._record)
+        self.upload.write_chunks(batch, durable, self._record)
 
     async def commit(self, digest: bytes) -> None:
         """See `UploadHandle.commit`."""

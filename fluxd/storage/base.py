@@ -11,17 +11,23 @@ another session writing the path), NoSpace, IntegrityError, StorageError.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from fluxio.staging import ChunkData
+from fluxproto.errors import FluxError
 from fluxproto.frames import Entry
 
 #: One page of a listing: entries sorted by name, and the cursor for the next page (or None).
 EntryPage = tuple[list[Entry], str | None]
 
+#: Entries a recursive listing or delete walks unless told otherwise (the daemon's default
+#: `[limits] tree_entries`).
+TREE_ENTRIES = 10_000_000
+
 __all__ = [
+    "TREE_ENTRIES",
     "Backend",
     "Collected",
     "Download",
@@ -45,12 +51,18 @@ class Upload(Protocol):
         which `commit` reads and checks before it keeps or copies them."""
         ...
 
-    def write_chunks(self, batch: Sequence[ChunkData]) -> None:
-        """Store chunks (index, digest, data) whose digests the caller verified, durably."""
+    def write_chunks(self, batch: Sequence[ChunkData], durable: bool = True) -> None:
+        """Store chunks (index, digest, data) whose digests the caller verified, durably.
+
+        With `durable=False` the chunks are only kept for this upload's commit, which makes
+        them durable (a group commit: `Storage.commit_many`); they must not be acknowledged
+        before it, and are gone if the daemon dies first (a resume does not offer them).
+        """
         ...
 
     def commit(self, digest: bytes) -> None:
-        """Check the whole-file digest and publish the file atomically at its path.
+        """Check the whole-file digest and publish the file atomically at its path, with the
+        mode and mtime the upload was opened with (the file never appears without them).
 
         Raises:
             IntegrityError: chunks are missing, the digest differs, or chunks `held` offered
@@ -104,8 +116,34 @@ class Storage(Protocol):
     """Files under one root, addressed by remote paths ("/a/b", "a/b"): the requests sessions
     make."""
 
-    def open_upload(self, path: str, size: int, chunk_size: int, mode: int) -> Upload:
-        """Start an upload to `path`, resuming a staged one with the same size and chunk size."""
+    def open_upload(
+        self,
+        path: str,
+        size: int,
+        chunk_size: int,
+        mode: int,
+        mtime_ns: int | None = None,
+        grouped: bool = False,
+    ) -> Upload:
+        """Start an upload to `path`, resuming a staged one with the same size and chunk size.
+
+        `mtime_ns` (None: the time of writing) is the published file's modification time; a
+        resend of a file the path already holds changes only the mode and mtime. `grouped`:
+        a small file whose chunks come with its commit, one of a group (`commit_many`): the
+        storage may hold it in memory and store nothing before that commit (LocalStorage
+        does, unless an upload of the path is staged already; it then offers no chunks of
+        the file at the path either, and writes the file whole).
+        """
+        ...
+
+    def commit_many(self, items: Sequence[tuple[Upload, bytes]]) -> list[FluxError | None]:
+        """Commit uploads this storage opened, each with its whole-file digest, together: as
+        many `Upload.commit` calls would, but with one durability barrier for all (small
+        files cost a sync each otherwise).
+
+        Returns one result per item, in order: None if it was committed, else the error its
+        own commit would have raised. A crash leaves each path absent, old, or new and whole.
+        """
         ...
 
     def open_download(self, path: str, chunk_size_hint: int) -> Download:
@@ -120,8 +158,58 @@ class Storage(Protocol):
         """Up to `limit` entries of a directory after `cursor`; a file lists as itself."""
         ...
 
-    def delete(self, path: str) -> None:
-        """Delete a file (not a directory)."""
+    def walk(self, path: str, limit: int) -> Iterator[Entry]:
+        """Every entry under the folder `path`, recursively: depth first, names sorted, each
+        named by its path relative to `path` ("a/b.txt"); a folder comes before what it holds.
+        Symlinks are entries of kind "link" with their `target`, never followed. Hidden as by
+        `list`: names no request could reach, the reserved area, and links `symlink` would
+        refuse to make (leading out of the root, absolute). A file lists as itself. Memory
+        does not grow with the tree.
+
+        Raises (from the iteration): NotFound, PermissionDenied, StorageError, and
+        LimitExceeded past `limit` entries or MAX_DEPTH levels.
+        """
+        ...
+
+    def mkdir(
+        self,
+        path: str,
+        mode: int | None = None,
+        mtime_ns: int | None = None,
+        parents: bool = True,
+    ) -> Entry:
+        """Make the folder `path` (mode: 0o755 when None; missing parents too, unless
+        `parents` is False), or give the existing folder `mode` and `mtime_ns` where given, so
+        a client can fix up folders' attributes after filling them (as rsync does). Durable
+        on return. The served root itself is left as it is.
+
+        Raises:
+            PermissionDenied: the path is refused. Conflict: a file is in the way.
+            NotFound: a parent is missing and `parents` is False.
+        """
+        ...
+
+    def symlink(self, path: str, target: str, within: str = "") -> Entry:
+        """Make a symlink at `path` holding `target` as text, or replace the link there,
+        atomically and durably. It is never followed out of the root: refused are targets
+        that are absolute, lead out of the root (or out of `within`, a confined subject's
+        root) by their `..`, or have `..` after a name (see `paths.check_link_target`).
+
+        Raises:
+            PermissionDenied: the target or the path is refused. Conflict: a file or folder
+            is at `path`, or a parent is a file.
+        """
+        ...
+
+    def delete(self, path: str, recursive: bool = False, limit: int = TREE_ENTRIES) -> int:
+        """Delete a file or symlink (the link itself); with `recursive` also a folder and
+        everything in it, bottom-up, links removed as links. Returns the entries removed.
+
+        Raises:
+            PermissionDenied: the root, or a refused path. NotFound. Conflict: a folder
+            without `recursive`, or the tree changed meanwhile. LimitExceeded: the tree holds
+            more than `limit` entries or is deeper than MAX_DEPTH (nothing removed).
+        """
         ...
 
     def usage(self, path: str) -> int:

@@ -5,9 +5,12 @@ Layout under the root (hidden from clients; `paths.normalize` refuses ".flux"):
 
     .flux/staging/<key of path>/{data,journal}   uploads in progress (local_staging.py)
     .flux/manifests/<key of path>                 chunk and file digests of a file (manifests.py)
+    .flux/tmp/                                    symlinks and small files (local_small.py)
+                                                  before they are renamed into place
 
-The tree itself (opens beneath the root) is local_tree.py; uploads are local_upload.py,
-downloads local_download.py, recovery, collection and scrub housekeeping.py.
+The tree itself (opens beneath the root) is local_tree.py; uploads are local_upload.py, group
+commits local_batch.py, downloads local_download.py, folders and symlinks local_nodes.py,
+recursive listing and deletion local_walk.py, recovery, collection and scrub housekeeping.py.
 """
 
 from __future__ import annotations
@@ -15,32 +18,39 @@ from __future__ import annotations
 import bisect
 import os
 import stat
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from fluxio.oserrors import storage_errors
 from fluxproto.errors import Conflict, FluxError, NotFound, PermissionDenied
 from fluxproto.frames import Entry
 
-from .base import Collected, EntryPage, Recovered, ScrubReport
+from .base import TREE_ENTRIES, Collected, EntryPage, Recovered, ScrubReport, Upload
 from .housekeeping import LocalMaintenance
+from .local_batch import GroupCommit
 from .local_download import LocalDownload, open_local_download
+from .local_entry import entry_of, visible
+from .local_nodes import Nodes
+from .local_small import SmallFile
 from .local_staging import StagingArea
 from .local_tree import DIR, LocalTree
 from .local_upload import LocalUpload, Publisher
+from .local_walk import TreeWalker
 from .manifests import Manifest, ManifestStore
 from .paths import RESERVED, normalize, require_file_path
 
 __all__ = ["LocalDownload", "LocalStorage", "Manifest"]
 
 
-def _name(rel: str) -> str:
-    return rel.rpartition("/")[2] or "/"
-
-
 class LocalStorage:
-    """Files under `root`. Creates ROOT/.flux/{staging,manifests} (mode 0700) if missing."""
+    """Files under `root`. Creates ROOT/.flux/{staging,manifests,tmp} (mode 0700) if missing.
 
-    def __init__(self, root: Path) -> None:
+    Args:
+        root: the served folder.
+        barrier: how `commit_many` makes a group durable (see `local_batch.GroupCommit`).
+    """
+
+    def __init__(self, root: Path, barrier: str = "fsync") -> None:
         with storage_errors("opening the storage root"):
             self.root = Path(os.path.realpath(root))
             if not self.root.is_dir():
@@ -49,13 +59,25 @@ class LocalStorage:
             self._staging = StagingArea(self.root / RESERVED / "staging")
             self._manifests = ManifestStore(self.root / RESERVED / "manifests")
             self._tree = LocalTree(self.root)
+            self._scratch = self.root / RESERVED / "tmp"
+            self._nodes = Nodes(self._tree, self._manifests, self._scratch)
         parts = (self._tree, self._manifests, self._staging)
         self._publisher = Publisher(*parts)
+        self._group = GroupCommit(*parts, barrier=barrier)
         self._maintenance = LocalMaintenance(*parts)
+        self._walker = TreeWalker(self._tree, self._manifests)
 
     # --- uploads -----------------------------------------------------------------------------
 
-    def open_upload(self, path: str, size: int, chunk_size: int, mode: int) -> LocalUpload:
+    def open_upload(
+        self,
+        path: str,
+        size: int,
+        chunk_size: int,
+        mode: int,
+        mtime_ns: int | None = None,
+        grouped: bool = False,
+    ) -> LocalUpload:
         """Start or resume an upload; see `base.Storage.open_upload`.
 
         Raises:
@@ -64,8 +86,14 @@ class LocalStorage:
         """
         rel = require_file_path(path)
         self._tree.check_dest(rel)
+        if grouped and not self._staging.exists(rel):
+            # A small file is cheaper to write again than to read back as a basis (the
+            # destination's chunks are not offered): it is stored whole at its commit.
+            small = SmallFile(self._scratch, rel, size, chunk_size)
+            return LocalUpload(self._publisher, rel, small, mode, None, mtime_ns)
         staged = self._staging.open(rel, size, chunk_size)
-        return LocalUpload(self._publisher, rel, staged, mode, self._base(rel, size, chunk_size))
+        base = self._base(rel, size, chunk_size)
+        return LocalUpload(self._publisher, rel, staged, mode, base, mtime_ns)
 
     def _base(self, rel: str, size: int, chunk_size: int) -> Manifest | None:
         """The manifest of the file now at `rel` if it has this size and chunk size: chunks
@@ -82,6 +110,15 @@ class LocalStorage:
             return None
         return manifest
 
+    def commit_many(self, items: Sequence[tuple[Upload, bytes]]) -> list[FluxError | None]:
+        """Commit uploads of this storage together; see `base.Storage.commit_many`."""
+        local = []
+        for upload, digest in items:
+            if not isinstance(upload, LocalUpload):
+                raise TypeError("commit_many takes uploads this storage opened")
+            local.append((upload, digest))
+        return self._group.commit(local)
+
     # --- downloads ---------------------------------------------------------------------------
 
     def open_download(self, path: str, chunk_size_hint: int) -> LocalDownload:
@@ -94,24 +131,12 @@ class LocalStorage:
 
     # --- metadata ----------------------------------------------------------------------------
 
-    def _entry(self, rel: str, st: os.stat_result) -> Entry:
-        if stat.S_ISDIR(st.st_mode):
-            kind, digest = "dir", None
-        elif stat.S_ISREG(st.st_mode):
-            manifest = self._manifests.load(rel, st)
-            # A damaged file does not hold the digest its manifest names.
-            kind, digest = "file", manifest.digest if manifest and not manifest.damaged else None
-        else:
-            raise Conflict(f"{rel} is not a regular file or directory")
-        mode, mtime = st.st_mode & 0o7777, max(0, st.st_mtime_ns)
-        return Entry(_name(rel), kind, st.st_size, mtime, mode, digest)
-
     def stat(self, path: str) -> Entry:
         """The entry at `path` ("/" for the root). Raises NotFound, PermissionDenied."""
         rel = normalize(path)
         with storage_errors(f"reading {rel or '/'}"):
             st = self._tree.stat(rel)
-        return self._entry(rel, st)
+        return entry_of(self._manifests, rel, st)
 
     def list(self, path: str, cursor: str | None, limit: int) -> EntryPage:
         """A page of a directory, sorted by name; see `base.Storage.list`.
@@ -125,9 +150,9 @@ class LocalStorage:
         with storage_errors(f"listing {rel or '/'}"), self._tree.opened(inner, os.O_PATH) as fd:
             st = os.fstat(fd)
             if not stat.S_ISDIR(st.st_mode):
-                return [self._entry(rel, st)], None
+                return [entry_of(self._manifests, rel, st)], None
         with storage_errors(f"listing {rel or '/'}"), self._tree.opened(inner, DIR) as fd:
-            names = sorted(n for n in os.listdir(fd) if self._listable(rel, n, inner))
+            names = sorted(n for n in os.listdir(fd) if visible(rel, n, inner))
             i = bisect.bisect_right(names, cursor) if cursor is not None else 0
             entries: list[Entry] = []
             while i < len(names) and len(entries) < max(1, limit):
@@ -137,31 +162,47 @@ class LocalStorage:
                 i += 1
         return entries, names[i - 1] if i < len(names) else None
 
-    def _listable(self, rel: str, name: str, inner: str) -> bool:
-        if inner == "" and name.casefold() == RESERVED:
-            return False  # also when `rel` is a symlink to the root
-        child = f"{rel}/{name}" if rel else name
-        try:
-            return normalize(child) == child
-        except PermissionDenied:
-            return False
-
     def _child(self, rel: str, dir_fd: int, name: str) -> Entry | None:
         child = f"{rel}/{name}" if rel else name
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 st = self._tree.stat(child)
-            return self._entry(child, st)
+            return entry_of(self._manifests, child, st)
         except (OSError, PermissionDenied, Conflict):
             return None  # vanished, dangling, leading out of the root, or a fifo/socket/device
 
-    def delete(self, path: str) -> None:
-        """Delete a file and its manifest. A symlink is removed itself, not its target.
+    def walk(self, path: str, limit: int) -> Iterator[Entry]:
+        """Everything under a folder, depth first; see `base.Storage.walk`."""
+        return self._walker.walk(normalize(path), limit)
+
+    # --- changes -----------------------------------------------------------------------------
+
+    def mkdir(
+        self,
+        path: str,
+        mode: int | None = None,
+        mtime_ns: int | None = None,
+        parents: bool = True,
+    ) -> Entry:
+        """Make a folder, or set the mode and mtime of the one there; see `base.Storage.mkdir`."""
+        return self._nodes.mkdir(normalize(path), mode, mtime_ns, parents)
+
+    def symlink(self, path: str, target: str, within: str = "") -> Entry:
+        """Make or replace a symlink; see `base.Storage.symlink`."""
+        return self._nodes.symlink(require_file_path(path), target, normalize(within))
+
+    def delete(self, path: str, recursive: bool = False, limit: int = TREE_ENTRIES) -> int:
+        """Delete a file or symlink (the link, not its target), or with `recursive` a folder
+        and everything in it; see `base.Storage.delete`. Returns the entries removed.
 
         Raises:
-            PermissionDenied: the root or a refused path. NotFound. Conflict: a directory.
+            PermissionDenied: the root or a refused path. NotFound. Conflict: a folder without
+            `recursive`. LimitExceeded: a tree over `limit` entries or MAX_DEPTH (nothing is
+            removed then).
         """
+        if recursive:
+            return self._walker.remove(normalize(path), limit)
         rel = require_file_path(path)
         parent, _, name = rel.rpartition("/")
         inner = self._tree.inner(parent)
@@ -173,6 +214,7 @@ class LocalStorage:
             os.unlink(name, dir_fd=fd)
             self._manifests.forget(rel)
             os.fsync(fd)
+        return 1
 
     def usage(self, path: str) -> int:
         """Bytes of the regular files under `path`, symlinks not followed (like `du -b`)."""
@@ -184,7 +226,9 @@ class LocalStorage:
     # --- maintenance (base.Maintenance) -----------------------------------------------------
 
     def recover(self) -> Recovered:
-        """See `base.Maintenance.recover` and `housekeeping.LocalMaintenance.recover`."""
+        """See `base.Maintenance.recover` and `housekeeping.LocalMaintenance.recover`; also
+        removes symlinks a crash left before they were renamed into place."""
+        self._nodes.clean()
         return self._maintenance.recover()
 
     def collect(self, grace: float, now: float) -> Collected:

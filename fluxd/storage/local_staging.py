@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fluxio.oserrors import storage_errors
-from fluxio.staging import StagedFile, fsync_dir
+from fluxio.staging import StagedFile
 from fluxproto.errors import NotFound
 
 from .paths import reserved_key
@@ -42,8 +42,15 @@ class StagingArea:
         with storage_errors(f"preparing the upload of {rel}"):
             if not folder.is_dir():
                 folder.mkdir(mode=0o700, exist_ok=True)
-                fsync_dir(self.folder)
-        return StagedFile.open(folder / "data", folder / "journal", size, chunk_size, label=rel)
+        # The folder's entry is synced with the upload's first durable record, not now: an
+        # upload committed in a group never makes one (see fluxio.staging).
+        return StagedFile.open(
+            folder / "data", folder / "journal", size, chunk_size, label=rel, dirs=(self.folder,)
+        )
+
+    def exists(self, rel: str) -> bool:
+        """Whether an upload of `rel` is staged (it may be resumed)."""
+        return (self.folder / reserved_key(rel)).is_dir()
 
     def remove(self, rel: str) -> None:
         """Remove the (emptied) folder of `rel`'s upload once it is published or discarded."""

@@ -9,14 +9,17 @@ that still does, marks the manifest damaged (the file stops counting as held) an
 IntegrityError; the client's next STATUS then lacks exactly the damaged chunks.
 
 What an upload touches besides its staged file (the tree it publishes into, the manifests, the
-staging area) it reaches through one `Publisher`, which LocalStorage makes and shares.
+staging area) it reaches through one `Publisher`, which LocalStorage makes and shares. A group
+commit (local_batch.py) takes the checked upload as a `Publication` and publishes many at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from fluxio.buffers import POOL
 from fluxio.crashpoints import crash_point
@@ -26,13 +29,25 @@ from fluxproto.digest import chunk_digest, digest_at
 from fluxproto.errors import Conflict, FluxError, IntegrityError, NotFound
 
 from .local_download import LocalDownload, open_local_download
+from .local_small import SmallFile
 from .local_staging import StagingArea
 from .local_tree import LocalTree
 from .manifests import Manifest, ManifestStore
 
 _COPY_BATCH = 8  # chunks copied from the destination per durable write
 
-__all__ = ["LocalUpload", "Publisher"]
+__all__ = ["LocalUpload", "Publication", "Publisher"]
+
+
+@dataclass(frozen=True)
+class Publication:
+    """A checked upload, ready to be put at its path: what a group commit needs of it."""
+
+    rel: str
+    staged: StagedFile | SmallFile
+    digest: bytes
+    mode: int
+    mtime_ns: int | None
 
 
 class _HeldWithBase(Mapping[int, bytes]):
@@ -56,19 +71,22 @@ class _HeldWithBase(Mapping[int, bytes]):
 
 
 class LocalUpload:
-    """An upload into LocalStorage: a StagedFile plus where and how to publish it, and the
-    file now at the destination (`base`) when its chunks can stand in for missing ones."""
+    """An upload into LocalStorage: a StagedFile (or, for a small file opened for a group
+    commit, a SmallFile in memory until a durable write stages it) plus where and how to
+    publish it, and the file now at the destination (`base`) when its chunks can stand in for
+    missing ones."""
 
     def __init__(
         self,
         publisher: Publisher,
         rel: str,
-        staged: StagedFile,
+        staged: StagedFile | SmallFile,
         mode: int,
         base: Manifest | None = None,
+        mtime_ns: int | None = None,
     ) -> None:
         self._publisher, self._rel, self._staged, self._mode = publisher, rel, staged, mode
-        self._base = base
+        self._base, self._mtime_ns = base, mtime_ns
 
     @property
     def held(self) -> Mapping[int, bytes]:
@@ -78,25 +96,40 @@ class LocalUpload:
             return self._staged.held
         return _HeldWithBase(self._staged.held, self._base.digests, self._staged.count)
 
-    def write_chunks(self, batch: Sequence[ChunkData]) -> None:
-        """See `StagedFile.write_chunks`."""
-        self._staged.write_chunks(batch)
+    def write_chunks(self, batch: Sequence[ChunkData], durable: bool = True) -> None:
+        """See `base.Upload.write_chunks` and `StagedFile.write_chunks`. A durable write to an
+        upload held in memory stages it first (with what it held)."""
+        if durable and isinstance(self._staged, SmallFile):
+            self._staged = self._publisher.stage(self._rel, self._staged)
+        self._staged.write_chunks(batch, durable=durable)
 
     def commit(self, digest: bytes) -> None:
         """Check the file digest, then publish the file and its manifest atomically.
+
+        Raises: as `prepare`, and StorageError, NoSpace, Conflict, PermissionDenied from
+        publishing (`Publisher.publish`).
+        """
+        ready = self.prepare(digest)
+        if ready is not None:
+            crash_point("commit-checked")
+            self._publisher.publish(ready)
+            crash_point("published")
+
+    def prepare(self, digest: bytes) -> Publication | None:
+        """The checks of `commit`: the publication to make, or None when the destination
+        already is this file (a resend, a lost reply) and was kept, its mode and mtime set.
 
         Raises:
             IntegrityError: chunks missing, or the digest differs; then every held chunk is
                 read back and the corrupt ones dropped, the rest stay staged. Or a chunk taken
                 from the destination no longer matches; then the ones that do are staged and
                 the destination no longer counts as held.
-            Conflict: the path became a directory, or a parent is a file.
         """
         staged = self._staged
         if self._base is not None and not staged.complete:
             if not staged.held and digest == self._base.digest and self._dest_holds(digest):
                 self._keep_dest()  # the destination already is this file (a resend, a lost reply)
-                return
+                return None
             self._fill_from_base()
         if not staged.complete:
             raise IntegrityError(f"missing {staged.count - len(staged.held)} chunks of {self._rel}")
@@ -109,9 +142,7 @@ class LocalUpload:
             raise IntegrityError(
                 f"file digest mismatch for {self._rel}; {len(bad)} stored chunks were corrupt"
             )
-        crash_point("commit-checked")
-        self._publisher.publish(self._rel, staged, digest, self._mode)
-        crash_point("published")
+        return Publication(self._rel, staged, digest, self._mode, self._mtime_ns)
 
     def _dest_holds(self, digest: bytes) -> bool:
         """True if the file at the destination is still the base and its bytes, read now, are
@@ -137,8 +168,10 @@ class LocalUpload:
         return not bad and whole == digest
 
     def _keep_dest(self) -> None:
-        """Commit as a no-op: set the mode the upload asked for, drop the staging."""
-        self._publisher.set_mode(self._rel, self._mode)
+        """Commit without writing: set the mode and mtime the upload asked for (the manifest
+        follows the mtime), drop the staging."""
+        assert self._base is not None
+        self._publisher.set_attributes(self._base, self._mode, self._mtime_ns)
         self.abort()
 
     def _fill_from_base(self) -> None:
@@ -189,7 +222,7 @@ class LocalUpload:
                         bad.append(index)
                         continue
                     batch.append((index, digest_at(digests, index), data))
-                self._staged.write_chunks(batch)
+                self.write_chunks(batch)
             finally:
                 for _, _, buf in batch:
                     if isinstance(buf, memoryview):
@@ -219,24 +252,45 @@ class Publisher:
     def __init__(self, tree: LocalTree, manifests: ManifestStore, staging: StagingArea) -> None:
         self._tree, self._manifests, self._staging = tree, manifests, staging
 
-    def publish(self, rel: str, staged: StagedFile, digest: bytes, mode: int) -> None:
-        """Write the manifest of the complete, checked `staged`, then rename it to `rel`.
+    def stage(self, rel: str, small: SmallFile) -> StagedFile:
+        """Stage an upload that was held in memory, with the chunks it held (not yet durable).
+
+        Raises:
+            Conflict: another session stages the path. NoSpace, StorageError.
+        """
+        staged = self._staging.open(rel, small.size, small.chunk_size)
+        try:
+            staged.write_chunks(small.chunks(), durable=False)
+        except BaseException:
+            staged.close()
+            raise
+        small.close()
+        return staged
+
+    def publish(self, ready: Publication) -> None:
+        """Write the manifest of the complete, checked upload, then rename it to its path.
 
         Raises:
             Conflict: the path became a directory, or a parent is a file. PermissionDenied:
             it now leads out of the root. StorageError, NoSpace.
         """
+        rel, staged = ready.rel, ready.staged
         # Resolved again: the tree may have changed since open_upload.
         self._tree.check_dest(rel)
         inner = self._tree.inner(rel)
         parent = self._tree.parent_dir(rel, inner)
         try:
-            st = staged.fstat()  # the inode and mtime survive the rename
-            digests = b"".join(staged.held[i] for i in range(staged.count))
-            size, cs, mtime = staged.size, staged.chunk_size, st.st_mtime_ns
-            self._manifests.write(Manifest(rel, size, cs, digest, digests, mtime, st.st_ino))
+            staged.seal(ready.mode, ready.mtime_ns)  # the manifest records the final mtime
+            self._manifests.write(manifest_of(ready))
             crash_point("manifest-written")
-            staged.publish(inner.rpartition("/")[2], mode, dir_fd=parent)
+            staged.sync()
+            staged.move_to(inner.rpartition("/")[2], parent)
+            crash_point("renamed")
+            try:
+                with storage_errors(f"publishing {rel}"):
+                    os.fsync(parent)
+            finally:
+                staged.finish()
         finally:
             os.close(parent)
         self._staging.remove(rel)
@@ -245,15 +299,27 @@ class Publisher:
         """The file now at `rel`, opened for reading; see `open_local_download`."""
         return open_local_download(self._tree, self._manifests, rel, chunk_size_hint)
 
-    def set_mode(self, rel: str, mode: int) -> None:
-        """Give the file at `rel` the permission bits of `mode` (only if they differ)."""
-        with storage_errors(f"setting the mode of {rel}"):
+    def set_attributes(self, base: Manifest, mode: int, mtime_ns: int | None) -> None:
+        """Give the file `base` describes the permission bits of `mode` and the mtime
+        `mtime_ns` (if given), only where they differ; a new mtime is synced, then written
+        into the manifest, which would otherwise no longer match the file. A crash between
+        the two leaves a manifest that does not match: the file is indexed again, no harm."""
+        rel = base.path
+        with storage_errors(f"setting the mode and mtime of {rel}"):
             fd = self._tree.open_fd(self._tree.inner(rel), os.O_RDONLY)
             try:
-                if stat.S_IMODE(os.fstat(fd).st_mode) != mode & 0o777:
+                st = os.fstat(fd)
+                if stat.S_IMODE(st.st_mode) != mode & 0o777:
                     os.fchmod(fd, mode & 0o777)
+                if mtime_ns is None or st.st_mtime_ns == mtime_ns:
+                    return
+                os.utime(fd, ns=(st.st_atime_ns, mtime_ns))
+                os.fsync(fd)
+                after = os.fstat(fd)
             finally:
                 os.close(fd)
+        if (after.st_ino, after.st_size) == (base.ino, base.size):
+            self._manifests.write(dataclasses.replace(base, mtime_ns=after.st_mtime_ns))
 
     def mark_damaged(self, manifest: Manifest, bad: list[int]) -> None:
         """See `ManifestStore.mark_damaged`."""
@@ -262,3 +328,13 @@ class Publisher:
     def unstage(self, rel: str) -> None:
         """Remove the staging folder of `rel` once its staged file is gone."""
         self._staging.remove(rel)
+
+
+def manifest_of(ready: Publication) -> Manifest:
+    """The manifest of a sealed publication: its digests, and the inode and mtime of its data
+    file, which survive the rename."""
+    staged = ready.staged
+    st = staged.fstat()
+    digests = b"".join(staged.held[i] for i in range(staged.count))
+    size, cs = staged.size, staged.chunk_size
+    return Manifest(ready.rel, size, cs, ready.digest, digests, st.st_mtime_ns, st.st_ino)

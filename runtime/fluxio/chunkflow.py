@@ -198,7 +198,8 @@ class ChunkWriter:
     send one) and `on_durable(nbytes)` called. A write failure is injected into the request, so
     its next receive raises it. With `until_commit` (an upload's receiver), no ACK goes once the
     request's COMMIT took effect: COMMITTED acknowledges every chunk, and small files committed
-    in one flight then cost no ACK at all.
+    in one flight then cost no ACK at all. With `ack` False it sends none (the sink keeps the
+    chunks for the commit, which alone makes them durable).
     """
 
     def __init__(
@@ -209,8 +210,9 @@ class ChunkWriter:
         executor: Executor | None = None,
         release: Callable[[memoryview], None] = POOL.put,
         until_commit: bool = False,
+        ack: bool = True,
     ) -> None:
-        self._until_commit = until_commit
+        self._until_commit, self._acks = until_commit, ack
         self._req, self._sink, self._on_durable, self._executor = req, sink, on_durable, executor
         self._release = release
         self._pending: list[ChunkData] = []
@@ -255,7 +257,8 @@ class ChunkWriter:
                     if isinstance(data, memoryview):
                         self._release(data)
             self.written += nbytes
-            self._ack(indices)
+            if self._acks:
+                self._ack(indices)
             self._on_durable(nbytes)
 
     def _ack(self, indices: Sequence[int]) -> None:

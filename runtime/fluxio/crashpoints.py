@@ -13,7 +13,12 @@ to the process itself: nothing is flushed, no handler runs. Unset, as always out
     renamed           data at its final path, directory not yet synced, journal still there
     published         staging removed, COMMITTED not yet sent
 
-Downloads meet the same staging points on the client, then `renamed`.
+Downloads meet the same staging points on the client, then `renamed`. A group commit of many
+small uploads (fluxd's storage, `commit_many`) meets its own, once per batch except the last:
+
+    batch-written     every file of the batch written and sealed, manifests staged, none synced
+    batch-synced      the one barrier done (data durable), nothing renamed yet
+    batch-renamed     one more file of the batch at its final path, folders not yet synced
 
 `FLUX_FAULT_AT=NAME:N:ERRNO` (e.g. `chunk-write:3:ENOSPC`) makes the N-th arrival at fault point
 NAME raise that OSError, as the disk would, once: the storage translates it like a real one.
@@ -42,15 +47,17 @@ POINTS = (
     "published",
 )
 
+BATCH_POINTS = ("batch-written", "batch-synced", "batch-renamed")
+
 FAULT_POINTS = ("chunk-write", "record-write")
 
-__all__ = ["FAULT_POINTS", "POINTS", "crash_point", "fault_point"]
+__all__ = ["BATCH_POINTS", "FAULT_POINTS", "POINTS", "crash_point", "fault_point"]
 
 
 def _target() -> tuple[str, int] | None:
     text = os.environ.get("FLUX_CRASH_AT", "")
     name, _, count = text.partition(":")
-    if name not in POINTS or not count.isdigit() or int(count) < 1:
+    if name not in POINTS + BATCH_POINTS or not count.isdigit() or int(count) < 1:
         return None
     return name, int(count)
 
@@ -71,7 +78,8 @@ def _stall() -> tuple[str, int, float] | None:
         wait = float(seconds)
     except ValueError:
         return None
-    if name not in POINTS or not count.isdigit() or int(count) < 1 or not 0 < wait < 3600:
+    known = name in POINTS + BATCH_POINTS
+    if not known or not count.isdigit() or int(count) < 1 or not 0 < wait < 3600:
         return None
     return name, int(count), wait
 

@@ -34,10 +34,11 @@ _PERCENT_U = re.compile(r"%[uU]([0-9a-fA-F]{4})")
 #: rather than followed further.
 _MAX_READINGS = 32
 
-__all__ = ["MAX_COMPONENT", "MAX_DEPTH", "RESERVED", "normalize"]
+__all__ = ["MAX_COMPONENT", "MAX_DEPTH", "RESERVED", "normalize", "show"]
 
 
-def _show(path: str) -> str:
+def show(path: str) -> str:
+    """A path as error messages quote it: on one line, at most 80 characters."""
     # repr escapes control characters, so the message stays on one line; long paths are cut.
     shown = repr(path)
     return shown if len(shown) <= 80 else shown[:77] + "..."
@@ -47,7 +48,7 @@ def _utf8_len(text: str, path: str) -> int:
     try:
         return len(text.encode("utf-8"))
     except UnicodeEncodeError:
-        raise PermissionDenied(f"path {_show(path)} is not valid UTF-8") from None
+        raise PermissionDenied(f"path {show(path)} is not valid UTF-8") from None
 
 
 def normalize(path: str) -> str:
@@ -64,29 +65,29 @@ def normalize(path: str) -> str:
             of times in any order (".%ef%bc%8e", "%252e%252e", "a%0ab", "%2eflux", ...).
     """
     if _utf8_len(path, path) > MAX_PATH:
-        raise PermissionDenied(f"path {_show(path)} is longer than {MAX_PATH} bytes")
+        raise PermissionDenied(f"path {show(path)} is longer than {MAX_PATH} bytes")
     fault = _fault(path)
     if fault is not None:
-        raise PermissionDenied(f"path {_show(path)} contains {fault}")
+        raise PermissionDenied(f"path {show(path)} contains {fault}")
     parts: list[str] = []
     for part in unicodedata.normalize("NFC", path).split("/"):
         if part in ("", "."):
             continue
         if part == "..":
-            raise PermissionDenied(f"path {_show(path)} has a '..' component")
+            raise PermissionDenied(f"path {show(path)} has a '..' component")
         if _utf8_len(part, path) > MAX_COMPONENT:
-            raise PermissionDenied(f"path {_show(path)} has a name longer than 255 bytes")
+            raise PermissionDenied(f"path {show(path)} has a name longer than 255 bytes")
         if "%" in part or not part.isascii():
             _check_readings(part, path, first=not parts)
         parts.append(part)
     if len(parts) > MAX_DEPTH:
-        raise PermissionDenied(f"path {_show(path)} has more than {MAX_DEPTH} components")
+        raise PermissionDenied(f"path {show(path)} has more than {MAX_DEPTH} components")
     # casefold: the root may sit on a case-insensitive filesystem where .FLUX is .flux.
     if parts and parts[0].casefold() == RESERVED:
-        raise PermissionDenied(f"path {_show(path)} is in the reserved area {RESERVED}")
+        raise PermissionDenied(f"path {show(path)} is in the reserved area {RESERVED}")
     rel = "/".join(parts)
     if _utf8_len(rel, path) > MAX_PATH:  # NFC can lengthen a string
-        raise PermissionDenied(f"path {_show(path)} is longer than {MAX_PATH} bytes")
+        raise PermissionDenied(f"path {show(path)} is longer than {MAX_PATH} bytes")
     return rel
 
 
@@ -120,7 +121,7 @@ def _check_readings(part: str, path: str, first: bool) -> None:
         else:
             fault = _fault(reading)
         if fault is not None:
-            raise PermissionDenied(f"path {_show(path)} has a name that reads as {fault}")
+            raise PermissionDenied(f"path {show(path)} has a name that reads as {fault}")
 
 
 def _readings(part: str, path: str) -> list[str]:
@@ -141,7 +142,7 @@ def _readings(part: str, path: str) -> list[str]:
             if new not in forms:
                 forms.append(new)
         if len(forms) > _MAX_READINGS:
-            raise PermissionDenied(f"path {_show(path)} has a name encoded too many times")
+            raise PermissionDenied(f"path {show(path)} has a name encoded too many times")
     return forms
 
 
@@ -150,7 +151,7 @@ def _percent_decode(text: str, path: str) -> str:
         return urllib.parse.unquote(text, errors="strict")
     except UnicodeDecodeError:  # e.g. %c0%ae, the overlong "." of old exploits
         why = "hides invalid UTF-8 in percent-encoding"
-        raise PermissionDenied(f"path {_show(path)} {why}") from None
+        raise PermissionDenied(f"path {show(path)} {why}") from None
 
 
 def _percent_u_decode(text: str) -> str:

@@ -13,6 +13,11 @@ Each crc32 covers the bytes before it in the same header or record. Record kind 
 is written); kind 2 stores a 16-byte version tag (index 0). The last record for an index wins.
 On open, records are read until the first short or bad one (a torn tail), which is cut off;
 every chunk the journal names is then read back and kept only if its digest still matches.
+
+Opening syncs nothing: the journal header and the folders holding the two files are made durable
+together with the first record (the first `write_chunks` or `set_version`), because nothing
+before a record is relied on after a crash. A small file whose chunks are written with
+`durable=False` and committed in a group never pays for a sync of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import errno
 import fcntl
 import os
 import struct
+import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -137,6 +143,9 @@ class StagedFile:
     def __init__(self, paths: tuple[Path, Path], size: int, chunk_size: int, label: str) -> None:
         """Use `StagedFile.open`; this only sets fields."""
         self.data_path, self.journal_path = paths
+        #: Folders whose entries must be durable before the first record is (see module doc).
+        self._dirs: set[Path] = {self.journal_path.parent, self.data_path.parent}
+        self._dirs_synced = False
         self.size, self.chunk_size, self.label = size, chunk_size, label
         self.count = chunk_count(size, chunk_size)
         self.held: dict[int, bytes] = {}
@@ -152,12 +161,21 @@ class StagedFile:
 
     @classmethod
     def open(
-        cls, data_path: Path, journal_path: Path, size: int, chunk_size: int, *, label: str = ""
+        cls,
+        data_path: Path,
+        journal_path: Path,
+        size: int,
+        chunk_size: int,
+        *,
+        label: str = "",
+        dirs: tuple[Path, ...] = (),
     ) -> StagedFile:
         """Create a staged file, or resume the one at these paths if its geometry matches.
 
         A journal with another size or chunk size, or an unreadable one, is discarded together
         with its data. `label` names the file in error messages (default: the data file name).
+        `dirs`: more folders to sync with the first record, besides the two files' own (a
+        folder created for them, whose entry lives in its parent).
 
         Raises:
             Conflict: another session (in this or another process) has the file open.
@@ -169,6 +187,7 @@ class StagedFile:
             raise StorageError(f"bad geometry for {label}: size {size}, chunk size {chunk_size}")
         with storage_errors(f"opening the staged file for {label}"):
             self = cls((data_path, journal_path), size, chunk_size, label)
+            self._dirs.update(dirs)
             self._jfd = _lock(journal_path, label)
             try:
                 self._start()
@@ -248,10 +267,8 @@ class StagedFile:
             os.ftruncate(self._dfd, 0)  # give back what a failed preallocation took
             raise
         os.ftruncate(self._jfd, 0)
+        # Not synced here: the first record's fdatasync carries the header (module doc).
         _pwrite_all(self._jfd, _header(self.size, self.chunk_size), 0)
-        os.fsync(self._jfd)
-        for directory in {self.journal_path.parent, self.data_path.parent}:
-            fsync_dir(directory)
 
     def _fit_data(self) -> None:
         have = os.fstat(self._dfd).st_size
@@ -356,10 +373,15 @@ class StagedFile:
 
     # --- writing -----------------------------------------------------------------------------
 
-    def write_chunks(self, batch: Sequence[ChunkData]) -> None:
+    def write_chunks(self, batch: Sequence[ChunkData], *, durable: bool = True) -> None:
         """Write chunks whose digests the caller has verified, durably, then journal them.
 
         One fdatasync of the data covers the whole batch; then one journal append and fdatasync.
+        With `durable=False` the chunks are only written (no sync, no journal record): they
+        count in `held` for this object, so it can be published, but a crash loses them and a
+        resume does not offer them. For a small file committed in a group, whose one sync
+        covers many files (the caller then syncs with `sync` or a filesystem-wide barrier
+        before `move_to`).
 
         Raises:
             StorageError: an index out of range, a wrong length or digest size (a caller bug),
@@ -375,6 +397,10 @@ class StagedFile:
             with storage_errors(f"writing chunk {index} of {self.label}"):
                 fault_point("chunk-write")
                 self._write_chunk(dfd, index, data)
+        if not durable:
+            for index, digest, data in sorted(batch, key=lambda c: c[0]):
+                self._note_written(index, digest, data)
+            return
         crash_point("chunk-written")
         with storage_errors(f"syncing {self.label}"):
             os.fdatasync(dfd)
@@ -433,6 +459,10 @@ class StagedFile:
             _pwrite_all(jfd, records, self._jend)
             crash_point("record-written")
             os.fdatasync(jfd)
+            if not self._dirs_synced:  # the folders' entries of a file opened without a sync
+                for directory in sorted(self._dirs):
+                    fsync_dir(directory)
+                self._dirs_synced = True
         self._jend += len(records)
 
     def set_version(self, tag: bytes) -> None:
@@ -473,25 +503,25 @@ class StagedFile:
 
     # --- ending ------------------------------------------------------------------------------
 
-    def publish(self, dest: Path | str, mode: int, dir_fd: int | None = None) -> None:
-        """Atomically move the complete file to `dest` with permissions `mode & 0o777`.
-
-        With `dir_fd`, `dest` is a name in that (open) directory. The data is fsynced before
-        the rename and dest's directory after it, so a crash leaves either the old `dest` or
-        the complete new one. The journal is then removed and this object closed.
+    def publish(
+        self,
+        dest: Path | str,
+        mode: int,
+        dir_fd: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> None:
+        """Atomically move the complete file to `dest` (a name in `dir_fd` if given) with
+        permissions `mode & 0o777` and, if given, modification time `mtime_ns`. The data is
+        fsynced before the rename and dest's directory after it, so a crash leaves either the
+        old `dest` or the complete new one. The journal is then removed and this object closed.
 
         Raises:
             StorageError: not complete, or the filesystem failed (Conflict if dest is a
                 directory); the staged file stays open and usable until the rename succeeds.
         """
-        dfd, _ = self._fds()
-        if not self.complete:
-            missing = self.count - len(self.held)
-            raise StorageError(f"{self.label} is not complete: {missing} chunks missing")
-        with storage_errors(f"publishing {self.label}"):
-            os.fchmod(dfd, mode & 0o777)
-            os.fsync(dfd)
-            os.replace(self.data_path, dest, dst_dir_fd=dir_fd)
+        self.seal(mode, mtime_ns)
+        self.sync()
+        self.move_to(dest, dir_fd)
         crash_point("renamed")
         try:
             with storage_errors(f"publishing {self.label}"):
@@ -499,8 +529,54 @@ class StagedFile:
                     fsync_dir(Path(dest).parent)
                 else:
                     os.fsync(dir_fd)
+        except BaseException:
+            self.close()
+            raise
+        self.finish()
+
+    # The steps of `publish`, for a caller that publishes many files with one sync for all
+    # (group commit): seal each, sync them all, move each, sync each folder once, finish each.
+
+    def seal(self, mode: int, mtime_ns: int | None = None) -> None:
+        """Give the complete file its permissions (`mode & 0o777`) and, if given, its
+        modification time, before it is synced and moved: it never appears without them.
+        Raises StorageError (not complete, or the filesystem failed)."""
+        dfd, _ = self._fds()
+        if not self.complete:
+            missing = self.count - len(self.held)
+            raise StorageError(f"{self.label} is not complete: {missing} chunks missing")
+        with storage_errors(f"publishing {self.label}"):
+            os.fchmod(dfd, mode & 0o777)
+            if mtime_ns is not None:
+                os.utime(dfd, ns=(time.time_ns(), mtime_ns))
+
+    def sync(self) -> None:
+        """Make data, size, mode and mtime durable (fsync: fdatasync may skip the metadata
+        `seal` set). Raises StorageError."""
+        dfd, _ = self._fds()
+        with storage_errors(f"syncing {self.label}"):
+            os.fsync(dfd)
+
+    def move_to(self, dest: Path | str, dir_fd: int | None = None) -> None:
+        """Rename the data file to `dest` (a name in `dir_fd` if given), replacing what is there;
+        only once it is durable (`sync`, or a barrier covering it): else a crash could leave a
+        torn file at `dest`. Raises StorageError (Conflict: dest is a directory)."""
+        self._fds()
+        if not self.complete:
+            raise StorageError(f"{self.label} is not complete")
+        with storage_errors(f"publishing {self.label}"):
+            os.replace(self.data_path, dest, dst_dir_fd=dir_fd)
+
+    def finish(self, *, sync: bool = True) -> None:
+        """After `move_to`: remove the journal and close (even if that fails). `sync=False`
+        leaves the removal for a later sync of the folder: a journal that outlives its data
+        file offers nothing on resume (its chunks read back wrong) and is collected.
+        Raises StorageError."""
+        try:
+            with storage_errors(f"publishing {self.label}"):
                 os.unlink(self.journal_path)
-                fsync_dir(self.journal_path.parent)
+                if sync:
+                    fsync_dir(self.journal_path.parent)
         finally:
             self.close()
 

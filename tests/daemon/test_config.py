@@ -17,6 +17,7 @@ from fluxd.config import (
     data_dir,
     load_config,
 )
+from fluxd.storage.base import TREE_ENTRIES
 from fluxio import parsing
 from fluxio.parsing import DEFAULT_PORT, format_hostport, is_loopback, parse_hostport, parse_size
 from fluxproto import MAX_CHUNK, ConfigError
@@ -356,6 +357,7 @@ idle_timeout = 30
 rate = "100M"
 rate_per_subject = "10M"
 memory = "64M"
+tree_entries = 5000
 """,
     )
     cfg = load_config(path, {})
@@ -390,6 +392,7 @@ memory = "64M"
             rate=100 * MiB,
             rate_per_subject=10 * MiB,
             memory=64 * MiB,
+            tree_entries=5000,
         ),
     )
     assert isinstance(cfg.limits.idle_timeout, float)
@@ -518,6 +521,8 @@ def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
         ("[auth]\ntrusted_keys = [1]\n", "list of file paths"),
         ('[limits]\nmax_header = "1K"\n', "max_header"),
         ("[limits]\nconnections = 0\n", "connections must be at least 1"),
+        ("[limits]\ntree_entries = 0\n", "tree_entries must be at least 1"),
+        ('[limits]\ntree_entries = "many"\n', "limits.tree_entries"),
         ('[limits]\nrate = "-1"\n', "not a size"),
         ('[limits]\nmemory = "1M"\n', "memory"),
         ('listen = "127.0.0.1:http"\n', "HOST:PORT"),
@@ -538,3 +543,7 @@ def test_bad_override_value_is_a_config_error() -> None:
 def test_unknown_override_key_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="bogus"):
         load_config(None, {"bogus": 1})
+
+
+def test_tree_entries_default_is_the_storage_default() -> None:
+    assert Limits().tree_entries == TREE_ENTRIES == 10_000_000

@@ -10,19 +10,23 @@ what crosses the network twice is at most what was in flight.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from fluxd.storage import local, local_upload
+from fluxd.storage import local, local_batch, local_upload
 from fluxio import staging
-from fluxio.crashpoints import POINTS
+from fluxio.crashpoints import BATCH_POINTS, POINTS
 from fluxio.staging import StagedFile
 
+from . import batchcrash
 from .conftest import Daemon, Fluxctl
 
 MiB = 1024 * 1024
@@ -164,8 +168,57 @@ def test_fluxctl_recv_killed_at_each_step(
     assert [p.name for p in dest.parent.iterdir()] == ["got.bin"], "no staging left behind"
 
 
+def commit_group(root: Path, count: int, seed: int, crash: str | None) -> int:
+    """Run batchcrash.py (one group commit of `count` files, generation `seed`); its exit."""
+    env = {k: v for k, v in os.environ.items() if k != "FLUX_CRASH_AT"}
+    if crash is not None:
+        env["FLUX_CRASH_AT"] = crash
+    argv = [sys.executable, batchcrash.__file__, str(root), str(count), str(seed)]
+    return subprocess.run(argv, env=env, capture_output=True, timeout=120, check=False).returncode
+
+
+@pytest.mark.parametrize(
+    ("point", "arrival", "renamed"),
+    [
+        ("batch-written", 1, 0),
+        ("batch-synced", 1, 0),
+        ("batch-renamed", 1, 1),
+        ("batch-renamed", 7, 7),
+    ],
+)
+def test_group_commit_killed_at_each_step(
+    tmp_path: Path, point: str, arrival: int, renamed: int
+) -> None:
+    """A group of 20 small files, 10 replacing older versions, killed at each step: every path
+    is absent, old or new and whole, exactly the files renamed before the kill are new, and a
+    new run after recovery commits them all and leaves nothing behind."""
+    root = tmp_path / "root"
+    root.mkdir()
+    assert commit_group(root, 10, seed=1, crash=None) == 0
+    assert commit_group(root, 20, seed=2, crash=f"{point}:{arrival}") == -signal.SIGKILL
+    new = 0
+    for i in range(20):
+        final = root / batchcrash.path(i)
+        if not final.exists():
+            assert i >= 10, f"{final.name} had an old version, which must stay until replaced"
+            continue
+        got = final.read_bytes()
+        assert got in (batchcrash.payload(i, 1), batchcrash.payload(i, 2)), "a torn file"
+        new += got == batchcrash.payload(i, 2)
+    assert new == renamed
+    assert commit_group(root, 20, seed=2, crash=None) == 0
+    for i in range(20):
+        assert (root / batchcrash.path(i)).read_bytes() == batchcrash.payload(i, 2)
+    assert sorted(p.name for p in root.iterdir()) == [".flux", "d0", "d1", "d2"]
+    assert all(p.name.startswith("f") for d in ("d0", "d1", "d2") for p in (root / d).iterdir())
+    assert list((root / ".flux" / "tmp").iterdir()) == []
+
+
 def test_every_crash_point_is_in_the_code() -> None:
     # Guards the harness itself: a point renamed in the code would silently test nothing.
     sources = [Path(m.__file__).read_text() for m in (local, local_upload, staging)]
     for point in POINTS:
         assert any(f'crash_point("{point}")' in src for src in sources), point
+    batch = Path(local_batch.__file__).read_text()
+    for point in BATCH_POINTS:
+        assert f'crash_point("{point}")' in batch, point

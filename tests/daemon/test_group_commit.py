@@ -1,0 +1,157 @@
+"""LocalStorage uploads with an mtime, and group commit (commit_many) of many small files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from test_local_storage import CS, chunks, content, put, ref
+
+from fluxd.storage import LocalStorage, LocalUpload
+from fluxd.storage.local_batch import BARRIERS
+from fluxproto.errors import Conflict, IntegrityError, StorageError
+
+MTIME = 1_700_000_000_123_456_789  # nanoseconds that a float of seconds would round off
+
+
+def test_a_commit_gives_the_file_its_mtime_in_ns(storage: LocalStorage, root: Path) -> None:
+    data = content()
+    up = storage.open_upload("d/f", len(data), CS, 0o640, MTIME)
+    up.write_chunks(chunks(data))
+    up.commit(ref(data))
+    st = (root / "d" / "f").stat()
+    assert (st.st_mtime_ns, st.st_mode & 0o777) == (MTIME, 0o640)
+    entry = storage.stat("d/f")
+    assert (entry.mtime_ns, entry.digest) == (MTIME, ref(data)), "the manifest matches it"
+
+
+def test_without_an_mtime_the_file_has_the_time_of_writing(
+    storage: LocalStorage, root: Path
+) -> None:
+    put(storage, "f", content())
+    assert abs((root / "f").stat().st_mtime_ns - os.stat(root).st_mtime_ns) < 60 * 10**9
+
+
+def test_an_unchanged_resend_updates_only_the_mtime(storage: LocalStorage, root: Path) -> None:
+    data = content()
+    put(storage, "f", data)
+    before = (root / "f").stat()
+    up = storage.open_upload("f", len(data), CS, 0o600, MTIME)
+    assert len(up.held) == 6, "the stored file offers every chunk"
+    up.commit(ref(data))  # nothing sent: the destination is kept
+    after = (root / "f").stat()
+    assert after.st_ino == before.st_ino, "no new file was written"
+    assert (after.st_mtime_ns, after.st_mode & 0o777) == (MTIME, 0o600)
+    entry = storage.stat("f")
+    assert (entry.mtime_ns, entry.digest) == (MTIME, ref(data)), "the manifest followed"
+    assert not list((root / ".flux" / "staging").iterdir())
+
+
+# --- group commit ------------------------------------------------------------------------------
+
+
+def staged_small(
+    storage: LocalStorage, path: str, data: bytes, mtime: int | None = None, grouped: bool = True
+) -> LocalUpload:
+    """An upload of a small file whose chunks wait for a group commit (not durable alone)."""
+    up = storage.open_upload(path, len(data), CS, 0o644, mtime, grouped=grouped)
+    up.write_chunks(chunks(data), durable=False)
+    return up
+
+
+@pytest.mark.parametrize("grouped", [True, False], ids=["in-memory", "staged"])
+@pytest.mark.parametrize("barrier", BARRIERS)
+def test_a_group_commits_many_files(root: Path, barrier: str, grouped: bool) -> None:
+    storage = LocalStorage(root, barrier=barrier)
+    put(storage, "d0/f1", b"old")  # one of them replaces a file
+    files = {f"d{i % 3}/f{i}": content(100 + i, seed=i) for i in range(30)}
+    ups = [
+        (staged_small(storage, p, d, MTIME + i), ref(d)) for i, (p, d) in enumerate(files.items())
+    ]
+    assert storage.commit_many(ups) == [None] * 30
+    for i, (path, data) in enumerate(files.items()):
+        assert (root / path).read_bytes() == data
+        assert (root / path).stat().st_mtime_ns == MTIME + i
+        assert storage.stat(path).digest == ref(data)
+    assert not list((root / ".flux" / "staging").iterdir()), "staging dropped"
+    assert not list((root / ".flux" / "tmp").iterdir()), "no temporary left"
+    assert not [p for p in (root / ".flux" / "manifests").iterdir() if p.suffix == ".tmp"]
+    for up, _ in ups:
+        up.close()
+
+
+def test_one_bad_upload_does_not_stop_the_group(storage: LocalStorage, root: Path) -> None:
+    good, bad, dir_in_way = content(100, 1), content(100, 2), content(100, 3)
+    (root / "taken").mkdir()
+    ups = [
+        (staged_small(storage, "good", good), ref(good)),
+        (staged_small(storage, "bad", bad), ref(b"something else")),
+        (staged_small(storage, "taken-later", dir_in_way), ref(dir_in_way)),
+    ]
+    (root / "taken-later").mkdir()  # a folder appears where the file goes
+    results = storage.commit_many(ups)
+    assert results[0] is None
+    assert isinstance(results[1], IntegrityError)
+    assert isinstance(results[2], Conflict)
+    assert (root / "good").read_bytes() == good
+    assert not (root / "bad").exists()
+    for up, _ in ups:
+        up.close()
+
+
+def test_chunks_not_written_durably_are_not_offered_on_resume(storage: LocalStorage) -> None:
+    data = content(3 * CS)
+    up = staged_small(storage, "f", data)
+    up.close()  # the connection ends before the group commit
+    again = storage.open_upload("f", len(data), CS, 0o644)
+    assert dict(again.held) == {}, "nothing durable, nothing offered"
+    again.close()
+
+
+def test_a_group_mixes_kept_and_new_files(storage: LocalStorage, root: Path) -> None:
+    same, new = content(2 * CS, 1), content(100, 2)
+    put(storage, "same", same)
+    kept = storage.open_upload("same", len(same), CS, 0o644, MTIME)  # everything offered
+    results = storage.commit_many(
+        [(kept, ref(same)), (staged_small(storage, "new", new), ref(new))]
+    )
+    assert results == [None, None]
+    assert (root / "same").stat().st_mtime_ns == MTIME
+    assert (root / "new").read_bytes() == new
+
+
+def test_a_grouped_upload_stores_nothing_before_its_commit(
+    storage: LocalStorage, root: Path
+) -> None:
+    data = content(3 * CS)
+    up = staged_small(storage, "f", data)
+    assert not list((root / ".flux" / "staging").iterdir())
+    assert not list((root / ".flux" / "tmp").iterdir())
+    up.commit(ref(data))  # alone, outside a group: durable on its own
+    assert (root / "f").read_bytes() == data
+    assert storage.stat("f").digest == ref(data)
+
+
+def test_a_durable_write_stages_a_grouped_upload(storage: LocalStorage, root: Path) -> None:
+    data = content(3 * CS)
+    parts = chunks(data)
+    up = storage.open_upload("f", len(data), CS, 0o644, grouped=True)
+    up.write_chunks(parts[:1], durable=False)
+    up.write_chunks(parts[1:2])  # durable: staged now, with the chunk held in memory
+    up.close()
+    again = storage.open_upload("f", len(data), CS, 0o644, grouped=True)
+    assert sorted(again.held) == [1], "a staged upload resumes, grouped or not"
+    again.write_chunks([parts[0], parts[2]], durable=False)
+    assert storage.commit_many([(again, ref(data))]) == [None]
+    assert (root / "f").read_bytes() == data
+
+
+def test_a_grouped_upload_with_a_bad_chunk(storage: LocalStorage) -> None:
+    data = content(2 * CS)
+    up = storage.open_upload("f", len(data), CS, 0o644, grouped=True)
+    with pytest.raises(StorageError, match="wrong length"):
+        up.write_chunks([(0, chunks(data)[0][1], b"short")], durable=False)
+    up.write_chunks(chunks(data)[:1], durable=False)
+    [result] = storage.commit_many([(up, ref(data))])
+    assert isinstance(result, IntegrityError) and "missing 1 chunks" in result.message
