@@ -5,9 +5,11 @@ crash, a new address) may find that connection still holding the path: the daemo
 noticed it is dead (over QUIC that takes up to the 8 s idle timeout). Such a claim, by the same
 subject, waits instead of failing: for the old connection to end by itself, and if it stays
 silent for `stale_after` seconds, it is ended as superseded. A holder that shows any life
-meanwhile (a frame arrives, or the daemon is busy on its behalf) keeps the path, and the
-newcomer gets a conflict at once. Across processes the staging file lock still guarantees one
-writer.
+meanwhile (bytes arrive from its client, answers to the daemon's keepalive PINGs included)
+keeps the path, and the newcomer gets a conflict at once. What the daemon still does for a
+silent holder is no sign of life: it works through frames a killed client left queued (its
+chunks, and a COMMIT right behind them) for seconds after the client died. Across processes
+the staging file lock still guarantees one writer.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ class Holder:
     account: str
     #: True once the holder's connection is gone.
     is_closed: Callable[[], bool]
-    #: A reading that changes whenever the holder shows life (the time it was last heard
-    #: from, or now while the daemon works for it); only compared with itself.
+    #: A reading that changes whenever the holder shows life (the time bytes last arrived
+    #: from its client); only compared with itself.
     last_heard: Callable[[], float]
     #: End the holder's connection: it is superseded by a new one of the same subject.
     end: Callable[[], None]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +44,6 @@ class Presence:
     ) -> None:
         self._peer, self._heard, self._closed = peer, heard, closed
         self.keepalive, self._end = keepalive, end
-        #: Storage calls the daemon is making on the client's behalf: a busy connection is
-        #: alive, whatever the network says.
-        self._busy = 0
         #: Why the connection was ended (revoked, superseded), which then is every failing
         #: request's result in the access log.
         self.ended_by: FluxError | None = None
@@ -62,18 +57,15 @@ class Presence:
         return self._closed()
 
     def last_heard(self) -> float:
-        """What a claim of the same subject takes for a sign of life: bytes from the client, or
-        the daemon working on its behalf (then it reads now). Only compared with itself."""
-        return time.monotonic() if self._busy else self._heard()
+        """What a claim of the same subject takes for a sign of life: bytes from the client,
+        its answers to the keepalive included. Only compared with itself.
 
-    @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
-        """Count the body as the daemon working for this client (see `last_heard`)."""
-        self._busy += 1
-        try:
-            yield
-        finally:
-            self._busy -= 1
+        The daemon's own work for the client is not one: a request takes the frames a client
+        sent long before (a paced upload reaches a COMMIT queued behind its chunks seconds
+        after a killed client sent it), and a live client shows itself by answering the PINGs
+        that the long storage calls send (`keepalive`).
+        """
+        return self._heard()
 
     def end(self, exc: FluxError) -> None:
         """End the connection for `exc` (the first reason given wins; later calls do nothing)."""

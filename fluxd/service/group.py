@@ -39,8 +39,8 @@ class CommitGroup:
     async def commit(self, upload: Upload, digest: bytes, presence: Presence) -> None:
         """Commit `upload` with the next group; return once it is published.
 
-        The connection counts as busy meanwhile and hears a keepalive every KEEPALIVE seconds,
-        as for any long storage call. Cancelling this does not take the upload out of a group
+        The connection hears a keepalive every KEEPALIVE seconds meanwhile, as for any long
+        storage call (see `work.busy`). Cancelling this does not take the upload out of a group
         already running (the caller learns whether it committed by awaiting it again).
 
         Raises:
@@ -50,11 +50,10 @@ class CommitGroup:
         self._waiting.append((upload, digest, done))
         if self._runner is None or self._runner.done():
             self._runner = asyncio.ensure_future(self._run())
-        with presence.busy():
-            while not done.done():
-                await asyncio.wait([done], timeout=work.KEEPALIVE)
-                if not done.done():
-                    presence.keepalive()
+        while not done.done():
+            await asyncio.wait([done], timeout=work.KEEPALIVE)
+            if not done.done():
+                presence.keepalive()
         return done.result()
 
     async def _run(self) -> None:

@@ -29,19 +29,19 @@ async def blocking(pool: Executor, fn: Callable[..., R], *args: Any) -> R:
 
 
 async def busy(pool: Executor, presence: Presence, fn: Callable[..., R], *args: Any) -> R:
-    """`blocking` for a call that may take long (it reads whole files): counted as a sign of
-    life of `presence`, whose keepalive runs every KEEPALIVE seconds until the call returns, so
-    the client's wait for the reply does not run out however slow the disk."""
-    with presence.busy():
-        work = asyncio.ensure_future(blocking(pool, fn, *args))
-        try:
-            while not work.done():
-                await asyncio.wait([work], timeout=KEEPALIVE)
-                if not work.done():
-                    presence.keepalive()
-            return work.result()
-        except asyncio.CancelledError:
-            await asyncio.wait([work])  # the thread cannot be stopped: it finishes first
-            if not work.cancelled():
-                work.exception()  # retrieved: the cancellation is what the caller gets
-            raise
+    """`blocking` for a call that may take long (it reads whole files): `presence`'s keepalive
+    runs every KEEPALIVE seconds until the call returns, so the client's wait for the reply
+    does not run out however slow the disk. A live client answers it, and that answer (not
+    the call) is what keeps an upload it holds alive for a claim (see `Presence.last_heard`)."""
+    work = asyncio.ensure_future(blocking(pool, fn, *args))
+    try:
+        while not work.done():
+            await asyncio.wait([work], timeout=KEEPALIVE)
+            if not work.done():
+                presence.keepalive()
+        return work.result()
+    except asyncio.CancelledError:
+        await asyncio.wait([work])  # the thread cannot be stopped: it finishes first
+        if not work.cancelled():
+            work.exception()  # retrieved: the cancellation is what the caller gets
+        raise

@@ -30,19 +30,31 @@ LONG = 30.0  # a bound that must never run out in these tests, not a wait
 
 
 class Conn:
-    """A connection as a session would describe it to the service: silent unless told."""
+    """A connection as a session would describe it to the service: silent unless told.
 
-    def __init__(self, peer: str = "127.0.0.1:40000") -> None:
-        self.peer, self.heard, self.closed = peer, 0.0, False
+    With `answers`, a client is behind it that answers every keepalive PING (bytes heard);
+    without, the client is gone. `looked` is set whenever someone reads whether it is closed
+    (a waiting claim does, each time it looks at its holder).
+    """
+
+    def __init__(self, peer: str = "127.0.0.1:40000", answers: bool = False) -> None:
+        self.peer, self.heard, self.closed, self.answers = peer, 0.0, False, answers
         self.pings = 0
         self.ended: list[str] = []
         #: Set when the service ends the connection; its session would then stop reading.
         self.hung_up = asyncio.Event()
-        readings = (lambda: self.peer, lambda: self.heard, lambda: self.closed)
+        self.looked = asyncio.Event()
+        readings = (lambda: self.peer, lambda: self.heard, self._closed)
         self.presence = Presence(*readings, keepalive=self._ping, end=self._end)
+
+    def _closed(self) -> bool:
+        self.looked.set()
+        return self.closed
 
     def _ping(self) -> None:
         self.pings += 1
+        if self.answers:  # its PONG arrives
+            self.heard += 1.0
 
     def _end(self, exc: Exception) -> None:
         self.ended.append(str(exc))

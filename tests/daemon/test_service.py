@@ -7,6 +7,7 @@ in the body, and read the access record it wrote.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -223,13 +224,118 @@ def test_a_silent_holder_of_the_same_subject_is_superseded(make: Callable[..., D
     assert (second["result"], second["bytes"]) == ("ok", len(data) - 3 * CS)
 
 
-def test_a_holder_the_daemon_works_for_is_alive() -> None:
-    """The daemon busy on a connection's behalf counts as a sign of life from it."""
-    conn = Conn()
-    before = conn.presence.last_heard()
-    with conn.presence.busy():
-        assert conn.presence.last_heard() != before
-    assert conn.presence.last_heard() == before
+class GatedCommit:
+    """LocalStorage whose uploads commit only once `gate` is set; `committing` is set as a
+    commit starts (both threading events: commits run on the pool)."""
+
+    def __init__(self, storage: LocalStorage) -> None:
+        self._storage = storage
+        self.gate, self.committing = threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    def open_upload(self, path: str, size: int, chunk_size: int, mode: int, *rest: Any) -> Any:
+        up = self._storage.open_upload(path, size, chunk_size, mode, *rest)
+        real = up.commit
+
+        def commit(digest: bytes) -> None:
+            self.committing.set()
+            self.gate.wait(LONG)
+            real(digest)
+
+        up.commit = commit  # type: ignore[method-assign]
+        return up
+
+
+async def committing_holder(
+    d: Daemon, conn: Conn, data: bytes, written: asyncio.Event, go: asyncio.Event
+) -> None:
+    """An upload whose client sent every chunk and its COMMIT: the request writes the chunks,
+    then (once `go`) takes the COMMIT, as a session does when it reaches it in the queue."""
+    async with d.service.upload(d.caller(conn=conn), "f", len(data), CS, 0o644) as up:
+        await write(up, chunks(data))
+        written.set()
+        await go.wait()
+        await up.commit(ref(data))
+
+
+async def looks_while_committing(
+    storage: GatedCommit, holder: Conn, newcomer: asyncio.Task[None]
+) -> None:
+    """Wait until the holder's commit has started and `newcomer` looked at the holder twice
+    since (one whole poll of its claim, life included), or `newcomer` ended."""
+    await asyncio.to_thread(storage.committing.wait, LONG)
+    for _ in range(2):
+        holder.looked.clear()
+        look = asyncio.create_task(holder.looked.wait())
+        await asyncio.wait([look, newcomer], return_when=asyncio.FIRST_COMPLETED)
+        look.cancel()
+        if newcomer.done():
+            return
+
+
+def test_a_dead_holder_committing_what_it_left_queued_is_waited_for(
+    make: Callable[..., Daemon],
+) -> None:
+    """A killed client's COMMIT may wait in its request's queue behind its chunks; the daemon
+    committing it seconds later is no sign of life from the client. The same subject's
+    newcomer goes on waiting (it does not get a conflict), and once the commit let go of the
+    path it finds the file committed and has nothing to send."""
+    d = make(stale_after=LONG)
+    storage = GatedCommit(d.storage)
+    d.service.storage = storage  # type: ignore[assignment]
+    data = content()
+    old = Conn("127.0.0.1:40001")
+
+    async def main() -> None:
+        written, go = asyncio.Event(), asyncio.Event()
+        first = asyncio.create_task(committing_holder(d, old, data, written, go))
+        await written.wait()
+        old.looked.clear()
+        newcomer = asyncio.create_task(send(d, d.caller(), "f", data))
+        await old.looked.wait()  # the newcomer waits for the silent holder
+        go.set()
+        await looks_while_committing(storage, old, newcomer)
+        storage.gate.set()
+        await first
+        await newcomer
+
+    run(main())
+    assert old.ended == [], "it let go by itself: nobody was cut off"
+    assert (d.root / "f").read_bytes() == data
+    assert [(r["result"], r["bytes"]) for r in d.records("upload")] == [
+        ("ok", len(data)),
+        ("ok", 0),
+    ]
+
+
+def test_a_holder_answering_the_keepalive_of_a_long_commit_keeps_the_path(
+    make: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a commit runs long, a live client answers the daemon's PINGs: the same subject's
+    newcomer gets a conflict, and the holder is not cut off."""
+    monkeypatch.setattr(work, "KEEPALIVE", 0.02)
+    d = make(stale_after=LONG)
+    storage = GatedCommit(d.storage)
+    d.service.storage = storage  # type: ignore[assignment]
+    data = content()
+    live = Conn("127.0.0.1:40001", answers=True)
+
+    async def main() -> None:
+        written, go = asyncio.Event(), asyncio.Event()
+        go.set()
+        first = asyncio.create_task(committing_holder(d, live, data, written, go))
+        await asyncio.to_thread(storage.committing.wait, LONG)
+        with pytest.raises(Conflict, match="being uploaded by another session of yours"):
+            await send(d, d.caller(), "f", data)
+        storage.gate.set()
+        await first
+
+    run(main())
+    assert live.ended == []
+    assert live.pings >= 1
+    assert (d.root / "f").read_bytes() == data
 
 
 # --- downloads -----------------------------------------------------------------------------------
