@@ -23,7 +23,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +38,11 @@ from fluxproto import (
     Conflict,
     FileHasher,
     FluxError,
+    Frame,
+    FrameType,
     Info,
     IntegrityError,
+    LocalProtocolError,
     OpenUpload,
     PermissionDenied,
     Stat,
@@ -193,11 +196,20 @@ class Upload:
         self.progress(0, size)
         req = await session.open(self._opening(size, chunk_size, mode))
         with cancel_on_error(req):
-            sender = ChunkSender(req, self._on_acked(size), self.opts.io_timeout, self._on_sent)
-            if size:
-                await sender.send_all(_one(0, digest, data))
-            req.send(Commit(req.rid, digest, sender.count))
-            status = await self._status(session, n, req)
+            # With many requests in flight the chunk may wait for window room, and the
+            # server's STATUS (or its refusal) may come first: the sender keeps it for us.
+            sender = ChunkSender(
+                req, self._on_acked(size), self.opts.io_timeout, self._on_sent, early=(Status,)
+            )
+            refused: Conflict | None = None
+            try:
+                if size:
+                    await sender.send_all(_one(0, digest, data))
+                if req.can_send(FrameType.COMMIT):  # else it ended: _status says why
+                    req.send(Commit(req.rid, digest, sender.count))
+            except Conflict as exc:
+                refused = exc
+            status = await self._status(session, n, req, sender.held_back, refused)
         if status is None:  # refused, and the path named a folder: into it, the long way
             return await self._one_flight(session, n, fd, st, chunk_size, mode)
         if self.first_held is None:
@@ -218,10 +230,24 @@ class Upload:
     def _opening(self, size: int, chunk_size: int, mode: int) -> Callable[[int], OpenUpload]:
         return lambda rid: OpenUpload(rid, self.remote, size, chunk_size, mode)
 
-    async def _status(self, session: ClientSession, n: int, req: Request) -> Status | None:
-        """The upload's STATUS; None when it was refused because the remote path is a folder
+    async def _status(
+        self,
+        session: ClientSession,
+        n: int,
+        req: Request,
+        early: Iterable[Frame] = (),
+        refused: Conflict | None = None,
+    ) -> Status | None:
+        """The upload's STATUS (the first of `early` if one came already, or the refusal a
+        sender met: `refused`); None when it was refused because the remote path is a folder
         and the file now goes into it (like scp): open it again at `remote`."""
         try:
+            if refused is not None:
+                raise refused
+            for frame in early:
+                if not isinstance(frame, Status):
+                    raise LocalProtocolError(f"request {req.rid} expected Status, got {frame}")
+                return frame
             return await req.expect(Status, self.opts.io_timeout)
         except Conflict as exc:
             if await self._into_folder(session):

@@ -91,8 +91,13 @@ class ChunkSender:
         on_sent: Callable[[int], None] = lambda n: None,
         release: Callable[[memoryview], None] = POOL.put,
         pace: Callable[[int], float] | None = None,
+        early: tuple[type[Frame], ...] = (),
     ) -> None:
         self.req, self.timeout = req, timeout
+        self._early = early
+        #: Frames of the `early` kinds that arrived among the ACKs, in order, for the caller
+        #: (a one-flight upload's STATUS may come while its chunk waits for window room).
+        self.held_back: deque[Frame] = deque()
         self._on_acked, self._on_sent, self._release, self._pace = on_acked, on_sent, release, pace
         self._sizes: dict[int, int] = {}  # chunks sent and not yet acknowledged
         self._buffers: dict[int, memoryview] = {}  # their buffers, where the transport needs them
@@ -138,11 +143,15 @@ class ChunkSender:
             self.take(frame)
 
     def take(self, frame: Frame) -> None:
-        """Count an ACK; any other frame is one this transfer does not expect now.
+        """Count an ACK, keep a frame of the `early` kinds in `held_back`; any other frame is
+        one this transfer does not expect now.
 
         Raises:
-            LocalProtocolError: not an ACK.
+            LocalProtocolError: neither.
         """
+        if isinstance(frame, self._early):
+            self.held_back.append(frame)
+            return
         if not isinstance(frame, Ack):
             raise LocalProtocolError(
                 f"unexpected {type(frame).__name__} while request {self.req.rid} sends chunks"
@@ -174,7 +183,7 @@ async def send_chunks(
     **options: Any,
 ) -> None:
     """Send every chunk from `chunks` for `req` and return once all are acknowledged;
-    `options` as ChunkSender's (on_sent, release, pace)."""
+    `options` as ChunkSender's (on_sent, release, pace, early)."""
     sender = ChunkSender(req, on_acked, timeout, **options)
     await sender.send_all(chunks)
     await sender.settle()

@@ -8,7 +8,7 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ import uvloop
 
 from fluxctl.connect import ClientOptions, connect
 from fluxctl.download import Download
-from fluxctl.many import download_many, upload_many
+from fluxctl.many import Outcome, download_many, upload_many
 from fluxctl.session import ClientSession
 from fluxctl.trust import TrustPolicy
 from fluxctl.upload import Upload
@@ -290,3 +290,24 @@ def test_two_connections_upload_disjoint_chunks_of_one_file(
     uploads = [e for e in daemon.events("access") if e.get("op") == "upload"]
     assert [e["result"] for e in uploads[:2]] == ["ok", "ok"]
     assert sorted(e["bytes"] for e in uploads[:2]) == [2 * CS, 2 * CS]
+
+
+@pytest.mark.parametrize("transport", ["tcp", "quic"])
+def test_small_files_waiting_for_window_room_take_a_status_that_came_first(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, transport: str
+) -> None:
+    """A window of 16 KiB holds two of these files: the others' chunks wait for room while
+    their STATUS (sent by the server as soon as it opened the upload) arrives first."""
+    daemon = make_daemon("--window", "16K")
+    files = small_files(tmp_path / "src", FILES)
+    opts = options(daemon, transport)
+    url = FluxURL("127.0.0.1", daemon.port, "/w/")
+
+    async def main() -> list[Outcome]:
+        async with session(daemon, transport) as s:
+            return await upload_many(s, [Upload(path, url, opts) for path in files])
+
+    results = uvloop.run(main())
+    assert [r for r in results if isinstance(r, Exception)] == []
+    for path in files:
+        assert (daemon.root / "w" / path.name).read_bytes() == path.read_bytes()
