@@ -1,5 +1,5 @@
-"""Entry kind "link" with its target (issue 12; the v2 protocol branch adds the same fields):
-files and folders still encode exactly as before, a link carries its text."""
+"""Entry kind "link" with its target (issue 12): a link carries its text, files and folders a nil
+one (PROTOCOL.md section 4), and an entry without the key decodes as before."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ def test_a_link_round_trips_with_its_target() -> None:
     assert Entry.from_wire(link.to_wire()) == link
 
 
-def test_files_and_folders_encode_without_a_target_key() -> None:
-    assert "target" not in Entry("f", "file", 1).to_wire()
+def test_files_and_folders_have_a_nil_target() -> None:
+    assert Entry("f", "file", 1).to_wire()["target"] is None
     assert Entry.from_wire({"name": "d", "kind": "dir"}) == Entry("d", "dir")
 
 
