@@ -74,9 +74,14 @@ class Download:
         local: str | Path,
         opts: ClientOptions,
         progress: ProgressFn | None = None,
+        *,
+        exact: bool = False,
     ) -> None:
+        """With `exact` (a file of a tree), `local` is the file's own path (no directory rule)
+        and the file appears with the server's permission bits (no umask) and mtime."""
         self.url, self.opts = url, opts
-        self.dest = destination(local, url)
+        self.exact = exact
+        self.dest = Path(local) if exact else destination(local, url)
         self.progress = progress or (lambda done, total: None)
         self.received = 0
         self.skipped: int | None = None
@@ -175,7 +180,11 @@ class Download:
                 return False
             await asyncio.to_thread(staged.discard)
             raise IntegrityError(f"{self.dest}: whole-file digest does not match the server's")
-        await asyncio.to_thread(staged.publish, self.dest, meta.mode & 0o777 & ~current_umask())
+        if self.exact:
+            mode, mtime_ns = meta.mode & 0o777, meta.mtime_ns
+        else:
+            mode, mtime_ns = meta.mode & 0o777 & ~current_umask(), None
+        await asyncio.to_thread(staged.publish, self.dest, mode, None, mtime_ns)
         return True
 
 
