@@ -26,6 +26,9 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from fluxio.staging import StagedFile
+from fluxproto import StorageError
+
 from .download import PARTIAL_SUFFIX
 from .tree import Record, TreeEntry, parent_name
 from .treeactions import Copy, Delete, MakeLink, Mkdir, SetAttrs
@@ -46,13 +49,27 @@ def is_partial(name: str) -> bool:
     return last.startswith(".") and last.endswith((PARTIAL_SUFFIX, _JOURNAL_SUFFIX, LINK_SUFFIX))
 
 
-def hide_partials(records: Iterable[Record]) -> Iterator[Record]:
+def hide_partials(records: Iterable[Record], collect: str | None = None) -> Iterator[Record]:
     """The destination walk without the files of unfinished downloads: they are not part of
     the copy, the next run resumes from them, and `--delete` must not take them (a folder
-    deleted whole takes them along)."""
+    deleted whole takes them along).
+
+    With `collect` (the destination's root), a journal whose data file is gone is removed
+    when no download holds it: a run killed between a download's rename and the removal of
+    its journal leaves one, and it vouches for nothing.
+    """
     for record in records:
         if not (isinstance(record, TreeEntry) and record.kind != "dir" and is_partial(record.name)):
             yield record
+        elif collect is not None and record.name.endswith(_JOURNAL_SUFFIX):
+            _collect(Path(collect, record.local))
+
+
+def _collect(journal: Path) -> None:
+    data = journal.with_name(journal.name[: -len(".journal")])
+    if not os.path.lexists(data):
+        with contextlib.suppress(StorageError):
+            StagedFile.discard_if_idle(data, journal)
 
 
 class LocalDest:

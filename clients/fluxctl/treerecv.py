@@ -1,19 +1,51 @@
-# `recv -r`: make a local folder a copy of a tree on the server (stub until it is written).
+# `recv -r`: make a local folder a copy of a tree on the server.
 """The executor of `fluxctl recv -r URL... LOCAL`; see treerun.py for what it shares with
-treesend.send_tree (same arguments, mirrored; same TreeResult)."""
+treesend.send_tree (same arguments, mirrored; same TreeResult).
+
+Each source is one tree (targets.map_roots decides where it lands). Its remote listing
+(treelisting.RemoteListing) and the local destination walk (treewalk, role "dest") are merged
+by the planner in a worker thread, batch by batch as the executor (treefetch.Fetcher) takes
+actions; the deferred actions (deletes, folders replaced) follow once every download of the
+tree has finished. Memory holds a batch of actions, the downloads in flight and the open
+folders, never the tree.
+
+A failed connection starts the whole run again on a new one (retry.Retrier): the plan is made
+again, files already in place are skipped by the quick check, and downloads resume from their
+staged chunks. A run killed outright resumes the same way when it is run again.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
-from fluxproto import ConfigError
+from fluxproto import ConfigError, FluxError
 
 from .connect import ClientOptions
+from .excludes import Excludes, filter_stream
+from .retry import Retrier
+from .session import ClientSession
+from .targets import RootPair, map_roots
+from .treeactions import Action
+from .treefetch import Fetcher, ends_run
+from .treelisting import ListingAborted, RemoteListing
+from .treelocal import LocalDest, hide_partials
+from .treeplan import TreePlan
 from .treeresult import TreeResult
-from .treerun import TreeOptions, TreeView
+from .treerun import TreeOptions, TreeReport, TreeView
+from .treewalk import local_digest, walk
 from .url import FluxURL
 
 __all__ = ["recv_tree"]
+
+#: Actions the planner's thread hands over at a time.
+BATCH = 256
+
+T = TypeVar("T")
 
 
 async def recv_tree(
@@ -34,6 +66,141 @@ async def recv_tree(
         The run's totals and per-entry errors.
 
     Raises:
-        FluxError: what left the run unfinished.
+        FluxError: what left the run unfinished (ConfigError: bad arguments, or a destination
+            whose parent folder is missing).
     """
-    raise ConfigError("recv -r is not implemented yet")
+    pairs = map_roots([s.path for s in sources], dest, remote_dest=False)
+    for pair in pairs:
+        _check_parent(pair.dest)
+    first = sources[0]
+    path = first.path if len(sources) == 1 else dest
+    started = time.monotonic()
+    retrier = Retrier(first, options, view.retrying)
+    moved = 0
+    result = TreeResult("recv", path)
+
+    async def attempt(session: ClientSession, n: int) -> TreeResult:
+        nonlocal result, moved
+        if n:
+            view.restart()
+            moved = result.moved  # payload of the attempts before, resends included
+        result = TreeResult("recv", path, moved=moved)
+        report = TreeReport(result, view)
+        for pair in pairs:
+            remote = FluxURL(first.host, first.port, pair.source)
+            await _TreeCopy(session, remote, pair, options, tree, report).run()
+        view.plan_complete()
+        return result
+
+    done = await retrier.run(attempt)
+    done.retries, done.transport = retrier.retries, retrier.transport
+    done.seconds = time.monotonic() - started
+    return done
+
+
+def _check_parent(local: str) -> None:
+    """A destination's folder must exist (as for a single file): a typo should not create a
+    new tree somewhere unexpected."""
+    parent = os.path.dirname(os.path.abspath(local))
+    if not os.path.isdir(parent):
+        raise ConfigError(f"no such local folder: {parent}")
+
+
+@dataclass(frozen=True)
+class _TreeCopy:
+    """One remote tree copied on the run's connection."""
+
+    session: ClientSession
+    remote: FluxURL
+    pair: RootPair
+    opts: ClientOptions
+    tree: TreeOptions
+    report: TreeReport
+
+    async def run(self) -> None:
+        """Plan and carry out the copy; a root the server refuses or lacks fails alone (a
+        second source may still be copied)."""
+        pair, tree = self.pair, self.tree
+        excludes = Excludes(tree.excludes)
+        digest = local_digest(pair.dest) if tree.checksum else None
+        with RemoteListing() as listing:
+            fill = asyncio.create_task(
+                listing.fill(self.session, pair.source, self.opts.io_timeout)
+            )
+            fill.add_done_callback(lambda _: listing.abort())
+            source = filter_stream(listing.records(), excludes)
+            collect = None if tree.dry_run else pair.dest
+            dest = hide_partials(walk(pair.dest, role="dest", excludes=excludes), collect)
+            try:
+                with TreePlan(source, dest, tree.plan_options("source", digest)) as plan:
+                    await self.carry_out(plan)
+                await fill
+            except ListingAborted:
+                await self.root_failed(fill)
+            finally:
+                listing.abort()
+                if not fill.done():
+                    fill.cancel()
+                await asyncio.gather(fill, return_exceptions=True)
+
+    async def root_failed(self, fill: asyncio.Task[None]) -> None:
+        """The listing stopped: its error ends the run, or (the root is missing or refused)
+        fails this tree alone."""
+        try:
+            await fill
+        except FluxError as exc:
+            if ends_run(exc):
+                raise
+            self.report.failed(self.pair.source, exc.message, exc.exit_code)
+            return
+        raise AssertionError("the listing was given up while it was going on")  # pragma: no cover
+
+    async def carry_out(self, plan: TreePlan) -> None:
+        report = self.report
+        if self.tree.dry_run:
+            await _phase(plan.actions(), report, None)
+            await _phase(plan.deferred(), report, None)
+            return
+        local = LocalDest(self.pair.dest)
+        try:
+            async with asyncio.TaskGroup() as group:
+                fetcher = Fetcher(self.session, local, self.remote, self.opts, report, group)
+                await _phase(plan.actions(), report, fetcher)
+                await fetcher.drain()
+                await _phase(plan.deferred(), report, fetcher)
+                await fetcher.drain()
+        except BaseExceptionGroup as group_error:
+            raise _first(group_error) from None
+
+
+async def _phase(actions: Iterator[Action], report: TreeReport, fetcher: Fetcher | None) -> None:
+    """Take the plan's actions from its thread, batch by batch, and carry each out."""
+    while batch := await asyncio.to_thread(_take, actions, BATCH):
+        for action in batch:
+            report.planned(action)
+            if fetcher is not None:
+                await fetcher.run(action)
+
+
+def _take(items: Iterator[T], n: int) -> list[T]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            break
+    return batch
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The error a task group ended with (its first; FluxErrors before anything else)."""
+    flux = group.subgroup(FluxError)
+    leaves = list(_leaves(flux if flux is not None else group))
+    return leaves[0]
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

@@ -181,3 +181,22 @@ def test_files_of_unfinished_downloads_are_hidden_from_the_destination_walk() ->
     ]
     kept = [r.name for r in hide_partials(records)]
     assert kept == ["", ".y.fluxpart", ".z.fluxpart", "x"]
+
+
+def test_a_journal_left_without_its_data_file_is_collected(tmp_path: Path) -> None:
+    """A run killed after a download's rename and before its journal's removal leaves one."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/.f.fluxpart.journal").write_bytes(b"FLXJ")
+    (tmp_path / "a/.g.fluxpart").write_bytes(b"")
+    (tmp_path / "a/.g.fluxpart.journal").write_bytes(b"FLXJ")
+    records = [
+        entry("", "dir"),
+        entry("a", "dir"),
+        entry("a/.f.fluxpart.journal", "file"),
+        entry("a/.g.fluxpart", "file"),
+        entry("a/.g.fluxpart.journal", "file"),
+    ]
+    assert [r.name for r in hide_partials(records)] == ["", "a"]
+    assert (tmp_path / "a/.f.fluxpart.journal").exists()  # not collected without a root
+    assert [r.name for r in hide_partials(records, str(tmp_path))] == ["", "a"]
+    assert sorted(os.listdir(tmp_path / "a")) == [".g.fluxpart", ".g.fluxpart.journal"]
