@@ -18,7 +18,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 
-from fluxproto import Entries, Entry, Info, ListDir, RemoteProtocolError, Stat
+from fluxproto import Entries, Entry, Info, ListDir, Stat
 
 from .session import ClientSession, cancel_on_error
 from .tree import TreeEntry
@@ -81,18 +81,12 @@ class RemoteListing:
             with cancel_on_error(req):
                 while True:
                     page = await req.expect(Entries, timeout)
-                    self._append([self._line(entry) for entry in page.entries])
+                    self._append([_encode(entry, entry.name) for entry in page.entries])
                     if page.done:
                         break
         with self._cond:
             self._done = True
             self._cond.notify_all()
-
-    @staticmethod
-    def _line(entry: Entry) -> bytes:
-        if not entry.name:
-            raise RemoteProtocolError("a recursive listing named an entry ''")
-        return _encode(entry, entry.name)
 
     def _append(self, lines: list[bytes]) -> None:
         data = b"".join(lines)

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import Daemon, Fluxctl
+from .conftest import Daemon, Fluxctl, Result, wait_for
+from .proxy import Proxy
 
 NS = 1_600_000_000_123_456_789
 BIG = 3 * 1024 * 1024 + 17  # several chunks at --chunk-size 1M
@@ -246,14 +247,19 @@ def test_an_unwritable_local_folder_fails_its_entries_alone(
     assert snapshot(out) == snapshot(photos[0], skip=frozenset({"out"}))
 
 
+def big_files(top: Path, count: int) -> Path:
+    """`count` files of several chunks each, one a folder, under `top`."""
+    rng = random.Random(count)
+    for i in range(count):
+        put(top / f"d{i}/file.bin", rng.randbytes(BIG), mtime_ns=NS + i)
+    return top
+
+
 @TRANSPORTS
 def test_a_run_killed_mid_tree_completes_when_run_again(
     daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path, transport: str
 ) -> None:
-    top = daemon.root / "big"
-    rng = random.Random(5)
-    for i in range(4):
-        put(top / f"d{i}/file.bin", rng.randbytes(BIG), mtime_ns=NS + i)
+    top = big_files(daemon.root / "big", 4)
     out = tmp_path / "out"
     args = ("--chunk-size", "1M", daemon.url("/big"), str(out))
     # The client kills itself (SIGKILL) once the 5th batch of chunks is durable.
@@ -266,3 +272,45 @@ def test_a_run_killed_mid_tree_completes_when_run_again(
     assert again.json["received"] < 4 * BIG  # what was durable was not fetched again
     assert snapshot(out) == snapshot(top)
     assert not list(out.rglob(".*.flux*"))
+
+
+def test_a_link_that_drops_mid_tree_is_retried_and_the_downloads_resume(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    top = big_files(daemon.root / "big", 3)
+    out = tmp_path / "out"
+    proxy = Proxy(daemon.port, limit=7 * 1024 * 1024, upstream=False)
+    try:
+        args = ("recv", "-r", "--json", "--transport", "tcp", "--chunk-size", "1M")
+        proc = fluxctl.spawn(*args, daemon.url("/big", port=proxy.port), str(out))
+        wait_for(proxy.stalled.is_set, what="the link to stall mid-tree")
+        proxy.cut()
+        proxy.release()
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proxy.close()
+    assert proc.returncode == 0, stderr
+    result = Result(0, stdout, stderr).json
+    assert result["retries"] >= 1 and result["received"] >= 3 * BIG
+    # What was durable before the cut (most of 7 MiB) was not fetched again: at most what was
+    # in flight then.
+    assert result["received"] - 3 * BIG <= 3 * 1024 * 1024
+    assert snapshot(out) == snapshot(top)
+
+
+def test_what_is_in_the_way_is_replaced_a_folder_only_with_delete(
+    daemon: Daemon, fluxctl: Fluxctl, photos: tuple[Path, int], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    put(out / "top.bin/inside", b"a folder where the server has a file")
+    put(out / "a/l", b"a file where the server has a link")
+    put(out / "empty", b"a file where the server has a folder")
+    kept = recv(fluxctl, daemon.url("/photos"), str(out))
+    assert kept.code == 6, kept.stderr
+    assert [e["path"] for e in kept.json["errors"]] == ["top.bin"]
+    assert (out / "top.bin/inside").is_file()  # a folder goes only with --delete
+    assert os.readlink(out / "a/l") == "b/f.txt" and (out / "empty").is_dir()
+
+    replaced = recv(fluxctl, "--delete", daemon.url("/photos"), str(out))
+    assert replaced.code == 0, replaced.stderr
+    assert snapshot(out) == snapshot(photos[0], skip=frozenset({"out"}))
