@@ -79,15 +79,22 @@ class LocalDest:
     def __init__(self, root: str | Path) -> None:
         self.root = os.fspath(root)
         self._checked: str | None = None  # the last parent found to be a plain folder
+        self._opened: str | None = None  # the last parent made writable (see _place)
 
     def path(self, name: str, disk: str | None = None) -> str:
         """Where `name` is on disk (`disk`: its name there when the walk found another form)."""
         rel = disk if disk is not None else name
         return os.path.join(self.root, rel) if rel else self.root
 
-    def _place(self, name: str, disk: str | None = None) -> str:
+    def _place(self, name: str, disk: str | None = None, *, write: bool = False) -> str:
         """The path of `name` once every folder on the way to it is known to be a folder and
-        not a link (OSError ELOOP or ENOTDIR otherwise; ENOENT when one is missing)."""
+        not a link (OSError ELOOP or ENOTDIR otherwise; ENOENT when one is missing).
+
+        With `write` (an entry is made or removed in the folder), a folder of ours that an
+        earlier copy left read-only (its source's mode) gets owner write and search access
+        back, as rsync gives it: the SetAttrs that the planner sends after a change in a
+        folder restores its mode.
+        """
         parent = parent_name(disk if disk is not None else name)
         if name and parent != self._checked:
             here = self.root
@@ -99,17 +106,26 @@ class LocalDest:
                 if not stat.S_ISDIR(mode):
                     raise OSError(errno.ENOTDIR, "a file is in the way of a folder", here)
             self._checked = parent
+        if write and name and parent != self._opened:
+            self._open_up(parent)
+            self._opened = parent
         return self.path(name, disk)
+
+    def _open_up(self, parent: str) -> None:
+        folder = self.path(parent)
+        st = os.lstat(folder) if parent else os.stat(folder)  # the root: followed, as walked
+        if st.st_uid == os.geteuid() and stat.S_ISDIR(st.st_mode) and st.st_mode & 0o300 != 0o300:
+            os.chmod(folder, stat.S_IMODE(st.st_mode) | 0o300)
 
     def forget(self) -> None:
         """Check folders again from now on (after something may have replaced one)."""
-        self._checked = None
+        self._checked = self._opened = None
 
     # --- the actions -------------------------------------------------------------------------
 
     def mkdir(self, action: Mkdir) -> None:
         """Create the folder (owner rwx for now), removing the leaf in the way first."""
-        path = self._place(action.name)
+        path = self._place(action.name, write=True)
         if action.replace is not None:
             _remove_leaf(path)
         if not action.name:
@@ -121,7 +137,7 @@ class LocalDest:
     def make_link(self, action: MakeLink) -> None:
         """Create the link with exactly its text; what is in the way (a leaf) is replaced by
         one rename, so the name never points anywhere else meanwhile."""
-        path = self._place(action.name, action.dest.disk if action.dest else None)
+        path = self._place(action.name, action.dest.disk if action.dest else None, write=True)
         if action.dest is None:
             os.symlink(action.target, path)
             return
@@ -141,7 +157,7 @@ class LocalDest:
         """Where the download of `action` publishes its file: its place, cleared of a link or
         special file in the way (a file there is replaced by the rename itself)."""
         dest = action.dest
-        path = self._place(action.name, dest.disk if dest else None)
+        path = self._place(action.name, dest.disk if dest else None, write=True)
         if dest is not None and dest.kind not in ("file", "dir"):
             _remove_leaf(path)
         elif dest is None or dest.kind == "file":
@@ -175,7 +191,7 @@ class LocalDest:
         `recursive`); never the root. Gone already is done."""
         if not action.name:
             raise OSError(errno.EPERM, "the root of the copy is never deleted", self.root)
-        path = self._place(action.name, action.dest.disk)
+        path = self._place(action.name, action.dest.disk, write=True)
         self.forget()
         try:
             st = os.lstat(path)

@@ -200,3 +200,21 @@ def test_a_journal_left_without_its_data_file_is_collected(tmp_path: Path) -> No
     assert (tmp_path / "a/.f.fluxpart.journal").exists()  # not collected without a root
     assert [r.name for r in hide_partials(records, str(tmp_path))] == ["", "a"]
     assert sorted(os.listdir(tmp_path / "a")) == [".g.fluxpart", ".g.fluxpart.journal"]
+
+
+def test_a_read_only_folder_of_ours_is_opened_to_change_what_it_holds(dest: LocalDest) -> None:
+    """An earlier copy gave it its source's mode (0o555): the next run adds owner write and
+    search access to change its content (the planner's SetAttrs restores the mode after)."""
+    base = root(dest)
+    (base / "ro").mkdir()
+    (base / "ro/old").write_text("x")
+    os.chmod(base / "ro", 0o555)
+    dest.set_attrs(SetAttrs("ro/old", "file", 0o600, NS))  # no change in the folder itself
+    assert stat.S_IMODE((base / "ro").stat().st_mode) == 0o555
+    dest.make_link(MakeLink("ro/l", "old", None))
+    assert stat.S_IMODE((base / "ro").stat().st_mode) == 0o755
+    dest.set_attrs(SetAttrs("ro", "dir", 0o555, NS))
+    os.chmod(base / "ro", 0o500)
+    dest.forget()
+    dest.delete(Delete("ro/l", entry("ro/l", "link"), recursive=False, count=1))
+    assert stat.S_IMODE((base / "ro").stat().st_mode) == 0o700
