@@ -20,7 +20,7 @@ import asyncio
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from fluxproto import ConfigError, FluxError
@@ -85,9 +85,9 @@ async def recv_tree(
             view.restart()
             moved = result.moved  # payload of the attempts before, resends included
         result = TreeResult("recv", path, moved=moved)
-        report = TreeReport(result, view)
         for pair in pairs:
             remote = FluxURL(first.host, first.port, pair.source)
+            report = _report(result, view, dest, pair, several=len(pairs) > 1)
             await _TreeCopy(session, remote, pair, options, tree, report).run()
         view.plan_complete()
         return result
@@ -96,6 +96,29 @@ async def recv_tree(
     done.retries, done.transport = retrier.retries, retrier.transport
     done.seconds = time.monotonic() - started
     return done
+
+
+class _NamedReport(TreeReport):
+    """The report of one tree among several: its entries are named from the destination
+    given (`photos/a.txt`, not `a.txt`), in lines and in `errors`."""
+
+    def __init__(self, result: TreeResult, view: TreeView, prefix: str) -> None:
+        super().__init__(result, view)
+        self.prefix = prefix
+
+    def planned(self, action: Action) -> None:
+        name = f"{self.prefix}/{action.name}" if action.name else self.prefix
+        super().planned(replace(action, name=name))
+
+    def failed(self, path: str, message: str, exit_code: int) -> None:
+        super().failed(f"{self.prefix}/{path}" if path else self.prefix, message, exit_code)
+
+
+def _report(
+    result: TreeResult, view: TreeView, dest: str, pair: RootPair, *, several: bool
+) -> TreeReport:
+    prefix = os.path.relpath(pair.dest, dest) if several else "."
+    return TreeReport(result, view) if prefix == "." else _NamedReport(result, view, prefix)
 
 
 def _check_parent(local: str) -> None:
@@ -151,7 +174,7 @@ class _TreeCopy:
         except FluxError as exc:
             if ends_run(exc):
                 raise
-            self.report.failed(self.pair.source, exc.message, exc.exit_code)
+            self.report.failed("", exc.message, exc.exit_code)
             return
         raise AssertionError("the listing was given up while it was going on")  # pragma: no cover
 

@@ -314,3 +314,19 @@ def test_what_is_in_the_way_is_replaced_a_folder_only_with_delete(
     replaced = recv(fluxctl, "--delete", daemon.url("/photos"), str(out))
     assert replaced.code == 0, replaced.stderr
     assert snapshot(out) == snapshot(photos[0], skip=frozenset({"out"}))
+
+
+def test_a_missing_source_fails_alone_and_entries_are_named_by_their_tree(
+    daemon: Daemon, fluxctl: Fluxctl, photos: tuple[Path, int], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    urls = (daemon.url("/photos"), daemon.url("/missing"))
+    dry = fluxctl("recv", "-r", "-n", *urls, f"{out}/")
+    assert "recv photos/a/b/c/deep.bin" in dry.stdout.splitlines(), dry.stdout
+    run = recv(fluxctl, *urls, f"{out}/")
+    assert run.code == 6, run.stderr
+    assert [e["path"] for e in run.json["errors"]] == ["missing"]
+    assert "missing" in run.stderr
+    assert snapshot(out / "photos") == snapshot(photos[0], skip=frozenset({"out"}))
+    assert sorted(os.listdir(out)) == ["photos"]
