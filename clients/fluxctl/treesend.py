@@ -14,8 +14,9 @@ worker thread (treestream.PlanThread); its actions run here, many at once on one
 - The deferred phase (deletes with --delete, folders replaced by files) starts once every
   action of the first phase finished.
 
-An action waits for those in flight on its own name and on its folders (a file for the folder
-being made), and a folder's attributes or recursive delete for everything in flight under it.
+An action starts once those in flight on its own name and on its folders finished (a file
+waits for the folder being made), a folder's attributes or recursive delete once everything
+in flight under it did; meanwhile the actions after it start.
 
 A failure of one entry (the server refuses a name, a file cannot be read) is counted and
 reported and the run goes on. A connection failure ends the attempt: `Retrier` connects again
@@ -180,19 +181,14 @@ class _SendRoot:
         return make
 
     async def _phase(self, actions: AsyncIterator[Action]) -> None:
-        """Start every action of a phase (bounded in number), then wait for them all."""
+        """Start every action of a phase (at most CONCURRENCY at once), then wait for them."""
         async for action in actions:
             self._check()
             self.report.planned(action)
             if self.tree.dry_run or not isinstance(action, _RUNNABLE):
                 continue
             await self.gate.acquire()
-            try:
-                await self._wait_for(action)
-            except BaseException:
-                self.gate.release()
-                raise
-            self._start(action)
+            self._start(action, self._in_the_way(action))
         await self._wait(list(self.inflight.values()))
         self._check()
 
@@ -200,9 +196,9 @@ class _SendRoot:
         if self.fatal is not None:
             raise self.fatal
 
-    def _start(self, action: Action) -> None:
+    def _start(self, action: Action, after: list[asyncio.Task[None]]) -> None:
         name = action.name
-        task = asyncio.create_task(self._run(action))
+        task = asyncio.create_task(self._run(action, after))
         self.inflight[name] = task
 
         def finished(t: asyncio.Task[None]) -> None:
@@ -212,22 +208,18 @@ class _SendRoot:
 
         task.add_done_callback(finished)
 
-    async def _wait_for(self, action: Action) -> None:
-        """Until nothing in flight is in `action`'s way: the same name, a folder of it, and
-        for a folder's attributes or its recursive delete, anything under it."""
+    def _in_the_way(self, action: Action) -> list[asyncio.Task[None]]:
+        """What in flight must finish before `action` runs: on the same name, on a folder of
+        it, and for a folder's attributes or its recursive delete, anything under it."""
         name = action.name
-        waits = []
         parts = name.split("/") if name else []
-        for depth in range(len(parts) + 1):
-            task = self.inflight.get("/".join(parts[:depth]))
-            if task is not None:
-                waits.append(task)
+        ancestors = ("/".join(parts[:depth]) for depth in range(len(parts) + 1))
+        tasks = [t for a in ancestors if (t := self.inflight.get(a)) is not None]
         whole = isinstance(action, SetAttrs) and action.kind == "dir"
         if whole or (isinstance(action, Delete) and action.recursive):
             prefix = f"{name}/" if name else ""
-            waits += [t for n, t in self.inflight.items() if n.startswith(prefix) and n != name]
-        await self._wait(waits)
-        self._check()
+            tasks += [t for n, t in self.inflight.items() if n.startswith(prefix) and n != name]
+        return tasks
 
     @staticmethod
     async def _wait(tasks: list[asyncio.Task[None]]) -> None:
@@ -253,8 +245,11 @@ class _SendRoot:
             os.path.join(self.pair.source, entry_local) if entry_local else self.pair.source
         )
 
-    async def _run(self, action: Action) -> None:
+    async def _run(self, action: Action, after: list[asyncio.Task[None]]) -> None:
         try:
+            await self._wait(after)
+            if self.fatal is not None:
+                return
             moved = await self._act(action)
         except FluxError as exc:
             if exc.retryable:  # the connection: the attempt ends, Retrier connects again
