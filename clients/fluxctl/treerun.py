@@ -238,6 +238,9 @@ class TreeReport:
 
     def __init__(self, result: TreeResult, view: TreeView) -> None:
         self.result, self.view = result, view
+        #: Files transferred (Copy actions done): a retried run's next attempt finds them
+        #: unchanged, and counts them as sent rather than skipped.
+        self.transferred = 0
 
     def planned(self, action: Action) -> None:
         """Count an action as the plan yields it, and show it."""
@@ -252,3 +255,5 @@ class TreeReport:
     def done(self, action: Action, *, moved: int = 0, removed: int | None = None) -> None:
         """An action finished (see TreeResult.done)."""
         self.result.done(action, moved=moved, removed=removed)
+        if isinstance(action, Copy):
+            self.transferred += 1
