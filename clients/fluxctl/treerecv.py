@@ -3,9 +3,9 @@
 treesend.send_tree (same arguments, mirrored; same TreeResult).
 
 Each source is one tree (targets.map_roots decides where it lands). Its remote listing
-(treelisting.RemoteListing) and the local destination walk (treewalk, role "dest") are merged
-by the planner in a worker thread, batch by batch as the executor (treefetch.Fetcher) takes
-actions; the deferred actions (deletes, folders replaced) follow once every download of the
+(treestream.RemoteTree) and the local destination walk (treewalk, role "dest") are merged by
+the planner in a worker thread (treestream.PlanThread), batch by batch as the executor
+(treefetch.Fetcher) takes actions; the deferred actions (deletes, folders replaced) follow once every download of the
 tree has finished. Memory holds a batch of actions, the downloads in flight and the open
 folders, never the tree.
 
@@ -19,33 +19,28 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
 
 from fluxproto import ConfigError, FluxError
+from fluxproto.errors import EXIT_REMOTE
 
 from .connect import ClientOptions
-from .excludes import Excludes, filter_stream
+from .excludes import Excludes
 from .retry import Retrier
 from .session import ClientSession
 from .targets import RootPair, map_roots
 from .treeactions import Action
 from .treefetch import Fetcher, ends_run
-from .treelisting import ListingAborted, RemoteListing
 from .treelocal import LocalDest, hide_partials
 from .treeplan import TreePlan
 from .treeresult import TreeResult
 from .treerun import TreeOptions, TreeReport, TreeView
+from .treestream import PlanThread, RemoteTree
 from .treewalk import local_digest, walk
 from .url import FluxURL
 
 __all__ = ["recv_tree"]
-
-#: Actions the planner's thread hands over at a time.
-BATCH = 256
-
-T = TypeVar("T")
 
 
 async def recv_tree(
@@ -143,42 +138,39 @@ class _TreeCopy:
     async def run(self) -> None:
         """Plan and carry out the copy; a root the server refuses or lacks fails alone (a
         second source may still be copied)."""
-        pair, tree = self.pair, self.tree
-        excludes = Excludes(tree.excludes)
-        digest = local_digest(pair.dest) if tree.checksum else None
-        with RemoteListing() as listing:
-            fill = asyncio.create_task(
-                listing.fill(self.session, pair.source, self.opts.io_timeout)
-            )
-            fill.add_done_callback(lambda _: listing.abort())
-            source = filter_stream(listing.records(), excludes)
-            collect = None if tree.dry_run else pair.dest
-            dest = hide_partials(walk(pair.dest, role="dest", excludes=excludes), collect)
-            try:
-                with TreePlan(source, dest, tree.plan_options("source", digest)) as plan:
-                    await self.carry_out(plan)
-                await fill
-            except ListingAborted:
-                await self.root_failed(fill)
-            finally:
-                listing.abort()
-                if not fill.done():
-                    fill.cancel()
-                await asyncio.gather(fill, return_exceptions=True)
-
-    async def root_failed(self, fill: asyncio.Task[None]) -> None:
-        """The listing stopped: its error ends the run, or (the root is missing or refused)
-        fails this tree alone."""
+        excludes = Excludes(self.tree.excludes)
         try:
-            await fill
+            remote = await RemoteTree.open(
+                self.session, self.pair.source, self.opts.io_timeout, excludes
+            )
         except FluxError as exc:
             if ends_run(exc):
                 raise
             self.report.failed("", exc.message, exc.exit_code)
             return
-        raise AssertionError("the listing was given up while it was going on")  # pragma: no cover
+        try:
+            if remote.root is None:
+                why = f"no such file or folder on the server: {self.pair.source}"
+                self.report.failed("", why, EXIT_REMOTE)
+                return
+            async with PlanThread(self._plan_maker(remote, excludes), remote.stop) as plan:
+                remote.before_wait = plan.flush
+                await self.carry_out(plan)
+        finally:
+            await remote.aclose()
 
-    async def carry_out(self, plan: TreePlan) -> None:
+    def _plan_maker(self, remote: RemoteTree, excludes: Excludes) -> Callable[[], TreePlan]:
+        pair, tree = self.pair, self.tree
+        options = tree.plan_options("source", local_digest(pair.dest) if tree.checksum else None)
+        collect = None if tree.dry_run else pair.dest
+
+        def make() -> TreePlan:
+            dest = hide_partials(walk(pair.dest, role="dest", excludes=excludes), collect)
+            return TreePlan(remote.records(), dest, options)
+
+        return make
+
+    async def carry_out(self, plan: PlanThread) -> None:
         report = self.report
         if self.tree.dry_run:
             await _phase(plan.actions(), report, None)
@@ -196,22 +188,13 @@ class _TreeCopy:
             raise _first(group_error) from None
 
 
-async def _phase(actions: Iterator[Action], report: TreeReport, fetcher: Fetcher | None) -> None:
-    """Take the plan's actions from its thread, batch by batch, and carry each out."""
-    while batch := await asyncio.to_thread(_take, actions, BATCH):
-        for action in batch:
-            report.planned(action)
-            if fetcher is not None:
-                await fetcher.run(action)
-
-
-def _take(items: Iterator[T], n: int) -> list[T]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            break
-    return batch
+async def _phase(
+    actions: AsyncIterator[Action], report: TreeReport, fetcher: Fetcher | None
+) -> None:
+    async for action in actions:
+        report.planned(action)
+        if fetcher is not None:
+            await fetcher.run(action)
 
 
 def _first(group: BaseExceptionGroup) -> BaseException:
