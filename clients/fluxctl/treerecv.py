@@ -5,9 +5,9 @@ treesend.send_tree (same arguments, mirrored; same TreeResult).
 Each source is one tree (targets.map_roots decides where it lands). Its remote listing
 (treestream.RemoteTree) and the local destination walk (treewalk, role "dest") are merged by
 the planner in a worker thread (treestream.PlanThread), batch by batch as the executor
-(treefetch.Fetcher) takes actions; the deferred actions (deletes, folders replaced) follow once every download of the
-tree has finished. Memory holds a batch of actions, the downloads in flight and the open
-folders, never the tree.
+(treefetch.Fetcher) takes actions; the deferred actions (deletes, folders replaced) follow
+once every download of the tree has finished. Memory holds a few batches of actions, the
+downloads in flight and the open folders, never the tree.
 
 A failed connection starts the whole run again on a new one (retry.Retrier): the plan is made
 again, files already in place are skipped by the quick check, and downloads resume from their
