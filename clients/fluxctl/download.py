@@ -1,9 +1,10 @@
 """`recv`: download into a hidden partial file beside the destination, resumably.
 
-An attempt first asks for no chunks at all (`want=()`) to learn the file's size, chunk size and
-chunk digests, opens or resumes the local staged file, then asks for exactly the chunks it does
-not hold with the right digest. Chunks are acked only once durable. The destination appears, by
-rename, only after the whole-file digest verifies.
+An attempt that finds a staged file to resume first asks for no chunks at all (`want=()`) to
+learn the file's size, chunk size and chunk digests, resumes the staged file, then asks for
+exactly the chunks it does not hold with the right digest; with nothing staged it asks for the
+whole file at once (one round trip, which many small files feel). Chunks are acked only once
+durable. The destination appears, by rename, only after the whole-file digest verifies.
 """
 
 from __future__ import annotations
@@ -106,9 +107,15 @@ class Download:
     async def attempt(self, session: ClientSession, n: int) -> Meta:
         """One attempt on `session` (the `n`th of the run): META of the file once it is in
         place. Safe to run at once with other transfers' attempts on the same session."""
-        _, meta = await self._meta(session, (), None)
-        staged = await self._open_staged(meta)
+        # Nothing staged to resume from: ask for the whole file at once (one round trip
+        # instead of two, which small files of a tree feel); else learn its chunks first.
+        fresh = not partial_paths(self.dest)[1].exists()
+        req, meta = await self._meta(session, None if fresh else (), None)
+        with cancel_on_error(req):
+            staged = await self._open_staged(meta)
         try:
+            if meta.count:
+                await self._receive(req, staged, meta)
             while True:
                 while missing := self._missing(staged, meta):
                     want = to_ranges(missing)[:MAX_RANGES]
@@ -128,7 +135,7 @@ class Download:
             staged.close()
 
     async def _meta(
-        self, session: ClientSession, want: tuple[tuple[int, int], ...], plan: Meta | None
+        self, session: ClientSession, want: tuple[tuple[int, int], ...] | None, plan: Meta | None
     ) -> tuple[Request, Meta]:
         return await ask_meta(session, self.url.path, want, plan, self.opts)
 
@@ -191,12 +198,12 @@ class Download:
 async def ask_meta(
     session: ClientSession,
     path: str,
-    want: tuple[tuple[int, int], ...],
+    want: tuple[tuple[int, int], ...] | None,
     plan: Meta | None,
     opts: ClientOptions,
 ) -> tuple[Request, Meta]:
-    """Ask for `want` of the version `plan` describes (None: learn the current version); the
-    request (its chunks follow when META's `count` is not 0) and its META."""
+    """Ask for `want` (None: every chunk) of the version `plan` describes (None: the current
+    version); the request (its chunks follow when META's `count` is not 0) and its META."""
     if plan is None:
         digest, chunk_size = None, opts.chunk_size or DEFAULT_CHUNK
     else:  # digest and chunk size pin the version and geometry `want` was computed for

@@ -21,7 +21,7 @@ from .conftest import Daemon, Fluxctl, Result, wait_for
 from .proxy import Proxy
 
 NS = 1_600_000_000_123_456_789
-BIG = 3 * 1024 * 1024 + 17  # several chunks at --chunk-size 1M
+BIG = 3 * 1024 * 1024 + 17  # several chunks at --chunk-size 1M, many at 64K
 
 
 def put(path: Path, data: bytes, mode: int = 0o644, mtime_ns: int = NS) -> None:
@@ -261,7 +261,7 @@ def test_a_run_killed_mid_tree_completes_when_run_again(
 ) -> None:
     top = big_files(daemon.root / "big", 4)
     out = tmp_path / "out"
-    args = ("--chunk-size", "1M", daemon.url("/big"), str(out))
+    args = ("--chunk-size", "64K", daemon.url("/big"), str(out))
     # The client kills itself (SIGKILL) once the 5th batch of chunks is durable.
     killed = recv(fluxctl, *args, transport=transport, env={"FLUX_CRASH_AT": "chunks-durable:5"})
     assert killed.code == -9, killed.stderr
