@@ -25,10 +25,10 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import IO, Any
 
 from fluxio.requests import Request
-from fluxproto import Entries, FluxError, Info, NotFound, Stat
+from fluxproto import Entries, FluxError, Info, ListDir, NotFound, Stat
 from fluxproto.frames import Entry
 
 from .excludes import Excluded, Excludes, filter_stream
@@ -56,6 +56,10 @@ def _decode(line: bytes) -> TreeEntry:
     return TreeEntry(name, kind, size, mtime_ns, mode, target, raw)
 
 
+#: Bytes of the spool read at a time: memory does not grow when the planner lags behind.
+_READ_BLOCK = 1 << 16
+
+
 class RemoteTree:
     """The records of a tree on the server, in tree order, for a planner in another thread.
 
@@ -66,7 +70,7 @@ class RemoteTree:
     def __init__(self, root: TreeEntry | None, excludes: Excludes | None = None) -> None:
         self.root = root
         self._excludes = excludes or Excludes()
-        self._file = tempfile.TemporaryFile(prefix="fluxctl-list-")  # noqa: SIM115
+        self._file: IO[bytes] | None = None  # the spool, once a listing is followed
         self._size = 0  # bytes written and flushed: what the reader may read
         self._finished = False
         self._error: BaseException | None = None
@@ -94,30 +98,28 @@ class RemoteTree:
         try:
             info = await req.expect(Info, timeout)
         except NotFound:
-            tree = cls(None, excludes)
-            tree._finish(None)
-            return tree
+            return cls(None, excludes)
         e = info.entry
         root = TreeEntry("", e.kind, e.size, e.mtime_ns, e.mode, e.target, e.digest)
         tree = cls(root, excludes)
-        if e.kind != "dir":
-            tree._finish(None)
-            return tree
-        from fluxproto import ListDir  # noqa: PLC0415
-
-        listing = await session.open(lambda rid: ListDir(rid, path, True))
-        tree._task = asyncio.create_task(tree._fill(listing, timeout))
+        if e.kind == "dir":
+            tree.follow(await session.open(lambda rid: ListDir(rid, path, True)), timeout)
         return tree
 
-    async def _fill(self, req: Request, timeout: float) -> None:
+    def follow(self, listing: Request, timeout: float) -> None:
+        """Spool the pages of `listing` (a recursive LIST of the root) as they come."""
+        self._file = tempfile.TemporaryFile(prefix="fluxctl-list-")  # noqa: SIM115
+        self._task = asyncio.create_task(self._fill(listing, self._file, timeout))
+
+    async def _fill(self, req: Request, spool: IO[bytes], timeout: float) -> None:
         error: BaseException | None = None
         try:
             while True:
                 page = await req.expect(Entries, timeout)
                 data = b"".join(_encode(e) for e in page.entries)
-                self._file.seek(0, os.SEEK_END)
-                self._file.write(data)
-                self._file.flush()
+                spool.seek(0, os.SEEK_END)
+                spool.write(data)
+                spool.flush()
                 with self._cond:
                     self._size += len(data)
                     self._cond.notify_all()
@@ -154,14 +156,17 @@ class RemoteTree:
 
     def _records(self, root: TreeEntry) -> Iterator[TreeEntry]:
         yield root
+        if self._file is None:  # a file, a link, or a folder whose listing is not followed
+            return
         offset, tail = 0, b""
         fd = self._file.fileno()
         while True:
             size = self._wait(offset)
             if size is None:
                 return
-            data = tail + os.pread(fd, size - offset, offset)
-            offset = size
+            block = os.pread(fd, min(size - offset, _READ_BLOCK), offset)
+            data = tail + block
+            offset += len(block)
             lines = data.split(b"\n")
             tail = lines.pop()
             for line in lines:
@@ -200,7 +205,8 @@ class RemoteTree:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.stop()
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 #: Actions handed over at once, and batches the worker may have waiting.

@@ -5,6 +5,7 @@ killed with SIGKILL and run again, names the server refuses; `ls -r` and `rm -r`
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import stat
@@ -321,11 +322,7 @@ def test_a_tree_send_killed_mid_file_completes_when_run_again(
 ) -> None:
     d = slow_daemon(make_daemon, tmp_path)
     src = tmp_path / "src"
-    for i in range(20):
-        write(src / "small" / f"{i:02}.txt", os.urandom(1000 + i))
-    write(src / "m-big.bin", os.urandom(24 * 1024 * 1024))
-    for i in range(20):
-        write(src / "z" / f"{i:02}.txt", os.urandom(2000 + i))
+    big_tree(src)
     args = ("send", "-r", str(src), d.url("/dst"), "--chunk-size", "1M", "--transport", transport)
     sender = fluxctl.spawn(*args)
     wait_for(lambda: server_held(d) >= 6, 60, "a quarter of the big file on the server")
@@ -358,3 +355,50 @@ def test_ls_r_lists_a_tree_and_rm_r_deletes_it(daemon: Daemon, fluxctl: Fluxctl,
     assert gone.code == 0, gone.stderr
     assert gone.json["deleted"] == len(expected(src))
     assert not (daemon.root / "dst").exists()
+
+
+def big_tree(src: Path) -> None:
+    """Small files around a 24 MiB one (the slow daemon takes seconds over it)."""
+    for i in range(20):
+        write(src / "small" / f"{i:02}.txt", os.urandom(1000 + i))
+    write(src / "m-big.bin", os.urandom(24 * 1024 * 1024))
+    for i in range(20):
+        write(src / "z" / f"{i:02}.txt", os.urandom(2000 + i))
+
+
+def test_a_daemon_restart_mid_tree_is_retried_and_the_tree_completes(
+    make_daemon: Callable[..., Daemon], fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    d = slow_daemon(make_daemon, tmp_path)
+    src = tmp_path / "src"
+    big_tree(src)
+    args = ("send", "-r", str(src), d.url("/dst"), "--chunk-size", "1M", "--json", *TCP)
+    sender = fluxctl.spawn(*args)
+    wait_for(lambda: server_held(d) >= 6, 60, "a quarter of the big file on the server")
+    d.restart()
+    out, err = sender.communicate(timeout=120)
+    assert sender.returncode == 0, err
+    assert "retrying in" in err
+    result = json.loads(out)
+    assert result["retries"] >= 1 and result["files"] == 41 and result["errors"] == []
+    assert result["skipped_files"] <= 41 - 1  # the big file was sent, not found unchanged
+    assert snapshot(d.root / "dst") == snapshot(src)
+
+
+def test_ctrl_c_mid_tree_is_one_line_and_the_rerun_completes(
+    make_daemon: Callable[..., Daemon], fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    d = slow_daemon(make_daemon, tmp_path)
+    src = tmp_path / "src"
+    big_tree(src)
+    args = ("send", "-r", str(src), d.url("/dst"), "--chunk-size", "1M", *TCP)
+    sender = fluxctl.spawn(*args, "--progress")
+    wait_for(lambda: server_held(d) >= 6, 60, "a quarter of the big file on the server")
+    sender.send_signal(signal.SIGINT)
+    _, err = sender.communicate(timeout=60)
+    assert sender.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.startswith("fluxctl:")]
+    assert lines[-1] == "fluxctl: interrupted; run the same command again to resume", err
+    assert "Traceback" not in err
+    assert fluxctl(*args).code == 0
+    assert snapshot(d.root / "dst") == snapshot(src)
