@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from fluxio.buffers import POOL
 from fluxio.chunkflow import Buffer, ChunkWriter
@@ -45,6 +46,26 @@ from .url import FluxURL
 PARTIAL_SUFFIX = ".fluxpart"
 #: Passes a run makes again after finding staged chunks damaged on disk before publishing.
 MAX_REFETCHES = 2
+
+
+T = TypeVar("T")
+
+
+async def _settled(
+    fn: Callable[..., T], *args: Any, abandon: Callable[[T], object] | None = None
+) -> T:
+    """`fn(*args)` in a worker thread; a cancellation meanwhile still waits for the thread to
+    end (a thread cannot be stopped), gives what it returned to `abandon`, then is raised.
+    So the staged file is never closed under a thread still using it, nor left open (and
+    locked against the next attempt) by an open that finished after its caller gave up."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        if abandon is not None and not task.cancelled() and task.exception() is None:
+            abandon(task.result())
+        raise
 
 
 def destination(local_arg: str | Path, url: FluxURL) -> Path:
@@ -88,6 +109,8 @@ class Download:
         self.skipped: int | None = None
         #: Passes made again because staged chunks were found damaged at the end.
         self.refetches = 0
+        #: True once the file is in place (even if the attempt was cancelled meanwhile).
+        self.published = False
 
     async def run(self, retrier: Retrier | None = None) -> TransferResult:
         started = time.monotonic()
@@ -125,7 +148,7 @@ class Download:
                         continue
                     # The file changed on the server: re-plan against its new digests.
                     if (reply.size, reply.chunk_size) != (meta.size, meta.chunk_size):
-                        await asyncio.to_thread(staged.discard)
+                        await _settled(staged.discard)
                         staged = await self._open_staged(reply)
                     meta = reply
                 if await self._publish(staged, meta):
@@ -141,7 +164,9 @@ class Download:
 
     async def _open_staged(self, meta: Meta) -> StagedFile:
         data, journal = partial_paths(self.dest)
-        staged = await asyncio.to_thread(StagedFile.open, data, journal, meta.size, meta.chunk_size)
+        staged = await _settled(
+            StagedFile.open, data, journal, meta.size, meta.chunk_size, abandon=StagedFile.close
+        )
         held = sum(
             min(meta.chunk_size, meta.size - i * meta.chunk_size)
             for i, d in staged.held.items()
@@ -175,23 +200,27 @@ class Download:
             if writer.error is not None:
                 raise writer.error
 
+    def _published(self, _: object) -> None:
+        self.published = True
+
     async def _publish(self, staged: StagedFile, meta: Meta) -> bool:
         """Put the file in place if its whole-file digest is the server's. False: staged chunks
         were damaged on disk after they were verified; they are dropped and fetched again."""
-        digest = await asyncio.to_thread(staged.file_digest)
+        digest = await _settled(staged.file_digest)
         if digest != meta.digest:
             # Read back what the journal vouches for, rather than trust it or throw it all away.
-            damaged = await asyncio.to_thread(staged.reverify)
+            damaged = await _settled(staged.reverify)
             if damaged and self.refetches < MAX_REFETCHES:
                 self.refetches += 1
                 return False
-            await asyncio.to_thread(staged.discard)
+            await _settled(staged.discard)
             raise IntegrityError(f"{self.dest}: whole-file digest does not match the server's")
         if self.exact:
             mode, mtime_ns = meta.mode & 0o777, meta.mtime_ns
         else:
             mode, mtime_ns = meta.mode & 0o777 & ~current_umask(), None
-        await asyncio.to_thread(staged.publish, self.dest, mode, None, mtime_ns)
+        await _settled(staged.publish, self.dest, mode, None, mtime_ns, abandon=self._published)
+        self.published = True
         return True
 
 

@@ -137,6 +137,7 @@ class Fetcher:
 
     async def _copy(self, action: Copy, seq: int) -> None:
         download: Download | None = None
+        received = False
         try:
             path = self.local.copy_path(action)
             download = Download(
@@ -144,6 +145,7 @@ class Fetcher:
             )
             await download.attempt(self.session, 0)
             self.local.finish_copy(action)
+            received = True
         except FluxError as exc:
             if ends_run(exc):
                 raise
@@ -151,7 +153,12 @@ class Fetcher:
         except OSError as exc:
             self.report.failed(action.name, os_message(exc, "writing it"), local_exit_code(exc))
         finally:
-            self.report.done(action, moved=download.received if download is not None else 0)
+            moved = download.received if download is not None else 0
+            # Cut short after its rename: it is in place, and the next attempt finds it so.
+            if received or (download is not None and download.published):
+                self.report.done(action, moved=moved)
+            else:  # what arrived of a file that failed (or was cut short) crossed the wire
+                self.report.result.done(action, moved=moved)
             self.report.view.file_done()
             self._running.remove(seq)
             heapq.heapify(self._running)

@@ -36,6 +36,7 @@ from .treelocal import LocalDest, hide_partials
 from .treeplan import TreePlan
 from .treeresult import TreeResult
 from .treerun import TreeOptions, TreeReport, TreeView
+from .treesend import _Carried  # shared with send -r: a file received before a reconnect
 from .treestream import PlanThread, RemoteTree
 from .treewalk import local_digest, walk
 from .url import FluxURL
@@ -71,23 +72,27 @@ async def recv_tree(
     path = first.path if len(sources) == 1 else dest
     started = time.monotonic()
     retrier = Retrier(first, options, view.retrying)
-    moved = 0
-    result = TreeResult("recv", path)
+    carried = _Carried()  # what attempts the connection cut short received
 
     async def attempt(session: ClientSession, n: int) -> TreeResult:
-        nonlocal result, moved
         if n:
             view.restart()
-            moved = result.moved  # payload of the attempts before, resends included
-        result = TreeResult("recv", path, moved=moved)
-        for pair in pairs:
-            remote = FluxURL(first.host, first.port, pair.source)
-            report = _report(result, view, dest, pair, several=len(pairs) > 1)
-            await _TreeCopy(session, remote, pair, options, tree, report).run()
+        result = TreeResult("recv", path)
+        several = len(pairs) > 1
+        reports = [_report(result, view, dest, pair, several=several) for pair in pairs]
+        try:
+            for pair, report in zip(pairs, reports, strict=True):
+                remote = FluxURL(first.host, first.port, pair.source)
+                await _TreeCopy(session, remote, pair, options, tree, report).run()
+        except FluxError:
+            for report in reports:
+                carried.add(report)
+            raise
         view.plan_complete()
         return result
 
     done = await retrier.run(attempt)
+    carried.apply(done)
     done.retries, done.transport = retrier.retries, retrier.transport
     done.seconds = time.monotonic() - started
     return done
