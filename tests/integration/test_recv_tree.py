@@ -9,6 +9,7 @@ import contextlib
 import os
 import random
 import shutil
+import signal
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -240,6 +241,7 @@ def test_an_unwritable_local_folder_fails_its_entries_alone(
     assert run.code == 4, run.stderr
     failed = {e["path"] for e in run.json["errors"]}
     assert {"a/b/c", "a/b/f.txt"} <= failed and all(p.startswith("a/b") for p in failed)
+    assert "a/b/c/deep.bin" not in failed  # under a folder that could not be made: not tried
     assert (out / "top.bin").read_bytes() == (photos[0] / "top.bin").read_bytes()
     assert (out / "a/l").is_symlink() and (out / "日本/файл.txt").is_file()
     # Writable again: the next run completes the copy.
@@ -275,22 +277,32 @@ def test_a_run_killed_mid_tree_completes_when_run_again(
     assert not list(out.rglob(".*.flux*"))
 
 
+@contextlib.contextmanager
+def stalled_recv(
+    daemon: Daemon, fluxctl: Fluxctl, out: Path, limit: int, *extra: str
+) -> Iterator[tuple[subprocess.Popen[str], Proxy]]:
+    """`recv -r` of /big over TCP through a proxy that stalls the server's side after `limit`
+    bytes: the run, once stalled mid-tree, and the proxy."""
+    proxy = Proxy(daemon.port, limit=limit, upstream=False)
+    try:
+        args = ("recv", "-r", "--transport", "tcp", "--chunk-size", "1M", *extra)
+        proc = fluxctl.spawn(*args, daemon.url("/big", port=proxy.port), str(out))
+        wait_for(proxy.stalled.is_set, what="the link to stall mid-tree")
+        yield proc, proxy
+    finally:
+        proxy.close()
+
+
 def test_a_link_that_drops_mid_tree_is_retried_and_the_downloads_resume(
     daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path
 ) -> None:
     top = big_files(daemon.root / "big", 3)
     put(top / "a-small.txt", b"done long before the cut")
     out = tmp_path / "out"
-    proxy = Proxy(daemon.port, limit=7 * 1024 * 1024, upstream=False)
-    try:
-        args = ("recv", "-r", "--json", "--transport", "tcp", "--chunk-size", "1M")
-        proc = fluxctl.spawn(*args, daemon.url("/big", port=proxy.port), str(out))
-        wait_for(proxy.stalled.is_set, what="the link to stall mid-tree")
+    with stalled_recv(daemon, fluxctl, out, 7 * 1024 * 1024, "--json") as (proc, proxy):
         proxy.cut()
         proxy.release()
         stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        proxy.close()
     assert proc.returncode == 0, stderr
     result = Result(0, stdout, stderr).json
     small = len(b"done long before the cut")
@@ -353,3 +365,20 @@ def test_send_r_then_recv_r_gives_back_the_same_tree(
     # Every listed digest matches the files received: --checksum finds nothing to fetch.
     again = recv(fluxctl, "--checksum", daemon.url("/b"), str(back), transport=transport)
     assert (again.json["received"], again.json["skipped_files"]) == (0, 5)
+
+
+def test_ctrl_c_mid_tree_is_one_line_and_the_rerun_completes(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    top = big_files(daemon.root / "big", 3)
+    out = tmp_path / "out"
+    with stalled_recv(daemon, fluxctl, out, 4 * 1024 * 1024, "--progress") as (proc, _):
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.startswith("fluxctl:")]
+    assert lines[-1] == "fluxctl: interrupted; run the same command again to resume", err
+    assert "Traceback" not in err
+    again = recv(fluxctl, daemon.url("/big"), str(out))
+    assert again.code == 0, again.stderr
+    assert snapshot(out) == snapshot(top)
