@@ -88,6 +88,7 @@ async def send_tree(
         FluxError: what left the run unfinished (the connection failed for --retry-for).
     """
     pairs = map_roots(sources, dest.path, remote_dest=True)
+    path = pairs[0].dest if len(pairs) == 1 else dest.path
     started = time.monotonic()
     retrier = Retrier(dest, options, view.retrying)
     carried = _Carried()
@@ -95,14 +96,14 @@ async def send_tree(
     async def attempt(session: ClientSession, n: int) -> TreeResult:
         if n:
             view.restart()
-        report = TreeReport(TreeResult("send", dest.path), view)
+        report = TreeReport(TreeResult("send", path), view)
         try:
-            for pair in pairs:
-                await _SendRoot(session, n, dest, options, tree, report, pair).run()
+            for i, pair in enumerate(pairs):
+                last = i == len(pairs) - 1
+                await _SendRoot(session, n, dest, options, tree, report, pair).run(last)
         except FluxError:
             carried.add(report)
             raise
-        view.plan_complete()
         return report.result
 
     result = await retrier.run(attempt)
@@ -150,14 +151,18 @@ class _SendRoot:
         #: The first failure that ends the attempt (the connection's), raised by `run`.
         self.fatal: BaseException | None = None
 
-    async def run(self) -> None:
+    async def run(self, last: bool = True) -> None:
+        """Plan and copy this root; `last`: no root follows (the plan's totals are final
+        once its first phase is read)."""
         excludes = Excludes(self.tree.excludes)
         remote = await RemoteTree.open(self.session, self.pair.dest, self.timeout, excludes)
         try:
-            async with PlanThread(self._plan_maker(remote, excludes), remote.stop) as plan:
-                remote.before_wait = plan.flush
+            planner = PlanThread(self._plan_maker(remote, excludes), remote.stop)
+            remote.before_wait = planner.flush  # what is planned goes before the planner waits
+            async with planner as plan:
                 try:
-                    await self._phase(plan.actions())
+                    complete = self.report.view.plan_complete if last else None
+                    await self._phase(plan.actions(), complete)
                     await self._phase(plan.deferred())
                 finally:
                     await self._cancel_all()
@@ -180,8 +185,11 @@ class _SendRoot:
 
         return make
 
-    async def _phase(self, actions: AsyncIterator[Action]) -> None:
-        """Start every action of a phase (at most CONCURRENCY at once), then wait for them."""
+    async def _phase(
+        self, actions: AsyncIterator[Action], planned: Callable[[], None] | None = None
+    ) -> None:
+        """Start every action of a phase (at most CONCURRENCY at once), then wait for them;
+        `planned` is called once the phase's plan is read."""
         async for action in actions:
             self._check()
             self.report.planned(action)
@@ -189,6 +197,8 @@ class _SendRoot:
                 continue
             await self.gate.acquire()
             self._start(action, self._in_the_way(action))
+        if planned is not None:
+            planned()
         await self._wait(list(self.inflight.values()))
         self._check()
 
@@ -240,17 +250,16 @@ class _SendRoot:
         root = self.pair.dest
         return f"{root.rstrip('/')}/{name}" if name else root
 
-    def local(self, entry_local: str) -> Path:
-        return Path(
-            os.path.join(self.pair.source, entry_local) if entry_local else self.pair.source
-        )
+    def local(self, rel: str) -> Path:
+        """The local path of `rel`, a path relative to the local root ("" for the root)."""
+        return Path(os.path.join(self.pair.source, rel) if rel else self.pair.source)
 
     async def _run(self, action: Action, after: list[asyncio.Task[None]]) -> None:
         try:
             await self._wait(after)
             if self.fatal is not None:
                 return
-            moved = await self._act(action)
+            removed = await self._act(action)
         except FluxError as exc:
             if exc.retryable:  # the connection: the attempt ends, Retrier connects again
                 if self.fatal is None:
@@ -261,13 +270,13 @@ class _SendRoot:
             if self.fatal is None:
                 self.fatal = exc
         else:
-            self.report.done(action, moved=moved[0], removed=moved[1])
+            self.report.done(action, removed=removed)
         finally:
             if isinstance(action, Copy):
                 self.report.view.file_done()
 
-    async def _act(self, action: Action) -> tuple[int, int | None]:
-        """Run `action`; (payload bytes sent, entries removed for a Delete)."""
+    async def _act(self, action: Action) -> int | None:
+        """Run `action`; for a Delete, the entries removed."""
         match action:
             case Mkdir(name=name, mode=mode, replace=kind):
                 if kind is not None:
@@ -276,22 +285,19 @@ class _SendRoot:
             case Copy(name=name, source=source, dest=dest):
                 if dest is not None and dest.kind != "file":
                     await self._delete(name, recursive=False)
-                return await self._upload(name, source.local), None
+                await self._upload(name, source.local)
             case MakeLink(name=name, target=target, dest=dest):
                 if dest is not None and dest.kind != "link":
                     await self._delete(name, recursive=False)
-                req = await self.session.open(
-                    lambda rid: SymlinkFrame(rid, self.remote(name), target)
-                )
-                await req.expect(Made, self.timeout)
+                await self._symlink(name, target)
             case SetAttrs(name=name, kind="dir", mode=mode, mtime_ns=mtime_ns):
                 if self.remote(name) != "/":  # the server's root is not the copy's to change
                     await self._mkdir(name, mode, mtime_ns)
             case SetAttrs(name=name):
-                return await self._upload(name, name), None
+                await self._upload(name, name)
             case Delete(name=name, recursive=recursive):
-                return 0, await self._delete(name, recursive=recursive)
-        return 0, None
+                return await self._delete(name, recursive=recursive)
+        return None
 
     async def _mkdir(self, name: str, mode: int, mtime_ns: int | None) -> None:
         path = self.remote(name)
@@ -311,8 +317,9 @@ class _SendRoot:
         except NotFound:
             return 0  # already gone: what a delete is for
 
-    async def _upload(self, name: str, local: str) -> int:
-        """Send one file, keeping its mode and mtime; the payload bytes it put on the wire."""
+    async def _upload(self, name: str, local: str) -> None:
+        """Send one file, keeping its mode and mtime; what it put on the wire counts in
+        `sent` whether it completes or not."""
         url = replace(self.url, path=self.remote(name))
         up = Upload(self.local(local), url, self.opts, name="", keep_mtime=True)
         view, done = self.report.view, 0
@@ -324,12 +331,15 @@ class _SendRoot:
             done = now_done
 
         up.progress = progress
-        while True:
-            try:
-                await up.attempt(self.session, self.n)
-                return up.sent
-            except LocalFileChanged:
-                continue  # read it again at once (Upload gives up after a few rescans)
+        try:
+            while True:
+                try:
+                    await up.attempt(self.session, self.n)
+                    return
+                except LocalFileChanged:
+                    continue  # read it again at once (Upload gives up after a few rescans)
+        finally:
+            self.report.result.moved += up.sent
 
 
 _RUNNABLE = (Mkdir, Copy, MakeLink, SetAttrs, Delete)

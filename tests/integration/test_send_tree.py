@@ -300,12 +300,15 @@ def test_names_the_server_refuses_fail_alone(
     write(src / "sub" / "fine.txt", b"fine")
     for name in HOSTILE:
         write(src / "sub" / name, b"bad")
+    with open(os.fsencode(src / "sub") + b"/not-utf8-\xff", "wb") as f:
+        f.write(b"bad")
     res = fluxctl("send", "-r", str(src), daemon.url("/dst"), "--json", *TCP)
     assert res.code == 4, res.stderr
-    assert res.json["exit_code"] == 4 and len(res.json["errors"]) == len(HOSTILE)
+    assert res.json["exit_code"] == 4 and len(res.json["errors"]) == len(HOSTILE) + 1
     assert all(e["exit_code"] == 4 for e in res.json["errors"])
     refused = [line for line in res.stderr.splitlines() if "server would refuse" in line]
     assert len(refused) == len(HOSTILE)  # one line each
+    assert "fluxctl: sub/not-utf8-\\xff: the name is not valid UTF-8" in res.stderr
     assert sorted(p.name for p in (daemon.root / "dst").rglob("*")) == [
         "fine.txt",
         "good.txt",
@@ -402,3 +405,32 @@ def test_ctrl_c_mid_tree_is_one_line_and_the_rerun_completes(
     assert "Traceback" not in err
     assert fluxctl(*args).code == 0
     assert snapshot(d.root / "dst") == snapshot(src)
+
+
+def test_entries_of_another_kind_are_replaced_and_a_folder_only_with_delete(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    write(src / "a" / "in.txt", b"in")  # a folder where the server has a file
+    write(src / "f", b"file")  # a file where the server has a link
+    os.symlink("f", src / "l")  # a link where the server has a file
+    write(src / "d", b"was a folder")  # a file where the server has a folder
+    dst = daemon.root / "dst"
+    write(dst / "a", b"a file")
+    write(dst / "target", b"the link's target")
+    os.symlink("target", dst / "f")
+    write(dst / "l", b"a file")
+    write(dst / "d" / "inside.txt", b"x")
+    url = daemon.url("/dst")
+    res = fluxctl("send", "-r", str(src), url, "--json", *TCP)
+    assert res.code == 6, res.stderr
+    assert [e["path"] for e in res.json["errors"]] == ["d"]
+    assert "a folder is in the way (--delete replaces it)" in res.stderr
+    assert (dst / "d" / "inside.txt").read_bytes() == b"x"
+    assert (dst / "target").read_bytes() == b"the link's target"  # not written through
+    assert (dst / "f").read_bytes() == b"file" and not (dst / "f").is_symlink()
+    assert os.readlink(dst / "l") == "f" and (dst / "a" / "in.txt").read_bytes() == b"in"
+
+    replaced = fluxctl("send", "-r", "--delete", str(src), url, "--json", *TCP)
+    assert replaced.code == 0, replaced.stderr
+    assert snapshot(dst) == snapshot(src)
