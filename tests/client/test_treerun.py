@@ -111,3 +111,9 @@ def test_the_planner_hashes_the_local_side_for_checksum() -> None:
     assert send.source_digest is digest and send.dest_digest(FILE) is None
     recv = TreeOptions(checksum=True).plan_options("source", digest)
     assert recv.dest_digest is digest and recv.source_digest(FILE) is None
+
+
+def test_with_json_a_reconnect_is_counted_not_said() -> None:
+    v, out, err = view(json=True)
+    v.retrying(ConnectionLost("the server closed the connection"), 0.5)
+    assert (out.getvalue(), err.getvalue()) == ("", "")
