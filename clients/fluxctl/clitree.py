@@ -107,6 +107,7 @@ def check_arguments(run: Run, flags: TreeFlags, sources: list[str], what: str) -
 
 
 def send_tree(run: Run, sources: list[str], url: str, connect: Connect, flags: TreeFlags) -> None:
+    """`fluxctl send -r SOURCES... URL` (exits with the run's worst code)."""
     from .treesend import send_tree  # noqa: PLC0415
 
     with run.guard():
@@ -119,6 +120,7 @@ def send_tree(run: Run, sources: list[str], url: str, connect: Connect, flags: T
 
 
 def recv_tree(run: Run, urls: list[str], local: str, connect: Connect, flags: TreeFlags) -> None:
+    """`fluxctl recv -r URLS... LOCAL`, from one server (exits with the run's worst code)."""
     from .treerecv import recv_tree  # noqa: PLC0415
 
     with run.guard():
@@ -152,7 +154,7 @@ def run_tree(
         dry_run=tree.dry_run,
         quiet=run.quiet,
         json=run.json,
-        progress=run.wants_progress(),
+        progress=run.wants_progress() and not tree.dry_run,
     )
 
     async def work() -> TreeResult:
