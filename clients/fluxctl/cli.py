@@ -11,6 +11,7 @@ no asyncio and no QUIC; a TCP transfer loads no QUIC).
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -26,7 +27,17 @@ import typer
 from fluxio import cliutil
 from fluxio.cliutil import CONTEXT, EXIT_INTERRUPTED, EXIT_USAGE, run_app
 
-from . import __version__
+from . import __version__, clitree
+from .clitree import (
+    Checksum,
+    DeleteExtra,
+    Dereference,
+    DryRun,
+    Exclude,
+    Recursive,
+    TreeFlags,
+    Verbose,
+)
 
 if TYPE_CHECKING:
     from fluxproto import Entry, FluxError
@@ -146,6 +157,14 @@ class Run:
             token=resolve_token(c.token, url.host, url.port),
         )
 
+    def parse_url(self, text: str) -> FluxURL:
+        """Parse a flux URL; the run's `path` becomes its path."""
+        from .url import FluxURL  # noqa: PLC0415
+
+        url = FluxURL.parse(text)
+        self.path = url.path
+        return url
+
     def notice(self, message: str) -> None:
         """Security notices (a newly trusted server) always go to stderr."""
         print(f"fluxctl: {message}", file=sys.stderr)
@@ -154,13 +173,16 @@ class Run:
         if not (self.quiet or self.json):
             print(f"fluxctl: {exc.message}; retrying in {pause:.1f} s", file=sys.stderr)
 
-    def progress_bar(self, label: str) -> ProgressBar:
-        from .progress import ProgressBar  # noqa: PLC0415
-
+    def wants_progress(self) -> bool:
         wanted = self.show_progress
         if wanted is None:
             wanted = sys.stderr.isatty() and not (self.quiet or self.json)
-        return ProgressBar(label, enabled=wanted)
+        return wanted
+
+    def progress_bar(self, label: str) -> ProgressBar:
+        from .progress import ProgressBar  # noqa: PLC0415
+
+        return ProgressBar(label, enabled=self.wants_progress())
 
     def execute(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run `work` on uvloop; report a failure and exit with its code."""
@@ -221,18 +243,16 @@ def _transfer_summary(r: TransferResult) -> str:
     )
 
 
-def _parse_url(run: Run, text: str) -> FluxURL:
-    from .url import FluxURL  # noqa: PLC0415
-
-    url = FluxURL.parse(text)
-    run.path = url.path
-    return url
-
-
 @app.command()
 def send(
-    local: Annotated[str, typer.Argument(help="Local file to send; - reads standard input.")],
-    url: RemoteURL,
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="LOCAL... URL",
+            help="Local file (- reads standard input), or with -r folders; then flux://HOST/PATH.",
+            show_default=False,
+        ),
+    ],
     ca: Ca = None,
     pin: Pin = None,
     transport: Transport = "auto",
@@ -244,20 +264,34 @@ def send(
     insecure_plaintext: Plaintext = False,
     progress: ShowProgress = None,
     token: Token = None,
+    recursive: Recursive = False,
+    dereference: Dereference = False,
+    delete: DeleteExtra = False,
+    dry_run: DryRun = False,
+    exclude: Exclude = None,
+    checksum: Checksum = False,
+    verbose: Verbose = False,
 ) -> None:
     """Send LOCAL to the server; run it again after any failure to resume (for `-`, with
-    the same data on standard input)."""
+    the same data on standard input). With -r, make PATH a copy of each LOCAL folder."""
     from .retry import Retrier  # noqa: PLC0415
     from .upload import STDIN, Upload, open_source  # noqa: PLC0415
 
+    *sources, url = args
     run = Run("send", url, json_, quiet, progress)
-    if local == STDIN:
-        run.interrupted = "interrupted; pipe the same data to the same command to resume"
     connect = Connect(
         ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size
     )
+    flags = TreeFlags(recursive, dereference, delete, dry_run, exclude, checksum, verbose)
+    clitree.check_arguments(run, flags, sources, "LOCAL")
+    if recursive:
+        clitree.send_tree(run, sources, url, connect, flags)
+        return
+    (local,) = sources
+    if local == STDIN:
+        run.interrupted = "interrupted; pipe the same data to the same command to resume"
     with run.guard():  # outside the event loop: reading standard input may block, Ctrl-C not
-        target = _parse_url(run, url)
+        target = run.parse_url(url)
         source = run.stack.enter_context(open_source(local, target))
 
     async def work() -> TransferResult:
@@ -275,9 +309,14 @@ def send(
 
 @app.command()
 def recv(
-    url: RemoteURL,
-    local: Annotated[
-        str, typer.Argument(help="Local file or directory to write; - writes standard output.")
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="URL... LOCAL",
+            help="flux://HOST/PATH (with -r, several), then the local file or directory to "
+            "write; - writes standard output.",
+            show_default=False,
+        ),
     ],
     ca: Ca = None,
     pin: Pin = None,
@@ -290,26 +329,37 @@ def recv(
     insecure_plaintext: Plaintext = False,
     progress: ShowProgress = None,
     token: Token = None,
+    recursive: Recursive = False,
+    dereference: Dereference = False,
+    delete: DeleteExtra = False,
+    dry_run: DryRun = False,
+    exclude: Exclude = None,
+    checksum: Checksum = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Receive PATH from the server into LOCAL; run it again after any failure to resume."""
-    to_stdout = local == "-"
-    if to_stdout and json_:
-        run = Run("recv", url, json_, quiet)
-        run.fail("--json and - (standard output) both write to stdout; choose one", EXIT_USAGE)
-    if to_stdout and 1 in cliutil.CLOSED_AT_START:
-        Run("recv", url, json_, quiet).fail(
-            "standard output is closed: nowhere to write", EXIT_USAGE
-        )
-    from .download import Download, StreamDownload  # noqa: PLC0415
-    from .retry import Retrier  # noqa: PLC0415
-
+    """Receive PATH from the server into LOCAL; run it again after any failure to resume.
+    With -r, make LOCAL a copy of each folder PATH."""
+    *urls, local = args
+    url = urls[0] if urls else local
     run = Run("recv", url, json_, quiet, progress)
     connect = Connect(
         ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size
     )
+    flags = TreeFlags(recursive, dereference, delete, dry_run, exclude, checksum, verbose)
+    clitree.check_arguments(run, flags, urls, "URL")
+    if recursive:
+        clitree.recv_tree(run, urls, local, connect, flags)
+        return
+    to_stdout = local == "-"
+    if to_stdout and json_:
+        run.fail("--json and - (standard output) both write to stdout; choose one", EXIT_USAGE)
+    if to_stdout and 1 in cliutil.CLOSED_AT_START:
+        run.fail("standard output is closed: nowhere to write", EXIT_USAGE)
+    from .download import Download, StreamDownload  # noqa: PLC0415
+    from .retry import Retrier  # noqa: PLC0415
 
     async def work() -> TransferResult:
-        source = _parse_url(run, url)
+        source = run.parse_url(url)
         opts = run.options(source, connect)
         with run.progress_bar(f"recv {source.name}") as bar:
             retrier = Retrier(source, opts, run.on_retry)
@@ -332,7 +382,7 @@ def _simple(run: Run, url: str, connect: Connect, request: Callable[..., Awaitab
     from .retry import Retrier  # noqa: PLC0415
 
     async def work() -> T:
-        target = _parse_url(run, url)
+        target = run.parse_url(url)
         opts = run.options(target, connect)
         return await Retrier(target, opts, run.on_retry).run(
             lambda ch, n: request(ch, target.path, opts.io_timeout)
@@ -353,16 +403,21 @@ def ls(
     io_timeout: IoTimeout = 60.0,
     insecure_plaintext: Plaintext = False,
     token: Token = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Everything under PATH, named from it.")
+    ] = False,
 ) -> None:
-    """List a directory (or show one file) on the server."""
+    """List a directory (or show one file) on the server; with -r, the whole tree under it."""
     from .ops import entry_json, list_entries  # noqa: PLC0415
 
     run = Run("ls", url, json_, quiet)
     connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout)
-    entries: list[Entry] = _simple(run, url, connect, list_entries)
+    listing = functools.partial(list_entries, recursive=recursive)
+    entries: list[Entry] = _simple(run, url, connect, listing)
     lines = [
-        f"{'d' if e.kind == 'dir' else '-'}{e.mode:04o} {e.size:>14} "
-        f"{_mtime(e.mtime_ns)} {e.name}{'/' if e.kind == 'dir' else ''}"
+        f"{'d' if e.kind == 'dir' else 'l' if e.kind == 'link' else '-'}{e.mode:04o} "
+        f"{e.size:>14} {_mtime(e.mtime_ns)} {e.name}{'/' if e.kind == 'dir' else ''}"
+        + (f" -> {e.target}" if e.target is not None else "")
         for e in entries
     ]
     run.done(
@@ -410,14 +465,29 @@ def rm(
     io_timeout: IoTimeout = 60.0,
     insecure_plaintext: Plaintext = False,
     token: Token = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Delete a folder and all it holds.")
+    ] = False,
 ) -> None:
-    """Delete a file on the server."""
+    """Delete a file or link on the server; with -r, a folder and everything in it."""
     from .ops import remove  # noqa: PLC0415
 
     run = Run("rm", url, json_, quiet)
     connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout)
-    _simple(run, url, connect, remove)
-    run.done({"ok": True, "op": "rm", "path": run.path}, None)
+    if recursive:
+        with run.guard():
+            _refuse_root(run.parse_url(url).path)
+    count: int = _simple(run, url, connect, functools.partial(remove, recursive=recursive))
+    human = f"deleted {run.path}: {count} entries" if recursive else None
+    run.done({"ok": True, "op": "rm", "path": run.path, "deleted": count}, human)
+
+
+def _refuse_root(path: str) -> None:
+    from fluxio.pathrules import normalize  # noqa: PLC0415
+    from fluxproto import ConfigError  # noqa: PLC0415
+
+    if not normalize(path):
+        raise ConfigError("rm -r refuses to delete the root of the server")
 
 
 @app.command()

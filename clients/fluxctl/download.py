@@ -1,9 +1,10 @@
 """`recv`: download into a hidden partial file beside the destination, resumably.
 
-An attempt first asks for no chunks at all (`want=()`) to learn the file's size, chunk size and
-chunk digests, opens or resumes the local staged file, then asks for exactly the chunks it does
-not hold with the right digest. Chunks are acked only once durable. The destination appears, by
-rename, only after the whole-file digest verifies.
+An attempt that finds a staged file to resume first asks for no chunks at all (`want=()`) to
+learn the file's size, chunk size and chunk digests, resumes the staged file, then asks for
+exactly the chunks it does not hold with the right digest; with nothing staged it asks for the
+whole file at once (one round trip, which many small files feel). Chunks are acked only once
+durable. The destination appears, by rename, only after the whole-file digest verifies.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from fluxio.buffers import POOL
 from fluxio.chunkflow import Buffer, ChunkWriter
@@ -46,6 +48,26 @@ PARTIAL_SUFFIX = ".fluxpart"
 MAX_REFETCHES = 2
 
 
+T = TypeVar("T")
+
+
+async def _settled(
+    fn: Callable[..., T], *args: Any, abandon: Callable[[T], object] | None = None
+) -> T:
+    """`fn(*args)` in a worker thread; a cancellation meanwhile still waits for the thread to
+    end (a thread cannot be stopped), gives what it returned to `abandon`, then is raised.
+    So the staged file is never closed under a thread still using it, nor left open (and
+    locked against the next attempt) by an open that finished after its caller gave up."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        if abandon is not None and not task.cancelled() and task.exception() is None:
+            abandon(task.result())
+        raise
+
+
 def destination(local_arg: str | Path, url: FluxURL) -> Path:
     """Where `recv URL LOCAL` puts the file: into LOCAL if it is a directory (or ends in a
     separator, like scp), else at LOCAL. Takes the argument as typed: Path drops the slash."""
@@ -74,14 +96,21 @@ class Download:
         local: str | Path,
         opts: ClientOptions,
         progress: ProgressFn | None = None,
+        *,
+        exact: bool = False,
     ) -> None:
+        """With `exact` (a file of a tree), `local` is the file's own path (no directory rule)
+        and the file appears with the server's permission bits (no umask) and mtime."""
         self.url, self.opts = url, opts
-        self.dest = destination(local, url)
+        self.exact = exact
+        self.dest = Path(local) if exact else destination(local, url)
         self.progress = progress or (lambda done, total: None)
         self.received = 0
         self.skipped: int | None = None
         #: Passes made again because staged chunks were found damaged at the end.
         self.refetches = 0
+        #: True once the file is in place (even if the attempt was cancelled meanwhile).
+        self.published = False
 
     async def run(self, retrier: Retrier | None = None) -> TransferResult:
         started = time.monotonic()
@@ -101,9 +130,15 @@ class Download:
     async def attempt(self, session: ClientSession, n: int) -> Meta:
         """One attempt on `session` (the `n`th of the run): META of the file once it is in
         place. Safe to run at once with other transfers' attempts on the same session."""
-        _, meta = await self._meta(session, (), None)
-        staged = await self._open_staged(meta)
+        # Nothing staged to resume from: ask for the whole file at once (one round trip
+        # instead of two, which small files of a tree feel); else learn its chunks first.
+        fresh = not partial_paths(self.dest)[1].exists()
+        req, meta = await self._meta(session, None if fresh else (), None)
+        with cancel_on_error(req):
+            staged = await self._open_staged(meta)
         try:
+            if meta.count:
+                await self._receive(req, staged, meta)
             while True:
                 while missing := self._missing(staged, meta):
                     want = to_ranges(missing)[:MAX_RANGES]
@@ -113,7 +148,7 @@ class Download:
                         continue
                     # The file changed on the server: re-plan against its new digests.
                     if (reply.size, reply.chunk_size) != (meta.size, meta.chunk_size):
-                        await asyncio.to_thread(staged.discard)
+                        await _settled(staged.discard)
                         staged = await self._open_staged(reply)
                     meta = reply
                 if await self._publish(staged, meta):
@@ -123,13 +158,15 @@ class Download:
             staged.close()
 
     async def _meta(
-        self, session: ClientSession, want: tuple[tuple[int, int], ...], plan: Meta | None
+        self, session: ClientSession, want: tuple[tuple[int, int], ...] | None, plan: Meta | None
     ) -> tuple[Request, Meta]:
         return await ask_meta(session, self.url.path, want, plan, self.opts)
 
     async def _open_staged(self, meta: Meta) -> StagedFile:
         data, journal = partial_paths(self.dest)
-        staged = await asyncio.to_thread(StagedFile.open, data, journal, meta.size, meta.chunk_size)
+        staged = await _settled(
+            StagedFile.open, data, journal, meta.size, meta.chunk_size, abandon=StagedFile.close
+        )
         held = sum(
             min(meta.chunk_size, meta.size - i * meta.chunk_size)
             for i, d in staged.held.items()
@@ -163,31 +200,39 @@ class Download:
             if writer.error is not None:
                 raise writer.error
 
+    def _published(self, _: object) -> None:
+        self.published = True
+
     async def _publish(self, staged: StagedFile, meta: Meta) -> bool:
         """Put the file in place if its whole-file digest is the server's. False: staged chunks
         were damaged on disk after they were verified; they are dropped and fetched again."""
-        digest = await asyncio.to_thread(staged.file_digest)
+        digest = await _settled(staged.file_digest)
         if digest != meta.digest:
             # Read back what the journal vouches for, rather than trust it or throw it all away.
-            damaged = await asyncio.to_thread(staged.reverify)
+            damaged = await _settled(staged.reverify)
             if damaged and self.refetches < MAX_REFETCHES:
                 self.refetches += 1
                 return False
-            await asyncio.to_thread(staged.discard)
+            await _settled(staged.discard)
             raise IntegrityError(f"{self.dest}: whole-file digest does not match the server's")
-        await asyncio.to_thread(staged.publish, self.dest, meta.mode & 0o777 & ~current_umask())
+        if self.exact:
+            mode, mtime_ns = meta.mode & 0o777, meta.mtime_ns
+        else:
+            mode, mtime_ns = meta.mode & 0o777 & ~current_umask(), None
+        await _settled(staged.publish, self.dest, mode, None, mtime_ns, abandon=self._published)
+        self.published = True
         return True
 
 
 async def ask_meta(
     session: ClientSession,
     path: str,
-    want: tuple[tuple[int, int], ...],
+    want: tuple[tuple[int, int], ...] | None,
     plan: Meta | None,
     opts: ClientOptions,
 ) -> tuple[Request, Meta]:
-    """Ask for `want` of the version `plan` describes (None: learn the current version); the
-    request (its chunks follow when META's `count` is not 0) and its META."""
+    """Ask for `want` (None: every chunk) of the version `plan` describes (None: the current
+    version); the request (its chunks follow when META's `count` is not 0) and its META."""
     if plan is None:
         digest, chunk_size = None, opts.chunk_size or DEFAULT_CHUNK
     else:  # digest and chunk size pin the version and geometry `want` was computed for
