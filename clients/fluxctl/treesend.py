@@ -152,6 +152,8 @@ class _SendRoot:
         self.session, self.n, self.url, self.opts = session, n, url, opts
         self.tree, self.report, self.pair = tree, report, pair
         self.timeout = opts.io_timeout
+        #: Every action's task until it ends, and by name the last one started there.
+        self.tasks: set[asyncio.Task[None]] = set()
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.gate = asyncio.Semaphore(CONCURRENCY)
         #: Files of several chunks in flight: each reads ahead and holds its own buffers.
@@ -207,7 +209,7 @@ class _SendRoot:
             self._start(action, self._in_the_way(action))
         if planned is not None:
             planned()
-        await self._wait(list(self.inflight.values()))
+        await self._wait(list(self.tasks))
         self._check()
 
     def _check(self) -> None:
@@ -218,10 +220,12 @@ class _SendRoot:
         name = action.name
         task = asyncio.create_task(self._run(action, after))
         self.inflight[name] = task
+        self.tasks.add(task)
 
         def finished(t: asyncio.Task[None]) -> None:
             if self.inflight.get(name) is t:
                 del self.inflight[name]
+            self.tasks.discard(t)
             self.gate.release()
 
         task.add_done_callback(finished)
@@ -245,7 +249,7 @@ class _SendRoot:
             await asyncio.wait(tasks)
 
     async def _cancel_all(self) -> None:
-        tasks = list(self.inflight.values())
+        tasks = list(self.tasks)
         for task in tasks:
             task.cancel()
         if tasks:
