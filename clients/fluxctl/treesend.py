@@ -28,6 +28,7 @@ an interrupted upload resumes from the chunks the server holds (so does the next
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -40,6 +41,7 @@ from fluxproto import (
     FluxError,
     Made,
     NotFound,
+    chunk_count,
 )
 from fluxproto import Mkdir as MkdirFrame
 from fluxproto import Symlink as SymlinkFrame
@@ -47,6 +49,7 @@ from fluxproto import Symlink as SymlinkFrame
 from .connect import ClientOptions
 from .excludes import Excludes
 from .many import CONCURRENCY
+from .results import chunk_size_for
 from .retry import Retrier
 from .session import ClientSession
 from .targets import RootPair, map_roots
@@ -64,6 +67,9 @@ __all__ = ["send_tree"]
 
 #: What a folder being filled needs of its owner on the server (its final mode comes after).
 OWNER_RWX = 0o700
+#: Files of several chunks sent at once (small files go CONCURRENCY at once): each reads
+#: ahead a few chunks, and a few fill the server's window.
+BIG_FILES = 4
 
 
 async def send_tree(
@@ -146,8 +152,12 @@ class _SendRoot:
         self.session, self.n, self.url, self.opts = session, n, url, opts
         self.tree, self.report, self.pair = tree, report, pair
         self.timeout = opts.io_timeout
+        #: Every action's task until it ends, and by name the last one started there.
+        self.tasks: set[asyncio.Task[None]] = set()
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.gate = asyncio.Semaphore(CONCURRENCY)
+        #: Files of several chunks in flight: each reads ahead and holds its own buffers.
+        self.big_files = asyncio.Semaphore(BIG_FILES)
         #: The first failure that ends the attempt (the connection's), raised by `run`.
         self.fatal: BaseException | None = None
 
@@ -199,7 +209,7 @@ class _SendRoot:
             self._start(action, self._in_the_way(action))
         if planned is not None:
             planned()
-        await self._wait(list(self.inflight.values()))
+        await self._wait(list(self.tasks))
         self._check()
 
     def _check(self) -> None:
@@ -210,10 +220,12 @@ class _SendRoot:
         name = action.name
         task = asyncio.create_task(self._run(action, after))
         self.inflight[name] = task
+        self.tasks.add(task)
 
         def finished(t: asyncio.Task[None]) -> None:
             if self.inflight.get(name) is t:
                 del self.inflight[name]
+            self.tasks.discard(t)
             self.gate.release()
 
         task.add_done_callback(finished)
@@ -237,7 +249,7 @@ class _SendRoot:
             await asyncio.wait(tasks)
 
     async def _cancel_all(self) -> None:
-        tasks = list(self.inflight.values())
+        tasks = list(self.tasks)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -285,7 +297,7 @@ class _SendRoot:
             case Copy(name=name, source=source, dest=dest):
                 if dest is not None and dest.kind != "file":
                     await self._delete(name, recursive=False)
-                await self._upload(name, source.local)
+                await self._upload(name, source.local, source.size)
             case MakeLink(name=name, target=target, dest=dest):
                 if dest is not None and dest.kind != "link":
                     await self._delete(name, recursive=False)
@@ -294,7 +306,7 @@ class _SendRoot:
                 if self.remote(name) != "/":  # the server's root is not the copy's to change
                     await self._mkdir(name, mode, mtime_ns)
             case SetAttrs(name=name):
-                await self._upload(name, name)
+                await self._upload(name, name, None)
             case Delete(name=name, recursive=recursive):
                 return await self._delete(name, recursive=recursive)
         return None
@@ -317,9 +329,17 @@ class _SendRoot:
         except NotFound:
             return 0  # already gone: what a delete is for
 
-    async def _upload(self, name: str, local: str) -> None:
-        """Send one file, keeping its mode and mtime; what it put on the wire counts in
-        `sent` whether it completes or not."""
+    async def _upload(self, name: str, local: str, size: int | None) -> None:
+        """Send one file (`size`: as planned, None if unknown), keeping its mode and mtime;
+        what it put on the wire counts in `sent` whether it completes or not. Files of one
+        chunk go CONCURRENCY at once; larger ones BIG_FILES at once."""
+        small = (
+            size is not None and chunk_count(size, chunk_size_for(size, self.opts.chunk_size)) <= 1
+        )
+        async with contextlib.nullcontext() if small else self.big_files:
+            await self._send_file(name, local)
+
+    async def _send_file(self, name: str, local: str) -> None:
         url = replace(self.url, path=self.remote(name))
         up = Upload(self.local(local), url, self.opts, name="", keep_mtime=True)
         view, done = self.report.view, 0

@@ -267,18 +267,17 @@ def test_deletes_wait_for_every_transfer(
     """In the library: the first DELETE starts only after the last upload finished."""
     extras(daemon)
     events: list[str] = []
-    upload, delete = treesend._SendRoot._upload, treesend._SendRoot._delete
+    upload, delete = treesend._SendRoot._send_file, treesend._SendRoot._delete
 
-    async def logged_upload(self: treesend._SendRoot, name: str, local: str) -> int:
-        sent = await upload(self, name, local)
+    async def logged_upload(self: treesend._SendRoot, name: str, local: str) -> None:
+        await upload(self, name, local)
         events.append("uploaded")
-        return sent
 
     async def logged_delete(self: treesend._SendRoot, name: str, *, recursive: bool) -> int:
         events.append("delete")
         return await delete(self, name, recursive=recursive)
 
-    monkeypatch.setattr(treesend._SendRoot, "_upload", logged_upload)
+    monkeypatch.setattr(treesend._SendRoot, "_send_file", logged_upload)
     monkeypatch.setattr(treesend._SendRoot, "_delete", logged_delete)
     url = FluxURL("127.0.0.1", daemon.port, "/dst")
     view = TreeView(quiet=True)
@@ -446,3 +445,36 @@ def test_entries_of_another_kind_are_replaced_and_a_folder_only_with_delete(
     replaced = fluxctl("send", "-r", "--delete", str(src), url, "--json", *TCP)
     assert replaced.code == 0, replaced.stderr
     assert snapshot(dst) == snapshot(src)
+
+
+def test_files_of_several_chunks_go_a_few_at_a_time(
+    daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each reads ahead its own buffers: BIG_FILES at once, while small files go many at once."""
+    src = tmp_path / "src"
+    for i in range(12):
+        write(src / f"big{i:02}", os.urandom(3 * 64 * 1024))  # 3 chunks of 64 KiB (test_v2.CS)
+        write(src / f"small{i:02}", os.urandom(100))
+    running = {"big": 0, "small": 0}
+    most = {"big": 0, "small": 0}
+    send_file = treesend._SendRoot._send_file
+
+    async def counted(self: treesend._SendRoot, name: str, local: str) -> None:
+        kind = "big" if name.startswith("big") else "small"
+        running[kind] += 1
+        most[kind] = max(most[kind], running[kind])
+        try:
+            await send_file(self, name, local)
+        finally:
+            running[kind] -= 1
+
+    monkeypatch.setattr(treesend._SendRoot, "_send_file", counted)
+    url = FluxURL("127.0.0.1", daemon.port, "/dst")
+    view = TreeView(quiet=True)
+    result = uvloop.run(
+        treesend.send_tree([str(src)], url, options(daemon, "tcp"), TreeOptions(), view)
+    )
+    assert result.exit_code == 0 and result.files == 24
+    assert most["big"] == treesend.BIG_FILES
+    assert most["small"] > treesend.BIG_FILES
+    assert snapshot(daemon.root / "dst") == snapshot(src)
