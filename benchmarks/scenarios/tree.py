@@ -218,6 +218,7 @@ def _clients(
         root = ws.path / f"{tag}-{tool}"
         root.mkdir(exist_ok=True)
         if tool == "fluxctl":
+            (root / "bench").mkdir(exist_ok=True)  # the copies' parent, as for the other tools
             peer = FluxPeer(root, "tcp", None, placement, "fluxctl", strict=strict)
             clients.append(FluxTree(stack.enter_context(peer)))
         elif tool == "rsync":
