@@ -11,6 +11,7 @@ no asyncio and no QUIC; a TCP transfer loads no QUIC).
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from .connect import ClientOptions
     from .progress import ProgressBar
     from .results import TransferResult
+    from .treeresult import TreeResult
+    from .treerun import TreeOptions, TreeView
     from .url import FluxURL
 
 T = TypeVar("T")
@@ -92,6 +95,33 @@ ShowProgress = Annotated[
     typer.Option("--progress/--no-progress", help="Force the progress bar on or off."),
 ]
 RemoteURL = Annotated[str, typer.Argument(help="flux://HOST:PORT/PATH")]
+Recursive = Annotated[
+    bool, typer.Option("--recursive", "-r", help="Copy a folder and all it holds.")
+]
+Dereference = Annotated[
+    bool, typer.Option("--dereference", "-L", help="With -r: send what links point to.")
+]
+DeleteExtra = Annotated[
+    bool,
+    typer.Option("--delete", help="With -r: remove destination entries missing from the source."),
+]
+DryRun = Annotated[
+    bool, typer.Option("--dry-run", "-n", help="With -r: print what would be done; change nothing.")
+]
+Exclude = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude",
+        metavar="PATTERN",
+        help="With -r: leave out paths matching PATTERN (gitignore syntax; repeatable).",
+    ),
+]
+Checksum = Annotated[
+    bool, typer.Option("--checksum", help="With -r: compare digests, not size and mtime.")
+]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="With -r: name skipped and ignored entries.")
+]
 
 
 @dataclass(frozen=True)
@@ -106,6 +136,49 @@ class Connect:
     token: str | None
     io_timeout: float
     chunk_size: str | None = None
+
+
+@dataclass(frozen=True)
+class TreeFlags:
+    """The options of the tree commands (`send -r`, `recv -r`) as given."""
+
+    recursive: bool
+    dereference: bool
+    delete: bool
+    dry_run: bool
+    exclude: list[str] | None
+    checksum: bool
+    verbose: bool
+
+    def usage(self) -> str | None:
+        """Why these flags make no sense without -r (None: they do, or -r is given)."""
+        if self.recursive:
+            return None
+        given = {
+            "-L": self.dereference,
+            "--delete": self.delete,
+            "-n": self.dry_run,
+            "--exclude": bool(self.exclude),
+            "--checksum": self.checksum,
+            "-v": self.verbose,
+        }
+        named = [flag for flag, on in given.items() if on]
+        if not named:
+            return None
+        verb = "applies" if len(named) == 1 else "apply"
+        return f"{', '.join(named)} {verb} to folders only: add -r"
+
+    def options(self) -> TreeOptions:
+        from .treerun import TreeOptions  # noqa: PLC0415
+
+        return TreeOptions(
+            follow_links=self.dereference,
+            delete=self.delete,
+            dry_run=self.dry_run,
+            excludes=tuple(self.exclude or ()),
+            checksum=self.checksum,
+            verbose=self.verbose,
+        )
 
 
 @dataclass
@@ -154,13 +227,16 @@ class Run:
         if not (self.quiet or self.json):
             print(f"fluxctl: {exc.message}; retrying in {pause:.1f} s", file=sys.stderr)
 
-    def progress_bar(self, label: str) -> ProgressBar:
-        from .progress import ProgressBar  # noqa: PLC0415
-
+    def wants_progress(self) -> bool:
         wanted = self.show_progress
         if wanted is None:
             wanted = sys.stderr.isatty() and not (self.quiet or self.json)
-        return ProgressBar(label, enabled=wanted)
+        return wanted
+
+    def progress_bar(self, label: str) -> ProgressBar:
+        from .progress import ProgressBar  # noqa: PLC0415
+
+        return ProgressBar(label, enabled=self.wants_progress())
 
     def execute(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run `work` on uvloop; report a failure and exit with its code."""
@@ -231,8 +307,14 @@ def _parse_url(run: Run, text: str) -> FluxURL:
 
 @app.command()
 def send(
-    local: Annotated[str, typer.Argument(help="Local file to send; - reads standard input.")],
-    url: RemoteURL,
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="LOCAL... URL",
+            help="Local file (- reads standard input), or with -r folders; then flux://HOST/PATH.",
+            show_default=False,
+        ),
+    ],
     ca: Ca = None,
     pin: Pin = None,
     transport: Transport = "auto",
@@ -244,18 +326,32 @@ def send(
     insecure_plaintext: Plaintext = False,
     progress: ShowProgress = None,
     token: Token = None,
+    recursive: Recursive = False,
+    dereference: Dereference = False,
+    delete: DeleteExtra = False,
+    dry_run: DryRun = False,
+    exclude: Exclude = None,
+    checksum: Checksum = False,
+    verbose: Verbose = False,
 ) -> None:
     """Send LOCAL to the server; run it again after any failure to resume (for `-`, with
-    the same data on standard input)."""
+    the same data on standard input). With -r, make PATH a copy of each LOCAL folder."""
     from .retry import Retrier  # noqa: PLC0415
     from .upload import STDIN, Upload, open_source  # noqa: PLC0415
 
+    *sources, url = args
     run = Run("send", url, json_, quiet, progress)
-    if local == STDIN:
-        run.interrupted = "interrupted; pipe the same data to the same command to resume"
     connect = Connect(
         ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size
     )
+    flags = TreeFlags(recursive, dereference, delete, dry_run, exclude, checksum, verbose)
+    _check_arguments(run, flags, sources, "LOCAL")
+    if recursive:
+        _send_tree(run, sources, url, connect, flags)
+        return
+    (local,) = sources
+    if local == STDIN:
+        run.interrupted = "interrupted; pipe the same data to the same command to resume"
     with run.guard():  # outside the event loop: reading standard input may block, Ctrl-C not
         target = _parse_url(run, url)
         source = run.stack.enter_context(open_source(local, target))
@@ -273,11 +369,88 @@ def send(
     run.done(result.to_json(), _transfer_summary(result))
 
 
+def _check_arguments(run: Run, flags: TreeFlags, sources: list[str], what: str) -> None:
+    """Usage errors of the argument list: a source and a destination, several sources only
+    with -r, tree flags only with -r."""
+    if not sources:
+        run.fail(f"missing {what}: give a source and a destination", EXIT_USAGE)
+    usage = flags.usage()
+    if usage is not None:
+        run.fail(usage, EXIT_USAGE)
+    if len(sources) > 1 and not flags.recursive:
+        run.fail(f"several sources ({len(sources)}) are copied with -r only", EXIT_USAGE)
+
+
+def _send_tree(run: Run, sources: list[str], url: str, connect: Connect, flags: TreeFlags) -> None:
+    from .treesend import send_tree  # noqa: PLC0415
+
+    with run.guard():
+        target = _parse_url(run, url)
+
+    async def execute(opts: ClientOptions, tree: TreeOptions, view: TreeView) -> TreeResult:
+        return await send_tree(sources, target, opts, tree, view)
+
+    _run_tree(run, target, connect, flags, execute)
+
+
+def _recv_tree(run: Run, urls: list[str], local: str, connect: Connect, flags: TreeFlags) -> None:
+    from .treerecv import recv_tree  # noqa: PLC0415
+
+    with run.guard():
+        sources = [_parse_url(run, u) for u in urls]
+        first = sources[0]
+        for other in sources[1:]:
+            if (other.host, other.port) != (first.host, first.port):
+                run.fail(f"recv -r takes sources from one server: {first.address}", EXIT_USAGE)
+        run.path = sources[0].path if len(sources) == 1 else local
+
+    async def execute(opts: ClientOptions, tree: TreeOptions, view: TreeView) -> TreeResult:
+        return await recv_tree(sources, local, opts, tree, view)
+
+    _run_tree(run, first, connect, flags, execute)
+
+
+def _run_tree(
+    run: Run,
+    url: FluxURL,
+    connect: Connect,
+    flags: TreeFlags,
+    execute: Callable[[ClientOptions, TreeOptions, TreeView], Awaitable[TreeResult]],
+) -> None:
+    """Run a tree command: its view, the run's JSON or summary, and the worst exit code."""
+    from .treerun import TreeView  # noqa: PLC0415
+
+    tree = flags.options()
+    view = TreeView(
+        verb=run.op,
+        verbose=tree.verbose,
+        dry_run=tree.dry_run,
+        quiet=run.quiet,
+        json=run.json,
+        progress=run.wants_progress(),
+    )
+
+    async def work() -> TreeResult:
+        opts = run.options(url, connect)
+        with view:
+            return await execute(opts, tree, view)
+
+    result = run.execute(work)
+    summary = result.summary() + (" (dry run: nothing changed)" if tree.dry_run else "")
+    run.done(result.to_json(), summary)
+    sys.exit(result.exit_code)
+
+
 @app.command()
 def recv(
-    url: RemoteURL,
-    local: Annotated[
-        str, typer.Argument(help="Local file or directory to write; - writes standard output.")
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="URL... LOCAL",
+            help="flux://HOST/PATH (with -r, several), then the local file or directory to "
+            "write; - writes standard output.",
+            show_default=False,
+        ),
     ],
     ca: Ca = None,
     pin: Pin = None,
@@ -290,23 +463,34 @@ def recv(
     insecure_plaintext: Plaintext = False,
     progress: ShowProgress = None,
     token: Token = None,
+    recursive: Recursive = False,
+    dereference: Dereference = False,
+    delete: DeleteExtra = False,
+    dry_run: DryRun = False,
+    exclude: Exclude = None,
+    checksum: Checksum = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Receive PATH from the server into LOCAL; run it again after any failure to resume."""
-    to_stdout = local == "-"
-    if to_stdout and json_:
-        run = Run("recv", url, json_, quiet)
-        run.fail("--json and - (standard output) both write to stdout; choose one", EXIT_USAGE)
-    if to_stdout and 1 in cliutil.CLOSED_AT_START:
-        Run("recv", url, json_, quiet).fail(
-            "standard output is closed: nowhere to write", EXIT_USAGE
-        )
-    from .download import Download, StreamDownload  # noqa: PLC0415
-    from .retry import Retrier  # noqa: PLC0415
-
+    """Receive PATH from the server into LOCAL; run it again after any failure to resume.
+    With -r, make LOCAL a copy of each folder PATH."""
+    *urls, local = args
+    url = urls[0] if urls else local
     run = Run("recv", url, json_, quiet, progress)
     connect = Connect(
         ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size
     )
+    flags = TreeFlags(recursive, dereference, delete, dry_run, exclude, checksum, verbose)
+    _check_arguments(run, flags, urls, "URL")
+    if recursive:
+        _recv_tree(run, urls, local, connect, flags)
+        return
+    to_stdout = local == "-"
+    if to_stdout and json_:
+        run.fail("--json and - (standard output) both write to stdout; choose one", EXIT_USAGE)
+    if to_stdout and 1 in cliutil.CLOSED_AT_START:
+        run.fail("standard output is closed: nowhere to write", EXIT_USAGE)
+    from .download import Download, StreamDownload  # noqa: PLC0415
+    from .retry import Retrier  # noqa: PLC0415
 
     async def work() -> TransferResult:
         source = _parse_url(run, url)
@@ -353,16 +537,21 @@ def ls(
     io_timeout: IoTimeout = 60.0,
     insecure_plaintext: Plaintext = False,
     token: Token = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Everything under PATH, named from it.")
+    ] = False,
 ) -> None:
-    """List a directory (or show one file) on the server."""
+    """List a directory (or show one file) on the server; with -r, the whole tree under it."""
     from .ops import entry_json, list_entries  # noqa: PLC0415
 
     run = Run("ls", url, json_, quiet)
     connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout)
-    entries: list[Entry] = _simple(run, url, connect, list_entries)
+    listing = functools.partial(list_entries, recursive=recursive)
+    entries: list[Entry] = _simple(run, url, connect, listing)
     lines = [
-        f"{'d' if e.kind == 'dir' else '-'}{e.mode:04o} {e.size:>14} "
-        f"{_mtime(e.mtime_ns)} {e.name}{'/' if e.kind == 'dir' else ''}"
+        f"{'d' if e.kind == 'dir' else 'l' if e.kind == 'link' else '-'}{e.mode:04o} "
+        f"{e.size:>14} {_mtime(e.mtime_ns)} {e.name}{'/' if e.kind == 'dir' else ''}"
+        + (f" -> {e.target}" if e.target is not None else "")
         for e in entries
     ]
     run.done(
@@ -410,14 +599,29 @@ def rm(
     io_timeout: IoTimeout = 60.0,
     insecure_plaintext: Plaintext = False,
     token: Token = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Delete a folder and all it holds.")
+    ] = False,
 ) -> None:
-    """Delete a file on the server."""
+    """Delete a file or link on the server; with -r, a folder and everything in it."""
     from .ops import remove  # noqa: PLC0415
 
     run = Run("rm", url, json_, quiet)
     connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout)
-    _simple(run, url, connect, remove)
-    run.done({"ok": True, "op": "rm", "path": run.path}, None)
+    if recursive:
+        with run.guard():
+            _refuse_root(_parse_url(run, url).path)
+    count: int = _simple(run, url, connect, functools.partial(remove, recursive=recursive))
+    human = f"deleted {run.path}: {count} entries" if recursive else None
+    run.done({"ok": True, "op": "rm", "path": run.path, "deleted": count}, human)
+
+
+def _refuse_root(path: str) -> None:
+    from fluxio.pathrules import normalize  # noqa: PLC0415
+    from fluxproto import ConfigError  # noqa: PLC0415
+
+    if not normalize(path):
+        raise ConfigError("rm -r refuses to delete the root of the server")
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fluxproto import Delete, Deleted, Entries, Entry, Info, ListDir, Stat, format_digest
+from fluxproto import Conflict, Delete, Deleted, Entries, Entry, Info, ListDir, Stat, format_digest
 
 from .session import ClientSession
 
@@ -29,9 +29,20 @@ async def stat_entry(session: ClientSession, path: str, timeout: float) -> Entry
     return (await req.expect(Info, timeout)).entry
 
 
-async def remove(session: ClientSession, path: str, timeout: float) -> None:
-    req = await session.open(lambda rid: Delete(rid, path))
-    await req.expect(Deleted, timeout)
+async def remove(session: ClientSession, path: str, timeout: float, recursive: bool = False) -> int:
+    """Delete the file or link at `path` (with `recursive`, a folder and all it holds); the
+    number of entries removed.
+
+    Raises:
+        Conflict: a folder without `recursive` (the message says to add -r).
+    """
+    req = await session.open(lambda rid: Delete(rid, path, recursive))
+    try:
+        return (await req.expect(Deleted, timeout)).count
+    except Conflict as exc:
+        if recursive or not exc.message.endswith("is a directory"):
+            raise
+        raise Conflict(f"{exc.message} (use -r)") from None
 
 
 def entry_json(entry: Entry) -> dict[str, Any]:

@@ -89,6 +89,7 @@ class Upload:
         *,
         name: str | None = None,
         mode: int | None = None,
+        keep_mtime: bool = False,
     ) -> None:
         self.local, self.url, self.opts = local, url, opts
         #: The file's name where the remote path names a directory (None: there must be none).
@@ -103,6 +104,9 @@ class Upload:
         self._into_folder_tried = url.path.endswith("/")
         #: The mode the remote file gets (None: the local file's).
         self.mode = mode
+        #: Give the remote file the local file's mtime (as read), so that a tree's next run
+        #: finds it unchanged by size and mtime; otherwise the server's time of writing.
+        self.keep_mtime = keep_mtime
         self.sent = 0
         self.skipped = 0
         #: What the server held when the run started: the base for `skipped`.
@@ -110,6 +114,7 @@ class Upload:
         self.rescans = 0
         self.integrity_retries = 0
         self._done = 0
+        self._mtime_ns: int | None = None
 
     async def run(self, retrier: Retrier | None = None) -> TransferResult:
         started = time.monotonic()
@@ -158,6 +163,7 @@ class Upload:
         size = st.st_size
         chunk_size = chunk_size_for(size, self.opts.chunk_size)
         mode = stat.S_IMODE(st.st_mode) if self.mode is None else self.mode
+        self._mtime_ns = st.st_mtime_ns if self.keep_mtime else None
         self._done = 0  # bytes durable on the server, for progress
         if chunk_count(size, chunk_size) <= 1:
             return await self._one_flight(session, n, fd, st, chunk_size, mode)
@@ -216,7 +222,8 @@ class Upload:
                 return req, status
 
     def _opening(self, size: int, chunk_size: int, mode: int) -> Callable[[int], OpenUpload]:
-        return lambda rid: OpenUpload(rid, self.remote, size, chunk_size, mode)
+        mtime_ns = self._mtime_ns
+        return lambda rid: OpenUpload(rid, self.remote, size, chunk_size, mode, mtime_ns)
 
     async def _status(self, session: ClientSession, n: int, req: Request) -> Status | None:
         """The upload's STATUS; None when it was refused because the remote path is a folder
@@ -346,7 +353,7 @@ def _local_error(exc: BaseException) -> FluxError:
     if exc.errno == errno.ENOENT:
         return ConfigError(f"no such local file: {name}")
     if exc.errno == errno.EISDIR:
-        return ConfigError(f"{name} is a directory; fluxctl sends single files")
+        return ConfigError(f"{name} is a directory (use -r)")
     return ConfigError(f"cannot read {name}: {exc.strerror}")
 
 
@@ -388,6 +395,8 @@ def open_source(local: str, url: FluxURL) -> Iterator[Source]:
     """
     if local != STDIN:
         path = Path(local)
+        if path.is_dir():  # said before connecting
+            raise ConfigError(f"{local} is a directory (use -r)")
         yield Source(path, path.name)
         return
     if url.path.endswith("/"):
@@ -418,6 +427,8 @@ def open_local(path: Path) -> tuple[int, os.stat_result]:
         st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{path} is a directory (use -r)")
         raise ConfigError(f"{path} is not a regular file")
     return fd, st
 
