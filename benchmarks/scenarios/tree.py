@@ -55,6 +55,8 @@ SPACE_MARGIN = 512 * 1024 * 1024
 
 def _choices(allowed: Sequence[str]) -> Any:
     def parse(text: str) -> list[str]:
+        if text.strip().lower() == "none":
+            return []
         wanted = {t.strip() for t in text.split(",") if t.strip()}
         if unknown := wanted - set(allowed):
             raise argparse.ArgumentTypeError(f"unknown: {', '.join(sorted(unknown))}")
@@ -65,7 +67,7 @@ def _choices(allowed: Sequence[str]) -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--links", type=_choices(PLACES), default=list(PLACES), help="[loopback,wan,lossy]"
+        "--links", type=_choices(PLACES), default=list(PLACES), help="or none [loopback,wan,lossy]"
     )
     parser.add_argument("--reps", type=int, help="repetitions per tool and link [3; quick: 1]")
     parser.add_argument("--quick", action="store_true", help="smaller trees, 1 repetition")

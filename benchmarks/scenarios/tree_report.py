@@ -64,8 +64,8 @@ def _row(tool: str, kind: str, s: dict[str, Any] | None, reps: int) -> list[str]
 
 def _table(link: dict[str, Any]) -> str:
     summary, reps = link["summary"], link["reps"]
-    tools = list(dict.fromkeys(r["tool"] for r in link["runs"]))
-    tools += [f["tool"] for f in link["failures"] if f["tool"] not in tools]
+    seen = {r["tool"] for r in link["runs"]} | {f["tool"] for f in link["failures"]}
+    tools = [t for t in LABELS if t in seen]  # the order they alternate in, failed or not
     rows = [_row(t, "fresh", summary.get("fresh", {}).get(t), reps) for t in tools]
     rows += [_row(t, "rerun", summary.get("rerun", {}).get(t), reps) for t in tools if t != "scp"]
     return markdown_table(HEAD, rows)
