@@ -27,7 +27,17 @@ import typer
 from fluxio import cliutil
 from fluxio.cliutil import CONTEXT, EXIT_INTERRUPTED, EXIT_USAGE, run_app
 
-from . import __version__
+from . import __version__, clitree
+from .clitree import (
+    Checksum,
+    DeleteExtra,
+    Dereference,
+    DryRun,
+    Exclude,
+    Recursive,
+    TreeFlags,
+    Verbose,
+)
 
 if TYPE_CHECKING:
     from fluxproto import Entry, FluxError
@@ -35,8 +45,6 @@ if TYPE_CHECKING:
     from .connect import ClientOptions
     from .progress import ProgressBar
     from .results import TransferResult
-    from .treeresult import TreeResult
-    from .treerun import TreeOptions, TreeView
     from .url import FluxURL
 
 T = TypeVar("T")
@@ -95,33 +103,6 @@ ShowProgress = Annotated[
     typer.Option("--progress/--no-progress", help="Force the progress bar on or off."),
 ]
 RemoteURL = Annotated[str, typer.Argument(help="flux://HOST:PORT/PATH")]
-Recursive = Annotated[
-    bool, typer.Option("--recursive", "-r", help="Copy a folder and all it holds.")
-]
-Dereference = Annotated[
-    bool, typer.Option("--dereference", "-L", help="With -r: send what links point to.")
-]
-DeleteExtra = Annotated[
-    bool,
-    typer.Option("--delete", help="With -r: remove destination entries missing from the source."),
-]
-DryRun = Annotated[
-    bool, typer.Option("--dry-run", "-n", help="With -r: print what would be done; change nothing.")
-]
-Exclude = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--exclude",
-        metavar="PATTERN",
-        help="With -r: leave out paths matching PATTERN (gitignore syntax; repeatable).",
-    ),
-]
-Checksum = Annotated[
-    bool, typer.Option("--checksum", help="With -r: compare digests, not size and mtime.")
-]
-Verbose = Annotated[
-    bool, typer.Option("--verbose", "-v", help="With -r: name skipped and ignored entries.")
-]
 
 
 @dataclass(frozen=True)
@@ -136,49 +117,6 @@ class Connect:
     token: str | None
     io_timeout: float
     chunk_size: str | None = None
-
-
-@dataclass(frozen=True)
-class TreeFlags:
-    """The options of the tree commands (`send -r`, `recv -r`) as given."""
-
-    recursive: bool
-    dereference: bool
-    delete: bool
-    dry_run: bool
-    exclude: list[str] | None
-    checksum: bool
-    verbose: bool
-
-    def usage(self) -> str | None:
-        """Why these flags make no sense without -r (None: they do, or -r is given)."""
-        if self.recursive:
-            return None
-        given = {
-            "-L": self.dereference,
-            "--delete": self.delete,
-            "-n": self.dry_run,
-            "--exclude": bool(self.exclude),
-            "--checksum": self.checksum,
-            "-v": self.verbose,
-        }
-        named = [flag for flag, on in given.items() if on]
-        if not named:
-            return None
-        verb = "applies" if len(named) == 1 else "apply"
-        return f"{', '.join(named)} {verb} to folders only: add -r"
-
-    def options(self) -> TreeOptions:
-        from .treerun import TreeOptions  # noqa: PLC0415
-
-        return TreeOptions(
-            follow_links=self.dereference,
-            delete=self.delete,
-            dry_run=self.dry_run,
-            excludes=tuple(self.exclude or ()),
-            checksum=self.checksum,
-            verbose=self.verbose,
-        )
 
 
 @dataclass
@@ -218,6 +156,14 @@ class Run:
             on_new_host=self.notice,
             token=resolve_token(c.token, url.host, url.port),
         )
+
+    def parse_url(self, text: str) -> FluxURL:
+        """Parse a flux URL; the run's `path` becomes its path."""
+        from .url import FluxURL  # noqa: PLC0415
+
+        url = FluxURL.parse(text)
+        self.path = url.path
+        return url
 
     def notice(self, message: str) -> None:
         """Security notices (a newly trusted server) always go to stderr."""
@@ -297,14 +243,6 @@ def _transfer_summary(r: TransferResult) -> str:
     )
 
 
-def _parse_url(run: Run, text: str) -> FluxURL:
-    from .url import FluxURL  # noqa: PLC0415
-
-    url = FluxURL.parse(text)
-    run.path = url.path
-    return url
-
-
 @app.command()
 def send(
     args: Annotated[
@@ -345,15 +283,15 @@ def send(
         ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size
     )
     flags = TreeFlags(recursive, dereference, delete, dry_run, exclude, checksum, verbose)
-    _check_arguments(run, flags, sources, "LOCAL")
+    clitree.check_arguments(run, flags, sources, "LOCAL")
     if recursive:
-        _send_tree(run, sources, url, connect, flags)
+        clitree.send_tree(run, sources, url, connect, flags)
         return
     (local,) = sources
     if local == STDIN:
         run.interrupted = "interrupted; pipe the same data to the same command to resume"
     with run.guard():  # outside the event loop: reading standard input may block, Ctrl-C not
-        target = _parse_url(run, url)
+        target = run.parse_url(url)
         source = run.stack.enter_context(open_source(local, target))
 
     async def work() -> TransferResult:
@@ -367,78 +305,6 @@ def send(
         result = run.execute(work)
     run.path = result.path
     run.done(result.to_json(), _transfer_summary(result))
-
-
-def _check_arguments(run: Run, flags: TreeFlags, sources: list[str], what: str) -> None:
-    """Usage errors of the argument list: a source and a destination, several sources only
-    with -r, tree flags only with -r."""
-    if not sources:
-        run.fail(f"missing {what}: give a source and a destination", EXIT_USAGE)
-    usage = flags.usage()
-    if usage is not None:
-        run.fail(usage, EXIT_USAGE)
-    if len(sources) > 1 and not flags.recursive:
-        run.fail(f"several sources ({len(sources)}) are copied with -r only", EXIT_USAGE)
-
-
-def _send_tree(run: Run, sources: list[str], url: str, connect: Connect, flags: TreeFlags) -> None:
-    from .treesend import send_tree  # noqa: PLC0415
-
-    with run.guard():
-        target = _parse_url(run, url)
-
-    async def execute(opts: ClientOptions, tree: TreeOptions, view: TreeView) -> TreeResult:
-        return await send_tree(sources, target, opts, tree, view)
-
-    _run_tree(run, target, connect, flags, execute)
-
-
-def _recv_tree(run: Run, urls: list[str], local: str, connect: Connect, flags: TreeFlags) -> None:
-    from .treerecv import recv_tree  # noqa: PLC0415
-
-    with run.guard():
-        sources = [_parse_url(run, u) for u in urls]
-        first = sources[0]
-        for other in sources[1:]:
-            if (other.host, other.port) != (first.host, first.port):
-                run.fail(f"recv -r takes sources from one server: {first.address}", EXIT_USAGE)
-        run.path = sources[0].path if len(sources) == 1 else local
-
-    async def execute(opts: ClientOptions, tree: TreeOptions, view: TreeView) -> TreeResult:
-        return await recv_tree(sources, local, opts, tree, view)
-
-    _run_tree(run, first, connect, flags, execute)
-
-
-def _run_tree(
-    run: Run,
-    url: FluxURL,
-    connect: Connect,
-    flags: TreeFlags,
-    execute: Callable[[ClientOptions, TreeOptions, TreeView], Awaitable[TreeResult]],
-) -> None:
-    """Run a tree command: its view, the run's JSON or summary, and the worst exit code."""
-    from .treerun import TreeView  # noqa: PLC0415
-
-    tree = flags.options()
-    view = TreeView(
-        verb=run.op,
-        verbose=tree.verbose,
-        dry_run=tree.dry_run,
-        quiet=run.quiet,
-        json=run.json,
-        progress=run.wants_progress(),
-    )
-
-    async def work() -> TreeResult:
-        opts = run.options(url, connect)
-        with view:
-            return await execute(opts, tree, view)
-
-    result = run.execute(work)
-    summary = result.summary() + (" (dry run: nothing changed)" if tree.dry_run else "")
-    run.done(result.to_json(), summary)
-    sys.exit(result.exit_code)
 
 
 @app.command()
@@ -480,9 +346,9 @@ def recv(
         ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size
     )
     flags = TreeFlags(recursive, dereference, delete, dry_run, exclude, checksum, verbose)
-    _check_arguments(run, flags, urls, "URL")
+    clitree.check_arguments(run, flags, urls, "URL")
     if recursive:
-        _recv_tree(run, urls, local, connect, flags)
+        clitree.recv_tree(run, urls, local, connect, flags)
         return
     to_stdout = local == "-"
     if to_stdout and json_:
@@ -493,7 +359,7 @@ def recv(
     from .retry import Retrier  # noqa: PLC0415
 
     async def work() -> TransferResult:
-        source = _parse_url(run, url)
+        source = run.parse_url(url)
         opts = run.options(source, connect)
         with run.progress_bar(f"recv {source.name}") as bar:
             retrier = Retrier(source, opts, run.on_retry)
@@ -516,7 +382,7 @@ def _simple(run: Run, url: str, connect: Connect, request: Callable[..., Awaitab
     from .retry import Retrier  # noqa: PLC0415
 
     async def work() -> T:
-        target = _parse_url(run, url)
+        target = run.parse_url(url)
         opts = run.options(target, connect)
         return await Retrier(target, opts, run.on_retry).run(
             lambda ch, n: request(ch, target.path, opts.io_timeout)
@@ -610,7 +476,7 @@ def rm(
     connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout)
     if recursive:
         with run.guard():
-            _refuse_root(_parse_url(run, url).path)
+            _refuse_root(run.parse_url(url).path)
     count: int = _simple(run, url, connect, functools.partial(remove, recursive=recursive))
     human = f"deleted {run.path}: {count} entries" if recursive else None
     run.done({"ok": True, "op": "rm", "path": run.path, "deleted": count}, human)

@@ -93,6 +93,7 @@ class TreeView:
         self.verb, self.verbose, self.dry_run, self.quiet = verb, verbose, dry_run, quiet
         self._err = err or sys.stderr
         self._out = self._err if json else (out or sys.stdout)
+        self._json = json
         self._clock = clock
         self.progress = TreeProgress(clock())
         self._display: _ProgressDisplay | None = _ProgressDisplay() if progress else None
@@ -151,8 +152,11 @@ class TreeView:
         self._draw()
 
     def retrying(self, exc: FluxError, pause: float) -> None:
-        """A reconnect (Retrier's on_retry)."""
-        self._say(self._err, f"fluxctl: {exc.message}; retrying in {pause:.1f} s", once=False)
+        """A reconnect (Retrier's on_retry): a line, except with --json (as for one file,
+        whose `retries` counts them)."""
+        if not self._json:
+            line = f"fluxctl: {exc.message}; retrying in {pause:.1f} s"
+            self._say(self._err, line, once=False)
 
     def _say(
         self, stream: TextIO, line: str, *, once: bool = True, quiet_too: bool = False

@@ -28,6 +28,7 @@ an interrupted upload resumes from the chunks the server holds (so does the next
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -40,6 +41,7 @@ from fluxproto import (
     FluxError,
     Made,
     NotFound,
+    chunk_count,
 )
 from fluxproto import Mkdir as MkdirFrame
 from fluxproto import Symlink as SymlinkFrame
@@ -47,6 +49,7 @@ from fluxproto import Symlink as SymlinkFrame
 from .connect import ClientOptions
 from .excludes import Excludes
 from .many import CONCURRENCY
+from .results import chunk_size_for
 from .retry import Retrier
 from .session import ClientSession
 from .targets import RootPair, map_roots
@@ -64,6 +67,9 @@ __all__ = ["send_tree"]
 
 #: What a folder being filled needs of its owner on the server (its final mode comes after).
 OWNER_RWX = 0o700
+#: Files of several chunks sent at once (small files go CONCURRENCY at once): each reads
+#: ahead a few chunks, and a few fill the server's window.
+BIG_FILES = 4
 
 
 async def send_tree(
@@ -88,6 +94,7 @@ async def send_tree(
         FluxError: what left the run unfinished (the connection failed for --retry-for).
     """
     pairs = map_roots(sources, dest.path, remote_dest=True)
+    path = pairs[0].dest if len(pairs) == 1 else dest.path
     started = time.monotonic()
     retrier = Retrier(dest, options, view.retrying)
     carried = _Carried()
@@ -95,14 +102,14 @@ async def send_tree(
     async def attempt(session: ClientSession, n: int) -> TreeResult:
         if n:
             view.restart()
-        report = TreeReport(TreeResult("send", dest.path), view)
+        report = TreeReport(TreeResult("send", path), view)
         try:
-            for pair in pairs:
-                await _SendRoot(session, n, dest, options, tree, report, pair).run()
+            for i, pair in enumerate(pairs):
+                last = i == len(pairs) - 1
+                await _SendRoot(session, n, dest, options, tree, report, pair).run(last)
         except FluxError:
             carried.add(report)
             raise
-        view.plan_complete()
         return report.result
 
     result = await retrier.run(attempt)
@@ -145,19 +152,27 @@ class _SendRoot:
         self.session, self.n, self.url, self.opts = session, n, url, opts
         self.tree, self.report, self.pair = tree, report, pair
         self.timeout = opts.io_timeout
+        #: Every action's task until it ends, and by name the last one started there.
+        self.tasks: set[asyncio.Task[None]] = set()
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.gate = asyncio.Semaphore(CONCURRENCY)
+        #: Files of several chunks in flight: each reads ahead and holds its own buffers.
+        self.big_files = asyncio.Semaphore(BIG_FILES)
         #: The first failure that ends the attempt (the connection's), raised by `run`.
         self.fatal: BaseException | None = None
 
-    async def run(self) -> None:
+    async def run(self, last: bool = True) -> None:
+        """Plan and copy this root; `last`: no root follows (the plan's totals are final
+        once its first phase is read)."""
         excludes = Excludes(self.tree.excludes)
         remote = await RemoteTree.open(self.session, self.pair.dest, self.timeout, excludes)
         try:
-            async with PlanThread(self._plan_maker(remote, excludes), remote.stop) as plan:
-                remote.before_wait = plan.flush
+            planner = PlanThread(self._plan_maker(remote, excludes), remote.stop)
+            remote.before_wait = planner.flush  # what is planned goes before the planner waits
+            async with planner as plan:
                 try:
-                    await self._phase(plan.actions())
+                    complete = self.report.view.plan_complete if last else None
+                    await self._phase(plan.actions(), complete)
                     await self._phase(plan.deferred())
                 finally:
                     await self._cancel_all()
@@ -180,8 +195,11 @@ class _SendRoot:
 
         return make
 
-    async def _phase(self, actions: AsyncIterator[Action]) -> None:
-        """Start every action of a phase (at most CONCURRENCY at once), then wait for them."""
+    async def _phase(
+        self, actions: AsyncIterator[Action], planned: Callable[[], None] | None = None
+    ) -> None:
+        """Start every action of a phase (at most CONCURRENCY at once), then wait for them;
+        `planned` is called once the phase's plan is read."""
         async for action in actions:
             self._check()
             self.report.planned(action)
@@ -189,7 +207,9 @@ class _SendRoot:
                 continue
             await self.gate.acquire()
             self._start(action, self._in_the_way(action))
-        await self._wait(list(self.inflight.values()))
+        if planned is not None:
+            planned()
+        await self._wait(list(self.tasks))
         self._check()
 
     def _check(self) -> None:
@@ -200,10 +220,12 @@ class _SendRoot:
         name = action.name
         task = asyncio.create_task(self._run(action, after))
         self.inflight[name] = task
+        self.tasks.add(task)
 
         def finished(t: asyncio.Task[None]) -> None:
             if self.inflight.get(name) is t:
                 del self.inflight[name]
+            self.tasks.discard(t)
             self.gate.release()
 
         task.add_done_callback(finished)
@@ -227,7 +249,7 @@ class _SendRoot:
             await asyncio.wait(tasks)
 
     async def _cancel_all(self) -> None:
-        tasks = list(self.inflight.values())
+        tasks = list(self.tasks)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -240,17 +262,16 @@ class _SendRoot:
         root = self.pair.dest
         return f"{root.rstrip('/')}/{name}" if name else root
 
-    def local(self, entry_local: str) -> Path:
-        return Path(
-            os.path.join(self.pair.source, entry_local) if entry_local else self.pair.source
-        )
+    def local(self, rel: str) -> Path:
+        """The local path of `rel`, a path relative to the local root ("" for the root)."""
+        return Path(os.path.join(self.pair.source, rel) if rel else self.pair.source)
 
     async def _run(self, action: Action, after: list[asyncio.Task[None]]) -> None:
         try:
             await self._wait(after)
             if self.fatal is not None:
                 return
-            moved = await self._act(action)
+            removed = await self._act(action)
         except FluxError as exc:
             if exc.retryable:  # the connection: the attempt ends, Retrier connects again
                 if self.fatal is None:
@@ -261,13 +282,13 @@ class _SendRoot:
             if self.fatal is None:
                 self.fatal = exc
         else:
-            self.report.done(action, moved=moved[0], removed=moved[1])
+            self.report.done(action, removed=removed)
         finally:
             if isinstance(action, Copy):
                 self.report.view.file_done()
 
-    async def _act(self, action: Action) -> tuple[int, int | None]:
-        """Run `action`; (payload bytes sent, entries removed for a Delete)."""
+    async def _act(self, action: Action) -> int | None:
+        """Run `action`; for a Delete, the entries removed."""
         match action:
             case Mkdir(name=name, mode=mode, replace=kind):
                 if kind is not None:
@@ -276,22 +297,19 @@ class _SendRoot:
             case Copy(name=name, source=source, dest=dest):
                 if dest is not None and dest.kind != "file":
                     await self._delete(name, recursive=False)
-                return await self._upload(name, source.local), None
+                await self._upload(name, source.local, source.size)
             case MakeLink(name=name, target=target, dest=dest):
                 if dest is not None and dest.kind != "link":
                     await self._delete(name, recursive=False)
-                req = await self.session.open(
-                    lambda rid: SymlinkFrame(rid, self.remote(name), target)
-                )
-                await req.expect(Made, self.timeout)
+                await self._symlink(name, target)
             case SetAttrs(name=name, kind="dir", mode=mode, mtime_ns=mtime_ns):
                 if self.remote(name) != "/":  # the server's root is not the copy's to change
                     await self._mkdir(name, mode, mtime_ns)
             case SetAttrs(name=name):
-                return await self._upload(name, name), None
+                await self._upload(name, name, None)
             case Delete(name=name, recursive=recursive):
-                return 0, await self._delete(name, recursive=recursive)
-        return 0, None
+                return await self._delete(name, recursive=recursive)
+        return None
 
     async def _mkdir(self, name: str, mode: int, mtime_ns: int | None) -> None:
         path = self.remote(name)
@@ -311,8 +329,17 @@ class _SendRoot:
         except NotFound:
             return 0  # already gone: what a delete is for
 
-    async def _upload(self, name: str, local: str) -> int:
-        """Send one file, keeping its mode and mtime; the payload bytes it put on the wire."""
+    async def _upload(self, name: str, local: str, size: int | None) -> None:
+        """Send one file (`size`: as planned, None if unknown), keeping its mode and mtime;
+        what it put on the wire counts in `sent` whether it completes or not. Files of one
+        chunk go CONCURRENCY at once; larger ones BIG_FILES at once."""
+        small = (
+            size is not None and chunk_count(size, chunk_size_for(size, self.opts.chunk_size)) <= 1
+        )
+        async with contextlib.nullcontext() if small else self.big_files:
+            await self._send_file(name, local)
+
+    async def _send_file(self, name: str, local: str) -> None:
         url = replace(self.url, path=self.remote(name))
         up = Upload(self.local(local), url, self.opts, name="", keep_mtime=True)
         view, done = self.report.view, 0
@@ -324,12 +351,15 @@ class _SendRoot:
             done = now_done
 
         up.progress = progress
-        while True:
-            try:
-                await up.attempt(self.session, self.n)
-                return up.sent
-            except LocalFileChanged:
-                continue  # read it again at once (Upload gives up after a few rescans)
+        try:
+            while True:
+                try:
+                    await up.attempt(self.session, self.n)
+                    return
+                except LocalFileChanged:
+                    continue  # read it again at once (Upload gives up after a few rescans)
+        finally:
+            self.report.result.moved += up.sent
 
 
 _RUNNABLE = (Mkdir, Copy, MakeLink, SetAttrs, Delete)

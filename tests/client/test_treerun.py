@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+from fluxctl.clitree import TreeFlags
 from fluxctl.tree import LINK_OUTSIDE, SPECIAL, Problem, Skipped, TreeEntry
 from fluxctl.treeactions import Copy, Mkdir, Skip
 from fluxctl.treeresult import TreeResult
@@ -111,3 +112,31 @@ def test_the_planner_hashes_the_local_side_for_checksum() -> None:
     assert send.source_digest is digest and send.dest_digest(FILE) is None
     recv = TreeOptions(checksum=True).plan_options("source", digest)
     assert recv.dest_digest is digest and recv.source_digest(FILE) is None
+
+
+def test_with_json_a_reconnect_is_counted_not_said() -> None:
+    v, out, err = view(json=True)
+    v.retrying(ConnectionLost("the server closed the connection"), 0.5)
+    assert (out.getvalue(), err.getvalue()) == ("", "")
+
+
+def test_tree_flags_without_r_are_a_usage_error_that_names_them() -> None:
+    def flags(recursive: bool = False, **given: object) -> TreeFlags:
+        base: dict[str, object] = {
+            "dereference": False,
+            "delete": False,
+            "dry_run": False,
+            "exclude": None,
+            "checksum": False,
+            "verbose": False,
+        }
+        return TreeFlags(recursive, **{**base, **given})  # type: ignore[arg-type]
+
+    assert flags().usage() is None
+    assert flags(True, delete=True, exclude=["*.o"]).usage() is None
+    assert flags(delete=True).usage() == "--delete applies to folders only: add -r"
+    assert (
+        flags(dry_run=True, exclude=["x"]).usage() == "-n, --exclude apply to folders only: add -r"
+    )
+    options = flags(True, dereference=True, exclude=["a", "b"], verbose=True).options()
+    assert options == TreeOptions(follow_links=True, excludes=("a", "b"), verbose=True)

@@ -5,6 +5,7 @@ killed with SIGKILL and run again, names the server refuses; `ls -r` and `rm -r`
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import stat
@@ -266,18 +267,17 @@ def test_deletes_wait_for_every_transfer(
     """In the library: the first DELETE starts only after the last upload finished."""
     extras(daemon)
     events: list[str] = []
-    upload, delete = treesend._SendRoot._upload, treesend._SendRoot._delete
+    upload, delete = treesend._SendRoot._send_file, treesend._SendRoot._delete
 
-    async def logged_upload(self: treesend._SendRoot, name: str, local: str) -> int:
-        sent = await upload(self, name, local)
+    async def logged_upload(self: treesend._SendRoot, name: str, local: str) -> None:
+        await upload(self, name, local)
         events.append("uploaded")
-        return sent
 
     async def logged_delete(self: treesend._SendRoot, name: str, *, recursive: bool) -> int:
         events.append("delete")
         return await delete(self, name, recursive=recursive)
 
-    monkeypatch.setattr(treesend._SendRoot, "_upload", logged_upload)
+    monkeypatch.setattr(treesend._SendRoot, "_send_file", logged_upload)
     monkeypatch.setattr(treesend._SendRoot, "_delete", logged_delete)
     url = FluxURL("127.0.0.1", daemon.port, "/dst")
     view = TreeView(quiet=True)
@@ -299,12 +299,15 @@ def test_names_the_server_refuses_fail_alone(
     write(src / "sub" / "fine.txt", b"fine")
     for name in HOSTILE:
         write(src / "sub" / name, b"bad")
+    with open(os.fsencode(src / "sub") + b"/not-utf8-\xff", "wb") as f:
+        f.write(b"bad")
     res = fluxctl("send", "-r", str(src), daemon.url("/dst"), "--json", *TCP)
     assert res.code == 4, res.stderr
-    assert res.json["exit_code"] == 4 and len(res.json["errors"]) == len(HOSTILE)
+    assert res.json["exit_code"] == 4 and len(res.json["errors"]) == len(HOSTILE) + 1
     assert all(e["exit_code"] == 4 for e in res.json["errors"])
     refused = [line for line in res.stderr.splitlines() if "server would refuse" in line]
     assert len(refused) == len(HOSTILE)  # one line each
+    assert "fluxctl: sub/not-utf8-\\xff: the name is not valid UTF-8" in res.stderr
     assert sorted(p.name for p in (daemon.root / "dst").rglob("*")) == [
         "fine.txt",
         "good.txt",
@@ -321,11 +324,7 @@ def test_a_tree_send_killed_mid_file_completes_when_run_again(
 ) -> None:
     d = slow_daemon(make_daemon, tmp_path)
     src = tmp_path / "src"
-    for i in range(20):
-        write(src / "small" / f"{i:02}.txt", os.urandom(1000 + i))
-    write(src / "m-big.bin", os.urandom(24 * 1024 * 1024))
-    for i in range(20):
-        write(src / "z" / f"{i:02}.txt", os.urandom(2000 + i))
+    big_tree(src)
     args = ("send", "-r", str(src), d.url("/dst"), "--chunk-size", "1M", "--transport", transport)
     sender = fluxctl.spawn(*args)
     wait_for(lambda: server_held(d) >= 6, 60, "a quarter of the big file on the server")
@@ -358,3 +357,124 @@ def test_ls_r_lists_a_tree_and_rm_r_deletes_it(daemon: Daemon, fluxctl: Fluxctl,
     assert gone.code == 0, gone.stderr
     assert gone.json["deleted"] == len(expected(src))
     assert not (daemon.root / "dst").exists()
+
+
+def big_tree(src: Path) -> None:
+    """Small files around a 24 MiB one (the slow daemon takes seconds over it)."""
+    for i in range(20):
+        write(src / "small" / f"{i:02}.txt", os.urandom(1000 + i))
+    write(src / "m-big.bin", os.urandom(24 * 1024 * 1024))
+    for i in range(20):
+        write(src / "z" / f"{i:02}.txt", os.urandom(2000 + i))
+
+
+def test_a_daemon_restart_mid_tree_is_retried_and_the_tree_completes(
+    make_daemon: Callable[..., Daemon], fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    d = slow_daemon(make_daemon, tmp_path)
+    src = tmp_path / "src"
+    big_tree(src)
+    args = ("send", "-r", str(src), d.url("/dst"), "--chunk-size", "1M", *TCP)
+    sender = fluxctl.spawn(*args)
+    wait_for(lambda: server_held(d) >= 6, 60, "a quarter of the big file on the server")
+    d.restart()
+    _, err = sender.communicate(timeout=120)
+    assert sender.returncode == 0, err
+    assert "retrying in" in err
+    again = fluxctl(*args, "--json")
+    assert again.code == 0 and again.json["sent"] == 0  # the tree was complete
+    assert snapshot(d.root / "dst") == snapshot(src)
+
+    # Once more, with --json: the reconnect is counted, not said.
+    args = ("send", "-r", str(src), d.url("/dst2"), "--chunk-size", "1M", "--json", *TCP)
+    sender = fluxctl.spawn(*args)
+    wait_for(lambda: server_held(d) >= 6, 60, "a quarter of the big file on the server")
+    d.restart()
+    out, err = sender.communicate(timeout=120)
+    assert sender.returncode == 0, err
+    assert "retrying in" not in err
+    result = json.loads(out)
+    assert result["retries"] >= 1 and result["files"] == 41 and result["errors"] == []
+    assert result["skipped_files"] == 0  # what an attempt sent counts as sent, not unchanged
+    assert snapshot(d.root / "dst2") == snapshot(src)
+
+
+def test_ctrl_c_mid_tree_is_one_line_and_the_rerun_completes(
+    make_daemon: Callable[..., Daemon], fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    d = slow_daemon(make_daemon, tmp_path)
+    src = tmp_path / "src"
+    big_tree(src)
+    args = ("send", "-r", str(src), d.url("/dst"), "--chunk-size", "1M", *TCP)
+    sender = fluxctl.spawn(*args, "--progress")
+    wait_for(lambda: server_held(d) >= 6, 60, "a quarter of the big file on the server")
+    sender.send_signal(signal.SIGINT)
+    _, err = sender.communicate(timeout=60)
+    assert sender.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.startswith("fluxctl:")]
+    assert lines[-1] == "fluxctl: interrupted; run the same command again to resume", err
+    assert "Traceback" not in err
+    assert fluxctl(*args).code == 0
+    assert snapshot(d.root / "dst") == snapshot(src)
+
+
+def test_entries_of_another_kind_are_replaced_and_a_folder_only_with_delete(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    write(src / "a" / "in.txt", b"in")  # a folder where the server has a file
+    write(src / "f", b"file")  # a file where the server has a link
+    os.symlink("f", src / "l")  # a link where the server has a file
+    write(src / "d", b"was a folder")  # a file where the server has a folder
+    dst = daemon.root / "dst"
+    write(dst / "a", b"a file")
+    write(dst / "target", b"the link's target")
+    os.symlink("target", dst / "f")
+    write(dst / "l", b"a file")
+    write(dst / "d" / "inside.txt", b"x")
+    url = daemon.url("/dst")
+    res = fluxctl("send", "-r", str(src), url, "--json", *TCP)
+    assert res.code == 6, res.stderr
+    assert [e["path"] for e in res.json["errors"]] == ["d"]
+    assert "a folder is in the way (--delete replaces it)" in res.stderr
+    assert (dst / "d" / "inside.txt").read_bytes() == b"x"
+    assert (dst / "target").read_bytes() == b"the link's target"  # not written through
+    assert (dst / "f").read_bytes() == b"file" and not (dst / "f").is_symlink()
+    assert os.readlink(dst / "l") == "f" and (dst / "a" / "in.txt").read_bytes() == b"in"
+
+    replaced = fluxctl("send", "-r", "--delete", str(src), url, "--json", *TCP)
+    assert replaced.code == 0, replaced.stderr
+    assert snapshot(dst) == snapshot(src)
+
+
+def test_files_of_several_chunks_go_a_few_at_a_time(
+    daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each reads ahead its own buffers: BIG_FILES at once, while small files go many at once."""
+    src = tmp_path / "src"
+    for i in range(12):
+        write(src / f"big{i:02}", os.urandom(3 * 64 * 1024))  # 3 chunks of 64 KiB (test_v2.CS)
+        write(src / f"small{i:02}", os.urandom(100))
+    running = {"big": 0, "small": 0}
+    most = {"big": 0, "small": 0}
+    send_file = treesend._SendRoot._send_file
+
+    async def counted(self: treesend._SendRoot, name: str, local: str) -> None:
+        kind = "big" if name.startswith("big") else "small"
+        running[kind] += 1
+        most[kind] = max(most[kind], running[kind])
+        try:
+            await send_file(self, name, local)
+        finally:
+            running[kind] -= 1
+
+    monkeypatch.setattr(treesend._SendRoot, "_send_file", counted)
+    url = FluxURL("127.0.0.1", daemon.port, "/dst")
+    view = TreeView(quiet=True)
+    result = uvloop.run(
+        treesend.send_tree([str(src)], url, options(daemon, "tcp"), TreeOptions(), view)
+    )
+    assert result.exit_code == 0 and result.files == 24
+    assert most["big"] == treesend.BIG_FILES
+    assert most["small"] > treesend.BIG_FILES
+    assert snapshot(daemon.root / "dst") == snapshot(src)
