@@ -38,6 +38,13 @@ def _groups(scenario: str, data: dict[str, Any]) -> tuple[Groups, str]:
                 tools.setdefault(failure["tool"], {"median": 0.0, "min": 0.0, "max": 0.0})
             groups[link["link"]] = tools
         return groups, "goodput, % of the link's rate (median; bars: min-max)"
+    if scenario == "tree":  # fresh copies of the tree at each place; the peak-RSS run: none
+        groups = {
+            link["link"]: {t: s["files_per_s"] for t, s in link["summary"].get("fresh", {}).items()}
+            for link in data.get("links", [])
+            if "summary" in link
+        }
+        return groups, "tree copied into an empty destination (files/s, median; bars: min-max)"
     if scenario == "concurrency":
         single = data["single"]
         groups = {"1 client": {"fluxd": single}}
@@ -109,7 +116,7 @@ def plot(
                 ax.text(x, 0, "failed", rotation=90, ha="center", va="bottom", fontsize=8)
     ax.set_xticks([g + width * (len(tools) - 1) / 2 for g in range(len(groups))])
     ax.set_xticklabels(list(groups))
-    ax.set_ylabel("% of link rate" if scenario == "links" else "MB/s")
+    ax.set_ylabel({"links": "% of link rate", "tree": "files/s"}.get(scenario, "MB/s"))
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     if memory:

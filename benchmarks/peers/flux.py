@@ -135,9 +135,11 @@ class FluxPeer(Service):
     def dest(self, name: str) -> Path:
         return self.root / "bench" / name
 
-    def send_argv(self, src: Path, name: str) -> list[str]:
+    def send_argv(self, src: Path, name: str, recursive: bool = False) -> list[str]:
+        """`fluxctl send [-r] SRC flux://HOST:PORT/bench/NAME` with this daemon's pin."""
         url = f"flux://{self.placement.host}:{self.port}/bench/{name}"
-        return [*self.placement.client_prefix, flux_binary("fluxctl"), "send", str(src), url,
+        send = ["send", "-r"] if recursive else ["send"]
+        return [*self.placement.client_prefix, flux_binary("fluxctl"), *send, str(src), url,
                 "--pin", self.fingerprint, "--transport", self.transport, "--json",
                 "--quiet"]  # fmt: skip
 

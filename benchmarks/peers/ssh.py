@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .. import BenchError
-from ..measure import TreePeakSampler, run_measured
+from ..measure import Run, TreePeakSampler, run_measured
 from ..netem.topology import wait_listening
 from ..sysdeps import SSHD
 from .base import LOOPBACK, Placement, Service, Transfer
@@ -141,6 +141,10 @@ class SshPeer(Service):
             "-o", "BatchMode=yes", "-c", self.cipher,
         ]  # fmt: skip
 
+    def remote_shell(self) -> str:
+        """The ssh command (for rsync's `-e`) that logs into this sshd."""
+        return " ".join(["ssh", *self.ssh_options(), "-p", str(self.port)])
+
     def client_argv(self, src: Path, name: str) -> list[str]:
         target = f"root@{self.placement.host}:{self.dest(name)}"
         scp = ["scp", "-q", *self.ssh_options(), "-P", str(self.port), str(src), target]
@@ -148,24 +152,33 @@ class SshPeer(Service):
 
     def send(self, src: Path, name: str, timeout: float | None = None) -> Transfer:
         """Send `src` to `dest(name)`; server RSS is sampled over sshd's session processes."""
-        assert self._proc is not None, "sshd is not running"
         size = src.stat().st_size
+        run, server_kib = self.measure(
+            self.client_argv(src, name), timeout or max(600.0, size / 5e6)
+        )
+        return Transfer.from_run(self.tool, size, run, server_kib, self.details())
+
+    def measure(self, argv: list[str], timeout: float) -> tuple[Run, int | None]:
+        """Run any client command against this sshd: (the run, the peak RSS in KiB sampled over
+        sshd's session processes, None if none was seen).
+
+        Raises:
+            BenchError: the client exited with a non-zero status or timed out.
+        """
+        assert self._proc is not None, "sshd is not running"
         with TreePeakSampler(self._proc.pid) as sampler:
-            limit = timeout or max(600.0, size / 5e6)
-            run = run_measured(self.client_argv(src, name), timeout=limit)
+            run = run_measured(argv, timeout=timeout)
         if run.exit_code != 0:
             raise BenchError(f"{self.tool} exited with {run.exit_code}: {run.stderr.strip()}")
-        return Transfer.from_run(
-            self.tool,
-            size,
-            run,
-            sampler.peak_kib or None,
-            {
-                "cipher": self.cipher,
-                "sftp_server": SFTP_SERVER,
-                "server_rss": "sampled sum of VmHWM over sshd's session processes",
-            },
-        )
+        return run, sampler.peak_kib or None
+
+    def details(self) -> dict[str, str]:
+        """What a report says about how this peer ran."""
+        return {
+            "cipher": self.cipher,
+            "sftp_server": SFTP_SERVER,
+            "server_rss": "sampled sum of VmHWM over sshd's session processes",
+        }
 
 
 class RsyncPeer(SshPeer):
@@ -174,6 +187,6 @@ class RsyncPeer(SshPeer):
     tool = "rsync"
 
     def client_argv(self, src: Path, name: str) -> list[str]:
-        ssh = " ".join(["ssh", *self.ssh_options(), "-p", str(self.port)])
+        ssh = self.remote_shell()
         target = f"root@{self.placement.host}:{self.dest(name)}"
         return [*self.placement.client_prefix, "rsync", "-q", "-e", ssh, str(src), target]

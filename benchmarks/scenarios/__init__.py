@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import concurrency, core, housekeeping, links, quic, ratelimit, startup
+from . import concurrency, core, housekeeping, links, quic, ratelimit, startup, tree
 
 SCENARIOS: dict[str, ModuleType] = {
     "core": core,
@@ -14,4 +14,5 @@ SCENARIOS: dict[str, ModuleType] = {
     "ratelimit": ratelimit,
     "housekeeping": housekeeping,
     "startup": startup,
+    "tree": tree,
 }

@@ -21,7 +21,7 @@ from ..files import format_size, parse_size
 from ..machine import describe, load_average
 from ..netem.emulator import Emulator
 from ..netem.selftest import run_selftest
-from ..netem.spec import SpecError, load
+from ..netem.spec import Emulated, SpecError, load
 from ..netem.topology import TopologyError
 from ..peers.base import Placement, Transfer
 from ..peers.flux import FluxPeer
@@ -74,25 +74,38 @@ def _peers(ws: Workspace, placement: Placement) -> list[FluxPeer | SshPeer]:
     ]
 
 
+def link_result(emulated: Emulated) -> dict[str, Any]:
+    """The start of a link's result: its name and what it was given."""
+    spec = dataclasses.asdict(emulated.spec) | {"relay": emulated.relay}
+    return {"link": emulated.name, "spec": spec}
+
+
+def checked_placement(emu: Emulator, result: dict[str, Any]) -> Placement | None:
+    """Self-test the link `emu` holds up (its lines go into `result["selftest"]`); where the
+    servers and clients run over it, or None if it failed (`result["refused"]` says so)."""
+    checks = run_selftest(emu)
+    result["selftest"] = [c.line() for c in checks]
+    for line in result["selftest"]:
+        print(f"  {line}", file=sys.stderr)
+    if not all(c.ok for c in checks):
+        result["refused"] = "the link failed its self-test"
+        return None
+    return Placement(
+        emu.server_ip, tuple(emu.exec_prefix("server")), tuple(emu.exec_prefix("client"))
+    )
+
+
 def _one_link(
     ws: Workspace, name: str, size: int, reps: int, timeout: float, tcp_cc: str
 ) -> dict[str, Any]:
     emulated = load(name)
-    spec = dataclasses.asdict(emulated.spec) | {"relay": emulated.relay}
-    result: dict[str, Any] = {"link": name, "spec": spec}
+    result = link_result(emulated)
     src, digest = ws.source(size)
     print(f"link {name}: up", file=sys.stderr)
     with Emulator(emulated, tag=f"b{name[:3]}", tcp_cc=tcp_cc) as emu:
-        checks = run_selftest(emu)
-        result["selftest"] = [c.line() for c in checks]
-        for line in result["selftest"]:
-            print(f"  {line}", file=sys.stderr)
-        if not all(c.ok for c in checks):
-            result["refused"] = "the link failed its self-test"
+        placement = checked_placement(emu, result)
+        if placement is None:
             return result
-        placement = Placement(
-            emu.server_ip, tuple(emu.exec_prefix("server")), tuple(emu.exec_prefix("client"))
-        )
         transfers: list[Transfer] = []
         failures: list[dict[str, Any]] = []
         with contextlib.ExitStack() as stack:

@@ -18,7 +18,8 @@ LABELS = {
 }
 
 
-def _describe(spec: dict[str, Any]) -> str:
+def describe_link(spec: dict[str, Any]) -> str:
+    """What an emulated link was given: rate, RTT, loss, address changes, blackholes."""
     parts = [f"{spec['rate'] / 1e6:g} Mbit/s" if spec.get("rate") else "no rate limit"]
     if spec.get("rtt"):
         parts.append(f"{spec['rtt'] * 1000:g} ms RTT")
@@ -36,7 +37,7 @@ def _describe(spec: dict[str, Any]) -> str:
 def render_link(data: dict[str, Any], link: dict[str, Any]) -> str:
     """One link's section: what the link is, the run's machine, self-test, table, targets."""
     name, spec = link["link"], link["spec"]
-    out = [f"### {name}: {_describe(spec)}", "", _machine(data), ""]
+    out = [f"### {name}: {describe_link(spec)}", "", _machine(data), ""]
     if data.get("quick"):
         out += ["**Quick run** (`--quick`): small files, one repetition.", ""]
     out += ["Self-test: " + "; ".join(link.get("selftest", [])) + ".", ""]
