@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from fluxio import cliutil
-from fluxio.cliutil import CONTEXT, EXIT_INTERRUPTED, EXIT_USAGE, run_app
+from fluxio.cliutil import CONTEXT, EXIT_INTERRUPTED, EXIT_USAGE, decided, run_app
 
 from . import __version__, clitree
 from .clitree import (
@@ -217,6 +217,7 @@ class Run:
             self.fail(self.interrupted, EXIT_INTERRUPTED)
 
     def fail(self, message: str, code: int) -> NoReturn:
+        decided()
         if self.json:
             out = {"ok": False, "op": self.op, "path": self.path, "error": message}
             print(json.dumps({**out, "exit_code": code}))
@@ -225,6 +226,7 @@ class Run:
         sys.exit(code)
 
     def done(self, result: dict[str, Any], human: str | None) -> None:
+        decided()
         if self.json:
             print(json.dumps(result))
         elif human and not self.quiet:
@@ -502,7 +504,10 @@ def _mtime(ns: int) -> str:
 
 def main() -> NoReturn:
     """Console-script entry point; a traceback only with FLUX_DEBUG=1."""
-    # Libraries' own log lines (aioquic's "quic" logger) would break the one-line error rule.
-    logging.getLogger("quic").addHandler(logging.NullHandler())
-    logging.getLogger("quic").propagate = False
+    # Libraries' own log lines (aioquic's "quic" logger; asyncio's, where uvloop says a loop
+    # a Ctrl-C interrupted while it was being made was never closed) would break the one-line
+    # error rule.
+    for name in ("quic", "asyncio"):
+        logging.getLogger(name).addHandler(logging.NullHandler())
+        logging.getLogger(name).propagate = False
     run_app(app, "fluxctl", json_errors=True)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import signal
 import sys
+import threading
 from typing import Any, NoReturn
 
 import typer
@@ -68,8 +70,17 @@ def run_app(app: typer.Typer, prog: str, *, json_errors: bool = False) -> NoRetu
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def decided() -> None:
+    """The command's outcome is being reported: a Ctrl-C from now on ends the process by the
+    signal, as it would any program that has finished, instead of a second line saying
+    `interrupted` after the outcome (the shell still sees 130)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def fail(prog: str, message: str, code: int) -> NoReturn:
     """One line on stderr, then exit with `code`."""
+    decided()
     print(f"{prog}: {message}", file=sys.stderr)
     sys.exit(code)
 
