@@ -121,13 +121,15 @@ def test_a_group_mixes_kept_and_new_files(storage: LocalStorage, root: Path) -> 
     assert (root / "new").read_bytes() == new
 
 
-def test_a_grouped_upload_stores_nothing_before_its_commit(
+def test_a_grouped_upload_shows_nothing_before_its_commit(
     storage: LocalStorage, root: Path
 ) -> None:
     data = content(3 * CS)
     up = staged_small(storage, "f", data)
     assert not list((root / ".flux" / "staging").iterdir())
-    assert not list((root / ".flux" / "tmp").iterdir())
+    # Complete, it is written once to a temporary in scratch (not synced, not at its path).
+    assert [p.read_bytes() for p in (root / ".flux" / "tmp").iterdir()] == [data]
+    assert not (root / "f").exists()
     up.commit(ref(data))  # alone, outside a group: durable on its own
     assert (root / "f").read_bytes() == data
     assert storage.stat("f").digest == ref(data)
@@ -155,3 +157,17 @@ def test_a_grouped_upload_with_a_bad_chunk(storage: LocalStorage) -> None:
     up.write_chunks(chunks(data)[:1], durable=False)
     [result] = storage.commit_many([(up, ref(data))])
     assert isinstance(result, IntegrityError) and "missing 1 chunks" in result.message
+
+
+
+def test_a_written_small_file_rotting_before_its_commit(storage: LocalStorage, root: Path) -> None:
+    data = content(100, 6)
+    up = staged_small(storage, "f", data)
+    [tmp] = (root / ".flux" / "tmp").iterdir()
+    tmp.write_bytes(b"x" + data[1:])  # the disk changed the written bytes
+    with pytest.raises(IntegrityError, match="1 stored chunks were corrupt"):
+        up.commit(ref(b"anything else"))
+    assert up.held == {}, "the corrupt chunk is no longer offered"
+    up.write_chunks(chunks(data), durable=False)
+    up.commit(ref(data))
+    assert (root / "f").read_bytes() == data
