@@ -5,11 +5,13 @@ A small file costs four syncs when published alone (its data, its folder, its ma
 manifests' folder; more while it was staged durably). For a tree of small files that is the
 whole cost (PLATFORM.md: ~1,100 files/s one by one on ext4). A group:
 
-1. checks each upload (`LocalUpload.prepare`), seals it (mode, mtime) and stages its manifest,
-   without syncing anything;
+1. checks each upload (`LocalUpload.prepare`), seals it (mode, mtime) and gives it its
+   manifest, without syncing anything: a file held in memory (`SmallFile`) carries it as an
+   extended attribute, others get a manifest file staged;
 2. makes every data file durable in one step: one `syncfs` of the root's filesystem, or an
    fsync of each data file, from several threads at once (`barrier`);
-3. renames each manifest and each file into place;
+3. renames each manifest and each file into place (removing the manifest file of a path
+   whose new file carries its own);
 4. syncs each distinct destination folder once, and the manifests' folder once;
 5. drops the journals and staging folders without syncing (what a crash leaves of them offers
    nothing on resume and is collected).
@@ -34,6 +36,7 @@ from fluxio.crashpoints import crash_point
 from fluxio.oserrors import storage_errors
 from fluxproto.errors import FluxError
 
+from .local_small import SmallFile
 from .local_staging import StagingArea
 from .local_tree import LocalTree
 from .local_upload import LocalUpload, Publication, manifest_of
@@ -118,12 +121,19 @@ class GroupCommit:
                 # since fails the rename, a file that became a parent fails `parent_dir`.
                 ready.staged.seal(ready.mode, ready.mtime_ns)
                 manifest = manifest_of(ready)
-                staged = self._manifests.stage(manifest, sync=False)
+                staged = None
+                if not self._attach(ready.staged, manifest):
+                    staged = self._manifests.stage(manifest, sync=False)
             except FluxError as exc:
                 results[index] = exc
                 continue
             group.append(_Item(index, ready, manifest, staged))
         return group
+
+    def _attach(self, staged: object, manifest: Manifest) -> bool:
+        """Give a file held in memory its manifest as an attribute of its own (see
+        `ManifestStore.attach`): synced by the barrier with its data, no file to create."""
+        return isinstance(staged, SmallFile) and self._manifests.attach(staged.fileno(), manifest)
 
     def _sync(self, group: list[_Item], results: list[FluxError | None]) -> None:
         """The one barrier: every data file of the group durable (and, with syncfs, the
@@ -157,9 +167,11 @@ class GroupCommit:
                 if folder not in parents:
                     parents[folder] = self._tree.parent_dir(rel, inner)
                 item.parent = parents[folder]
-                assert item.staged_manifest is not None
-                self._manifests.place(item.manifest, item.staged_manifest)
-                item.staged_manifest = None
+                if item.staged_manifest is not None:
+                    self._manifests.place(item.manifest, item.staged_manifest)
+                    item.staged_manifest = None
+                else:  # the file carries its manifest: a file of an older one would come first
+                    self._manifests.forget(rel)
                 item.ready.staged.move_to(name, item.parent)
             except FluxError as exc:
                 results[item.index] = exc
