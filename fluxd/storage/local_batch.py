@@ -80,6 +80,7 @@ class GroupCommit:
             raise ValueError(f"barrier must be one of {BARRIERS}, not {barrier!r}")
         self._tree, self._manifests, self._staging = tree, manifests, staging
         self.barrier = barrier
+        self._manifests_changed = False  # since the manifests' folder was last synced
 
     def commit(self, items: Sequence[tuple[LocalUpload, bytes]]) -> list[FluxError | None]:
         """Commit each (upload, whole-file digest) as `Upload.commit` would, together.
@@ -170,8 +171,9 @@ class GroupCommit:
                 if item.staged_manifest is not None:
                     self._manifests.place(item.manifest, item.staged_manifest)
                     item.staged_manifest = None
-                else:  # the file carries its manifest: a file of an older one would come first
-                    self._manifests.forget(rel)
+                    self._manifests_changed = True
+                elif self._manifests.forget(rel):  # an older file's would come first
+                    self._manifests_changed = True
                 item.ready.staged.move_to(name, item.parent)
             except FluxError as exc:
                 results[item.index] = exc
@@ -183,16 +185,15 @@ class GroupCommit:
     def _sync_folders(
         self, moved: list[_Item], parents: dict[str, int], results: list[FluxError | None]
     ) -> None:
-        """One fsync per destination folder, one for the manifests' folder."""
-        failed: dict[int, FluxError] = {}
-        for fd in set(parents.values()):
-            try:
-                with storage_errors("syncing a folder of the group"):
-                    os.fsync(fd)
-            except FluxError as exc:
-                failed[fd] = exc
-        with contextlib.suppress(FluxError):  # manifests are caches: a lost one is re-indexed
-            self._manifests.sync()
+        """One fsync per destination folder (at once, as the files), one for the manifests'
+        folder if a manifest file was placed or removed."""
+        fds = list(set(parents.values()))
+        syncs = _sync_pool().map(_fsync_folder, fds) if len(fds) > 1 else map(_fsync_folder, fds)
+        failed = {fd: exc for fd, exc in zip(fds, syncs, strict=True) if exc is not None}
+        if self._manifests_changed:
+            self._manifests_changed = False
+            with contextlib.suppress(FluxError):  # caches: a lost one is re-indexed
+                self._manifests.sync()
         for item in moved:
             if item.parent in failed:
                 results[item.index] = failed[item.parent]
@@ -203,6 +204,15 @@ class GroupCommit:
             with contextlib.suppress(FluxError):  # published anyway; a leftover is collected
                 item.ready.staged.finish(sync=False)
             self._staging.remove(item.ready.rel)
+
+
+def _fsync_folder(fd: int) -> FluxError | None:
+    try:
+        with storage_errors("syncing a folder of the group"):
+            os.fsync(fd)
+    except FluxError as exc:
+        return exc
+    return None
 
 
 def _sync_one(item: _Item) -> FluxError | None:

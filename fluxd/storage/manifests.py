@@ -215,9 +215,13 @@ class ManifestStore:
         )
         self.write(dataclasses.replace(manifest, damaged=True))
 
-    def forget(self, rel: str) -> None:
-        """Remove the manifest of `rel`, if there is one."""
-        self.discard(self._file(rel))
+    def forget(self, rel: str) -> bool:
+        """Remove the manifest file of `rel`, if there is one; True if there was."""
+        try:
+            self._file(rel).unlink()
+        except OSError:
+            return False
+        return True
 
     def discard(self, file: Path) -> None:
         """Remove one manifest file found by `scan`; gone already is fine."""

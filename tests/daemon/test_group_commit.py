@@ -245,3 +245,18 @@ def test_a_written_small_file_rotting_before_its_commit(storage: LocalStorage, r
     up.write_chunks(chunks(data), durable=False)
     up.commit(ref(data))
     assert (root / "f").read_bytes() == data
+
+
+def test_the_manifests_folder_is_synced_only_when_it_changed(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced = []
+    monkeypatch.setattr(ManifestStore, "sync", lambda self: synced.append(1))
+    put(storage, "old", content(3 * CS, 1))  # one by one: writes (and syncs) its own
+    synced.clear()
+    ups = [(staged_small(storage, n, d), ref(d)) for n, d in (("a", b"a"), ("b", b"b"))]
+    assert storage.commit_many(ups) == [None, None]
+    assert synced == [], "nothing changed there: both files carry their manifests"
+    new = content(100, 2)
+    assert storage.commit_many([(staged_small(storage, "old", new), ref(new))]) == [None]
+    assert synced == [1], "the old file's manifest was removed"
