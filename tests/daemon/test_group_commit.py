@@ -260,3 +260,21 @@ def test_the_manifests_folder_is_synced_only_when_it_changed(
     new = content(100, 2)
     assert storage.commit_many([(staged_small(storage, "old", new), ref(new))]) == [None]
     assert synced == [1], "the old file's manifest was removed"
+
+
+def test_a_small_file_that_could_not_be_written_leaves_nothing(
+    storage: LocalStorage, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = content(100, 8)
+    up = storage.open_upload("f", len(data), CS, 0o644, grouped=True)
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "write", full)
+        with pytest.raises(StorageError):
+            up.write_chunks(chunks(data), durable=False)
+    assert not list((root / ".flux" / "tmp").iterdir()), "no part-written file is kept"
+    assert storage.commit_many([(up, ref(data))]) == [None], "written at the commit instead"
+    assert (root / "f").read_bytes() == data
