@@ -57,6 +57,7 @@ class _Item:
     manifest: Manifest
     staged_manifest: Path | None
     parent: int = -1  # the destination folder, once open (shared; closed by the group)
+    manifest_changed: bool = False  # a manifest file was placed or removed for it
 
 
 class GroupCommit:
@@ -80,7 +81,6 @@ class GroupCommit:
             raise ValueError(f"barrier must be one of {BARRIERS}, not {barrier!r}")
         self._tree, self._manifests, self._staging = tree, manifests, staging
         self.barrier = barrier
-        self._manifests_changed = False  # since the manifests' folder was last synced
 
     def commit(self, items: Sequence[tuple[LocalUpload, bytes]]) -> list[FluxError | None]:
         """Commit each (upload, whole-file digest) as `Upload.commit` would, together.
@@ -98,7 +98,8 @@ class GroupCommit:
                 self._sync(group, results)
                 crash_point("batch-synced")
                 moved = self._move(self._alive(group, results), parents, results)
-                self._sync_folders(moved, parents, results)
+                changed = any(item.manifest_changed for item in group)
+                self._sync_folders(moved, parents, results, changed)
                 self._finish(moved)
         finally:
             for item in group:
@@ -171,9 +172,9 @@ class GroupCommit:
                 if item.staged_manifest is not None:
                     self._manifests.place(item.manifest, item.staged_manifest)
                     item.staged_manifest = None
-                    self._manifests_changed = True
-                elif self._manifests.forget(rel):  # an older file's would come first
-                    self._manifests_changed = True
+                    item.manifest_changed = True
+                else:  # an older file's would come first
+                    item.manifest_changed = self._manifests.forget(rel)
                 item.ready.staged.move_to(name, item.parent)
             except FluxError as exc:
                 results[item.index] = exc
@@ -183,15 +184,18 @@ class GroupCommit:
         return moved
 
     def _sync_folders(
-        self, moved: list[_Item], parents: dict[str, int], results: list[FluxError | None]
+        self,
+        moved: list[_Item],
+        parents: dict[str, int],
+        results: list[FluxError | None],
+        manifests_changed: bool,
     ) -> None:
         """One fsync per destination folder (at once, as the files), one for the manifests'
         folder if a manifest file was placed or removed."""
         fds = list(set(parents.values()))
         syncs = _sync_pool().map(_fsync_folder, fds) if len(fds) > 1 else map(_fsync_folder, fds)
         failed = {fd: exc for fd, exc in zip(fds, syncs, strict=True) if exc is not None}
-        if self._manifests_changed:
-            self._manifests_changed = False
+        if manifests_changed:
             with contextlib.suppress(FluxError):  # caches: a lost one is re-indexed
                 self._manifests.sync()
         for item in moved:
