@@ -10,7 +10,10 @@ away from it.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import stat
+from collections.abc import Iterator
 
 from fluxio.staging import StagedFile
 from fluxproto.errors import Conflict, FluxError
@@ -20,6 +23,7 @@ from .local_download import open_local_download
 from .local_staging import StagingArea
 from .local_tree import LocalTree
 from .manifests import Manifest, ManifestStore, show_chunks
+from .paths import RESERVED
 
 __all__ = ["LocalMaintenance"]
 
@@ -87,11 +91,14 @@ class LocalMaintenance:
         return True
 
     def scrub(self) -> ScrubReport:
-        """Read every file that has a manifest and check each chunk and the whole-file digest."""
+        """Read every file that has a manifest (a manifest file, or one the file carries) and
+        check each chunk and the whole-file digest."""
         report = ScrubReport()
+        scrubbed = set()
         for file, manifest in self._manifests.scan():
             if manifest is None:
                 continue
+            scrubbed.add(manifest.path)
             try:
                 st = self._tree.stat(manifest.path)
             except (OSError, FluxError):
@@ -106,7 +113,33 @@ class LocalMaintenance:
             problem = self._verify(manifest)
             if problem is not None:
                 report.corrupt.append(f"/{manifest.path}: {problem}")
+        for manifest in self._carried(scrubbed):
+            report.checked += 1
+            report.bytes += manifest.size
+            problem = self._verify(manifest)
+            if problem is not None:
+                report.corrupt.append(f"/{manifest.path}: {problem}")
         return report
+
+    def _carried(self, skip: set[str]) -> Iterator[Manifest]:
+        """The manifests files of the tree carry (group commit), but of paths in `skip`."""
+        root = self._manifests.root
+        for folder, dirs, files in os.walk(root):
+            rel_folder = os.path.relpath(folder, root)
+            if rel_folder == ".":
+                rel_folder = ""
+                dirs[:] = [d for d in dirs if d.casefold() != RESERVED]
+            for name in files:
+                rel = f"{rel_folder}/{name}" if rel_folder else name
+                if rel in skip:
+                    continue
+                try:
+                    st = os.lstat(os.path.join(folder, name))
+                except OSError:
+                    continue
+                manifest = self._manifests.load(rel, st) if stat.S_ISREG(st.st_mode) else None
+                if manifest is not None:
+                    yield manifest
 
     def _verify(self, manifest: Manifest) -> str | None:
         """None if the file matches its manifest, else what is wrong."""

@@ -57,7 +57,7 @@ class LocalStorage:
                 raise NotFound(f"storage root {root} is not a directory")
             (self.root / RESERVED).mkdir(mode=0o700, exist_ok=True)
             self._staging = StagingArea(self.root / RESERVED / "staging")
-            self._manifests = ManifestStore(self.root / RESERVED / "manifests")
+            self._manifests = ManifestStore(self.root / RESERVED / "manifests", self.root)
             self._tree = LocalTree(self.root)
             self._scratch = self.root / RESERVED / "tmp"
             self._nodes = Nodes(self._tree, self._manifests, self._scratch)

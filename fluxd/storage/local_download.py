@@ -36,7 +36,7 @@ def open_local_download(
         with storage_errors(f"reading {rel}"):
             st = os.fstat(fd)
         require_file(rel, st)
-        manifest = manifests.load(rel, st) or manifests.index(rel, fd, st, chunk_size_hint)
+        manifest = manifests.load(rel, st, fd) or manifests.index(rel, fd, st, chunk_size_hint)
         return LocalDownload(rel, fd, manifest, st)
     except BaseException:
         os.close(fd)

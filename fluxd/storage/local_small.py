@@ -1,10 +1,13 @@
-"""SmallFile: an upload held in memory until its commit, for small files committed in a group.
+"""SmallFile: an upload kept in memory until its last chunk, then in a temporary file (never
+synced on its own) until its commit, for small files committed in a group.
 
-It makes no staging folder, journal or sync of its own: its commit writes the file once, to a
-new temporary file in the reserved area's scratch folder, and the group's one barrier makes it
-durable before it is renamed into place. Nothing of it can be resumed (nothing was durable
-before the commit), which for a small file costs less than the metadata and syncs that staging
-it would. It has the staged file's interface as far as LocalUpload and the group use it.
+It makes no staging folder, journal or sync of its own: once its last chunk arrives it is written
+once, to a new temporary file in the reserved area's scratch folder (on the request's thread, so
+that making the file, which costs ~0.25-0.7 ms of this disk's time per inode, overlaps the group
+being committed), and the group's one barrier makes it durable before it is renamed into place.
+Nothing of it can be resumed (nothing was durable before the commit), which for a small file
+costs less than the metadata and syncs that staging it would. It has the staged file's
+interface as far as LocalUpload and the group use it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class SmallFile:
         self._scratch = scratch
         self._tmp: Path | None = None  # the temporary file, until renamed or removed
         self._fd = -1
+        self._file_digest: bytes | None = None
         self.closed = False
 
     @property
@@ -70,24 +74,43 @@ class SmallFile:
             if len(memoryview(data).cast("B")) != self.chunk_length(index):
                 raise StorageError(f"chunk {index} of {self.label} has the wrong length")
         for index, digest, data in batch:
-            self._data[index], self.held[index] = bytes(data), bytes(digest)
+            if self._fd < 0:  # once written, a chunk given again (verified) is the same bytes
+                self._data[index] = bytes(data)
+            self.held[index] = bytes(digest)
+        if self.complete and self._fd < 0:
+            with storage_errors(f"writing {self.label}"):
+                self._write()
+
+    def _chunk(self, index: int) -> bytes:
+        """Chunk `index`'s bytes: kept in memory, or read back once the file is written."""
+        if self._fd < 0:
+            return self._data.get(index, b"")
+        offset = index * self.chunk_size
+        with storage_errors(f"reading {self.label}"):
+            return os.pread(self._fd, self.chunk_length(index), offset)
 
     def chunks(self) -> list[ChunkData]:
         """Every chunk given, as (index, digest, data), in order (to stage them elsewhere)."""
-        return [(i, self.held[i], self._data[i]) for i in sorted(self.held)]
+        return [(i, self.held[i], self._chunk(i)) for i in sorted(self.held)]
 
     def file_digest(self) -> bytes:
         """xxh3-128 of the chunks in order (call when complete)."""
+        if self._file_digest is not None:
+            return self._file_digest
         hasher = FileHasher()
         for index in range(self.count):
-            hasher.update(self._data.get(index, b""))
+            hasher.update(self._chunk(index))
         return hasher.digest()
 
     def reverify(self) -> list[int]:
         """Drop the chunks whose bytes do not match their digest; returns them."""
-        bad = [i for i, d in self.held.items() if chunk_digest(self._data[i]) != d]
+        data = {i: self._chunk(i) for i in self.held}
+        bad = [i for i, d in self.held.items() if chunk_digest(data[i]) != d]
         for index in bad:
-            del self.held[index], self._data[index]
+            del self.held[index], data[index]
+        if bad:  # the written file is not these chunks: kept in memory until complete again
+            self._drop_file()
+            self._data = data
         return sorted(bad)
 
     # --- publishing, in the steps of fluxio.staging.StagedFile -------------------------------
@@ -110,13 +133,28 @@ class SmallFile:
 
     def _write(self) -> None:
         tmp = self._scratch / f"file-{os.getpid()}-{secrets.token_hex(8)}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC  # read back to reverify
         self._fd, self._tmp = os.open(tmp, flags, 0o600), tmp
-        view = memoryview(b"".join(self._data[i] for i in range(self.count)))
+        data = b"".join(self._data[i] for i in range(self.count))
+        view = memoryview(data)
         done = 0
-        while done < len(view):
-            done += os.write(self._fd, view[done:])
+        try:
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+        except BaseException:
+            self._drop_file()  # no part-written file: the chunks stay in memory
+            raise
+        # The digest of the bytes as they arrived (each chunk was verified), for the commit's
+        # check: the file is not read back.
+        hasher = FileHasher()
+        hasher.update(data)
+        self._file_digest = hasher.digest()
         self._data.clear()  # on disk now; the digests stay in `held`
+
+    def fileno(self) -> int:
+        """The sealed file's descriptor (to give it attributes before it is synced)."""
+        self._sealed()
+        return self._fd
 
     def fstat(self) -> os.stat_result:
         """fstat of the sealed file (its inode and mtime survive the rename)."""
@@ -147,8 +185,7 @@ class SmallFile:
         if self._fd < 0:
             raise StorageError(f"{self.label} is not written yet")
 
-    def close(self) -> None:
-        """Drop the chunks and the temporary file if it was not renamed. Idempotent."""
+    def _drop_file(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -156,6 +193,11 @@ class SmallFile:
             with contextlib.suppress(OSError):
                 self._tmp.unlink()
             self._tmp = None
+        self._file_digest = None
+
+    def close(self) -> None:
+        """Drop the chunks and the temporary file if it was not renamed. Idempotent."""
+        self._drop_file()
         self._data.clear()
         self.closed = True
 

@@ -1,6 +1,10 @@
 """Manifests: the chunk and file digests of stored files, kept in ROOT/.flux/manifests.
 
-One msgpack file per path, named by `paths.reserved_key`. A manifest is trusted only while the
+One msgpack file per path, named by `paths.reserved_key`; or, for a small file committed in a
+group, the same msgpack in the file's own extended attribute XATTR (it costs no file of its
+own, whose creation was half the time of a group here, and it travels with the file's inode).
+A manifest file of the path comes first: marking a file damaged or changing its mtime writes
+one. A manifest is trusted only while the
 file's size, mtime_ns and inode match what it recorded. It records the digests of the bytes
 that were sent (or, for a file fluxd did not store, read when it was indexed); it never vouches
 for what is on disk now. Whatever takes a manifest's word for bytes it keeps or serves reads
@@ -38,6 +42,10 @@ from .. import log
 from .paths import reserved_key
 
 _MANIFEST_LIMIT = MAX_DIGESTS_PAYLOAD + 64 * 1024
+#: The extended attribute a file can carry its own manifest in.
+XATTR = "user.fluxd.manifest"
+#: Largest manifest kept in XATTR (ext4 keeps up to about a block of attributes per file).
+XATTR_MOST = 1024
 
 __all__ = ["Manifest", "ManifestStore", "show_chunks"]
 
@@ -103,11 +111,13 @@ def _sane(m: Manifest) -> bool:
 class ManifestStore:
     """The manifests of one root, in `folder` (created, mode 0700, if missing)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, root: Path | None = None) -> None:
         folder.mkdir(mode=0o700, exist_ok=True)
         for tmp in folder.glob("*.tmp"):  # left by a crash mid-write
             tmp.unlink(missing_ok=True)
         self.folder = folder
+        #: The tree the manifests describe (paths are relative to it).
+        self.root = str(root if root is not None else folder.parent.parent)
 
     def _file(self, rel: str) -> Path:
         return self.folder / reserved_key(rel)
@@ -158,19 +168,44 @@ class ManifestStore:
         with storage_errors("syncing the manifests"):
             fsync_dir(self.folder)
 
-    def load(self, rel: str, st: os.stat_result) -> Manifest | None:
-        """The manifest of `rel` if it describes the file `st` is of; None otherwise."""
+    def load(self, rel: str, st: os.stat_result, fd: int | None = None) -> Manifest | None:
+        """The manifest of `rel` if it describes the file `st` is of (its manifest file, else
+        the one the file carries: read from `fd` if given, else by path); None otherwise."""
         try:
             # A str join, not a Path: pathlib interns every part, and listings load a manifest
             # per file (a walk of 100,000 files grew the interpreter's intern table by ~1 MiB).
             with open(os.path.join(self.folder, reserved_key(rel)), "rb") as f:
                 raw = f.read(_MANIFEST_LIMIT + 1)
         except OSError:
+            raw = b""
+        manifest = Manifest.unpack(raw) if 0 < len(raw) <= _MANIFEST_LIMIT else None
+        if manifest is not None and manifest.path == rel and manifest.matches(st):
+            return manifest
+        try:
+            if fd is not None:
+                raw = os.getxattr(fd, XATTR)
+            else:
+                raw = os.getxattr(os.path.join(self.root, rel), XATTR, follow_symlinks=False)
+        except OSError:
             return None
-        manifest = Manifest.unpack(raw) if len(raw) <= _MANIFEST_LIMIT else None
+        manifest = Manifest.unpack(raw)
+        # Checked as a file's: a copy of the file keeps its attributes, not its inode.
         if manifest is None or manifest.path != rel or not manifest.matches(st):
             return None
         return manifest
+
+    def attach(self, fd: int, manifest: Manifest) -> bool:
+        """Store `manifest` on the file `fd` describes, in XATTR (durable once the file is
+        fsynced); False if it is too large or the filesystem keeps no such attribute (then
+        write a manifest file instead)."""
+        raw = msgpack.packb(dataclasses.asdict(manifest))
+        if len(raw) > XATTR_MOST:
+            return False
+        try:
+            os.setxattr(fd, XATTR, raw)
+        except OSError:
+            return False
+        return True
 
     def mark_damaged(self, manifest: Manifest, bad: list[int]) -> None:
         """Record that the file `manifest` describes no longer holds its bytes (see
@@ -180,9 +215,13 @@ class ManifestStore:
         )
         self.write(dataclasses.replace(manifest, damaged=True))
 
-    def forget(self, rel: str) -> None:
-        """Remove the manifest of `rel`, if there is one."""
-        self.discard(self._file(rel))
+    def forget(self, rel: str) -> bool:
+        """Remove the manifest file of `rel`, if there is one; True if there was."""
+        try:
+            self._file(rel).unlink()
+        except OSError:
+            return False
+        return True
 
     def discard(self, file: Path) -> None:
         """Remove one manifest file found by `scan`; gone already is fine."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from test_local_storage import CS, chunks, content, put, ref
 
 from fluxd.storage import LocalStorage, LocalUpload
 from fluxd.storage.local_batch import BARRIERS
+from fluxd.storage.manifests import XATTR, ManifestStore
 from fluxproto.errors import Conflict, IntegrityError, StorageError
 
 MTIME = 1_700_000_000_123_456_789  # nanoseconds that a float of seconds would round off
@@ -121,13 +124,15 @@ def test_a_group_mixes_kept_and_new_files(storage: LocalStorage, root: Path) -> 
     assert (root / "new").read_bytes() == new
 
 
-def test_a_grouped_upload_stores_nothing_before_its_commit(
+def test_a_grouped_upload_shows_nothing_before_its_commit(
     storage: LocalStorage, root: Path
 ) -> None:
     data = content(3 * CS)
     up = staged_small(storage, "f", data)
     assert not list((root / ".flux" / "staging").iterdir())
-    assert not list((root / ".flux" / "tmp").iterdir())
+    # Complete, it is written once to a temporary in scratch (not synced, not at its path).
+    assert [p.read_bytes() for p in (root / ".flux" / "tmp").iterdir()] == [data]
+    assert not (root / "f").exists()
     up.commit(ref(data))  # alone, outside a group: durable on its own
     assert (root / "f").read_bytes() == data
     assert storage.stat("f").digest == ref(data)
@@ -155,3 +160,121 @@ def test_a_grouped_upload_with_a_bad_chunk(storage: LocalStorage) -> None:
     up.write_chunks(chunks(data)[:1], durable=False)
     [result] = storage.commit_many([(up, ref(data))])
     assert isinstance(result, IntegrityError) and "missing 1 chunks" in result.message
+
+
+# --- manifests carried by the file (extended attribute) ------------------------------------------
+
+
+def manifest_files(root: Path) -> list[Path]:
+    return [p for p in (root / ".flux" / "manifests").iterdir() if p.suffix != ".tmp"]
+
+
+def test_a_grouped_file_carries_its_manifest(storage: LocalStorage, root: Path) -> None:
+    data = content(100, 7)
+    assert storage.commit_many([(staged_small(storage, "d/f", data, MTIME), ref(data))]) == [None]
+    assert not manifest_files(root), "no manifest file: the manifest is on the file"
+    assert os.getxattr(root / "d" / "f", XATTR)
+    assert storage.stat("d/f").digest == ref(data)
+    [entry] = storage.list("d", None, 10)[0]
+    assert entry.digest == ref(data)
+    dl = storage.open_download("d/f", CS)
+    try:
+        assert (dl.digest, dl.read_chunk(0)) == (ref(data), data)
+    finally:
+        dl.close()
+    assert not manifest_files(root), "read from the attribute, not indexed again"
+    again = storage.open_upload("d/f", len(data), CS, 0o644, MTIME)
+    assert len(again.held) == 1, "the stored file is offered as a basis"
+    again.close()
+
+
+def test_a_grouped_file_drops_the_manifest_file_of_the_old_one(
+    storage: LocalStorage, root: Path
+) -> None:
+    put(storage, "f", content(3 * CS, 1))  # one by one: a manifest file
+    assert manifest_files(root)
+    new = content(100, 2)
+    assert storage.commit_many([(staged_small(storage, "f", new), ref(new))]) == [None]
+    assert not manifest_files(root)
+    assert storage.stat("f").digest == ref(new)
+
+
+def test_a_manifest_file_comes_before_the_attribute(storage: LocalStorage, root: Path) -> None:
+    data = content(100, 3)
+    storage.commit_many([(staged_small(storage, "f", data), ref(data))])
+    st = (root / "f").stat()
+    manifests = ManifestStore(root / ".flux" / "manifests", root)
+    carried = manifests.load("f", st)
+    assert carried is not None
+    manifests.write(dataclasses.replace(carried, damaged=True))  # as a failed basis check does
+    assert storage.stat("f").digest is None, "a damaged file reports no digest"
+
+
+def test_an_attribute_copied_with_the_file_is_not_trusted(
+    storage: LocalStorage, root: Path
+) -> None:
+    data = content(100, 4)
+    storage.commit_many([(staged_small(storage, "f", data), ref(data))])
+    copy = root / "g"
+    copy.write_bytes(data)
+    os.setxattr(copy, XATTR, os.getxattr(root / "f", XATTR))
+    assert storage.stat("g").digest is None, "its path and inode are not the manifest's"
+
+
+def test_where_attributes_fail_a_manifest_file_is_written(
+    storage: LocalStorage, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object) -> None:
+        raise OSError(errno.EOPNOTSUPP, "not supported")
+
+    monkeypatch.setattr(os, "setxattr", refuse)
+    data = content(100, 5)
+    assert storage.commit_many([(staged_small(storage, "f", data), ref(data))]) == [None]
+    assert manifest_files(root)
+    assert storage.stat("f").digest == ref(data)
+
+
+def test_a_written_small_file_rotting_before_its_commit(storage: LocalStorage, root: Path) -> None:
+    data = content(100, 6)
+    up = staged_small(storage, "f", data)
+    [tmp] = (root / ".flux" / "tmp").iterdir()
+    tmp.write_bytes(b"x" + data[1:])  # the disk changed the written bytes
+    with pytest.raises(IntegrityError, match="1 stored chunks were corrupt"):
+        up.commit(ref(b"anything else"))
+    assert up.held == {}, "the corrupt chunk is no longer offered"
+    up.write_chunks(chunks(data), durable=False)
+    up.commit(ref(data))
+    assert (root / "f").read_bytes() == data
+
+
+def test_the_manifests_folder_is_synced_only_when_it_changed(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced = []
+    monkeypatch.setattr(ManifestStore, "sync", lambda self: synced.append(1))
+    put(storage, "old", content(3 * CS, 1))  # one by one: writes (and syncs) its own
+    synced.clear()
+    ups = [(staged_small(storage, n, d), ref(d)) for n, d in (("a", b"a"), ("b", b"b"))]
+    assert storage.commit_many(ups) == [None, None]
+    assert synced == [], "nothing changed there: both files carry their manifests"
+    new = content(100, 2)
+    assert storage.commit_many([(staged_small(storage, "old", new), ref(new))]) == [None]
+    assert synced == [1], "the old file's manifest was removed"
+
+
+def test_a_small_file_that_could_not_be_written_leaves_nothing(
+    storage: LocalStorage, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = content(100, 8)
+    up = storage.open_upload("f", len(data), CS, 0o644, grouped=True)
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "write", full)
+        with pytest.raises(StorageError):
+            up.write_chunks(chunks(data), durable=False)
+    assert not list((root / ".flux" / "tmp").iterdir()), "no part-written file is kept"
+    assert storage.commit_many([(up, ref(data))]) == [None], "written at the commit instead"
+    assert (root / "f").read_bytes() == data

@@ -109,3 +109,18 @@ def test_scrub_finds_rot_and_drops_stale_manifests(storage: LocalStorage) -> Non
     assert report.corrupt == ["/rot.bin: 1 corrupt chunk(s): 2"]
     assert (report.checked, report.stale) == (2, 1)
     assert not manifest_file(storage.root, "edited.bin").exists()
+
+
+def test_scrub_checks_files_that_carry_their_manifest(storage: LocalStorage) -> None:
+    small = [content(100, seed) for seed in (5, 6)]
+    ups = []
+    for name, data in zip(("d/good", "d/rot"), small, strict=True):
+        up = storage.open_upload(name, len(data), CS, 0o644, grouped=True)
+        up.write_chunks(chunks(data), durable=False)
+        ups.append((up, ref(data)))
+    assert storage.commit_many(ups) == [None, None]
+    put(storage, "big.bin", content())
+    clean = storage.scrub()
+    assert (clean.checked, clean.corrupt, clean.stale) == (3, [], 0)
+    flip_in_place(storage.root / "d" / "rot", 7)
+    assert storage.scrub().corrupt == ["/d/rot: 1 corrupt chunk(s): 0"]

@@ -429,6 +429,42 @@ def test_a_flood_of_small_frames_arrives_complete_and_in_order(run: Runner) -> N
 # --- writing: backpressure, close, abort --------------------------------------------------------
 
 
+class CountingSocket:
+    """A socket whose sends are counted (socket objects take no new attributes)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.sends = sock, 0
+
+    def send(self, data: memoryview) -> int:
+        self.sends += 1
+        return self.sock.send(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def test_small_frames_sent_in_one_turn_go_out_in_one_write(run: Runner) -> None:
+    n = 50
+
+    async def main() -> tuple[list[int], int]:
+        with raw_pair() as (a, b):
+            ch = SocketChannel(b, Connection(Role.SERVER))
+            peer = RawPeer(a, Role.CLIENT)
+            await handshake_with_raw_client(ch, peer)
+            counting = CountingSocket(b)
+            ch.sock = counting  # type: ignore[assignment]
+            for i in range(n):  # one turn of the loop: nothing is written yet
+                ch.send(Ping(i))
+            assert counting.sends == 0
+            nonces = [(await peer.event()).nonce for _ in range(n)]  # type: ignore[attr-defined]
+            ch.abort()
+            return nonces, counting.sends
+
+    nonces, sends = run(main())
+    assert nonces == list(range(n))
+    assert sends == 1
+
+
 def test_drain_blocks_above_high_water_until_the_peer_reads(run: Runner) -> None:
     async def main() -> tuple[int, int]:
         with raw_pair(64 * 1024) as (a, b):

@@ -48,6 +48,9 @@ MAX_QUEUED_EVENTS = 256
 #: Unsent bytes above which `drain()` waits, and below which it lets writers go on.
 HIGH_WATER = 4 * 1024 * 1024
 LOW_WATER = 1024 * 1024
+#: Queued bytes below which a frame waits for the end of the event loop's turn, to be written
+#: with the other frames sent in it (and buffers up to which they are joined).
+COALESCE = 16 * 1024
 #: Bytes read per readiness callback before other tasks get a turn.
 READ_BUDGET = 4 * 1024 * 1024
 #: Seconds `close()` waits for queued bytes to drain before dropping them (a peer that never
@@ -78,6 +81,9 @@ class SocketChannel(ChannelBase):
         self._written = 0  # bytes the socket took, ever (progress for drain)
         self._writable = asyncio.Event()
         self._writable.set()
+        self._flush_soon = False  # a flush is scheduled for this turn of the loop
+        # After WANT_WRITE, OpenSSL needs the very same buffer again: the head is not joined.
+        self._retry = False
         self._reading = False
         self._writer_armed = False
         self._memory = budget
@@ -94,7 +100,11 @@ class SocketChannel(ChannelBase):
             view = memoryview(buf)
             self._out.append(view)
             self._out_bytes += len(view)
-        self._flush()
+        if self._out_bytes >= COALESCE:
+            self._flush()
+        elif not self._flush_soon:  # small: written with the rest of this turn's frames
+            self._flush_soon = True
+            self.loop.call_soon(self._flush)
         return ended
 
     async def drain(self, timeout: float | None = None) -> None:
@@ -222,12 +232,19 @@ class SocketChannel(ChannelBase):
     # --- writing ------------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        self._flush_soon = False
+        if self._lost:
+            return
         try:
             while self._out:
+                if not self._retry and len(self._out) > 1 and len(self._out[0]) < COALESCE:
+                    self._join_head()
                 head = self._out[0]
+                self._retry = True  # until the socket takes some of it
                 # After WANT_WRITE, OpenSSL needs the very same buffer again: never re-slice it
                 # unless the socket reported a partial write (plain TCP).
                 n = self.sock.send(head)
+                self._retry = False
                 self._out_bytes -= n
                 self._written += n
                 if n < len(head):
@@ -246,6 +263,18 @@ class SocketChannel(ChannelBase):
             self._writable.set()
         if self._closing and not self._out:
             self.abort()
+
+    def _join_head(self) -> None:
+        """Make the small buffers at the head of the queue one (up to COALESCE bytes): one
+        TLS record and one syscall instead of one per frame (a group's COMMITTEDs go out
+        together; each write cost ~0.2 ms of the daemon's loop with small files)."""
+        parts, size = [], 0
+        while self._out and size + len(self._out[0]) <= COALESCE:
+            parts.append(self._out.popleft())
+            size += len(parts[-1])
+        if not parts:  # the next buffer alone is larger: leave it as it is
+            return
+        self._out.appendleft(memoryview(b"".join(parts)) if len(parts) > 1 else parts[0])
 
     def _arm_writer(self, wanted: bool) -> None:
         if wanted and not self._writer_armed and not self._lost:
