@@ -3,16 +3,9 @@
 Used by the daemon for uploads and by the client for downloads, so it knows nothing about where
 either keeps its files: the caller passes both paths.
 
-Journal format (little-endian):
-
-    header  magic b"FLXJ" | version u8 | size u64 | chunk_size u32 | crc32 u32      (21 bytes)
-    record  kind u8 | index u32 | digest 16 bytes | crc32 u32                        (25 bytes)
-
-Each crc32 covers the bytes before it in the same header or record. Record kind 1 says chunk
-`index` with that digest is durably in the data file (its data is fdatasynced before the record
-is written); kind 2 stores a 16-byte version tag (index 0). The last record for an index wins.
-On open, records are read until the first short or bad one (a torn tail), which is cut off;
-every chunk the journal names is then read back and kept only if its digest still matches.
+Its journal (format: `fluxio.journal`) lists the durable chunks. On open, records are read
+until the first short or bad one (a torn tail), which is cut off; every chunk the journal
+names is then read back and kept only if its digest still matches.
 
 Opening syncs nothing: the journal header and the folders holding the two files are made durable
 together with the first record (the first `write_chunks` or `set_version`), because nothing
@@ -26,9 +19,7 @@ import contextlib
 import errno
 import fcntl
 import os
-import struct
 import time
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,50 +30,35 @@ from fluxproto.ranges import to_ranges
 
 from .buffers import PAGE, is_page_aligned
 from .crashpoints import crash_point, fault_point
+from .journal import (
+    HEADER_SIZE,
+    KIND_CHUNK,
+    KIND_VERSION,
+    RECORD_SIZE,
+    header,
+    parse_header,
+    parse_record,
+    record,
+)
 from .oserrors import storage_errors
 
 Buffer = bytes | bytearray | memoryview
 ChunkData = tuple[int, bytes, Buffer]  # index, digest, payload
 
-MAGIC = b"FLXJ"
-VERSION = 1
-KIND_CHUNK = 1
-KIND_VERSION = 2
-_HEADER = struct.Struct("<4sBQI")
-_RECORD = struct.Struct("<BI16s")
-_CRC = struct.Struct("<I")
-HEADER_SIZE = _HEADER.size + _CRC.size
-RECORD_SIZE = _RECORD.size + _CRC.size
 # errno posix_fallocate reports where the filesystem cannot preallocate (glibc mostly emulates).
 _NO_FALLOCATE = frozenset({errno.EOPNOTSUPP, errno.EINVAL})
 READ_BLOCK = 4 * 1024 * 1024  # sequential reads for verify and file_digest
 
-__all__ = ["READ_BLOCK", "Buffer", "ChunkData", "StagedFile", "fsync_dir", "pread_into"]
-
-
-def _header(size: int, chunk_size: int) -> bytes:
-    body = _HEADER.pack(MAGIC, VERSION, size, chunk_size)
-    return body + _CRC.pack(zlib.crc32(body))
-
-
-def _parse_header(raw: bytes) -> tuple[int, int] | None:
-    """(size, chunk_size) from a journal header, or None if it is not a valid one."""
-    if len(raw) < HEADER_SIZE:
-        return None
-    body = raw[: _HEADER.size]
-    if zlib.crc32(body) != _CRC.unpack(raw[_HEADER.size : HEADER_SIZE])[0]:
-        return None
-    magic, version, size, chunk_size = _HEADER.unpack(body)
-    if magic != MAGIC or version != VERSION or not chunk_size > 0 or size < 0:
-        return None
-    if chunk_count(size, chunk_size) > MAX_CHUNKS:
-        return None
-    return size, chunk_size
-
-
-def _record(kind: int, index: int, digest: bytes) -> bytes:
-    body = _RECORD.pack(kind, index, digest)
-    return body + _CRC.pack(zlib.crc32(body))
+__all__ = [
+    "HEADER_SIZE",
+    "READ_BLOCK",
+    "RECORD_SIZE",
+    "Buffer",
+    "ChunkData",
+    "StagedFile",
+    "fsync_dir",
+    "pread_into",
+]
 
 
 def fsync_dir(path: Path) -> None:
@@ -210,7 +186,7 @@ class StagedFile:
         with storage_errors(f"recovering the staged file for {label}"):
             fd = _lock(journal_path, label)
             try:
-                geometry = _parse_header(os.pread(fd, HEADER_SIZE, 0))
+                geometry = parse_header(os.pread(fd, HEADER_SIZE, 0))
                 if geometry is None:
                     return None
                 self = cls((data_path, journal_path), *geometry, label)
@@ -268,7 +244,7 @@ class StagedFile:
             raise
         os.ftruncate(self._jfd, 0)
         # Not synced here: the first record's fdatasync carries the header (module doc).
-        _pwrite_all(self._jfd, _header(self.size, self.chunk_size), 0)
+        _pwrite_all(self._jfd, header(self.size, self.chunk_size), 0)
 
     def _fit_data(self) -> None:
         have = os.fstat(self._dfd).st_size
@@ -290,7 +266,7 @@ class StagedFile:
         25 bytes per chunk written, far less than the data it describes.
         """
         raw = memoryview(os.pread(self._jfd, os.fstat(self._jfd).st_size, 0))
-        if raw[:HEADER_SIZE] != _header(self.size, self.chunk_size):
+        if raw[:HEADER_SIZE] != header(self.size, self.chunk_size):
             return None
         claimed: dict[int, bytes] = {}
         version: bytes | None = None
@@ -307,9 +283,9 @@ class StagedFile:
 
     def _parse_record(self, raw: memoryview) -> tuple[int, int, bytes] | None:
         """The record in `raw`, or None if it is short or bad: the end of the good journal."""
-        if len(raw) < RECORD_SIZE or zlib.crc32(raw[:-4]) != _CRC.unpack(raw[-4:])[0]:
+        if (rec := parse_record(raw)) is None:
             return None
-        kind, index, digest = _RECORD.unpack(raw[:-4])
+        kind, index, digest = rec
         if (kind == KIND_CHUNK and index < self.count) or (kind == KIND_VERSION and index == 0):
             return kind, index, digest
         return None
@@ -405,7 +381,7 @@ class StagedFile:
         with storage_errors(f"syncing {self.label}"):
             os.fdatasync(dfd)
         crash_point("data-synced")
-        self._append(b"".join(_record(KIND_CHUNK, i, d) for i, d, _ in batch))
+        self._append(b"".join(record(KIND_CHUNK, i, d) for i, d, _ in batch))
         crash_point("chunks-durable")
         for index, digest, data in sorted(batch, key=lambda c: c[0]):
             self._note_written(index, digest, data)
@@ -469,7 +445,7 @@ class StagedFile:
         """Durably record a 16-byte version tag (e.g. the remote file digest) for resumes."""
         if len(tag) != DIGEST_SIZE:
             raise StorageError(f"a version tag is {DIGEST_SIZE} bytes")
-        self._append(_record(KIND_VERSION, 0, bytes(tag)))
+        self._append(record(KIND_VERSION, 0, bytes(tag)))
         self.version = bytes(tag)
 
     # --- digests -----------------------------------------------------------------------------
