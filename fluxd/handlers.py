@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from fluxio.chunkflow import ChunkSender, ChunkWriter
 from fluxio.requests import Request
-from fluxio.staging import ChunkData
 from fluxproto import (
     MAX_RANGES,
     Chunk,
@@ -45,7 +44,7 @@ from fluxproto import (
 )
 from fluxproto.ranges import count, is_canonical
 
-from .service import AttachedUpload, Caller, FileService, UploadHandle, Version
+from .service import Caller, FileService, Version
 
 #: Entries per page read from storage (a folder's names are at most 255 bytes each).
 LIST_PAGE = 150
@@ -106,14 +105,13 @@ class Handlers:
             grouped=grouped,
             attach=f.attach,
         ) as up:
-            sink = _Deferred(up) if grouped else up
             writer = ChunkWriter(
                 req,
-                sink,
+                up,
                 executor=up.pool,
                 release=self.release,
                 until_commit=True,
-                ack=not grouped,
+                durable=not grouped,
             )
             try:
                 # Chunks sent eagerly with OPEN_UPLOAD waited in the request's queue.
@@ -214,16 +212,6 @@ class Handlers:
         assert isinstance(f, Symlink)
         async with self.service.symlink(self.caller, f.path, f.target) as entry:
             req.send(Made(req.rid, entry))
-
-
-class _Deferred:
-    """A grouped upload as ChunkWriter's sink: chunks kept for the commit, not yet durable."""
-
-    def __init__(self, up: UploadHandle | AttachedUpload) -> None:
-        self._up = up
-
-    def write_chunks(self, batch: list[ChunkData]) -> None:
-        self._up.write_chunks(batch, durable=False)
 
 
 def fit_entries(entries: Sequence[Entry]) -> list[list[Entry]]:

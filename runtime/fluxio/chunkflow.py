@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import Executor
@@ -195,9 +196,10 @@ def _indices(ack: Ack) -> Iterable[int]:
 
 
 class BatchSink(Protocol):
-    """Blocking durable writer (StagedFile / storage Upload)."""
+    """Blocking writer (StagedFile / storage Upload): durable when it returns, unless told
+    `durable=False` (the chunks are then kept for a commit that makes them so)."""
 
-    def write_chunks(self, batch: list[ChunkData]) -> None: ...
+    def write_chunks(self, batch: list[ChunkData], *, durable: bool = True) -> None: ...
 
 
 class ChunkWriter:
@@ -207,8 +209,8 @@ class ChunkWriter:
     send one) and `on_durable(nbytes)` called. A write failure is injected into the request, so
     its next receive raises it. With `until_commit` (an upload's receiver), no ACK goes once the
     request's COMMIT took effect: COMMITTED acknowledges every chunk, and small files committed
-    in one flight then cost no ACK at all. With `ack` False it sends none (the sink keeps the
-    chunks for the commit, which alone makes them durable).
+    in one flight then cost no ACK at all. With `durable` False the sink keeps the chunks for
+    the commit, which alone makes them durable: no ACK and no `on_durable` for them.
     """
 
     def __init__(
@@ -219,9 +221,9 @@ class ChunkWriter:
         executor: Executor | None = None,
         release: Callable[[memoryview], None] = POOL.put,
         until_commit: bool = False,
-        ack: bool = True,
+        durable: bool = True,
     ) -> None:
-        self._until_commit, self._acks = until_commit, ack
+        self._until_commit, self._durable = until_commit, durable
         self._req, self._sink, self._on_durable, self._executor = req, sink, on_durable, executor
         self._release = release
         self._pending: list[ChunkData] = []
@@ -256,7 +258,8 @@ class ChunkWriter:
             nbytes = sum(len(data) for _, _, data in batch)
             indices = [index for index, _, _ in batch]
             try:
-                await loop.run_in_executor(self._executor, self._sink.write_chunks, batch)
+                write = functools.partial(self._sink.write_chunks, batch, durable=self._durable)
+                await loop.run_in_executor(self._executor, write)
             except FluxError as exc:
                 self.error = exc
                 self._req.fail(exc)
@@ -266,9 +269,9 @@ class ChunkWriter:
                     if isinstance(data, memoryview):
                         self._release(data)
             self.written += nbytes
-            if self._acks:
+            if self._durable:
                 self._ack(indices)
-            self._on_durable(nbytes)
+                self._on_durable(nbytes)
 
     def _ack(self, indices: Sequence[int]) -> None:
         req = self._req

@@ -476,7 +476,7 @@ class GatedSink:
         self.gate = threading.Event()
         self.fail_on, self.exc = fail_on, exc
 
-    def write_chunks(self, batch: list[ChunkData]) -> None:
+    def write_chunks(self, batch: list[ChunkData], *, durable: bool = True) -> None:
         self.batches.append([i for i, _, _ in batch])
         for i, _, data in batch:
             self.data[i] = bytes(data)  # a released buffer would raise here
