@@ -87,6 +87,24 @@ class Beneath:
             raise _changed(inner)
         return fd
 
+    def plain(self, inner: str) -> bool:
+        """Whether the walk to `inner` ("a/b", not empty) meets no symlink up to where it ends:
+        the whole path, or its first missing component or non-folder parent. Where that holds,
+        `inner` is already where it leads, and `paths.resolve` (a realpath: an lstat per
+        component) has nothing to resolve. False when unsure (no openat2, any other error).
+        """
+        if not self._openat2:
+            return False
+        how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE)
+        assert _SYSCALL is not None
+        fd = int(_SYSCALL(SYS_OPENAT2, self.fd, os.fsencode(inner), ctypes.byref(how), 24))
+        if fd >= 0:
+            os.close(fd)
+            return True
+        # The kernel walks in order and stops at the first symlink (ELOOP) or the first
+        # missing name or non-folder parent: stopping at the latter means no link before it.
+        return ctypes.get_errno() in (errno.ENOENT, errno.ENOTDIR)
+
     def _open2(self, inner: str, flags: int, mode: int) -> int | None:
         """openat2, or None where the kernel does not have it."""
         how = _OpenHow(flags, mode if flags & os.O_CREAT else 0, _RESOLVE)

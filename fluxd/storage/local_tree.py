@@ -13,7 +13,7 @@ from fluxio.oserrors import storage_errors
 from fluxproto.errors import Conflict, PermissionDenied
 
 from .beneath import Beneath
-from .paths import RESERVED, resolve
+from .paths import RESERVED, check_reserved, resolve
 
 #: Flags that open a directory to list it or to act on its entries.
 DIR = os.O_RDONLY | os.O_DIRECTORY
@@ -47,6 +47,9 @@ class LocalTree:
         Raises:
             PermissionDenied: it leads outside the root or into the reserved area.
         """
+        if rel and self._beneath.plain(rel):
+            check_reserved(rel)  # no symlink on the way: where it leads is `rel` itself
+            return rel
         inner = os.path.relpath(resolve(self.root, rel), self.root)
         return "" if inner == "." else inner
 

@@ -22,6 +22,7 @@ __all__ = [
     "MAX_DEPTH",
     "RESERVED",
     "check_link_target",
+    "check_reserved",
     "normalize",
     "require_file_path",
     "reserved_key",
@@ -96,10 +97,20 @@ def resolve(root: Path, rel: str) -> Path:
     real = os.path.realpath(os.path.join(base, rel)) if rel else base
     if os.path.commonpath([base, real]) != base:
         raise PermissionDenied(f"{rel or '/'} leads outside the served root")
-    inner = os.path.relpath(real, base)
-    if inner.split(os.sep, 1)[0].casefold() == RESERVED:
-        raise PermissionDenied(f"{rel or '/'} leads into the reserved area {RESERVED}")
+    check_reserved(os.path.relpath(real, base), rel)
     return Path(real)
+
+
+def check_reserved(inner: str, rel: str | None = None) -> None:
+    """Refuse `inner` (relative to the root, symlinks resolved) inside the reserved area; `rel`
+    is the path asked for, named in the error (`inner` itself if None).
+
+    Raises:
+        PermissionDenied: it is ROOT/.flux or below it.
+    """
+    if inner.split(os.sep, 1)[0].casefold() == RESERVED:
+        shown = inner if rel is None else rel
+        raise PermissionDenied(f"{shown or '/'} leads into the reserved area {RESERVED}")
 
 
 def reserved_key(rel: str) -> str:

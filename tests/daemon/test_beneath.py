@@ -76,3 +76,22 @@ def test_missing_paths_raise_the_os_error(tree: Beneath) -> None:
         tree.open("a/nope", os.O_RDONLY)
     with pytest.raises(NotADirectoryError):
         tree.open("a/b/f.txt/x", os.O_RDONLY)
+
+
+@pytest.mark.parametrize(
+    ("inner", "plain"),
+    [
+        ("a/b/f.txt", True),  # there, no link on the way
+        ("a/b/new.txt", True),  # missing: the walk stops before any link
+        ("a/new/deeper/x", True),
+        ("a/b/f.txt/under", True),  # a file as a parent ends the walk too
+        ("out/secret", False),  # a link on the way
+        ("out", False),  # a trailing link
+        ("a/inner-link/f.txt", False),
+        ("a/inner-link/missing", False),  # the link comes before the missing name
+    ],
+    ids=str,
+)
+def test_plain_says_whether_the_walk_meets_a_link(tree: Beneath, inner: str, plain: bool) -> None:
+    # Without openat2 it cannot tell, and says False: callers then resolve the slow way.
+    assert tree.plain(inner) is (plain and tree._openat2)

@@ -11,6 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fluxd.storage.beneath import Beneath
+from fluxd.storage.local_tree import LocalTree
 from fluxd.storage.paths import normalize, require_file_path, resolve
 from fluxproto.errors import PermissionDenied
 from fluxproto.frames import MAX_PATH
@@ -160,6 +162,33 @@ def test_resolve_refuses_symlink_into_reserved_area(tmp_path: Path) -> None:
     for rel in ("sneaky", "sneaky/manifests", "self/.flux/x"):
         with pytest.raises(PermissionDenied, match="reserved"):
             resolve(tmp_path, rel)
+
+
+@pytest.mark.parametrize("openat2", [True, False], ids=["fast", "resolve"])
+def test_the_tree_leads_paths_where_resolve_does(tmp_path: Path, openat2: bool) -> None:
+    # LocalTree.inner skips resolve() when the walk meets no link: both must agree everywhere.
+    root = tmp_path / "root"
+    (root / "real" / "sub").mkdir(parents=True)
+    (root / "real" / "f").write_text("f")
+    (root / ".flux").mkdir()
+    (tmp_path / "outside").mkdir()
+    os.symlink(root / "real", root / "alias")
+    os.symlink(tmp_path / "outside", root / "escape")
+    os.symlink(root / ".flux", root / "sneaky")
+    tree = LocalTree(root.resolve())
+    tree._beneath = Beneath(tree.root, use_openat2=openat2)
+    paths = ["real", "real/f", "real/new", "real/sub/new/deeper", "real/f/under", "alias/f"]
+    paths += ["alias/new", "escape", "escape/x", "sneaky", "sneaky/x", ".flux", ".FLUX/x", "new"]
+    for rel in paths:
+        try:
+            want: object = os.path.relpath(resolve(tree.root, rel), tree.root)
+        except PermissionDenied as exc:
+            want = str(exc)
+        try:
+            got: object = tree.inner(rel)
+        except PermissionDenied as exc:
+            got = str(exc)
+        assert got == want, rel
 
 
 # --- the traversal corpus -----------------------------------------------------------------------
