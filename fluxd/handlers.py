@@ -174,7 +174,7 @@ class Handlers:
         f = req.opening
         assert isinstance(f, ListDir)
         if f.recursive:
-            async with self.service.walk(self.caller, f.path, LIST_PAGE) as pages:
+            async with self.service.walk(self.caller, f.path, LIST_PAGE, f.digests) as pages:
                 async for entries, last in pages:
                     frames = fit_entries(entries)
                     for i, part in enumerate(frames):
@@ -183,7 +183,8 @@ class Handlers:
             return
         cursor: str | None = None
         while True:
-            async with self.service.list(self.caller, f.path, cursor, LIST_PAGE) as page:
+            listing = self.service.list(self.caller, f.path, cursor, LIST_PAGE, f.digests)
+            async with listing as page:
                 entries, cursor = page
                 req.send(Entries(req.rid, tuple(entries), done=cursor is None))
             if cursor is None:

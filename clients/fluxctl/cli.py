@@ -414,7 +414,8 @@ def ls(
 
     run = Run("ls", url, json_, quiet)
     connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout)
-    listing = functools.partial(list_entries, recursive=recursive)
+    # Only the JSON output shows digests: the plain one costs the server no manifest reads.
+    listing = functools.partial(list_entries, recursive=recursive, digests=json_)
     entries: list[Entry] = _simple(run, url, connect, listing)
     lines = [
         f"{'d' if e.kind == 'dir' else 'l' if e.kind == 'link' else '-'}{e.mode:04o} "

@@ -10,12 +10,17 @@ from .session import ClientSession
 
 
 async def list_entries(
-    session: ClientSession, path: str, timeout: float, recursive: bool = False
+    session: ClientSession,
+    path: str,
+    timeout: float,
+    recursive: bool = False,
+    digests: bool = False,
 ) -> list[Entry]:
     """Every entry of a directory (or the one entry of a file), from the ENTRIES pages the
     server streams until the last; with `recursive`, everything under it, named by paths
-    relative to it."""
-    req = await session.open(lambda rid: ListDir(rid, path, recursive))
+    relative to it. Files carry their digests only with `digests` (the server reads one
+    manifest per file for them)."""
+    req = await session.open(lambda rid: ListDir(rid, path, recursive, digests))
     entries: list[Entry] = []
     while True:
         page = await req.expect(Entries, timeout)

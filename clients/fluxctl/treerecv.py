@@ -146,7 +146,11 @@ class _TreeCopy:
         excludes = Excludes(self.tree.excludes)
         try:
             remote = await RemoteTree.open(
-                self.session, self.pair.source, self.opts.io_timeout, excludes
+                self.session,
+                self.pair.source,
+                self.opts.io_timeout,
+                excludes,
+                digests=self.tree.checksum,
             )
         except FluxError as exc:
             if ends_run(exc):

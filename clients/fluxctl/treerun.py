@@ -60,7 +60,7 @@ class TreeOptions:
         local_digest: DigestFn | None = None,
     ) -> PlanOptions:
         """The planner's options; `local_digest` hashes the local side for --checksum (the
-        remote side's digests come with its listing)."""
+        remote side's digests come with its listing, which asks for them only then)."""
         if remote == "dest" and local_digest is not None:
             return PlanOptions(self.delete, self.checksum, remote, source_digest=local_digest)
         if remote == "source" and local_digest is not None:

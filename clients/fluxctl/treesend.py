@@ -165,7 +165,9 @@ class _SendRoot:
         """Plan and copy this root; `last`: no root follows (the plan's totals are final
         once its first phase is read)."""
         excludes = Excludes(self.tree.excludes)
-        remote = await RemoteTree.open(self.session, self.pair.dest, self.timeout, excludes)
+        remote = await RemoteTree.open(
+            self.session, self.pair.dest, self.timeout, excludes, digests=self.tree.checksum
+        )
         try:
             planner = PlanThread(self._plan_maker(remote, excludes), remote.stop)
             remote.before_wait = planner.flush  # what is planned goes before the planner waits

@@ -87,9 +87,12 @@ class RemoteTree:
         path: str,
         timeout: float,
         excludes: Excludes | None = None,
+        digests: bool = False,
     ) -> RemoteTree:
         """The tree at `path` on `session`'s server: empty if nothing is there, its one entry
         if it is a file or a link, else the folder and a listing that streams meanwhile.
+        Listed files carry their digests only with `digests` (for --checksum: the quick
+        check needs none, and each costs the server a manifest read); the root always does.
 
         Raises:
             FluxError: STAT failed (other than NotFound), or the connection did.
@@ -103,7 +106,8 @@ class RemoteTree:
         root = TreeEntry("", e.kind, e.size, e.mtime_ns, e.mode, e.target, e.digest)
         tree = cls(root, excludes)
         if e.kind == "dir":
-            tree.follow(await session.open(lambda rid: ListDir(rid, path, True)), timeout)
+            listing = await session.open(lambda rid: ListDir(rid, path, True, digests))
+            tree.follow(listing, timeout)
         return tree
 
     def follow(self, listing: Request, timeout: float) -> None:

@@ -208,17 +208,18 @@ class FileService:
 
     @asynccontextmanager
     async def list(
-        self, caller: Caller, path: str, cursor: str | None, limit: int
+        self, caller: Caller, path: str, cursor: str | None, limit: int, digests: bool = False
     ) -> AsyncIterator[EntryPage]:
-        """Up to `limit` entries of the folder at `path` after `cursor` (scope `list`).
+        """Up to `limit` entries of the folder at `path` after `cursor` (scope `list`), files
+        with their digests only with `digests` (recorded so when asked).
 
         Raises:
             PermissionDenied, NotFound, StorageError.
         """
-        async with recorded(self.shared.access, caller, "list", path):
+        async with recorded(self.shared.access, caller, "list", path, **_asked(digests)):
             key = caller.grant.check(path, "list")
             try:
-                page = await blocking(self.pool, self.storage.list, key, cursor, limit)
+                page = await blocking(self.pool, self.storage.list, key, cursor, limit, digests)
             except NotFound:
                 if not _is_own_root(caller, key):
                     raise
@@ -257,18 +258,20 @@ class FileService:
 
     @asynccontextmanager
     async def walk(
-        self, caller: Caller, path: str, page: int = MAX_LIST_ENTRIES
+        self, caller: Caller, path: str, page: int = MAX_LIST_ENTRIES, digests: bool = False
     ) -> AsyncIterator[AsyncIterator[TreePage]]:
         """Everything under the folder at `path`, recursively (scope `list`), as pages of up to
-        `page` entries read as the transport takes them (see `Storage.walk`); the last page
-        says so. Recorded as op `list` with `recursive` and the `count` of entries.
+        `page` entries read as the transport takes them (see `Storage.walk`), files with their
+        digests only with `digests`; the last page says so. Recorded as op `list` with
+        `recursive`, the `count` of entries, and `digests` when asked.
 
         Raises (entering, or from the pages):
             PermissionDenied, NotFound, StorageError, LimitExceeded (limits.tree_entries).
         """
-        async with recorded(self.shared.access, caller, "list", path, recursive=True) as record:
+        fields = {"recursive": True, **_asked(digests)}
+        async with recorded(self.shared.access, caller, "list", path, **fields) as record:
             key = caller.grant.check(path, "list")
-            entries = self.storage.walk(key, self.limits.tree_entries)
+            entries = self.storage.walk(key, self.limits.tree_entries, digests)
             pages = self._pages(caller, key, entries, max(1, page), record)
             try:
                 yield pages
@@ -360,6 +363,11 @@ class FileService:
 
 def _take(entries: Iterator[Entry], n: int) -> list[Entry]:
     return list(itertools.islice(entries, n))
+
+
+def _asked(digests: bool) -> dict[str, bool]:
+    """The access record's `digests` field: there only for a listing that asked for them."""
+    return {"digests": True} if digests else {}
 
 
 def _as_named(entry: Entry, path: str) -> Entry:

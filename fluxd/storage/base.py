@@ -154,17 +154,18 @@ class Storage(Protocol):
         """The file or directory at `path`."""
         ...
 
-    def list(self, path: str, cursor: str | None, limit: int) -> EntryPage:
-        """Up to `limit` entries of a directory after `cursor`; a file lists as itself."""
+    def list(self, path: str, cursor: str | None, limit: int, digests: bool = False) -> EntryPage:
+        """Up to `limit` entries of a directory after `cursor`; a file lists as itself. Files
+        carry their digest only with `digests` (looking digests up costs a read per file)."""
         ...
 
-    def walk(self, path: str, limit: int) -> Iterator[Entry]:
+    def walk(self, path: str, limit: int, digests: bool = False) -> Iterator[Entry]:
         """Every entry under the folder `path`, recursively: depth first, names sorted, each
         named by its path relative to `path` ("a/b.txt"); a folder comes before what it holds.
         Symlinks are entries of kind "link" with their `target`, never followed. Hidden as by
         `list`: names no request could reach, the reserved area, and links `symlink` would
-        refuse to make (leading out of the root, absolute). A file lists as itself. Memory
-        does not grow with the tree.
+        refuse to make (leading out of the root, absolute). A file lists as itself, with its
+        digest only with `digests` (as `list`). Memory does not grow with the tree.
 
         Raises (from the iteration): NotFound, PermissionDenied, StorageError, and
         LimitExceeded past `limit` entries or MAX_DEPTH levels.

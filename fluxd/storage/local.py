@@ -138,7 +138,7 @@ class LocalStorage:
             st = self._tree.stat(rel)
         return entry_of(self._manifests, rel, st)
 
-    def list(self, path: str, cursor: str | None, limit: int) -> EntryPage:
+    def list(self, path: str, cursor: str | None, limit: int, digests: bool = False) -> EntryPage:
         """A page of a directory, sorted by name; see `base.Storage.list`.
 
         Names the path rules would refuse or rewrite (control characters, not NFC, ".flux"
@@ -150,31 +150,31 @@ class LocalStorage:
         with storage_errors(f"listing {rel or '/'}"), self._tree.opened(inner, os.O_PATH) as fd:
             st = os.fstat(fd)
             if not stat.S_ISDIR(st.st_mode):
-                return [entry_of(self._manifests, rel, st)], None
+                return [entry_of(self._manifests, rel, st, with_digest=digests)], None
         with storage_errors(f"listing {rel or '/'}"), self._tree.opened(inner, DIR) as fd:
             names = sorted(n for n in os.listdir(fd) if visible(rel, n, inner))
             i = bisect.bisect_right(names, cursor) if cursor is not None else 0
             entries: list[Entry] = []
             while i < len(names) and len(entries) < max(1, limit):
-                entry = self._child(rel, fd, names[i])
+                entry = self._child(rel, fd, names[i], digests)
                 if entry is not None:
                     entries.append(entry)
                 i += 1
         return entries, names[i - 1] if i < len(names) else None
 
-    def _child(self, rel: str, dir_fd: int, name: str) -> Entry | None:
+    def _child(self, rel: str, dir_fd: int, name: str, digests: bool) -> Entry | None:
         child = f"{rel}/{name}" if rel else name
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 st = self._tree.stat(child)
-            return entry_of(self._manifests, child, st)
+            return entry_of(self._manifests, child, st, with_digest=digests)
         except (OSError, PermissionDenied, Conflict):
             return None  # vanished, dangling, leading out of the root, or a fifo/socket/device
 
-    def walk(self, path: str, limit: int) -> Iterator[Entry]:
+    def walk(self, path: str, limit: int, digests: bool = False) -> Iterator[Entry]:
         """Everything under a folder, depth first; see `base.Storage.walk`."""
-        return self._walker.walk(normalize(path), limit)
+        return self._walker.walk(normalize(path), limit, digests)
 
     # --- changes -----------------------------------------------------------------------------
 

@@ -26,9 +26,11 @@ def entry_of(
     st: os.stat_result,
     name: str | None = None,
     target: str | None = None,
+    with_digest: bool = True,
 ) -> Entry:
     """The entry of `rel` (of stat `st`), named `name` (default: its last component); a file
-    carries the digest its manifest vouches for, a symlink (`st` from lstat) its `target`.
+    carries the digest its manifest vouches for (only `with_digest`: reading the manifest is
+    what a listing costs per file), a symlink (`st` from lstat) its `target`.
 
     Raises:
         Conflict: neither a regular file, a directory, nor a symlink whose target is given.
@@ -37,9 +39,10 @@ def entry_of(
     if stat.S_ISDIR(st.st_mode):
         kind = "dir"
     elif stat.S_ISREG(st.st_mode):
-        manifest = manifests.load(rel, st)
+        kind = "file"
+        manifest = manifests.load(rel, st) if with_digest else None
         # A damaged file does not hold the digest its manifest names.
-        kind, digest = "file", manifest.digest if manifest and not manifest.damaged else None
+        digest = manifest.digest if manifest and not manifest.damaged else None
     elif stat.S_ISLNK(st.st_mode) and target is not None:
         kind = "link"
     else:

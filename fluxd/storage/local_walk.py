@@ -60,9 +60,10 @@ class TreeWalker:
 
     # --- listing -------------------------------------------------------------------------
 
-    def walk(self, rel: str, limit: int) -> Iterator[Entry]:
-        """Every entry under the folder `rel` (normalised), depth first, names sorted; see
-        `base.Storage.walk`. Memory holds one folder's names per level, never the tree.
+    def walk(self, rel: str, limit: int, digests: bool = False) -> Iterator[Entry]:
+        """Every entry under the folder `rel` (normalised), depth first, names sorted, files
+        with their digests only with `digests`; see `base.Storage.walk`. Memory holds one
+        folder's names per level, never the tree.
 
         Raises (from the iteration):
             NotFound, PermissionDenied: as `list`. LimitExceeded: more than `limit` entries,
@@ -72,12 +73,13 @@ class TreeWalker:
         with storage_errors(f"listing {rel or '/'}"), self._tree.opened(inner, os.O_PATH) as fd:
             st = os.fstat(fd)
         if not stat.S_ISDIR(st.st_mode):
-            yield entry_of(self._manifests, rel, st)
+            yield entry_of(self._manifests, rel, st, with_digest=digests)
             return
         with storage_errors(f"listing {rel or '/'}"):
-            yield from self._levels(_Level(inner, rel, "", self._names(inner, rel)), limit)
+            top = _Level(inner, rel, "", self._names(inner, rel))
+            yield from self._levels(top, limit, digests)
 
-    def _levels(self, top: _Level, limit: int) -> Iterator[Entry]:
+    def _levels(self, top: _Level, limit: int, digests: bool) -> Iterator[Entry]:
         stack, count, fd = [top], 0, -1
         try:
             while stack:
@@ -92,7 +94,7 @@ class TreeWalker:
                         continue
                 name = level.names[level.at]
                 level.at += 1
-                entry = self._entry(fd, level, name)
+                entry = self._entry(fd, level, name, digests)
                 if entry is None:
                     continue
                 count += 1
@@ -125,7 +127,7 @@ class TreeWalker:
             level.at = len(level.names)
             return -1
 
-    def _entry(self, fd: int, level: _Level, name: str) -> Entry | None:
+    def _entry(self, fd: int, level: _Level, name: str, digests: bool) -> Entry | None:
         """The entry of `name` in the open folder `fd`, or None if it is hidden or gone."""
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -136,7 +138,7 @@ class TreeWalker:
                 # leaves out links leading out: their text may name the server's own paths.
                 check_link_target(target, level.inner)
             rel = _join(level.rel, name)
-            return entry_of(self._manifests, rel, st, level.prefix + name, target)
+            return entry_of(self._manifests, rel, st, level.prefix + name, target, digests)
         except (FileNotFoundError, NotADirectoryError, FluxError):
             return None  # vanished, a link leading out, a fifo, socket or device
 

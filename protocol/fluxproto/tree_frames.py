@@ -92,9 +92,18 @@ class _PathRequest(Frame):
 
 @dataclass(frozen=True, slots=True)
 class ListDir(_PathRequest):
-    """List a directory (or a single file); `recursive` walks the whole tree below it."""
+    """List a directory (or a single file); `recursive` walks the whole tree below it.
+
+    `digests` asks for each file's whole-file digest; without it every entry's `digest` is
+    nil, so that a listing for the quick check (size and mtime) costs the server no lookups.
+    """
 
     TYPE = FrameType.LIST
+    digests: bool = False
+
+    def validate(self) -> None:
+        _PathRequest.validate(self)  # zero-argument super() fails in a slotted dataclass
+        check_bool(self.digests, "digests")
 
 
 @dataclass(frozen=True, slots=True)

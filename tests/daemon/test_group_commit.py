@@ -175,7 +175,7 @@ def test_a_grouped_file_carries_its_manifest(storage: LocalStorage, root: Path) 
     assert not manifest_files(root), "no manifest file: the manifest is on the file"
     assert os.getxattr(root / "d" / "f", XATTR)
     assert storage.stat("d/f").digest == ref(data)
-    [entry] = storage.list("d", None, 10)[0]
+    [entry] = storage.list("d", None, 10, digests=True)[0]
     assert entry.digest == ref(data)
     dl = storage.open_download("d/f", CS)
     try:

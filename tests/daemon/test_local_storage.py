@@ -8,6 +8,7 @@ import os
 import random
 import stat
 import unicodedata
+from dataclasses import replace
 from pathlib import Path
 
 import msgpack
@@ -332,9 +333,19 @@ def test_list_pages_with_cursor(storage: LocalStorage, root: Path) -> None:
 
 def test_list_of_a_file_is_its_entry(storage: LocalStorage) -> None:
     put(storage, "a/f", b"data")
-    entries, cursor = storage.list("a/f", None, 10)
+    entries, cursor = storage.list("a/f", None, 10, digests=True)
     assert cursor is None
     assert [(e.name, e.kind, e.digest) for e in entries] == [("f", "file", ref(b"data"))]
+    assert storage.list("a/f", None, 10) == ([replace(entries[0], digest=None)], None)
+
+
+def test_list_carries_digests_only_when_asked(storage: LocalStorage) -> None:
+    put(storage, "a/f", b"data")
+    put(storage, "a/g", b"more")
+    asked = storage.list("a", None, 10, digests=True)[0]
+    assert [(e.name, e.digest) for e in asked] == [("f", ref(b"data")), ("g", ref(b"more"))]
+    entries = storage.list("a", None, 10)[0]
+    assert entries == [replace(e, digest=None) for e in asked]
 
 
 def test_list_hides_reserved_unreachable_and_escaping(

@@ -113,6 +113,26 @@ def test_a_recursive_list_streams_pages(make: Callable[..., Daemon]) -> None:
     assert second["count"] == 10
 
 
+def test_a_list_carries_digests_and_says_so_only_when_asked(make: Callable[..., Daemon]) -> None:
+    d = make()
+    put(d.storage, "t/f", content(CS))
+
+    async def main(digests: bool) -> list[bytes | None]:
+        found = []
+        async with d.service.walk(d.caller(), "/t", digests=digests) as pages:
+            found += [e.digest async for page, _ in pages for e in page]
+        async with d.service.list(d.caller(), "/t", None, 10, digests) as (entries, _):
+            found += [e.digest for e in entries]
+        return found
+
+    assert run(main(False)) == [None, None]
+    assert run(main(True)) == [ref(content(CS))] * 2
+    records = d.records("list")
+    assert ["digests" in r for r in records] == [False, False, True, True]
+    assert [r.get("recursive") for r in records] == [True, None, True, None]
+    assert all(r["digests"] is True for r in records[2:])
+
+
 def test_a_recursive_list_needs_list_and_stops_at_the_limit(make: Callable[..., Daemon]) -> None:
     d = make(limits=Limits(tree_entries=3))
     for i in range(5):

@@ -11,6 +11,7 @@ import pytest
 from test_local_storage import CS, content, put, ref
 
 from fluxd.storage import LocalStorage
+from fluxd.storage.manifests import ManifestStore
 from fluxd.storage.paths import MAX_DEPTH
 from fluxproto.errors import Conflict, LimitExceeded, NotFound, PermissionDenied
 
@@ -186,9 +187,26 @@ def test_walk_lists_the_tree_depth_first_sorted(storage: LocalStorage, root: Pat
         ("sub/link", "link"),
     ]
     by_name = {e.name: e for e in entries}
-    assert by_name["a.txt"].digest == ref(content(CS, seed=1)), "the manifest's digest"
     assert by_name["sub/link"].target == "b.bin"
     assert by_name["sub/b.bin"].size == 2 * CS
+    assert all(e.digest is None for e in entries), "digests only when asked"
+
+
+def test_walk_reads_manifests_only_for_digests(
+    storage: LocalStorage, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree(storage, root)
+    asked = {e.name: e for e in storage.walk("/top", 100, digests=True)}
+    assert asked["a.txt"].digest == ref(content(CS, seed=1)), "the manifest's digest"
+    assert asked["sub/b.bin"].digest == ref(content(2 * CS, seed=2))
+
+    def no_manifest(*args: object) -> None:
+        raise AssertionError("a listing without digests read a manifest")
+
+    monkeypatch.setattr(ManifestStore, "load", no_manifest)
+    assert len(list(storage.walk("/top", 100))) == len(asked)
+    [entry] = storage.walk("/top/a.txt", 10)
+    assert (entry.name, entry.digest) == ("a.txt", None)
 
 
 def test_walk_of_the_root_hides_the_reserved_area(storage: LocalStorage, root: Path) -> None:

@@ -132,6 +132,7 @@ def test_ls_stat_rm(daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path) -> None:
         ("sub", "dir"),
     ]
     assert entries[0]["size"] == 4096
+    assert [e["digest"] for e in entries] == [xxh(data), xxh(data), None], "JSON shows digests"
     root = fluxctl("ls", daemon.url("/"), "--json").json["entries"]
     assert [e["name"] for e in root] == ["dir"], ".flux must stay hidden"
 

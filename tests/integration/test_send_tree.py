@@ -204,6 +204,15 @@ def test_changed_files_are_sent_again_and_checksum_sees_a_same_size_same_mtime_c
     assert checked.code == 0, checked.stderr
     assert (checked.json["sent"], checked.json["skipped_files"]) == (5, FILES - 1)
     assert snapshot(daemon.root / "dst") == expected(src)
+    # Only --checksum asked the server for digests (a manifest read per file); the quick
+    # check's listings went without. (The first run found no /dst, so it listed nothing.)
+    wait_for(lambda: len(listings(daemon)) == 3, what="the reruns' listings in the log")
+    assert [r.get("digests", False) for r in listings(daemon)] == [False, False, True]
+
+
+def listings(d: Daemon) -> list[dict[str, Any]]:
+    """The access records of recursive LISTs, in order."""
+    return [r for r in d.events("access") if r["op"] == "list" and r.get("recursive")]
 
 
 def extras(daemon: Daemon) -> None:

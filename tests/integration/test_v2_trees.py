@@ -1,5 +1,6 @@
 """Tree requests of protocol version 2 against a real daemon, over TCP and QUIC: MKDIR, SYMLINK,
-an upload that keeps its mtime, LIST and DELETE recursive, and ENTRIES pages cut by size."""
+an upload that keeps its mtime, LIST and DELETE recursive, ENTRIES pages cut by size, and
+digests in a listing only when LIST asks."""
 
 from __future__ import annotations
 
@@ -113,3 +114,24 @@ def test_a_recursive_listing_of_long_names_comes_in_pages_under_the_header_limit
     # ~300 KiB of names: cut into several frames, each encodable (the daemon would fail to
     # send a frame whose header exceeds MAX_HEADER).
     assert pages >= 300 * 800 // MAX_HEADER
+
+
+@pytest.mark.parametrize("recursive", [False, True])
+def test_a_listing_carries_digests_only_when_asked(daemon: Daemon, recursive: bool) -> None:
+    data = os.urandom(1000)
+
+    async def main() -> tuple[list[Entry], list[Entry]]:
+        async with session(daemon, "tcp") as s:
+            digest = chunk_digest(data)  # one chunk: the whole file's digest too
+            req = await s.open(lambda rid: OpenUpload(rid, "/t/f", len(data), CS, 0o600))
+            req.send(Chunk(req.rid, 0, digest, data))
+            req.send(Commit(req.rid, digest, 1))
+            await req.expect(Status, LONG)
+            await req.expect(Committed, LONG)
+            plain = await list_entries(s, "/t", LONG, recursive)
+            asked = await list_entries(s, "/t", LONG, recursive, digests=True)
+            return plain, asked
+
+    plain, asked = uvloop.run(main())
+    assert [(e.name, e.kind, e.digest) for e in plain] == [("f", "file", None)]
+    assert [(e.name, e.kind, e.digest) for e in asked] == [("f", "file", chunk_digest(data))]

@@ -228,7 +228,9 @@ FRAME_STRATEGIES: dict[FrameType, st.SearchStrategy[Frame]] = {
         attach=st.none() | tids,
     ),
     FrameType.META: metas(),
-    FrameType.LIST: st.builds(ListDir, rid=rids, path=paths, recursive=st.booleans()),
+    FrameType.LIST: st.builds(
+        ListDir, rid=rids, path=paths, recursive=st.booleans(), digests=st.booleans()
+    ),
     FrameType.ENTRIES: st.builds(
         Entries,
         rid=rids,

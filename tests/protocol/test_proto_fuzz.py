@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from proto_strategies import fuzz_frame, mutated, mutated_frames
 from proto_support import (
     NCHUNKS,
+    REQ,
     RID,
     SAMPLES,
     ConnectionPair,
@@ -45,6 +46,7 @@ from fluxproto import (
     FrameReader,
     FrameType,
     IntegrityError,
+    ListDir,
     ProtocolError,
     RemoteProtocolError,
     RequestEnded,
@@ -157,6 +159,7 @@ def test_reader_mutated_valid_frames(data: bytes, how: str, cuts: list[int]) -> 
 
 
 @FUZZ_SLOW
+@example(data=raw_frame(FrameType.LIST, {**REQ, "path": "a", "digests": 1}), how="whole", cuts=[])
 @given(data=st.lists(structured_frames(), min_size=1, max_size=2).map(b"".join), how=HOW, cuts=CUTS)
 def test_reader_structured_headers(data: bytes, how: str, cuts: list[int]) -> None:
     check_reader(data, how, cuts)
@@ -194,7 +197,8 @@ CONTEXTS: list[tuple[str, RequestState | State, list[Frame]]] = [
                 FrameType.SYMLINK,
                 FrameType.PING,
             )
-        ],
+        ]
+        + [ListDir(RID, "dir", recursive=True, digests=True)],
     ),
     (
         "server",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import xxhash
-from proto_support import V1_HELLO, raw_frame
+from proto_support import V1_HELLO, decoded, raw_frame
 
 from fluxproto import (
     Ack,
@@ -181,11 +181,13 @@ GOLDEN: list[tuple[Frame, str]] = [
     ),
     (
         ListDir(rid=1, path="/"),
-        f"30 00000018 00000000 83 {RID1} a470617468 a12f a9726563757273697665 c2",
+        f"30 00000021 00000000 84 {RID1} a470617468 a12f a9726563757273697665 c2"
+        " a764696765737473 c2",
     ),
     (
-        ListDir(rid=1, path="d", recursive=True),
-        f"30 00000018 00000000 83 {RID1} a470617468 a164 a9726563757273697665 c3",
+        ListDir(rid=1, path="d", recursive=True, digests=True),
+        f"30 00000021 00000000 84 {RID1} a470617468 a164 a9726563757273697665 c3"
+        " a764696765737473 c3",
     ),
     (
         Entries(
@@ -304,6 +306,13 @@ def test_an_error_without_rid_has_the_version_1_shape(message: str) -> None:
     version-2 frame is, byte for byte."""
     v1_error = raw_frame(FrameType.ERROR, {"code": 505, "message": message})
     assert encode_bytes(Error(505, message)) == v1_error
+
+
+def test_a_list_without_digests_asks_for_none() -> None:
+    """LIST `digests` is absent from a LIST written before it existed: such a listing carries
+    no digests (PROTOCOL.md 15.37)."""
+    older = decoded(FrameType.LIST, {"rid": 1, "path": "d", "recursive": True})
+    assert older == ListDir(1, "d", recursive=True, digests=False)
 
 
 # --- encoding details -----------------------------------------------------------------------------
