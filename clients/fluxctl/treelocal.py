@@ -29,7 +29,7 @@ from pathlib import Path
 from fluxio.staging import StagedFile
 from fluxproto import StorageError
 
-from .download import PARTIAL_SUFFIX
+from .download import JOURNAL_SUFFIX, PARTIAL_SUFFIX, hidden_name
 from .tree import Record, TreeEntry, parent_name
 from .treeactions import Copy, Delete, MakeLink, Mkdir, SetAttrs
 
@@ -37,7 +37,7 @@ __all__ = ["LINK_SUFFIX", "LocalDest", "hide_partials", "is_partial"]
 
 #: A new link is made under this hidden name beside its place, then renamed over what is there.
 LINK_SUFFIX = ".fluxlink"
-_JOURNAL_SUFFIX = PARTIAL_SUFFIX + ".journal"
+_JOURNAL_SUFFIX = PARTIAL_SUFFIX + JOURNAL_SUFFIX
 #: Mode bits a file gets on top of what the rename publishes (mode & 0o777).
 _SPECIAL_BITS = 0o7000
 
@@ -144,7 +144,7 @@ class LocalDest:
         if action.dest.kind == "dir":
             raise OSError(errno.EISDIR, "a folder is in the way", path)
         head, tail = os.path.split(path)
-        temp = os.path.join(head, f".{tail}{LINK_SUFFIX}")
+        temp = os.path.join(head, hidden_name(tail, LINK_SUFFIX))
         _unlink_quietly(temp)
         os.symlink(action.target, temp)
         try:
