@@ -167,7 +167,7 @@ class Storage(Protocol):
         does not grow with the tree.
 
         Raises (from the iteration): NotFound, PermissionDenied, StorageError, and
-        LimitExceeded past `limit` entries or MAX_DEPTH levels.
+        LimitExceeded past `limit` entries, MAX_DEPTH levels or a name of MAX_PATH bytes.
         """
         ...
 
