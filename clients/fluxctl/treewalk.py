@@ -40,7 +40,7 @@ from .tree import (
     local_exit_code,
     nfc,
     os_message,
-    utf8_fault,
+    utf8_check,
 )
 
 __all__ = ["Role", "local_digest", "walk"]
@@ -139,8 +139,7 @@ class _Walk:
         excluded name is never an error), or a name the receiving side refuses."""
         if self.excludes.match(name, is_dir=stat.S_ISDIR(st.st_mode)):
             return Excluded(name, _kind(st.st_mode))
-        why = self.check_name(name) if self.check_name is not None else None
-        return None if why is None else Problem(name, why, 4)
+        return self.check_name(name) if self.check_name is not None else None
 
     def link(self, name: str, disk: str, st: os.stat_result) -> Iterator[Record]:
         try:
@@ -285,7 +284,7 @@ def walk(
     """
     is_source = role == "source"
     if is_source and check_name is None:
-        check_name = utf8_fault
+        check_name = utf8_check
     state = _Walk(
         root,
         role,

@@ -144,6 +144,24 @@ def test_names_the_server_refuses(tmp_path: Path) -> None:
     deep = by_name(walk(str(root), check_name=remote_name_check("/" + ("d" * 250 + "/") * 15)))
     long = "x" * 200 + "/" + "y" * 200
     assert isinstance(deep[long], Problem) and "longer than" in deep[long].message
+    assert deep[long].exit_code == 6  # a server limit, not a refused name
+    assert got["back\\slash"].exit_code == 4
+
+
+def test_a_folder_deeper_than_the_server_allows_fails_alone_with_all_it_holds(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "r"
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (root / "a" / "b" / "c" / "f").write_text("")
+    (root / "a" / "ok").write_text("")
+    under = "/" + "/".join(["d"] * 126)  # a/b is the 128th level: the last the server takes
+    got = by_name(walk(str(root), check_name=remote_name_check(under)))
+    assert isinstance(got["a/b"], TreeEntry) and isinstance(got["a/ok"], TreeEntry)
+    problem = got["a/b/c"]
+    assert isinstance(problem, Problem) and problem.exit_code == 6
+    assert problem.message == "deeper than the server's limit of 128 levels (MAX_DEPTH): not sent"
+    assert "a/b/c/f" not in got
 
 
 def test_unicode_forms_are_sent_as_nfc_and_read_from_their_disk_name(tmp_path: Path) -> None:

@@ -6,11 +6,14 @@ fail with one line and exit 6 while what fits is stored whole."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from .conftest import Daemon, Fluxctl
+from .test_auth import FULL, issue
+from .test_hostile import configured
 from .test_recv_tree import BIG, snapshot
 
 TRANSPORTS = pytest.mark.parametrize("transport", ["tcp", "quic"])
@@ -89,3 +92,121 @@ def test_a_download_of_a_255_byte_name_cut_short_resumes_from_its_staged_chunks(
     assert again.code == 0, again.stderr
     assert again.json["skipped"] > 0 and again.json["received"] < len(data)
     assert os.listdir(back) == [name] and (back / name).read_bytes() == data
+
+
+def chain(top: Path, names: list[str], leaf: bytes = b"leaf") -> None:
+    """Folders `names`, each in the one before, under `top`, made by descriptor (their path
+    may be longer than PATH_MAX), with a file `leaf` at the bottom."""
+    top.mkdir(parents=True)
+    fd = os.open(top, os.O_RDONLY)
+    for name in names:
+        os.mkdir(name, dir_fd=fd)
+        fd, old = os.open(name, os.O_RDONLY, dir_fd=fd), fd
+        os.close(old)
+    with os.fdopen(os.open("leaf", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd), "wb") as f:
+        f.write(leaf)
+    os.close(fd)
+
+
+def one_error_line(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if not line.startswith("fluxctl: trusting")]
+
+
+@TRANSPORTS
+def test_a_local_tree_deeper_than_the_server_allows_sends_what_fits(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path, transport: str
+) -> None:
+    src = tmp_path / "src"
+    chain(src, ["d"] * 130)
+    (src / "ok.txt").write_bytes(b"ok")
+    res = fluxctl("send", "-r", str(src), daemon.url("/deep"), "--json", "--transport", transport)
+    assert res.code == 6, res.stderr
+    too_deep = "/".join(["d"] * 128)  # /deep/d/.../d: its 129th level
+    why = "deeper than the server's limit of 128 levels (MAX_DEPTH): not sent"
+    assert res.json["errors"] == [{"path": too_deep, "message": why, "exit_code": 6}]
+    assert one_error_line(res.stderr) == [f"fluxctl: {too_deep}: {why}"]
+    dst = daemon.root / "deep"
+    assert (dst / "ok.txt").read_bytes() == b"ok"
+    stored = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*"))
+    assert stored == sorted(["ok.txt", *("/".join(["d"] * n) for n in range(1, 128))])
+
+
+@TRANSPORTS
+def test_trees_over_tree_entries_fail_whole_with_one_line_and_write_nothing(
+    make_daemon: Callable[..., Daemon], fluxctl: Fluxctl, tmp_path: Path, transport: str
+) -> None:
+    d = configured(make_daemon, tmp_path, "[limits]\ntree_entries = 10\n")
+    src = tmp_path / "src"
+    for i in range(8):
+        (src / f"f{i}").mkdir(parents=True)
+        (src / f"f{i}" / "x").write_bytes(b"x")
+    flags = ("--json", "--transport", transport)
+    first = fluxctl("send", "-r", str(src), d.url("/many"), *flags)  # into nothing: no limit
+    assert first.code == 0, first.stderr
+    why = "/many holds more than 10 entries (limits.tree_entries)"
+    out = tmp_path / "out"
+    for run in (
+        fluxctl("send", "-r", str(src), d.url("/many"), *flags),  # it reads /many first
+        fluxctl("recv", "-r", d.url("/many"), str(out), *flags),
+        fluxctl("ls", "-r", d.url("/many"), *flags),
+        fluxctl("rm", "-r", d.url("/many"), *flags),
+    ):
+        assert run.code == 6, run.stderr
+        assert (run.json["error"], run.json["exit_code"]) == (why, 6)
+        assert one_error_line(run.stderr) == [f"fluxctl: {why}"]
+    assert not out.exists()
+    assert sorted(p.name for p in (d.root / "many").iterdir()) == [f"f{i}" for i in range(8)]
+
+
+@TRANSPORTS
+def test_a_server_tree_deeper_or_longer_than_a_listing_can_carry_is_refused_whole(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path, transport: str
+) -> None:
+    """Made on the server's own disk: 130 levels, and 17 levels of 250-byte names (4266
+    bytes). Leaving their bottom out would make a copy that looks whole."""
+    chain(daemon.root / "deep", ["d"] * 130)
+    chain(daemon.root / "long", [c * 250 for c in "abcdefghijklmnopq"])
+    flags = ("--json", "--transport", transport)
+    for top, why in (
+        ("deep", "is nested more than 128 levels deep (MAX_DEPTH)"),
+        ("long", "holds a path longer than 4096 bytes (MAX_PATH)"),
+    ):
+        out = tmp_path / f"out-{top}"
+        for run in (
+            fluxctl("recv", "-r", daemon.url(f"/{top}"), str(out), *flags),
+            fluxctl("ls", "-r", daemon.url(f"/{top}"), *flags),
+        ):
+            assert run.code == 6, run.stderr
+            assert run.json["error"].startswith(f"/{top}/") and run.json["error"].endswith(why)
+            assert len(run.json["error"]) < 200
+            assert len(one_error_line(run.stderr)) == 1
+        assert not out.exists()
+
+
+@TRANSPORTS
+def test_a_tree_over_the_quota_stores_whole_files_and_fails_the_rest_alone(
+    make_daemon: Callable[..., Daemon], fluxctl: Fluxctl, tmp_path: Path, transport: str
+) -> None:
+    auth = '[auth]\nanonymous = false\nroot = "/users/{sub}"\n'
+    d = configured(make_daemon, tmp_path, auth + '[limits]\nquota = "300K"\n')
+    token = issue(d, "carol", *FULL)
+    src = tmp_path / "src"
+    for i in range(6):
+        (src / f"d{i}").mkdir(parents=True)
+        (src / f"d{i}" / "f.bin").write_bytes(os.urandom(100_000))
+    args = ("send", "-r", str(src), d.url("/q"), "--token", token, "--transport", transport)
+    res = fluxctl(*args, "--json")
+    assert res.code == 6, res.stderr
+    errors = res.json["errors"]
+    assert len(errors) == 3 and all(e["exit_code"] == 6 and "quota" in e["message"] for e in errors)
+    assert len(one_error_line(res.stderr)) == 3
+    failed = {e["path"] for e in errors}
+    dst = d.root / "users" / "carol" / "q"
+    for i in range(6):
+        name = f"d{i}/f.bin"
+        if name in failed:
+            assert not (dst / name).exists()
+        else:
+            assert (dst / name).read_bytes() == (src / name).read_bytes()
+    staging = d.root / ".flux" / "staging"
+    assert not staging.exists() or not any(staging.iterdir())  # nothing half-written
