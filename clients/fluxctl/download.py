@@ -126,12 +126,15 @@ class Download:
         progress: ProgressFn | None = None,
         *,
         exact: bool = False,
+        label: str | None = None,
     ) -> None:
         """With `exact` (a file of a tree), `local` is the file's own path (no directory rule)
-        and the file appears with the server's permission bits (no umask) and mtime."""
+        and the file appears with the server's permission bits (no umask) and mtime. `label`
+        names the file in messages (default: its local path)."""
         self.url, self.opts = url, opts
         self.exact = exact
         self.dest = Path(local) if exact else destination(local, url)
+        self.label = label or str(self.dest)
         self.progress = progress or (lambda done, total: None)
         self.received = 0
         self.skipped: int | None = None
@@ -242,7 +245,7 @@ class Download:
                 self.refetches += 1
                 return False
             await _settled(staged.discard)
-            raise IntegrityError(f"{self.dest}: whole-file digest does not match the server's")
+            raise IntegrityError(f"{self.label}: whole-file digest does not match the server's")
         if self.exact:
             mode, mtime_ns = meta.mode & 0o777, meta.mtime_ns
         else:

@@ -168,3 +168,37 @@ def test_send_r_into_a_served_folder_swapped_for_a_link_out_of_the_root(
         "y.txt": b"a/y.txt",
         "sub/z.txt": b"a/sub/z.txt",
     }
+
+
+@TRANSPORTS
+def test_recv_r_never_writes_through_a_local_folder_swapped_for_a_link_mid_run(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path, transport: str
+) -> None:
+    src, out, outside = tmp_path / "src", tmp_path / "out", bait(tmp_path / "outside")
+    source(src)
+    flags = ("--json", "--transport", transport)
+    assert fluxctl("send", "-r", str(src), daemon.url("/t"), *flags).code == 0
+    assert fluxctl("recv", "-r", daemon.url("/t"), str(out), *flags).code == 0
+    source(src, b" v2")
+    assert fluxctl("send", "-r", str(src), daemon.url("/t"), *flags).code == 0
+    pause = Pause(tmp_path, "walk-listed", 2)  # the walk of out: its root, then a
+    proc = fluxctl.spawn("recv", "-r", daemon.url("/t"), str(out), *flags, env=pause.env)
+    with pause.held(proc):
+        swap_for_link(out / "a", tmp_path / "moved-a", outside)
+    res = finish(proc)
+    assert res.code == 2, res.stderr
+    failed = {e["path"] for e in res.json["errors"]}
+    assert {"a/x.txt", "a/y.txt", "a/sub/z.txt"} <= failed
+    assert all(p.startswith("a") for p in failed)
+    assert all(e["exit_code"] == 2 for e in res.json["errors"])
+    for error in res.json["errors"]:
+        assert f"fluxctl: {error['path']}: {error['message']}" in res.stderr.splitlines()
+    assert files_under(outside) == {"x.txt": BAIT, "y.txt": BAIT, "sub/z.txt": BAIT}
+    assert files_under(tmp_path / "moved-a") == {
+        "x.txt": b"a/x.txt",
+        "y.txt": b"a/y.txt",
+        "sub/z.txt": b"a/sub/z.txt",
+    }
+    assert (out / "b/ok.txt").read_bytes() == b"b/ok.txt v2"
+    assert (out / "top.txt").read_bytes() == b"top.txt v2"
+    assert os.readlink(out / "a") == str(outside)
