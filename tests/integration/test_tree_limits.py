@@ -210,3 +210,36 @@ def test_a_tree_over_the_quota_stores_whole_files_and_fails_the_rest_alone(
             assert (dst / name).read_bytes() == (src / name).read_bytes()
     staging = d.root / ".flux" / "staging"
     assert not staging.exists() or not any(staging.iterdir())  # nothing half-written
+
+
+def read_chain(top: Path, names: list[str]) -> bytes:
+    """The leaf at the bottom of `names` under `top`, read by descriptor (past PATH_MAX)."""
+    fd = os.open(top, os.O_RDONLY)
+    for name in names:
+        fd, old = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd), fd
+        os.close(old)
+    with os.fdopen(os.open("leaf", os.O_RDONLY, dir_fd=fd), "rb") as f:
+        data = f.read()
+    os.close(fd)
+    return data
+
+
+@TRANSPORTS
+def test_recv_r_writes_a_tree_whose_local_paths_pass_path_max(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path, transport: str
+) -> None:
+    """16 folders of 250-byte names: 4016 bytes under the tree's root, within the server's
+    limits, but more than PATH_MAX (4096) once LOCAL's own path is in front. Everything is
+    made relative to folders opened one below the other, so the copy is whole."""
+    names = [c * 250 for c in "abcdefghijklmnop"]
+    data = os.urandom(BIG)
+    chain(daemon.root / "long", names, data)
+    out = tmp_path / "out"
+    flags = ("--json", "--transport", transport, "--chunk-size", "1M")
+    got = fluxctl("recv", "-r", daemon.url("/long"), str(out), *flags)
+    assert got.code == 0, got.stderr
+    assert (got.json["files"], got.json["dirs"], got.json["errors"]) == (1, 17, [])
+    assert read_chain(out, names) == data
+    again = fluxctl("recv", "-r", "--checksum", daemon.url("/long"), str(out), *flags)
+    assert again.code == 0, again.stderr
+    assert (again.json["received"], again.json["skipped_files"]) == (0, 1)
