@@ -225,12 +225,12 @@ def read_chain(top: Path, names: list[str]) -> bytes:
 
 
 @TRANSPORTS
-def test_recv_r_writes_a_tree_whose_local_paths_pass_path_max(
+def test_trees_whose_local_paths_pass_path_max_go_both_ways(
     daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path, transport: str
 ) -> None:
     """16 folders of 250-byte names: 4016 bytes under the tree's root, within the server's
     limits, but more than PATH_MAX (4096) once LOCAL's own path is in front. Everything is
-    made relative to folders opened one below the other, so the copy is whole."""
+    read and made relative to folders opened one below the other, so the copy is whole."""
     names = [c * 250 for c in "abcdefghijklmnop"]
     data = os.urandom(BIG)
     chain(daemon.root / "long", names, data)
@@ -243,3 +243,7 @@ def test_recv_r_writes_a_tree_whose_local_paths_pass_path_max(
     again = fluxctl("recv", "-r", "--checksum", daemon.url("/long"), str(out), *flags)
     assert again.code == 0, again.stderr
     assert (again.json["received"], again.json["skipped_files"]) == (0, 1)
+    sent = fluxctl("send", "-r", str(out), daemon.url("/back"), *flags)
+    assert sent.code == 0, sent.stderr
+    assert (sent.json["files"], sent.json["errors"]) == (1, [])
+    assert read_chain(daemon.root / "back", names) == data
