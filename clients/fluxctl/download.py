@@ -10,6 +10,7 @@ durable. The destination appears, by rename, only after the whole-file digest ve
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -44,6 +45,11 @@ from .upload import current_umask
 from .url import FluxURL
 
 PARTIAL_SUFFIX = ".fluxpart"
+JOURNAL_SUFFIX = ".journal"
+#: Longest name of a folder entry, in bytes (NAME_MAX of Linux and of the usual filesystems).
+NAME_MAX = 255
+#: Hex digits of the hash that stands for the cut part of a name too long to hide as it is.
+_HASH_HEX = 16
 #: Passes a run makes again after finding staged chunks damaged on disk before publishing.
 MAX_REFETCHES = 2
 
@@ -81,10 +87,32 @@ def destination(local_arg: str | Path, url: FluxURL) -> Path:
     return local
 
 
+def hidden_name(name: str, suffix: str, spare: int = 0) -> str:
+    """`.NAME` followed by `suffix`: the hidden name of what is made beside the entry `name`
+    (a staged download, a new link), at most NAME_MAX bytes with `spare` bytes left over (for
+    a sibling named by appending to it).
+
+    A name too long for that (any name the filesystem takes must round-trip) keeps what fits
+    of itself, then `~` and a hash of the whole name: still the same hidden name for the same
+    entry every time, which is how a later run finds a download to resume.
+    """
+    hidden = f".{name}{suffix}"
+    if len(os.fsencode(hidden)) + spare <= NAME_MAX:
+        return hidden
+    raw = os.fsencode(name)
+    tag = hashlib.blake2b(raw, digest_size=_HASH_HEX // 2).hexdigest()
+    room = NAME_MAX - spare - len(os.fsencode(f".~{tag}{suffix}"))
+    cut = room
+    while 0 < cut < len(raw) and raw[cut] & 0xC0 == 0x80:  # not inside a UTF-8 character
+        cut -= 1
+    return f".{os.fsdecode(raw[:cut])}~{tag}{suffix}"
+
+
 def partial_paths(dest: Path) -> tuple[Path, Path]:
-    """The hidden staged data file and its journal beside `dest`."""
-    base = dest.parent / f".{dest.name}{PARTIAL_SUFFIX}"
-    return base, base.with_name(base.name + ".journal")
+    """The hidden staged data file and its journal beside `dest` (hidden_name: within
+    NAME_MAX bytes whatever the length of dest's name)."""
+    base = dest.parent / hidden_name(dest.name, PARTIAL_SUFFIX, len(JOURNAL_SUFFIX))
+    return base, base.with_name(base.name + JOURNAL_SUFFIX)
 
 
 class Download:
@@ -98,12 +126,15 @@ class Download:
         progress: ProgressFn | None = None,
         *,
         exact: bool = False,
+        label: str | None = None,
     ) -> None:
         """With `exact` (a file of a tree), `local` is the file's own path (no directory rule)
-        and the file appears with the server's permission bits (no umask) and mtime."""
+        and the file appears with the server's permission bits (no umask) and mtime. `label`
+        names the file in messages (default: its local path)."""
         self.url, self.opts = url, opts
         self.exact = exact
         self.dest = Path(local) if exact else destination(local, url)
+        self.label = label or str(self.dest)
         self.progress = progress or (lambda done, total: None)
         self.received = 0
         self.skipped: int | None = None
@@ -214,7 +245,7 @@ class Download:
                 self.refetches += 1
                 return False
             await _settled(staged.discard)
-            raise IntegrityError(f"{self.dest}: whole-file digest does not match the server's")
+            raise IntegrityError(f"{self.label}: whole-file digest does not match the server's")
         if self.exact:
             mode, mtime_ns = meta.mode & 0o777, meta.mtime_ns
         else:

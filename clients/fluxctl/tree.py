@@ -24,8 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from fluxio.pathrules import normalize
+from fluxio.pathrules import MAX_DEPTH, normalize
 from fluxproto.errors import EXIT_AUTH, EXIT_REMOTE, EXIT_USAGE, PermissionDenied
+from fluxproto.frames import MAX_PATH
 
 from .excludes import Excluded
 
@@ -52,6 +53,7 @@ __all__ = [
     "parent_name",
     "remote_name_check",
     "tree_key",
+    "utf8_check",
     "utf8_fault",
 ]
 
@@ -202,8 +204,8 @@ def display_name(name: str) -> str:
     return "".join(out)
 
 
-#: A check of a source name against the receiving side's rules: None, or why it is refused.
-NameCheck = Callable[[str], str | None]
+#: A check of a source name against the receiving side's rules: None, or the entry's failure.
+NameCheck = Callable[[str], Problem | None]
 
 
 def utf8_fault(name: str) -> str | None:
@@ -215,22 +217,45 @@ def utf8_fault(name: str) -> str | None:
     return None
 
 
+def utf8_check(name: str) -> Problem | None:
+    """`utf8_fault` as a NameCheck: a name that is not UTF-8 fails alone (exit 4)."""
+    fault = utf8_fault(name)
+    return None if fault is None else Problem(name, fault, EXIT_AUTH)
+
+
 def remote_name_check(remote_root: str) -> NameCheck:
     """The server's path rules (fluxio.pathrules, the ones fluxd applies) for names that will
     land under the remote path `remote_root`: a tree-relative name gives None when the server
-    would accept `remote_root/name`, else the reason in one line."""
+    would accept `remote_root/name`, else its failure in one line. A path deeper or longer
+    than the server's limits (MAX_DEPTH components, MAX_PATH bytes) is exit 6, a server limit
+    (a folder too deep fails with all it holds); another refused name is exit 4."""
+    try:
+        base = normalize(remote_root)
+    except PermissionDenied:
+        base = None  # the root itself is refused: every name says why, below
 
-    def check(name: str) -> str | None:
-        fault = utf8_fault(name)
-        if fault is not None:
-            return fault
-        try:
-            normalize(f"{remote_root}/{name}")
-        except PermissionDenied as exc:
-            return f"the server would refuse it: {exc.message}"
-        return None
+    def check(name: str) -> Problem | None:
+        fault = utf8_check(name)
+        if fault is not None or base is None:
+            return fault or _refused(name, f"{remote_root}/{name}")
+        depth = len(tree_key(base)) + len(tree_key(name))
+        if depth > MAX_DEPTH:
+            why = f"deeper than the server's limit of {MAX_DEPTH} levels (MAX_DEPTH): not sent"
+            return Problem(name, why, EXIT_REMOTE)
+        if len(f"{base}/{name}".encode()) > MAX_PATH:
+            why = f"its path on the server would be longer than {MAX_PATH} bytes (MAX_PATH)"
+            return Problem(name, f"{why}: not sent", EXIT_REMOTE)
+        return _refused(name, f"{remote_root}/{name}")
 
     return check
+
+
+def _refused(name: str, path: str) -> Problem | None:
+    try:
+        normalize(path)
+    except PermissionDenied as exc:
+        return Problem(name, f"the server would refuse it: {exc.message}", EXIT_AUTH)
+    return None
 
 
 # What a local OSError means for the run's exit code (README, "Exit codes").

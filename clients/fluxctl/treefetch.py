@@ -139,11 +139,10 @@ class Fetcher:
         download: Download | None = None
         received = False
         try:
-            path = self.local.copy_path(action)
-            download = Download(
-                self._url(action.name), path, self.opts, self._progress(), exact=True
-            )
-            await download.attempt(self.session, 0)
+            with self.local.copy_place(action) as path:
+                url, label = self._url(action.name), self.local.path(action.name)
+                download = Download(url, path, self.opts, self._progress(), exact=True, label=label)
+                await download.attempt(self.session, 0)
             self.local.finish_copy(action)
             received = True
         except FluxError as exc:

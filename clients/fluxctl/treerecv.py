@@ -195,6 +195,8 @@ class _TreeCopy:
                 await fetcher.drain()
         except BaseExceptionGroup as group_error:
             raise _first(group_error) from None
+        finally:
+            local.close()
 
 
 async def _phase(

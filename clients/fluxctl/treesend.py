@@ -59,7 +59,7 @@ from .treeplan import TreePlan
 from .treeresult import TreeResult
 from .treerun import TreeOptions, TreeReport, TreeView
 from .treestream import PlanThread, RemoteTree
-from .treewalk import local_digest, walk
+from .treewalk import LocalFiles, local_digest, walk
 from .upload import LocalFileChanged, Upload
 from .url import FluxURL
 
@@ -160,6 +160,9 @@ class _SendRoot:
         self.big_files = asyncio.Semaphore(BIG_FILES)
         #: The first failure that ends the attempt (the connection's), raised by `run`.
         self.fatal: BaseException | None = None
+        #: Opens the files to send below the local root (none is read through a link that
+        #: appeared since the walk), opened by `run`.
+        self.files: LocalFiles | None = None
 
     async def run(self, last: bool = True) -> None:
         """Plan and copy this root; `last`: no root follows (the plan's totals are final
@@ -168,6 +171,7 @@ class _SendRoot:
         remote = await RemoteTree.open(
             self.session, self.pair.dest, self.timeout, excludes, digests=self.tree.checksum
         )
+        self.files = LocalFiles(self.pair.source, follow_links=self.tree.follow_links)
         try:
             planner = PlanThread(self._plan_maker(remote, excludes), remote.stop)
             remote.before_wait = planner.flush  # what is planned goes before the planner waits
@@ -179,17 +183,19 @@ class _SendRoot:
                 finally:
                     await self._cancel_all()
         finally:
+            self.files.close()
             await remote.aclose()
 
     def _plan_maker(self, remote: RemoteTree, excludes: Excludes) -> Callable[[], TreePlan]:
         root = self.pair.source
-        digest = local_digest(root) if self.tree.checksum else None
+        follow = self.tree.follow_links
+        digest = local_digest(root, follow_links=follow) if self.tree.checksum else None
         options = self.tree.plan_options("dest", digest)
 
         def make() -> TreePlan:
             source = walk(
                 root,
-                follow_links=self.tree.follow_links,
+                follow_links=follow,
                 excludes=excludes,
                 check_name=remote_name_check(self.pair.dest),
             )
@@ -343,7 +349,9 @@ class _SendRoot:
 
     async def _send_file(self, name: str, local: str) -> None:
         url = replace(self.url, path=self.remote(name))
-        up = Upload(self.local(local), url, self.opts, name="", keep_mtime=True)
+        assert self.files is not None  # run() opened them
+        opener = self.files.opener(local)
+        up = Upload(self.local(local), url, self.opts, name="", keep_mtime=True, opener=opener)
         view, done = self.report.view, 0
 
         def progress(now_done: int, total: int) -> None:

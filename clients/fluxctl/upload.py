@@ -93,8 +93,12 @@ class Upload:
         name: str | None = None,
         mode: int | None = None,
         keep_mtime: bool = False,
+        opener: Opener | None = None,
     ) -> None:
+        """`opener` opens `local` with the flags given (default: by its path); a tree's
+        files are opened below the tree's root (treewalk.LocalFiles)."""
         self.local, self.url, self.opts = local, url, opts
+        self.opener = opener or _path_opener(local)
         #: The file's name where the remote path names a directory (None: there must be none).
         self.name = local.name if name is None else name or None
         if url.path.endswith("/"):  # like scp: a trailing "/" names a directory to put it in
@@ -135,7 +139,7 @@ class Upload:
             LocalFileChanged: the file changed while it was read (retryable).
             FluxError: what the server or the connection reported.
         """
-        fd, st = open_local(self.local)
+        fd, st = open_local(self.local, self.opener)
         try:
             # None: the server found chunks it offered as held corrupt and dropped them. That
             # is no network failure: plan again on this connection against a fresh STATUS.
@@ -178,7 +182,7 @@ class Upload:
             hasher = FileHasher()
             sender = ChunkSender(req, self._on_acked(size), self.opts.io_timeout, self._on_sent)
             await self._send_all(sender, fd, size, chunk_size, held, hasher)
-            if changed(fd, st, self.local):
+            if changed(fd, st, self.opener):
                 self.rescans += 1
                 raise LocalFileChanged(f"{self.local} changed while it was being sent")
             return await self._commit(req, sender, hasher.digest(), size)
@@ -196,7 +200,7 @@ class Upload:
         size = st.st_size
         data = read_exact(fd, 0, size) if size else b""
         digest = chunk_digest(data)  # one chunk: the whole file's digest too
-        if changed(fd, st, self.local):
+        if changed(fd, st, self.opener):
             self.rescans += 1
             raise LocalFileChanged(f"{self.local} changed while it was being sent")
         self.progress(0, size)
@@ -446,10 +450,19 @@ def _stdin_error(exc: BaseException) -> FluxError:
     return ConfigError(f"cannot copy standard input to a temporary file (TMPDIR): {why}")
 
 
-def open_local(path: Path) -> tuple[int, os.stat_result]:
-    """Open a local regular file for reading; bad input becomes a one-line error."""
+#: Opens a local file with the flags given; returns the descriptor (OSError otherwise).
+Opener = Callable[[int], int]
+
+
+def _path_opener(path: Path) -> Opener:
+    return lambda flags: os.open(path, flags | os.O_CLOEXEC)
+
+
+def open_local(path: Path, opener: Opener | None = None) -> tuple[int, os.stat_result]:
+    """Open a local regular file for reading (through `opener` if given); bad input becomes
+    a one-line error."""
     with map_exceptions({OSError: _local_error}):
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = (opener or _path_opener(path))(os.O_RDONLY)
         st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
@@ -472,10 +485,16 @@ def read_exact(fd: int, offset: int, length: int) -> memoryview:
     return view
 
 
-def changed(fd: int, before: os.stat_result, path: Path) -> bool:
-    """True if the open file was modified, or the path now names another file."""
+def changed(fd: int, before: os.stat_result, opener: Opener) -> bool:
+    """True if the open file was modified, or its name (opened again by `opener`) now leads
+    to another file."""
     try:
-        now, named = os.fstat(fd), os.stat(path)
+        now = os.fstat(fd)
+        again = opener(os.O_PATH)
+        try:
+            named = os.fstat(again)
+        finally:
+            os.close(again)
     except OSError:
         return True
     key = (before.st_size, before.st_mtime_ns, before.st_ino, before.st_dev)

@@ -168,7 +168,7 @@ class Storage(Protocol):
         digest only with `digests` (as `list`). Memory does not grow with the tree.
 
         Raises (from the iteration): NotFound, PermissionDenied, StorageError, and
-        LimitExceeded past `limit` entries or MAX_DEPTH levels.
+        LimitExceeded past `limit` entries, MAX_DEPTH levels or a name of MAX_PATH bytes.
         """
         ...
 

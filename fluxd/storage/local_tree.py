@@ -9,10 +9,10 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from fluxio.beneath import Beneath
 from fluxio.oserrors import storage_errors
 from fluxproto.errors import Conflict, PermissionDenied
 
-from .beneath import Beneath
 from .paths import RESERVED, check_reserved, resolve
 
 #: Flags that open a directory to list it or to act on its entries.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from fluxio.oserrors import storage_errors
 from fluxproto.errors import Conflict, FluxError, LimitExceeded, PermissionDenied
-from fluxproto.frames import Entry
+from fluxproto.frames import MAX_PATH, Entry
 
 from .local_entry import entry_of, visible
 from .local_tree import DIR, LocalTree
@@ -34,7 +34,18 @@ def _too_many(rel: str, limit: int) -> LimitExceeded:
 
 
 def _too_deep(rel: str) -> LimitExceeded:
-    return LimitExceeded(f"/{rel} is nested more than {MAX_DEPTH} levels deep (MAX_DEPTH)")
+    return LimitExceeded(f"{_shown(rel)} is nested more than {MAX_DEPTH} levels deep (MAX_DEPTH)")
+
+
+def _too_long(rel: str) -> LimitExceeded:
+    return LimitExceeded(f"{_shown(rel)} holds a path longer than {MAX_PATH} bytes (MAX_PATH)")
+
+
+def _shown(rel: str) -> str:
+    """A folder deep in a tree, for a one-line message: its path, cut in the middle past
+    100 characters."""
+    path = f"/{rel}"
+    return path if len(path) <= 100 else f"{path[:48]}...{path[-48:]}"
 
 
 @dataclass
@@ -67,7 +78,8 @@ class TreeWalker:
 
         Raises (from the iteration):
             NotFound, PermissionDenied: as `list`. LimitExceeded: more than `limit` entries,
-            or a folder deeper than MAX_DEPTH that is not empty. StorageError.
+            a folder deeper than MAX_DEPTH that is not empty, or a path longer than
+            MAX_PATH. StorageError.
         """
         inner = self._tree.inner(rel)
         with storage_errors(f"listing {rel or '/'}"), self._tree.opened(inner, os.O_PATH) as fd:
@@ -117,6 +129,10 @@ class TreeWalker:
             return []  # gone, or swapped for a file or a link since it was listed
         if names and _depth(rel) >= MAX_DEPTH:
             raise _too_deep(rel)
+        # A name no request could reach is hidden (`visible`), but one hidden for its length
+        # would leave a copy short without a word: said instead, as a folder too deep is.
+        if any(len(os.fsencode(_join(rel, n))) > MAX_PATH for n in names):
+            raise _too_long(rel)
         return sorted(n for n in names if visible(rel, n, inner))
 
     def _reopen(self, level: _Level) -> int:
@@ -184,8 +200,9 @@ class TreeWalker:
             os.fsync(pfd)
         return removed
 
-    def _count(self, fd: int, rel: str, limit: int, seen: int = 1) -> int:
-        """Entries in the tree (the folder itself counts, as `seen`), read without a stat.
+    def _count(self, fd: int, rel: str, limit: int, seen: int = 1, top: str | None = None) -> int:
+        """Entries in the tree (the folder itself counts, as `seen`), read without a stat;
+        `top`: the folder being deleted, which a message about the limit names (default `rel`).
 
         Raises:
             LimitExceeded: more than `limit`, or deeper than MAX_DEPTH.
@@ -197,13 +214,13 @@ class TreeWalker:
                     raise _too_deep(rel)
                 seen += 1
                 if seen > limit:
-                    raise _too_many(rel, limit)
+                    raise _too_many(rel if top is None else top, limit)
                 if entry.is_dir(follow_symlinks=False):
                     subdirs.append(entry.name)
         for name in subdirs:
             sub = os.open(name, _SUBDIR, dir_fd=fd)
             try:
-                seen = self._count(sub, _join(rel, name), limit, seen)
+                seen = self._count(sub, _join(rel, name), limit, seen, rel if top is None else top)
             finally:
                 os.close(sub)
         return seen

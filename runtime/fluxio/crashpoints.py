@@ -26,6 +26,12 @@ Fault points: `chunk-write` (writing chunk data), `record-write` (appending to t
 
 `FLUX_STALL_AT=NAME:N:SECONDS` makes the N-th arrival at crash point NAME wait SECONDS, as a
 slow disk would (`commit-checked:1:5`): the storage call takes that much longer, nothing fails.
+
+`FLUX_PAUSE_AT=NAME:N:FIFO` makes the N-th arrival at pause point NAME open the named pipe FIFO
+for reading and read it to its end: the process waits there until a test has opened the pipe
+for writing (which tells the test it is there), done what it must do at that moment (swap a
+folder for a link), and closed it. No clock is involved. Pause points: `walk-listed` (the
+local walk of a tree has listed a folder and not yet looked at any of its entries).
 """
 
 from __future__ import annotations
@@ -51,7 +57,17 @@ BATCH_POINTS = ("batch-written", "batch-synced", "batch-renamed")
 
 FAULT_POINTS = ("chunk-write", "record-write")
 
-__all__ = ["BATCH_POINTS", "FAULT_POINTS", "POINTS", "crash_point", "fault_point"]
+PAUSE_POINTS = ("walk-listed",)
+
+__all__ = [
+    "BATCH_POINTS",
+    "FAULT_POINTS",
+    "PAUSE_POINTS",
+    "POINTS",
+    "crash_point",
+    "fault_point",
+    "pause_point",
+]
 
 
 def _target() -> tuple[str, int] | None:
@@ -84,15 +100,24 @@ def _stall() -> tuple[str, int, float] | None:
     return name, int(count), wait
 
 
+def _pause() -> tuple[str, int, str] | None:
+    name, _, rest = os.environ.get("FLUX_PAUSE_AT", "").partition(":")
+    count, _, fifo = rest.partition(":")
+    if name not in PAUSE_POINTS or not count.isdigit() or int(count) < 1 or not fifo:
+        return None
+    return name, int(count), fifo
+
+
 _TARGET = _target()
 _FAULT = _fault()
 _STALL = _stall()
+_PAUSE = _pause()
 _lock = threading.Lock()
-_arrivals = [0, 0, 0]  # crash, fault, stall; writer threads arrive too
+_arrivals = [0, 0, 0, 0]  # crash, fault, stall, pause; writer threads arrive too
 
 
 def _arrive(which: int, count: int) -> bool:
-    """Count one arrival (0: crash, 1: fault, 2: stall); True at the configured one."""
+    """Count one arrival (0: crash, 1: fault, 2: stall, 3: pause); True at the configured one."""
     with _lock:
         _arrivals[which] += 1
         return _arrivals[which] == count
@@ -110,3 +135,11 @@ def fault_point(name: str) -> None:
     """Raise the configured OSError here, once (see the module docstring)."""
     if _FAULT is not None and _FAULT[0] == name and _arrive(1, _FAULT[1]):
         raise OSError(_FAULT[2], os.strerror(_FAULT[2]))
+
+
+def pause_point(name: str) -> None:
+    """Wait here for the test if this is the configured pause point and arrival (module
+    docstring). A pipe that cannot be opened raises: a test set up wrong fails loudly."""
+    if _PAUSE is not None and _PAUSE[0] == name and _arrive(3, _PAUSE[1]):
+        with open(_PAUSE[2], "rb") as pipe:  # returns once the test opened it to write
+            pipe.read()  # until the test closes it

@@ -82,3 +82,24 @@ def test_damage_that_keeps_coming_back_ends_the_run_with_exit_3(tmp_path: Path) 
     finally:
         staged.close()
     assert not dest.exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["n" * 251 + ".txt", "日" * 85, "é" * 127 + "x", "n" * 236, os.fsdecode(b"\xff" * 255)],
+)
+def test_the_staged_names_of_a_file_fit_whatever_the_length_of_its_name(
+    tmp_path: Path, name: str
+) -> None:
+    """A name of up to 255 bytes (NAME_MAX) gets staged names the filesystem takes, the same
+    every time (a later run resumes from them), told apart by the name's hash."""
+    data, journal = partial_paths(tmp_path / name)
+    assert (data, journal) == partial_paths(tmp_path / name)
+    assert len(os.fsencode(journal.name)) <= 255 and journal.name == data.name + ".journal"
+    assert data.name.startswith(".") and data.name.endswith(".fluxpart")
+    assert os.fsencode(data.name)[1:60] == os.fsencode(name)[:59]
+    other = partial_paths(tmp_path / (name[:-1] + "z"))[0]
+    assert other != data
+    data.write_bytes(b"")  # the filesystem takes them
+    journal.write_bytes(b"")
+    assert partial_paths(tmp_path / "short.bin")[0].name == ".short.bin.fluxpart"

@@ -28,7 +28,9 @@ class HeldDownload:
 
     made: ClassVar[dict[str, HeldDownload]] = {}
 
-    def __init__(self, url: FluxURL, path: Path, opts: Any, progress: Any, exact: bool) -> None:
+    def __init__(
+        self, url: FluxURL, path: Path, opts: Any, progress: Any, exact: bool, label: str
+    ) -> None:
         self.url, self.path, self.progress = url, path, progress
         self.go = asyncio.Event()
         self.error: FluxError | None = None

@@ -75,7 +75,7 @@ def test_nothing_is_written_through_a_link_among_the_folders(
     actions = [
         lambda: dest.mkdir(Mkdir("a/new", 0o755, NS)),
         lambda: dest.make_link(MakeLink("a/l", "x", None)),
-        lambda: dest.copy_path(Copy("a/secret", entry("a/secret", "file"), None, NEW)),
+        lambda: place(dest, Copy("a/secret", entry("a/secret", "file"), None, NEW)),
         lambda: dest.set_attrs(SetAttrs("a/secret", "file", 0o600, NS)),
         lambda: dest.delete(Delete("a/secret", entry("a/secret", "file"), False, 1)),
     ]
@@ -117,14 +117,40 @@ def test_a_copy_clears_a_link_or_fifo_in_its_place(dest: LocalDest, outside: Pat
     (root(dest) / "l").symlink_to(outside / "secret")
     os.mkfifo(root(dest) / "p")
     for name, kind in (("l", "link"), ("p", "other")):
-        path = dest.copy_path(Copy(name, entry(name, "file"), entry(name, kind), TYPE))
-        assert path == root(dest) / name and not os.path.lexists(path)
+        place(dest, Copy(name, entry(name, "file"), entry(name, kind), TYPE))
+        assert not os.path.lexists(root(dest) / name)
     # A link that appeared where the walk saw a file is removed too: the rename must not
     # land on what it points to.
     (root(dest) / "f").symlink_to(outside / "secret")
-    path = dest.copy_path(Copy("f", entry("f", "file"), entry("f", "file"), TYPE))
-    assert not os.path.lexists(path)
+    place(dest, Copy("f", entry("f", "file"), entry("f", "file"), TYPE))
+    assert not os.path.lexists(root(dest) / "f")
     assert (outside / "secret").read_text() == "keep"
+
+
+def place(dest: LocalDest, action: Copy) -> None:
+    with dest.copy_place(action):
+        pass
+
+
+def test_a_copy_stays_in_the_folder_it_started_in_when_a_link_takes_its_name(
+    dest: LocalDest, outside: Path, tmp_path: Path
+) -> None:
+    """A folder swapped for a link to elsewhere while a file downloads into it, and before
+    the next file of the folder: the first lands in the folder it started in (moved away,
+    not the link's target), the second fails, and the link's target gets nothing."""
+    (root(dest) / "a").mkdir()
+    with dest.copy_place(Copy("a/one", entry("a/one", "file"), None, NEW)) as path:
+        os.rename(root(dest) / "a", tmp_path / "moved")
+        (root(dest) / "a").symlink_to(outside)
+        path.write_text("staged and renamed into place by the download")
+        os.replace(path, path.with_name("one-done"))
+    assert sorted(os.listdir(tmp_path / "moved")) == ["one-done"]
+    with pytest.raises(OSError) as caught:
+        place(dest, Copy("a/two", entry("a/two", "file"), None, NEW))
+    assert caught.value.errno == errno.ELOOP
+    with pytest.raises(OSError):
+        dest.set_attrs(SetAttrs("a", "dir", 0o700, NS))  # a link now: not followed
+    assert os.listdir(outside) == ["secret"]
 
 
 def test_finish_copy_sets_the_bits_a_rename_does_not_carry(dest: LocalDest) -> None:
@@ -215,6 +241,5 @@ def test_a_read_only_folder_of_ours_is_opened_to_change_what_it_holds(dest: Loca
     assert stat.S_IMODE((base / "ro").stat().st_mode) == 0o755
     dest.set_attrs(SetAttrs("ro", "dir", 0o555, NS))
     os.chmod(base / "ro", 0o500)
-    dest.forget()
     dest.delete(Delete("ro/l", entry("ro/l", "link"), recursive=False, count=1))
     assert stat.S_IMODE((base / "ro").stat().st_mode) == 0o700

@@ -8,6 +8,7 @@ import stat
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ from fluxctl.tree import (
     remote_name_check,
     tree_key,
 )
-from fluxctl.treewalk import local_digest, walk
+from fluxctl.treewalk import LocalFiles, local_digest, walk
 from fluxproto.digest import FileHasher
 
 NS = 1_600_000_000_123_456_789  # an mtime with every nanosecond digit set
@@ -144,6 +145,24 @@ def test_names_the_server_refuses(tmp_path: Path) -> None:
     deep = by_name(walk(str(root), check_name=remote_name_check("/" + ("d" * 250 + "/") * 15)))
     long = "x" * 200 + "/" + "y" * 200
     assert isinstance(deep[long], Problem) and "longer than" in deep[long].message
+    assert deep[long].exit_code == 6  # a server limit, not a refused name
+    assert got["back\\slash"].exit_code == 4
+
+
+def test_a_folder_deeper_than_the_server_allows_fails_alone_with_all_it_holds(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "r"
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (root / "a" / "b" / "c" / "f").write_text("")
+    (root / "a" / "ok").write_text("")
+    under = "/" + "/".join(["d"] * 126)  # a/b is the 128th level: the last the server takes
+    got = by_name(walk(str(root), check_name=remote_name_check(under)))
+    assert isinstance(got["a/b"], TreeEntry) and isinstance(got["a/ok"], TreeEntry)
+    problem = got["a/b/c"]
+    assert isinstance(problem, Problem) and problem.exit_code == 6
+    assert problem.message == "deeper than the server's limit of 128 levels (MAX_DEPTH): not sent"
+    assert "a/b/c/f" not in got
 
 
 def test_unicode_forms_are_sent_as_nfc_and_read_from_their_disk_name(tmp_path: Path) -> None:
@@ -208,20 +227,20 @@ def test_unreadable_folder_fails_alone(tree: Path) -> None:
         assert isinstance(got["a"], Problem) and got["a"].exit_code == 4
 
 
-def fail_on(monkeypatch: pytest.MonkeyPatch, call: str, suffix: str, exc: OSError) -> None:
-    """Make the walk's os.`call` raise `exc` for paths ending in `suffix`."""
+def fail_on(monkeypatch: pytest.MonkeyPatch, call: str, name: str, exc: OSError) -> None:
+    """Make the walk's os.`call` raise `exc` for the entry `name` (in its open folder)."""
     real = getattr(os, call)
 
-    def failing(path: str) -> object:
-        if path.endswith(suffix):
+    def failing(path: str, *args: Any, **kwargs: Any) -> object:
+        if path == name:
             raise exc
-        return real(path)
+        return real(path, *args, **kwargs)
 
     monkeypatch.setattr(treewalk.os, call, failing)
 
 
 def test_a_folder_that_cannot_be_listed(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fail_on(monkeypatch, "scandir", "/a", PermissionError(errno.EACCES, "Permission denied"))
+    fail_on(monkeypatch, "open", "a", PermissionError(errno.EACCES, "Permission denied"))
     got = by_name(walk(str(tree)))
     assert got["a"] == Problem("a", "permission denied while listing the folder", 4)
     assert not any(name.startswith("a/") for name in got)  # the rest goes on
@@ -229,7 +248,7 @@ def test_a_folder_that_cannot_be_listed(tree: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_a_file_that_vanishes_mid_walk(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fail_on(monkeypatch, "lstat", "a/zero", FileNotFoundError(errno.ENOENT, "No such file"))
+    fail_on(monkeypatch, "stat", "zero", FileNotFoundError(errno.ENOENT, "No such file"))
     got = by_name(walk(str(tree)))
     assert got["a/zero"] == Problem("a/zero", "no such file while reading it", 2)
     assert got["a/b.txt"].kind == "file"  # type: ignore[union-attr]
@@ -297,3 +316,34 @@ def test_local_digest_is_the_servers_whole_file_digest(tree: Path) -> None:
         digest(TreeEntry("a/in", "file"))
     (tree / "single").write_bytes(b"hello")
     assert local_digest(str(tree / "single"))(TreeEntry("", "file")) == hasher.digest()
+
+
+def test_a_folder_swapped_for_a_link_after_it_was_listed_is_not_walked_through(
+    tmp_path: Path,
+) -> None:
+    """What the walk reads of a folder comes from the folder it listed, by descriptor: a link
+    to elsewhere that took its name since leads nowhere. The files to send are opened below
+    the root (LocalFiles), so reading one fails instead of reading the other side of the link."""
+    root, outside = tmp_path / "r", tmp_path / "outside"
+    (root / "a" / "sub").mkdir(parents=True)
+    (root / "a" / "f").write_text("inside")
+    (root / "a" / "sub" / "g").write_text("inside too")
+    (outside / "sub").mkdir(parents=True)
+    (outside / "f").write_text("outside, and longer")
+    (outside / "sub" / "g").write_text("outside")
+    (outside / "sub" / "only-outside").write_text("")
+    records = walk(str(root))
+    assert [next(records).name for _ in range(2)] == ["", "a"]  # a is listed
+    os.rename(root / "a", tmp_path / "moved")
+    os.symlink(outside, root / "a")
+    rest = by_name(records)
+    assert set(rest) == {"a/f", "a/sub", "a/sub/g"}
+    f = rest["a/f"]
+    assert isinstance(f, TreeEntry) and f.size == len("inside")
+    files = LocalFiles(str(root))
+    with pytest.raises(OSError, match="a link is in the way") as caught:
+        files.opener("a/f")(os.O_RDONLY)
+    assert caught.value.errno == errno.ELOOP
+    with os.fdopen(files.opener("b")(os.O_RDONLY | os.O_CREAT | os.O_WRONLY)):
+        pass  # an entry whose way is clear opens
+    files.close()

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fluxd.storage.beneath import Beneath
 from fluxd.storage.local_tree import LocalTree
 from fluxd.storage.paths import normalize, require_file_path, resolve
+from fluxio.beneath import Beneath
 from fluxproto.errors import PermissionDenied
 from fluxproto.frames import MAX_PATH
 from tests import hostile_paths

@@ -262,6 +262,26 @@ def test_walk_refuses_a_tree_deeper_than_max_depth(storage: LocalStorage, root: 
         list(storage.walk("deep", 10**6))
 
 
+def test_walk_refuses_a_name_longer_than_max_path_instead_of_leaving_it_out(
+    storage: LocalStorage, root: Path
+) -> None:
+    """17 folders of 250 bytes: the 17th is named by 4266 bytes from ROOT/long, more than an
+    entry can carry. The listing says so rather than end without it (a copy would look whole)."""
+    fd = os.open(root, os.O_RDONLY)
+    for i, letter in enumerate(["long", *"abcdefghijklmnopq"]):
+        name = letter * 250 if i else letter
+        os.mkdir(name, dir_fd=fd)
+        nxt = os.open(name, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    os.close(fd)
+    walk = storage.walk("long", 10**6)
+    assert len([next(walk) for _ in range(16)]) == 16  # what fits comes first
+    shown = r"^/long/a{42}\.\.\.p{48}"  # cut in the middle
+    with pytest.raises(LimitExceeded, match=shown + " holds a path longer than 4096 bytes"):
+        next(walk)
+
+
 def test_walk_takes_flat_memory(storage: LocalStorage, root: Path) -> None:
     """100,000 entries (100 folders of 1,000 empty files) walked with tracemalloc on: the peak
     is what one folder's names take, not the tree's (85 KiB measured; 79 KiB for 10,000)."""
@@ -334,7 +354,7 @@ def test_a_folder_needs_recursive(storage: LocalStorage) -> None:
 
 def test_recursive_delete_over_the_limit_removes_nothing(storage: LocalStorage, root: Path) -> None:
     tree(storage, root)
-    with pytest.raises(LimitExceeded, match="more than 10 entries"):
+    with pytest.raises(LimitExceeded, match=r"^/top holds more than 10 entries"):
         storage.delete("top", recursive=True, limit=10)
     assert (root / "top" / "sub" / "b.bin").exists()
     deep(root, MAX_DEPTH)

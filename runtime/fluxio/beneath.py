@@ -1,10 +1,12 @@
-"""Opening paths inside the served root so that no race can lead the open outside it.
+"""Opening paths inside a folder so that no race can lead the open outside it.
 
-`paths.resolve` decides, with the tree as it is, where a remote path leads (symlinks inside the
-root are followed) and refuses what leaves the root or enters the reserved area. What it
-returns has no symlinks left in it, so the open that follows can refuse every symlink: if one
-appeared in between (a local user swapping a directory for a link), the open fails instead of
-following it. The open is relative to a directory descriptor of the root taken at start:
+fluxd opens everything under its served root this way: `paths.resolve` decides, with the tree
+as it is, where a remote path leads (symlinks inside the root are followed) and refuses what
+leaves the root or enters the reserved area. What it returns has no symlinks left in it, so
+the open that follows can refuse every symlink: if one appeared in between (a local user
+swapping a directory for a link), the open fails instead of following it. fluxctl opens the
+files of a tree it sends the same way, below the tree's root. The open is relative to a
+directory descriptor of the root taken at start:
 
 - Linux >= 5.6: one `openat2(root_fd, path, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
   RESOLVE_NO_MAGICLINKS)` call; the kernel refuses any step out of the root.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fluxd.storage.beneath import Beneath
+from fluxio.beneath import Beneath
 from fluxproto import PermissionDenied
 
 
