@@ -78,13 +78,28 @@ def destination(local_arg: str | Path, url: FluxURL) -> Path:
     """Where `recv URL LOCAL` puts the file: into LOCAL if it is a directory (or ends in a
     separator, like scp), else at LOCAL. Takes the argument as typed: Path drops the slash."""
     local = Path(local_arg)
-    if local.is_dir() or str(local_arg).endswith(("/", os.sep)):
+    _check_name(local)
+    if _is_dir(local) or str(local_arg).endswith(("/", os.sep)):
         if not url.name:
             raise ConfigError(f"{url} names no file")
         local = local / url.name
-    if not local.parent.is_dir():
+        _check_name(local)
+    if not _is_dir(local.parent):
         raise ConfigError(f"no such local directory: {local.parent}")
     return local
+
+
+def _check_name(path: Path) -> None:
+    if len(os.fsencode(path.name)) > NAME_MAX:
+        raise ConfigError(f"local name longer than {NAME_MAX} bytes: {path.name[:40]}...")
+
+
+def _is_dir(path: Path) -> bool:
+    """Path.is_dir, with a path the system cannot even look up (too long) said in one line."""
+    try:
+        return path.is_dir()
+    except OSError as exc:
+        raise ConfigError(f"cannot use local path {path}: {exc.strerror}") from None
 
 
 def hidden_name(name: str, suffix: str, spare: int = 0) -> str:

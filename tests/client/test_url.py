@@ -156,6 +156,16 @@ def test_destination_parent_that_is_a_file_is_a_config_error(tmp_path: Path) -> 
         destination(tmp_path / "f" / "out", url("/x"))
 
 
+def test_destination_names_the_system_cannot_take_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="longer than 255 bytes"):
+        destination(tmp_path / ("a" * 256), url("/x"))
+    with pytest.raises(ConfigError, match="longer than 255 bytes"):
+        destination(tmp_path / ("é" * 128), url("/x"))  # 256 bytes in UTF-8
+    with pytest.raises(ConfigError, match="cannot use local path"):
+        destination(tmp_path / ("a" * 300) / "out", url("/x"))  # a parent too long to look up
+    assert destination(tmp_path / ("a" * 255), url("/x")) == tmp_path / ("a" * 255)
+
+
 @pytest.mark.parametrize("path", ["/", ""])
 def test_destination_directory_for_the_root_url_names_no_file(tmp_path: Path, path: str) -> None:
     with pytest.raises(ConfigError, match="names no file"):
