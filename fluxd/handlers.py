@@ -211,7 +211,7 @@ class Handlers:
     async def symlink(self, req: Request) -> None:
         f = req.opening
         assert isinstance(f, Symlink)
-        async with self.service.symlink(self.caller, f.path, f.target) as entry:
+        async with self.service.symlink(self.caller, f.path, f.target, f.mtime_ns) as entry:
             req.send(Made(req.rid, entry))
 
 

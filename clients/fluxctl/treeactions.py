@@ -8,7 +8,9 @@ The executor's contract, per action (names are tree-relative; the side is the de
   gives it its final mode later); `replace` names the kind of leaf in the way, removed first.
 - `Copy`: transfer the file; `dest` is what is there now (None: nothing), removed first when
   it is not a file (a link is never written through).
-- `MakeLink`: create a link with the text `target`, removing `dest` first if there is one.
+- `MakeLink`: create a link with the text `target` and its own mtime `mtime_ns` (set without
+  following it; None: the destination's clock), replacing `dest` if there is one (also a link
+  with the same text whose mtime differs: made again, as the protocol has no other way).
 - `SetAttrs`: set mode and mtime, once every action under that folder (or on that file) has
   finished, in the phase it appears in.
 - `Delete`: remove the entry (a folder with everything in it when `recursive`); deferred only.
@@ -77,11 +79,12 @@ class Copy:
 
 @dataclass(frozen=True, slots=True)
 class MakeLink:
-    """Create a link whose text is `target`."""
+    """Create a link whose text is `target`, with the link's own mtime `mtime_ns`."""
 
     name: str
     target: str
     dest: TreeEntry | None
+    mtime_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +113,7 @@ class Delete:
 @dataclass(frozen=True, slots=True)
 class Skip:
     """Already the same on both sides: a file by the quick check (or digests), a folder, a link
-    with the same text."""
+    with the same text and mtime."""
 
     name: str
     entry: TreeEntry

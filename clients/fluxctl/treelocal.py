@@ -142,12 +142,14 @@ class LocalDest:
             os.mkdir(leaf, 0o700, dir_fd=fd)
 
     def make_link(self, action: MakeLink) -> None:
-        """Create the link with exactly its text; what is in the way (a leaf) is replaced by
-        one rename, so the name never points anywhere else meanwhile."""
+        """Create the link with exactly its text and its own mtime (never following it); what
+        is in the way (a leaf) is replaced by one rename, so the name never points anywhere
+        else meanwhile."""
         dest = action.dest
         with self._folder(action.name, dest.disk if dest else None, write=True) as (fd, leaf):
             if dest is None:
                 os.symlink(action.target, leaf, dir_fd=fd)
+                _set_link_time(fd, leaf, action.mtime_ns)
                 return
             if dest.kind == "dir":
                 raise OSError(errno.EISDIR, "a folder is in the way", self.path(action.name))
@@ -155,6 +157,7 @@ class LocalDest:
             _unlink_quietly(fd, temp)
             os.symlink(action.target, temp, dir_fd=fd)
             try:
+                _set_link_time(fd, temp, action.mtime_ns)
                 os.replace(temp, leaf, src_dir_fd=fd, dst_dir_fd=fd)
             except OSError:
                 _unlink_quietly(fd, temp)
@@ -243,6 +246,14 @@ def _set_attrs(fd: int | None, name: str, kind: str, mode: int, mtime_ns: int | 
         os.chmod(name, mode & 0o7777, dir_fd=fd)  # not a link: checked just above
     if mtime_ns is not None and st.st_mtime_ns != mtime_ns:
         os.utime(name, ns=(st.st_atime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
+
+
+def _set_link_time(fd: int, name: str, mtime_ns: int | None) -> None:
+    """The link `name`'s own mtime (in the folder `fd`), its atime kept; the link is never
+    followed."""
+    if mtime_ns is not None:
+        atime_ns = os.stat(name, dir_fd=fd, follow_symlinks=False).st_atime_ns
+        os.utime(name, ns=(atime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
 
 
 def _remove_leaf(fd: int | None, name: str) -> None:

@@ -22,6 +22,8 @@ Rules (README, "Folders"):
   it. Nothing is deleted or replaced under a name the source could not describe (a Problem, a
   Skipped entry) or that either side excludes, nor a folder holding such a name.
 - **Folders** get their mode and mtime (SetAttrs) after their content, in each phase.
+- **Links** are the same with the same text and mtime; a link whose mtime alone differs is made
+  again (atomically, with its time), as a changed one is.
 """
 
 from __future__ import annotations
@@ -107,6 +109,11 @@ _RECORDS = (TreeEntry, Skipped, Problem, Excluded)
 
 def _under(key: Key, prefix: Key | None) -> bool:
     return prefix is not None and key[: len(prefix)] == prefix
+
+
+def _same_link(source: TreeEntry, dest: TreeEntry) -> bool:
+    """Two links the quick check leaves alone: the same text and the same own mtime."""
+    return (source.target, source.mtime_ns) == (dest.target, dest.mtime_ns)
 
 
 class _Stream:
@@ -294,7 +301,7 @@ class TreePlan:
             yield Skip(source.name, source)
         elif source.kind == dest.kind == "file":
             yield from self._compare_files(key, source, dest)
-        elif source.kind == dest.kind == "link" and source.target == dest.target:
+        elif source.kind == dest.kind == "link" and _same_link(source, dest):
             yield Skip(source.name, source)
         else:
             yield from self._create(key, source, dest)
@@ -325,7 +332,7 @@ class TreePlan:
             yield Mkdir(source.name, source.mode, source.mtime_ns, dest.kind if dest else None)
             self._dirs.append(_Dir(key, source, None))
         elif source.kind == "link":
-            yield MakeLink(source.name, source.target or "", dest)
+            yield MakeLink(source.name, source.target or "", dest, source.mtime_ns)
         else:
             yield Copy(source.name, source, dest, TYPE if dest is not None else NEW)
 
@@ -359,7 +366,7 @@ class TreePlan:
         # Created after the folder's recursive delete (deferred), so nothing is in the way.
         then: Copy | MakeLink
         if source.kind == "link":
-            then = MakeLink(source.name, source.target or "", None)
+            then = MakeLink(source.name, source.target or "", None, source.mtime_ns)
         else:
             then = Copy(source.name, source, None, TYPE)
         self._doomed.append(_Doomed(key, dest, self._spool.tell(), then))

@@ -306,10 +306,10 @@ class _SendRoot:
                 if dest is not None and dest.kind != "file":
                     await self._delete(name, recursive=False)
                 await self._upload(name, source.local, source.size)
-            case MakeLink(name=name, target=target, dest=dest):
+            case MakeLink(name=name, target=target, dest=dest, mtime_ns=mtime_ns):
                 if dest is not None and dest.kind != "link":
                     await self._delete(name, recursive=False)
-                await self._symlink(name, target)
+                await self._symlink(name, target, mtime_ns)
             case SetAttrs(name=name, kind="dir", mode=mode, mtime_ns=mtime_ns):
                 if self.remote(name) != "/":  # the server's root is not the copy's to change
                     await self._mkdir(name, mode, mtime_ns)
@@ -324,9 +324,9 @@ class _SendRoot:
         req = await self.session.open(lambda rid: MkdirFrame(rid, path, mode, mtime_ns))
         await req.expect(Made, self.timeout)
 
-    async def _symlink(self, name: str, target: str) -> None:
+    async def _symlink(self, name: str, target: str, mtime_ns: int | None) -> None:
         path = self.remote(name)
-        req = await self.session.open(lambda rid: SymlinkFrame(rid, path, target))
+        req = await self.session.open(lambda rid: SymlinkFrame(rid, path, target, mtime_ns))
         await req.expect(Made, self.timeout)
 
     async def _delete(self, name: str, *, recursive: bool) -> int:

@@ -322,9 +322,12 @@ class FileService:
             yield _as_named(entry, path)
 
     @asynccontextmanager
-    async def symlink(self, caller: Caller, path: str, target: str) -> AsyncIterator[Entry]:
-        """Make or replace the symlink at `path` (scope `write`). A confined subject's target
-        may not lead out of its own root either; see `Storage.symlink`.
+    async def symlink(
+        self, caller: Caller, path: str, target: str, mtime_ns: int | None = None
+    ) -> AsyncIterator[Entry]:
+        """Make or replace the symlink at `path` (scope `write`), with its own mtime
+        `mtime_ns` (None: now). A confined subject's target may not lead out of its own root
+        either; see `Storage.symlink`.
 
         Raises:
             PermissionDenied (the target or path), Conflict (a file or folder there),
@@ -332,7 +335,7 @@ class FileService:
         """
         async with recorded(self.shared.access, caller, "symlink", path):
             key = caller.grant.check(path, "write")
-            args = (key, target, caller.grant.root)
+            args = (key, target, caller.grant.root, mtime_ns)
             yield await blocking(self.pool, self.storage.symlink, *args)
 
     @asynccontextmanager

@@ -190,9 +190,12 @@ class Storage(Protocol):
         """
         ...
 
-    def symlink(self, path: str, target: str, within: str = "") -> Entry:
+    def symlink(
+        self, path: str, target: str, within: str = "", mtime_ns: int | None = None
+    ) -> Entry:
         """Make a symlink at `path` holding `target` as text, or replace the link there,
-        atomically and durably. It is never followed out of the root: refused are targets
+        atomically and durably, with the link's own mtime `mtime_ns` (None: now) already set
+        when it appears. It is never followed out of the root: refused are targets
         that are absolute, lead out of the root (or out of `within`, a confined subject's
         root) by their `..`, or have `..` after a name (see `paths.check_link_target`).
 

@@ -188,9 +188,12 @@ class LocalStorage:
         """Make a folder, or set the mode and mtime of the one there; see `base.Storage.mkdir`."""
         return self._nodes.mkdir(normalize(path), mode, mtime_ns, parents)
 
-    def symlink(self, path: str, target: str, within: str = "") -> Entry:
+    def symlink(
+        self, path: str, target: str, within: str = "", mtime_ns: int | None = None
+    ) -> Entry:
         """Make or replace a symlink; see `base.Storage.symlink`."""
-        return self._nodes.symlink(require_file_path(path), target, normalize(within))
+        rel = require_file_path(path)
+        return self._nodes.symlink(rel, target, normalize(within), mtime_ns)
 
     def delete(self, path: str, recursive: bool = False, limit: int = TREE_ENTRIES) -> int:
         """Delete a file or symlink (the link, not its target), or with `recursive` a folder

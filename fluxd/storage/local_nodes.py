@@ -1,6 +1,6 @@
 """Folders and symlinks of a local root, made on request: `mkdir` (create, or fix up the mode
 and mtime of an existing folder) and `symlink` (created under a temporary name in the reserved
-area, then renamed into place)."""
+area, given its own mtime, then renamed into place)."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ class Nodes:
         if changed:
             os.fsync(fd)
 
-    def symlink(self, rel: str, target: str, within: str) -> Entry:
+    def symlink(self, rel: str, target: str, within: str, mtime_ns: int | None) -> Entry:
         """See `base.Storage.symlink`; `rel` and `within` are normalised, `rel` not the root.
 
         Raises:
@@ -128,20 +128,24 @@ class Nodes:
                     if not stat.S_ISLNK(st.st_mode):
                         kind = "folder" if stat.S_ISDIR(st.st_mode) else "file"
                         raise Conflict(f"/{rel} is a {kind}, not a symlink")
-                self._place(target, name, pfd)
+                self._place(target, name, pfd, mtime_ns)
                 os.fsync(pfd)
                 st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
             finally:
                 os.close(pfd)
         return entry_of(self._manifests, rel, st, target=target)
 
-    def _place(self, target: str, name: str, pfd: int) -> None:
+    def _place(self, target: str, name: str, pfd: int, mtime_ns: int | None) -> None:
         """Make the link under a temporary name, then rename it over `name` in `pfd`: the path
         holds the old link or the new one, never none (a crash leaves the temporary in the
-        scratch folder, which `clean` removes)."""
+        scratch folder, which `clean` removes). Its time is set before the rename, so the link
+        never appears with the wrong one."""
         tmp = self._scratch / f"link-{os.getpid()}-{secrets.token_hex(8)}"
         os.symlink(target, tmp)
         try:
+            if mtime_ns is not None:
+                atime_ns = os.stat(tmp, follow_symlinks=False).st_atime_ns
+                os.utime(tmp, ns=(atime_ns, mtime_ns), follow_symlinks=False)
             os.replace(tmp, name, dst_dir_fd=pfd)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -231,17 +231,20 @@ class Mkdir(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Symlink(Frame):
-    """Create a link at `path` whose text is `target` (stored as text, never followed)."""
+    """Create a link at `path` whose text is `target` (stored as text, never followed);
+    `mtime_ns` is the link's own time, None the server's clock."""
 
     TYPE = FrameType.SYMLINK
     rid: int
     path: str
     target: str
+    mtime_ns: int | None = None
 
     def validate(self) -> None:
         check_rid(self.rid)
         check_path(self.path)
         check_str(self.target, "target", MAX_TARGET, empty=False)
+        check_optional_mtime(self.mtime_ns)
 
 
 @dataclass(frozen=True, slots=True)

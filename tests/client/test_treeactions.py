@@ -31,7 +31,7 @@ def test_the_spool_gives_back_what_it_kept_in_order() -> None:
     actions = [
         Delete(BAD, entry, recursive=False, count=1),
         Copy("x", entry, None, TYPE),
-        MakeLink("l", "../x", None),
+        MakeLink("l", "../x", None, 1_600_000_000_123_456_789),
         SetAttrs("", "dir", 0o755, 5),
     ]
     spool = Spool()
@@ -61,7 +61,7 @@ ACTIONS = [
     Copy("a/c.txt", TreeEntry("a/c.txt", "file"), TreeEntry("a/c.txt", "file"), SIZE),
     Skip("a/same", TreeEntry("a/same", "file")),
     Skip("a", TreeEntry("a", "dir")),
-    MakeLink("a/l", "../x", None),
+    MakeLink("a/l", "../x", None, 1_600_000_000_123_456_789),
     SetAttrs("a", "dir", 0o750, 1),
     Ignore("fifo", SPECIAL, "fifo"),
     Ignore("h", HARDLINK, "a/b.txt"),

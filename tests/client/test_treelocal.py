@@ -106,6 +106,19 @@ def test_links_keep_their_text_and_replace_what_is_there(dest: LocalDest, outsid
     assert sorted(os.listdir(root(dest))) == ["file", "new", "old"]  # no temporary left
 
 
+def test_links_get_their_own_mtime_never_their_targets(dest: LocalDest, outside: Path) -> None:
+    secret = outside / "secret"
+    before = secret.stat().st_mtime_ns
+    dest.make_link(MakeLink("new", str(secret), None, NS))
+    assert os.lstat(root(dest) / "new").st_mtime_ns == NS
+    dest.make_link(MakeLink("new", str(secret), entry("new", "link", str(secret)), NS + 1))
+    assert os.lstat(root(dest) / "new").st_mtime_ns == NS + 1, "made again with its time"
+    dest.make_link(MakeLink("dangling", "nowhere", None, NS))
+    assert os.lstat(root(dest) / "dangling").st_mtime_ns == NS
+    assert secret.stat().st_mtime_ns == before
+    assert sorted(os.listdir(root(dest))) == ["dangling", "new"]  # no temporary left
+
+
 def test_a_folder_in_the_way_of_a_link_is_not_removed(dest: LocalDest) -> None:
     (root(dest) / "d").mkdir()
     with pytest.raises(IsADirectoryError):

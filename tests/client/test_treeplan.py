@@ -43,8 +43,8 @@ def f(name: str, size: int = 1, mtime: int = 1, mode: int = 0o644, digest: bytes
     return TreeEntry(name, "file", size, mtime, mode, None, digest)
 
 
-def ln(name: str, target: str) -> TreeEntry:
-    return TreeEntry(name, "link", 0, 1, 0o777, target)
+def ln(name: str, target: str, mtime: int = 1) -> TreeEntry:
+    return TreeEntry(name, "link", 0, mtime, 0o777, target)
 
 
 def plan(
@@ -79,7 +79,7 @@ def test_a_new_tree_is_created_folders_first_and_fixed_after_their_content() -> 
     assert later == []
     assert all(a.reason == NEW for a in main if isinstance(a, Copy))
     assert Mkdir("a", 0o755, 1) in main
-    assert MakeLink("l", "a/x", None) in main
+    assert MakeLink("l", "a/x", None, 1) in main
 
 
 def test_an_unchanged_tree_is_all_skips() -> None:
@@ -290,8 +290,9 @@ class TestTypeChanges:
             (d("x"), f("x"), Mkdir("x", 0o755, 1, "file")),
             (d("x"), ln("x", "t"), Mkdir("x", 0o755, 1, "link")),
             (f("x"), ln("x", "t"), Copy("x", f("x"), ln("x", "t"), TYPE)),
-            (ln("x", "t"), f("x"), MakeLink("x", "t", f("x"))),
-            (ln("x", "t"), ln("x", "u"), MakeLink("x", "t", ln("x", "u"))),
+            (ln("x", "t"), f("x"), MakeLink("x", "t", f("x"), 1)),
+            (ln("x", "t"), ln("x", "u"), MakeLink("x", "t", ln("x", "u"), 1)),
+            (ln("x", "t", 5), ln("x", "t"), MakeLink("x", "t", ln("x", "t"), 5)),
             (f("x"), TreeEntry("x", "other"), Copy("x", f("x"), TreeEntry("x", "other"), TYPE)),
         ],
     )
@@ -311,7 +312,7 @@ def test_links_leaving_the_tree_from_a_remote_source_are_not_created() -> None:
         delete=True,
     )
     assert Ignore("bad", LINK_OUTSIDE, "../../etc") in main
-    assert MakeLink("ok", "sub/../x", None) in main
+    assert MakeLink("ok", "sub/../x", None, 1) in main
     assert not any(isinstance(a, Copy | MakeLink) and a.name == "bad" for a in main)
     # Never created, so it is in no folder's way either: the folder stays, no failure.
     main, later = plan([d(""), ln("x", "/abs")], [d(""), d("x"), f("x/1")], remote="source")
@@ -351,6 +352,7 @@ def test_a_second_run_over_a_real_copy_moves_nothing(tmp_path: Path) -> None:
     (src / "a" / "empty").mkdir()
     (src / "g").write_bytes(b"")
     os.symlink("a/b/f", src / "l")
+    os.utime(src / "l", ns=(1, 987_654_321), follow_symlinks=False)
     os.utime(src / "a", ns=(1, 1_234_567_891))
     dst = tmp_path / "dst"
     shutil.copytree(src, dst, symlinks=True)  # copystat keeps nanosecond mtimes
@@ -359,6 +361,11 @@ def test_a_second_run_over_a_real_copy_moves_nothing(tmp_path: Path) -> None:
     main, later = plan(walk(str(src)), walk(str(dst), role="dest"), delete=True)
     assert [type(a) for a in main] == [Skip] * 7
     assert later == []
+    # A link whose own mtime alone differs is made again, with its time.
+    os.utime(dst / "l", ns=(1, 5), follow_symlinks=False)
+    main, _ = plan(walk(str(src)), walk(str(dst), role="dest"), delete=True)
+    assert kinds(main) == [("MakeLink", "l"), ("SetAttrs", "")]
+    assert [a.mtime_ns for a in main if isinstance(a, MakeLink)] == [987_654_321]
 
 
 def synthetic(dirs: int, files: int, *, dest: bool) -> Iterator[TreeEntry]:

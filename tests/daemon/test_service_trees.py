@@ -47,11 +47,13 @@ def test_mkdir_and_symlink_are_recorded(make: Callable[..., Daemon]) -> None:
                 0o750,
                 MTIME,
             )
-        async with d.service.symlink(d.caller(), "/a/l", "b") as entry:
-            assert (entry.kind, entry.target) == ("link", "b")
+        async with d.service.symlink(d.caller(), "/a/l", "b", MTIME + 1) as entry:
+            assert (entry.kind, entry.target, entry.mtime_ns) == ("link", "b", MTIME + 1)
 
     run(main())
     assert os.readlink(d.root / "a" / "l") == "b"
+    assert os.lstat(d.root / "a" / "l").st_mtime_ns == MTIME + 1
+    assert os.stat(d.root / "a" / "b").st_mtime_ns == MTIME, "the link's target is not touched"
     assert [(r["op"], r["path"], r["result"]) for r in d.records()] == [
         ("mkdir", "/a/b", "ok"),
         ("symlink", "/a/l", "ok"),

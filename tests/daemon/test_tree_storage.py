@@ -144,6 +144,21 @@ def test_symlink_replaces_a_link_atomically(storage: LocalStorage, root: Path) -
     assert os.listdir(root / ".flux" / "tmp") == [], "no temporary left behind"
 
 
+def test_symlink_gets_its_own_mtime_never_its_targets(storage: LocalStorage, root: Path) -> None:
+    put(storage, "real", content(CS))
+    os.utime(root / "real", ns=(7, 7))
+    entry = storage.symlink("d/l", "../real", mtime_ns=1_500_000_000_123_456_789)
+    assert entry.mtime_ns == os.lstat(root / "d" / "l").st_mtime_ns == 1_500_000_000_123_456_789
+    assert os.stat(root / "real").st_mtime_ns == 7, "the target is not touched"
+    dangling = storage.symlink("d/gone", "nowhere", mtime_ns=5)
+    assert dangling.mtime_ns == os.lstat(root / "d" / "gone").st_mtime_ns == 5
+    (link,) = [e for e in storage.walk("d", 100) if e.name == "l"]
+    assert link.mtime_ns == 1_500_000_000_123_456_789, (
+        "a recursive listing reports the link's own time"
+    )
+    assert storage.symlink("d/l", "../real").mtime_ns > 1_500_000_000_123_456_789, "nil: now"
+
+
 def test_symlink_refuses_a_file_or_folder_in_the_way(storage: LocalStorage, root: Path) -> None:
     put(storage, "f", content(CS))
     storage.mkdir("d")

@@ -50,6 +50,8 @@ def build(top: Path, seed: int = 1) -> int:
     (top / "a/l").symlink_to("b/f.txt")
     (top / "a/b/up").symlink_to("../../top.bin")  # climbs, but stays in the tree
     (top / "out").symlink_to("../elsewhere")  # inside the daemon's root, not in the tree
+    for link, mtime in (("a/l", NS + 30), ("a/b/up", NS + 31)):  # a link's own time
+        os.utime(top / link, ns=(mtime, mtime), follow_symlinks=False)
     for folder, mode, mtime in (("a/b/c", 0o750, NS + 10), ("empty", 0o700, NS + 11)):
         os.chmod(top / folder, mode)
         os.utime(top / folder, ns=(mtime, mtime))
@@ -59,7 +61,8 @@ def build(top: Path, seed: int = 1) -> int:
 
 
 def snapshot(top: Path, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """Every entry under `top` (itself as ""): kind, mode, mtime and content or link text."""
+    """Every entry under `top` (itself as ""): kind, mode, mtime (a link's own) and content or
+    link text."""
     out: dict[str, Any] = {}
     for here, dirs, files in os.walk(top):
         for name in ["", *dirs, *files] if here == str(top) else [*dirs, *files]:
@@ -69,7 +72,7 @@ def snapshot(top: Path, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
                 continue
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(path))
+                out[rel] = ("link", os.readlink(path), st.st_mtime_ns)
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
             else:
@@ -117,8 +120,9 @@ def test_a_tree_makes_the_round_trip_and_a_rerun_moves_nothing(
     assert snapshot(out) == snapshot(top, skip=frozenset({"out"}))
 
     # A changed file (same size, new mtime) and a file removed locally are fetched; the rest
-    # is not read again.
+    # is not read again. A link whose own mtime alone changed is made again with it.
     put(top / "a/b/f.txt", b"HELLO\n", 0o640, NS + 99)
+    os.utime(top / "a/l", ns=(NS + 98, NS + 98), follow_symlinks=False)
     (out / "a/zero").unlink()
     third = recv(fluxctl, daemon.url("/photos"), str(out), transport=transport)
     assert third.code == 0, third.stderr

@@ -48,6 +48,8 @@ def make_tree(root: Path) -> None:
     (root / "empty").mkdir()
     os.symlink("f.txt", root / "a" / "link")
     os.symlink("../top.txt", root / "a" / "up")
+    for link, mtime in (("link", 10), ("up", 11)):  # a link's own time
+        os.utime(root / "a" / link, ns=(MTIME + mtime, MTIME + mtime), follow_symlinks=False)
     os.symlink("/etc/hostname", root / "abs")  # leaves the tree
     os.symlink("../../x", root / "a" / "escape")  # leaves it by climbing
     os.mkfifo(root / "fifo")
@@ -66,14 +68,14 @@ FILES, DIRS, LINKS = 4, 4, 2
 
 
 def snapshot(root: Path) -> Snapshot:
-    """Every entry under `root` (itself as ""): kind, mode, size, mtime (not a link's), link
+    """Every entry under `root` (itself as ""): kind, mode, size, mtime (a link's own), link
     text, content digest."""
     out: Snapshot = {}
     for path in [root, *sorted(root.rglob("*"))]:
         st = path.lstat()
         rel = path.relative_to(root).as_posix() if path != root else ""
         if stat.S_ISLNK(st.st_mode):
-            out[rel] = ("link", os.readlink(path))
+            out[rel] = ("link", os.readlink(path), st.st_mtime_ns)
         elif stat.S_ISDIR(st.st_mode):
             out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
         elif stat.S_ISREG(st.st_mode):
@@ -121,6 +123,13 @@ def test_a_tree_makes_a_round_trip_and_an_unchanged_rerun_moves_nothing(
     assert again.code == 0, again.stderr
     assert (again.json["sent"], again.json["skipped_files"]) == (0, FILES)
     assert uploads(daemon) == FILES
+    assert snapshot(daemon.root / "dst") == expected(src)
+
+    # A link whose own mtime alone changed is made again with it (its folder's time kept).
+    os.utime(src / "a" / "link", ns=(MTIME + 99, MTIME + 99), follow_symlinks=False)
+    third = fluxctl("send", "-r", str(src), daemon.url("/dst"), "--json", "--transport", transport)
+    assert third.code == 0, third.stderr
+    assert (third.json["sent"], third.json["skipped_files"]) == (0, FILES)
     assert snapshot(daemon.root / "dst") == expected(src)
 
 

@@ -249,7 +249,13 @@ FRAME_STRATEGIES: dict[FrameType, st.SearchStrategy[Frame]] = {
         mtime_ns=st.none() | mtimes,
         parents=st.booleans(),
     ),
-    FrameType.SYMLINK: st.builds(Symlink, rid=rids, path=paths, target=texts(4096, min_size=1)),
+    FrameType.SYMLINK: st.builds(
+        Symlink,
+        rid=rids,
+        path=paths,
+        target=texts(4096, min_size=1),
+        mtime_ns=st.none() | mtimes,
+    ),
     FrameType.MADE: st.builds(Made, rid=rids, entry=entries()),
 }
 

@@ -43,6 +43,7 @@ from fluxproto.frames import (
         (FrameType.OPEN_UPLOAD, {**REQ, "path": "a", "size": True, "chunk_size": MIN_CHUNK}),
         (FrameType.DELETED, {**REQ, "path": "a", "count": True}),
         (FrameType.MKDIR, {**REQ, "path": "a", "mode": True}),
+        (FrameType.SYMLINK, {**REQ, "path": "a", "target": "t", "mtime_ns": True}),
         (FrameType.INFO, {**REQ, "entry": {"name": "a", "kind": "file", "size": True}}),
     ],
     ids=lambda v: v.name if isinstance(v, FrameType) else "",
@@ -113,6 +114,8 @@ def test_bool_is_never_an_integer(ftype: FrameType, header: dict[str, Any]) -> N
         (FrameType.SYMLINK, {**REQ, "path": "a", "target": ""}),
         (FrameType.SYMLINK, {**REQ, "path": "a", "target": "t" * (MAX_TARGET + 1)}),
         (FrameType.SYMLINK, {**REQ, "path": "a", "target": None}),
+        (FrameType.SYMLINK, {**REQ, "path": "a", "target": "t", "mtime_ns": -1}),
+        (FrameType.SYMLINK, {**REQ, "path": "a", "target": "t", "mtime_ns": 2**63}),
         (FrameType.DELETED, {**REQ, "path": "a", "count": -1}),
         (FrameType.ENTRIES, {**REQ, "entries": {}, "done": True}),
         (

@@ -53,6 +53,7 @@ from fluxproto import (
     RequestState,
     Role,
     State,
+    Symlink,
     decode,
     encode_bytes,
 )
@@ -198,7 +199,7 @@ CONTEXTS: list[tuple[str, RequestState | State, list[Frame]]] = [
                 FrameType.PING,
             )
         ]
-        + [ListDir(RID, "dir", recursive=True, digests=True)],
+        + [ListDir(RID, "dir", recursive=True, digests=True), Symlink(RID, "l", "t", mtime_ns=1)],
     ),
     (
         "server",

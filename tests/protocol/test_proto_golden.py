@@ -235,7 +235,11 @@ GOLDEN: list[tuple[Frame, str]] = [
     ),
     (
         Symlink(rid=1, path="l", target="f"),
-        f"37 00000016 00000000 83 {RID1} a470617468 a16c a6746172676574 a166",
+        f"37 00000020 00000000 84 {RID1} a470617468 a16c a6746172676574 a166 a86d74696d655f6e73 c0",
+    ),
+    (
+        Symlink(rid=1, path="l", target="f", mtime_ns=1),
+        f"37 00000020 00000000 84 {RID1} a470617468 a16c a6746172676574 a166 a86d74696d655f6e73 01",
     ),
     (
         Made(rid=1, entry=Entry("d", "dir", mode=0o755)),

@@ -63,7 +63,7 @@ def test_list_streams_pages_until_done() -> None:
         (Stat(RID, PATH), Info(RID, Entry("file.bin", "file", len(FILE)))),
         (Delete(RID, "dir", recursive=True), Deleted(RID, "dir", 12)),
         (Mkdir(RID, "a/b", 0o700, 5, parents=True), Made(RID, Entry("b", "dir", mode=0o700))),
-        (Symlink(RID, "l", "a/b"), Made(RID, Entry("l", "link", target="a/b"))),
+        (Symlink(RID, "l", "a/b", 7), Made(RID, Entry("l", "link", mtime_ns=7, target="a/b"))),
     ],
     ids=["stat", "delete", "mkdir", "symlink"],
 )
