@@ -40,6 +40,9 @@ from .storage.base import Backend, Maintenance, Storage
 
 #: How often revocations (and token expiry) are checked against live connections.
 GRANT_CHECK_EVERY = 1.0
+#: Ports tried when asked for port 0 before giving up: one whose number is taken for UDP is
+#: followed by another.
+PORT_ATTEMPTS = 20
 R = TypeVar("R")
 
 
@@ -90,42 +93,55 @@ class FluxServer:
         """
         await self._recover()
         host, port = self.config.address
+        # Port 0 means any port free for TCP and UDP both: the number TCP gets may be taken
+        # for UDP (a client's QUIC socket, say), and then another number is tried.
         bound: list[tuple[str, str]] = []
-        try:
-            if self.config.tcp:
-                self._listener = Listener(
-                    self.ssl_context,
-                    self._start_tcp_session,
-                    self.config.limits.handshake_timeout,
-                    self._admit,
-                    functools.partial(_handshake_failed, "tcp"),
-                )
-                tcp = self._listener.start(host, port)
-                name = "tcp" if self.ssl_context else "tcp-plaintext"
-                bound += [(name, format_hostport(h, p)) for h, p in tcp]
-                port = tcp[0][1]
-            if self.config.quic and self.certs is not None:
-                self._quic = QuicListener(
-                    self.certs,
-                    self._start_quic_session,
-                    self.config.quic_datagram_size,
-                    self.config.limits.handshake_timeout,
-                    self.config.limits.max_header,
-                    self.shared.budget.alloc,
-                    functools.partial(_handshake_failed, "quic"),
-                    window=self.config.window,
-                )
-                udp = await self._quic.start(host, port)
-                bound += [("quic", format_hostport(h, p)) for h, p in udp]
-        except FluxError:  # the address cannot be bound
-            self._close_listeners()
-            raise
+        for attempt in range(1 if port else PORT_ATTEMPTS):
+            try:
+                bound = await self._bind(host, port)
+                break
+            except FluxError:  # the address cannot be bound
+                self._close_listeners()
+                self._listener = self._quic = None
+                if port or attempt == PORT_ATTEMPTS - 1:
+                    raise
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._watch_grants())]
         if self.config.gc_every:
             self._tasks.append(loop.create_task(self._every(self.config.gc_every, self._collect)))
         if self.config.scrub_every:
             self._tasks.append(loop.create_task(self._every(self.config.scrub_every, self._scrub)))
+        return bound
+
+    async def _bind(self, host: str, port: int) -> list[tuple[str, str]]:
+        """Start the listeners on HOST:PORT (QUIC on the number TCP got); raises FluxError
+        (ConnectError) if one cannot bind, leaving the others for `_close_listeners`."""
+        bound: list[tuple[str, str]] = []
+        if self.config.tcp:
+            self._listener = Listener(
+                self.ssl_context,
+                self._start_tcp_session,
+                self.config.limits.handshake_timeout,
+                self._admit,
+                functools.partial(_handshake_failed, "tcp"),
+            )
+            tcp = self._listener.start(host, port)
+            name = "tcp" if self.ssl_context else "tcp-plaintext"
+            bound += [(name, format_hostport(h, p)) for h, p in tcp]
+            port = tcp[0][1]
+        if self.config.quic and self.certs is not None:
+            self._quic = QuicListener(
+                self.certs,
+                self._start_quic_session,
+                self.config.quic_datagram_size,
+                self.config.limits.handshake_timeout,
+                self.config.limits.max_header,
+                self.shared.budget.alloc,
+                functools.partial(_handshake_failed, "quic"),
+                window=self.config.window,
+            )
+            udp = await self._quic.start(host, port)
+            bound += [("quic", format_hostport(h, p)) for h, p in udp]
         return bound
 
     async def _recover(self) -> None:
