@@ -4,13 +4,14 @@ private it reaches still exists and means what it did, and the pacer it installs
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ssl
 from pathlib import Path
 
 import aioquic
 import pytest
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import serve
+from aioquic.asyncio.server import QuicServer, serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated
@@ -58,6 +59,11 @@ def test_unacked_data_on_a_stream() -> None:
     assert not aioquic_shim.has_unacked_data(conn, stream)  # no such stream yet
     conn.send_stream_data(stream, b"x")
     assert aioquic_shim.has_unacked_data(conn, stream)
+
+
+def test_quic_server_takes_every_keyword_serve_passes_it() -> None:
+    passed = set(inspect.signature(serve).parameters) - {"host", "port"}
+    assert passed <= set(inspect.signature(QuicServer).parameters)
 
 
 def test_who_closed_and_why() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
@@ -73,12 +73,6 @@ def install_clock(
     return clock
 
 
-def send_through(protocol: QuicConnectionProtocol, transport: asyncio.DatagramTransport) -> None:
-    """Make `protocol` send its datagrams through `transport`."""
-    # transmit() writes each datagram with `_transport.sendto(data, addr)`.
-    protocol._transport = transport
-
-
 def process_events(protocol: QuicConnectionProtocol) -> None:
     """Deliver the connection's pending events to `protocol.quic_event_received`."""
     # The protocol's own datagram_received feeds the datagram and then calls
@@ -112,6 +106,15 @@ def is_idle_timeout(event: ConnectionTerminated) -> bool:
     """True if aioquic ended the connection because the path was silent for idle_timeout."""
     # handle_timer ends an idle connection with this reason phrase (and INTERNAL_ERROR).
     return event.reason_phrase == "Idle timeout"
+
+
+def quic_server(**settings: Any) -> QuicServer:
+    """aioquic's server protocol, made as `serve(host, port, **settings)` makes it, for a
+    datagram transport of the caller's own (`serve` binds one of the loop's)."""
+    # serve() is create_datagram_endpoint(lambda: QuicServer(**settings), local_addr=...):
+    # QuicServer takes the same keywords, reads the running loop, and sends through the
+    # transport connection_made gives it.
+    return QuicServer(**settings)
 
 
 def server_socket(server: QuicServer) -> socket.socket:

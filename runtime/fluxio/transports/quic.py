@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import QuicServer, serve
+from aioquic.asyncio.server import QuicServer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.events import (
@@ -63,7 +63,7 @@ from .errors import (
     no_quic_answer,
     quic_close_error,
 )
-from .quic_io import PreciseClock, udp_socket
+from .quic_io import PreciseClock, UdpEndpoint, bound_udp_socket, udp_socket
 from .quic_migration import ClientPath
 
 #: Connection and stream flow-control credit; the protocol window is the real bound.
@@ -126,6 +126,8 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
         #: A client's own socket and its upkeep (None on the server: all its connections share
         #: one socket).
         self._path: ClientPath | None = None
+        #: A client's endpoint, which sends each transmit's datagrams as one burst.
+        self._udp: UdpEndpoint | None = None
         self._on_ready = on_ready
         self._flush_handle: asyncio.Handle | None = None
         #: The peer's CONNECTION_CLOSE arrived (aioquic tells only after its draining period).
@@ -202,14 +204,13 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self._path is not None:  # a client's own socket: batch its sends
-            batched = self._path.attach(cast(asyncio.DatagramTransport, transport))
-            aioquic_shim.send_through(self, batched)  # type: ignore[arg-type]
+            self._udp = cast(UdpEndpoint, transport)
 
     def transmit(self) -> None:
-        if self._path is None:
+        if self._udp is None:
             super().transmit()
         else:
-            self._path.transmit(super().transmit)
+            self._udp.send_burst(super().transmit)
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         if addr != self._peer_addr:
@@ -220,7 +221,8 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
             self._close_received = True
         aioquic_shim.process_events(self)
         # aioquic transmits after every datagram; once per loop iteration covers the whole
-        # burst libuv just read (up to 32 datagrams) with one round of packet building.
+        # burst the endpoint just read (GRO trains, up to READ_BUDGET bytes) with one round of
+        # packet building.
         self._schedule_transmit()
 
     def quic_event_received(self, event: QuicEvent) -> None:
@@ -373,12 +375,13 @@ async def open_connection(
         config.server_name = config.server_name or host
         quic = QuicConnection(configuration=config, session_ticket_handler=session_ticket_handler)
 
-        def make() -> QuicChannel:
+        try:
             channel = QuicChannel(quic, window=window)
             channel._path = ClientPath(channel, quic, sock, channel.loop)
-            return channel
-
-        _, channel = await loop.create_datagram_endpoint(make, sock=sock)
+            channel._path.open()
+        except BaseException:
+            sock.close()
+            raise
     channel.peer = _address(infos[0][4])
     channel.connect(addr)
     if early is not None:
@@ -432,16 +435,15 @@ class QuicListener:
             ConnectError: the address cannot be resolved or bound.
         """
         with map_exceptions({OSError: functools.partial(listen_error, host, port)}):
-            self._server = await serve(
-                host,
-                port,
-                configuration=self._config,
-                create_protocol=self._channel,
-                # Single use: a replayed 0-RTT ticket finds nothing and gets a full handshake.
-                session_ticket_fetcher=lambda ticket: self._tickets.pop(ticket, None),
-                session_ticket_handler=self._store_ticket,
-            )
-        sock = aioquic_shim.server_socket(self._server)
+            sock = await bound_udp_socket(host, port)
+        self._server = aioquic_shim.quic_server(
+            configuration=self._config,
+            create_protocol=self._channel,
+            # Single use: a replayed 0-RTT ticket finds nothing and gets a full handshake.
+            session_ticket_fetcher=lambda ticket: self._tickets.pop(ticket, None),
+            session_ticket_handler=self._store_ticket,
+        )
+        UdpEndpoint(sock, self._server)  # the server's transport from now on; it closes it
         return [sock.getsockname()[:2]]
 
     def _channel(self, quic: QuicConnection, stream_handler: Any = None) -> QuicChannel:
