@@ -1,4 +1,5 @@
-"""fluxio.transports.quic.QuicListener: the deadline on an unfinished QUIC handshake.
+"""fluxio.transports.quic.QuicListener: the deadline on an unfinished QUIC handshake, and how
+the daemon's shared socket sends.
 
 aioquic restarts its idle timer on every packet it accepts, so a client that keeps sending
 packets without finishing the handshake stays until the listener's own deadline closes it.
@@ -10,7 +11,9 @@ import asyncio
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
+import pytest
 from aioquic.buffer import Buffer
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.crypto import CryptoPair
@@ -20,6 +23,7 @@ from aioquic.quic.packet_builder import QuicPacketBuilder
 from fluxd.certs import init_certs
 from fluxio.transports import quic
 from fluxio.transports.quic import QuicChannel, QuicListener
+from fluxio.transports.quic_io import UdpEndpoint
 from fluxproto import ConnectError, FluxError
 
 DEADLINE = 0.5
@@ -91,3 +95,40 @@ def test_a_handshake_kept_alive_by_pings_is_closed_at_the_deadline(tmp_path: Pat
     assert peer == f"127.0.0.1:{client_port}"
     assert isinstance(failure, ConnectError)
     assert failure.message == f"no QUIC handshake from {peer} within {DEADLINE:g} s"
+
+
+def test_the_daemon_sends_a_burst_to_one_client_with_gso(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download's data leaves the daemon's shared socket as GSO runs, not a sendto each."""
+    runs: list[tuple[int, int]] = []  # (sending port, datagrams in the run)
+    real = UdpEndpoint._send_segments
+
+    def spy(self: UdpEndpoint, run: list[tuple[bytes, Any]]) -> None:
+        runs.append((self.get_extra_info("sockname")[1], len(run)))
+        real(self, run)
+
+    monkeypatch.setattr(UdpEndpoint, "_send_segments", spy)
+
+    async def main() -> int:
+        ready: list[QuicChannel] = []
+        listener = QuicListener(init_certs(tmp_path / "certs"), ready.append, 1452, LONG)
+        host, port = (await listener.start("127.0.0.1", 0))[0]
+        config = quic.configuration(is_client=True)
+        config.verify_mode = ssl.CERT_NONE
+        client = await quic.open_connection(host, port, config, LONG)
+        try:
+            async with asyncio.timeout(LONG):
+                while not ready:
+                    await asyncio.sleep(0.01)
+            server = ready[0]
+            stream = server._quic.get_next_available_stream_id(is_unidirectional=True)
+            server._quic.send_stream_data(stream, bytes(100_000))
+            server.transmit()  # as much as the congestion window lets go: several datagrams
+        finally:
+            client.abort()
+            listener.close()
+        return port
+
+    port = asyncio.run(main())
+    assert [n for sender, n in runs if sender == port and n > 1], runs

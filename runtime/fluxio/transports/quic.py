@@ -126,7 +126,8 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
         #: A client's own socket and its upkeep (None on the server: all its connections share
         #: one socket).
         self._path: ClientPath | None = None
-        #: A client's endpoint, which sends each transmit's datagrams as one burst.
+        #: fluxd's own endpoint (a client's, or the daemon's shared one), which sends each
+        #: transmit's datagrams as one burst.
         self._udp: UdpEndpoint | None = None
         self._on_ready = on_ready
         self._flush_handle: asyncio.Handle | None = None
@@ -203,8 +204,9 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self._path is not None:  # a client's own socket: batch its sends
-            self._udp = cast(UdpEndpoint, transport)
+        # A download's data leaves the daemon as a client's upload leaves the client: in
+        # bursts of full datagrams to one address, which GSO sends with one call each.
+        self._udp = transport if isinstance(transport, UdpEndpoint) else None
 
     def transmit(self) -> None:
         if self._udp is None:
