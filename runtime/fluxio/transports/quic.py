@@ -219,12 +219,9 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
             self._peer_addr, self.peer = addr, _address(addr)
         self.last_receive = now = self.loop.time()
         self._quic.receive_datagram(cast(bytes, data), addr, now=now)
-        if not self._close_received and aioquic_shim.closed_by_peer(self._quic):
-            self._close_received = True
-        aioquic_shim.process_events(self)
-        # aioquic transmits after every datagram; once per loop iteration covers the whole
-        # burst the endpoint just read (GRO trains, up to READ_BUDGET bytes) with one round of
-        # packet building.
+        # aioquic handles the events and transmits after every datagram; fluxd does both once
+        # per loop iteration (_flush), for every datagram the endpoint read (GRO trains, up to
+        # READ_BUDGET bytes per wake-up).
         self._schedule_transmit()
 
     def quic_event_received(self, event: QuicEvent) -> None:
@@ -298,12 +295,16 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
             self._path.close()  # a server's socket is shared: it stays
 
     def _schedule_transmit(self) -> None:
-        # Frames sent in one loop iteration leave in one burst of datagrams.
+        # Datagrams received and frames sent in one loop iteration: one round of event
+        # handling, then one burst of datagrams.
         if self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None
+        if not self._close_received and aioquic_shim.closed_by_peer(self._quic):
+            self._close_received = True
+        aioquic_shim.process_events(self)
         self.transmit()
 
     # --- a client's path ------------------------------------------------------------------------
