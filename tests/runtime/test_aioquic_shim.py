@@ -79,7 +79,8 @@ def test_who_closed_and_why() -> None:
 
 def test_a_closed_connection_is_draining_on_the_other_side(tmp_path: Path) -> None:
     """A real pair on loopback: the server sees the client's CONNECTION_CLOSE as DRAINING,
-    hears the certificate it presented, and serves on the socket server_socket names."""
+    hears the certificate it presented, serves on the socket server_socket names, and finds
+    the connection of a short-header datagram as connection_of does."""
     certs = init_certs(tmp_path / "certs")
 
     async def main() -> tuple[bool, bool, int]:
@@ -96,6 +97,11 @@ def test_a_closed_connection_is_draining_on_the_other_side(tmp_path: Path) -> No
         try:
             ch = await quic.open_connection("127.0.0.1", port, client_config(), LONG)
             has_cert = aioquic_shim.peer_certificate(ch._quic) is not None
+            cid = protocols[0]._quic.host_cid  # what the client addresses the server by
+            assert aioquic_shim.connection_of(server, b"\x41" + cid + bytes(30)) is protocols[0]
+            assert aioquic_shim.connection_of(server, b"\xc1" + cid + bytes(30)) is None  # long
+            assert aioquic_shim.connection_of(server, b"\x41" + bytes(38)) is None  # unknown
+            assert aioquic_shim.connection_of(server, b"") is None
             ch.abort()
             async with asyncio.timeout(LONG):
                 while not aioquic_shim.closed_by_peer(protocols[0]._quic):

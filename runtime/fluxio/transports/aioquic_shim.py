@@ -117,6 +117,19 @@ def quic_server(**settings: Any) -> QuicServer:
     return QuicServer(**settings)
 
 
+def connection_of(server: QuicServer, datagram: bytes) -> QuicConnectionProtocol | None:
+    """The connection a short-header datagram is for, found as the server's own
+    `datagram_received` finds it; None for any other datagram (a long header, an unknown or
+    cut-off connection ID), which only the server may handle."""
+    # A short header is a first byte with the high bit clear, then the destination connection
+    # ID, `connection_id_length` bytes of the server's `_configuration` (RFC 9000 17.3);
+    # QuicServer keeps its connections by every ID it issued in `_protocols`.
+    if not datagram or datagram[0] & 0x80:
+        return None
+    cid = datagram[1 : 1 + server._configuration.connection_id_length]
+    return server._protocols.get(cid)
+
+
 def server_socket(server: QuicServer) -> socket.socket:
     """The UDP socket a QuicServer listens on."""
     # QuicServer keeps its datagram transport in `_transport` (set once it is serving).

@@ -480,7 +480,7 @@ class QuicListener:
             session_ticket_fetcher=lambda ticket: self._tickets.pop(ticket, None),
             session_ticket_handler=self._store_ticket,
         )
-        UdpEndpoint(sock, self._server)  # the server's transport from now on; it closes it
+        UdpEndpoint(sock, _Router(self._server))  # the server's transport; it closes it
         return [sock.getsockname()[:2]]
 
     def _channel(self, quic: QuicConnection, stream_handler: Any = None) -> QuicChannel:
@@ -517,6 +517,29 @@ class QuicListener:
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
+
+
+class _Router(asyncio.DatagramProtocol):
+    """The daemon's endpoint protocol: aioquic's server, short-cut for most datagrams.
+
+    The server parses every datagram's header to find its connection, which parses it again;
+    a datagram with a short header (all of them once connected) for a known connection goes
+    straight to it. Profiled on an upload (py-spy), the server's own parse and lookup took
+    ~6 % of the daemon's samples.
+    """
+
+    def __init__(self, server: QuicServer) -> None:
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._server.connection_made(transport)
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        channel = aioquic_shim.connection_of(self._server, data)
+        if channel is None:
+            self._server.datagram_received(data, addr)
+        else:
+            channel.datagram_received(data, addr)
 
 
 def ssl_verify_mode(cafile: str | None) -> int:
