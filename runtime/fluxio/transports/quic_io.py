@@ -64,7 +64,7 @@ def gro_segment(ancdata: list[tuple[int, int, bytes]]) -> int:
     """The segment size a UDP_GRO control message reports (0 when there is none)."""
     for level, kind, value in ancdata:
         if level == socket.SOL_UDP and kind == UDP_GRO and value:
-            return int.from_bytes(value[:4].ljust(4, b"\0"), sys.byteorder)
+            return int.from_bytes(value[:4], sys.byteorder)  # an int (a u16 is read as one)
     return 0
 
 
@@ -83,8 +83,8 @@ class UdpEndpoint(asyncio.DatagramTransport):
 
     Receive: one `recvmsg` takes a train of datagrams the kernel coalesced (UDP_GRO; on
     loopback, a peer's GSO send arrives whole) and the protocol hears each datagram of it.
-    Without GRO it reads one datagram per call, as the loop's transport does. Profiled, the
-    loop's transport spent a tenth of the receiver's CPU in one `recvfrom` per datagram.
+    Without GRO it reads one datagram per call, as the loop's transport does. What this saves
+    is measured in benchmarks/RESULTS.md (the quic notes).
 
     Send: `send_burst` collects the datagrams a transmit produces and sends each run of
     equal-size datagrams to one address as one GSO super-datagram (UDP_SEGMENT), which the
