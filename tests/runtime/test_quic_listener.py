@@ -158,3 +158,23 @@ def test_a_burst_leaves_the_daemon_in_gso_runs_and_the_client_takes_it_in_one_ro
     # One round for the train (aioquic's own protocol: one per datagram); a late packet of the
     # handshake may add a round of its own on a slow machine.
     assert datagrams > 1 and handled_in * 2 <= datagrams
+
+
+def test_a_port_taken_or_a_host_unknown_is_a_connect_error(tmp_path: Path) -> None:
+    async def main() -> list[FluxError]:
+        failures: list[FluxError] = []
+        listener = QuicListener(init_certs(tmp_path / "certs"), lambda ch: None, 1452, LONG)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+            taken.bind(("127.0.0.1", 0))
+            for host, port in [("127.0.0.1", taken.getsockname()[1]), ("no-such-host.invalid", 0)]:
+                try:
+                    await listener.start(host, port)
+                except FluxError as exc:
+                    failures.append(exc)
+        return failures
+
+    taken, unknown = asyncio.run(main())
+    assert isinstance(taken, ConnectError) and "Address already in use" in taken.message
+    assert taken.message.startswith("cannot listen on 127.0.0.1:")
+    assert isinstance(unknown, ConnectError)
+    assert unknown.message.startswith("cannot listen on no-such-host.invalid:0")
