@@ -42,6 +42,13 @@ OpenStream = Callable[[bool], int]
 Write = Callable[[int, Buffer, bool], None]
 
 
+def is_chunk_stream(stream_id: int) -> bool:
+    """Whether `stream_id` is a chunk stream. Each carries whole CHUNK frames and nothing else,
+    so data that arrived on several of them may be handed to `StreamMap.receive` stream by
+    stream, as QUIC may deliver it anyway; only their order against other streams counts."""
+    return bool(stream_id & _UNIDIRECTIONAL)
+
+
 class _RequestStream:
     """One request stream: its reader, its rid once known, and who has finished it."""
 
@@ -170,7 +177,7 @@ class StreamMap:
                 finished while its request is open, too many waiting chunks, or whatever the
                 connection refuses.
         """
-        if stream_id & _UNIDIRECTIONAL:
+        if is_chunk_stream(stream_id):
             self._receive_chunks(stream_id, data)
         elif stream_id == self.control or (self.control is None and not self._client):
             self._receive_control(stream_id, data, end_stream)

@@ -44,7 +44,7 @@ from fluxproto import (
     encode_bytes,
 )
 from fluxproto.request import EndReason
-from fluxproto.streams import CHUNK_STREAMS, StreamMap
+from fluxproto.streams import CHUNK_STREAMS, StreamMap, is_chunk_stream
 
 WINDOW = 8 * CS
 
@@ -164,6 +164,8 @@ def test_a_large_transfer_spreads_its_chunks_over_chunk_streams_in_turn() -> Non
     client.send(OpenUpload(3, "big", size, CS))
     used = [streams_of(client.send(Chunk(3, i, DIGESTS[0], PIECES[0])))[0] for i in range(count)]
     assert used == [2, 6, 10, 14, 2, 6]  # the client's unidirectional streams, in turn
+    assert all(is_chunk_stream(stream) for stream in used)
+    assert not any(is_chunk_stream(stream) for stream in (0, 1, 4, 5))  # bidirectional ones
     small = client.send(Chunk(1, 0, DIGESTS[0], PIECES[0]))
     assert streams_of(small) == [10]  # a transfer of three chunks spreads them too
 

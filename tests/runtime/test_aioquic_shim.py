@@ -4,13 +4,14 @@ private it reaches still exists and means what it did, and the pacer it installs
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ssl
 from pathlib import Path
 
 import aioquic
 import pytest
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import serve
+from aioquic.asyncio.server import QuicServer, serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated
@@ -60,6 +61,11 @@ def test_unacked_data_on_a_stream() -> None:
     assert aioquic_shim.has_unacked_data(conn, stream)
 
 
+def test_quic_server_takes_every_keyword_serve_passes_it() -> None:
+    passed = set(inspect.signature(serve).parameters) - {"host", "port"}
+    assert passed <= set(inspect.signature(QuicServer).parameters)
+
+
 def test_who_closed_and_why() -> None:
     conn = client()
     conn.connect(("127.0.0.1", 9), now=0.0)
@@ -73,7 +79,8 @@ def test_who_closed_and_why() -> None:
 
 def test_a_closed_connection_is_draining_on_the_other_side(tmp_path: Path) -> None:
     """A real pair on loopback: the server sees the client's CONNECTION_CLOSE as DRAINING,
-    hears the certificate it presented, and serves on the socket server_socket names."""
+    hears the certificate it presented, serves on the socket server_socket names, and finds
+    the connection of a short-header datagram as connection_of does."""
     certs = init_certs(tmp_path / "certs")
 
     async def main() -> tuple[bool, bool, int]:
@@ -90,6 +97,11 @@ def test_a_closed_connection_is_draining_on_the_other_side(tmp_path: Path) -> No
         try:
             ch = await quic.open_connection("127.0.0.1", port, client_config(), LONG)
             has_cert = aioquic_shim.peer_certificate(ch._quic) is not None
+            cid = protocols[0]._quic.host_cid  # what the client addresses the server by
+            assert aioquic_shim.connection_of(server, b"\x41" + cid + bytes(30)) is protocols[0]
+            assert aioquic_shim.connection_of(server, b"\xc1" + cid + bytes(30)) is None  # long
+            assert aioquic_shim.connection_of(server, b"\x41" + bytes(38)) is None  # unknown
+            assert aioquic_shim.connection_of(server, b"") is None
             ch.abort()
             async with asyncio.timeout(LONG):
                 while not aioquic_shim.closed_by_peer(protocols[0]._quic):

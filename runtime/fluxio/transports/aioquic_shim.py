@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
@@ -73,12 +73,6 @@ def install_clock(
     return clock
 
 
-def send_through(protocol: QuicConnectionProtocol, transport: asyncio.DatagramTransport) -> None:
-    """Make `protocol` send its datagrams through `transport`."""
-    # transmit() writes each datagram with `_transport.sendto(data, addr)`.
-    protocol._transport = transport
-
-
 def process_events(protocol: QuicConnectionProtocol) -> None:
     """Deliver the connection's pending events to `protocol.quic_event_received`."""
     # The protocol's own datagram_received feeds the datagram and then calls
@@ -112,6 +106,28 @@ def is_idle_timeout(event: ConnectionTerminated) -> bool:
     """True if aioquic ended the connection because the path was silent for idle_timeout."""
     # handle_timer ends an idle connection with this reason phrase (and INTERNAL_ERROR).
     return event.reason_phrase == "Idle timeout"
+
+
+def quic_server(**settings: Any) -> QuicServer:
+    """aioquic's server protocol, made as `serve(host, port, **settings)` makes it, for a
+    datagram transport of the caller's own (`serve` binds one of the loop's)."""
+    # serve() is create_datagram_endpoint(lambda: QuicServer(**settings), local_addr=...):
+    # QuicServer takes the same keywords, reads the running loop, and sends through the
+    # transport connection_made gives it.
+    return QuicServer(**settings)
+
+
+def connection_of(server: QuicServer, datagram: bytes) -> QuicConnectionProtocol | None:
+    """The connection a short-header datagram is for, found as the server's own
+    `datagram_received` finds it; None for any other datagram (a long header, an unknown or
+    cut-off connection ID), which only the server may handle."""
+    # A short header is a first byte with the high bit clear, then the destination connection
+    # ID, `connection_id_length` bytes of the server's `_configuration` (RFC 9000 17.3);
+    # QuicServer keeps its connections by every ID it issued in `_protocols`.
+    if not datagram or datagram[0] & 0x80:
+        return None
+    cid = datagram[1 : 1 + server._configuration.connection_id_length]
+    return server._protocols.get(cid)
 
 
 def server_socket(server: QuicServer) -> socket.socket:

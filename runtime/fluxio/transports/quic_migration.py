@@ -1,4 +1,4 @@
-"""A QUIC client's own UDP path: its socket, batched sends, and migration (a PING on a silent
+"""A QUIC client's own UDP path: its socket and endpoint, and migration (a PING on a silent
 path, a move to a new local socket when the path stays silent or the socket fails).
 
 The server validates a client's new path itself, so a transfer goes on across a NAT rebinding
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic.connection import QuicConnection
 
-from .quic_io import GsoTransport, PreciseClock, drain_errors, udp_socket
+from .quic_io import PreciseClock, UdpEndpoint, drain_errors, udp_socket
 
 #: A client whose path has been silent this long probes it with a PING ...
 KEEPALIVE = 1.0
@@ -43,7 +43,7 @@ class ClientPath:
         loop: asyncio.AbstractEventLoop | PreciseClock,
     ) -> None:
         self._protocol, self._quic, self._sock, self._loop = protocol, quic, sock, loop
-        self._transport: GsoTransport | None = None
+        self._udp: UdpEndpoint | None = None
         #: How often this client moved to a new socket by itself (path silent or socket error).
         self.rebinds = 0
         self._last_receive: Callable[[], float] = loop.time
@@ -52,23 +52,11 @@ class ClientPath:
         self._rebinding: asyncio.Task[None] | None = None
         self._silence_handled = -1.0  # last_receive of the silence a rebind already answered
 
-    def attach(self, transport: asyncio.DatagramTransport) -> GsoTransport:
-        """What the protocol should send through, now that `transport` carries our socket:
-        the same, sending each burst with as few system calls as GSO allows."""
-        self._transport = GsoTransport(transport, self._sock)
-        return self._transport
-
-    def transmit(self, send: Callable[[], None]) -> None:
-        """Run `send` (the protocol's transmit) and send its datagrams as one burst."""
-        gso = self._transport
-        if gso is None:
-            send()
-            return
-        gso.begin()
-        try:
-            send()
-        finally:
-            gso.flush()
+    def open(self) -> UdpEndpoint:
+        """Start receiving on the socket; returns the endpoint the protocol now sends through
+        (it hears of it by `connection_made`)."""
+        self._udp = UdpEndpoint(self._sock, self._protocol)
+        return self._udp
 
     def watch(self, last_receive: Callable[[], float], active: Callable[[], bool]) -> None:
         """Watch the path from now on (the handshake is done): `last_receive()` is the loop
@@ -90,17 +78,16 @@ class ClientPath:
         """Stop watching and close the socket."""
         if self._watchdog is not None:
             self._watchdog.cancel()
-        if self._transport is not None:
-            self._transport.close()
+        if self._udp is not None:
+            self._udp.close()
 
     async def rebind(self) -> None:
         """Move the connection to a new local UDP socket (a new address, as a network change
         gives); raises OSError when no socket can be had."""
-        old = self._transport
+        old = self._udp
         assert old is not None, "not connected"
-        sock = udp_socket(self._sock.family)
-        self._sock = sock
-        await self._loop.create_datagram_endpoint(lambda: self._protocol, sock=sock)
+        self._sock = udp_socket(self._sock.family)
+        self.open()
         old.close()
         self._quic.change_connection_id()
         self._protocol.transmit()
