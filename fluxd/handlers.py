@@ -153,8 +153,9 @@ class Handlers:
             v = dl.version
             indices, n = wanted_chunks(v, f)
             meta = Meta(
-                req.rid, dl.tid, v.size, v.chunk_size, v.digest, n, v.mode, v.mtime_ns, v.digests
-            )
+                req.rid, dl.tid, v.size, v.chunk_size, v.digest, n, v.mode, v.mtime_ns,
+                digests=v.digests,
+            )  # fmt: skip
             req.send(meta)
             if n == 0:
                 return
