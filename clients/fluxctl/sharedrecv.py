@@ -26,7 +26,7 @@ __all__ = ["LANE_GRACE", "SharedReceive"]
 
 #: Seconds the requests still open when the file is whole get to end with DONE before they are
 #: cancelled: DONE comes a round trip after the last ACK, unless a connection stalled.
-LANE_GRACE = 2.0
+LANE_GRACE = 0.5
 
 Ranges = tuple[tuple[int, int], ...]
 

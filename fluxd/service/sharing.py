@@ -7,7 +7,10 @@ come back sooner takes more. A chunk a lane held when it ended goes back to the 
 queue. A chunk held only by lanes that look stalled may be taken by another lane as well, and
 its first acknowledgement wins; a lane looks stalled when the others had twice its window
 acknowledged since its last acknowledgement, or, once the queue is empty, when it had none for
-STALL_SECONDS. Every lane is woken (`Lane.wake`) when something it may wait for changes.
+STALL_SECONDS. Once the queue is empty an idle lane also takes a copy of the chunk another lane
+would deliver last, when at the rates seen so far it would deliver it in less than half the
+time (the end game: a slow lane's last chunks do not hold the file back). Every lane is woken
+(`Lane.wake`) when something it may wait for changes.
 """
 
 from __future__ import annotations
@@ -48,6 +51,15 @@ class Lane:
         self.stall_after = 2 * window
         #: Counted as stalled since its last acknowledgement (the lanes were woken for it).
         self.stalled = False
+        #: Payload bytes acknowledged on this lane (copies too), and since when it sends.
+        self.acked = 0
+        self.since: float | None = None
+
+    def rate(self, now: float) -> float:
+        """Bytes per second acknowledged on this lane so far (0: none yet)."""
+        if self.since is None or not self.acked or now <= self.since:
+            return 0.0
+        return self.acked / (now - self.since)
 
     def __repr__(self) -> str:
         return f"Lane(held={len(self.held)}, mark={self.mark})"
@@ -117,6 +129,8 @@ class SharedQueue:
             return None
         if not lane.held:  # a lane with nothing out was not stalled
             lane.mark, lane.heard = self.acked_bytes, now
+        if lane.since is None:
+            lane.since = now
         lane.held[index] = None
         self._holders.setdefault(index, []).append(lane)
         return index
@@ -157,6 +171,7 @@ class SharedQueue:
                 continue  # not one it took (the connection checked it was in flight)
             del lane.held[index]
             self._drop(lane, index)
+            lane.acked += self._length(index)
             if index in self._left:
                 self._left.discard(index)
                 fresh += self._length(index)
@@ -165,8 +180,8 @@ class SharedQueue:
             lane.mark = self.acked_bytes
             lane.delivered(fresh)
             self._check_stalls(now)
-        if not self._left:
-            self._wake()
+        if not self._left or not self._queue:
+            self._wake()  # the end, or the end game: rates changed
         return fresh
 
     def fail(self, exc: FluxError) -> None:
@@ -200,7 +215,8 @@ class SharedQueue:
         return not self._queue and now - lane.heard >= STALL_SECONDS
 
     def _stolen(self, lane: Lane, now: float) -> int | None:
-        """A chunk held only by stalled lanes, oldest first, that `lane` does not hold."""
+        """A chunk held only by stalled lanes, oldest first, that `lane` does not hold; else,
+        the queue being empty, the end game's choice."""
         for other in self.lanes:
             if other is lane or not self._is_stalled(other, now):
                 continue
@@ -209,7 +225,28 @@ class SharedQueue:
                     continue
                 if all(self._is_stalled(h, now) for h in self._holders.get(index, ())):
                     return index
-        return None
+        return None if self._queue else self._end_game(lane, now)
+
+    def _end_game(self, lane: Lane, now: float) -> int | None:
+        """The chunk another lane alone holds and would deliver last, if `lane` would deliver
+        it in less than half that time at the rates seen so far."""
+        mine = lane.rate(now)
+        if not mine:
+            return None
+        best, latest = None, 0.0
+        for other in self.lanes:
+            theirs = other.rate(now)
+            if other is lane or not other.held:
+                continue
+            ahead = 0
+            for index in other.held:
+                ahead += self._length(index)
+                if len(self._holders.get(index, ())) != 1 or index not in self._left:
+                    continue
+                due = ahead / theirs if theirs else float("inf")
+                if due > 2 * self._length(index) / mine and due > latest:
+                    best, latest = index, due
+        return best
 
     def _check_stalls(self, now: float) -> None:
         """Wake the lanes when one newly counts as stalled: its chunks may go on them now."""
