@@ -89,6 +89,8 @@ class Limits:
     #: Uploads one subject may have open at once: by default as many as one connection may
     #: have requests open (protocol version 2 runs them at once).
     uploads_per_subject: int = DEFAULT_REQUESTS
+    #: Requests that may share one download at once (its lanes: PROTOCOL.md 9.1).
+    shares_per_transfer: int = 16
     #: Seconds the TLS handshake may take after accept, and then again for HELLO to arrive.
     handshake_timeout: float = 10.0
     #: Seconds a connection may go without progress (a whole frame, or 64 KiB of one, either
@@ -111,7 +113,7 @@ class Limits:
         if not 0 <= self.max_file_size <= MAX_FILE_SIZE:
             raise ConfigError(f"limits.max_file_size must be between 0 and {MAX_FILE_SIZE} bytes")
         counts = ("connections", "connections_per_address", "connections_per_subject")
-        for name in (*counts, "uploads_per_subject", "tree_entries"):
+        for name in (*counts, "uploads_per_subject", "shares_per_transfer", "tree_entries"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"limits.{name} must be at least 1")
         for name in ("quota", "rate", "rate_per_subject"):
@@ -247,6 +249,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Any]]] = {
             "connections_per_address": int,
             "connections_per_subject": int,
             "uploads_per_subject": int,
+            "shares_per_transfer": int,
             "handshake_timeout": float,
             "idle_timeout": float,
             "rate": parse_size,

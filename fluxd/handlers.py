@@ -44,7 +44,8 @@ from fluxproto import (
 )
 from fluxproto.ranges import count, is_canonical
 
-from .service import Caller, FileService, Version
+from .lane import LaneSender
+from .service import Caller, DownloadHandle, FileService, Version
 
 #: Entries per page read from storage (a folder's names are at most 255 bytes each).
 LIST_PAGE = 150
@@ -152,10 +153,10 @@ class Handlers:
         async with self.service.download(self.caller, f.path, f.chunk_size, f.attach) as dl:
             v = dl.version
             indices, n = wanted_chunks(v, f)
-            meta = Meta(
-                req.rid, dl.tid, v.size, v.chunk_size, v.digest, n, v.mode, v.mtime_ns, v.digests
-            )
-            req.send(meta)
+            if f.share and n:
+                await self._share(req, dl, indices)
+                return
+            req.send(meta_of(req.rid, dl, n))
             if n == 0:
                 return
             sender = ChunkSender(req, dl.delivered, self.idle_timeout, pace=self.pace)
@@ -169,6 +170,15 @@ class Handlers:
                         await sender.settle()
                     raise
             await sender.settle()
+
+    async def _share(self, req: Request, dl: DownloadHandle, indices: Iterable[int]) -> None:
+        """A download whose chunks its requests share (PROTOCOL.md 9.1): this request's lane."""
+        f = req.opening
+        assert isinstance(f, OpenDownload)
+        lane = LaneSender(req, dl, self.idle_timeout, pace=self.pace)
+        with dl.shared(f.want, indices, lane.lane) as queue:
+            req.send(meta_of(req.rid, dl, queue.lacking, share=True))
+            await lane.serve(queue)
 
     async def list(self, req: Request) -> None:
         f = req.opening
@@ -238,6 +248,14 @@ def held_status(rid: int, tid: bytes, held: Mapping[int, bytes]) -> Status:
     """
     ranges = to_ranges(held)[:MAX_RANGES]
     return Status(rid, tid, ranges, b"".join(held[i] for i in iter_indices(ranges)))
+
+
+def meta_of(rid: int, dl: DownloadHandle, count: int, share: bool = False) -> Meta:
+    """META for request `rid` of download `dl`, announcing `count` chunks."""
+    v = dl.version
+    return Meta(
+        rid, dl.tid, v.size, v.chunk_size, v.digest, count, v.mode, v.mtime_ns, share, v.digests
+    )
 
 
 def wanted_chunks(dl: Version, f: OpenDownload) -> tuple[Iterable[int], int]:

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -41,6 +41,7 @@ from .connect import ClientOptions
 from .results import DEFAULT_CHUNK, ProgressFn, TransferResult
 from .retry import Retrier
 from .session import ClientSession, cancel_on_error
+from .sharedrecv import SharedReceive
 from .upload import current_umask
 from .url import FluxURL
 
@@ -176,21 +177,35 @@ class Download:
     async def attempt(self, session: ClientSession, n: int) -> Meta:
         """One attempt on `session` (the `n`th of the run): META of the file once it is in
         place. Safe to run at once with other transfers' attempts on the same session."""
+        return await self.attempt_over([session], n)
+
+    async def attempt_over(self, sessions: Sequence[ClientSession], n: int = 0) -> Meta:
+        """One attempt over `sessions`, connections to the same server (the first one opens
+        the download): with more than one, the server spreads the chunks over all of them
+        (PROTOCOL.md 9.1), and one that dies mid-way leaves the rest to the others. META of
+        the file once it is in place.
+
+        Raises:
+            FluxError: as `attempt`; a session failing fails the attempt only when the file
+                cannot be completed on the others.
+        """
+        session, others = sessions[0], sessions[1:]
         # Nothing staged to resume from: ask for the whole file at once (one round trip
         # instead of two, which small files of a tree feel); else learn its chunks first.
         fresh = not partial_paths(self.dest)[1].exists()
-        req, meta = await self._meta(session, None if fresh else (), None)
+        want: tuple[tuple[int, int], ...] | None = None if fresh else ()
+        req, meta = await self._meta(session, want, None, bool(others))
         with cancel_on_error(req):
             staged = await self._open_staged(meta)
         try:
             if meta.count:
-                await self._receive(req, staged, meta)
+                await self._fetch(req, others, staged, meta, want)
             while True:
                 while missing := self._missing(staged, meta):
                     want = to_ranges(missing)[:MAX_RANGES]
-                    req, reply = await self._meta(session, want, meta)
+                    req, reply = await self._meta(session, want, meta, bool(others))
                     if reply.count:
-                        await self._receive(req, staged, reply)
+                        await self._fetch(req, others, staged, reply, want)
                         continue
                     # The file changed on the server: re-plan against its new digests.
                     if (reply.size, reply.chunk_size) != (meta.size, meta.chunk_size):
@@ -204,9 +219,31 @@ class Download:
             staged.close()
 
     async def _meta(
-        self, session: ClientSession, want: tuple[tuple[int, int], ...] | None, plan: Meta | None
+        self,
+        session: ClientSession,
+        want: tuple[tuple[int, int], ...] | None,
+        plan: Meta | None,
+        share: bool = False,
     ) -> tuple[Request, Meta]:
-        return await ask_meta(session, self.url.path, want, plan, self.opts)
+        return await ask_meta(session, self.url.path, want, plan, self.opts, share)
+
+    async def _fetch(
+        self,
+        req: Request,
+        others: Sequence[ClientSession],
+        staged: StagedFile,
+        meta: Meta,
+        want: tuple[tuple[int, int], ...] | None,
+    ) -> None:
+        """The chunks `meta` announces: on `req` alone, or shared with the other sessions."""
+        if not (meta.share and others):
+            await self._receive(req, staged, meta)
+            return
+        shared = SharedReceive(staged, meta, want, self.opts.io_timeout, self._progressed(meta))
+        try:
+            await shared.run(req, others, self.url.path)
+        finally:
+            self.received += shared.received
 
     async def _open_staged(self, meta: Meta) -> StagedFile:
         data, journal = partial_paths(self.dest)
@@ -229,12 +266,15 @@ class Download:
         n = chunk_count(meta.size, meta.chunk_size)
         return [i for i in range(n) if staged.held.get(i) != digest_at(meta.digests, i)]
 
-    async def _receive(self, req: Request, staged: StagedFile, meta: Meta) -> None:
+    def _progressed(self, meta: Meta) -> Callable[[int], None]:
         def on_durable(nbytes: int) -> None:
             self._done += nbytes
             self.progress(self._done, meta.size)
 
-        writer = ChunkWriter(req, staged, on_durable)
+        return on_durable
+
+    async def _receive(self, req: Request, staged: StagedFile, meta: Meta) -> None:
+        writer = ChunkWriter(req, staged, self._progressed(meta))
         with cancel_on_error(req):
             try:
                 for _ in range(meta.count):
@@ -276,14 +316,18 @@ async def ask_meta(
     want: tuple[tuple[int, int], ...] | None,
     plan: Meta | None,
     opts: ClientOptions,
+    share: bool = False,
 ) -> tuple[Request, Meta]:
     """Ask for `want` (None: every chunk) of the version `plan` describes (None: the current
-    version); the request (its chunks follow when META's `count` is not 0) and its META."""
+    version); the request (its chunks follow when META's `count` is not 0) and its META.
+    With `share` the request opens a download that other requests may share (9.1)."""
     if plan is None:
         digest, chunk_size = None, opts.chunk_size or DEFAULT_CHUNK
     else:  # digest and chunk size pin the version and geometry `want` was computed for
         digest, chunk_size = plan.digest, plan.chunk_size
-    req = await session.open(lambda rid: OpenDownload(rid, path, want, digest, chunk_size))
+    req = await session.open(
+        lambda rid: OpenDownload(rid, path, want, digest, chunk_size, share=share)
+    )
     # The server may hash a file it has no manifest for before answering.
     with cancel_on_error(req):
         return req, await req.expect(Meta, opts.io_timeout * 10)

@@ -56,7 +56,7 @@ class FileService:
         self.limits, self.storage, self.pool = shared.config.limits, shared.storage, shared.pool
         #: Open transfers by tid, for requests that attach (another connection's, say).
         self.uploads: TransferRegistry[UploadHandle] = TransferRegistry()
-        self.downloads: TransferRegistry[DownloadHandle] = TransferRegistry()
+        self.downloads: TransferRegistry[DownloadHandle] = TransferRegistry(linger=True)
         #: Where grouped uploads are committed together (see `upload`).
         self.group = CommitGroup(self.storage, self.pool)
 
@@ -173,7 +173,9 @@ class FileService:
     ) -> AsyncIterator[DownloadHandle]:
         """Open the file at `path` for reading, pinned to its current version (scope `read`),
         registered under a new `tid`; with `attach`, join the caller's open download of that
-        tid instead (same path): it serves the version the opener pinned.
+        tid instead (same path): it serves the version the opener pinned, and its requests may
+        share its chunks (`DownloadHandle.shared`). The download stays joinable while a request
+        of it runs, the opener's or one that attached.
 
         `chunk_size_hint` is the geometry used if the file has no manifest yet (it is then
         hashed whole, with the caller's keepalive running). The handle's reads are verified.
@@ -199,7 +201,8 @@ class FileService:
             dl = await busy(
                 self.pool, caller.presence, self.storage.open_download, key, chunk_size_hint
             )
-            handle = DownloadHandle(dl, record, self.pool, key=key)
+            lanes = self.limits.shares_per_transfer
+            handle = DownloadHandle(dl, record, self.pool, key=key, lanes=lanes)
             try:
                 async with self.downloads.opened(caller.account, handle) as handle.tid:
                     yield handle

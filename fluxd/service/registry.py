@@ -20,36 +20,61 @@ __all__ = ["TransferRegistry"]
 
 
 class _Open(Generic[H]):
-    __slots__ = ("account", "handle", "idle", "joinable", "users")
+    __slots__ = ("account", "handle", "idle", "joinable", "opener_gone", "users")
 
     def __init__(self, account: str, handle: H) -> None:
         self.account, self.handle = account, handle
         self.users = 0
         self.joinable = True
+        self.opener_gone = False
         self.idle = asyncio.Event()
         self.idle.set()
 
 
 class TransferRegistry(Generic[H]):
-    """The open transfers of one kind (uploads, or downloads) by tid."""
+    """The open transfers of one kind (uploads, or downloads) by tid.
 
-    def __init__(self) -> None:
+    Args:
+        linger: a transfer stays joinable after its opener's body ended, as long as a request
+            that attached to it runs (shared downloads: a lane that came back joins the
+            transfer its other lanes still carry, PROTOCOL.md 15.44). Its opener's exit then
+            waits for them even when cancelled, since it closes what they use.
+    """
+
+    def __init__(self, linger: bool = False) -> None:
         self._open: dict[bytes, _Open[H]] = {}
+        self._linger = linger
 
     @asynccontextmanager
     async def opened(self, account: str, handle: H) -> AsyncIterator[bytes]:
         """Register `handle` for the body under a new tid (yielded). On leaving, no request may
-        attach any more, and the exit waits until the attached ones are done with it."""
+        attach any more (with `linger`: once none is attached), and the exit waits until the
+        attached ones are done with it."""
         tid = os.urandom(TID_SIZE)
         entry = self._open[tid] = _Open(account, handle)
         try:
             yield tid
         finally:
-            entry.joinable = False
+            entry.opener_gone = True
+            if not (self._linger and entry.users):
+                entry.joinable = False
             try:
-                await entry.idle.wait()
+                await self._idle(entry)
             finally:
                 del self._open[tid]
+
+    async def _idle(self, entry: _Open[H]) -> None:
+        if not self._linger:
+            await entry.idle.wait()
+            return
+        cancelled = False
+        while not entry.idle.is_set():
+            try:
+                await entry.idle.wait()
+            except asyncio.CancelledError:
+                cancelled = True  # the attached requests still read through the handle
+        if cancelled:
+            raise asyncio.CancelledError
 
     @asynccontextmanager
     async def attached(self, account: str, tid: bytes) -> AsyncIterator[H]:
@@ -69,4 +94,6 @@ class TransferRegistry(Generic[H]):
         finally:
             entry.users -= 1
             if not entry.users:
+                if entry.opener_gone:
+                    entry.joinable = False
                 entry.idle.set()

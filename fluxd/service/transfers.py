@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 from fluxio.chunkflow import prefetch
 from fluxio.staging import ChunkData
-from fluxproto import Conflict, IntegrityError, chunk_digest
+from fluxproto import Conflict, IntegrityError, LimitExceeded, NotFound, Ranges, chunk_digest
 from fluxproto.digest import digest_at
 
 from ..claims import Holder
@@ -19,6 +20,7 @@ from ..storage.base import Download, Storage, Upload
 from .caller import Presence
 from .group import CommitGroup
 from .record import Record
+from .sharing import Lane, SharedQueue
 from .work import busy
 
 #: Chunks read from disk ahead of what the transport has taken.
@@ -251,8 +253,25 @@ class Version:
         return cls(dl.size, dl.chunk_size, dl.digest, dl.digests, dl.mode, dl.mtime_ns)
 
 
+class _Sharing:
+    """What the requests of one download share (PROTOCOL.md 9.1), once its opener shares it."""
+
+    __slots__ = ("lanes", "queue", "want")
+
+    def __init__(self, lanes: int) -> None:
+        #: Requests that may share the download at once.
+        self.lanes = lanes
+        self.queue: SharedQueue | None = None
+        #: The transfer's selection: the opener's `want`.
+        self.want: Ranges | None = None
+
+
 class DownloadHandle:
-    """A download the service has authorised and opened: one pinned version, read verified."""
+    """A download the service has authorised and opened: one pinned version, read verified.
+
+    Args:
+        lanes: how many requests may share it at once (limits.shares_per_transfer).
+    """
 
     def __init__(
         self,
@@ -262,6 +281,8 @@ class DownloadHandle:
         version: Version | None = None,
         tid: bytes = b"",
         key: str = "",
+        lanes: int = 16,
+        sharing: _Sharing | None = None,
     ) -> None:
         self.version = version or Version.of(dl)
         #: The file's storage key.
@@ -270,11 +291,59 @@ class DownloadHandle:
         self.tid = tid
         self._dl, self._record, self._pool = dl, record, pool
         self._readers: list[AsyncGenerator[ChunkData, None]] = []
+        self._opener = sharing is None
+        self._sharing = sharing or _Sharing(lanes)
 
     def attached(self, record: Record) -> DownloadHandle:
         """The same pinned version for a request that attached: its reads and deliveries
         count in its own `record` (the file stays the opener's to close)."""
-        return DownloadHandle(self._dl, record, self._pool, self.version, self.tid, self.key)
+        args = (self._dl, record, self._pool, self.version, self.tid, self.key)
+        return DownloadHandle(*args, sharing=self._sharing)
+
+    @contextlib.contextmanager
+    def shared(
+        self, want: Ranges | None, indices: Iterable[int], lane: Lane
+    ) -> Iterator[SharedQueue]:
+        """`lane` takes part in the download's shared queue for the body (PROTOCOL.md 9.1). The
+        opener's request creates the queue, of `indices` (its selection `want`); a request that
+        attached joins it, naming the same `want`. On leaving, what the lane held and nobody
+        acknowledged goes back to the others.
+
+        Raises:
+            Conflict: attached, and the opener does not share, or wants other chunks.
+            LimitExceeded: as many requests as allowed share it already.
+            NotFound: every chunk was acknowledged: the transfer is finished.
+        """
+        share = self._sharing
+        if self._opener:
+            share.want = want
+            share.queue = SharedQueue(indices, self._length)
+        queue = share.queue
+        if queue is None:
+            raise Conflict(f"transfer {self.tid.hex()} does not share its chunks")
+        if want != share.want:
+            raise Conflict(f"transfer {self.tid.hex()} shares other chunks than this request wants")
+        if len(queue.lanes) >= share.lanes:
+            raise LimitExceeded(
+                f"transfer {self.tid.hex()} is shared by {len(queue.lanes)} requests already "
+                f"(limit {share.lanes})"
+            )
+        if queue.complete:
+            raise NotFound(f"transfer {self.tid.hex()} is finished: every chunk was delivered")
+        queue.join(lane, asyncio.get_running_loop().time())
+        try:
+            yield queue
+        finally:
+            queue.leave(lane)
+
+    def _length(self, index: int) -> int:
+        v = self.version
+        return min(v.chunk_size, v.size - index * v.chunk_size)
+
+    def read_later(self, index: int) -> concurrent.futures.Future[ChunkData]:
+        """Chunk `index`, read and checked against the manifest in the pool (see `chunks`).
+        The caller waits for a read it started before the download closes."""
+        return self._pool.submit(read_verified, self._dl, index)
 
     def chunks(
         self, indices: Iterable[int], ahead: int = READ_AHEAD

@@ -72,6 +72,7 @@ class FrameType(enum.IntEnum):
     COMMITTED = 0x15
     OPEN_DOWNLOAD = 0x20
     META = 0x21
+    DONE = 0x22
     LIST = 0x30
     ENTRIES = 0x31
     STAT = 0x32

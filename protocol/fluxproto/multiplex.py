@@ -16,6 +16,7 @@ from .frames import (
     Chunk,
     Commit,
     Committed,
+    Done,
     Entries,
     Error,
     Frame,
@@ -47,7 +48,11 @@ LATE_RIDS = 4096
 
 R = RequestState
 #: Request states in which the chunk sender may still have chunks on their way to us.
-_CHUNKS_MAY_COME = frozenset({R.UP_OPENING, R.UPLOADING, R.DOWNLOADING, R.CANCELLING})
+_CHUNKS_MAY_COME = frozenset(
+    {R.UP_OPENING, R.UPLOADING, R.DOWNLOADING, R.DOWN_SHARING, R.CANCELLING}
+)
+#: Download states in which the server sends chunks: ERROR or DONE only with none in flight.
+_SENDING_DOWN = frozenset({R.DOWNLOADING, R.DOWN_SHARING})
 
 _Err = type[FluxError]
 #: What processing a frame produces for the receiver: the frame, a COMMIT it completed, ends.
@@ -291,7 +296,11 @@ class RequestTable:
         want = op.want
         in_range = want is None or is_canonical(want, nchunks)
         expected = nchunks if want is None else range_count(want)
-        if f.count not in (0, expected) or (f.count and not in_range):
+        if f.share and not op.share:
+            raise err("META shares a download its request did not ask to share")
+        # Shared: `count` is what the transfer still lacks, at most what was asked for.
+        fits = f.count <= expected if f.share else f.count in (0, expected)
+        if not fits or (f.count and not in_range):
             raise err(f"META announces {f.count} chunks, {expected} were asked for")
         pinned = op.digest is not None and (f.digest, f.chunk_size) != (op.digest, op.chunk_size)
         if f.count and pinned:
@@ -301,7 +310,7 @@ class RequestTable:
         if f.count == 0:
             return R.ENDED
         req.transfer = Transfer(f.size, f.chunk_size, Role.SERVER, want, f.digests)
-        return nxt
+        return R.DOWN_SHARING if f.share else nxt
 
     def _on_chunk(self, req: Request, f: Chunk, sender: Role, nxt: R, err: _Err) -> R | None:
         t = req.transfer
@@ -337,8 +346,15 @@ class RequestTable:
             t.marks[start : start + cnt] = bytes([DONE]) * cnt
             t.acked += cnt
         self._release(req, t.bytes_of(f.ranges))
-        if t.sender is Role.SERVER and t.complete:
+        # A shared download ends with DONE, whoever carried its chunks.
+        if req.state is R.DOWNLOADING and t.complete:
             return R.ENDED
+        return nxt
+
+    def _on_done(self, req: Request, f: Done, s: Role, nxt: R, err: _Err) -> R | None:
+        t = req.transfer
+        if t is not None and t.inflight:  # as for ERROR (15.33): the ACKs come first
+            raise err(f"DONE ends download {req.rid} with {t.inflight} bytes in flight")
         return nxt
 
     def _on_commit(self, req: Request, f: Commit, sender: Role, nxt: R, err: _Err) -> R | None:
@@ -393,7 +409,7 @@ class RequestTable:
 
     def _on_error(self, req: Request, f: Error, sender: Role, nxt: R, err: _Err) -> R | None:
         t = req.transfer
-        if req.state is R.DOWNLOADING and t is not None and t.inflight:
+        if req.state in _SENDING_DOWN and t is not None and t.inflight:
             # A sender that ended its own transfer would free room before the receiver knows,
             # and over QUIC its next chunks (other requests, other streams) could overtake the
             # ERROR and break the receiver's window: it waits for the ACKs first.
@@ -418,6 +434,7 @@ def _reason(frame: Frame) -> EndReason:
 _REASONS = {
     FrameType.COMMITTED: EndReason.COMMITTED,
     FrameType.ACK: EndReason.DOWNLOADED,
+    FrameType.DONE: EndReason.DOWNLOADED,
     FrameType.META: EndReason.NO_CHUNKS,
     FrameType.ENTRIES: EndReason.LISTED,
     FrameType.INFO: EndReason.ANSWERED,
@@ -447,6 +464,7 @@ _HOOKS: dict[FrameType, _Hook] = {
     FrameType.META: RequestTable._on_meta,
     FrameType.CHUNK: RequestTable._on_chunk,
     FrameType.ACK: RequestTable._on_ack,
+    FrameType.DONE: RequestTable._on_done,
     FrameType.COMMIT: RequestTable._on_commit,
     FrameType.COMMITTED: RequestTable._on_committed,
     FrameType.ENTRIES: RequestTable._on_entries,

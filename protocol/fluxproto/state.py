@@ -4,9 +4,9 @@ Version 2 has two levels (PROTOCOL.md section 6). The connection walks START -> 
 CLOSED (ERROR: this end saw a violation). While OPEN, each request (keyed by its `rid`) walks
 its own copy of the request table. `CONNECTION_TRANSITIONS[(sender, state)][frame_type]` and
 `REQUEST_TRANSITIONS[(sender, request_state)][frame_type]` give the next state for a frame
-`sender` sends. Guards that depend on counts (windows, wanted chunks, COMMIT's `sent`) and the
-three conditional ends (`MAY_END`) live in `connection.py`; which frame may come next lives only
-here.
+`sender` sends. Guards that depend on counts (windows, wanted chunks, COMMIT's `sent`), the
+three conditional ends (`MAY_END`) and META's choice of a shared download (`MAY_SHARE`) live in
+`multiplex.py`; which frame may come next lives only here.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class RequestState(enum.Enum):
     COMMITTING = "committing"  # COMMIT sent and STATUS came, waiting for COMMITTED
     DOWN_OPENING = "down-opening"  # OPEN_DOWNLOAD sent, waiting for META
     DOWNLOADING = "downloading"  # chunks flow server -> client, ACKs back
+    DOWN_SHARING = "down-sharing"  # the same, chunks from a queue shared with other requests
     LISTING = "listing"  # LIST sent, ENTRIES pages until `done`
     STATING = "stating"  # STAT sent, waiting for INFO
     DELETING = "deleting"  # DELETE sent, waiting for DELETED
@@ -93,6 +94,8 @@ _REQUEST_ROWS: dict[tuple[Role, RequestState], dict[T, RequestState]] = {
     (S, R.DOWN_OPENING): {T.META: R.DOWNLOADING},
     (S, R.DOWNLOADING): {T.CHUNK: R.DOWNLOADING},
     (C, R.DOWNLOADING): {T.ACK: R.DOWNLOADING},
+    (S, R.DOWN_SHARING): {T.CHUNK: R.DOWN_SHARING, T.DONE: R.ENDED},
+    (C, R.DOWN_SHARING): {T.ACK: R.DOWN_SHARING},
     (S, R.LISTING): {T.ENTRIES: R.LISTING},
     (S, R.STATING): {T.INFO: R.ENDED},
     (S, R.DELETING): {T.DELETED: R.ENDED},
@@ -121,6 +124,10 @@ MAY_END: frozenset[tuple[RequestState, T]] = frozenset(
     {(R.DOWN_OPENING, T.META), (R.DOWNLOADING, T.ACK), (R.LISTING, T.ENTRIES)}
 )
 
+#: (state, frame) pairs that lead to DOWN_SHARING instead of the table's next state when the
+#: frame says so: META with `share` (and chunks) answering an OPEN_DOWNLOAD that asked to share.
+MAY_SHARE: frozenset[tuple[RequestState, T]] = frozenset({(R.DOWN_OPENING, T.META)})
+
 #: Frames that carry a rid (ERROR only when it has one).
 REQUEST_FRAMES: dict[Role, frozenset[T]] = {
     role: frozenset(t for (who, _), row in REQUEST_TRANSITIONS.items() if who is role for t in row)
@@ -142,6 +149,8 @@ def _kind_frames(opening: T) -> dict[Role, frozenset[T]]:
             for ftype, nxt in REQUEST_TRANSITIONS.get((role, state), {}).items():
                 found[role].add(ftype)
                 todo.append(nxt)
+                if (state, ftype) in MAY_SHARE:
+                    todo.append(R.DOWN_SHARING)
     return {role: frozenset(frames) for role, frames in found.items()}
 
 

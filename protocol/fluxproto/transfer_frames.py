@@ -1,9 +1,10 @@
 """Transfer frames: uploads (OPEN_UPLOAD, STATUS, CHUNK, ACK, COMMIT, COMMITTED) and downloads
-(OPEN_DOWNLOAD, META). Every one carries the `rid` of its request as its first key."""
+(OPEN_DOWNLOAD, META, DONE). Every one carries the `rid` of its request as its first key."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .fields import (
     MAX_CHUNK,
@@ -16,6 +17,7 @@ from .fields import (
     TID_SIZE,
     Frame,
     FrameType,
+    check_bool,
     check_buffer,
     check_digest,
     check_digests,
@@ -149,6 +151,9 @@ class OpenDownload(Frame):
     With it, `digest` and `chunk_size` pin the version and geometry `want` was computed for: if
     either differs, the server answers META with `count` 0 and the client re-plans. `attach`
     names a download (a META `tid` from another connection) whose pinned version to serve.
+    `share` asks that the request take its chunks from the one queue of its transfer, with the
+    other requests that share it (PROTOCOL.md 9.1); an attaching one then names the opener's
+    `want`.
     """
 
     TYPE = FrameType.OPEN_DOWNLOAD
@@ -158,6 +163,7 @@ class OpenDownload(Frame):
     digest: bytes | None = None
     chunk_size: int = 1024 * 1024
     attach: bytes | None = None
+    share: bool = False
 
     def validate(self) -> None:
         check_rid(self.rid)
@@ -167,12 +173,17 @@ class OpenDownload(Frame):
         check_optional_digest(self.digest, "digest")
         check_int(self.chunk_size, "chunk_size", MIN_CHUNK, MAX_CHUNK)
         check_optional_digest(self.attach, "attach", TID_SIZE)
+        check_bool(self.share, "share")
+
+    def header(self) -> dict[str, Any]:
+        return _share_last(Frame.header(self), self.share)
 
 
 @dataclass(frozen=True, slots=True)
 class Meta(Frame):
     """Download metadata and identity `tid`; `count` chunks follow, the payload holds every
-    chunk's digest."""
+    chunk's digest. With `share` the request shares its transfer's chunks: `count` is what the
+    transfer still lacks, any of them may come (each once), and DONE ends the request."""
 
     TYPE = FrameType.META
     PAYLOAD = "digests"
@@ -184,6 +195,7 @@ class Meta(Frame):
     count: int
     mode: int = 0o644
     mtime_ns: int = 0
+    share: bool = False
     digests: bytes | bytearray | memoryview = b""
 
     def validate(self) -> None:
@@ -195,4 +207,28 @@ class Meta(Frame):
         check_int(self.count, "count", 0, n)
         check_int(self.mode, "mode", 0, MAX_MODE)
         check_int(self.mtime_ns, "mtime_ns", 0, MAX_I64)
+        check_bool(self.share, "share")
         check_digests(self.digests, n)
+
+    def header(self) -> dict[str, Any]:
+        return _share_last(Frame.header(self), self.share)
+
+
+def _share_last(head: dict[str, Any], share: bool) -> dict[str, Any]:
+    """`share` is written only when true (PROTOCOL.md 15.40): a download that does not share
+    is byte for byte what was sent before the key existed."""
+    if not share:
+        del head["share"]
+    return head
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Frame):
+    """A shared download's transfer is complete (every wanted chunk was acknowledged on one of
+    its requests) and nothing of this request is in flight: the request ends."""
+
+    TYPE = FrameType.DONE
+    rid: int
+
+    def validate(self) -> None:
+        check_rid(self.rid)

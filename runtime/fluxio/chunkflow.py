@@ -79,6 +79,8 @@ class ChunkSender:
     goes to `release`: by then the socket has long stopped referencing it. `pace(nbytes)`, if
     given, charges a rate limit and returns the seconds to wait before sending. `timeout` is an
     idle timeout (see fluxio.requests) on the peer's acks and on its taking our bytes.
+    `on_chunks(indices)`, if given, hears which chunks each ACK acknowledged (before
+    `on_acked`).
 
     Attributes:
         count: CHUNK frames sent (an upload's COMMIT `sent`).
@@ -93,8 +95,10 @@ class ChunkSender:
         release: Callable[[memoryview], None] = POOL.put,
         pace: Callable[[int], float] | None = None,
         early: tuple[type[Frame], ...] = (),
+        on_chunks: Callable[[list[int]], None] | None = None,
     ) -> None:
         self.req, self.timeout = req, timeout
+        self._on_chunks = on_chunks
         self._early = early
         #: Frames of the `early` kinds that arrived among the ACKs, in order, for the caller
         #: (a one-flight upload's STATUS may come while its chunk waits for window room).
@@ -111,26 +115,35 @@ class ChunkSender:
         Raises:
             FluxError: the request's ERROR, a frame it does not expect now, the connection.
         """
-        req, ch = self.req, self.req.channel
         async for index, digest, data in chunks:
             self.take_queued()
-            size = len(data)
-            while not req.conn.can_send_chunk(req.rid, size):
-                await req.wait_room(size, self.timeout)
-                self.take_queued()
-            if self._pace is not None and (wait := self._pace(size)) > 0:
-                await asyncio.sleep(wait)
-            req.send(Chunk(req.rid, index, digest, data))
-            self.count += 1
-            self._sizes[index] = size
-            if isinstance(data, memoryview):
-                if ch.copies_on_send:
-                    self._release(data)  # the transport holds its own copy
-                else:
-                    self._buffers[index] = data  # the socket may still read it until acked
-            self._on_sent(size)
-            await ch.drain(self.timeout)
+            await self.send(index, digest, data)
         self.take_queued()
+
+    async def send(self, index: int, digest: bytes, data: Buffer) -> None:
+        """Send one chunk once both windows have room (taking ACKs meanwhile) and the pace
+        allows; the caller chose it.
+
+        Raises:
+            FluxError: as `send_all`.
+        """
+        req, ch = self.req, self.req.channel
+        size = len(data)
+        while not req.conn.can_send_chunk(req.rid, size):
+            await req.wait_room(size, self.timeout)
+            self.take_queued()
+        if self._pace is not None and (wait := self._pace(size)) > 0:
+            await asyncio.sleep(wait)
+        req.send(Chunk(req.rid, index, digest, data))
+        self.count += 1
+        self._sizes[index] = size
+        if isinstance(data, memoryview):
+            if ch.copies_on_send:
+                self._release(data)  # the transport holds its own copy
+            else:
+                self._buffers[index] = data  # the socket may still read it until acked
+        self._on_sent(size)
+        await ch.drain(self.timeout)
 
     async def settle(self) -> None:
         """Until every chunk sent is acknowledged (a download's last ACK ends its request)."""
@@ -158,11 +171,14 @@ class ChunkSender:
                 f"unexpected {type(frame).__name__} while request {self.req.rid} sends chunks"
             )
         nbytes = 0
-        for index in _indices(frame):
+        indices = list(_indices(frame))
+        for index in indices:
             nbytes += self._sizes.pop(index, 0)
             data = self._buffers.pop(index, None)
             if data is not None:
                 self._release(data)
+        if self._on_chunks is not None:
+            self._on_chunks(indices)
         self._on_acked(nbytes)
 
     def acked_all(self) -> None:
@@ -184,10 +200,17 @@ async def send_chunks(
     **options: Any,
 ) -> None:
     """Send every chunk from `chunks` for `req` and return once all are acknowledged;
-    `options` as ChunkSender's (on_sent, release, pace, early)."""
+    `options` as ChunkSender's (on_sent, release, pace, early, on_chunks)."""
     sender = ChunkSender(req, on_acked, timeout, **options)
     await sender.send_all(chunks)
     await sender.settle()
+
+
+def _by_request(pending: Sequence[tuple[ChunkData, Request, bool]]) -> dict[Request, list[int]]:
+    found: dict[Request, list[int]] = {}
+    for (index, _, _), req, _ in pending:
+        found.setdefault(req, []).append(index)
+    return found
 
 
 def _indices(ack: Ack) -> Iterable[int]:
@@ -226,15 +249,29 @@ class ChunkWriter:
         self._until_commit, self._durable = until_commit, durable
         self._req, self._sink, self._on_durable, self._executor = req, sink, on_durable, executor
         self._release = release
-        self._pending: list[ChunkData] = []
+        # Chunks waiting for the next batch: each with the request that acknowledges it and
+        # whether it is to be written (False: a copy of one written before, or in this batch).
+        self._pending: list[tuple[ChunkData, Request, bool]] = []
         self._task: asyncio.Task[None] | None = None
         self.error: FluxError | None = None
         self.written = 0
 
-    def add(self, chunk: Chunk) -> None:
+    def add(self, chunk: Chunk, req: Request | None = None, *, write: bool = True) -> None:
+        """Write `chunk` with the next batch and acknowledge it once durable.
+
+        Args:
+            req: the request it came on, whose ACK it gets (default: the writer's); a shared
+                download's requests write through one writer (PROTOCOL.md 9.1).
+            write: False for a chunk that came again on another request, already added: it
+                is not written twice, only acknowledged once the first copy is durable.
+
+        Raises:
+            FluxError: an earlier batch failed (see `error`).
+        """
         if self.error is not None:
             raise self.error
-        self._pending.append((chunk.index, chunk.digest, chunk.data))
+        data = (chunk.index, chunk.digest, chunk.data)
+        self._pending.append((data, req or self._req, write))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -254,27 +291,29 @@ class ChunkWriter:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending and self.error is None:
-            batch, self._pending = self._pending, []
+            pending, self._pending = self._pending, []
+            batch = [data for data, _, write in pending if write]
             nbytes = sum(len(data) for _, _, data in batch)
-            indices = [index for index, _, _ in batch]
             try:
-                write = functools.partial(self._sink.write_chunks, batch, durable=self._durable)
-                await loop.run_in_executor(self._executor, write)
+                if batch:
+                    call = functools.partial(self._sink.write_chunks, batch, durable=self._durable)
+                    await loop.run_in_executor(self._executor, call)
             except FluxError as exc:
                 self.error = exc
-                self._req.fail(exc)
+                for req in {r: None for _, r, _ in pending} | {self._req: None}:
+                    req.fail(exc)
                 return
             finally:
-                for _, _, data in batch:  # written or failed: the buffers can be reused
+                for (_, _, data), _, _ in pending:  # written or failed: buffers can be reused
                     if isinstance(data, memoryview):
                         self._release(data)
             self.written += nbytes
             if self._durable:
-                self._ack(indices)
+                for req, indices in _by_request(pending).items():
+                    self._ack(req, indices)
                 self._on_durable(nbytes)
 
-    def _ack(self, indices: Sequence[int]) -> None:
-        req = self._req
+    def _ack(self, req: Request, indices: Sequence[int]) -> None:
         ranges = to_ranges(indices)
         for start in range(0, len(ranges), MAX_RANGES):
             # Gone, cancelled or ended (COMMITTED acknowledges an upload's chunks): these

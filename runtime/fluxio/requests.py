@@ -263,11 +263,25 @@ class Request:
             TransportTimeout, FluxError: as `next`.
         """
         rid, conn = self.rid, self.conn
+        await self.wait_until(lambda: conn.can_send_chunk(rid, nbytes), timeout)
+
+    async def wait_until(self, ready: Callable[[], bool], timeout: float | None) -> None:
+        """Until a frame of this request is queued, or `ready()` is true when the request is
+        woken: by `wake`, or by window room coming back as for `wait_room`. `timeout` is an
+        idle timeout on the peer (None: wait on something else, such as other connections).
+
+        Raises:
+            TransportTimeout, FluxError: as `next`.
+        """
         self._router.room_waiters.add(self)
         try:
-            await self._inbox.wait(timeout, self.peer, lambda: conn.can_send_chunk(rid, nbytes))
+            await self._inbox.wait(timeout, self.peer, ready)
         finally:
             self._router.room_waiters.discard(self)
+
+    def wake(self) -> None:
+        """Make a `wait_until` look at its condition again (no sign of the peer's life)."""
+        self._inbox.wake()
 
     def cancel(self) -> None:
         """Client: abandon this request (CANCEL); the server's ERROR 499 ends it."""

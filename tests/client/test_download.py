@@ -32,7 +32,7 @@ def meta_of(chunks: list[bytes]) -> Meta:
     for c in chunks:
         whole.update(c)
     digests = b"".join(chunk_digest(c) for c in chunks)
-    return Meta(1, bytes(16), len(chunks) * CHUNK, CHUNK, whole.digest(), 0, 0o644, 0, digests)
+    return Meta(1, bytes(16), len(chunks) * CHUNK, CHUNK, whole.digest(), 0, digests=digests)
 
 
 def flip(path: Path, offset: int) -> None:

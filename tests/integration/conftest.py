@@ -17,6 +17,8 @@ from typing import IO, Any
 
 import pytest
 
+from .udp_relay import UdpRelay
+
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 20.0
 
@@ -222,6 +224,21 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 @pytest.fixture
 def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     return make_daemon()
+
+
+@pytest.fixture
+def relays() -> Iterator[Callable[..., UdpRelay]]:
+    """Makes UDP relays to a port (seeded, see udp_relay.py); all closed after the test."""
+    made: list[UdpRelay] = []
+
+    def make(port: int, **params: Any) -> UdpRelay:
+        relay = UdpRelay(port, seed=7, **params)
+        made.append(relay)
+        return relay
+
+    yield make
+    for relay in made:
+        relay.close()
 
 
 @pytest.fixture

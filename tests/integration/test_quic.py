@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import uvloop
 
 from fluxctl.connect import ClientOptions
@@ -24,20 +23,6 @@ from .test_resume import server_held
 from .udp_relay import UdpRelay
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def relays() -> Iterator[Callable[..., UdpRelay]]:
-    made: list[UdpRelay] = []
-
-    def make(port: int, **params: float) -> UdpRelay:
-        relay = UdpRelay(port, seed=7, **params)
-        made.append(relay)
-        return relay
-
-    yield make
-    for relay in made:
-        relay.close()
 
 
 def random_file(path: Path, size: int) -> bytes:

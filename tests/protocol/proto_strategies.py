@@ -13,6 +13,7 @@ from fluxproto import (
     Committed,
     Delete,
     Deleted,
+    Done,
     Entries,
     Entry,
     Error,
@@ -176,6 +177,7 @@ def metas(draw: st.DrawFn) -> Meta:
         draw(st.integers(0, n)),
         draw(modes),
         draw(mtimes),
+        draw(st.booleans()),
         draw(st.binary(min_size=16 * n, max_size=16 * n)),
     )
 
@@ -226,8 +228,10 @@ FRAME_STRATEGIES: dict[FrameType, st.SearchStrategy[Frame]] = {
         digest=st.none() | digests16,
         chunk_size=chunk_sizes,
         attach=st.none() | tids,
+        share=st.booleans(),
     ),
     FrameType.META: metas(),
+    FrameType.DONE: st.builds(Done, rid=rids),
     FrameType.LIST: st.builds(
         ListDir, rid=rids, path=paths, recursive=st.booleans(), digests=st.booleans()
     ),

@@ -40,6 +40,7 @@ from fluxproto import (
     Commit,
     Connection,
     ConnectionClosed,
+    Done,
     Entries,
     Error,
     Frame,
@@ -212,6 +213,7 @@ CONTEXTS: list[tuple[str, RequestState | State, list[Frame]]] = [
         [*(chunk(i) for i in range(NCHUNKS)), commit(sent=1), Cancel(RID), SAMPLES[FrameType.PING]],
     ),
     ("server", R.DOWNLOADING, [Ack(RID, ((0, 1),)), Ack(RID, ((0, 3),)), Cancel(RID)]),
+    ("server", R.DOWN_SHARING, [Ack(RID, ((0, 1),)), Ack(RID, ((0, 3),)), Cancel(RID)]),
     ("server", R.CANCELLING, [chunk(1), chunk(2), upload(2)]),
     ("client", State.HANDSHAKE, [SAMPLES[FrameType.WELCOME], SAMPLES[FrameType.ERROR]]),
     ("client", R.UP_OPENING, [status(), Error(404, "x", RID)]),
@@ -219,6 +221,11 @@ CONTEXTS: list[tuple[str, RequestState | State, list[Frame]]] = [
     ("client", R.COMMITTING, [Ack(RID, ((0, 1),)), committed()]),
     ("client", R.DOWN_OPENING, [sample_meta(), sample_meta(count=0)]),
     ("client", R.DOWNLOADING, [chunk(i) for i in range(NCHUNKS)]),
+    (
+        "client",
+        R.DOWN_SHARING,
+        [*(chunk(i) for i in range(NCHUNKS)), Done(RID), Error(422, "x", RID)],
+    ),
     ("client", R.LISTING, [SAMPLES[FrameType.ENTRIES], Entries(RID, done=True)]),
     ("client", R.STATING, [SAMPLES[FrameType.INFO], Error(404, "x", RID)]),
     ("client", R.CANCELLING, [status(), committed(), Error(499, "cancelled", RID)]),
@@ -232,7 +239,7 @@ def fuzzed_end(ctx: int) -> Connection:
     else:
         pair = drive_request(ConnectionPair(), state)
     conn = pair.server if role == "server" else pair.client
-    if state is R.DOWNLOADING and role == "server":
+    if state in (R.DOWNLOADING, R.DOWN_SHARING) and role == "server":
         pair.s2c(chunk(0))  # chunk 0 in flight, so ACKs can apply
     elif state is R.UPLOADING and role == "client":
         pair.c2s(chunk(0))

@@ -16,6 +16,7 @@ from fluxproto import (
     Committed,
     Delete,
     Deleted,
+    Done,
     Entries,
     Entry,
     Error,
@@ -164,6 +165,12 @@ GOLDEN: list[tuple[Frame, str]] = [
         f" a6646967657374 {BIN_D1} aa6368756e6b5f73697a65 cd1000 a6617474616368 {BIN_D2}",
     ),
     (
+        # `share` is written only when true (PROTOCOL.md 15.40): the two above are unchanged.
+        OpenDownload(rid=1, path="x", chunk_size=4096, attach=D2, share=True),
+        f"20 00000049 00000000 87 {RID1} a470617468 a178 a477616e74 c0 a6646967657374 c0"
+        f" aa6368756e6b5f73697a65 cd1000 a6617474616368 {BIN_D2} a57368617265 c3",
+    ),
+    (
         Meta(
             rid=1,
             tid=D2,
@@ -179,6 +186,23 @@ GOLDEN: list[tuple[Frame, str]] = [
         " a46d6f6465 cd01a4 a86d74696d655f6e73 01"
         " 000102030405060708090a0b0c0d0e0f 101112131415161718191a1b1c1d1e1f",
     ),
+    (
+        Meta(
+            rid=1,
+            tid=D2,
+            size=5000,
+            chunk_size=4096,
+            digest=DFF,
+            count=1,
+            share=True,
+            digests=D1 + D2,
+        ),
+        f"21 0000006b 00000020 89 {RID1} a3746964 {BIN_D2} a473697a65 cd1388"
+        f" aa6368756e6b5f73697a65 cd1000 a6646967657374 {BIN_FF} a5636f756e74 01"
+        " a46d6f6465 cd01a4 a86d74696d655f6e73 00 a57368617265 c3"
+        " 000102030405060708090a0b0c0d0e0f 101112131415161718191a1b1c1d1e1f",
+    ),
+    (Done(rid=1), f"22 00000006 00000000 81 {RID1}"),
     (
         ListDir(rid=1, path="/"),
         f"30 00000021 00000000 84 {RID1} a470617468 a12f a9726563757273697665 c2"
@@ -257,7 +281,7 @@ def golden_bytes(hexstr: str) -> bytes:
 
 def test_golden_table_covers_every_frame_type() -> None:
     assert {frame.TYPE for frame, _ in GOLDEN} == set(FRAME_CLASSES) == set(FrameType)
-    assert len(FRAME_CLASSES) == 24
+    assert len(FRAME_CLASSES) == 25
 
 
 @pytest.mark.parametrize(("frame", "hexstr"), GOLDEN, ids=IDS)
@@ -310,6 +334,17 @@ def test_an_error_without_rid_has_the_version_1_shape(message: str) -> None:
     version-2 frame is, byte for byte."""
     v1_error = raw_frame(FrameType.ERROR, {"code": 505, "message": message})
     assert encode_bytes(Error(505, message)) == v1_error
+
+
+def test_a_download_without_share_shares_nothing() -> None:
+    """`share` is absent from what was written before it existed, and from every download
+    that does not share: such a request and its META take the old meaning (PROTOCOL.md 15.40)."""
+    older = decoded(FrameType.OPEN_DOWNLOAD, {"rid": 1, "path": "x"})
+    assert older == OpenDownload(1, "x", share=False)
+    meta = {"rid": 1, "tid": D1, "size": 0, "chunk_size": 4096, "digest": D1, "count": 0}
+    assert decoded(FrameType.META, meta) == Meta(1, D1, 0, 4096, D1, 0, share=False)
+    assert "share" not in OpenDownload(1, "x").header()
+    assert OpenDownload(1, "x", share=True).header()["share"] is True
 
 
 def test_a_list_without_digests_asks_for_none() -> None:

@@ -52,7 +52,7 @@ from fluxproto.frames import (
 
 PAYLOAD_TYPES = (FrameType.CHUNK, FrameType.STATUS, FrameType.META)
 NO_PAYLOAD_TYPES = [t for t in FrameType if t not in PAYLOAD_TYPES]
-UNKNOWN_TYPES = [0x00, 0x08, 0x0F, 0x16, 0x22, 0x39, 0x7F, 0x80, 0xFF]
+UNKNOWN_TYPES = [0x00, 0x08, 0x0F, 0x16, 0x23, 0x39, 0x7F, 0x80, 0xFF]
 
 
 def peak_while(fn: Any) -> int:

@@ -31,7 +31,7 @@ from fluxproto import (
     State,
     encode_bytes,
 )
-from fluxproto.state import MAY_END, next_request_state, next_state
+from fluxproto.state import MAY_END, MAY_SHARE, next_request_state, next_state
 
 C, S = Role.CLIENT, Role.SERVER
 T = FrameType
@@ -86,9 +86,12 @@ LEGAL_REQUEST: dict[tuple[RequestState, Role], dict[FrameType, RequestState]] = 
     (R.COMMITTING, C): {},
     (R.COMMITTING, S): answers((T.ACK, R.COMMITTING), (T.COMMITTED, R.ENDED)),
     (R.DOWN_OPENING, C): {},
-    (R.DOWN_OPENING, S): answers((T.META, R.DOWNLOADING)),  # ENDED when count is 0
+    # ENDED when count is 0, DOWN_SHARING when META shares (MAY_SHARE)
+    (R.DOWN_OPENING, S): answers((T.META, R.DOWNLOADING)),
     (R.DOWNLOADING, C): {T.ACK: R.DOWNLOADING},  # ENDED with the last wanted chunk
     (R.DOWNLOADING, S): answers((T.CHUNK, R.DOWNLOADING)),
+    (R.DOWN_SHARING, C): {T.ACK: R.DOWN_SHARING},  # never ENDED by an ACK
+    (R.DOWN_SHARING, S): answers((T.CHUNK, R.DOWN_SHARING), (T.DONE, R.ENDED)),
     (R.LISTING, C): {},
     (R.LISTING, S): answers((T.ENTRIES, R.LISTING)),  # ENDED when done
     (R.STATING, C): {},
@@ -153,6 +156,7 @@ def test_request_table_matches_state_module() -> None:
 
 def test_conditional_ends_are_data() -> None:
     assert {(R.DOWN_OPENING, T.META), (R.DOWNLOADING, T.ACK), (R.LISTING, T.ENTRIES)} == MAY_END
+    assert {(R.DOWN_OPENING, T.META)} == MAY_SHARE
 
 
 # --- connection states ----------------------------------------------------------------------------
@@ -234,7 +238,7 @@ def setup_for(pair: ConnectionPair, state: RequestState, ftype: T) -> None:
     """What a legal `ftype` needs first: an ACK needs a chunk in flight toward its sender."""
     if ftype is T.ACK and state is R.UPLOADING:
         pair.c2s(chunk(0))
-    elif ftype is T.ACK and state is R.DOWNLOADING:
+    elif ftype is T.ACK and state in (R.DOWNLOADING, R.DOWN_SHARING):
         pair.s2c(chunk(0))
 
 
