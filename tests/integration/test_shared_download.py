@@ -267,6 +267,11 @@ def test_another_subjects_attach_is_refused(make_daemon: Callable[..., Daemon]) 
             first.cancel()
 
     uvloop.run(main())
+    # The daemon's log reaches the test through a reader thread: wait for bob's line.
+    wait_for(
+        lambda: any(r["subject"] == "bob" for r in downloads(d, "/big.bin")),
+        what="the access record of bob's refused attach",
+    )
     records = downloads(d, "/big.bin")
     refused = [r for r in records if r["subject"] == "bob"]
     assert refused and refused[0]["result"].startswith("error 404"), records
