@@ -97,30 +97,37 @@ class Beneath:
         """
         if not self._openat2:
             return False
-        how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE)
-        assert _SYSCALL is not None
-        fd = int(_SYSCALL(SYS_OPENAT2, self.fd, os.fsencode(inner), ctypes.byref(how), 24))
+        fd, err = self._syscall(inner, os.O_PATH | os.O_CLOEXEC, 0)
         if fd >= 0:
             os.close(fd)
             return True
         # The kernel walks in order and stops at the first symlink (ELOOP) or the first
         # missing name or non-folder parent: stopping at the latter means no link before it.
-        return ctypes.get_errno() in (errno.ENOENT, errno.ENOTDIR)
+        return err in (errno.ENOENT, errno.ENOTDIR)
 
     def _open2(self, inner: str, flags: int, mode: int) -> int | None:
         """openat2, or None where the kernel does not have it."""
-        how = _OpenHow(flags, mode if flags & os.O_CREAT else 0, _RESOLVE)
-        assert _SYSCALL is not None
-        fd = int(_SYSCALL(SYS_OPENAT2, self.fd, os.fsencode(inner), ctypes.byref(how), 24))
+        fd, err = self._syscall(inner, flags, mode if flags & os.O_CREAT else 0)
         if fd >= 0:
             return fd
-        err = ctypes.get_errno()
         if err == errno.ENOSYS:
-            self._openat2 = False  # an old kernel: walk by hand from now on
             return None
         if err in (errno.ELOOP, errno.EXDEV):
             raise _changed(inner)
         raise OSError(err, os.strerror(err), inner)
+
+    def _syscall(self, inner: str, flags: int, mode: int) -> tuple[int, int]:
+        """One openat2 beneath the root, following no symlink: (fd, 0) or (-1, errno). ENOSYS
+        (an old kernel) turns openat2 off: callers walk by hand from then on."""
+        how = _OpenHow(flags, mode, _RESOLVE)
+        assert _SYSCALL is not None
+        fd = int(_SYSCALL(SYS_OPENAT2, self.fd, os.fsencode(inner), ctypes.byref(how), 24))
+        if fd >= 0:
+            return fd, 0
+        err = ctypes.get_errno()
+        if err == errno.ENOSYS:
+            self._openat2 = False
+        return -1, err
 
     def _walk(self, inner: str, flags: int, mode: int) -> int:
         parts = inner.split("/")
