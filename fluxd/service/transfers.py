@@ -98,7 +98,13 @@ class UploadHandle:
             lambda: all(p.closed for p, _ in self._drivers),
             lambda: max(p.last_heard() for p, _ in self._drivers),
             lambda: on_stale(self.presence),
+            self._ping,
         )
+
+    def _ping(self) -> None:
+        for presence, _ in self._drivers:
+            if not presence.closed:
+                presence.keepalive()
 
     async def open(
         self,
