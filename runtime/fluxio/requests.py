@@ -263,11 +263,26 @@ class Request:
             TransportTimeout, FluxError: as `next`.
         """
         rid, conn = self.rid, self.conn
+        await self.wait(timeout, lambda: conn.can_send_chunk(rid, nbytes))
+
+    async def wait(self, timeout: float | None, ready: Callable[[], bool]) -> None:
+        """Until a frame of this request is queued, or `ready()` holds when the waiter is
+        woken: by `wake`, or by window room coming back on the connection (any request's ACK,
+        COMMITTED or ERROR). `timeout` as in `next`.
+
+        Raises:
+            TransportTimeout, FluxError: as `next`.
+        """
         self._router.room_waiters.add(self)
         try:
-            await self._inbox.wait(timeout, self.peer, lambda: conn.can_send_chunk(rid, nbytes))
+            await self._inbox.wait(timeout, self.peer, ready)
         finally:
             self._router.room_waiters.discard(self)
+
+    def wake(self) -> None:
+        """Make a waiter in `wait` look at its `ready()` again (something it waits on changed
+        elsewhere)."""
+        self._inbox.wake()
 
     def cancel(self) -> None:
         """Client: abandon this request (CANCEL); the server's ERROR 499 ends it."""
