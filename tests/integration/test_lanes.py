@@ -306,3 +306,22 @@ def test_the_daemons_memory_budget_holds_across_lanes(
     assert set(res.json["lanes"]) >= {"tcp", "tcp2"}, "several lanes carried it"
     assert grew < 40, f"the daemon grew by {grew} MiB"
     assert (daemon.root / "big").read_bytes() == data
+
+
+def test_send_r_sends_big_files_over_the_lanes(
+    daemon: Daemon, fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    src = tmp_path / "tree"
+    (src / "sub").mkdir(parents=True)
+    files = {"big": 6 * MIB + 3, "sub/big2": 5 * MIB, "small": 100, "sub/small2": 0}
+    for name, size in files.items():
+        random_file(src / name, size)
+    args = ("--transport", "tcp", "--lanes", "2", "--chunk-size", "256K", "--json")
+    res = fluxctl("send", "-r", f"{src}/", daemon.url("/copy"), *args)
+    assert res.code == 0, res.stderr
+    out = res.json
+    assert (out["transport"], out["files"], out["retries"]) == ("tcp", 4, 0)
+    assert set(out["lanes"]) <= {"tcp", "tcp2"}
+    assert sum(out["lanes"].values()) == out["sent"] == sum(files.values())
+    for name in files:
+        assert (daemon.root / "copy" / name).read_bytes() == (src / name).read_bytes()
