@@ -4,10 +4,14 @@ Pure bookkeeping: time is an argument (`now`), nothing here waits or reads a clo
 policies are tested by feeding them times and byte counts (tests/client/test_lanepolicy.py).
 The scheduler that applies them is lanesend.py.
 
-**Stalls.** A lane is *suspect* once it has chunks in flight and no ACK came for
-`max(STALL_FLOOR, STALL_GAPS x its usual gap between ACKs)` (before its first ACK of the
-transfer: FIRST_ACK_WAIT). "A few round trips" measured where it matters: the gap between ACKs
-includes the server's disk and the lane's queue, which a bare network RTT would not.
+**Stalls.** A lane with chunks in flight is *suspect* when its path shows no sign of life
+for STALL_FLOOR seconds: no acknowledgement at the transport's level of what it sent (TCP: the
+kernel's last ACK, while segments are unacknowledged; QUIC: the last datagram, which a live path
+sends at least every second). "A few round trips", measured where a dead path shows, and blind
+to a server that is merely slow to acknowledge at flux's level (its disk, a rate limit, a long
+queue on a slow link), where sending the chunks again elsewhere would not help. Such a lane is
+suspect too, but much later: after ACK_GAPS of its usual gaps between ACKs, never sooner than
+ACK_FLOOR (before its first ACK of the transfer: FIRST_ACK_WAIT).
 
 **The QUIC gate.** A QUIC lane costs ~20x the CPU per byte of a TCP lane here, and a client's
 lanes share one event loop (one core): on a fast clean path, every chunk QUIC takes slows TCP
@@ -28,12 +32,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: No lane is suspect sooner than this many seconds without an ACK ...
+#: A lane whose path is silent this long, chunks in flight, is suspect (see the docstring) ...
 STALL_FLOOR = 2.0
-#: ... nor before this many of its usual gaps between ACKs passed ...
-STALL_GAPS = 8
-#: ... and before its first ACK of the transfer, not before this.
-FIRST_ACK_WAIT = 4.0
+#: ... and one whose flux ACKs stopped, after this many of its usual gaps between them ...
+ACK_GAPS = 8
+#: ... but not sooner than this many seconds, nor before FIRST_ACK_WAIT without any ACK yet.
+ACK_FLOOR = 10.0
+FIRST_ACK_WAIT = 15.0
 #: Weight of a new gap (or rate) sample in its moving average.
 SMOOTHING = 0.25
 
@@ -88,14 +93,17 @@ class LaneMeter:
         self.delivered += delivered
 
     def threshold(self) -> float:
-        """Seconds without an ACK, chunks in flight, after which the lane is suspect."""
+        """Seconds without a flux ACK, chunks in flight, after which the lane is suspect."""
         if self._gap is None:
             return FIRST_ACK_WAIT
-        return max(STALL_FLOOR, STALL_GAPS * self._gap)
+        return max(ACK_FLOOR, ACK_GAPS * self._gap)
 
-    def suspect(self, now: float) -> bool:
-        """True if chunks are in flight and no ACK came for `threshold()` seconds."""
-        return self.inflight > 0 and now - self._since > self.threshold()
+    def suspect(self, now: float, silence: float) -> bool:
+        """True if chunks are in flight and either the path has been silent (`silence`, the
+        transport's, seconds) for STALL_FLOOR or no ACK came for `threshold()` seconds."""
+        if not self.inflight:
+            return False
+        return silence > STALL_FLOOR or now - self._since > self.threshold()
 
     def tick(self, now: float) -> None:
         """Fold the bytes delivered since the last tick into `rate` (call it regularly)."""

@@ -3,7 +3,7 @@ background when it fails, so that a transfer spread over them goes on over the o
 
 `--transport auto` has a TCP+TLS lane (`--lanes N`: N of them) and a QUIC lane. TCP connects
 first and the attempt starts as soon as a lane is up; the QUIC lane is opened later, by
-`open_deferred`: when no TCP lane is up within QUIC_HEAD_START (or all failed), when a TCP lane
+`open_deferred`: when no TCP lane is up within HEAD_START (or all failed), when a TCP lane
 fails or stalls, or when the transfer has run long enough that QUIC may be worth a probe
 (lanepolicy.QUIC_AFTER). Opening it costs the client ~0.13 s of CPU (aioquic's import and the
 handshake), ~6 % of a 1 GiB transfer on loopback, which a transfer over a fast clean path
@@ -27,11 +27,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from fluxio.requests import Channel
-from fluxproto import ConnectError, ConnectionRefused, FluxError, Goodbye
+from fluxproto import ConnectError, ConnectionLost, ConnectionRefused, FluxError, Goodbye
 
 from .connect import (
     MAX_LANES,
-    QUIC_HEAD_START,
     QUIC_LAST_CHANCE,
     ClientOptions,
     connect_tcp,
@@ -40,6 +39,9 @@ from .connect import (
 from .session import ClientSession
 from .url import FluxURL
 
+#: How long TCP may take to come up before the QUIC lane is opened too: TCP+TLS and flux's
+#: handshake take three round trips (240 ms at 80 ms), and QUIC then becomes the first lane.
+HEAD_START = 1.0
 #: Backoff between reconnects of one lane (seconds, doubling, with jitter).
 FIRST_DELAY = 0.2
 MAX_DELAY = 10.0
@@ -133,6 +135,18 @@ class LaneSet:
         """The lanes up now, TCP first."""
         return [lane for lane in self.lanes if lane.up]
 
+    def first(self) -> tuple[Lane, ClientSession]:
+        """The first lane up (TCP first) and its connection.
+
+        Raises:
+            FluxError: no lane is up: the last lane's failure (retryable, for Retrier).
+        """
+        for lane in self.lanes:
+            if lane.up and lane.session is not None:
+                return lane, lane.session
+        failures = [lane.failure for lane in self.lanes if lane.failure is not None]
+        raise failures[-1] if failures else ConnectionLost("no lane is up")
+
     def listen(self, callback: Callable[[Lane], None]) -> Callable[[], None]:
         """Call `callback(lane)` whenever a lane comes up (again); returns how to stop."""
         self._listeners.append(callback)
@@ -151,7 +165,7 @@ class LaneSet:
                 lane._keeper = asyncio.create_task(self._keep(lane, first=True))
         loop = asyncio.get_running_loop()
         deadline: float | None = None
-        head_start = loop.time() + QUIC_HEAD_START
+        head_start = loop.time() + HEAD_START
         tcp = [lane for lane in self.lanes if lane.kind == "tcp"]
         while not self.up:
             for lane in self.lanes:

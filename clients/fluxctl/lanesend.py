@@ -52,6 +52,7 @@ from fluxproto import (
     Unavailable,
 )
 
+from . import lanepolicy
 from .lanepolicy import QUIC_AFTER, LaneMeter, QuicGate
 from .lanes import Lane, LaneSet
 from .session import ClientSession
@@ -185,7 +186,8 @@ class LaneSender:
         self.sent: set[int] = set()
         self.copies = req.channel.copies_on_send
         self.suspect = False
-        #: Bytes the other lanes had delivered when this one became suspect.
+        #: When this lane became suspect, and what the other lanes had delivered by then.
+        self.suspect_since = 0.0
         self.others_at_suspicion = 0
         self.committing = False
 
@@ -278,8 +280,9 @@ class LaneSender:
             for index in range(start, start + count):
                 freed += self.inflight.pop(index, 0)
                 delivered += spread.acked(self.lane.name, index, self.copies)
-        self.meter.acked(self.up.now(), freed, delivered)
-        if self.suspect and not self.meter.suspect(self.up.now()):
+        now = self.up.now()
+        self.meter.acked(now, freed, delivered)
+        if self.suspect and not self.meter.suspect(now, self.req.channel.silence()):
             self.suspect = False  # it recovered before it was dropped
         if spread.exhausted:
             self.up.wake()  # another lane may be able to commit now
@@ -349,6 +352,9 @@ class LaneUpload:
         self.digest: Callable[[], bytes] = lambda: b""
         self._tasks: set[asyncio.Task[None]] = set()
         self._joins: set[Lane] = set()  # lanes attaching now
+        #: When an attach heard that the server knows the upload no more (None: none did, or
+        #: a lane carrying it heard from the server since).
+        self._unknown_since: float | None = None
         self._outcome: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
     @property
@@ -426,12 +432,14 @@ class LaneUpload:
             )
             await req.expect(Status, self.timeout)
         except NotFound:
-            # No request of ours drives the upload there any more (the server restarted, or
-            # noticed every lane gone): the lanes still open wait in vain. Open it again.
+            # The server does not know the upload for this lane: it restarted, or noticed every
+            # lane gone, or sees this lane as someone else (anonymous clients count by address,
+            # which changed). This lane sits the pass out; if no other lane shows life within
+            # STALL_FLOOR, they all wait in vain: the pass ends (see `_look`) and Retrier
+            # opens the upload again.
             self._joins.discard(lane)
-            gone = Unavailable(f"{session.peer} no longer has this upload open; opening it again")
-            if not self.over:
-                self._outcome.set_exception(gone)
+            if self._unknown_since is None:
+                self._unknown_since = self.now()
             return
         except Exception as exc:  # noqa: BLE001 - sorted out as any lane's failure
             self._joins.discard(lane)
@@ -499,29 +507,49 @@ class LaneUpload:
             self._look(self.now())
 
     def _look(self, now: float) -> None:
-        """Measure the lanes, feed the QUIC gate, and act on suspect lanes."""
+        """Measure the lanes, feed the QUIC gate, and act on suspect lanes: their chunks go to
+        the others at once; once another lane delivered and the lane stayed suspect for
+        STALL_FLOOR more seconds, it is dropped and reconnected (a lane that comes back to
+        life before that just goes on)."""
         for sender in self.senders.values():
             sender.meter.tick(now)
-        healthy = any(
-            lane.kind == "tcp" and lane.up and not self._suspect(lane) for lane in self.lanes.lanes
-        )
-        self.gate.update(now, self.spread.delivered, healthy)
-        if not healthy or now - self.started >= QUIC_AFTER:
+        self.gate.update(now, self.spread.delivered, self._tcp_healthy())
+        if not self._tcp_healthy() or now - self.started >= QUIC_AFTER:
             self.lanes.open_deferred()
+        if self._unknown_since is not None:
+            if self._heard_since(now - self._unknown_since):
+                self._unknown_since = None
+            elif now - self._unknown_since >= lanepolicy.STALL_FLOOR:
+                why = f"{self.lanes.url.address} no longer has this upload open; opening it again"
+                self._outcome.set_exception(Unavailable(why))
+                return
         for sender in list(self.senders.values()):
             if sender is self.committer:
                 continue  # no ACK comes after COMMIT: COMMITTED covers its chunks
-            if not sender.meter.suspect(now):
+            if not sender.meter.suspect(now, sender.req.channel.silence()):
                 sender.suspect = False
                 continue
             others = self.spread.delivered - sender.meter.delivered
             if not sender.suspect:
-                sender.suspect, sender.others_at_suspicion = True, others
+                sender.suspect, sender.suspect_since = True, now
+                sender.others_at_suspicion = others
                 self.spread.give_back(sender)  # the other lanes resend its chunks now
-            elif others > sender.others_at_suspicion and sender is not self.committer:
+            elif others > sender.others_at_suspicion and now - sender.suspect_since >= (
+                lanepolicy.STALL_FLOOR
+            ):
                 why = f"the {sender.lane.name} lane stalled: dropped, reconnecting"
                 self.lanes.lost(sender.lane, TransportTimeout(why))
         self.wake()
+
+    def _heard_since(self, seconds: float) -> bool:
+        """True if a lane carrying the upload heard from the server in the last `seconds`."""
+        return any(s.req.channel.silence() < seconds for s in self.senders.values())
+
+    def _tcp_healthy(self) -> bool:
+        """True if a TCP lane carries the upload and is not suspect (or is attaching)."""
+        return any(lane.kind == "tcp" for lane in self._joins) or any(
+            s.lane.kind == "tcp" and not s.suspect for s in self.senders.values()
+        )
 
     def _suspect(self, lane: Lane) -> bool:
         sender = self.senders.get(lane)

@@ -116,8 +116,7 @@ class Retrier:
         try:
             await lanes.start()
             self.transport, self.lanes, self.connected = lanes.transport, lanes, True
-            first = lanes.up[0].session
-            self.channel = first.ch if first is not None else None
+            self.channel = lanes.first()[1].ch
             result = await attempt(lanes, self.retries)
             farewell = "done"
             return result

@@ -120,9 +120,7 @@ async def send_tree(
         return report.result
 
     async def over_lanes(lanes: LaneSet, n: int) -> TreeResult:
-        first = lanes.up[0].session
-        assert first is not None
-        return await attempt(first, n, lanes)
+        return await attempt(lanes.first()[1], n, lanes)
 
     if uses_lanes(options):
         result = await retrier.run_lanes(over_lanes)

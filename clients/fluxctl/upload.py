@@ -379,11 +379,10 @@ class Upload:
         mode = stat.S_IMODE(st.st_mode) if self.mode is None else self.mode
         self._mtime_ns = st.st_mtime_ns if self.keep_mtime else None
         self._done, self._size = 0, size
-        first = lanes.up[0]  # TCP first: a lane the server answers fastest on a clean path
-        assert first.session is not None
+        first, session = lanes.first()  # TCP first: cheapest per byte
         if chunk_count(size, chunk_size) <= 1:
-            return await self._one_flight(first.session, n, fd, st, chunk_size, mode)
-        req, status = await self._open(first.session, n, size, chunk_size, mode)
+            return await self._one_flight(session, n, fd, st, chunk_size, mode)
+        req, status = await self._open(session, n, size, chunk_size, mode)
         with cancel_on_error(req):
             held = held_digests(status)
             if self.first_held is None:

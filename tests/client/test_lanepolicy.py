@@ -7,6 +7,8 @@ import itertools
 from collections.abc import Callable
 
 from fluxctl.lanepolicy import (
+    ACK_FLOOR,
+    ACK_GAPS,
     FIRST_ACK_WAIT,
     FIRST_PROBE,
     MARGIN,
@@ -14,7 +16,6 @@ from fluxctl.lanepolicy import (
     PROBE,
     REPROBE,
     STALL_FLOOR,
-    STALL_GAPS,
     LaneMeter,
     QuicGate,
 )
@@ -29,42 +30,49 @@ STEP = 0.1  # how often the scheduler feeds the gate
 
 def test_an_idle_lane_is_never_suspect() -> None:
     meter = LaneMeter(0.0)
-    assert not meter.suspect(1e6)
+    assert not meter.suspect(1e6, silence=1e6)
 
 
-def test_before_its_first_ack_a_lane_gets_first_ack_wait() -> None:
+def test_a_lane_whose_path_is_silent_is_suspect_after_the_floor() -> None:
+    meter = LaneMeter(0.0)
+    meter.sent(0.0, CHUNK)
+    assert not meter.suspect(0.5, silence=STALL_FLOOR)
+    assert meter.suspect(0.5, silence=STALL_FLOOR + 0.01), "no ACK of the transport: suspect"
+
+
+def test_before_its_first_ack_a_live_lane_gets_first_ack_wait() -> None:
     meter = LaneMeter(0.0)
     meter.sent(10.0, CHUNK)  # the wait starts when chunks go out, not when the lane came up
-    assert not meter.suspect(10.0 + FIRST_ACK_WAIT)
-    assert meter.suspect(10.0 + FIRST_ACK_WAIT + 0.01)
+    assert not meter.suspect(10.0 + FIRST_ACK_WAIT, silence=0.0)
+    assert meter.suspect(10.0 + FIRST_ACK_WAIT + 0.01, silence=0.0)
 
 
-def test_a_lane_is_suspect_after_several_of_its_usual_gaps_and_never_before_the_floor() -> None:
+def test_a_live_lane_is_suspect_after_several_of_its_usual_gaps_and_not_before_the_floor() -> None:
     meter = LaneMeter(0.0)
     now = 0.0
     meter.sent(now, 100 * CHUNK)
-    for _ in range(20):  # an ACK every second: a slow but steady lane
-        now += 1.0
+    for _ in range(20):  # an ACK every 2 s: a slow but steady lane (a long queue, a slow disk)
+        now += 2.0
         meter.acked(now, CHUNK, CHUNK)
-    assert meter.threshold() == STALL_GAPS * 1.0
-    assert not meter.suspect(now + STALL_GAPS - 0.01)
-    assert meter.suspect(now + STALL_GAPS + 0.01)
+    assert meter.threshold() == ACK_GAPS * 2.0
+    assert not meter.suspect(now + ACK_GAPS * 2.0 - 0.01, silence=0.0)
+    assert meter.suspect(now + ACK_GAPS * 2.0 + 0.01, silence=0.0)
     fast = LaneMeter(0.0)
     fast.sent(0.0, 10 * CHUNK)
     for i in range(1, 20):  # an ACK every 10 ms: the floor applies
         fast.acked(i * 0.01, CHUNK, CHUNK)
-    assert fast.threshold() == STALL_FLOOR
+    assert fast.threshold() == ACK_FLOOR
 
 
 def test_an_ack_clears_suspicion_and_the_last_one_makes_the_lane_idle() -> None:
     meter = LaneMeter(0.0)
     meter.sent(0.0, 2 * CHUNK)
-    assert meter.suspect(FIRST_ACK_WAIT + 1)
+    assert meter.suspect(FIRST_ACK_WAIT + 1, silence=0.0)
     meter.acked(FIRST_ACK_WAIT + 1, CHUNK, CHUNK)
-    assert not meter.suspect(FIRST_ACK_WAIT + 1)
+    assert not meter.suspect(FIRST_ACK_WAIT + 1, silence=0.0)
     meter.acked(FIRST_ACK_WAIT + 2, CHUNK, 0)  # delivered by another lane first: freed, 0 new
     assert (meter.inflight, meter.delivered) == (0, CHUNK)
-    assert not meter.suspect(1e6)
+    assert not meter.suspect(1e6, silence=1e6)
 
 
 def test_rate_and_the_side_lane_cap() -> None:

@@ -127,11 +127,10 @@ def random_file(path: Path, size: int) -> bytes:
 
 @pytest.fixture
 def quic_soon(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The QUIC lane opens at once (not after QUIC_AFTER seconds), and a lane is suspect after
-    half a second without an ACK: these tests cut lanes within a few seconds."""
+    """The QUIC lane opens at once (not after QUIC_AFTER seconds), and a lane whose path is
+    silent is suspect after half a second: these tests cut lanes within a few seconds."""
     monkeypatch.setattr(lanesend, "QUIC_AFTER", 0.0)
     monkeypatch.setattr(lanepolicy, "STALL_FLOOR", 0.5)
-    monkeypatch.setattr(lanepolicy, "FIRST_ACK_WAIT", 1.0)
 
 
 class OpenGate(QuicGate):
