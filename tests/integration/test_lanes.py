@@ -324,3 +324,20 @@ def test_send_r_sends_big_files_over_the_lanes(
     assert sum(out["lanes"].values()) == out["sent"] == sum(files.values())
     for name in files:
         assert (daemon.root / "copy" / name).read_bytes() == (src / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (("--lanes", "0"), "--lanes must be between 1 and 16"),
+        (("--lanes", "17"), "--lanes must be between 1 and 16"),
+        (("--lanes", "2", "--transport", "quic"), "--lanes adds TCP lanes"),
+    ],
+)
+def test_lanes_out_of_range_is_a_usage_error(
+    fluxctl: Fluxctl, tmp_path: Path, flags: tuple[str, ...], says: str
+) -> None:
+    random_file(tmp_path / "src", 10)
+    res = fluxctl("send", str(tmp_path / "src"), "flux://127.0.0.1:9/x", *flags)
+    assert res.code == 2, res.stderr
+    assert says in res.stderr
