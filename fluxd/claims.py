@@ -6,7 +6,10 @@ noticed it is dead (over QUIC that takes up to the 8 s idle timeout). Such a cla
 subject, waits instead of failing: for the old connection to end by itself, and if it stays
 silent for `stale_after` seconds, it is ended as superseded. A holder that shows any life
 meanwhile (bytes arrive from its client, answers to the daemon's keepalive PINGs included)
-keeps the path, and the newcomer gets a conflict at once. What the daemon still does for a
+keeps the path, and the newcomer gets a conflict at once. The wait PINGs the holder's client
+itself (`Holder.ping`, every PING_EVERY): a live client with every chunk in flight and its
+COMMIT sent has nothing to say until the daemon acknowledges, and over TCP nothing else would
+show it is there (QUIC's own acknowledgements do). What the daemon still does for a
 silent holder is no sign of life: it works through frames a killed client left queued (its
 chunks, and a COMMIT right behind them) for seconds after the client died. Across processes
 the staging file lock still guarantees one writer.
@@ -25,8 +28,10 @@ from fluxproto import Conflict
 #: How long a holder of the same subject may stay silent before it is presumed dead: just over
 #: the QUIC idle timeout, after which the daemon would have noticed by itself anyway.
 STALE_AFTER = 10.0
-#: How often a waiting claim looks at the holder's signs of life.
+#: How often a waiting claim looks at the holder's signs of life ...
 POLL = 0.1
+#: ... and asks its client for one (a PING, which a live client answers).
+PING_EVERY = 1.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class Holder:
     last_heard: Callable[[], float]
     #: End the holder's connection: it is superseded by a new one of the same subject.
     end: Callable[[], None]
+    #: Ask the holder's client for a sign of life (a PING; its PONG shows in `last_heard`).
+    ping: Callable[[], None] = lambda: None
 
 
 class UploadClaims:
@@ -85,9 +92,13 @@ class UploadClaims:
         """
         heard = other.last_heard()
         deadline = self._clock() + self.stale_after
+        pinged = -PING_EVERY
         while not (other.is_closed() or released.is_set()):
             if other.last_heard() != heard:
                 raise Conflict(f"/{key} is being uploaded by another session of yours")
+            if self._clock() - pinged >= PING_EVERY:
+                pinged = self._clock()
+                other.ping()
             left = deadline - self._clock()
             if left <= 0:
                 other.end()

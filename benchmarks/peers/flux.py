@@ -1,4 +1,5 @@
-"""A fluxd daemon in throwaway directories, and `fluxctl send` into it over TCP or QUIC."""
+"""A fluxd daemon in throwaway directories, and `fluxctl send` into it over TCP, QUIC, or both
+(`auto`: lanes)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .base import LOOPBACK, Placement, Service, Transfer
 from .process import Event, ServerProcess, json_report
 
 REPO = Path(__file__).resolve().parents[2]
-TRANSPORTS = ("tcp", "quic")
+TRANSPORTS = ("tcp", "quic", "auto")
 QUIC_FLAG = "--quic-datagram-size"  # fluxd serve; the client reads FLUX_QUIC_DATAGRAM_SIZE
 QUIC_ENV = "FLUX_QUIC_DATAGRAM_SIZE"
 # fluxd logs one `listening` event per listener; a QUIC one follows the TCP one at once.
@@ -60,7 +61,8 @@ def _port(event: Event) -> int:
 class FluxPeer(Service):
     """`fluxd serve` for the life of the context; `fluxctl send` into ROOT/bench/.
 
-    `transport` is passed to `fluxctl send --transport`. With "quic", `quic_datagram_size` (if
+    `transport` is passed to `fluxctl send --transport` ("auto": fluxctl's default, lanes of TCP
+    and QUIC, which it reports as such). With "quic", `quic_datagram_size` (if
     given) goes to the daemon as --quic-datagram-size and to the client as
     FLUX_QUIC_DATAGRAM_SIZE, so both ends use the same datagram size. `placement` puts the
     daemon and the client on loopback or into an emulated link's namespaces; `tool` names the

@@ -24,10 +24,12 @@ from .common import measured_transfer, start_peers, summarize
 from .core_report import render
 from .workspace import Workspace
 
-HELP = "1 GiB over loopback: fluxd TCP/QUIC, naive aioquic, scp, rsync, iperf3; peak RSS by size"
+HELP = (
+    "1 GiB over loopback: fluxd TCP/auto/QUIC, naive aioquic, scp, rsync, iperf3; peak RSS by size"
+)
 
 
-TOOLS = ("fluxctl", "fluxd-quic", "naive-aioquic", "scp", "rsync", "iperf3")
+TOOLS = ("fluxctl", "fluxd-auto", "fluxd-quic", "naive-aioquic", "scp", "rsync", "iperf3")
 
 
 def _tools(text: str) -> list[str]:
@@ -62,6 +64,7 @@ def _peers(ws: Workspace, tools: Sequence[str]) -> list[Service]:
     """The throughput peers, in the order they alternate; each writes into its own directory."""
     make: dict[str, Callable[[Path], Service]] = {
         "fluxctl": FluxPeer,
+        "fluxd-auto": lambda d: FluxPeer(d, "auto", tool="fluxd-auto"),
         "fluxd-quic": lambda d: FluxPeer(d, "quic", tool="fluxd-quic"),
         "naive-aioquic": NaiveQuicPeer,
         "scp": SshPeer,

@@ -11,10 +11,12 @@ from .common_report import STATS_HEAD, machine_paragraph, mib, stats_row, verdic
 
 TARGET_RATIO = 2.5
 TARGET_QUIC_RATIO = 3.0
+TARGET_AUTO_RATIO = 0.95
 TARGET_RSS_MIB = 128
 FLAT_MIB = 16  # "flat": the peak at the largest size is within this of the smallest
 LABELS = {
     "fluxctl": "fluxctl → fluxd (TCP + TLS 1.3)",
+    "fluxd-auto": "fluxctl → fluxd (auto: TCP and QUIC lanes)",
     "fluxd-quic": "fluxctl → fluxd (QUIC, 1452-byte datagrams)",
     "naive-aioquic": "naive stock aioquic (1452-byte datagrams, asyncio loop)",
     "scp": "scp → sshd (aes128-gcm)",
@@ -37,6 +39,12 @@ def _throughput(t: dict[str, Any]) -> str:
         lines.append(
             f"Ratio fluxd QUIC / naive aioquic: **{quic:.2f}x** "
             f"(target ≥ {TARGET_QUIC_RATIO}x: {verdict(quic >= TARGET_QUIC_RATIO)})."
+        )
+    if "fluxd-auto" in median:
+        auto = median["fluxd-auto"] / median["fluxctl"]
+        lines.append(
+            f"Ratio fluxd auto (lanes) / TCP alone: **{auto:.2f}x** "
+            f"(target ≥ {TARGET_AUTO_RATIO}x: {verdict(auto >= TARGET_AUTO_RATIO)})."
         )
     peers = [tool for tool in median if tool != "fluxctl"]
     if len(peers) > 1:

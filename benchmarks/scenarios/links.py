@@ -1,4 +1,5 @@
-"""Scenario `links`: fluxd (TCP and QUIC), scp and rsync over emulated links, alternated.
+"""Scenario `links`: fluxd (TCP, auto lanes, QUIC), scp and rsync over emulated links,
+alternated.
 
 Each link (benchmarks/netem/links.toml: lan, wan, lossy, mobile) is brought up between two
 network namespaces, checks itself (delay, rate, loss within 10 %), and only then carries the
@@ -13,6 +14,7 @@ import argparse
 import contextlib
 import dataclasses
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +34,22 @@ from .common import measured_transfer, start_peers, summarize
 from .links_report import render_header, render_link
 from .workspace import Workspace
 
-HELP = "fluxd TCP/QUIC, scp and rsync over emulated links (lan, wan, lossy, mobile)"
+HELP = "fluxd TCP/auto/QUIC, scp and rsync over emulated links (lan, wan, lossy, mobile)"
 LINKS = ("lan", "wan", "lossy", "mobile")
 SIZES = {"lan": "1G", "wan": "128M", "lossy": "64M", "mobile": "128M"}  # scp at 0.4 MB/s on lossy
 #: mobile: at least 64 MiB, so that even at the full 20 Mbit/s a transfer lasts past its first
 #: blackhole (25-30 s into it) and address change (30 s).
 QUICK_SIZES = {"lan": "256M", "wan": "64M", "lossy": "32M", "mobile": "64M"}
-TOOLS = ("fluxd-tcp", "fluxd-quic", "scp", "rsync")
+TOOLS = ("fluxd-tcp", "fluxd-auto", "fluxd-quic", "scp", "rsync")
+
+
+def _tools(text: str) -> list[str]:
+    wanted = {t.strip() for t in text.split(",") if t.strip()}
+    if unknown := wanted - set(TOOLS):
+        raise argparse.ArgumentTypeError(f"unknown tools: {', '.join(sorted(unknown))}")
+    if not wanted:
+        raise argparse.ArgumentTypeError("no tool named")
+    return [t for t in TOOLS if t in wanted]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,21 +68,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="default TCP congestion control of both namespaces, i.e. what scp and rsync use "
         "(fluxd asks for BBR on its own sockets) [%(default)s: Debian's default]",
     )
+    parser.add_argument(
+        "--tools",
+        type=_tools,
+        default=list(TOOLS),
+        help=f"tools, comma-separated [{','.join(TOOLS)}]",
+    )
     parser.add_argument("--dir", type=Path, help="where files and destinations live [/var/tmp]")
     parser.add_argument("--no-results", action="store_true", help="do not update RESULTS.md")
 
 
-def _peers(ws: Workspace, placement: Placement) -> list[FluxPeer | SshPeer]:
-    """Every tool's server (not started yet), in TOOLS order, each with its own directory."""
-    dirs = {tool: ws.path / tool for tool in TOOLS}
-    for d in dirs.values():
-        d.mkdir(exist_ok=True)
-    return [
-        FluxPeer(dirs["fluxd-tcp"], "tcp", None, placement, "fluxd-tcp", strict=False),
-        FluxPeer(dirs["fluxd-quic"], "quic", None, placement, "fluxd-quic", strict=False),
-        SshPeer(dirs["scp"], placement=placement),
-        RsyncPeer(dirs["rsync"], placement=placement),
-    ]
+def _peers(
+    ws: Workspace, placement: Placement, tools: Sequence[str] = TOOLS
+) -> list[FluxPeer | SshPeer]:
+    """The servers of `tools` (not started yet), in TOOLS order, each with its own directory."""
+    make: dict[str, Callable[[Path], FluxPeer | SshPeer]] = {
+        "fluxd-tcp": lambda d: FluxPeer(d, "tcp", None, placement, "fluxd-tcp", strict=False),
+        "fluxd-auto": lambda d: FluxPeer(d, "auto", None, placement, "fluxd-auto", strict=False),
+        "fluxd-quic": lambda d: FluxPeer(d, "quic", None, placement, "fluxd-quic", strict=False),
+        "scp": lambda d: SshPeer(d, placement=placement),
+        "rsync": lambda d: RsyncPeer(d, placement=placement),
+    }
+    peers = []
+    for tool in (t for t in TOOLS if t in tools):
+        (ws.path / tool).mkdir(exist_ok=True)
+        peers.append(make[tool](ws.path / tool))
+    return peers
 
 
 def link_result(emulated: Emulated) -> dict[str, Any]:
@@ -96,10 +118,16 @@ def checked_placement(emu: Emulator, result: dict[str, Any]) -> Placement | None
 
 
 def _one_link(
-    ws: Workspace, name: str, size: int, reps: int, timeout: float, tcp_cc: str
+    ws: Workspace,
+    name: str,
+    size: int,
+    reps: int,
+    timeout: float,
+    tcp_cc: str,
+    tools: Sequence[str] = TOOLS,
 ) -> dict[str, Any]:
     emulated = load(name)
-    result = link_result(emulated)
+    result = link_result(emulated) | {"tools": list(tools)}
     src, digest = ws.source(size)
     print(f"link {name}: up", file=sys.stderr)
     with Emulator(emulated, tag=f"b{name[:3]}", tcp_cc=tcp_cc) as emu:
@@ -109,7 +137,7 @@ def _one_link(
         transfers: list[Transfer] = []
         failures: list[dict[str, Any]] = []
         with contextlib.ExitStack() as stack:
-            peers = start_peers(stack, _peers(ws, placement))
+            peers = start_peers(stack, _peers(ws, placement, tools))
             for rep in range(reps):
                 print(f"link {name}: rep {rep + 1}/{reps}", file=sys.stderr)
                 for peer in peers:
@@ -146,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
         for name in links:
             size = args.size or parse_size(sizes[name])
             try:
-                data["links"].append(_one_link(ws, name, size, reps, args.timeout, args.tcp_cc))
+                one = _one_link(ws, name, size, reps, args.timeout, args.tcp_cc, args.tools)
+                data["links"].append(one)
             except (SpecError, TopologyError) as exc:
                 raise BenchError(f"link {name}: {exc}") from None
             print(f"link {name}: done ({format_size(size)} x {reps})", file=sys.stderr)

@@ -9,9 +9,10 @@ from ..report import markdown_table
 from .common_report import STATS_HEAD, machine_paragraph, stats_row, verdict
 
 LOSSY_SHARE, LOSSY_RATIO = 0.60, 4.0
-FLUX_TOOLS = ("fluxd-tcp", "fluxd-quic")
+FLUX_TOOLS = ("fluxd-tcp", "fluxd-auto", "fluxd-quic")
 LABELS = {
     "fluxd-tcp": "fluxctl → fluxd, TCP + TLS",
+    "fluxd-auto": "fluxctl → fluxd, auto (TCP and QUIC lanes)",
     "fluxd-quic": "fluxctl → fluxd, QUIC",
     "scp": "scp (aes128-gcm)",
     "rsync": "rsync over ssh (aes128-gcm)",
@@ -47,7 +48,10 @@ def render_link(data: dict[str, Any], link: dict[str, Any]) -> str:
     out.append(f"{format_size(size)} per transfer, {reps} repetition(s) per tool, alternated.")
     out.append("")
     rows = []
+    ran = link.get("tools", list(LABELS))  # runs before --tools had every tool
     for tool, name_of_tool in LABELS.items():
+        if tool not in ran:
+            continue
         done = sum(1 for r in link["runs"] if r["tool"] == tool)
         label = f"{name_of_tool} ({done}/{reps} completed)"
         if tool in summary:
@@ -64,6 +68,7 @@ def render_link(data: dict[str, Any], link: dict[str, Any]) -> str:
     retries = {
         tool: [r["details"]["report"].get("retries") for r in link["runs"] if r["tool"] == tool]
         for tool in FLUX_TOOLS
+        if tool in ran
     }
     out += ["", "fluxctl retries per run: " + ", ".join(f"{t} {v}" for t, v in retries.items())]
     for failure in link["failures"]:
@@ -72,9 +77,12 @@ def render_link(data: dict[str, Any], link: dict[str, Any]) -> str:
     each = ", ".join(
         f"{tool} {best / _median(summary, tool):.2f}x" if tool in summary else f"{tool} failed"
         for tool in ("scp", "rsync")
+        if tool in ran
     )
-    out += ["", f"fluxd's best transport against each peer: {each}.", ""]
-    out.append(_targets(name, spec, summary, retries))
+    if each:
+        out += ["", f"fluxd's best transport against each peer: {each}."]
+    out.append("")
+    out.append(_targets(name, spec, summary, retries, ran))
     return "\n".join(out)
 
 
@@ -83,17 +91,25 @@ def _median(summary: dict[str, Any], tool: str) -> float:
 
 
 def _targets(
-    name: str, spec: dict[str, Any], summary: dict[str, Any], retries: dict[str, list[Any]]
+    name: str,
+    spec: dict[str, Any],
+    summary: dict[str, Any],
+    retries: dict[str, list[Any]],
+    ran: list[str],
 ) -> str:
     best = max(_median(summary, t) for t in FLUX_TOOLS)
     scp = _median(summary, "scp")
     if name == "lossy" and spec.get("rate"):
         share = best * 8e6 / spec["rate"]
         ratio = best / scp if scp else float("inf")
+        against = (
+            f"{ratio:.2f}x scp (goal ≥ {LOSSY_RATIO:g}x: {verdict(ratio >= LOSSY_RATIO)})"
+            if "scp" in ran
+            else "scp not run"
+        )
         return (
             f"Targets: fluxd's best {best:.1f} MB/s = {share * 100:.0f} % of the link rate (goal "
-            f"≥ {LOSSY_SHARE * 100:.0f} %: {verdict(share >= LOSSY_SHARE)}); "
-            f"{ratio:.2f}x scp (goal ≥ {LOSSY_RATIO:g}x: {verdict(ratio >= LOSSY_RATIO)})."
+            f"≥ {LOSSY_SHARE * 100:.0f} %: {verdict(share >= LOSSY_SHARE)}); {against}."
         )
     if name == "mobile":
         quic = retries.get("fluxd-quic", [])
@@ -102,7 +118,7 @@ def _targets(
             f"Target: fluxd over QUIC completes unattended with 0 reconnects: retries {quic} "
             f"({verdict(ok)})."
         )
-    against = f"{best / scp:.2f}x scp" if scp else "scp did not complete"
+    against = f"{best / scp:.2f}x scp" if scp else "scp did not complete (or was not run)"
     return f"fluxd's best: {best:.1f} MB/s, {against}."
 
 

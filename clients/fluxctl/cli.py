@@ -69,7 +69,13 @@ Transport = Annotated[
     typer.Option(
         "--transport",
         envvar="FLUX_TRANSPORT",
-        help="auto (QUIC, TCP if UDP is blocked), quic or tcp.",
+        help="auto (TCP and QUIC lanes at once; a send uses every lane up), quic or tcp.",
+    ),
+]
+Lanes = Annotated[
+    int,
+    typer.Option(
+        "--lanes", help="TCP lanes to send over (more for long fat paths); auto adds QUIC's."
     ),
 ]
 ChunkSize = Annotated[
@@ -117,6 +123,7 @@ class Connect:
     token: str | None
     io_timeout: float
     chunk_size: str | None = None
+    lanes: int = 1
 
 
 @dataclass
@@ -155,6 +162,7 @@ class Run:
             quic_datagram_size=ClientOptions.datagram_size_from_env(),
             on_new_host=self.notice,
             token=resolve_token(c.token, url.host, url.port),
+            lanes=c.lanes,
         )
 
     def parse_url(self, text: str) -> FluxURL:
@@ -238,9 +246,12 @@ def _transfer_summary(r: TransferResult) -> str:
 
     verb = "sent" if r.op == "send" else "received"
     rate = r.moved / r.seconds / 1e6 if r.seconds > 0 else 0.0
+    lanes = ""
+    if len(r.lanes) > 1:  # which lane carried how much
+        lanes = " (" + ", ".join(f"{k} {human_bytes(v)}" for k, v in r.lanes.items()) + ")"
     return (
         f"{verb} {r.path}: {human_bytes(r.size)} in {r.seconds:.2f} s ({rate:.1f} MB/s on the "
-        f"wire), {human_bytes(r.skipped)} already there, {r.retries} retries, "
+        f"wire{lanes}), {human_bytes(r.skipped)} already there, {r.retries} retries, "
         f"xxh128:{r.digest.hex()}"
     )
 
@@ -273,6 +284,7 @@ def send(
     exclude: Exclude = None,
     checksum: Checksum = False,
     verbose: Verbose = False,
+    lanes: Lanes = 1,
 ) -> None:
     """Send LOCAL to the server; run it again after any failure to resume (for `-`, with
     the same data on standard input). With -r, make PATH a copy of each LOCAL folder."""
@@ -282,7 +294,7 @@ def send(
     *sources, url = args
     run = Run("send", url, json_, quiet, progress)
     connect = Connect(
-        ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size
+        ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size, lanes
     )
     flags = TreeFlags(recursive, dereference, delete, dry_run, exclude, checksum, verbose)
     clitree.check_arguments(run, flags, sources, "LOCAL")
@@ -301,7 +313,7 @@ def send(
         upload = Upload(source.path, target, opts, name=source.name, mode=source.mode)
         with run.progress_bar(f"send {source.label}") as bar:
             upload.progress = bar.update
-            return await upload.run(Retrier(target, opts, run.on_retry))
+            return await upload.run(Retrier(target, opts, run.on_retry, bar.lanes))
 
     with run.stack:
         result = run.execute(work)

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from .tickets import TicketStore
 
 TRANSPORTS = ("auto", "quic", "tcp")
+#: Most TCP lanes a transfer may open (`--lanes`).
+MAX_LANES = 16
 #: How long QUIC may try alone before TCP joins the race.
 QUIC_HEAD_START = 0.25
 #: How much longer QUIC may try once TCP failed (a QUIC-only server answers well within this).
@@ -72,6 +74,8 @@ class ClientOptions:
     on_new_host: Callable[[str], None] | None = None
     #: Bearer token sent in HELLO (see tokens.resolve_token), or None for anonymous access.
     token: str | None = None
+    #: TCP lanes a transfer runs over (`--lanes`; see lanes.py), beside QUIC's with `auto`.
+    lanes: int = 1
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -86,6 +90,10 @@ class ClientOptions:
             raise ConfigError("QUIC always uses TLS: --insecure-plaintext needs --transport tcp")
         if not 1200 <= self.quic_datagram_size <= 16000:
             raise ConfigError("the QUIC datagram size must be between 1200 and 16000 bytes")
+        if not 1 <= self.lanes <= MAX_LANES:
+            raise ConfigError(f"--lanes must be between 1 and {MAX_LANES}")
+        if self.lanes > 1 and self.transport == "quic":
+            raise ConfigError("--lanes adds TCP lanes: it needs --transport auto or tcp")
 
     @staticmethod
     def datagram_size_from_env() -> int:
@@ -125,7 +133,7 @@ async def _race(url: FluxURL, opts: ClientOptions) -> Channel:
     quic_attempt = asyncio.ensure_future(connect_quic(url, opts))
     attempts = {quic_attempt}
     everyone = set(attempts)
-    errors: dict[str, BaseException] = {}
+    errors: dict[str, FluxError] = {}
     deadline: float | None = None  # set once TCP failed: QUIC then gets a last short chance
     winner: Channel | None = None
     try:
@@ -156,11 +164,19 @@ async def _race(url: FluxURL, opts: ClientOptions) -> Channel:
     finally:
         await _settle(attempts, everyone, winner)
     errors.setdefault("QUIC", ConnectError("no answer"))
-    if isinstance(errors.get("TCP"), ConnectionRefused):
-        # TCP refused and QUIC silent (or refused too): nothing listens at this address.
-        raise errors["TCP"]
-    reasons = "; ".join(f"{name}: {exc}" for name, exc in sorted(errors.items()))
-    raise ConnectError(f"cannot reach {url.address} ({reasons})")
+    raise unreachable(url, errors)
+
+
+def unreachable(url: FluxURL, errors: dict[str, FluxError]) -> FluxError:
+    """The error for a server no transport reached, from each transport's (or lane's) first
+    failure by name ("tcp", "quic", ...): a TCP refusal is the answer when nothing else
+    answered (nothing listens at this address); otherwise every reason, in one line."""
+    named = {name.upper(): exc for name, exc in errors.items()}
+    for name, exc in sorted(named.items()):
+        if name.startswith("TCP") and isinstance(exc, ConnectionRefused):
+            return exc
+    reasons = "; ".join(f"{name}: {exc}" for name, exc in sorted(named.items()))
+    return ConnectError(f"cannot reach {url.address} ({reasons})")
 
 
 async def _settle(
@@ -292,4 +308,12 @@ def _ssl_context(url: FluxURL, opts: ClientOptions) -> ssl.SSLContext | None:
     return client_ssl_context(opts.policy)
 
 
-__all__ = ["TRANSPORTS", "ClientOptions", "connect", "connect_quic", "connect_tcp"]
+__all__ = [
+    "MAX_LANES",
+    "TRANSPORTS",
+    "ClientOptions",
+    "connect",
+    "connect_quic",
+    "connect_tcp",
+    "unreachable",
+]

@@ -25,6 +25,7 @@ class ProgressBar:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._label = label
+        self._lanes: list[str] = []
         if enabled:
             # Imported here: rich costs ~20 ms of start-up that --quiet, --json and pipes skip.
             from rich.console import Console  # noqa: PLC0415
@@ -65,5 +66,16 @@ class ProgressBar:
         if self._progress is None:
             return
         if self._task is None:
-            self._task = self._progress.add_task(self._label, total=total)
+            self._task = self._progress.add_task(self._described(), total=total)
         self._progress.update(self._task, completed=done, total=total)
+
+    def lanes(self, names: list[str]) -> None:
+        """Show which lanes are up (a transfer over several: `[tcp+quic]`)."""
+        self._lanes = names
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=self._described())
+
+    def _described(self) -> str:
+        if not self._lanes:
+            return self._label
+        return f"{self._label} [{'+'.join(self._lanes)}]"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fluxproto import MAX_CHUNK, MAX_CHUNKS, ConfigError, chunk_count, format_digest
@@ -49,8 +49,17 @@ class TransferResult:
     seconds: float
     digest: bytes
     transport: str = "tcp"
+    #: Bytes the receiving side acknowledged through each lane ("tcp", "tcp2", "quic"); one
+    #: entry, the transport's, for a run over one connection.
+    lanes: dict[str, int] = field(default_factory=dict)
+    #: Bytes put on a lane again in the same attempt because the lane that carried them first
+    #: failed or stalled (not in `moved`, which counts each chunk once per attempt).
+    resent: int = 0
 
     def to_json(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"lanes": self.lanes} if self.op == "send" else {}
+        if self.resent:
+            extra["resent"] = self.resent
         return {
             "ok": True,
             "op": self.op,
@@ -62,4 +71,5 @@ class TransferResult:
             "seconds": round(self.seconds, 6),
             "digest": format_digest(self.digest),
             "transport": self.transport,
+            **extra,
         }

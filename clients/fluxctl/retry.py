@@ -17,6 +17,7 @@ from fluxio.requests import Channel
 from fluxproto import ConnectionRefused, FluxError, Goodbye
 
 from .connect import ClientOptions, connect
+from .lanes import LaneSet
 from .session import ClientSession
 from .url import FluxURL
 
@@ -35,12 +36,17 @@ class Retrier:
         url: FluxURL,
         opts: ClientOptions,
         on_retry: Callable[[FluxError, float], None] | None = None,
+        on_lanes: Callable[[list[str]], None] | None = None,
     ) -> None:
-        self.url, self.opts, self.on_retry = url, opts, on_retry
+        """`on_lanes` is told which lanes are up whenever that changes (see `run_lanes`)."""
+        self.url, self.opts, self.on_retry, self.on_lanes = url, opts, on_retry, on_lanes
         self.retries = 0
-        #: The transport the last attempt connected over ("tcp" or "quic"), and its channel.
+        #: The transport the last attempt connected over ("tcp" or "quic"; "auto" for lanes
+        #: of both), and its channel (the first lane's).
         self.transport = "tcp"
         self.channel: Channel | None = None
+        #: The last attempt's lanes (`run_lanes`).
+        self.lanes: LaneSet | None = None
         #: True once any attempt connected: from then on a refused connection is a daemon
         #: restarting, worth waiting for; before, it is most likely a wrong address.
         self.connected = False
@@ -51,11 +57,20 @@ class Retrier:
         Raises:
             FluxError: the first non-retryable error, or the last one once time runs out.
         """
+        return await self._retried(lambda: self._once(attempt))
+
+    async def run_lanes(self, attempt: Callable[[LaneSet, int], Awaitable[T]]) -> T:
+        """As `run`, with `attempt(lanes, n)` on fresh lanes (lanes.LaneSet): within an attempt
+        each lane reconnects by itself; an attempt fails (and is retried here) once no lane
+        is left to carry it."""
+        return await self._retried(lambda: self._once_lanes(attempt))
+
+    async def _retried(self, once: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self.opts.retry_for
         delay = FIRST_DELAY
         while True:
             try:
-                return await self._once(attempt)
+                return await once()
             except FluxError as exc:
                 pause = delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
                 if not exc.retryable or time.monotonic() + pause > deadline:
@@ -94,3 +109,19 @@ class Retrier:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CLOSE_WAIT):
                     await ch.wait_closed()
+
+    async def _once_lanes(self, attempt: Callable[[LaneSet, int], Awaitable[T]]) -> T:
+        lanes = LaneSet(self.url, self.opts, self.on_lanes)
+        farewell: str | None = None
+        try:
+            await lanes.start()
+            self.transport, self.lanes, self.connected = lanes.transport, lanes, True
+            self.channel = lanes.first()[1].ch
+            result = await attempt(lanes, self.retries)
+            farewell = "done"
+            return result
+        except asyncio.CancelledError:
+            farewell = "interrupted"  # as in _once
+            raise
+        finally:
+            await lanes.close(farewell)

@@ -92,6 +92,8 @@ class TreeResult:
     excluded: int = 0
     retries: int = 0
     seconds: float = 0.0
+    #: Bytes the receiving side acknowledged through each lane (send over lanes only).
+    lanes: dict[str, int] = field(default_factory=dict)
     errors: list[TreeError] = field(default_factory=list)
     error_count: int = 0  # errors listed or not
     _worst: int = field(default=EXIT_OK, init=False, repr=False)
@@ -174,6 +176,8 @@ class TreeResult:
                 for e in self.errors
             ],
         }
+        if self.lanes:
+            out["lanes"] = self.lanes
         if self.error_count > len(self.errors):
             out["errors_not_listed"] = self.error_count - len(self.errors)
         if self.error_count:

@@ -18,6 +18,10 @@ An action starts once those in flight on its own name and on its folders finishe
 waits for the folder being made), a folder's attributes or recursive delete once everything
 in flight under it did; meanwhile the actions after it start.
 
+With `--transport auto` (or `--lanes`), files of several chunks go over every lane up
+(lanesend.py); everything else (the listing, folders, links, files of one chunk) over the first
+lane.
+
 A failure of one entry (the server refuses a name, a file cannot be read) is counted and
 reported and the run goes on. A connection failure ends the attempt: `Retrier` connects again
 and the whole tree is planned again: what was sent is then unchanged by the quick check, and
@@ -32,7 +36,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fluxproto import Delete as DeleteFrame
@@ -48,6 +52,7 @@ from fluxproto import Symlink as SymlinkFrame
 
 from .connect import ClientOptions
 from .excludes import Excludes
+from .lanes import LaneSet, uses_lanes
 from .many import CONCURRENCY
 from .results import chunk_size_for
 from .retry import Retrier
@@ -99,20 +104,28 @@ async def send_tree(
     retrier = Retrier(dest, options, view.retrying)
     carried = _Carried()
 
-    async def attempt(session: ClientSession, n: int) -> TreeResult:
+    async def attempt(session: ClientSession, n: int, lanes: LaneSet | None = None) -> TreeResult:
         if n:
             view.restart()
         report = TreeReport(TreeResult("send", path), view)
         try:
             for i, pair in enumerate(pairs):
                 last = i == len(pairs) - 1
-                await _SendRoot(session, n, dest, options, tree, report, pair).run(last)
+                root = _SendRoot(session, n, dest, options, tree, report, pair)
+                root.lanes, root.lane_bytes = lanes, carried.lanes
+                await root.run(last)
         except FluxError:
             carried.add(report)
             raise
         return report.result
 
-    result = await retrier.run(attempt)
+    async def over_lanes(lanes: LaneSet, n: int) -> TreeResult:
+        return await attempt(lanes.first()[1], n, lanes)
+
+    if uses_lanes(options):
+        result = await retrier.run_lanes(over_lanes)
+    else:
+        result = await retrier.run(attempt)
     carried.apply(result)
     result.retries, result.transport = retrier.retries, retrier.transport
     result.seconds = time.monotonic() - started
@@ -125,6 +138,8 @@ class _Carried:
 
     moved: int = 0
     files_sent: int = 0
+    #: Bytes each lane delivered, over every attempt.
+    lanes: dict[str, int] = field(default_factory=dict)
 
     def add(self, report: TreeReport) -> None:
         self.moved += report.result.moved
@@ -134,6 +149,7 @@ class _Carried:
         # A file an earlier attempt sent is unchanged now: it was sent, not skipped.
         result.moved += self.moved
         result.skipped_files = max(0, result.skipped_files - self.files_sent)
+        result.lanes = dict(self.lanes)
 
 
 class _SendRoot:
@@ -163,6 +179,10 @@ class _SendRoot:
         #: Opens the files to send below the local root (none is read through a link that
         #: appeared since the walk), opened by `run`.
         self.files: LocalFiles | None = None
+        #: The attempt's lanes, when files of several chunks go over them (else None), and
+        #: where the bytes each lane delivered are added up.
+        self.lanes: LaneSet | None = None
+        self.lane_bytes: dict[str, int] = {}
 
     async def run(self, last: bool = True) -> None:
         """Plan and copy this root; `last`: no root follows (the plan's totals are final
@@ -364,12 +384,17 @@ class _SendRoot:
         try:
             while True:
                 try:
-                    await up.attempt(self.session, self.n)
+                    if self.lanes is None:
+                        await up.attempt(self.session, self.n)
+                    else:  # a file of one chunk: in one flight on the first lane
+                        await up.attempt_lanes(self.lanes, self.n)
                     return
                 except LocalFileChanged:
                     continue  # read it again at once (Upload gives up after a few rescans)
         finally:
             self.report.result.moved += up.sent
+            for lane, nbytes in up.lanes.items():
+                self.lane_bytes[lane] = self.lane_bytes.get(lane, 0) + nbytes
 
 
 _RUNNABLE = (Mkdir, Copy, MakeLink, SetAttrs, Delete)

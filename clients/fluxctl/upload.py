@@ -23,7 +23,14 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+)
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +64,8 @@ from fluxproto.digest import digest_at
 from fluxproto.errors import map_exceptions
 
 from .connect import ClientOptions
+from .lanes import LaneSet, uses_lanes
+from .lanesend import LaneUpload
 from .results import ProgressFn, TransferResult, chunk_size_for
 from .retry import Retrier
 from .session import ClientSession, cancel_on_error
@@ -115,18 +124,28 @@ class Upload:
         #: finds it unchanged by size and mtime; otherwise the server's time of writing.
         self.keep_mtime = keep_mtime
         self.sent = 0
+        #: Bytes put on a lane's wire again in the same pass, after the lane that carried them
+        #: first failed or stalled (lanesend.py); `sent` counts each chunk once per pass.
+        self.resent = 0
+        #: Bytes the server acknowledged through each lane (or the one transport), by name.
+        self.lanes: dict[str, int] = {}
         self.skipped = 0
         #: What the server held when the run started: the base for `skipped`.
         self.first_held: dict[int, bytes] | None = None
         self.rescans = 0
         self.integrity_retries = 0
-        self._done = 0
+        self._done = self._size = 0
         self._mtime_ns: int | None = None
 
     async def run(self, retrier: Retrier | None = None) -> TransferResult:
+        """Send the file, reconnecting and resuming as `retrier` allows: over every lane of
+        the options (lanes.py: `auto`, `--lanes`), else over one connection."""
         started = time.monotonic()
         retrier = retrier or Retrier(self.url, self.opts)
-        digest, size = await retrier.run(self.attempt)
+        if uses_lanes(self.opts):
+            digest, size = await retrier.run_lanes(self.attempt_lanes)
+        else:
+            digest, size = await retrier.run(self.attempt)
         seconds = time.monotonic() - started
         return self.result(digest, size, retrier.retries, seconds, retrier.transport)
 
@@ -139,11 +158,21 @@ class Upload:
             LocalFileChanged: the file changed while it was read (retryable).
             FluxError: what the server or the connection reported.
         """
+        return await self._attempt(lambda fd, st: self._pass(session, n, fd, st))
+
+    async def attempt_lanes(self, lanes: LaneSet, n: int) -> tuple[bytes, int]:
+        """As `attempt`, spread over the lanes up (lanesend.py); a file of one chunk goes in
+        one flight on one lane."""
+        return await self._attempt(lambda fd, st: self._pass_lanes(lanes, n, fd, st))
+
+    async def _attempt(
+        self, one_pass: Callable[[int, os.stat_result], Awaitable[bytes | None]]
+    ) -> tuple[bytes, int]:
         fd, st = open_local(self.local, self.opener)
         try:
             # None: the server found chunks it offered as held corrupt and dropped them. That
             # is no network failure: plan again on this connection against a fresh STATUS.
-            while (digest := await self._pass(session, n, fd, st)) is None:
+            while (digest := await one_pass(fd, st)) is None:
                 pass
             return digest, st.st_size
         except LocalFileChanged as exc:
@@ -158,33 +187,47 @@ class Upload:
     ) -> TransferResult:
         """The run's result once an attempt committed the file."""
         moved, skipped = self.sent, self.skipped
-        return TransferResult(
+        result = TransferResult(
             "send", self.remote, size, moved, skipped, retries, seconds, digest, transport
         )
+        result.lanes, result.resent = dict(self.lanes), self.resent
+        return result
+
+    def _begin(self, st: os.stat_result) -> tuple[int, int, int]:
+        """A pass's size, chunk size and mode for the file as `st` found it; resets progress."""
+        self._mtime_ns = st.st_mtime_ns if self.keep_mtime else None
+        self._done = 0  # bytes durable on the server, for progress
+        mode = stat.S_IMODE(st.st_mode) if self.mode is None else self.mode
+        return st.st_size, chunk_size_for(st.st_size, self.opts.chunk_size), mode
+
+    def _held(self, status: Status) -> dict[int, bytes]:
+        """What the server holds by STATUS; the first pass's is kept for `--json`."""
+        held = held_digests(status)
+        if self.first_held is None:
+            self.first_held = held
+        return held
+
+    def _check_unchanged(self, fd: int, st: os.stat_result) -> None:
+        if changed(fd, st, self.opener):
+            self.rescans += 1
+            raise LocalFileChanged(f"{self.local} changed while it was being sent")
 
     async def _pass(
         self, session: ClientSession, n: int, fd: int, st: os.stat_result
     ) -> bytes | None:
         """OPEN_UPLOAD, send what STATUS lacks, COMMIT; the committed digest, or None to
         plan again."""
-        size = st.st_size
-        chunk_size = chunk_size_for(size, self.opts.chunk_size)
-        mode = stat.S_IMODE(st.st_mode) if self.mode is None else self.mode
-        self._mtime_ns = st.st_mtime_ns if self.keep_mtime else None
-        self._done = 0  # bytes durable on the server, for progress
+        size, chunk_size, mode = self._begin(st)
         if chunk_count(size, chunk_size) <= 1:
             return await self._one_flight(session, n, fd, st, chunk_size, mode)
         req, status = await self._open(session, n, size, chunk_size, mode)
         with cancel_on_error(req):
-            held = held_digests(status)
-            if self.first_held is None:
-                self.first_held = held
+            held = self._held(status)
             hasher = FileHasher()
-            sender = ChunkSender(req, self._on_acked(size), self.opts.io_timeout, self._on_sent)
+            on_acked = self._on_acked(size, session.transport)
+            sender = ChunkSender(req, on_acked, self.opts.io_timeout, self._on_sent)
             await self._send_all(sender, fd, size, chunk_size, held, hasher)
-            if changed(fd, st, self.opener):
-                self.rescans += 1
-                raise LocalFileChanged(f"{self.local} changed while it was being sent")
+            self._check_unchanged(fd, st)
             return await self._commit(req, sender, hasher.digest(), size)
 
     async def _one_flight(
@@ -208,8 +251,9 @@ class Upload:
         with cancel_on_error(req):
             # With many requests in flight the chunk may wait for window room, and the
             # server's STATUS (or its refusal) may come first: the sender keeps it for us.
+            on_acked = self._on_acked(size, session.transport)
             sender = ChunkSender(
-                req, self._on_acked(size), self.opts.io_timeout, self._on_sent, early=(Status,)
+                req, on_acked, self.opts.io_timeout, self._on_sent, early=(Status,)
             )
             refused: Conflict | None = None
             try:
@@ -298,6 +342,17 @@ class Upload:
         held: dict[int, bytes],
         hasher: FileHasher,
     ) -> None:
+        async with self._reading(fd, size, chunk_size, held, hasher) as chunks:
+            await sender.send_all(chunks)
+
+    @contextlib.asynccontextmanager
+    async def _reading(
+        self, fd: int, size: int, chunk_size: int, held: dict[int, bytes], hasher: FileHasher
+    ) -> AsyncIterator[AsyncIterator[ChunkData]]:
+        """The chunks to send, read once in file order (READ_AHEAD ahead, in one worker
+        thread, so `hasher` sees the whole file in order) and hashed; those `held` with the
+        same digest are left out (counted in `skipped` and progress). `skipped` is exact once
+        they are all read."""
         skipped = 0
         first_held = self.first_held or {}
 
@@ -318,15 +373,60 @@ class Upload:
                     self.progress(self._done, size)
                     continue
                 yield index, digest, data
+            self.skipped = skipped  # the scan completed: this count is exact
 
         self.progress(0, size)
         with ThreadPoolExecutor(1, thread_name_prefix="fluxctl-read") as pool:
             async with contextlib.aclosing(unsent(pool)) as chunks:
-                await sender.send_all(chunks)
-        self.skipped = skipped  # the scan completed: this count is exact
+                yield chunks
 
-    def _on_acked(self, size: int) -> Callable[[int], None]:
+    async def _pass_lanes(
+        self, lanes: LaneSet, n: int, fd: int, st: os.stat_result
+    ) -> bytes | None:
+        """`_pass` over every lane up: OPEN_UPLOAD on the first (TCP if up), then the chunks
+        over all of them (lanesend.LaneUpload); the committed digest, or None to plan again."""
+        size, chunk_size, mode = self._begin(st)
+        self._size = size
+        first, session = lanes.first()  # TCP first: cheapest per byte
+        if chunk_count(size, chunk_size) <= 1:
+            return await self._one_flight(session, n, fd, st, chunk_size, mode)
+        req, status = await self._open(session, n, size, chunk_size, mode)
+        with cancel_on_error(req):
+            held = self._held(status)
+            hasher = FileHasher()
+
+            def digest() -> bytes:
+                self._check_unchanged(fd, st)
+                return hasher.digest()
+
+            opening = req.opening
+            assert isinstance(opening, OpenUpload)
+            timeout = self.opts.io_timeout
+            commit_timeout = timeout + size / COMMIT_RATE
+            spread = LaneUpload(lanes, opening, status.tid, self, timeout, commit_timeout)
+            async with self._reading(fd, size, chunk_size, held, hasher) as chunks:
+                try:
+                    return await spread.run(first, req, chunks, digest)
+                except IntegrityError as exc:
+                    self._integrity_failed(exc)
+                    return None
+
+    # --- what a pass over lanes reports (lanesend.Tally) -----------------------------------
+
+    def count_sent(self, nbytes: int) -> None:
+        self.sent += nbytes
+
+    def count_resent(self, nbytes: int) -> None:
+        self.resent += nbytes
+
+    def count_delivered(self, lane: str, nbytes: int) -> None:
+        self.lanes[lane] = self.lanes.get(lane, 0) + nbytes
+        self._done += nbytes
+        self.progress(self._done, self._size)
+
+    def _on_acked(self, size: int, lane: str) -> Callable[[int], None]:
         def on_acked(nbytes: int) -> None:
+            self.lanes[lane] = self.lanes.get(lane, 0) + nbytes
             self._done += nbytes
             self.progress(self._done, size)
 
@@ -353,13 +453,21 @@ class Upload:
         try:
             while not isinstance(frame := await req.next(timeout), Committed):
                 sender.take(frame)  # ACKs of chunks still in flight at COMMIT
-        except IntegrityError:
-            self.integrity_retries += 1
-            if self.integrity_retries > MAX_INTEGRITY_RETRIES:
-                raise
+        except IntegrityError as exc:
+            self._integrity_failed(exc)
             return None
         sender.acked_all()
         return digest
+
+    def _integrity_failed(self, exc: IntegrityError) -> None:
+        """The server answered COMMIT with 422 (`exc`): the pass plans again, a few times.
+
+        Raises:
+            IntegrityError: once too often.
+        """
+        self.integrity_retries += 1
+        if self.integrity_retries > MAX_INTEGRITY_RETRIES:
+            raise exc
 
 
 async def _one(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
+import functools
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -55,7 +56,7 @@ class FileService:
         self.shared = shared
         self.limits, self.storage, self.pool = shared.config.limits, shared.storage, shared.pool
         #: Open transfers by tid, for requests that attach (another connection's, say).
-        self.uploads: TransferRegistry[UploadHandle] = TransferRegistry()
+        self.uploads: TransferRegistry[UploadHandle] = TransferRegistry(linger=True)
         self.downloads: TransferRegistry[DownloadHandle] = TransferRegistry(linger=True)
         #: Where grouped uploads are committed together (see `upload`).
         self.group = CommitGroup(self.storage, self.pool)
@@ -122,6 +123,7 @@ class FileService:
                     await up.open(self.storage, chunk_size, mode, mtime_ns, grouped)
                     try:
                         async with self.uploads.opened(caller.account, up) as up.tid:
+                            up.on_committed = functools.partial(self.uploads.done, up.tid)
                             yield up
                     finally:
                         up.close()

@@ -1,7 +1,9 @@
 """Open transfers by transfer id (`tid`), per account: what a request that attaches finds.
 
 A transfer outlives the request that opened it as long as requests attached to it run: the
-opener's operation waits for them before it closes the transfer (PROTOCOL.md section 4).
+opener's operation waits for them before it closes the transfer, and until none is left more may
+attach (PROTOCOL.md 6.3): a client whose lanes carry one upload can lose the lane that opened it,
+go on over the others, and bring that lane back to the same transfer.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ class TransferRegistry(Generic[H]):
 
     Args:
         linger: a transfer stays joinable after its opener's body ended, as long as a request
-            that attached to it runs (shared downloads: a lane that came back joins the
-            transfer its other lanes still carry, PROTOCOL.md 15.44). Its opener's exit then
+            that attached to it runs (a lane that came back joins the upload or shared
+            download its other lanes still carry, PROTOCOL.md 6.3 and 15.44). Its opener's exit then
             waits for them even when cancelled, since it closes what they use.
     """
 
@@ -49,7 +51,7 @@ class TransferRegistry(Generic[H]):
     async def opened(self, account: str, handle: H) -> AsyncIterator[bytes]:
         """Register `handle` for the body under a new tid (yielded). On leaving, no request may
         attach any more (with `linger`: once none is attached), and the exit waits until the
-        attached ones are done with it."""
+        attached ones are done with it (or the transfer is `done`)."""
         tid = os.urandom(TID_SIZE)
         entry = self._open[tid] = _Open(account, handle)
         try:
@@ -61,7 +63,18 @@ class TransferRegistry(Generic[H]):
             try:
                 await self._idle(entry)
             finally:
+                entry.joinable = False
                 del self._open[tid]
+
+    def done(self, tid: bytes) -> None:
+        """Transfer `tid` needs no request any more (an upload was committed): none may attach,
+        and its opener leaves without waiting for those attached, which can only find it
+        done (a lane whose connection died unnoticed would hold it until the server's idle
+        timeout)."""
+        entry = self._open.get(tid)
+        if entry is not None:
+            entry.joinable = False
+            entry.idle.set()
 
     async def _idle(self, entry: _Open[H]) -> None:
         if not self._linger:

@@ -42,7 +42,9 @@ class UploadHandle:
     It holds no connection: liveness for the claim comes from the presences of the requests
     that drive it (the one that opened it, and those that attached to it by `tid`). Writes
     count into the access record of the request that made them as they become durable
-    (chunks written with durable=False: once the commit made them so).
+    (chunks written with durable=False: once the commit made them so), each chunk once: a
+    client whose lanes both deliver a chunk (it resent it on one when the other stalled) has
+    it written twice, counted once.
 
     An upload opened `grouped` (a small file whose chunks come with its COMMIT) is committed
     with others through `group`: one durability barrier for many files.
@@ -66,6 +68,8 @@ class UploadHandle:
         self.pool = pool
         #: True once `commit` has published the file.
         self.committed = False
+        #: Called once it is committed (the service stops waiting for attached requests).
+        self.on_committed: Callable[[], None] = lambda: None
         self._digest: bytes | None = None
         self._drivers = [(presence, record)]
         self._upload: Upload | None = None
@@ -74,6 +78,7 @@ class UploadHandle:
         self._group, self._grouped = group, False
         # Bytes written with durable=False, by record: counted once committed.
         self._pending: list[tuple[Record, int]] = []
+        self._counted = bytearray()  # one bit per chunk index whose bytes a record counted
 
     @property
     def presence(self) -> Presence:
@@ -100,7 +105,13 @@ class UploadHandle:
             lambda: all(p.closed for p, _ in self._drivers),
             lambda: max(p.last_heard() for p, _ in self._drivers),
             lambda: on_stale(self.presence),
+            self._ping,
         )
+
+    def _ping(self) -> None:
+        for presence, _ in self._drivers:
+            if not presence.closed:
+                presence.keepalive()
 
     async def open(
         self,
@@ -151,12 +162,22 @@ class UploadHandle:
             if self.committed:
                 raise Conflict(f"/{self.key} was committed meanwhile; chunks not written")
             self.opened.write_chunks(batch, durable)
-        nbytes = sum(len(data) for _, _, data in batch)
+            nbytes = sum(len(data) for index, _, data in batch if self._first_write(index))
         counted = record or self._drivers[0][1]
         if durable:
             counted.bytes += nbytes
         else:
             self._pending.append((counted, nbytes))
+
+    def _first_write(self, index: int) -> bool:
+        """True the first time chunk `index` is written in this upload (hold the write lock)."""
+        byte, bit = divmod(index, 8)
+        if byte >= len(self._counted):
+            self._counted.extend(bytes(byte + 1 - len(self._counted)))
+        if self._counted[byte] >> bit & 1:
+            return False
+        self._counted[byte] |= 1 << bit
+        return True
 
     async def commit(self, digest: bytes) -> None:
         """Check the whole-file digest and publish the file atomically (see `Upload.commit`).
@@ -207,6 +228,7 @@ class UploadHandle:
             for record, nbytes in self._pending:
                 record.bytes += nbytes
             self._pending.clear()
+            self.on_committed()
 
 
 class AttachedUpload:

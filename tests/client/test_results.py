@@ -128,6 +128,7 @@ def test_send_json() -> None:
         "seconds": 1.234568,
         "digest": "xxh128:000102030405060708090a0b0c0d0e0f",
         "transport": "tcp",
+        "lanes": {},
     }
 
 
@@ -138,7 +139,17 @@ def test_recv_json_reports_received_not_sent() -> None:
     assert "sent" not in out
     send = result("send").to_json()
     assert "received" not in send
-    assert set(out) - {"received"} == set(send) - {"sent"}
+    assert set(out) - {"received"} == set(send) - {"sent", "lanes"}
+
+
+def test_send_json_names_its_lanes_and_what_went_again() -> None:
+    out = result("send", transport="auto", lanes={"tcp": 500, "quic": 100}, resent=64).to_json()
+    assert (out["transport"], out["lanes"], out["resent"]) == (
+        "auto",
+        {"tcp": 500, "quic": 100},
+        64,
+    )
+    assert "resent" not in result("send").to_json(), "only when something went again"
 
 
 def test_json_is_serialisable_and_keeps_transport() -> None:

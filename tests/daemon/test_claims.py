@@ -262,6 +262,26 @@ def test_same_subject_conflicts_at_once_with_a_holder_that_shows_life() -> None:
     asyncio.run(main())
 
 
+def test_a_holder_with_nothing_to_say_is_asked_and_its_answer_is_life() -> None:
+    """A live client that has every chunk in flight sends nothing until it is acknowledged
+    (over TCP nothing else shows it is there): the waiting claim PINGs it, and its PONG keeps
+    the path; a holder that does not answer is superseded as before."""
+
+    async def main() -> None:
+        claims = UploadClaims(stale_after=LONG)
+        pongs: list[float] = []  # the holder's client answers each PING at once
+        holder = Holder(
+            "alice", ALIVE, lambda: float(len(pongs)), lambda: None, lambda: pongs.append(1.0)
+        )
+        async with claims.claim("f", holder, LONG):
+            with pytest.raises(Conflict, match="another session of yours"):
+                async with claims.claim("f", held(), LONG):
+                    raise AssertionError("must not get the claim")
+        assert pongs, "it was asked"
+
+    asyncio.run(main())
+
+
 def test_another_subject_never_waits_even_for_a_silent_holder() -> None:
     async def main() -> None:
         claims = UploadClaims(stale_after=LONG)

@@ -75,7 +75,7 @@ def test_udp_blocked_auto_falls_back_to_tcp(
     data = random_file(tmp_path / "src", MIB)
     res = fluxctl("send", str(tmp_path / "src"), daemon.url("/fallback"), "--json")
     assert res.code == 0, res.stderr
-    assert res.json["transport"] == "tcp"
+    assert (res.json["transport"], res.json["lanes"]) == ("auto", {"tcp": len(data)})
     assert res.json["seconds"] < 5
     assert (daemon.root / "fallback").read_bytes() == data
 

@@ -49,6 +49,7 @@ def test_send_recv_edge_sizes(
         "seconds": out["seconds"],
         "digest": xxh(data),
         "transport": transport,
+        "lanes": {transport: size} if size else {},
     }
     assert (daemon.root / "sizes" / f"{size}.bin").read_bytes() == data
 

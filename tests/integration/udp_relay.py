@@ -99,13 +99,15 @@ class UdpRelay:
     Args:
         server_port: where datagrams from the client go.
         seed: seeds every random stream (see the module docstring for what is reproducible).
+        port: the UDP port to listen on (0: any free one); the number of a TCP proxy's port
+            makes one URL lead to both (lanes: TCP through the proxy, QUIC through here).
         **params: initial `Impairments` fields (loss, duplicate, reorder, delay, jitter,
             blackhole, reorder_timeout).
 
     Use as a context manager, or call `close()`.
     """
 
-    def __init__(self, server_port: int, *, seed: int = 0, **params: Any) -> None:
+    def __init__(self, server_port: int, *, seed: int = 0, port: int = 0, **params: Any) -> None:
         self.server_address: Address = ("127.0.0.1", server_port)
         self._params = Impairments(**params)
         self._lock = threading.Lock()
@@ -122,7 +124,7 @@ class UdpRelay:
         self._closing = False
         self._error: BaseException | None = None
         self._selector = selectors.DefaultSelector()
-        self._listener = _udp_socket()
+        self._listener = _udp_socket(port)
         self.port: int = self._listener.getsockname()[1]
         self._out = _udp_socket()
         self._ports.append(self._out.getsockname()[1])
@@ -413,7 +415,7 @@ class UdpRelay:
             applied.set()  # the socket is closed, so rebind() raises rather than waits
 
 
-def _udp_socket() -> socket.socket:
+def _udp_socket(port: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         for force, plain in (
@@ -424,7 +426,7 @@ def _udp_socket() -> socket.socket:
                 sock.setsockopt(socket.SOL_SOCKET, force, _BUFFER)
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, plain, _BUFFER)  # capped by the sysctl
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", port))
         sock.setblocking(False)
     except BaseException:
         sock.close()

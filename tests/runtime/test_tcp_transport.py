@@ -790,3 +790,19 @@ def test_channel_over_a_socketpair() -> None:
             return event
 
     assert isinstance(asyncio.run(main()), Hello)
+
+
+def test_silence_is_what_the_kernel_says_of_unacknowledged_segments() -> None:
+    """A connected TCP socket with nothing in flight is not silent; a socket that is not TCP,
+    or closed, says nothing (0), where TCP_INFO could tell a dead path."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        peer, _ = listener.accept()
+        with client, peer:
+            client.sendall(b"x" * 1000)
+            assert peer.recv(1000)
+            assert tcp.tcp_silence(client) < 1.0  # a live path: acknowledged within a moment
+    a, b = socket.socketpair()
+    with a, b:
+        assert tcp.tcp_silence(a) == 0.0
+    assert tcp.tcp_silence(client) == 0.0  # closed

@@ -136,6 +136,13 @@ class ChannelBase:
         """Transport details for the daemon's request log."""
         return {"transport": self.transport}
 
+    def silence(self) -> float:
+        """Seconds the path has given no sign of life while the peer owed us one: an
+        acknowledgement, at the transport's level, of bytes we sent (0 when nothing awaits
+        one). A path that is down shows here within a few round trips, where a peer that is
+        merely slow to answer at flux's level (its disk, a rate limit) does not."""
+        raise NotImplementedError
+
     # --- for the transport ----------------------------------------------------------------------
 
     def _check_open(self) -> None:

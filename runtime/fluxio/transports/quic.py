@@ -194,6 +194,11 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
             QuicConnectionProtocol.close(self)
         self._connection_gone()
 
+    def silence(self) -> float:
+        """See ChannelBase.silence: the time since the last datagram came. A live client path
+        is never silent long, data or not: its PINGs are answered (quic_migration)."""
+        return max(0.0, self.loop.time() - self.last_receive)
+
     def describe(self) -> dict[str, Any]:
         """Transport details for the daemon's request log."""
         return {

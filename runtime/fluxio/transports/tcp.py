@@ -128,6 +128,11 @@ class SocketChannel(ChannelBase):
                 raise stalled
         self._check_alive()
 
+    def silence(self) -> float:
+        """See ChannelBase.silence: the time since the kernel last had an ACK for this socket
+        while segments are in flight (TCP_INFO); 0 where Linux does not say."""
+        return tcp_silence(self.sock)
+
     def close(self) -> None:
         """Close once queued bytes are written (an ERROR or GOODBYE still reaches the peer),
         or after CLOSE_TIMEOUT seconds, whichever comes first."""
@@ -283,6 +288,25 @@ class SocketChannel(ChannelBase):
         elif not wanted and self._writer_armed:
             self.loop.remove_writer(self._fd)
             self._writer_armed = False
+
+
+#: struct tcp_info (linux/tcp.h) up to tcpi_last_ack_recv: tcpi_unacked at byte 24 (segments
+#: sent and not acknowledged), tcpi_last_ack_recv at byte 56 (ms since the last ACK came).
+_TCP_INFO = struct.Struct("=24xI28xI")
+
+
+def tcp_silence(sock: socket.socket) -> float:
+    """Seconds since `sock` last received an ACK while segments await one (0 if none do, or
+    where TCP_INFO is not there: not Linux, a closed socket). A peer that stopped reading
+    (zero window) leaves nothing unacknowledged: that is not silence."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
+    except (OSError, AttributeError):
+        return 0.0
+    if len(info) < _TCP_INFO.size:
+        return 0.0
+    unacked, last_ack_ms = _TCP_INFO.unpack(info)
+    return last_ack_ms / 1000 if unacked else 0.0
 
 
 def _peer_name(sock: socket.socket) -> str:
