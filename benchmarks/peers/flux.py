@@ -67,7 +67,10 @@ class FluxPeer(Service):
     FLUX_QUIC_DATAGRAM_SIZE, so both ends use the same datagram size. `placement` puts the
     daemon and the client on loopback or into an emulated link's namespaces; `tool` names the
     peer in reports. The daemon serves anonymous clients even on an emulated link's non-loopback
-    address (the namespaces are the harness's own); `limits` become its `[limits]` table.
+    address (the namespaces are the harness's own), unless `token`: then fluxctl sends a token
+    the daemon issued, as a user would (an anonymous client is known by its address, so a lane
+    that comes back from a new address is someone else to the daemon). `lanes` goes to
+    `fluxctl send --lanes`; `limits` become the daemon's `[limits]` table.
     """
 
     def __init__(
@@ -79,6 +82,8 @@ class FluxPeer(Service):
         tool: str = "fluxctl",
         strict: bool = True,
         limits: dict[str, int | str] | None = None,
+        lanes: int = 1,
+        token: bool = False,
     ) -> None:
         if transport not in TRANSPORTS:
             raise BenchError(f"unknown fluxctl transport {transport!r}: choose {TRANSPORTS}")
@@ -90,6 +95,7 @@ class FluxPeer(Service):
         #: with address changes make TCP reconnect; there, resent bytes are reported instead.
         self.strict = strict
         self.limits = limits or {}
+        self.lanes, self.token = lanes, token
         self.port, self.fingerprint = 0, ""
         self._tmp: Path | None = None
         self._env: dict[str, str] = {}
@@ -110,8 +116,12 @@ class FluxPeer(Service):
         argv = [
             *self.placement.server_prefix, flux_binary("fluxd"), "serve", "--root",
             str(self.root), "--listen", f"{self.placement.host}:0",
-            "--certs", str(self._tmp / "certs"), "--anonymous",
+            "--certs", str(self._tmp / "certs"),
         ]  # fmt: skip
+        if self.token:
+            self._env["FLUX_TOKEN"] = self._issue_token()
+        else:
+            argv.append("--anonymous")
         if self.limits:
             config = self._tmp / "fluxd.toml"
             lines = [f"{k} = {json.dumps(v)}" for k, v in self.limits.items()]
@@ -127,6 +137,18 @@ class FluxPeer(Service):
         if self.transport == "quic":  # its own event if fluxd logs one, else the TCP port
             quic = self._server.wait_listening(_is_quic, QUIC_LISTENING_WAIT)
             self.port = _port(quic) if quic else self.port
+
+    def _issue_token(self) -> str:
+        assert self._tmp is not None
+        argv = [flux_binary("fluxd"), "token", "issue", "--sub", "bench", "--scope", "read:/",
+                "--scope", "write:/", "--scope", "list:/", "--scope", "delete:/",
+                "--certs", str(self._tmp / "certs")]  # fmt: skip
+        done = subprocess.run(
+            argv, capture_output=True, text=True, env=self._env, timeout=60, check=False
+        )
+        if done.returncode != 0 or not done.stdout.strip():
+            raise BenchError(f"fluxd token issue failed: {done.stderr.strip()}")
+        return done.stdout.strip().splitlines()[-1]
 
     def _stop(self) -> None:
         if self._server is not None:
@@ -144,9 +166,10 @@ class FluxPeer(Service):
         """`fluxctl send [-r] SRC flux://HOST:PORT/bench/NAME` with this daemon's pin."""
         url = f"flux://{self.placement.host}:{self.port}/bench/{name}"
         send = ["send", "-r"] if recursive else ["send"]
-        return [*self.placement.client_prefix, flux_binary("fluxctl"), *send, str(src), url,
+        argv = [*self.placement.client_prefix, flux_binary("fluxctl"), *send, str(src), url,
                 "--pin", self.fingerprint, "--transport", self.transport, "--json",
                 "--quiet"]  # fmt: skip
+        return argv + (["--lanes", str(self.lanes)] if self.lanes != 1 else [])
 
     def measure(self, argv: list[str], timeout: float) -> tuple[Run, int, bool]:
         """Run any client command against this daemon (see ServerProcess.measure_client)."""

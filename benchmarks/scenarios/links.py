@@ -40,7 +40,7 @@ SIZES = {"lan": "1G", "wan": "128M", "lossy": "64M", "mobile": "128M"}  # scp at
 #: mobile: at least 64 MiB, so that even at the full 20 Mbit/s a transfer lasts past its first
 #: blackhole (25-30 s into it) and address change (30 s).
 QUICK_SIZES = {"lan": "256M", "wan": "64M", "lossy": "32M", "mobile": "64M"}
-TOOLS = ("fluxd-tcp", "fluxd-auto", "fluxd-quic", "scp", "rsync")
+TOOLS = ("fluxd-tcp", "fluxd-tcp4", "fluxd-auto", "fluxd-quic", "scp", "rsync")
 
 
 def _tools(text: str) -> list[str]:
@@ -82,10 +82,18 @@ def _peers(
     ws: Workspace, placement: Placement, tools: Sequence[str] = TOOLS
 ) -> list[FluxPeer | SshPeer]:
     """The servers of `tools` (not started yet), in TOOLS order, each with its own directory."""
+
+    def flux(transport: str, tool: str, lanes: int = 1) -> Callable[[Path], FluxPeer]:
+        # With a token, as over a real network: a lane back from a new address rejoins.
+        return lambda d: FluxPeer(
+            d, transport, None, placement, tool, strict=False, lanes=lanes, token=True
+        )
+
     make: dict[str, Callable[[Path], FluxPeer | SshPeer]] = {
-        "fluxd-tcp": lambda d: FluxPeer(d, "tcp", None, placement, "fluxd-tcp", strict=False),
-        "fluxd-auto": lambda d: FluxPeer(d, "auto", None, placement, "fluxd-auto", strict=False),
-        "fluxd-quic": lambda d: FluxPeer(d, "quic", None, placement, "fluxd-quic", strict=False),
+        "fluxd-tcp": flux("tcp", "fluxd-tcp"),
+        "fluxd-tcp4": flux("tcp", "fluxd-tcp4", lanes=4),
+        "fluxd-auto": flux("auto", "fluxd-auto"),
+        "fluxd-quic": flux("quic", "fluxd-quic"),
         "scp": lambda d: SshPeer(d, placement=placement),
         "rsync": lambda d: RsyncPeer(d, placement=placement),
     }

@@ -9,9 +9,13 @@ from ..report import markdown_table
 from .common_report import STATS_HEAD, machine_paragraph, stats_row, verdict
 
 LOSSY_SHARE, LOSSY_RATIO = 0.60, 4.0
-FLUX_TOOLS = ("fluxd-tcp", "fluxd-auto", "fluxd-quic")
+FLUX_TOOLS = ("fluxd-tcp", "fluxd-tcp4", "fluxd-auto", "fluxd-quic")
+#: Issue 13's goals: auto against the better forced transport (mobile: against QUIC), against
+#: scp on lan; four TCP lanes against one on lossy (wan with 1 % loss).
+AUTO_RATIO, AUTO_SCP, LANES4_RATIO = 0.95, 1.5, 2.0
 LABELS = {
     "fluxd-tcp": "fluxctl → fluxd, TCP + TLS",
+    "fluxd-tcp4": "fluxctl → fluxd, 4 TCP lanes (`--transport tcp --lanes 4`)",
     "fluxd-auto": "fluxctl → fluxd, auto (TCP and QUIC lanes)",
     "fluxd-quic": "fluxctl → fluxd, QUIC",
     "scp": "scp (aes128-gcm)",
@@ -83,7 +87,45 @@ def render_link(data: dict[str, Any], link: dict[str, Any]) -> str:
         out += ["", f"fluxd's best transport against each peer: {each}."]
     out.append("")
     out.append(_targets(name, spec, summary, retries, ran))
+    if lanes := _lane_targets(name, summary):
+        out += ["", lanes]
     return "\n".join(out)
+
+
+def _lane_targets(name: str, summary: dict[str, Any]) -> str:
+    """Issue 13's ratios where the run has the tools they compare (empty if none)."""
+    med = {t: _median(summary, t) for t in (*FLUX_TOOLS, "scp")}
+    parts = []
+    if med["fluxd-auto"]:
+        if name == "mobile":
+            base, goal, what = med["fluxd-quic"], 1.0, "QUIC alone"
+        elif name == "lan":
+            base, goal, what = med["fluxd-tcp"], AUTO_RATIO, "TCP alone"
+        else:
+            base, goal, what = (
+                max(med["fluxd-tcp"], med["fluxd-quic"]),
+                AUTO_RATIO,
+                ("the better forced transport"),
+            )
+        if base:
+            ratio = med["fluxd-auto"] / base
+            parts.append(
+                f"auto / {what}: **{ratio:.2f}x** (goal ≥ {goal:g}x: {verdict(ratio >= goal)})"
+            )
+        if name == "lan" and med["scp"]:
+            ratio = med["fluxd-auto"] / med["scp"]
+            parts.append(
+                f"auto / scp: **{ratio:.2f}x** (goal ≥ {AUTO_SCP:g}x: {verdict(ratio >= AUTO_SCP)})"
+            )
+    if med["fluxd-tcp4"] and med["fluxd-tcp"]:
+        ratio = med["fluxd-tcp4"] / med["fluxd-tcp"]
+        goal = (
+            f" (goal ≥ {LANES4_RATIO:g}x: {verdict(ratio >= LANES4_RATIO)})"
+            if name == "lossy"
+            else ""
+        )
+        parts.append(f"4 TCP lanes / one: **{ratio:.2f}x**{goal}")
+    return ("Lanes (issue 13): " + "; ".join(parts) + ".") if parts else ""
 
 
 def _median(summary: dict[str, Any], tool: str) -> float:
