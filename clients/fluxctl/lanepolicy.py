@@ -1,4 +1,4 @@
-"""When a lane of a transfer counts as stalled, and when the QUIC lane may carry chunks.
+"""When a lane of a transfer counts as stalled, which lanes may carry chunks, and how many.
 
 Pure bookkeeping: time is an argument (`now`), nothing here waits or reads a clock, so the
 policies are tested by feeding them times and byte counts (tests/client/test_lanepolicy.py).
@@ -13,19 +13,31 @@ queue on a slow link), where sending the chunks again elsewhere would not help. 
 suspect too, but much later: after ACK_GAPS of its usual gaps between ACKs, never sooner than
 ACK_FLOOR (before its first ACK of the transfer: FIRST_ACK_WAIT).
 
-**The QUIC gate.** A QUIC lane costs ~20x the CPU per byte of a TCP lane here, and a client's
+**The gate.** A QUIC lane costs ~20x the CPU per byte of a TCP lane here, and a client's
 lanes share one event loop (one core): on a fast clean path, every chunk QUIC takes slows TCP
-by more than QUIC adds (loopback: TCP alone 300-600 MB/s, QUIC 15-36 MB/s). So while a TCP lane
-is healthy, QUIC takes chunks only where measuring the transfer's own rate says it helps:
+by more than QUIC adds (loopback: TCP alone 300-600 MB/s, QUIC 15-36 MB/s). So one kind of
+lane is the *primary* (TCP at first: the cheapest) and the other kind, the *side*, takes chunks
+beside a healthy primary only where measuring the transfer's own rate says it helps:
 
-- TCP alone first. A transfer shorter than FIRST_PROBE seconds never tries QUIC.
-- Then, every so often, a *probe*: the other arrangement (QUIC added, or QUIC taken out again)
+- The primary alone first. A transfer shorter than FIRST_PROBE seconds never tries the side.
+- Then, every so often, a *probe*: the other arrangement (the side added, or taken out again)
   for PROBE seconds; the transfer's rate over the probe's last MEASURE seconds is compared with
-  its rate over the MEASURE seconds before it. QUIC stays in only if it raised the rate by
-  MARGIN (the tie goes to TCP alone, which costs less CPU). The next probe comes REPROBE
-  seconds later, twice as long each time the answer stays the same (up to MAX_REPROBE).
-- No TCP lane up, or every TCP lane suspect: QUIC carries, at once and without a cap; the
-  measurements start again once TCP is back.
+  its rate over the MEASURE seconds before it. The side stays in only if it raised the rate by
+  MARGIN (the tie goes to the primary alone). The next probe comes REPROBE seconds later, twice
+  as long each time the answer stays the same (up to MAX_REPROBE). A side that won by being
+  added becomes the primary (the old primary, now the side, stays in until a probe shows it
+  does not help): on a fast clean path TCP stays primary, where QUIC does better it takes over.
+- No primary lane up, or every one suspect: the side carries, at once and without a cap; the
+  measurements start again once the primary is back.
+- A primary lane that fails or stalls while a side lane is up hands the primary role to the
+  side's kind: the path has shown it breaks that kind of connection (an address change kills
+  every TCP connection and none of QUIC's), so the next break costs nothing in flight. A
+  primary that is only slow is left to the probes.
+
+**Flight.** Every lane holds in flight at most what it delivers in HORIZON seconds (at least two
+chunks; nothing measured yet: its window), and a side lane beside a healthy primary what it
+delivers in SIDE_HORIZON: what a lane holds when its connection dies must be sent again, and
+a slow link's window holds far more than the link carries in a round trip.
 """
 
 from __future__ import annotations
@@ -54,9 +66,10 @@ MARGIN = 1.15
 #: Seconds until the next probe, doubling while the answer stays the same.
 REPROBE = 8.0
 MAX_REPROBE = 64.0
-#: While QUIC runs beside a healthy TCP lane, the bytes it holds in flight are capped at what it
-#: delivers in this many seconds (at least two chunks), so that going back to TCP alone (or the
-#: end of the file) never waits long for QUIC's last chunks.
+#: A lane holds in flight at most what it delivers in this many seconds (at least two chunks) ...
+HORIZON = 2.0
+#: ... and a side lane beside a healthy primary in this many, so that going back to the
+#: primary alone (or the end of the file) never waits long for the side's last chunks.
 SIDE_HORIZON = 0.5
 
 
@@ -114,9 +127,15 @@ class LaneMeter:
         self.rate = sample if not self.rate else self.rate + SMOOTHING * (sample - self.rate)
         self._ticked, self._ticked_bytes = now, self.delivered
 
-    def side_cap(self, chunk_size: int) -> int:
-        """The most bytes this lane may hold in flight as a side lane (see SIDE_HORIZON)."""
-        return max(2 * chunk_size, int(self.rate * SIDE_HORIZON))
+    def cap(self, chunk_size: int, side: bool) -> int | None:
+        """The most bytes this lane may hold in flight: what it delivers in HORIZON seconds
+        (SIDE_HORIZON as a side lane beside a healthy primary), at least two chunks. None: no
+        cap but the window (nothing measured yet, and not a side lane)."""
+        if side:
+            return max(2 * chunk_size, int(self.rate * SIDE_HORIZON))
+        if not self.rate:
+            return None
+        return max(2 * chunk_size, int(self.rate * HORIZON))
 
 
 @dataclass
@@ -125,22 +144,26 @@ class _Sample:
     delivered: int
 
 
-class QuicGate:
-    """Whether QUIC lanes may take chunks now (module docstring: the QUIC gate).
+class LaneGate:
+    """Which kind of lane is the primary, and whether side lanes may take chunks now (module
+    docstring: the gate).
 
-    Call `update(now, delivered, tcp_healthy)` regularly (a few times a second) with the
-    transfer's total of bytes delivered; read `quic_allowed` and `quic_capped`.
+    Call `update(now, delivered, primary_healthy)` regularly (a few times a second) with the
+    transfer's total of bytes delivered, and `failed` when a lane fails or stalls; ask
+    `allowed(kind)` and `capped(kind)`.
 
     Attributes:
-        probes: probes started, and `kept` how many of them ended with QUIC in (for tests and
-            the run's report).
+        primary: "tcp" or "quic".
+        probes: probes started, and `kept` how many of them ended with the side in (for tests
+            and the run's report).
     """
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, primary: str = "tcp") -> None:
+        self.primary = primary
         self.probes = 0
         self.kept = 0
-        self._tcp_healthy = True
-        self._with_quic = False  # the arrangement in force while TCP is healthy
+        self._primary_healthy = True
+        self._with_side = False  # the arrangement in force while the primary is healthy
         self._trial = False  # True during a probe
         self._switch_at = now + FIRST_PROBE  # when the next probe starts (or this one ends)
         self._reprobe = REPROBE
@@ -148,25 +171,28 @@ class QuicGate:
         self._samples: list[_Sample] = []
 
     @property
-    def quic_allowed(self) -> bool:
-        """True if QUIC lanes may take chunks."""
-        return not self._tcp_healthy or self._with_quic
+    def side(self) -> str:
+        """The kind of the side lanes."""
+        return "quic" if self.primary == "tcp" else "tcp"
 
-    @property
-    def quic_capped(self) -> bool:
-        """True if QUIC runs beside a healthy TCP lane: its flight is capped (SIDE_HORIZON)."""
-        return self._tcp_healthy
+    def allowed(self, kind: str) -> bool:
+        """True if lanes of `kind` may take chunks."""
+        return kind == self.primary or not self._primary_healthy or self._with_side
 
-    def update(self, now: float, delivered: int, tcp_healthy: bool) -> None:
-        """Feed the time, the bytes delivered so far and whether any TCP lane is up and not
-        suspect; probes start and end here."""
-        if not tcp_healthy:
-            if self._tcp_healthy:  # the rates without TCP say nothing about TCP: start over
-                self._tcp_healthy, self._trial, self._with_quic = False, False, False
+    def capped(self, kind: str) -> bool:
+        """True if lanes of `kind` run as side lanes beside a healthy primary (SIDE_HORIZON)."""
+        return kind != self.primary and self._primary_healthy
+
+    def update(self, now: float, delivered: int, primary_healthy: bool) -> None:
+        """Feed the time, the bytes delivered so far and whether any primary lane is up and
+        not suspect; probes start and end here."""
+        if not primary_healthy:
+            if self._primary_healthy:  # the rates without it say nothing about it: start over
+                self._primary_healthy, self._trial, self._with_side = False, False, False
                 self._samples.clear()
             return
-        if not self._tcp_healthy:
-            self._tcp_healthy = True
+        if not self._primary_healthy:
+            self._primary_healthy = True
             self._switch_at, self._reprobe = now + FIRST_PROBE, REPROBE
         self._samples.append(_Sample(now, delivered))
         self._forget(now)
@@ -177,20 +203,31 @@ class QuicGate:
         else:
             self._start_probe(now)
 
+    def failed(self, now: float, kind: str, side_up: bool) -> None:
+        """A lane of `kind` failed or stalled; `side_up`: a lane of the other kind is up and
+        not suspect. A primary's break hands the role to the side (module docstring)."""
+        if kind != self.primary or not side_up:
+            return
+        self.primary = self.side
+        self._with_side, self._trial = False, False
+        self._switch_at, self._reprobe = now + FIRST_PROBE, REPROBE
+        self._samples.clear()
+
     def _start_probe(self, now: float) -> None:
         self._before = self._rate(now)
-        self._trial, self._with_quic = True, not self._with_quic
+        self._trial, self._with_side = True, not self._with_side
         self._switch_at = now + PROBE
         self.probes += 1
 
     def _decide(self, now: float) -> None:
         during, before = self._rate(now), self._before
-        added = self._with_quic  # the probe added QUIC (else it took QUIC out)
-        # The tie goes to TCP alone, which costs less CPU.
-        quic_wins = during > before * MARGIN if added else before > during * MARGIN
-        self.kept += quic_wins
-        same = quic_wins != added  # the arrangement before the probe stays
-        self._with_quic, self._trial = quic_wins, False
+        added = self._with_side  # the probe added the side (else it took it out)
+        side_wins = during > before * MARGIN if added else before > during * MARGIN
+        self.kept += side_wins
+        same = side_wins != added  # the arrangement before the probe stays
+        self._with_side, self._trial = side_wins, False
+        if side_wins and added:  # it raised the rate: it leads, the old primary is tried out
+            self.primary = self.side
         self._reprobe = min(MAX_REPROBE, self._reprobe * 2) if same else REPROBE
         self._switch_at = now + self._reprobe
 

@@ -3,10 +3,10 @@ the same upload, each through its own request (PROTOCOL.md 6.3, attach).
 
 - **Pull.** One reader takes the file in order, as on one connection: each chunk is read once,
   hashed in order for the whole-file digest, and skipped if the server holds it. Each lane's
-  sender takes the next chunk whenever its windows have room (and, for QUIC, the gate of
-  lanepolicy lets it), so the faster lane carries more. The first lane opens the upload
-  (OPEN_UPLOAD, STATUS names the `tid`), the others attach to it, now or when they come up
-  (again) later.
+  sender takes the next chunk whenever its windows have room (and lanepolicy's gate and flight
+  caps let it: the side kind of lane only where it helps), so the faster lane carries more.
+  The first lane opens the upload (OPEN_UPLOAD, STATUS names the `tid`), the others attach to
+  it, now or when they come up (again) later.
 - **Per-lane ACKs.** A chunk is delivered once any lane's ACK names it; a copy that arrives
   through another lane too is harmless (the server takes a verified chunk twice).
 - **Failures.** A lane that fails gives its chunks in flight back to the front of the queue,
@@ -53,11 +53,11 @@ from fluxproto import (
 )
 
 from . import lanepolicy
-from .lanepolicy import QUIC_AFTER, LaneMeter, QuicGate
+from .lanepolicy import QUIC_AFTER, LaneGate, LaneMeter
 from .lanes import Lane, LaneSet
 from .session import ClientSession
 
-#: How often stalls are looked for, the QUIC gate fed and the lanes' rates measured.
+#: How often stalls are looked for, the gate fed and the lanes' rates measured.
 TICK = 0.1
 #: How long the other lanes' own COMMIT (or CANCEL) may take once the upload is committed.
 FAREWELL = 2.0
@@ -237,13 +237,12 @@ class LaneSender:
     def _may_take(self) -> bool:
         if self.suspect:
             return False
-        size = self.up.chunk_size
-        if self.lane.kind == "quic":
-            gate = self.up.gate
-            if not gate.quic_allowed:
-                return False
-            if gate.quic_capped and self.meter.inflight + size > self.meter.side_cap(size):
-                return False
+        size, gate, kind = self.up.chunk_size, self.up.gate, self.lane.kind
+        if not gate.allowed(kind):
+            return False
+        cap = self.meter.cap(size, side=gate.capped(kind))
+        if cap is not None and self.meter.inflight + size > cap:
+            return False
         return self.req.conn.can_send_chunk(self.req.rid, size)
 
     async def _send(self, chunk: ChunkData) -> None:
@@ -326,7 +325,7 @@ class LaneUpload:
         tally: where sent, resent and delivered bytes go.
         timeout: the idle timeout of a request that waits for the server.
         commit_timeout: how long COMMIT may take (the server may read the whole file).
-        gate: the QUIC gate (lanepolicy); tests give one with other timings.
+        gate: the gate (lanepolicy); tests give one with other timings.
     """
 
     def __init__(
@@ -337,14 +336,14 @@ class LaneUpload:
         tally: Tally,
         timeout: float,
         commit_timeout: float,
-        gate: QuicGate | None = None,
+        gate: LaneGate | None = None,
     ) -> None:
         self.lanes, self.opening, self.tid, self.tally = lanes, opening, tid, tally
         self.timeout, self.commit_timeout = timeout, commit_timeout
         self.chunk_size = opening.chunk_size
         self.now: Callable[[], float] = asyncio.get_running_loop().time
         self.started = self.now()
-        self.gate = gate or QuicGate(self.started)
+        self.gate = gate or LaneGate(self.started)
         self.spread: Spread
         self.senders: dict[Lane, LaneSender] = {}
         self.committer: LaneSender | None = None
@@ -472,6 +471,7 @@ class LaneUpload:
             self._outcome.set_exception(exc)
             return
         self.lanes.open_deferred()  # QUIC, if it is not open yet, may carry on
+        self._broke(lane.kind)
         if lane.session is not None and lane.session.ch is ch:
             self.lanes.lost(lane, exc)
         elif lane.up:
@@ -513,8 +513,8 @@ class LaneUpload:
         life before that just goes on)."""
         for sender in self.senders.values():
             sender.meter.tick(now)
-        self.gate.update(now, self.spread.delivered, self._tcp_healthy())
-        if not self._tcp_healthy() or now - self.started >= QUIC_AFTER:
+        self.gate.update(now, self.spread.delivered, self._healthy(self.gate.primary))
+        if not self._healthy("tcp") or now - self.started >= QUIC_AFTER:
             self.lanes.open_deferred()
         if self._unknown_since is not None:
             if self._heard_since(now - self._unknown_since):
@@ -534,6 +534,7 @@ class LaneUpload:
                 sender.suspect, sender.suspect_since = True, now
                 sender.others_at_suspicion = others
                 self.spread.give_back(sender)  # the other lanes resend its chunks now
+                self._broke(sender.lane.kind)
             elif others > sender.others_at_suspicion and now - sender.suspect_since >= (
                 lanepolicy.STALL_FLOOR
             ):
@@ -545,11 +546,16 @@ class LaneUpload:
         """True if a lane carrying the upload heard from the server in the last `seconds`."""
         return any(s.req.channel.silence() < seconds for s in self.senders.values())
 
-    def _tcp_healthy(self) -> bool:
-        """True if a TCP lane carries the upload and is not suspect (or is attaching)."""
-        return any(lane.kind == "tcp" for lane in self._joins) or any(
-            s.lane.kind == "tcp" and not s.suspect for s in self.senders.values()
+    def _healthy(self, kind: str) -> bool:
+        """True if a lane of `kind` carries the upload and is not suspect (or is attaching)."""
+        return any(lane.kind == kind for lane in self._joins) or any(
+            s.lane.kind == kind and not s.suspect for s in self.senders.values()
         )
+
+    def _broke(self, kind: str) -> None:
+        """A lane of `kind` failed or stalled: the gate may hand the primary role over."""
+        side = "quic" if kind == "tcp" else "tcp"
+        self.gate.failed(self.now(), kind, side_up=self._healthy(side))
 
     def _suspect(self, lane: Lane) -> bool:
         sender = self.senders.get(lane)

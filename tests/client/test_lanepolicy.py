@@ -1,5 +1,6 @@
 """The lanes' policies with time and rates fed by hand: when a lane is suspect, and when the
-QUIC gate lets QUIC carry chunks beside TCP (lanepolicy's docstring)."""
+gate lets the side kind of lane carry chunks beside the primary, and how much a lane may hold
+in flight (lanepolicy's docstring)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from fluxctl.lanepolicy import (
     ACK_GAPS,
     FIRST_ACK_WAIT,
     FIRST_PROBE,
+    HORIZON,
     MARGIN,
     MAX_REPROBE,
     PROBE,
     REPROBE,
     STALL_FLOOR,
+    LaneGate,
     LaneMeter,
-    QuicGate,
 )
 
 MB = 1_000_000
@@ -75,33 +77,45 @@ def test_an_ack_clears_suspicion_and_the_last_one_makes_the_lane_idle() -> None:
     assert not meter.suspect(1e6, silence=1e6)
 
 
-def test_rate_and_the_side_lane_cap() -> None:
+def test_rate_and_the_flight_caps() -> None:
     meter = LaneMeter(0.0)
     meter.sent(0.0, 100 * MB)
     meter.acked(1.0, 20 * MB, 20 * MB)
     meter.tick(1.0)
     assert meter.rate == 20 * MB
-    assert meter.side_cap(CHUNK) == 10 * MB  # half a second of what it delivers
-    assert LaneMeter(0.0).side_cap(CHUNK) == 2 * CHUNK  # nothing measured: two chunks
+    assert meter.cap(CHUNK, side=True) == 10 * MB  # half a second of what it delivers
+    assert meter.cap(CHUNK, side=False) == int(HORIZON * 20 * MB)
+    assert LaneMeter(0.0).cap(CHUNK, side=True) == 2 * CHUNK  # nothing measured: two chunks
+    assert LaneMeter(0.0).cap(CHUNK, side=False) is None  # nothing measured: the window
 
 
-# --- the QUIC gate -------------------------------------------------------------------------
+def test_a_slow_lane_holds_two_chunks_not_its_window() -> None:
+    """A lane on a 2.5 MB/s link would hold 32 MiB in a window: 13 s of data to send again
+    when its connection dies. It holds what it delivers in HORIZON, or two chunks."""
+    meter = LaneMeter(0.0)
+    meter.sent(0.0, 32 * CHUNK)
+    meter.acked(4.0, 10 * MB, 10 * MB)
+    meter.tick(4.0)
+    assert meter.cap(CHUNK, side=False) == 2 * CHUNK
+
+
+# --- the gate ------------------------------------------------------------------------------
 
 
 def drive(
-    gate: QuicGate,
+    gate: LaneGate,
     start: float,
     seconds: float,
     rate: Callable[[bool], float],
     delivered: float,
     tcp_healthy: bool = True,
 ) -> tuple[float, float]:
-    """Feed the gate every STEP for `seconds`: the transfer delivers `rate(quic_allowed)`
-    bytes/s. Returns (now, delivered)."""
+    """Feed the gate every STEP for `seconds`: the transfer delivers `rate(quic carries)`
+    bytes/s (TCP carries too while it is allowed). Returns (now, delivered)."""
     now = start
     while now < start + seconds - 1e-9:
         now += STEP
-        delivered += rate(gate.quic_allowed) * STEP
+        delivered += rate(gate.allowed("quic")) * STEP
         gate.update(now, int(delivered), tcp_healthy)
     return now, delivered
 
@@ -117,18 +131,18 @@ def lossy(quic: bool) -> float:
 
 
 def test_tcp_alone_until_the_first_probe_then_quic_tried_and_dropped_on_a_fast_path() -> None:
-    gate = QuicGate(0.0)
+    gate = LaneGate(0.0)
     now, got = drive(gate, 0.0, FIRST_PROBE - STEP, loopback, 0)
-    assert not gate.quic_allowed and gate.probes == 0, "a short transfer never tries QUIC"
+    assert not gate.allowed("quic") and gate.probes == 0, "a short transfer never tries QUIC"
     now, got = drive(gate, now, 2 * STEP, loopback, got)
-    assert gate.quic_allowed and gate.probes == 1, "the probe adds QUIC"
+    assert gate.allowed("quic") and gate.probes == 1, "the probe adds QUIC"
     now, got = drive(gate, now, PROBE, loopback, got)
-    assert not gate.quic_allowed and gate.kept == 0, "it made the transfer slower: out again"
-    assert gate.quic_capped, "beside a healthy TCP lane QUIC is capped"
+    assert not gate.allowed("quic") and gate.kept == 0, "it made the transfer slower: out again"
+    assert gate.capped("quic"), "beside a healthy TCP lane QUIC is capped"
 
 
 def test_the_next_probes_come_less_often_while_quic_keeps_losing() -> None:
-    gate = QuicGate(0.0)
+    gate = LaneGate(0.0)
     now, got = drive(gate, 0.0, FIRST_PROBE + PROBE + STEP, loopback, 0)
     starts = []
     for _ in range(6):
@@ -143,31 +157,74 @@ def test_the_next_probes_come_less_often_while_quic_keeps_losing() -> None:
     assert gate.kept == 0
 
 
-def test_quic_stays_where_it_raises_the_transfers_rate() -> None:
-    gate = QuicGate(0.0)
+def test_quic_takes_the_lead_where_it_raises_the_transfers_rate() -> None:
+    gate = LaneGate(0.0)
     now, got = drive(gate, 0.0, FIRST_PROBE + PROBE + STEP, lossy, 0)
-    assert gate.quic_allowed and gate.kept == 1
-    # The re-check takes QUIC out for a probe, sees the rate fall, and puts it back.
+    assert gate.allowed("quic") and gate.kept == 1
+    assert gate.primary == "quic" and gate.allowed("tcp"), "QUIC leads, TCP still in"
+    # The re-check takes TCP out for a probe, sees the rate hold, and leaves it out.
     now, got = drive(gate, now, REPROBE + PROBE + 3 * STEP, lossy, got)
-    assert gate.quic_allowed and gate.probes == 2 and gate.kept == 2
+    assert gate.primary == "quic" and not gate.allowed("tcp") and gate.probes == 2
+    assert gate.capped("tcp") and not gate.capped("quic")
+
+
+def test_tcp_stays_in_beside_quic_while_taking_it_out_costs_the_rate() -> None:
+    gate = LaneGate(0.0)
+
+    def both_help(quic: bool) -> float:  # two paths: each lane adds its own rate
+        return (10 * MB if quic else 0) + (5 * MB if gate.allowed("tcp") else 0)
+
+    now, got = drive(gate, 0.0, FIRST_PROBE + PROBE + STEP, both_help, 0)
+    assert gate.primary == "quic" and gate.allowed("tcp")
+    now, got = drive(gate, now, REPROBE + PROBE + 3 * STEP, both_help, got)
+    assert gate.probes == 2 and gate.kept == 2, "taking TCP out cost a third: back in"
+    assert gate.allowed("tcp") and gate.primary == "quic"
 
 
 def test_a_tie_goes_to_tcp_alone() -> None:
-    gate = QuicGate(0.0)
+    gate = LaneGate(0.0)
 
     def same(quic: bool) -> float:
         return 100 * MB * (MARGIN - 0.01 if quic else 1.0)
 
     drive(gate, 0.0, FIRST_PROBE + PROBE + STEP, same, 0)
-    assert not gate.quic_allowed and gate.probes == 1
+    assert not gate.allowed("quic") and gate.probes == 1
 
 
 def test_quic_carries_at_once_and_uncapped_when_tcp_is_down_or_stalled() -> None:
-    gate = QuicGate(0.0)
+    gate = LaneGate(0.0)
     now, got = drive(gate, 0.0, 1.0, loopback, 0)
-    assert not gate.quic_allowed
-    gate.update(now + STEP, int(got), tcp_healthy=False)
-    assert gate.quic_allowed and not gate.quic_capped
+    assert not gate.allowed("quic")
+    gate.update(now + STEP, int(got), primary_healthy=False)
+    assert gate.allowed("quic") and not gate.capped("quic")
     # TCP back: alone again, and measured afresh before any probe.
     now, got = drive(gate, now + STEP, FIRST_PROBE - STEP, loopback, got)
-    assert not gate.quic_allowed and gate.probes == 0
+    assert not gate.allowed("quic") and gate.probes == 0
+
+
+def test_a_primary_that_breaks_beside_a_live_side_lane_hands_over_the_lead() -> None:
+    """An address change kills TCP connections and none of QUIC's: once a TCP lane broke
+    while QUIC lived, QUIC leads and TCP is the side, tried by the probes."""
+    gate = LaneGate(0.0)
+    now, got = drive(gate, 0.0, 1.0, loopback, 0)
+    gate.failed(now, "quic", side_up=True)  # the side breaking changes nothing
+    gate.failed(now, "tcp", side_up=False)  # nor the primary with no side to take over
+    assert gate.primary == "tcp" and not gate.allowed("quic")
+    gate.failed(now, "tcp", side_up=True)
+    assert gate.primary == "quic" and not gate.allowed("tcp") and gate.capped("tcp")
+    now, got = drive(gate, now, FIRST_PROBE - STEP, loopback, got)
+    assert gate.probes == 0, "measured afresh before the first probe"
+    gate.failed(now, "quic", side_up=True)
+    assert gate.primary == "tcp"
+
+
+def test_a_wrong_handover_on_a_fast_path_comes_back_to_tcp_at_the_first_probe() -> None:
+    gate = LaneGate(0.0, primary="quic")  # as after a spurious TCP stall on loopback
+
+    def rate(quic: bool) -> float:  # TCP is in whenever the gate lets it
+        return loopback(quic) if gate.allowed("tcp") else 30 * MB
+
+    now, got = drive(gate, 0.0, FIRST_PROBE + PROBE + STEP, rate, 0)
+    assert gate.primary == "tcp" and gate.allowed("quic"), "TCP won by being added: it leads"
+    now, got = drive(gate, now, REPROBE + PROBE + 3 * STEP, rate, got)
+    assert gate.primary == "tcp" and not gate.allowed("quic")

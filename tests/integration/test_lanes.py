@@ -15,7 +15,7 @@ import uvloop
 
 from fluxctl import lanepolicy, lanesend
 from fluxctl.connect import ClientOptions
-from fluxctl.lanepolicy import QuicGate
+from fluxctl.lanepolicy import LaneGate
 from fluxctl.lanes import Lane
 from fluxctl.results import TransferResult
 from fluxctl.retry import Retrier
@@ -133,15 +133,13 @@ def quic_soon(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lanepolicy, "STALL_FLOOR", 0.5)
 
 
-class OpenGate(QuicGate):
-    """The QUIC gate wide open: QUIC takes chunks beside TCP whatever the rates."""
+class OpenGate(LaneGate):
+    """The gate wide open: QUIC takes chunks beside TCP whatever the rates."""
 
-    @property
-    def quic_allowed(self) -> bool:
+    def allowed(self, kind: str) -> bool:
         return True
 
-    @property
-    def quic_capped(self) -> bool:
+    def capped(self, kind: str) -> bool:
         return False
 
 
@@ -209,7 +207,7 @@ def test_quic_lane_blackholed_mid_transfer_tcp_finishes(
     link: Callable[..., Link],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(lanesend, "QuicGate", OpenGate)  # QUIC carries from the start
+    monkeypatch.setattr(lanesend, "LaneGate", OpenGate)  # QUIC carries from the start
     daemon, data, net = slow_link(make_daemon, tmp_path, link)
 
     def blackhole(run: Run, done: int) -> None:
