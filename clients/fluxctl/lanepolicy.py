@@ -29,10 +29,11 @@ beside a healthy primary only where measuring the transfer's own rate says it he
   does not help): on a fast clean path TCP stays primary, where QUIC does better it takes over.
 - No primary lane up, or every one suspect: the side carries, at once and without a cap; the
   measurements start again once the primary is back.
-- A primary lane that fails or stalls while a side lane is up hands the primary role to the
-  side's kind: the path has shown it breaks that kind of connection (an address change kills
-  every TCP connection and none of QUIC's), so the next break costs nothing in flight. A
-  primary that is only slow is left to the probes.
+- A primary lane that fails (its connection, or dropped for a stall) while a side lane lives
+  on, delivering within HANDOVER seconds, hands the primary role to the side's kind: the path
+  has shown it breaks that kind of connection (an address change kills every TCP connection
+  and none of QUIC's), so the next break costs nothing in flight. A blackhole silences both
+  kinds and proves nothing; a primary that is only slow is left to the probes.
 
 **Flight.** Every lane holds in flight at most what it delivers in HORIZON seconds (at least two
 chunks; nothing measured yet: its window), and a side lane beside a healthy primary what it
@@ -42,6 +43,7 @@ a slow link's window holds far more than the link carries in a round trip.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 #: A lane whose path is silent this long, chunks in flight, is suspect (see the docstring) ...
@@ -66,6 +68,10 @@ MARGIN = 1.15
 #: Seconds until the next probe, doubling while the answer stays the same.
 REPROBE = 8.0
 MAX_REPROBE = 64.0
+#: A primary lane that failed hands the lead over if a side lane delivers within this many
+#: seconds and did not fail since (a blackhole silences both; an address change then kills
+#: TCP, and QUIC's first ACK comes a moment later).
+HANDOVER = 15.0
 #: A lane holds in flight at most what it delivers in this many seconds (at least two chunks) ...
 HORIZON = 2.0
 #: ... and a side lane beside a healthy primary in this many, so that going back to the
@@ -74,21 +80,21 @@ SIDE_HORIZON = 0.5
 
 
 class LaneMeter:
-    """One lane's progress within one transfer: bytes in flight, ACK gaps, delivery rate.
+    """One lane's progress within one transfer: bytes in flight, ACK gaps, what it carried.
 
     Attributes:
         inflight: payload bytes sent on the lane and not yet acknowledged there.
         delivered: bytes this lane delivered first (acknowledged before any other lane did).
-        rate: smoothed delivery rate in bytes/s (see `tick`).
+        acked: bytes acknowledged on this lane (copies that arrived elsewhere first too).
     """
 
     def __init__(self, now: float) -> None:
         self.inflight = 0
         self.delivered = 0
-        self.rate = 0.0
+        self.acked_bytes = 0
         self._since = now  # the start of the current wait for an ACK
         self._gap: float | None = None
-        self._ticked, self._ticked_bytes = now, 0
+        self._ticks: deque[tuple[float, int]] = deque([(now, 0)])  # (when, acked_bytes)
 
     def sent(self, now: float, nbytes: int) -> None:
         """A chunk of `nbytes` left on this lane."""
@@ -104,6 +110,7 @@ class LaneMeter:
         self._since = now
         self.inflight = max(0, self.inflight - freed)
         self.delivered += delivered
+        self.acked_bytes += freed
 
     def threshold(self) -> float:
         """Seconds without a flux ACK, chunks in flight, after which the lane is suspect."""
@@ -119,23 +126,21 @@ class LaneMeter:
         return silence > STALL_FLOOR or now - self._since > self.threshold()
 
     def tick(self, now: float) -> None:
-        """Fold the bytes delivered since the last tick into `rate` (call it regularly)."""
-        elapsed = now - self._ticked
-        if elapsed <= 0:
-            return
-        sample = (self.delivered - self._ticked_bytes) / elapsed
-        self.rate = sample if not self.rate else self.rate + SMOOTHING * (sample - self.rate)
-        self._ticked, self._ticked_bytes = now, self.delivered
+        """Note what the lane carried so far (call it regularly: `cap` looks back HORIZON)."""
+        self._ticks.append((now, self.acked_bytes))
+        while len(self._ticks) > 1 and self._ticks[1][0] <= now - HORIZON:
+            self._ticks.popleft()
 
-    def cap(self, chunk_size: int, side: bool) -> int | None:
-        """The most bytes this lane may hold in flight: what it delivers in HORIZON seconds
-        (SIDE_HORIZON as a side lane beside a healthy primary), at least two chunks. None: no
-        cap but the window (nothing measured yet, and not a side lane)."""
-        if side:
-            return max(2 * chunk_size, int(self.rate * SIDE_HORIZON))
-        if not self.rate:
-            return None
-        return max(2 * chunk_size, int(self.rate * HORIZON))
+    def carried(self, now: float, seconds: float) -> int:
+        """Bytes acknowledged on this lane over about the last `seconds` (at most HORIZON)."""
+        since = next((b for t, b in self._ticks if t >= now - seconds), self.acked_bytes)
+        return self.acked_bytes - since
+
+    def cap(self, now: float, chunk_size: int, side: bool) -> int:
+        """The most bytes this lane may hold in flight: what it carried over the last HORIZON
+        seconds (SIDE_HORIZON as a side lane beside a healthy primary), at least two chunks.
+        Measured, not extrapolated from a rate: ACKs come a chunk at a time, in bursts."""
+        return max(2 * chunk_size, self.carried(now, SIDE_HORIZON if side else HORIZON))
 
 
 @dataclass
@@ -148,8 +153,8 @@ class LaneGate:
     """Which kind of lane is the primary, and whether side lanes may take chunks now (module
     docstring: the gate).
 
-    Call `update(now, delivered, primary_healthy)` regularly (a few times a second) with the
-    transfer's total of bytes delivered, and `failed` when a lane fails or stalls; ask
+    Call `update(now, delivered, primary_healthy, side_delivered)` regularly (a few times a
+    second) with the transfer's total of bytes delivered, and `failed` when a lane fails; ask
     `allowed(kind)` and `capped(kind)`.
 
     Attributes:
@@ -169,6 +174,7 @@ class LaneGate:
         self._reprobe = REPROBE
         self._before = 0.0  # the rate measured just before the probe
         self._samples: list[_Sample] = []
+        self._broke: dict[str, float] = {}  # when a lane of each kind last failed
 
     @property
     def side(self) -> str:
@@ -183,9 +189,13 @@ class LaneGate:
         """True if lanes of `kind` run as side lanes beside a healthy primary (SIDE_HORIZON)."""
         return kind != self.primary and self._primary_healthy
 
-    def update(self, now: float, delivered: int, primary_healthy: bool) -> None:
-        """Feed the time, the bytes delivered so far and whether any primary lane is up and
-        not suspect; probes start and end here."""
+    def update(
+        self, now: float, delivered: int, primary_healthy: bool, side_delivered: bool = False
+    ) -> None:
+        """Feed the time, the bytes delivered so far, whether any primary lane is up and not
+        suspect, and whether a side lane delivered since the last update; probes start and
+        end here, and the lead may change hands."""
+        self._hand_over(now, side_delivered)
         if not primary_healthy:
             if self._primary_healthy:  # the rates without it say nothing about it: start over
                 self._primary_healthy, self._trial, self._with_side = False, False, False
@@ -203,12 +213,21 @@ class LaneGate:
         else:
             self._start_probe(now)
 
-    def failed(self, now: float, kind: str, side_up: bool) -> None:
-        """A lane of `kind` failed or stalled; `side_up`: a lane of the other kind is up and
-        not suspect. A primary's break hands the role to the side (module docstring)."""
-        if kind != self.primary or not side_up:
+    def failed(self, now: float, kind: str) -> None:
+        """A lane of `kind` failed (its connection, or dropped for a stall)."""
+        self._broke[kind] = now
+
+    def _hand_over(self, now: float, side_delivered: bool) -> None:
+        """The primary broke within HANDOVER seconds, the side did not since, and a side lane
+        delivered meanwhile: the side leads (module docstring). Both kinds go dark in a
+        blackhole; only the one that lives on after it counts."""
+        broke = self._broke.get(self.primary)
+        if broke is None or now - broke > HANDOVER or not side_delivered:
+            return
+        if self._broke.get(self.side, -1.0) >= broke:
             return
         self.primary = self.side
+        self._broke.pop(self.side, None)
         self._with_side, self._trial = False, False
         self._switch_at, self._reprobe = now + FIRST_PROBE, REPROBE
         self._samples.clear()

@@ -240,8 +240,8 @@ class LaneSender:
         size, gate, kind = self.up.chunk_size, self.up.gate, self.lane.kind
         if not gate.allowed(kind):
             return False
-        cap = self.meter.cap(size, side=gate.capped(kind))
-        if cap is not None and self.meter.inflight + size > cap:
+        cap = self.meter.cap(self.up.now(), size, side=gate.capped(kind))
+        if self.meter.inflight + size > cap:
             return False
         return self.req.conn.can_send_chunk(self.req.rid, size)
 
@@ -471,7 +471,7 @@ class LaneUpload:
             self._outcome.set_exception(exc)
             return
         self.lanes.open_deferred()  # QUIC, if it is not open yet, may carry on
-        self._broke(lane.kind)
+        self.gate.failed(self.now(), lane.kind)
         if lane.session is not None and lane.session.ch is ch:
             self.lanes.lost(lane, exc)
         elif lane.up:
@@ -511,9 +511,13 @@ class LaneUpload:
         the others at once; once another lane delivered and the lane stayed suspect for
         STALL_FLOOR more seconds, it is dropped and reconnected (a lane that comes back to
         life before that just goes on)."""
+        side_delivered = False
         for sender in self.senders.values():
             sender.meter.tick(now)
-        self.gate.update(now, self.spread.delivered, self._healthy(self.gate.primary))
+            if sender.lane.kind == self.gate.side:
+                side_delivered |= sender.meter.carried(now, 1.5 * TICK) > 0
+        primary_healthy = self._healthy(self.gate.primary)
+        self.gate.update(now, self.spread.delivered, primary_healthy, side_delivered)
         if not self._healthy("tcp") or now - self.started >= QUIC_AFTER:
             self.lanes.open_deferred()
         if self._unknown_since is not None:
@@ -534,11 +538,11 @@ class LaneUpload:
                 sender.suspect, sender.suspect_since = True, now
                 sender.others_at_suspicion = others
                 self.spread.give_back(sender)  # the other lanes resend its chunks now
-                self._broke(sender.lane.kind)
             elif others > sender.others_at_suspicion and now - sender.suspect_since >= (
                 lanepolicy.STALL_FLOOR
             ):
                 why = f"the {sender.lane.name} lane stalled: dropped, reconnecting"
+                self.gate.failed(now, sender.lane.kind)
                 self.lanes.lost(sender.lane, TransportTimeout(why))
         self.wake()
 
@@ -551,11 +555,6 @@ class LaneUpload:
         return any(lane.kind == kind for lane in self._joins) or any(
             s.lane.kind == kind and not s.suspect for s in self.senders.values()
         )
-
-    def _broke(self, kind: str) -> None:
-        """A lane of `kind` failed or stalled: the gate may hand the primary role over."""
-        side = "quic" if kind == "tcp" else "tcp"
-        self.gate.failed(self.now(), kind, side_up=self._healthy(side))
 
     def _suspect(self, lane: Lane) -> bool:
         sender = self.senders.get(lane)

@@ -12,6 +12,7 @@ from fluxctl.lanepolicy import (
     ACK_GAPS,
     FIRST_ACK_WAIT,
     FIRST_PROBE,
+    HANDOVER,
     HORIZON,
     MARGIN,
     MAX_REPROBE,
@@ -77,26 +78,15 @@ def test_an_ack_clears_suspicion_and_the_last_one_makes_the_lane_idle() -> None:
     assert not meter.suspect(1e6, silence=1e6)
 
 
-def test_rate_and_the_flight_caps() -> None:
+def test_the_flight_caps_follow_what_the_lane_carried() -> None:
     meter = LaneMeter(0.0)
     meter.sent(0.0, 100 * MB)
-    meter.acked(1.0, 20 * MB, 20 * MB)
-    meter.tick(1.0)
-    assert meter.rate == 20 * MB
-    assert meter.cap(CHUNK, side=True) == 10 * MB  # half a second of what it delivers
-    assert meter.cap(CHUNK, side=False) == int(HORIZON * 20 * MB)
-    assert LaneMeter(0.0).cap(CHUNK, side=True) == 2 * CHUNK  # nothing measured: two chunks
-    assert LaneMeter(0.0).cap(CHUNK, side=False) is None  # nothing measured: the window
-
-
-def test_a_slow_lane_holds_two_chunks_not_its_window() -> None:
-    """A lane on a 2.5 MB/s link would hold 32 MiB in a window: 13 s of data to send again
-    when its connection dies. It holds what it delivers in HORIZON, or two chunks."""
-    meter = LaneMeter(0.0)
-    meter.sent(0.0, 32 * CHUNK)
-    meter.acked(4.0, 10 * MB, 10 * MB)
-    meter.tick(4.0)
-    assert meter.cap(CHUNK, side=False) == 2 * CHUNK
+    for i in range(1, 31):  # 20 MB/s for 3 s, an ACK every tick
+        meter.acked(i * 0.1, 2 * MB, 2 * MB)
+        meter.tick(i * 0.1)
+    assert meter.cap(3.0, CHUNK, side=True) == 10 * MB  # what it carried in half a second
+    assert meter.cap(3.0, CHUNK, side=False) == int(HORIZON * 20 * MB)
+    assert LaneMeter(0.0).cap(0.0, CHUNK, side=False) == 2 * CHUNK  # nothing yet: two chunks
 
 
 # --- the gate ------------------------------------------------------------------------------
@@ -202,20 +192,43 @@ def test_quic_carries_at_once_and_uncapped_when_tcp_is_down_or_stalled() -> None
     assert not gate.allowed("quic") and gate.probes == 0
 
 
-def test_a_primary_that_breaks_beside_a_live_side_lane_hands_over_the_lead() -> None:
-    """An address change kills TCP connections and none of QUIC's: once a TCP lane broke
-    while QUIC lived, QUIC leads and TCP is the side, tried by the probes."""
+def test_a_primary_that_breaks_while_the_side_lives_on_hands_over_the_lead() -> None:
+    """An address change kills TCP connections and none of QUIC's: once a TCP lane broke and
+    QUIC delivered after it, QUIC leads and TCP is the side, tried by the probes."""
     gate = LaneGate(0.0)
     now, got = drive(gate, 0.0, 1.0, loopback, 0)
-    gate.failed(now, "quic", side_up=True)  # the side breaking changes nothing
-    gate.failed(now, "tcp", side_up=False)  # nor the primary with no side to take over
-    assert gate.primary == "tcp" and not gate.allowed("quic")
-    gate.failed(now, "tcp", side_up=True)
-    assert gate.primary == "quic" and not gate.allowed("tcp") and gate.capped("tcp")
-    now, got = drive(gate, now, FIRST_PROBE - STEP, loopback, got)
-    assert gate.probes == 0, "measured afresh before the first probe"
-    gate.failed(now, "quic", side_up=True)
+    gate.failed(now - 0.5, "quic")  # the side breaking changes nothing
+    gate.failed(now, "tcp")  # nor the primary while the side delivers nothing (a blackhole)
+    gate.update(now + STEP, int(got), primary_healthy=False, side_delivered=False)
     assert gate.primary == "tcp"
+    gate.update(now + 2 * STEP, int(got), primary_healthy=True, side_delivered=True)
+    assert gate.primary == "quic" and not gate.allowed("tcp") and gate.capped("tcp")
+    now, got = drive(gate, now + 2 * STEP, FIRST_PROBE - 2 * STEP, loopback, got)
+    assert gate.probes == 0, "measured afresh before the first probe"
+
+
+def test_no_handover_when_the_side_broke_too_or_long_after() -> None:
+    gate = LaneGate(0.0)
+    gate.failed(1.0, "tcp")
+    gate.failed(1.5, "quic")  # both broke: the path, not a kind of connection
+    gate.update(2.0, 0, primary_healthy=True, side_delivered=True)
+    assert gate.primary == "tcp"
+    gate = LaneGate(0.0)
+    gate.failed(1.0, "tcp")
+    gate.update(1.0 + HANDOVER + 1, 0, primary_healthy=True, side_delivered=True)
+    assert gate.primary == "tcp"
+
+
+def test_a_slow_lane_holds_what_it_carried_lately() -> None:
+    meter = LaneMeter(0.0)
+    for i in range(1, 41):  # 2.5 MB/s in ACKs of 4 MiB chunks: bursts, not a rate
+        now = i * 0.1
+        if i % 17 == 0:
+            meter.sent(now, CHUNK)
+            meter.acked(now, CHUNK, CHUNK)
+        meter.tick(now)
+    assert meter.cap(4.0, CHUNK, side=False) == 2 * CHUNK  # 1 chunk in the last 2 s: floor
+    assert meter.carried(4.0, 2.0) == CHUNK
 
 
 def test_a_wrong_handover_on_a_fast_path_comes_back_to_tcp_at_the_first_probe() -> None:
