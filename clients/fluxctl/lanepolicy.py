@@ -35,9 +35,9 @@ beside a healthy primary only where measuring the transfer's own rate says it he
   and none of QUIC's), so the next break costs nothing in flight. A blackhole silences both
   kinds and proves nothing; a primary that is only slow is left to the probes.
 
-**Flight.** Every lane holds in flight at most what it delivers in HORIZON seconds (at least two
-chunks; nothing measured yet: its window), and a side lane beside a healthy primary what it
-delivers in SIDE_HORIZON: what a lane holds when its connection dies must be sent again, and
+**Flight.** Every lane holds in flight at most what it carried over the last HORIZON seconds (at
+least two chunks), and a side lane beside a healthy primary what it carried over SIDE_HORIZON
+(at least one): what a lane holds when its connection dies must be sent again, and
 a slow link's window holds far more than the link carries in a round trip.
 """
 
@@ -138,9 +138,12 @@ class LaneMeter:
 
     def cap(self, now: float, chunk_size: int, side: bool) -> int:
         """The most bytes this lane may hold in flight: what it carried over the last HORIZON
-        seconds (SIDE_HORIZON as a side lane beside a healthy primary), at least two chunks.
+        seconds, at least two chunks (one keeps the link busy while the other's ACK comes
+        back); as a side lane beside a healthy primary, over SIDE_HORIZON, at least one chunk.
         Measured, not extrapolated from a rate: ACKs come a chunk at a time, in bursts."""
-        return max(2 * chunk_size, self.carried(now, SIDE_HORIZON if side else HORIZON))
+        if side:
+            return max(chunk_size, self.carried(now, SIDE_HORIZON))
+        return max(2 * chunk_size, self.carried(now, HORIZON))
 
 
 @dataclass

@@ -87,6 +87,7 @@ def test_the_flight_caps_follow_what_the_lane_carried() -> None:
     assert meter.cap(3.0, CHUNK, side=True) == 10 * MB  # what it carried in half a second
     assert meter.cap(3.0, CHUNK, side=False) == int(HORIZON * 20 * MB)
     assert LaneMeter(0.0).cap(0.0, CHUNK, side=False) == 2 * CHUNK  # nothing yet: two chunks
+    assert LaneMeter(0.0).cap(0.0, CHUNK, side=True) == CHUNK  # a side lane: one
 
 
 # --- the gate ------------------------------------------------------------------------------
