@@ -11,7 +11,9 @@ the same upload, each through its own request (PROTOCOL.md 6.3, attach).
   through another lane too is harmless (the server takes a verified chunk twice).
 - **Failures.** A lane that fails gives its chunks in flight back to the front of the queue,
   where the other lanes take them at once, and is reconnected in the background (LaneSet). A
-  lane that is *suspect* (lanepolicy: no ACK for a few of its usual gaps) gives them back too;
+  lane that is *suspect* (lanepolicy: no ACK for a few of its usual gaps) gives them back too,
+  once another lane is live (while all are silent, copies would only double what a lane that
+  comes back still carries);
   it is dropped and reconnected once another lane delivered meanwhile, and goes on if it
   recovers first. The pass fails (and `Retrier` reconnects, a `retries`) only when no lane is
   left, or a lane fails while it commits.
@@ -186,6 +188,8 @@ class LaneSender:
         self.sent: set[int] = set()
         self.copies = req.channel.copies_on_send
         self.suspect = False
+        #: Its chunks in flight went back to the queue since it became suspect.
+        self.given_back = False
         #: When this lane became suspect, and what the other lanes had delivered by then.
         self.suspect_since = 0.0
         self.others_at_suspicion = 0
@@ -536,14 +540,19 @@ class LaneUpload:
             others = self.spread.delivered - sender.meter.delivered
             if not sender.suspect:
                 sender.suspect, sender.suspect_since = True, now
-                sender.others_at_suspicion = others
-                self.spread.give_back(sender)  # the other lanes resend its chunks now
+                sender.others_at_suspicion, sender.given_back = others, False
             elif others > sender.others_at_suspicion and now - sender.suspect_since >= (
                 lanepolicy.STALL_FLOOR
             ):
                 why = f"the {sender.lane.name} lane stalled: dropped, reconnecting"
                 self.gate.failed(now, sender.lane.kind)
                 self.lanes.lost(sender.lane, TransportTimeout(why))
+            if not sender.given_back and any(not s.suspect for s in self.senders.values()):
+                # A live lane sends its chunks again now. While every lane is silent (the
+                # whole path dark) they stay where they are: copies sent when one lane comes
+                # back would double what that lane still carries.
+                sender.given_back = True
+                self.spread.give_back(sender)
         self.wake()
 
     def _heard_since(self, seconds: float) -> bool:
