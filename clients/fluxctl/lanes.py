@@ -30,6 +30,7 @@ from fluxio.requests import Channel
 from fluxproto import ConnectError, ConnectionLost, ConnectionRefused, FluxError, Goodbye
 
 from .connect import (
+    HEAD_START,
     MAX_LANES,
     QUIC_LAST_CHANCE,
     ClientOptions,
@@ -39,9 +40,6 @@ from .connect import (
 from .session import ClientSession
 from .url import FluxURL
 
-#: How long TCP may take to come up before the QUIC lane is opened too: TCP+TLS and flux's
-#: handshake take three round trips (240 ms at 80 ms), and QUIC then becomes the first lane.
-HEAD_START = 1.0
 #: Backoff between reconnects of one lane (seconds, doubling, with jitter).
 FIRST_DELAY = 0.2
 MAX_DELAY = 10.0
@@ -50,7 +48,7 @@ CLOSE_WAIT = 2.0
 
 Connector = Callable[[FluxURL, ClientOptions], Awaitable[Channel]]
 
-__all__ = ["MAX_LANES", "Lane", "LaneSet", "lane_names", "uses_lanes"]
+__all__ = ["HEAD_START", "MAX_LANES", "Lane", "LaneSet", "lane_names", "uses_lanes"]
 
 
 def uses_lanes(opts: ClientOptions) -> bool:
