@@ -5,6 +5,10 @@ learn the file's size, chunk size and chunk digests, resumes the staged file, th
 exactly the chunks it does not hold with the right digest; with nothing staged it asks for the
 whole file at once (one round trip, which many small files feel). Chunks are acked only once
 durable. The destination appears, by rename, only after the whole-file digest verifies.
+
+With `--transport auto` or `--lanes N` an attempt runs over lanes (lanes.py): the download is
+opened with `share` on the first lane up and the others attach to it (lanerecv.py); a pass
+that no request carries any more is opened again, for what is missing, on a lane that is up.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from fluxproto import (
     Chunk,
     ConfigError,
     Conflict,
+    ConnectionLost,
     FileHasher,
     IntegrityError,
     Meta,
@@ -307,16 +312,18 @@ class Download:
             FluxError: as LaneReceive.run; or MAX_EMPTY_PASSES passes in a row ended with
                 nothing received (the last one's reason).
         """
-        lane = next(
-            ln for ln in lanes.lanes if ln.session is not None and ln.session.ch is req.channel
-        )
         if not meta.share:  # a server that does not share: this request brings every chunk
             await self._receive(req, staged, meta)
             return
+        opener = [
+            ln for ln in lanes.lanes if ln.session is not None and ln.session.ch is req.channel
+        ]
+        if not opener:
+            raise ConnectionLost(f"the lane that opened {self.url.path} is gone")
         shared = self._shared(staged, meta, want)
         spread = LaneReceive(lanes, shared, self.url.path)
         try:
-            whole = await spread.run(lane, req)
+            whole = await spread.run(opener[0], req)
         finally:
             self._count(shared)
         self._empty_passes = 0 if whole or shared.received else self._empty_passes + 1
