@@ -47,6 +47,9 @@ from .url import FluxURL
 #: (with 32 MiB, a probe on loopback stalled the transfer for a second). 16 MiB is still
 #: ~0.5 s of what QUIC moves here, at 250 ms of round trip QUIC's CPU-bound rate.
 QUIC_WINDOW = 16 * 1024 * 1024
+#: The least receive window a TCP lane announces when the lanes share the options' window
+#: (`lane_options`): two chunks of the default size.
+MIN_LANE_WINDOW = 8 * 1024 * 1024
 #: Backoff between reconnects of one lane (seconds, doubling, with jitter).
 FIRST_DELAY = 0.2
 MAX_DELAY = 10.0
@@ -72,6 +75,19 @@ def lane_names(opts: ClientOptions) -> list[tuple[str, str]]:
     quic = opts.transport in ("auto", "quic") and not opts.insecure_plaintext
     lanes = [(f"tcp{i + 1}" if i else "tcp", "tcp") for i in range(opts.lanes)] if tcp else []
     return lanes + ([("quic", "quic")] if quic else [])
+
+
+def lane_options(opts: ClientOptions, kind: str) -> ClientOptions:
+    """The options a lane of `kind` connects with: `opts`, with its receive window (what the
+    server may hold in flight to it: a download's) shared among the TCP lanes, at least
+    MIN_LANE_WINDOW each, and QUIC's at most QUIC_WINDOW. A server holds what it sent until
+    the client acknowledges it, so `--lanes N` would otherwise make it hold N windows of one
+    download (fluxd: 92 MiB for four lanes, against 33 for one connection)."""
+    if kind == "quic":
+        window = min(opts.window, QUIC_WINDOW)
+    else:
+        window = max(min(opts.window, MIN_LANE_WINDOW), opts.window // opts.lanes)
+    return dataclasses.replace(opts, window=window)
 
 
 @dataclass(eq=False)
@@ -252,7 +268,8 @@ class LaneSet:
                     delay = min(delay * 2, MAX_DELAY)
                 first = False
                 try:
-                    ch = await self._connectors[lane.kind](self.url, self.opts)
+                    opts = lane_options(self.opts, lane.kind)
+                    ch = await self._connectors[lane.kind](self.url, opts)
                 except FluxError as exc:
                     lane.failure = exc
                     lane.given_up = not exc.retryable and not isinstance(exc, ConnectionRefused)
@@ -278,10 +295,9 @@ class LaneSet:
 
 async def _connect_quic(url: FluxURL, opts: ClientOptions) -> Channel:
     """connect_quic, with aioquic imported in a worker thread: its ~0.1 s of import would
-    otherwise stop the event loop, and with it the TCP lane's transfer; the receive window
-    at most QUIC_WINDOW."""
+    otherwise stop the event loop, and with it the TCP lane's transfer."""
     await asyncio.to_thread(importlib.import_module, "fluxctl.tickets")
     await asyncio.to_thread(importlib.import_module, "fluxio.transports.quic")
     from .connect import connect_quic  # noqa: PLC0415
 
-    return await connect_quic(url, dataclasses.replace(opts, window=min(opts.window, QUIC_WINDOW)))
+    return await connect_quic(url, opts)

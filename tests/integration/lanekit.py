@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import uvloop
 
@@ -30,6 +30,7 @@ from .proxy import Proxy
 from .udp_relay import UdpRelay
 
 MIB = 1024 * 1024
+T = TypeVar("T")
 CS = 256 * 1024
 
 
@@ -69,6 +70,23 @@ def kib(pid: int, field: str) -> int:
         if line.startswith(f"{field}:"):
             return int(line.split()[1])
     raise AssertionError(f"no {field} for {pid}")
+
+
+def budget_daemon(make_daemon: Callable[..., Daemon], home: Path, **kw: Any) -> Daemon:
+    """A daemon whose receive budget is 8 MiB, with chunks of at most 1 MiB."""
+    config = home / "fluxd.toml"
+    config.write_text('[limits]\nmax_chunk = "1M"\nmemory = "8M"\n')
+    return make_daemon("--config", str(config), "--window", "32M", **kw)
+
+
+def growth(daemon: Daemon, work: Callable[[], T]) -> tuple[T, int]:
+    """What `work()` returned, and by how many MiB the daemon's peak memory grew meanwhile."""
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak starts again from here
+    before = kib(pid, "VmRSS")
+    done = work()
+    return done, (kib(pid, "VmHWM") - before) // 1024
 
 
 class Transfer(Protocol):

@@ -23,7 +23,9 @@ from .lanekit import (
     OpenGate,
     Restart,
     blackhole_quic,
+    budget_daemon,
     cut_tcp,
+    growth,
     move_client,
     random_file,
 )
@@ -225,6 +227,25 @@ def test_recv_over_several_tcp_lanes(daemon: Daemon, fluxctl: Fluxctl, tmp_path:
     assert sum(out["lanes"].values()) == len(data)
     assert (tmp_path / "out").read_bytes() == data
     check_served_once(daemon, "wide", len(data))
+
+
+def test_the_daemons_memory_holds_across_recv_lanes(
+    make_daemon: Callable[..., Daemon], fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    """Four TCP lanes share the client's 32 MiB window (at least 8 MiB each): the daemon holds
+    what it sent until it is acknowledged, and four whole windows would be 128 MiB."""
+    daemon = budget_daemon(make_daemon, tmp_path)
+    random_file(daemon.root / "warm", 8 * MIB)
+    data = random_file(daemon.root / "big", 96 * MIB)
+    args = ("--transport", "tcp", "--lanes", "4", "--chunk-size", "1M", "--json")
+    assert fluxctl("recv", daemon.url("/warm"), str(tmp_path / "warm"), *args).code == 0
+    res, grew = growth(
+        daemon, lambda: fluxctl("recv", daemon.url("/big"), str(tmp_path / "big"), *args)
+    )
+    assert res.code == 0, res.stderr
+    assert set(res.json["lanes"]) >= {"tcp", "tcp2"}, "several lanes carried it"
+    assert grew < 48, f"the daemon grew by {grew} MiB"
+    assert (tmp_path / "big").read_bytes() == data
 
 
 def test_recv_r_receives_big_files_over_the_lanes(
