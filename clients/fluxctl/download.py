@@ -14,6 +14,7 @@ that no request carries any more is opened again, for what is missing, on a lane
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import time
@@ -342,8 +343,10 @@ class Download:
 
     async def _open_staged(self, meta: Meta) -> StagedFile:
         data, journal = partial_paths(self.dest)
+        # Chunks come out of order over several lanes: hash them as the gaps fill (catch_up).
+        opening = functools.partial(StagedFile.open, catch_up=True)
         staged = await _settled(
-            StagedFile.open, data, journal, meta.size, meta.chunk_size, abandon=StagedFile.close
+            opening, data, journal, meta.size, meta.chunk_size, abandon=StagedFile.close
         )
         held = sum(
             min(meta.chunk_size, meta.size - i * meta.chunk_size)
