@@ -69,13 +69,13 @@ Transport = Annotated[
     typer.Option(
         "--transport",
         envvar="FLUX_TRANSPORT",
-        help="auto (TCP and QUIC lanes at once; a send uses every lane up), quic or tcp.",
+        help="auto (TCP and QUIC lanes at once; a transfer uses every lane up), quic or tcp.",
     ),
 ]
 Lanes = Annotated[
     int,
     typer.Option(
-        "--lanes", help="TCP lanes to send over (more for long fat paths); auto adds QUIC's."
+        "--lanes", help="TCP lanes to transfer over (more for long fat paths); auto adds QUIC's."
     ),
 ]
 ChunkSize = Annotated[
@@ -350,6 +350,7 @@ def recv(
     exclude: Exclude = None,
     checksum: Checksum = False,
     verbose: Verbose = False,
+    lanes: Lanes = 1,
 ) -> None:
     """Receive PATH from the server into LOCAL; run it again after any failure to resume.
     With -r, make LOCAL a copy of each folder PATH."""
@@ -357,7 +358,7 @@ def recv(
     url = urls[0] if urls else local
     run = Run("recv", url, json_, quiet, progress)
     connect = Connect(
-        ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size
+        ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size, lanes
     )
     flags = TreeFlags(recursive, dereference, delete, dry_run, exclude, checksum, verbose)
     clitree.check_arguments(run, flags, urls, "URL")
@@ -376,7 +377,7 @@ def recv(
         source = run.parse_url(url)
         opts = run.options(source, connect)
         with run.progress_bar(f"recv {source.name}") as bar:
-            retrier = Retrier(source, opts, run.on_retry)
+            retrier = Retrier(source, opts, run.on_retry, bar.lanes)
             if to_stdout:
                 return await StreamDownload(source, sys.stdout.buffer, opts, bar.update).run(
                     retrier

@@ -1,7 +1,10 @@
 """Opening a flux connection over TCP+TLS or QUIC: trust policy, ALPN, then HELLO/WELCOME.
 
-`auto` (the default) prefers QUIC and races TCP after a short head start (happy eyeballs): where
-UDP is blocked the transfer starts over TCP within a second, where it passes QUIC wins.
+`auto` (the default) for one connection (ls, stat, rm, `recv -`, a tree's listing) connects
+over TCP first, the cheaper transport per byte and the one that passes everywhere: QUIC is
+tried too when TCP is not up within HEAD_START or fails (happy eyeballs the other way round),
+and the first to connect wins. The first lane of a transfer over lanes (lanes.py) follows the
+same rule. `--transport tcp|quic` means exactly that one transport.
 """
 
 from __future__ import annotations
@@ -50,8 +53,9 @@ if TYPE_CHECKING:
 TRANSPORTS = ("auto", "quic", "tcp")
 #: Most TCP lanes a transfer may open (`--lanes`).
 MAX_LANES = 16
-#: How long QUIC may try alone before TCP joins the race.
-QUIC_HEAD_START = 0.25
+#: How long TCP may take to come up before QUIC is tried too: TCP+TLS and flux's handshake
+#: take three round trips (240 ms at 80 ms).
+HEAD_START = 1.0
 #: How much longer QUIC may try once TCP failed (a QUIC-only server answers well within this).
 QUIC_LAST_CHANCE = 1.0
 
@@ -130,26 +134,23 @@ async def connect(url: FluxURL, opts: ClientOptions) -> Channel:
 
 
 async def _race(url: FluxURL, opts: ClientOptions) -> Channel:
-    quic_attempt = asyncio.ensure_future(connect_quic(url, opts))
-    attempts = {quic_attempt}
+    """TCP first; QUIC too once TCP is not up within HEAD_START or failed; the first to
+    connect wins (see the module docstring)."""
+    loop = asyncio.get_running_loop()
+    tcp_attempt = asyncio.ensure_future(connect_tcp(url, opts))
+    attempts = {tcp_attempt}
     everyone = set(attempts)
     errors: dict[str, FluxError] = {}
     deadline: float | None = None  # set once TCP failed: QUIC then gets a last short chance
+    head_start: float | None = loop.time() + HEAD_START  # None once QUIC is tried
     winner: Channel | None = None
     try:
-        await asyncio.wait(attempts, timeout=QUIC_HEAD_START)
-        tcp_attempt = asyncio.ensure_future(connect_tcp(url, opts))
-        attempts.add(tcp_attempt)
-        everyone.add(tcp_attempt)
         while attempts:
-            left = (
-                None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
-            )
+            wake = head_start if head_start is not None else deadline
+            left = None if wake is None else max(0.0, wake - loop.time())
             done, attempts = await asyncio.wait(
                 attempts, timeout=left, return_when=asyncio.FIRST_COMPLETED
             )
-            if not done:
-                break  # QUIC is silent and TCP failed: nothing is answering
             for task in done:
                 exc = task.exception()
                 if exc is None:
@@ -157,10 +158,16 @@ async def _race(url: FluxURL, opts: ClientOptions) -> Channel:
                     return winner
                 if not isinstance(exc, FluxError) or not exc.retryable:
                     raise exc  # a trust or usage failure would fail the other way too
-                name = "QUIC" if task is quic_attempt else "TCP"
-                errors[name] = exc
-                if name == "TCP":
-                    deadline = asyncio.get_running_loop().time() + QUIC_LAST_CHANCE
+                errors["TCP" if task is tcp_attempt else "QUIC"] = exc
+            if "TCP" in errors and deadline is None:
+                deadline = loop.time() + QUIC_LAST_CHANCE
+            if head_start is not None and ("TCP" in errors or loop.time() >= head_start):
+                head_start = None  # TCP is slow or failed: QUIC may get through
+                quic_attempt = asyncio.ensure_future(connect_quic(url, opts))
+                attempts.add(quic_attempt)
+                everyone.add(quic_attempt)
+            elif not done and deadline is not None and loop.time() >= deadline:
+                break  # QUIC is silent and TCP failed: nothing is answering
     finally:
         await _settle(attempts, everyone, winner)
     errors.setdefault("QUIC", ConnectError("no answer"))

@@ -124,8 +124,8 @@ def _steps(env: dict[str, str], work: Path, address: str) -> None:
     url = f"flux://{address}/demo/demo.bin"
     say("send it over TCP (the first connection trusts the server's certificate, like ssh)")
     print(
-        "  (--transport tcp: the default, auto, prefers QUIC, which rides through address\n"
-        "   changes but costs far more CPU per byte; on a clean fast link TCP is quicker)"
+        "  (--transport tcp: one TCP connection; the default, auto, adds a QUIC lane, which\n"
+        "   rides through address changes but costs far more CPU per byte, where it helps)"
     )
     run(env, "fluxctl", "send", str(src), url, "--transport", "tcp", "--progress")
     again = f"flux://{address}/demo/again.bin"

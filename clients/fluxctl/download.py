@@ -5,15 +5,20 @@ learn the file's size, chunk size and chunk digests, resumes the staged file, th
 exactly the chunks it does not hold with the right digest; with nothing staged it asks for the
 whole file at once (one round trip, which many small files feel). Chunks are acked only once
 durable. The destination appears, by rename, only after the whole-file digest verifies.
+
+With `--transport auto` or `--lanes N` an attempt runs over lanes (lanes.py): the download is
+opened with `share` on the first lane up and the others attach to it (lanerecv.py); a pass
+that no request carries any more is opened again, for what is missing, on a lane that is up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -27,17 +32,21 @@ from fluxproto import (
     Chunk,
     ConfigError,
     Conflict,
+    ConnectionLost,
     FileHasher,
     IntegrityError,
     Meta,
     OpenDownload,
     StorageError,
+    Unavailable,
     chunk_count,
     to_ranges,
 )
 from fluxproto.digest import digest_at
 
 from .connect import ClientOptions
+from .lanerecv import LaneReceive
+from .lanes import LaneSet, uses_lanes
 from .results import DEFAULT_CHUNK, ProgressFn, TransferResult
 from .retry import Retrier
 from .session import ClientSession, cancel_on_error
@@ -53,6 +62,10 @@ NAME_MAX = 255
 _HASH_HEX = 16
 #: Passes a run makes again after finding staged chunks damaged on disk before publishing.
 MAX_REFETCHES = 2
+#: Passes over lanes in a row that may end with nothing received before the attempt fails.
+MAX_EMPTY_PASSES = 3
+
+Want = tuple[tuple[int, int], ...] | None
 
 
 T = TypeVar("T")
@@ -152,7 +165,13 @@ class Download:
         self.dest = Path(local) if exact else destination(local, url)
         self.label = label or str(self.dest)
         self.progress = progress or (lambda done, total: None)
+        #: Payload bytes received, each chunk once per pass (`resent`: the copies).
         self.received = 0
+        #: Bytes of chunks that came again on another lane of a pass (written once).
+        self.resent = 0
+        #: Bytes each lane (or the one transport) brought first, by name, over every attempt.
+        self.lanes: dict[str, int] = {}
+        self._empty_passes = 0
         self.skipped: int | None = None
         #: Passes made again because staged chunks were found damaged at the end.
         self.refetches = 0
@@ -160,9 +179,14 @@ class Download:
         self.published = False
 
     async def run(self, retrier: Retrier | None = None) -> TransferResult:
+        """Fetch the file, reconnecting and resuming as `retrier` allows: over every lane of
+        the options (lanes.py: `auto`, `--lanes`), else over one connection."""
         started = time.monotonic()
         retrier = retrier or Retrier(self.url, self.opts)
-        meta = await retrier.run(self.attempt)
+        if uses_lanes(self.opts):
+            meta = await retrier.run_lanes(self.attempt_lanes)
+        else:
+            meta = await retrier.run(self.attempt)
         seconds = time.monotonic() - started
         return self.result(meta, retrier.retries, seconds, retrier.transport)
 
@@ -170,9 +194,11 @@ class Download:
         """The run's result once an attempt put the file in place."""
         received, skipped = self.received, self.skipped or 0
         path, size, digest = self.url.path, meta.size, meta.digest
-        return TransferResult(
+        result = TransferResult(
             "recv", path, size, received, skipped, retries, seconds, digest, transport
         )
+        result.lanes, result.resent = dict(self.lanes), self.resent
+        return result
 
     async def attempt(self, session: ClientSession, n: int) -> Meta:
         """One attempt on `session` (the `n`th of the run): META of the file once it is in
@@ -190,22 +216,53 @@ class Download:
                 cannot be completed on the others.
         """
         session, others = sessions[0], sessions[1:]
+
+        async def fetch(req: Request, staged: StagedFile, meta: Meta, want: Want) -> None:
+            await self._fetch(req, others, staged, meta, want)
+
+        return await self._attempt(lambda: session, bool(others), fetch)
+
+    async def attempt_lanes(self, lanes: LaneSet, n: int) -> Meta:
+        """As `attempt`, spread over the lanes up (lanerecv.py): the download is opened with
+        `share` on the first lane up (TCP first) and the others attach to it as they may.
+        A pass that no request carries any more opens it again, on the first lane up, for
+        the chunks still missing.
+
+        Raises:
+            FluxError: as `attempt`; a lane failing fails the attempt only when no lane is
+                up (or passes keep ending with nothing received).
+        """
+        self._empty_passes = 0
+
+        async def fetch(req: Request, staged: StagedFile, meta: Meta, want: Want) -> None:
+            await self._fetch_lanes(lanes, req, staged, meta, want)
+
+        return await self._attempt(lambda: lanes.first()[1], True, fetch)
+
+    async def _attempt(
+        self,
+        session: Callable[[], ClientSession],
+        share: bool,
+        fetch: Callable[[Request, StagedFile, Meta, Want], Awaitable[None]],
+    ) -> Meta:
+        """Open the download on `session()` (with `share`: for other requests to share) and
+        `fetch` what META announces, until every chunk is staged; then publish."""
         # Nothing staged to resume from: ask for the whole file at once (one round trip
         # instead of two, which small files of a tree feel); else learn its chunks first.
         fresh = not partial_paths(self.dest)[1].exists()
-        want: tuple[tuple[int, int], ...] | None = None if fresh else ()
-        req, meta = await self._meta(session, want, None, bool(others))
+        want: Want = None if fresh else ()
+        req, meta = await self._meta(session(), want, None, share)
         with cancel_on_error(req):
             staged = await self._open_staged(meta)
         try:
             if meta.count:
-                await self._fetch(req, others, staged, meta, want)
+                await fetch(req, staged, meta, want)
             while True:
                 while missing := self._missing(staged, meta):
                     want = to_ranges(missing)[:MAX_RANGES]
-                    req, reply = await self._meta(session, want, meta, bool(others))
+                    req, reply = await self._meta(session(), want, meta, share)
                     if reply.count:
-                        await self._fetch(req, others, staged, reply, want)
+                        await fetch(req, staged, reply, want)
                         continue
                     # The file changed on the server: re-plan against its new digests.
                     if (reply.size, reply.chunk_size) != (meta.size, meta.chunk_size):
@@ -221,7 +278,7 @@ class Download:
     async def _meta(
         self,
         session: ClientSession,
-        want: tuple[tuple[int, int], ...] | None,
+        want: Want,
         plan: Meta | None,
         share: bool = False,
     ) -> tuple[Request, Meta]:
@@ -233,22 +290,63 @@ class Download:
         others: Sequence[ClientSession],
         staged: StagedFile,
         meta: Meta,
-        want: tuple[tuple[int, int], ...] | None,
+        want: Want,
     ) -> None:
         """The chunks `meta` announces: on `req` alone, or shared with the other sessions."""
         if not (meta.share and others):
             await self._receive(req, staged, meta)
             return
-        shared = SharedReceive(staged, meta, want, self.opts.io_timeout, self._progressed(meta))
+        shared = self._shared(staged, meta, want)
         try:
             await shared.run(req, others, self.url.path)
         finally:
-            self.received += shared.received
+            self._count(shared)
+
+    async def _fetch_lanes(
+        self, lanes: LaneSet, req: Request, staged: StagedFile, meta: Meta, want: Want
+    ) -> None:
+        """The chunks `meta` announces, over every lane that may carry them (lanerecv.py);
+        unfinished when no request carried the transfer any more (the caller opens it again
+        for what is missing).
+
+        Raises:
+            FluxError: as LaneReceive.run; or MAX_EMPTY_PASSES passes in a row ended with
+                nothing received (the last one's reason).
+        """
+        if not meta.share:  # a server that does not share: this request brings every chunk
+            await self._receive(req, staged, meta)
+            return
+        opener = [
+            ln for ln in lanes.lanes if ln.session is not None and ln.session.ch is req.channel
+        ]
+        if not opener:
+            raise ConnectionLost(f"the lane that opened {self.url.path} is gone")
+        shared = self._shared(staged, meta, want)
+        spread = LaneReceive(lanes, shared, self.url.path)
+        try:
+            whole = await spread.run(opener[0], req)
+        finally:
+            self._count(shared)
+        self._empty_passes = 0 if whole or shared.received else self._empty_passes + 1
+        if self._empty_passes >= MAX_EMPTY_PASSES:
+            raise Unavailable(f"{self.url.address} keeps dropping the download; connecting again")
+
+    def _shared(self, staged: StagedFile, meta: Meta, want: Want) -> SharedReceive:
+        """A shared pass for the chunks `meta` announces; its lanes count in `lanes`."""
+        timeout, on_durable = self.opts.io_timeout, self._progressed(meta)
+        return SharedReceive(staged, meta, want, timeout, on_durable, self.lanes)
+
+    def _count(self, shared: SharedReceive) -> None:
+        """Add what a shared pass received to the run's counts."""
+        self.received += shared.received
+        self.resent += shared.resent
 
     async def _open_staged(self, meta: Meta) -> StagedFile:
         data, journal = partial_paths(self.dest)
+        # Chunks come out of order over several lanes: hash them as the gaps fill (catch_up).
+        opening = functools.partial(StagedFile.open, catch_up=True)
         staged = await _settled(
-            StagedFile.open, data, journal, meta.size, meta.chunk_size, abandon=StagedFile.close
+            opening, data, journal, meta.size, meta.chunk_size, abandon=StagedFile.close
         )
         held = sum(
             min(meta.chunk_size, meta.size - i * meta.chunk_size)
@@ -277,9 +375,11 @@ class Download:
         writer = ChunkWriter(req, staged, self._progressed(meta))
         with cancel_on_error(req):
             try:
+                lane = req.channel.transport
                 for _ in range(meta.count):
                     chunk = await req.expect(Chunk, self.opts.io_timeout)
                     self.received += len(chunk.data)
+                    self.lanes[lane] = self.lanes.get(lane, 0) + len(chunk.data)
                     writer.add(chunk)
             finally:
                 await writer.flush()

@@ -2,7 +2,7 @@
 
 Pure bookkeeping: time is an argument (`now`), nothing here waits or reads a clock, so the
 policies are tested by feeding them times and byte counts (tests/client/test_lanepolicy.py).
-The scheduler that applies them is lanesend.py.
+The schedulers that apply them are lanesend.py (uploads) and lanerecv.py (downloads).
 
 **Stalls.** A lane with chunks in flight is *suspect* when its path shows no sign of life
 for STALL_FLOOR seconds: no acknowledgement at the transport's level of what it sent (TCP: the
@@ -12,6 +12,13 @@ to a server that is merely slow to acknowledge at flux's level (its disk, a rate
 queue on a slow link), where sending the chunks again elsewhere would not help. Such a lane is
 suspect too, but much later: after ACK_GAPS of its usual gaps between ACKs, never sooner than
 ACK_FLOOR (before its first ACK of the transfer: FIRST_ACK_WAIT).
+
+A download lane (`Hearing`) sends little that the transport would acknowledge, and a server
+legitimately sends nothing on it at times (its queue is empty, or the client's disk holds the
+ACKs back), so silence alone means nothing there. Instead the lane makes the server owe it an
+answer: once nothing came on its connection for PING_AFTER seconds, it sends a PING, which a
+live server answers at once whatever its queue or disk. A lane whose connection then stays
+silent past STALL_FLOOR (no byte, no datagram: QUIC's own PINGs are answered too) is suspect.
 
 **The gate.** A QUIC lane costs ~20x the CPU per byte of a TCP lane here, and a client's
 lanes share one event loop (one core): on a fast clean path, every chunk QUIC takes slows TCP
@@ -53,6 +60,8 @@ ACK_GAPS = 8
 #: ... but not sooner than this many seconds, nor before FIRST_ACK_WAIT without any ACK yet.
 ACK_FLOOR = 10.0
 FIRST_ACK_WAIT = 15.0
+#: A download lane that heard nothing for this long sends a PING (see the docstring).
+PING_AFTER = 0.5
 #: Weight of a new gap (or rate) sample in its moving average.
 SMOOTHING = 0.25
 
@@ -144,6 +153,31 @@ class LaneMeter:
         if side:
             return max(chunk_size, self.carried(now, SIDE_HORIZON))
         return max(2 * chunk_size, self.carried(now, HORIZON))
+
+
+class Hearing:
+    """Whether a download lane's connection still shows life (module docstring: stalls).
+
+    `heard` is the loop time of the last bytes (or datagram) that came on the connection
+    (Channel.last_receive); the watch starts at `now`, when the lane's request started.
+    """
+
+    def __init__(self, now: float) -> None:
+        self._since = now
+        self._pinged: float | None = None
+
+    def ping(self, now: float, heard: float) -> bool:
+        """True if a PING should go now: nothing came for PING_AFTER seconds and no PING
+        went since something last came (the PING then counts as sent)."""
+        last = max(heard, self._since)
+        if now - last < PING_AFTER or (self._pinged is not None and self._pinged >= last):
+            return False
+        self._pinged = now
+        return True
+
+    def suspect(self, now: float, heard: float) -> bool:
+        """True if nothing came for longer than STALL_FLOOR seconds."""
+        return now - max(heard, self._since) > STALL_FLOOR
 
 
 @dataclass

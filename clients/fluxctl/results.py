@@ -49,15 +49,16 @@ class TransferResult:
     seconds: float
     digest: bytes
     transport: str = "tcp"
-    #: Bytes the receiving side acknowledged through each lane ("tcp", "tcp2", "quic"); one
-    #: entry, the transport's, for a run over one connection.
+    #: Bytes each lane ("tcp", "tcp2", "quic") delivered: a send's acknowledged there first,
+    #: a recv's received there first. One entry, the transport's, for one connection.
     lanes: dict[str, int] = field(default_factory=dict)
-    #: Bytes put on a lane again in the same attempt because the lane that carried them first
-    #: failed or stalled (not in `moved`, which counts each chunk once per attempt).
+    #: Bytes that went again on another lane in the same pass: a send's because the lane that
+    #: carried them first failed or stalled, a recv's because the server sent them twice
+    #: (not in `moved`, which counts each chunk once per pass).
     resent: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        extra: dict[str, Any] = {"lanes": self.lanes} if self.op == "send" else {}
+        extra: dict[str, Any] = {"lanes": self.lanes}
         if self.resent:
             extra["resent"] = self.resent
         return {

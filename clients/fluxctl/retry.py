@@ -17,7 +17,7 @@ from fluxio.requests import Channel
 from fluxproto import ConnectionRefused, FluxError, Goodbye
 
 from .connect import ClientOptions, connect
-from .lanes import LaneSet
+from .lanes import LaneSet, uses_lanes
 from .session import ClientSession
 from .url import FluxURL
 
@@ -64,6 +64,15 @@ class Retrier:
         each lane reconnects by itself; an attempt fails (and is retried here) once no lane
         is left to carry it."""
         return await self._retried(lambda: self._once_lanes(attempt))
+
+    async def run_either(
+        self, attempt: Callable[[ClientSession, int, LaneSet | None], Awaitable[T]]
+    ) -> T:
+        """`run_lanes` where the options ask for lanes (`attempt(session, n, lanes)` gets the
+        first lane's connection and the lanes), else `run` (`attempt(session, n, None)`)."""
+        if uses_lanes(self.opts):
+            return await self.run_lanes(lambda lanes, n: attempt(lanes.first()[1], n, lanes))
+        return await self.run(lambda session, n: attempt(session, n, None))
 
     async def _retried(self, once: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self.opts.retry_for

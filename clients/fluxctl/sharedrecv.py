@@ -1,12 +1,14 @@
-"""Receive one download's chunks over several connections at once (PROTOCOL.md 9.1).
+"""Receive one download's chunks over several requests at once (PROTOCOL.md 9.1).
 
-The request that opened the download shares its chunks; one request on each other session
-attaches to its transfer with `share`, and the server sends each chunk on whichever connection
-has room. Every request's chunks go through one group-commit writer into the one staged file:
-each is acknowledged on the request it came on once durable, and a chunk that comes twice (the
-server sent it again on another connection) is acknowledged there too but written once. A
-connection that dies takes nothing with it: the server sends what it had in flight on the
-others. The part is received once every wanted chunk is durable.
+The request that opened the download shares its chunks; requests on other connections attach
+to its transfer with `share`, and the server sends each chunk on whichever connection has room.
+Requests may join and leave while the download runs (`carry`, `attach`): lanes.py's lanes come
+up late, fail and come back (lanerecv.py drives them). Every request's chunks go through one
+group-commit writer into the one staged file: each is acknowledged on the request it came on
+once durable, and a chunk that comes twice (the server sent it again on another connection) is
+acknowledged there too but written once. A request that ends takes nothing with it: the server
+sends what it had in flight on the others. The part is received once every wanted chunk is
+durable.
 """
 
 from __future__ import annotations
@@ -40,10 +42,14 @@ class SharedReceive:
         want: the opener's `want` (None: the whole file), which the others repeat.
         timeout: the idle timeout on each request (ClientOptions.io_timeout).
         on_durable: payload bytes made durable (progress).
+        tally: where each lane's `received` bytes are added too, as they come (a run's
+            count over its passes).
 
     Attributes:
-        received: payload bytes received, copies included.
-        lanes: requests that carried the download, the opener's first.
+        received: payload bytes received, each chunk once (the copy written).
+        resent: payload bytes of copies: chunks that came again on another request.
+        lanes: `received` by the name each request was carried under (`carry`).
+        requests: requests that carried the download, the opener's first.
     """
 
     def __init__(
@@ -53,14 +59,27 @@ class SharedReceive:
         want: Ranges | None,
         timeout: float,
         on_durable: Callable[[int], None] = lambda n: None,
+        tally: dict[str, int] | None = None,
     ) -> None:
         self.staged, self.meta, self.want, self.timeout = staged, meta, want, timeout
         self._on_durable = on_durable
+        self._tally = {} if tally is None else tally
         self.received = 0
-        self.lanes: list[Request] = []
+        self.resent = 0
+        self.lanes: dict[str, int] = {}
+        self.requests: list[Request] = []
+        self._writer: ChunkWriter | None = None
         self._taken: set[int] = set()  # chunks handed to the writer, first copies
         self._left = self._wanted_bytes()
         self._whole = asyncio.Event()
+
+    @property
+    def whole(self) -> bool:
+        """True once every wanted chunk is durable."""
+        return self._whole.is_set()
+
+    async def wait_whole(self) -> None:
+        await self._whole.wait()
 
     async def run(self, first: Request, others: Sequence[ClientSession], path: str) -> None:
         """Receive until every wanted chunk is durable: on `first` (the opener's request) and
@@ -70,45 +89,23 @@ class SharedReceive:
             FluxError: every request ended before the file part was whole (the last one's
                 error), or the staged file could not be written.
         """
-        writer = ChunkWriter(first, self.staged, self._durable)
-        tasks = [asyncio.ensure_future(self._carry(first, writer))]
-        tasks += [asyncio.ensure_future(self._join(s, path, writer)) for s in others]
+        tasks = [asyncio.ensure_future(self.carry(first, first.channel.transport))]
+        tasks += [asyncio.ensure_future(self._join(s, path)) for s in others]
         try:
             await self._until_whole(tasks)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await writer.flush()
-        if writer.error is not None:
-            raise writer.error
+            await self.finish(tasks)
 
-    async def _until_whole(self, tasks: Sequence[asyncio.Future[None]]) -> None:
-        whole: asyncio.Future[None] = asyncio.ensure_future(self._wait_whole())
-        try:
-            while not self._whole.is_set():
-                running = [t for t in tasks if not t.done()]
-                if not running:
-                    raise _failure(tasks)
-                await asyncio.wait([whole, *running], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            whole.cancel()
-        # Whole: the requests still open end with DONE a round trip after the last ACK, unless
-        # their connection stalled; those are given up.
-        running = [t for t in tasks if not t.done()]
-        if running:
-            await asyncio.wait(running, timeout=LANE_GRACE)
-        for req in self.lanes:
-            with contextlib.suppress(FluxError):
-                req.cancel()
+    async def attach(self, session: ClientSession, path: str) -> Request | None:
+        """A request on `session` attached to the transfer (META's `tid`) with `share`; None
+        if the server will not share it (finished, a limit, a server that does not know
+        `share`): it is cancelled.
 
-    async def _wait_whole(self) -> None:
-        await self._whole.wait()
-
-    async def _join(self, session: ClientSession, path: str, writer: ChunkWriter) -> None:
-        """Attach a request on `session` to the transfer and carry chunks on it. A request the
-        server will not share (finished, a limit, a server that does not know `share`) is
-        left out."""
+        Raises:
+            NotFound: the server knows the transfer no more (every request of it ended), or
+                not for this connection's subject.
+            FluxError: the request or the connection failed.
+        """
         m = self.meta
         req = await session.open(
             lambda rid: OpenDownload(rid, path, self.want, m.digest, m.chunk_size, m.tid, True)
@@ -118,12 +115,19 @@ class SharedReceive:
         if not reply.share:  # it would bring every chunk again
             with contextlib.suppress(FluxError):
                 req.cancel()
-            return
-        await self._carry(req, writer)
+            return None
+        return req
 
-    async def _carry(self, req: Request, writer: ChunkWriter) -> None:
-        """Take `req`'s chunks until its DONE."""
-        self.lanes.append(req)
+    async def carry(self, req: Request, name: str) -> None:
+        """Take `req`'s chunks until its DONE; the chunks it brings first count under `name`.
+
+        Raises:
+            FluxError: the request or its connection failed (it is cancelled).
+        """
+        if self._writer is None:
+            self._writer = ChunkWriter(req, self.staged, self._durable)
+        writer = self._writer
+        self.requests.append(req)
         with cancel_on_error(req):
             while True:
                 frame = await req.next(self.timeout)
@@ -131,10 +135,55 @@ class SharedReceive:
                     return
                 if not isinstance(frame, Chunk):
                     raise LocalProtocolError(f"unexpected {type(frame).__name__} in a download")
-                self.received += len(frame.data)
                 first = frame.index not in self._taken
-                self._taken.add(frame.index)
+                if first:
+                    self._taken.add(frame.index)
+                    self.received += len(frame.data)
+                    self.lanes[name] = self.lanes.get(name, 0) + len(frame.data)
+                    self._tally[name] = self._tally.get(name, 0) + len(frame.data)
+                else:
+                    self.resent += len(frame.data)
                 writer.add(frame, req, write=first)
+
+    async def finish(self, carriers: Sequence[asyncio.Future[None]]) -> None:
+        """End the download: once whole, the `carriers` still running (tasks of `carry`) get
+        LANE_GRACE seconds for their DONE; then they are cancelled, every request is, and what
+        the writer holds is made durable.
+
+        Raises:
+            FluxError: the staged file could not be written.
+        """
+        running = [t for t in carriers if not t.done()]
+        if running and self.whole:
+            await asyncio.wait(running, timeout=LANE_GRACE)
+        for task in carriers:
+            task.cancel()
+        await asyncio.gather(*carriers, return_exceptions=True)
+        for req in self.requests:
+            with contextlib.suppress(FluxError):
+                req.cancel()
+        if self._writer is not None:
+            await self._writer.flush()
+            if self._writer.error is not None:
+                raise self._writer.error
+
+    async def _until_whole(self, tasks: Sequence[asyncio.Future[None]]) -> None:
+        whole: asyncio.Future[None] = asyncio.ensure_future(self.wait_whole())
+        try:
+            while not self.whole:
+                running = [t for t in tasks if not t.done()]
+                if not running:
+                    raise _failure(tasks)
+                await asyncio.wait([whole, *running], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            whole.cancel()
+
+    async def _join(self, session: ClientSession, path: str) -> None:
+        """Attach a request on `session` to the transfer and carry chunks on it (see
+        `attach`: one the server will not share is left out)."""
+        req = await self.attach(session, path)
+        if req is not None:
+            await self.carry(req, session.transport)
 
     def _durable(self, nbytes: int) -> None:
         self._left -= nbytes

@@ -3,7 +3,9 @@
 
 Folders and links are made at once (treelocal.LocalDest: a few system calls each), downloads
 run as tasks, `CONCURRENCY` at a time, on the run's one connection (`download.Download`: staged,
-resumable, verified, published by rename with its mode and mtime). A `SetAttrs` waits until
+resumable, verified, published by rename with its mode and mtime). With lanes (`--transport
+auto`, `--lanes`), files of more than one chunk go over every lane (lanerecv.py), BIG_FILES at
+a time; the rest over the first lane. A `SetAttrs` waits until
 every download started before it has finished, so a folder gets its mtime after the last file
 renamed into it, without holding up the downloads that follow. Deletes run in a worker thread
 (a large folder takes a while).
@@ -26,18 +28,22 @@ from fluxproto import FluxError, ProtocolError, StorageError, TransportError
 
 from .download import Download
 from .many import CONCURRENCY
-from .results import ProgressFn
+from .results import DEFAULT_CHUNK, ProgressFn
 from .tree import local_exit_code, os_message, tree_key
 from .treeactions import Action, Copy, Delete, MakeLink, Mkdir, SetAttrs
 from .url import FluxURL
 
 if TYPE_CHECKING:
     from .connect import ClientOptions
+    from .lanes import LaneSet
     from .session import ClientSession
     from .treelocal import LocalDest
     from .treerun import TreeReport
 
-__all__ = ["Fetcher", "ends_run"]
+__all__ = ["BIG_FILES", "Fetcher", "ends_run"]
+
+#: Files of more than one chunk downloaded over the lanes at once.
+BIG_FILES = 4
 
 
 def ends_run(exc: FluxError) -> bool:
@@ -56,7 +62,9 @@ def _entry_failure(exc: FluxError) -> tuple[str, int]:
 
 class Fetcher:
     """Carries out the actions of a plan whose destination is `local` and whose source is the
-    remote folder `remote` (a URL), in `group` (the caller's TaskGroup)."""
+    remote folder `remote` (a URL), in `group` (the caller's TaskGroup). With `lanes`, files
+    of more than one chunk go over them, and the bytes each lane brought add up in
+    `lane_bytes`."""
 
     def __init__(
         self,
@@ -67,9 +75,15 @@ class Fetcher:
         report: TreeReport,
         group: asyncio.TaskGroup,
         concurrency: int = CONCURRENCY,
+        *,
+        lanes: LaneSet | None = None,
+        lane_bytes: dict[str, int] | None = None,
     ) -> None:
         self.session, self.local, self.remote, self.opts = session, local, remote, opts
         self.report, self.group = report, group
+        self.lanes = lanes
+        self.lane_bytes = {} if lane_bytes is None else lane_bytes
+        self._big_files = asyncio.Semaphore(BIG_FILES)
         self._gate = asyncio.Semaphore(max(1, concurrency))
         self._seq = 0  # downloads started so far
         self._running: list[int] = []  # heap of their sequence numbers
@@ -142,7 +156,7 @@ class Fetcher:
             with self.local.copy_place(action) as path:
                 url, label = self._url(action.name), self.local.path(action.name)
                 download = Download(url, path, self.opts, self._progress(), exact=True, label=label)
-                await download.attempt(self.session, 0)
+                await self._fetch(download, action.source.size)
             self.local.finish_copy(action)
             received = True
         except FluxError as exc:
@@ -153,6 +167,8 @@ class Fetcher:
             self.report.failed(action.name, os_message(exc, "writing it"), local_exit_code(exc))
         finally:
             moved = download.received if download is not None else 0
+            for lane, nbytes in download.lanes.items() if download is not None else ():
+                self.lane_bytes[lane] = self.lane_bytes.get(lane, 0) + nbytes
             # Cut short after its rename: it is in place, and the next attempt finds it so.
             if received or (download is not None and download.published):
                 self.report.done(action, moved=moved)
@@ -165,6 +181,15 @@ class Fetcher:
             if not self._running:
                 self._idle.set()
             self._settle()
+
+    async def _fetch(self, download: Download, size: int) -> None:
+        """One attempt at `download`: over the lanes if it has more than one chunk (at the
+        chunk size asked for; the server may store it with another), else on the session."""
+        if self.lanes is None or size <= (self.opts.chunk_size or DEFAULT_CHUNK):
+            await download.attempt(self.session, 0)
+            return
+        async with self._big_files:
+            await download.attempt_lanes(self.lanes, 0)
 
     def _url(self, name: str) -> FluxURL:
         base = self.remote.path.rstrip("/")

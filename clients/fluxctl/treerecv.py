@@ -9,9 +9,12 @@ the planner in a worker thread (treestream.PlanThread), batch by batch as the ex
 once every download of the tree has finished. Memory holds a few batches of actions, the
 downloads in flight and the open folders, never the tree.
 
-A failed connection starts the whole run again on a new one (retry.Retrier): the plan is made
-again, files already in place are skipped by the quick check, and downloads resume from their
-staged chunks. A run killed outright resumes the same way when it is run again.
+With `--transport auto` or `--lanes N` the run has lanes (lanes.py): the listing and files of
+one chunk go over the first lane, larger files over every lane (treefetch.Fetcher). A failed
+connection (with lanes: no lane left) starts the whole run again on a new one (retry.Retrier):
+the plan is made again, files already in place are skipped by the quick check, and downloads
+resume from their staged chunks. A run killed outright resumes the same way when it is run
+again.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from fluxproto.errors import EXIT_REMOTE
 
 from .connect import ClientOptions
 from .excludes import Excludes
+from .lanes import LaneSet
 from .retry import Retrier
 from .session import ClientSession
 from .targets import RootPair, map_roots
@@ -74,7 +78,7 @@ async def recv_tree(
     retrier = Retrier(first, options, view.retrying)
     carried = _Carried()  # what attempts the connection cut short received
 
-    async def attempt(session: ClientSession, n: int) -> TreeResult:
+    async def attempt(session: ClientSession, n: int, lanes: LaneSet | None = None) -> TreeResult:
         if n:
             view.restart()
         result = TreeResult("recv", path)
@@ -83,7 +87,8 @@ async def recv_tree(
         try:
             for pair, report in zip(pairs, reports, strict=True):
                 remote = FluxURL(first.host, first.port, pair.source)
-                await _TreeCopy(session, remote, pair, options, tree, report).run()
+                copy = _TreeCopy(session, remote, pair, options, tree, report)
+                await copy.run(lanes, carried.lanes)
         except FluxError:
             for report in reports:
                 carried.add(report)
@@ -91,7 +96,7 @@ async def recv_tree(
         view.plan_complete()
         return result
 
-    done = await retrier.run(attempt)
+    done = await retrier.run_either(attempt)
     carried.apply(done)
     done.retries, done.transport = retrier.retries, retrier.transport
     done.seconds = time.monotonic() - started
@@ -140,9 +145,10 @@ class _TreeCopy:
     tree: TreeOptions
     report: TreeReport
 
-    async def run(self) -> None:
-        """Plan and carry out the copy; a root the server refuses or lacks fails alone (a
-        second source may still be copied)."""
+    async def run(self, lanes: LaneSet | None, lane_bytes: dict[str, int]) -> None:
+        """Plan and carry out the copy (files of several chunks over `lanes`, if any, the bytes
+        each lane brought added to `lane_bytes`); a root the server refuses or lacks fails
+        alone (a second source may still be copied)."""
         excludes = Excludes(self.tree.excludes)
         try:
             remote = await RemoteTree.open(
@@ -164,7 +170,7 @@ class _TreeCopy:
                 return
             async with PlanThread(self._plan_maker(remote, excludes), remote.stop) as plan:
                 remote.before_wait = plan.flush
-                await self.carry_out(plan)
+                await self.carry_out(plan, lanes, lane_bytes)
         finally:
             await remote.aclose()
 
@@ -179,7 +185,9 @@ class _TreeCopy:
 
         return make
 
-    async def carry_out(self, plan: PlanThread) -> None:
+    async def carry_out(
+        self, plan: PlanThread, lanes: LaneSet | None, lane_bytes: dict[str, int]
+    ) -> None:
         report = self.report
         if self.tree.dry_run:
             await _phase(plan.actions(), report, None)
@@ -188,7 +196,10 @@ class _TreeCopy:
         local = LocalDest(self.pair.dest)
         try:
             async with asyncio.TaskGroup() as group:
-                fetcher = Fetcher(self.session, local, self.remote, self.opts, report, group)
+                fetcher = Fetcher(
+                    self.session, local, self.remote, self.opts, report, group,
+                    lanes=lanes, lane_bytes=lane_bytes,
+                )  # fmt: skip
                 await _phase(plan.actions(), report, fetcher)
                 await fetcher.drain()
                 await _phase(plan.deferred(), report, fetcher)

@@ -52,7 +52,7 @@ from fluxproto import Symlink as SymlinkFrame
 
 from .connect import ClientOptions
 from .excludes import Excludes
-from .lanes import LaneSet, uses_lanes
+from .lanes import LaneSet
 from .many import CONCURRENCY
 from .results import chunk_size_for
 from .retry import Retrier
@@ -119,13 +119,7 @@ async def send_tree(
             raise
         return report.result
 
-    async def over_lanes(lanes: LaneSet, n: int) -> TreeResult:
-        return await attempt(lanes.first()[1], n, lanes)
-
-    if uses_lanes(options):
-        result = await retrier.run_lanes(over_lanes)
-    else:
-        result = await retrier.run(attempt)
+    result = await retrier.run_either(attempt)
     carried.apply(result)
     result.retries, result.transport = retrier.retries, retrier.transport
     result.seconds = time.monotonic() - started

@@ -48,6 +48,9 @@ ChunkData = tuple[int, bytes, Buffer]  # index, digest, payload
 # errno posix_fallocate reports where the filesystem cannot preallocate (glibc mostly emulates).
 _NO_FALLOCATE = frozenset({errno.EOPNOTSUPP, errno.EINVAL})
 READ_BLOCK = 4 * 1024 * 1024  # sequential reads for verify and file_digest
+#: Bytes a batch may read back to bring the whole-file hash over chunks written past a gap
+#: once the gap is filled (see `write_chunks`).
+CATCH_UP = 64 * 1024 * 1024
 
 __all__ = [
     "HEADER_SIZE",
@@ -132,6 +135,7 @@ class StagedFile:
         self._jend = HEADER_SIZE
         self._hasher = FileHasher()
         self._frontier = 0  # chunks [0, frontier) have been fed to _hasher
+        self._catch_up_bytes = 0  # what a batch may read back for the hash (`open`'s catch_up)
 
     # --- opening -----------------------------------------------------------------------------
 
@@ -145,13 +149,17 @@ class StagedFile:
         *,
         label: str = "",
         dirs: tuple[Path, ...] = (),
+        catch_up: bool = False,
     ) -> StagedFile:
         """Create a staged file, or resume the one at these paths if its geometry matches.
 
         A journal with another size or chunk size, or an unreadable one, is discarded together
         with its data. `label` names the file in error messages (default: the data file name).
         `dirs`: more folders to sync with the first record, besides the two files' own (a
-        folder created for them, whose entry lives in its parent).
+        folder created for them, whose entry lives in its parent). With `catch_up`, chunks
+        written past one that came late are hashed (read back) as soon as it comes, not all at
+        the end (`write_chunks`); without, `file_digest` reads them then, which also sees
+        damage done to them on disk meanwhile (fluxd's commit reports it, 422).
 
         Raises:
             Conflict: another session (in this or another process) has the file open.
@@ -164,6 +172,7 @@ class StagedFile:
         with storage_errors(f"opening the staged file for {label}"):
             self = cls((data_path, journal_path), size, chunk_size, label)
             self._dirs.update(dirs)
+            self._catch_up_bytes = CATCH_UP if catch_up else 0
             self._jfd = _lock(journal_path, label)
             try:
                 self._start()
@@ -376,6 +385,7 @@ class StagedFile:
         if not durable:
             for index, digest, data in sorted(batch, key=lambda c: c[0]):
                 self._note_written(index, digest, data)
+            self._catch_up(dfd)
             return
         crash_point("chunk-written")
         with storage_errors(f"syncing {self.label}"):
@@ -385,6 +395,7 @@ class StagedFile:
         crash_point("chunks-durable")
         for index, digest, data in sorted(batch, key=lambda c: c[0]):
             self._note_written(index, digest, data)
+        self._catch_up(dfd)
 
     def _write_chunk(self, dfd: int, index: int, data: Buffer) -> None:
         """Write one chunk: whole chunks in page-aligned pool buffers go around the page cache
@@ -457,16 +468,37 @@ class StagedFile:
         not checked against `held`: if the result is not the expected digest, call `reverify`.
         """
         dfd, _ = self._fds()
-        view = memoryview(bytearray(min(READ_BLOCK, self.size - self._hasher.offset)))
+        self._hash_from_disk(dfd, self.size)
+        self._frontier = self.count
+        return self._hasher.digest()
+
+    def _hash_from_disk(self, dfd: int, end: int) -> None:
+        """Feed the whole-file hasher the staged bytes from where it stands up to `end`."""
+        view = memoryview(bytearray(min(READ_BLOCK, end - self._hasher.offset)))
         with storage_errors(f"reading {self.label}"):
-            while self._hasher.offset < self.size:
-                want = min(READ_BLOCK, self.size - self._hasher.offset)
+            while self._hasher.offset < end:
+                want = min(READ_BLOCK, end - self._hasher.offset)
                 got = pread_into(dfd, view[:want], self._hasher.offset)
                 if got == 0:
                     raise StorageError(f"the staged file for {self.label} is truncated")
                 self._hasher.update(view[:got])
-        self._frontier = self.count
-        return self._hasher.digest()
+
+    def _catch_up(self, dfd: int) -> None:
+        """Hash, from disk, the chunks held just past the frontier, CATCH_UP bytes at most.
+
+        The hash takes chunks from memory only in file order: one that comes late (another
+        connection's, in a shared download or an upload over lanes) stops it there, and
+        without this every chunk after it would be read back at the end (`file_digest`).
+        Once the late chunk is in, the run of chunks written past it is read back here, a
+        batch at a time, and the hash goes on from memory.
+        """
+        start = end = self._frontier
+        limit = self._catch_up_bytes
+        while end < self.count and end in self.held and (end - start) * self.chunk_size < limit:
+            end += 1
+        if end > start:
+            self._hash_from_disk(dfd, min(self.size, end * self.chunk_size))
+            self._frontier = end
 
     def reverify(self) -> list[int]:
         """Read back every held chunk; drop those whose bytes no longer match. Returns them."""

@@ -16,9 +16,11 @@ from fluxctl.lanepolicy import (
     HORIZON,
     MARGIN,
     MAX_REPROBE,
+    PING_AFTER,
     PROBE,
     REPROBE,
     STALL_FLOOR,
+    Hearing,
     LaneGate,
     LaneMeter,
 )
@@ -26,6 +28,32 @@ from fluxctl.lanepolicy import (
 MB = 1_000_000
 CHUNK = 4 * 1024 * 1024
 STEP = 0.1  # how often the scheduler feeds the gate
+
+
+# --- a download lane's hearing ------------------------------------------------------------
+
+
+def test_a_download_lane_that_keeps_hearing_is_neither_pinged_nor_suspect() -> None:
+    hearing = Hearing(0.0)
+    for tenth in range(1, 100):
+        now = tenth / 10
+        assert not hearing.ping(now, heard=now - 0.05)
+        assert not hearing.suspect(now, heard=now - 0.05)
+
+
+def test_a_quiet_download_lane_is_pinged_once_until_it_hears_again() -> None:
+    hearing = Hearing(0.0)
+    assert not hearing.ping(PING_AFTER - 0.01, heard=0.0)
+    assert hearing.ping(PING_AFTER, heard=0.0), "quiet: the server is made to answer"
+    assert not hearing.ping(PING_AFTER + 1, heard=0.0), "one PING until something comes"
+    assert hearing.ping(3 + PING_AFTER, heard=3.0), "heard at 3 s, quiet again: another"
+
+
+def test_a_download_lane_silent_past_the_floor_is_suspect() -> None:
+    hearing = Hearing(10.0)
+    assert not hearing.suspect(10.0 + STALL_FLOOR, heard=0.0), "the watch starts with it"
+    assert hearing.suspect(10.0 + STALL_FLOOR + 0.01, heard=0.0)
+    assert not hearing.suspect(20.0, heard=19.0), "a PONG (any byte) is life"
 
 
 # --- stalls --------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ class HeldDownload:
         self.go = asyncio.Event()
         self.error: FluxError | None = None
         self.received, self.published = 0, False
+        self.lanes: dict[str, int] = {}
         HeldDownload.made[url.path] = self
 
     async def attempt(self, session: Any, n: int) -> None:

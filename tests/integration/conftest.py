@@ -17,6 +17,8 @@ from typing import IO, Any
 
 import pytest
 
+from .lanekit import Link
+from .proxy import Proxy
 from .udp_relay import UdpRelay
 
 BIN = Path(sys.executable).parent
@@ -113,9 +115,14 @@ class Daemon:
                 listening.set()
                 ready.set()
 
-    def events(self, name: str) -> list[dict[str, Any]]:
+    def events(self, name: str, *, since_start: bool = False) -> list[dict[str, Any]]:
+        """The log's lines of event `name` (`since_start`: those since fluxd last started)."""
         with self._lines_lock:
-            return [line for line in self.log_lines if line.get("event") == name]
+            lines = self.log_lines
+            if since_start:
+                starts = [i for i, line in enumerate(lines) if line.get("event") == "listening"]
+                lines = lines[starts[-1] :] if starts else lines
+            return [line for line in lines if line.get("event") == name]
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
@@ -246,3 +253,38 @@ def fluxctl(tmp_path: Path) -> Iterator[Fluxctl]:
     runner = Fluxctl(tmp_path / "d")
     yield runner
     runner.close()
+
+
+@pytest.fixture
+def link() -> Iterator[Callable[..., Link]]:
+    """Makes a Link to a daemon: `rate` bytes/s on its TCP lane (`upstream`: client to
+    server, as a send moves; else server to client, as a recv does); all closed after."""
+    made: list[Link] = []
+
+    def make(daemon: Daemon, rate: float | None = None, *, upstream: bool = True) -> Link:
+        for _ in range(20):  # the proxy's TCP port number may be taken for UDP: another
+            proxy = Proxy(daemon.port, rate=rate, upstream=upstream)
+            try:
+                relay = UdpRelay(daemon.port, seed=7, port=proxy.port)
+            except OSError:
+                proxy.close()
+                continue
+            made.append(Link(proxy, relay))
+            return made[-1]
+        raise AssertionError("no port number free for both TCP and UDP")
+
+    yield make
+    for one in made:
+        one.proxy.close()
+        one.relay.close()
+
+
+@pytest.fixture
+def quic_soon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The QUIC lane opens at once (not after QUIC_AFTER seconds), and a lane whose path is
+    silent is suspect after half a second: the lanes' tests cut lanes within a few seconds."""
+    from fluxctl import lanepolicy, lanerecv, lanesend  # noqa: PLC0415
+
+    monkeypatch.setattr(lanesend, "QUIC_AFTER", 0.0)
+    monkeypatch.setattr(lanerecv, "QUIC_AFTER", 0.0)
+    monkeypatch.setattr(lanepolicy, "STALL_FLOOR", 0.5)
