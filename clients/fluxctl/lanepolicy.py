@@ -103,6 +103,7 @@ class LaneMeter:
         self.acked_bytes = 0
         self._since = now  # the start of the current wait for an ACK
         self._gap: float | None = None
+        self._born = now
         self._ticks: deque[tuple[float, int]] = deque([(now, 0)])  # (when, acked_bytes)
 
     def sent(self, now: float, nbytes: int) -> None:
@@ -149,10 +150,12 @@ class LaneMeter:
         """The most bytes this lane may hold in flight: what it carried over the last HORIZON
         seconds, at least two chunks (one keeps the link busy while the other's ACK comes
         back); as a side lane beside a healthy primary, over SIDE_HORIZON, at least one chunk.
+        A lane younger than that counts what it carried in its life, scaled up to the span.
         Measured, not extrapolated from a rate: ACKs come a chunk at a time, in bursts."""
-        if side:
-            return max(chunk_size, self.carried(now, SIDE_HORIZON))
-        return max(2 * chunk_size, self.carried(now, HORIZON))
+        span = SIDE_HORIZON if side else HORIZON
+        seen = min(span, now - self._born)
+        carried = int(self.carried(now, span) * span / seen) if seen > 0 else 0
+        return max(chunk_size if side else 2 * chunk_size, carried)
 
 
 class Hearing:

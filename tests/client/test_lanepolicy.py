@@ -116,6 +116,10 @@ def test_the_flight_caps_follow_what_the_lane_carried() -> None:
     assert meter.cap(3.0, CHUNK, side=False) == int(HORIZON * 20 * MB)
     assert LaneMeter(0.0).cap(0.0, CHUNK, side=False) == 2 * CHUNK  # nothing yet: two chunks
     assert LaneMeter(0.0).cap(0.0, CHUNK, side=True) == CHUNK  # a side lane: one
+    young = LaneMeter(0.0)
+    young.sent(0.0, 8 * CHUNK)
+    young.acked(0.02, CHUNK, CHUNK)  # its first ACK, 20 ms in: scaled to two seconds
+    assert young.cap(0.02, CHUNK, side=False) == 100 * CHUNK
 
 
 # --- the gate ------------------------------------------------------------------------------
