@@ -65,8 +65,10 @@ PING_AFTER = 0.5
 #: Weight of a new gap (or rate) sample in its moving average.
 SMOOTHING = 0.25
 
-#: Seconds of transfer before QUIC is first tried beside a healthy TCP lane ...
-FIRST_PROBE = 4.0
+#: Seconds of transfer before QUIC is first tried beside a healthy TCP lane (a probe where TCP
+#: fills the path costs about a second: on the 1 Gbit/s `lan` link, a probe at 4 s of a 9 s
+#: send made it 0.90x of TCP alone, QUIC's CPU slowing TCP while it was in) ...
+FIRST_PROBE = 10.0
 #: ... and before its lane is opened, unless TCP fails or stalls first (lanes.py).
 QUIC_AFTER = FIRST_PROBE - 1.0
 #: How long a probe lasts, and the part of it (its end) whose rate counts: QUIC ramps up first.
@@ -75,7 +77,7 @@ MEASURE = 1.0
 #: QUIC stays in only if the transfer's rate with it is this much higher than without.
 MARGIN = 1.15
 #: Seconds until the next probe, doubling while the answer stays the same.
-REPROBE = 8.0
+REPROBE = 16.0
 MAX_REPROBE = 64.0
 #: A primary lane that failed hands the lead over if a side lane delivers within this many
 #: seconds and did not fail since (a blackhole silences both; an address change then kills
