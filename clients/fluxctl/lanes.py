@@ -253,10 +253,14 @@ class LaneSet:
             await session.close()
             session.ch.close()
             channels.append(session.ch)
-        # Closing flushes what is queued (a goodbye); bounded, it cannot hold up a result.
+        # Closing flushes what is queued (a goodbye); bounded, it cannot hold up a result,
+        # and what is still unsent then is dropped (a lane whose path went dark would keep its
+        # socket open for the transport's CLOSE_TIMEOUT, past the end of the run).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_WAIT):
                 await asyncio.gather(*(ch.wait_closed() for ch in channels))
+        for ch in channels:
+            ch.abort()
 
     async def _keep(self, lane: Lane, *, first: bool) -> None:
         """Connect `lane`, retrying with backoff until it is up (or cannot be)."""

@@ -114,10 +114,12 @@ class Retrier:
                     ch.send(Goodbye(farewell))
             await session.close()
             ch.close()
-            # Closing flushes what is queued (a goodbye); bounded, it cannot hold up a result.
+            # Closing flushes what is queued (a goodbye); bounded, it cannot hold up a result,
+            # and what is still unsent then is dropped: the socket must not outlive the run.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CLOSE_WAIT):
                     await ch.wait_closed()
+            ch.abort()
 
     async def _once_lanes(self, attempt: Callable[[LaneSet, int], Awaitable[T]]) -> T:
         lanes = LaneSet(self.url, self.opts, self.on_lanes)
