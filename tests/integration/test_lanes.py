@@ -207,3 +207,25 @@ def test_lanes_out_of_range_is_a_usage_error(
     res = fluxctl(command, *args, *flags)
     assert res.code == 2, res.stderr
     assert says in res.stderr
+
+
+def test_the_subjects_connection_limit_counts_lanes(
+    make_daemon: Callable[..., Daemon], fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    """Each lane is a connection of the subject: past its limit the daemon refuses the extra
+    lanes (503), and the transfer goes on over the ones it let in."""
+    config = tmp_path / "fluxd.toml"
+    config.write_text("[limits]\nconnections_per_subject = 1\n")
+    daemon = make_daemon("--config", str(config))
+    data = random_file(tmp_path / "src", 6 * MIB)
+    args = ("--transport", "tcp", "--lanes", "3", "--chunk-size", "1M", "--json")
+    res = fluxctl("send", str(tmp_path / "src"), daemon.url("/one"), *args)
+    assert res.code == 0, res.stderr
+    assert (res.json["retries"], res.json["lanes"]) == (0, {"tcp": len(data)})
+
+    def refused() -> list[dict[str, object]]:
+        return [r for r in daemon.events("access") if str(r["result"]).startswith("error 503")]
+
+    wait_for(lambda: len(refused()) >= 2, what="the two extra lanes' refusals")
+    assert all(r["op"] == "connect" for r in refused())
+    assert (daemon.root / "one").read_bytes() == data
