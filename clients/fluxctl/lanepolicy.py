@@ -34,6 +34,8 @@ beside a healthy primary only where measuring the transfer's own rate says it he
   as long each time the answer stays the same (up to MAX_REPROBE). A side that won by being
   added becomes the primary (the old primary, now the side, stays in until a probe shows it
   does not help): on a fast clean path TCP stays primary, where QUIC does better it takes over.
+  A kind whose lane broke in this transfer does not lead again that way: it stays in beside
+  the primary, capped, where it helps.
 - No primary lane up, or every one suspect: the side carries, at once and without a cap; the
   measurements start again once the primary is back.
 - A primary lane that fails (its connection, or dropped for a stall) while a side lane lives
@@ -269,7 +271,6 @@ class LaneGate:
         if self._broke.get(self.side, -1.0) >= broke:
             return
         self.primary = self.side
-        self._broke.pop(self.side, None)
         self._with_side, self._trial = False, False
         self._switch_at, self._reprobe = now + FIRST_PROBE, REPROBE
         self._samples.clear()
@@ -287,8 +288,8 @@ class LaneGate:
         self.kept += side_wins
         same = side_wins != added  # the arrangement before the probe stays
         self._with_side, self._trial = side_wins, False
-        if side_wins and added:  # it raised the rate: it leads, the old primary is tried out
-            self.primary = self.side
+        if side_wins and added and self.side not in self._broke:
+            self.primary = self.side  # it raised the rate: it leads, the old primary is tried out
         self._reprobe = min(MAX_REPROBE, self._reprobe * 2) if same else REPROBE
         self._switch_at = now + self._reprobe
 

@@ -276,3 +276,18 @@ def test_a_wrong_handover_on_a_fast_path_comes_back_to_tcp_at_the_first_probe() 
     assert gate.primary == "tcp" and gate.allowed("quic"), "TCP won by being added: it leads"
     now, got = drive(gate, now, REPROBE + PROBE + 3 * STEP, rate, got)
     assert gate.primary == "tcp" and not gate.allowed("quic")
+
+
+def test_a_kind_that_broke_helps_as_a_side_but_does_not_lead_again() -> None:
+    """On a path that killed a TCP lane, TCP beside QUIC may raise the rate: it stays in,
+    capped as a side lane, so the next break costs at most its small flight."""
+    gate = LaneGate(0.0)
+    gate.failed(1.0, "tcp")
+    gate.update(1.1, 0, primary_healthy=False, side_delivered=True)
+    assert gate.primary == "quic"
+
+    def tcp_helps(quic: bool) -> float:
+        return 2 * MB + (1 * MB if gate.allowed("tcp") else 0)
+
+    drive(gate, 1.1, FIRST_PROBE + PROBE + STEP, tcp_helps, 0)
+    assert gate.primary == "quic" and gate.allowed("tcp") and gate.capped("tcp")
