@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from fluxio.requests import Channel
-from fluxproto import ConnectError, ConnectionLost, ConnectionRefused, FluxError, Goodbye
+from fluxproto import ConnectError, ConnectionLost, ConnectionRefused, FluxError
 
 from .connect import (
     HEAD_START,
@@ -38,7 +38,7 @@ from .connect import (
     connect_tcp,
     unreachable,
 )
-from .session import ClientSession
+from .session import ClientSession, close_sessions
 from .url import FluxURL
 
 #: The most a QUIC lane lets the server hold in flight to it (its receive window, a download's
@@ -53,8 +53,6 @@ MIN_LANE_WINDOW = 8 * 1024 * 1024
 #: Backoff between reconnects of one lane (seconds, doubling, with jitter).
 FIRST_DELAY = 0.2
 MAX_DELAY = 10.0
-#: How long closing waits for each lane's goodbye to leave.
-CLOSE_WAIT = 2.0
 
 Connector = Callable[[FluxURL, ClientOptions], Awaitable[Channel]]
 
@@ -242,25 +240,12 @@ class LaneSet:
             task.cancel()
         if keepers or self._closers:
             await asyncio.wait([*keepers, *self._closers])
-        channels = []
+        sessions = []
         for lane in self.lanes:
             session, lane.session = lane.session, None
-            if session is None:
-                continue
-            if farewell is not None:
-                with contextlib.suppress(FluxError):  # a lost goodbye changes nothing here
-                    session.ch.send(Goodbye(farewell))
-            await session.close()
-            session.ch.close()
-            channels.append(session.ch)
-        # Closing flushes what is queued (a goodbye); bounded, it cannot hold up a result,
-        # and what is still unsent then is dropped (a lane whose path went dark would keep its
-        # socket open for the transport's CLOSE_TIMEOUT, past the end of the run).
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CLOSE_WAIT):
-                await asyncio.gather(*(ch.wait_closed() for ch in channels))
-        for ch in channels:
-            ch.abort()
+            if session is not None:
+                sessions.append(session)
+        await close_sessions(sessions, farewell)
 
     async def _keep(self, lane: Lane, *, first: bool) -> None:
         """Connect `lane`, retrying with backoff until it is up (or cannot be)."""

@@ -7,24 +7,22 @@ attempt starts with a fresh connection, and resumable operations pick up where t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from fluxio.requests import Channel
-from fluxproto import ConnectionRefused, FluxError, Goodbye
+from fluxproto import ConnectionRefused, FluxError
 
 from .connect import ClientOptions, connect
 from .lanes import LaneSet, uses_lanes
-from .session import ClientSession
+from .session import ClientSession, close_sessions
 from .url import FluxURL
 
 T = TypeVar("T")
 
 FIRST_DELAY = 0.2
-CLOSE_WAIT = 2.0
 MAX_DELAY = 5.0
 
 
@@ -109,17 +107,7 @@ class Retrier:
             farewell = "interrupted"
             raise
         finally:
-            if farewell is not None:
-                with contextlib.suppress(FluxError):  # a lost goodbye changes nothing here
-                    ch.send(Goodbye(farewell))
-            await session.close()
-            ch.close()
-            # Closing flushes what is queued (a goodbye); bounded, it cannot hold up a result,
-            # and what is still unsent then is dropped: the socket must not outlive the run.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CLOSE_WAIT):
-                    await ch.wait_closed()
-            ch.abort()
+            await close_sessions([session], farewell)
 
     async def _once_lanes(self, attempt: Callable[[LaneSet, int], Awaitable[T]]) -> T:
         lanes = LaneSet(self.url, self.opts, self.on_lanes)

@@ -3,13 +3,17 @@ carries many requests over it at once (protocol version 2)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from fluxio.requests import Channel, Request, Router
-from fluxproto import FluxError, Frame
+from fluxproto import FluxError, Frame, Goodbye
 
-__all__ = ["ClientSession", "cancel_on_error"]
+__all__ = ["CLOSE_WAIT", "ClientSession", "cancel_on_error", "close_sessions"]
+
+#: How long closing waits for what is queued on a connection (a GOODBYE) to leave.
+CLOSE_WAIT = 2.0
 
 
 class ClientSession:
@@ -62,3 +66,21 @@ def cancel_on_error(req: Request) -> Iterator[None]:
         with contextlib.suppress(FluxError):
             req.cancel()
         raise
+
+
+async def close_sessions(sessions: Sequence[ClientSession], farewell: str | None) -> None:
+    """Say `farewell` (GOODBYE) on each of `sessions` (None: say nothing), stop them and close
+    their connections. Closing flushes what is queued; bounded by CLOSE_WAIT, it cannot hold
+    up a result, and what is still unsent then is dropped: no socket outlives the run (one
+    whose path went dark would stay open for the transport's close timeout)."""
+    for session in sessions:
+        if farewell is not None:
+            with contextlib.suppress(FluxError):  # a lost goodbye changes nothing here
+                session.ch.send(Goodbye(farewell))
+        await session.close()
+        session.ch.close()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(CLOSE_WAIT):
+            await asyncio.gather(*(session.ch.wait_closed() for session in sessions))
+    for session in sessions:
+        session.ch.abort()
