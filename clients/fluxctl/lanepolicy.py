@@ -64,7 +64,7 @@ ACK_FLOOR = 10.0
 FIRST_ACK_WAIT = 15.0
 #: A download lane that heard nothing for this long sends a PING (see the docstring).
 PING_AFTER = 0.5
-#: Weight of a new gap (or rate) sample in its moving average.
+#: Weight of a new gap between ACKs in its moving average.
 SMOOTHING = 0.25
 
 #: Seconds of transfer before QUIC is first tried beside a healthy TCP lane (a probe where TCP
@@ -98,7 +98,7 @@ class LaneMeter:
     Attributes:
         inflight: payload bytes sent on the lane and not yet acknowledged there.
         delivered: bytes this lane delivered first (acknowledged before any other lane did).
-        acked: bytes acknowledged on this lane (copies that arrived elsewhere first too).
+        acked_bytes: bytes acknowledged on this lane (copies that arrived elsewhere first too).
     """
 
     def __init__(self, now: float) -> None:
