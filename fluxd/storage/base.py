@@ -114,7 +114,22 @@ class Download(Protocol):
 
 class Storage(Protocol):
     """Files under one root, addressed by remote paths ("/a/b", "a/b"): the requests sessions
-    make."""
+    make.
+
+    `min_chunk` and `max_chunks` are what the storage needs of an upload's geometry beyond the
+    protocol's limits (an object store's multipart rules: parts of at least 5 MiB but the last,
+    at most 10,000 of them); the daemon announces them and refuses uploads that break them.
+    """
+
+    @property
+    def min_chunk(self) -> int:
+        """Smallest chunk size an upload of more than one chunk may use."""
+        ...
+
+    @property
+    def max_chunks(self) -> int:
+        """Most chunks one file may have."""
+        ...
 
     def open_upload(
         self,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from fluxio.oserrors import storage_errors
 from fluxproto.errors import Conflict, FluxError, NotFound, PermissionDenied
+from fluxproto.fields import MAX_CHUNKS, MIN_CHUNK
 from fluxproto.frames import Entry
 
 from .base import TREE_ENTRIES, Collected, EntryPage, Recovered, ScrubReport, Upload
@@ -49,6 +50,10 @@ class LocalStorage:
         root: the served folder.
         barrier: how `commit_many` makes a group durable (see `local_batch.GroupCommit`).
     """
+
+    #: A local file takes any geometry the protocol allows (`base.Storage`).
+    min_chunk = MIN_CHUNK
+    max_chunks = MAX_CHUNKS
 
     def __init__(self, root: Path, barrier: str = "fsync") -> None:
         with storage_errors("opening the storage root"):
