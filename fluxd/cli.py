@@ -29,7 +29,7 @@ from .auth.tokens import SigningKey
 from .certs import ensure_certs, init_certs
 from .config import ServerConfig, data_dir, load_config
 from .server import serve as run_server
-from .storage import LocalStorage, Maintenance
+from .storage import Backend, LocalStorage, Maintenance
 
 app = typer.Typer(
     add_completion=False,
@@ -116,7 +116,7 @@ def serve(
         paths = ensure_certs(cfg.certs)
         ssl_context = server_ssl_context(paths)
         fingerprint = cert_fingerprint(paths.server_cert)
-    storage = LocalStorage(_root_dir(cfg.root, create=True))
+    storage = open_storage(cfg, create=True)
     _raise_fd_limit(cfg.limits.connections)
     _run_loop(run_server(cfg, storage, ssl_context, paths, fingerprint))
 
@@ -131,7 +131,7 @@ def scrub(
 ) -> None:
     """Verify every committed file against its chunk digests; exit 3 if any is corrupt."""
     cfg = load_config(config, {"root": root})
-    maintenance: Maintenance = LocalStorage(_root_dir(cfg.root, create=False))
+    maintenance: Maintenance = open_storage(cfg, create=False)
     report = maintenance.scrub()
     if json_:
         typer.echo(json.dumps(dataclasses.asdict(report)))
@@ -275,6 +275,40 @@ def token_revoke(
 def version() -> None:
     """Print the version."""
     typer.echo(f"fluxd {__version__}")
+
+
+#: Longest wait between two attempts to reach an object store that does not answer at start.
+STORE_RETRY_MAX = 30.0
+
+
+def open_storage(cfg: ServerConfig, *, create: bool) -> Backend:
+    """The storage `[storage]` names: the local root (created if `create`), or the S3 bucket,
+    checked. A store that does not answer is waited for, with a log line per attempt.
+
+    Raises:
+        ConfigError: a root that cannot be one; no such bucket, or credentials refused.
+    """
+    if cfg.storage.backend == "local":
+        return LocalStorage(_root_dir(cfg.root, create=create))
+    from fluxproto.errors import Unavailable  # noqa: PLC0415
+
+    # Imported here: boto3 costs a third of a second at start, which a local root need not pay.
+    from .storage.s3 import S3Storage  # noqa: PLC0415
+    from .storage.s3_store import S3Settings  # noqa: PLC0415
+
+    c = cfg.storage
+    assert c.bucket is not None
+    settings = S3Settings(c.bucket, c.endpoint, c.prefix, c.region, c.path_style)
+    storage = S3Storage(settings)
+    delay = 1.0
+    while True:
+        try:
+            storage.check()
+            return storage
+        except Unavailable as exc:
+            log.event("store-unreachable", logging.WARNING, detail=exc.message, retry_in=delay)
+            time.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_MAX)
 
 
 def _root_dir(root: Path, *, create: bool) -> Path:

@@ -71,6 +71,37 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """`[storage]`: where files are kept (README "Running several nodes").
+
+    `backend = "local"` keeps them under `root`; `"s3"` in a bucket of an S3-compatible
+    object store, which any number of nodes may share. Credentials come from the usual AWS
+    environment variables or files, never from this file.
+    """
+
+    backend: str = "local"
+    endpoint: str | None = None
+    bucket: str | None = None
+    prefix: str = ""
+    region: str | None = None
+    #: Address the bucket as ENDPOINT/BUCKET (most self-hosted engines) instead of BUCKET.HOST.
+    path_style: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("local", "s3"):
+            raise ConfigError('storage.backend must be "local" or "s3"')
+        if self.backend == "local":
+            given = [k for k in ("endpoint", "bucket", "region") if getattr(self, k) is not None]
+            if given or self.prefix:
+                raise ConfigError(f'storage.{(given or ["prefix"])[0]} needs backend = "s3"')
+            return
+        if not self.bucket:
+            raise ConfigError('storage.backend = "s3" needs storage.bucket')
+        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
+            raise ConfigError("storage.endpoint must be an http:// or https:// URL")
+
+
+@dataclass(frozen=True)
 class Limits:
     """`[limits]`: sizes, counts, times and rates that bound what one client can take."""
 
@@ -155,6 +186,7 @@ class ServerConfig:
     scrub_every: float = 0.0
     auth: AuthConfig = dataclasses.field(default_factory=AuthConfig)
     limits: Limits = dataclasses.field(default_factory=Limits)
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen)
@@ -236,6 +268,17 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Any]]] = {
             "root": str,
             "trusted_keys": _paths,
             "jwks": _path,
+        },
+    ),
+    "storage": (
+        StorageConfig,
+        {
+            "backend": str,
+            "endpoint": str,
+            "bucket": str,
+            "prefix": str,
+            "region": str,
+            "path_style": bool,
         },
     ),
     "limits": (

@@ -1,0 +1,339 @@
+"""S3Upload: an upload into S3Storage, as an S3 multipart upload any node can resume.
+
+Chunk `i` is part `i + 1` of the multipart upload of data/<path>/<nonce>. It is held (and may
+be acknowledged) once the store holds the part and its chunk key (s3_layout.py) names its
+digest: a node resuming the upload lists those keys, keeps the ones whose part ListParts shows
+with the right size, and so rebuilds `held` from the store alone. A node writes only while it
+holds the path's lease (s3_lease.py).
+
+The whole-file digest is checked at commit: over the bytes as they arrived, where they arrived
+in order on this node, and for the rest (chunks another node took, or that came out of order)
+by reading them back, and their chunk digests with them, from the assembled data object before
+its record makes the file appear. A mismatch throws the upload away: its parts are spent.
+
+A small file of one chunk committed in a group (`grouped`), and an empty file, store nothing
+before their commit: the bytes wait in memory and the commit writes the data object whole.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+
+from fluxio.staging import ChunkData
+from fluxproto.digest import FileHasher, chunk_digest
+from fluxproto.errors import Conflict, IntegrityError, NotFound, StorageError
+from fluxproto.frames import DIGEST_SIZE, chunk_count
+
+from .s3_layout import (
+    Record,
+    UploadRecord,
+    chunk_key,
+    data_key,
+    entry_key,
+    folder_key,
+    marker_key,
+    new_nonce,
+    parse_chunk_key,
+    upload_dir,
+)
+from .s3_lease import Lease
+from .s3_store import ObjectStore
+
+__all__ = ["S3Upload", "open_s3_upload"]
+
+
+def open_s3_upload(
+    store: ObjectStore,
+    pool: Executor,
+    rel: str,
+    geometry: tuple[int, int],
+    attributes: tuple[int, int | None],
+    grouped: bool,
+    owner: str,
+) -> S3Upload:
+    """Take the path's lease, then resume the upload in progress with this geometry or start
+    one; see `base.Storage.open_upload`.
+
+    Raises:
+        Conflict: another writer holds the path. Unavailable, StorageError: the store failed.
+    """
+    size, chunk_size = geometry
+    lease = Lease.take(store, upload_dir(rel) + "lease", rel, owner)
+    try:
+        up = S3Upload(store, pool, rel, geometry, attributes, lease)
+        found = store.get(upload_dir(rel) + "record", f"reading the upload of {rel}")
+        record = UploadRecord.unpack(found[0], rel) if found else None
+        if record is not None and (record.size, record.chunk_size) == (size, chunk_size):
+            up.resume(record)
+        elif record is not None:
+            up.discard(record)  # another geometry: the file changed, its chunks are no use
+        if up.record is None and up.count and not (grouped and up.count == 1):
+            up.start()
+        return up
+    except BaseException:
+        lease.release()
+        raise
+
+
+class S3Upload:
+    """An upload into S3Storage (`base.Upload`). Use `open_s3_upload`."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        pool: Executor,
+        rel: str,
+        geometry: tuple[int, int],
+        attributes: tuple[int, int | None],
+        lease: Lease,
+    ) -> None:
+        self._store, self._pool, self._rel, self._lease = store, pool, rel, lease
+        self.size, self.chunk_size = geometry
+        self._mode, self._mtime_ns = attributes
+        self.count = chunk_count(self.size, self.chunk_size)
+        self.record: UploadRecord | None = None
+        self._held: dict[int, bytes] = {}
+        self._memory: dict[int, bytes] = {}  # a grouped small file's bytes, until its commit
+        self._hasher, self._frontier = FileHasher(), 0  # chunks [0, frontier) hashed
+        self._done = False
+
+    # --- opening -------------------------------------------------------------------------------
+
+    def resume(self, record: UploadRecord) -> None:
+        """Take over the upload `record` describes: held = chunks whose part and key are both
+        in the store. An upload the store no longer has starts over."""
+        self.record = record
+        key = data_key(self._rel, record.nonce)
+        try:
+            parts = self._store.parts(key, record.upload_id, f"resuming {self._rel}")
+        except NotFound:
+            self._drop_record(record)
+            return
+        prefix = chunk_key(self._rel, record.nonce, 0, bytes(DIGEST_SIZE)).rpartition("/")[0]
+        for obj in self._store.walk(prefix + "/", f"resuming {self._rel}"):
+            found = parse_chunk_key(obj.key)
+            if found is None:
+                continue
+            index, digest = found
+            part = parts.get(index + 1)
+            if index < self.count and part is not None and part[0] == self._length(index):
+                self._held[index] = digest
+
+    def discard(self, record: UploadRecord) -> None:
+        """Throw away the upload `record` describes (its parts and chunk keys)."""
+        key = data_key(self._rel, record.nonce)
+        self._store.abort_upload(key, record.upload_id, f"discarding the upload of {self._rel}")
+        self._drop_record(record)
+
+    def _drop_record(self, record: UploadRecord) -> None:
+        what = f"discarding the upload of {self._rel}"
+        prefix = chunk_key(self._rel, record.nonce, 0, bytes(DIGEST_SIZE)).rpartition("/")[0]
+        keys = [o.key for o in self._store.walk(prefix + "/", what)]
+        self._store.delete([*keys, upload_dir(self._rel) + "record"], what)
+        self.record = None
+
+    def start(self) -> None:
+        """Start a multipart upload and write its record, so any node finds it."""
+        nonce = new_nonce()
+        what = f"starting the upload of {self._rel}"
+        upload_id = self._store.create_upload(data_key(self._rel, nonce), what)
+        record = UploadRecord(self._rel, self.size, self.chunk_size, nonce, upload_id)
+        self._lease.keep()
+        self._store.put(upload_dir(self._rel) + "record", record.pack(), what)
+        self.record = record
+        if self._memory:  # a small file held in memory that now must be durable
+            batch = [(i, self._held[i], data) for i, data in sorted(self._memory.items())]
+            self._held.clear()
+            self._memory.clear()
+            self._hasher, self._frontier = FileHasher(), 0
+            self.write_chunks(batch)
+
+    # --- state ---------------------------------------------------------------------------------
+
+    @property
+    def held(self) -> Mapping[int, bytes]:
+        """Chunk index -> digest of every chunk the store holds for this upload."""
+        return self._held
+
+    def _length(self, index: int) -> int:
+        return min(self.chunk_size, self.size - index * self.chunk_size)
+
+    def _check(self, index: int, digest: bytes, data: bytes | bytearray | memoryview) -> None:
+        if not 0 <= index < self.count:
+            raise StorageError(f"chunk {index} is out of range for {self._rel}")
+        if len(memoryview(data).cast("B")) != self._length(index) or len(digest) != DIGEST_SIZE:
+            raise StorageError(f"chunk {index} of {self._rel} has the wrong length")
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def write_chunks(self, batch: Sequence[ChunkData], durable: bool = True) -> None:
+        """Store chunks whose digests the caller verified; see `base.Upload.write_chunks`.
+
+        Each chunk becomes a part (the batch's parts go up in parallel), then its chunk key is
+        written; only then is it held. `durable=False` on a small file opened `grouped`
+        keeps its bytes in memory for the commit.
+
+        Raises:
+            Conflict: the lease was lost. Unavailable, StorageError: the store failed; the
+            chunks of the batch that made it are held, the others not.
+        """
+        for index, digest, data in batch:
+            self._check(index, digest, data)
+        if not durable and self.record is None:
+            for index, digest, data in batch:
+                self._memory[index] = bytes(data)
+                self._held[index] = bytes(digest)
+            return
+        if self.record is None:
+            self.start()
+        record = self.record
+        assert record is not None
+        self._lease.keep()
+        key = data_key(self._rel, record.nonce)
+        what = f"storing chunks of {self._rel}"
+
+        def store(chunk: ChunkData) -> None:
+            index, digest, data = chunk
+            self._store.upload_part(key, record.upload_id, index + 1, data, what)
+            self._store.put(chunk_key(self._rel, record.nonce, index, digest), b"", what)
+
+        futures = [(chunk, self._pool.submit(store, chunk)) for chunk in batch]
+        failed: BaseException | None = None
+        for (index, digest, data), future in sorted(futures, key=lambda f: f[0][0]):
+            try:
+                future.result()
+            except BaseException as exc:  # noqa: BLE001 - the first failure is raised below
+                failed = failed or exc
+                continue
+            self._note(index, bytes(digest), data)
+        if failed is not None:
+            raise failed
+
+    def _note(self, index: int, digest: bytes, data: bytes | bytearray | memoryview) -> None:
+        if index < self._frontier and self._held.get(index) != digest:
+            self._hasher, self._frontier = FileHasher(), 0  # other bytes: read all back
+        self._held[index] = digest
+        if index == self._frontier:
+            self._hasher.update(data)
+            self._frontier += 1
+
+    # --- committing ----------------------------------------------------------------------------
+
+    def commit(self, digest: bytes) -> None:
+        """Check and publish; see `base.Upload.commit`.
+
+        Raises:
+            IntegrityError: chunks missing, a chunk read back is corrupt, or the digest
+                differs (the upload is thrown away then: its parts are spent).
+            Conflict: a folder is at the path, a parent is a file, or the lease was lost.
+            Unavailable, StorageError: the store failed.
+        """
+        if len(self._held) != self.count:
+            raise IntegrityError(f"missing {self.count - len(self._held)} chunks of {self._rel}")
+        check_destination(self._store, self._rel)
+        if self.record is None:
+            self._commit_memory(digest)
+        else:
+            self._commit_parts(digest, self.record)
+        self._done = True
+        self._lease.release()
+
+    def _commit_memory(self, digest: bytes) -> None:
+        data = b"".join(self._memory[i] for i in range(self.count))
+        if chunk_digest(data) != digest:  # one chunk at most: its digest is the file's
+            raise IntegrityError(f"file digest mismatch for {self._rel}")
+        nonce = new_nonce()
+        self._lease.keep()
+        self._store.put_data(data_key(self._rel, nonce), data, f"storing {self._rel}")
+        self._publish(digest, nonce)
+
+    def _commit_parts(self, digest: bytes, record: UploadRecord) -> None:
+        key = data_key(self._rel, record.nonce)
+        what = f"committing {self._rel}"
+        parts = self._store.parts(key, record.upload_id, what)
+        lost = [i for i in self._held if parts.get(i + 1, (-1, ""))[0] != self._length(i)]
+        if lost:
+            for index in lost:
+                del self._held[index]
+            raise IntegrityError(f"the store lost {len(lost)} chunks of {self._rel}; resend them")
+        self._lease.keep()
+        order = [(i + 1, parts[i + 1][1]) for i in range(self.count)]
+        self._store.complete_upload(key, record.upload_id, order, what)
+        try:
+            whole = self._read_back(key) if self._frontier < self.count else self._hasher.digest()
+            if whole != digest:
+                raise IntegrityError(f"file digest mismatch for {self._rel}; resend it")
+        except IntegrityError:
+            self._store.delete([key], what)
+            self._drop_record(record)
+            self._held.clear()
+            raise
+        self._publish(digest, record.nonce)
+        self._drop_record(record)
+
+    def _read_back(self, key: str) -> bytes:
+        """The file digest, reading from the assembled object the chunks not hashed on arrival
+        (each checked against its digest on the way)."""
+        hasher = self._hasher
+        for index in range(self._frontier, self.count):
+            data = self._store.get_range(
+                key, index * self.chunk_size, self._length(index), f"checking {self._rel}"
+            )
+            if len(data) != self._length(index) or chunk_digest(data) != self._held[index]:
+                raise IntegrityError(f"chunk {index} of {self._rel} is corrupt in the store")
+            hasher.update(data)
+        self._frontier = self.count
+        return hasher.digest()
+
+    def _publish(self, digest: bytes, nonce: str) -> None:
+        """Write the file's record: the file appears, whole, at its path."""
+        digests = b"".join(self._held[i] for i in range(self.count))
+        mtime = self._mtime_ns if self._mtime_ns is not None else time.time_ns()
+        record = Record(
+            "file",
+            self._mode & 0o7777,
+            mtime,
+            self.size,
+            self.chunk_size,
+            digest,
+            digests,
+            nonce,
+        )
+        self._lease.keep()
+        self._store.put(entry_key(self._rel), record.pack(), f"publishing {self._rel}")
+
+    # --- ending --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Keep what the store holds for a resume (by any node); give the lease up."""
+        self._memory.clear()
+        self._lease.release()
+
+    def abort(self) -> None:
+        """Throw the upload away (its parts and keys); give the lease up."""
+        try:
+            if self.record is not None and not self._done:
+                self.discard(self.record)
+        finally:
+            self.close()
+
+
+def check_destination(store: ObjectStore, rel: str, folder: bool = False) -> None:
+    """Refuse a file (or with `folder` a folder) at `rel` where a folder (a file) is, or under
+    a file or a link.
+
+    Raises:
+        Conflict: `rel` is a folder (a file), or one of its parents is a file or a link.
+    """
+    what = f"checking {rel}"
+    if not folder and (
+        store.head(marker_key(rel), what) is not None or store.any_under(folder_key(rel), what)
+    ):
+        raise Conflict(f"{rel} is a directory")
+    parts = rel.split("/")
+    for depth in range(1, len(parts) + 1 if folder else len(parts)):
+        parent = "/".join(parts[:depth])
+        if store.head(entry_key(parent), what) is not None:
+            raise Conflict(f"{parent} is not a directory")
