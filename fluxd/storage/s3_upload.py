@@ -112,14 +112,17 @@ class S3Upload:
             self._drop_record(record)
             return
         prefix = chunk_key(self._rel, record.nonce, 0, bytes(DIGEST_SIZE)).rpartition("/")[0]
+        named: dict[int, bytes | None] = {}
         for obj in self._store.walk(prefix + "/", f"resuming {self._rel}"):
             found = parse_chunk_key(obj.key)
-            if found is None:
-                continue
-            index, digest = found
+            if found is not None:
+                index, digest = found
+                # Two keys for one chunk: its part may hold either (a write cut short).
+                named[index] = digest if index not in named else None
+        for index, named_digest in named.items():
             part = parts.get(index + 1)
-            if index < self.count and part is not None and part[0] == self._length(index):
-                self._held[index] = digest
+            if named_digest and index < self.count and part and part[0] == self._length(index):
+                self._held[index] = named_digest
 
     def discard(self, record: UploadRecord) -> None:
         """Throw away the upload `record` describes (its parts and chunk keys)."""
@@ -194,16 +197,27 @@ class S3Upload:
         key = data_key(self._rel, record.nonce)
         what = f"storing chunks of {self._rel}"
 
-        def store(chunk: ChunkData) -> None:
-            index, digest, data = chunk
-            self._store.upload_part(key, record.upload_id, index + 1, data, what)
-            self._store.put(chunk_key(self._rel, record.nonce, index, digest), b"", what)
+        def part(chunk: ChunkData) -> None:
+            self._store.upload_part(key, record.upload_id, chunk[0] + 1, chunk[2], what)
 
-        futures = [(chunk, self._pool.submit(store, chunk)) for chunk in batch]
+        def name(chunk: ChunkData) -> None:
+            index, digest, _ = chunk
+            self._store.put(chunk_key(self._rel, record.nonce, index, digest), b"", what)
+            old = self._held.get(index)
+            if old is not None and old != digest:  # a resume would find both: drop the old
+                self._store.delete([chunk_key(self._rel, record.nonce, index, old)], what)
+
+        # A part and its key go up together: a key whose part is not (yet) in the store, or
+        # holds other bytes, proves nothing on resume (`resume` checks both).
+        futures = [
+            (chunk, self._pool.submit(part, chunk), self._pool.submit(name, chunk))
+            for chunk in batch
+        ]
         failed: BaseException | None = None
-        for (index, digest, data), future in sorted(futures, key=lambda f: f[0][0]):
+        for (index, digest, data), *both in sorted(futures, key=lambda f: f[0][0]):
             try:
-                future.result()
+                for future in both:
+                    future.result()
             except BaseException as exc:  # noqa: BLE001 - the first failure is raised below
                 failed = failed or exc
                 continue
