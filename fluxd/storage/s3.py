@@ -100,6 +100,7 @@ class S3Storage:
             (mode, mtime_ns),
             grouped,
             self._owner,
+            self._store.settings.lease_ttl,
         )
 
     def commit_many(self, items: Sequence[tuple[Upload, bytes]]) -> list[FluxError | None]:

@@ -4,12 +4,13 @@ every node sharing the store.
 The lease is the object uploads/<key>/lease. Taking it is a conditional PUT that succeeds only
 if there is none (If-None-Match: *); renewing it, or taking over one that expired, is a PUT
 that succeeds only if the object is still the one read (If-Match: its ETag). The store answers
-412 to the loser, so two nodes never both hold it. A lease is live for TTL seconds after it was
-last written, by the store's clock (`ObjectStore.age`), so a node that died frees its leases by
-itself. The holder renews it before any write once less than RENEW_AT seconds are left by its
-own clock, counted from before its request was sent: it never writes with less than that left,
-more than any request may take (ObjectStore's timeouts), so its writes end before another node
-may take over.
+412 to the loser, so two nodes never both hold it. A lease is live for the seconds its body
+names (its TTL, so nodes need not agree on one) after it was last written, by the store's
+clock (`ObjectStore.get_aged`): a node that died frees its leases by itself. The holder renews
+it before any write once less than two thirds of its TTL are left by its own clock, counted
+from before its request was sent: it never writes with less than that left, more than any
+request may take (ObjectStore's timeouts), so its writes end before another node may take
+over.
 """
 
 from __future__ import annotations
@@ -23,48 +24,62 @@ from .s3_store import ObjectStore
 
 __all__ = ["Lease"]
 
-#: Seconds a lease lasts after it was last written.
+#: Seconds a lease lasts after it was last written (unless the storage is given another).
 TTL = 60.0
-#: The holder renews once fewer seconds than this are left.
-RENEW_AT = 40.0
-#: Whole-second clocks (HTTP dates): a lease counts as expired only this much after TTL.
+#: The holder renews once less than this share of the TTL is left.
+RENEW_AT = 2 / 3
+#: Whole-second clocks (HTTP dates): a lease counts as expired only this much after its TTL.
 SLACK = 2.0
+
+
+def live(found: tuple[bytes, str, float]) -> bool:
+    """Whether a lease read with `ObjectStore.get_aged` is still live."""
+    body, _, age = found
+    try:
+        ttl = float(body.split(b" ")[-1])
+    except ValueError:
+        ttl = TTL  # not written by this version: the default
+    return age < ttl + SLACK
 
 
 class Lease:
     """A held lease. Use `Lease.take`."""
 
-    def __init__(self, store: ObjectStore, key: str, label: str, etag: str, since: float) -> None:
+    def __init__(
+        self, store: ObjectStore, key: str, label: str, etag: str, since: float, ttl: float
+    ) -> None:
         self._store, self._key, self._label = store, key, label
         self._etag: str | None = etag
         self._since = since  # time.monotonic() before the PUT that wrote it
+        self._ttl = ttl
 
     @classmethod
-    def take(cls, store: ObjectStore, key: str, label: str, owner: str) -> Lease:
-        """Take the lease at `key` for `owner` (a name for the log), or take over an expired one.
+    def take(cls, store: ObjectStore, key: str, label: str, owner: str, ttl: float = TTL) -> Lease:
+        """Take the lease at `key` for `owner` (a name, kept in it), live for `ttl` seconds
+        after each renewal, or take over an expired one.
 
         Raises:
             Conflict: another writer holds it. Unavailable, StorageError: the store failed.
         """
         busy = Conflict(f"{label} is being written by another session")
-        body = owner.encode()
+        body = f"{owner} {ttl}".encode()
         for _ in range(3):
             since = time.monotonic()
             try:
                 etag = store.put(key, body, f"taking the lease on {label}", if_none_match=True)
-                return cls(store, key, label, etag, since)
+                return cls(store, key, label, etag, since, ttl)
             except Conflict:
                 pass
-            found = store.age(key, f"reading the lease on {label}")
+            found = store.get_aged(key, f"reading the lease on {label}")
             if found is None:
                 continue  # released meanwhile: try again
-            etag, age = found
-            if age < TTL + SLACK:
+            if live(found):
                 raise busy
+            etag = found[1]
             since = time.monotonic()
             try:
                 etag = store.put(key, body, f"taking over the lease on {label}", if_match=etag)
-                return cls(store, key, label, etag, since)
+                return cls(store, key, label, etag, since, ttl)
             except Conflict:
                 raise busy from None  # another node took it over first
         raise busy
@@ -74,22 +89,25 @@ class Lease:
         return self._etag is not None
 
     def keep(self) -> None:
-        """Make sure the lease has at least RENEW_AT seconds left, renewing it if needed.
+        """Make sure the lease has at least RENEW_AT of its TTL left, renewing it if needed.
 
         Raises:
             Conflict: the lease was lost (expired and taken over): stop writing.
         """
         if self._etag is None:
             raise Conflict(f"the lease on {self._label} was given up")
-        if time.monotonic() - self._since < TTL - RENEW_AT:
+        if time.monotonic() - self._since < self._ttl * (1 - RENEW_AT):
             return
         since = time.monotonic()
-        if since - self._since >= TTL:
+        if since - self._since >= self._ttl:
             self._etag = None
             raise Conflict(f"the lease on {self._label} expired; another node may write it")
         try:
             self._etag = self._store.put(
-                self._key, b"renewed", f"renewing the lease on {self._label}", if_match=self._etag
+                self._key,
+                f"renewed {self._ttl}".encode(),
+                f"renewing the lease on {self._label}",
+                if_match=self._etag,
             )
         except Conflict:
             self._etag = None
@@ -98,12 +116,12 @@ class Lease:
 
     def release(self) -> None:
         """Give the lease up (deleting it, if it is still ours). Idempotent; errors are left to
-        expiry: a lease that was not deleted frees itself after TTL."""
+        expiry: a lease that was not deleted frees itself after its TTL."""
         etag, self._etag = self._etag, None
         if etag is None:
             return
         what = f"releasing the lease on {self._label}"
         with contextlib.suppress(FluxError):  # expiry frees it
-            found = self._store.age(self._key, what)
-            if found is not None and found[0] == etag:
+            found = self._store.get_aged(self._key, what)
+            if found is not None and found[1] == etag:
                 self._store.delete([self._key], what)

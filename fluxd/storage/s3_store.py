@@ -85,6 +85,9 @@ class S3Settings:
     #: Seconds a request may take to connect, and to answer, before it counts as failed.
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    #: Seconds a writer's lease lasts unrenewed (s3_lease.py): a dead node's uploads wait this
+    #: long before another node may resume them. More than what a request may take, twice.
+    lease_ttl: float = 60.0
 
 
 class View(io.RawIOBase):
@@ -276,13 +279,14 @@ class ObjectStore:
             return None
         return StoreObject(key, int(got["ContentLength"]), got["LastModified"].timestamp())
 
-    def age(self, key: str, what: str) -> tuple[str, float] | None:
-        """The ETag of `key` and how long ago it was written, by the store's own clock (its
-        Date header against the object's Last-Modified, both whole seconds), or None if there
-        is none. Nodes compare no clocks of their own."""
+    def get_aged(self, key: str, what: str) -> tuple[bytes, str, float] | None:
+        """The body and ETag of `key` and how long ago it was written, by the store's own
+        clock (its Date header against the object's Last-Modified, both whole seconds), or
+        None if there is none. Nodes compare no clocks of their own."""
         try:
             with store_errors(what):
-                got = self._s3.head_object(Bucket=self.bucket, Key=self.prefix + key)
+                got = self._s3.get_object(Bucket=self.bucket, Key=self.prefix + key)
+                body = got["Body"].read()
         except NotFound:
             return None
         headers = got.get("ResponseMetadata", {}).get("HTTPHeaders", {})
@@ -290,7 +294,7 @@ class ObjectStore:
             now = email.utils.parsedate_to_datetime(headers["date"]).timestamp()
         except (KeyError, TypeError, ValueError):
             now = time.time()
-        return str(got["ETag"]), now - got["LastModified"].timestamp()
+        return body, str(got["ETag"]), now - got["LastModified"].timestamp()
 
     def delete(self, keys: Sequence[str], what: str) -> None:
         """Delete keys (absent ones are no error), a thousand per request."""

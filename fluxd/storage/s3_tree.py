@@ -74,7 +74,10 @@ class S3Tree:
         marker = self.marker(rel)
         if marker is not None:
             return marker
-        if self._store.any_under(folder_key(rel), f"reading {rel}"):
+        what = f"reading {rel}"
+        if self._store.any_under(folder_key(rel), what) or self._store.any_under(
+            markers_prefix(rel), what
+        ):
             return IMPLIED
         return None
 
@@ -95,6 +98,7 @@ class S3Tree:
         items = [(o.key[len(folder_key(rel)) :], False) for o in held.objects]
         items += [(p, True) for p in held.prefixes]
         items += [(o.key[len(markers_prefix(rel)) :], True) for o in marked.objects]
+        items += [(p, True) for p in marked.prefixes]  # holding only folders made empty
         # A file and a folder at one name (two nodes raced): the file wins, as `lookup` says.
         seen: dict[str, bool] = {}
         for name, folder in sorted(items, key=lambda item: (item[0], item[1])):
@@ -132,7 +136,10 @@ class S3Tree:
                     # A level listed with nothing under it: engines built on a file tree
                     # (SeaweedFS) list the folders their deletes left empty.
                     marker = self.marker(child)
-                    if marker is None and not self._store.any_under(folder_key(child), what):
+                    if marker is None and not (
+                        self._store.any_under(folder_key(child), what)
+                        or self._store.any_under(markers_prefix(child), what)
+                    ):
                         return None
                     return (marker or IMPLIED).entry(name, digests)
                 found = self._store.get(entry_key(child), f"reading {child}")

@@ -24,7 +24,7 @@ from .s3_layout import (
     entry_key,
     upload_dir,
 )
-from .s3_lease import SLACK, TTL
+from .s3_lease import live
 from .s3_store import ObjectStore, StoreObject
 from .s3_tree import S3Tree
 
@@ -77,8 +77,8 @@ class S3Upkeep:
         what = "collecting garbage"
         if now - max(o.modified for o in objects) <= grace:
             return False
-        lease = self._store.age(folder + "lease", what)
-        if lease is not None and lease[1] < TTL + SLACK:
+        lease = self._store.get_aged(folder + "lease", what)
+        if lease is not None and live(lease):
             return False
         found = self._store.get(folder + "record", what)
         if found is not None:

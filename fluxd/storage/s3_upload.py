@@ -34,6 +34,7 @@ from .s3_layout import (
     entry_key,
     folder_key,
     marker_key,
+    markers_prefix,
     new_nonce,
     parse_chunk_key,
     upload_dir,
@@ -52,6 +53,7 @@ def open_s3_upload(
     attributes: tuple[int, int | None],
     grouped: bool,
     owner: str,
+    ttl: float,
 ) -> S3Upload:
     """Take the path's lease, then resume the upload in progress with this geometry or start
     one; see `base.Storage.open_upload`.
@@ -60,7 +62,7 @@ def open_s3_upload(
         Conflict: another writer holds the path. Unavailable, StorageError: the store failed.
     """
     size, chunk_size = geometry
-    lease = Lease.take(store, upload_dir(rel) + "lease", rel, owner)
+    lease = Lease.take(store, upload_dir(rel) + "lease", rel, owner, ttl)
     try:
         up = S3Upload(store, pool, rel, geometry, attributes, lease)
         found = store.get(upload_dir(rel) + "record", f"reading the upload of {rel}")
@@ -343,7 +345,9 @@ def check_destination(store: ObjectStore, rel: str, folder: bool = False) -> Non
     """
     what = f"checking {rel}"
     if not folder and (
-        store.head(marker_key(rel), what) is not None or store.any_under(folder_key(rel), what)
+        store.head(marker_key(rel), what) is not None
+        or store.any_under(folder_key(rel), what)
+        or store.any_under(markers_prefix(rel), what)
     ):
         raise Conflict(f"{rel} is a directory")
     parts = rel.split("/")
