@@ -120,7 +120,7 @@ class FileService:
                 up = UploadHandle(key, size, caller.presence, record, self.pool, self.group)
                 holder = up.holder(caller.account, lambda gone: _supersede(gone, caller))
                 async with self.shared.claims.claim(key, holder, self.shared.config.shutdown_grace):
-                    await up.open(self.storage, chunk_size, mode, mtime_ns, grouped)
+                    await up.open(self.storage, chunk_size, mode, mtime_ns, grouped, caller.account)
                     try:
                         async with self.uploads.opened(caller.account, up) as up.tid:
                             up.on_committed = functools.partial(self.uploads.done, up.tid)

@@ -120,15 +120,16 @@ class UploadHandle:
         mode: int,
         mtime_ns: int | None = None,
         grouped: bool = False,
+        writer: str = "",
     ) -> None:
         """Open (or resume) the upload in `storage`; the service does, once, holding the claim.
-        `mtime_ns` and `grouped`: see `Storage.open_upload`.
+        `mtime_ns`, `grouped` and `writer`: see `Storage.open_upload`.
 
         Raises:
             Conflict, NoSpace, StorageError: storage could not open it.
         """
         self.chunk_size = chunk_size
-        args = (self.key, self.size, chunk_size, mode, mtime_ns, grouped)
+        args = (self.key, self.size, chunk_size, mode, mtime_ns, grouped, writer)
         self._upload = await busy(self.pool, self.presence, storage.open_upload, *args)
         self._grouped = grouped and self._group is not None
 

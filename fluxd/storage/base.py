@@ -139,8 +139,14 @@ class Storage(Protocol):
         mode: int,
         mtime_ns: int | None = None,
         grouped: bool = False,
+        writer: str = "",
     ) -> Upload:
         """Start an upload to `path`, resuming a staged one with the same size and chunk size.
+
+        `writer` names who uploads (the daemon's account of the caller): a storage shared by
+        several nodes tells another node's writer of the path (Conflict) from the same writer
+        whose earlier connection went through another node (Unavailable: retry once that
+        node's hold on the path lapses). One node's own writers the daemon tells apart itself.
 
         `mtime_ns` (None: the time of writing) is the published file's modification time; a
         resend of a file the path already holds changes only the mode and mtime. `grouped`:

@@ -82,8 +82,10 @@ class LocalStorage:
         mode: int,
         mtime_ns: int | None = None,
         grouped: bool = False,
+        writer: str = "",
     ) -> LocalUpload:
-        """Start or resume an upload; see `base.Storage.open_upload`.
+        """Start or resume an upload; see `base.Storage.open_upload` (one node: `writer` is
+        not needed).
 
         Raises:
             PermissionDenied: the path is refused. Conflict: it is a directory (or under a

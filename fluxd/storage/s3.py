@@ -76,13 +76,16 @@ class S3Storage:
         mode: int,
         mtime_ns: int | None = None,
         grouped: bool = False,
+        writer: str = "",
     ) -> S3Upload:
         """Start or resume an upload; see `base.Storage.open_upload`.
 
         Raises:
             PermissionDenied: the path is refused. LimitExceeded: a geometry the store's
             multipart rules refuse. Conflict: a folder is at the path, a parent is a file, or
-            another writer (on any node) holds it. Unavailable, StorageError: the store.
+            another writer holds it through another node. Unavailable: `writer` itself holds
+            it through another node (a connection that node has not seen end; its lease
+            lapses within `lease_ttl`), or the store does not answer. StorageError.
         """
         rel = require_file_path(path)
         count = chunk_count(size, chunk_size)
@@ -99,8 +102,7 @@ class S3Storage:
             (size, chunk_size),
             (mode, mtime_ns),
             grouped,
-            self._owner,
-            self._store.settings.lease_ttl,
+            (self._owner, writer, self._store.settings.lease_ttl),
         )
 
     def commit_many(self, items: Sequence[tuple[Upload, bytes]]) -> list[FluxError | None]:

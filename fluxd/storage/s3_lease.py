@@ -17,72 +17,103 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 
-from fluxproto.errors import Conflict, FluxError
+import msgpack
+
+from fluxproto.errors import Conflict, FluxError, Unavailable
 
 from .s3_store import ObjectStore
 
 __all__ = ["Lease"]
 
 #: Seconds a lease lasts after it was last written (unless the storage is given another).
-TTL = 60.0
+TTL = 20.0
 #: The holder renews once less than this share of the TTL is left.
 RENEW_AT = 2 / 3
 #: Whole-second clocks (HTTP dates): a lease counts as expired only this much after its TTL.
 SLACK = 2.0
 
 
+@dataclass(frozen=True)
+class Holder:
+    """What a lease's body says: the node holding it, for whom, and for how long."""
+
+    node: str
+    writer: str
+    ttl: float
+
+    def pack(self) -> bytes:
+        return msgpack.packb({"node": self.node, "writer": self.writer, "ttl": self.ttl})
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Holder:
+        """The holder named in `raw`; an unreadable body counts as a stranger's, for TTL."""
+        try:
+            v = msgpack.unpackb(raw, max_str_len=4096)
+            return cls(str(v["node"]), str(v["writer"]), float(v["ttl"]))
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+            return cls("", "", TTL)
+
+
 def live(found: tuple[bytes, str, float]) -> bool:
     """Whether a lease read with `ObjectStore.get_aged` is still live."""
     body, _, age = found
-    try:
-        ttl = float(body.split(b" ")[-1])
-    except ValueError:
-        ttl = TTL  # not written by this version: the default
-    return age < ttl + SLACK
+    return age < Holder.unpack(body).ttl + SLACK
 
 
 class Lease:
     """A held lease. Use `Lease.take`."""
 
     def __init__(
-        self, store: ObjectStore, key: str, label: str, etag: str, since: float, ttl: float
+        self, store: ObjectStore, key: str, label: str, etag: str, since: float, holder: Holder
     ) -> None:
         self._store, self._key, self._label = store, key, label
         self._etag: str | None = etag
         self._since = since  # time.monotonic() before the PUT that wrote it
-        self._ttl = ttl
+        self._holder = holder
 
     @classmethod
-    def take(cls, store: ObjectStore, key: str, label: str, owner: str, ttl: float = TTL) -> Lease:
-        """Take the lease at `key` for `owner` (a name, kept in it), live for `ttl` seconds
-        after each renewal, or take over an expired one.
+    def take(
+        cls, store: ObjectStore, key: str, label: str, node: str, writer: str, ttl: float = TTL
+    ) -> Lease:
+        """Take the lease at `key` for `writer` through `node`, live for `ttl` seconds after
+        each renewal; or take over one that expired, or that `node` itself left behind (a
+        release the store missed: the daemon lets one writer per path through at a time).
 
         Raises:
-            Conflict: another writer holds it. Unavailable, StorageError: the store failed.
+            Conflict: another writer holds it. Unavailable: `writer` holds it through another
+            node (a connection that node has not seen end): retry once it lapses. Or the store
+            failed (StorageError too).
         """
-        busy = Conflict(f"{label} is being written by another session")
-        body = f"{owner} {ttl}".encode()
+        holder = Holder(node, writer, ttl)
+        body = holder.pack()
         for _ in range(3):
             since = time.monotonic()
             try:
                 etag = store.put(key, body, f"taking the lease on {label}", if_none_match=True)
-                return cls(store, key, label, etag, since, ttl)
+                return cls(store, key, label, etag, since, holder)
             except Conflict:
                 pass
             found = store.get_aged(key, f"reading the lease on {label}")
             if found is None:
                 continue  # released meanwhile: try again
-            if live(found):
-                raise busy
-            etag = found[1]
+            held = Holder.unpack(found[0])
+            if live(found) and held.node != node:
+                if writer and held.writer == writer:
+                    left = held.ttl + SLACK - found[2]
+                    raise Unavailable(
+                        f"{label} is held by an earlier connection of yours through another "
+                        f"node; it lapses within {left:.0f} s"
+                    )
+                raise Conflict(f"{label} is being written by another session")
             since = time.monotonic()
             try:
-                etag = store.put(key, body, f"taking over the lease on {label}", if_match=etag)
-                return cls(store, key, label, etag, since, ttl)
+                etag = store.put(key, body, f"taking over the lease on {label}", if_match=found[1])
+                return cls(store, key, label, etag, since, holder)
             except Conflict:
-                raise busy from None  # another node took it over first
-        raise busy
+                continue  # another node took it over first: look again
+        raise Conflict(f"{label} is being written by another session")
 
     @property
     def held(self) -> bool:
@@ -96,16 +127,17 @@ class Lease:
         """
         if self._etag is None:
             raise Conflict(f"the lease on {self._label} was given up")
-        if time.monotonic() - self._since < self._ttl * (1 - RENEW_AT):
+        ttl = self._holder.ttl
+        if time.monotonic() - self._since < ttl * (1 - RENEW_AT):
             return
         since = time.monotonic()
-        if since - self._since >= self._ttl:
+        if since - self._since >= ttl:
             self._etag = None
             raise Conflict(f"the lease on {self._label} expired; another node may write it")
         try:
             self._etag = self._store.put(
                 self._key,
-                f"renewed {self._ttl}".encode(),
+                self._holder.pack(),
                 f"renewing the lease on {self._label}",
                 if_match=self._etag,
             )

@@ -83,11 +83,12 @@ class S3Settings:
     region: str | None = None
     path_style: bool = True
     #: Seconds a request may take to connect, and to answer, before it counts as failed.
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    connect_timeout: float = 3.0
+    read_timeout: float = 10.0
     #: Seconds a writer's lease lasts unrenewed (s3_lease.py): a dead node's uploads wait this
-    #: long before another node may resume them. More than what a request may take, twice.
-    lease_ttl: float = 60.0
+    #: long before another node may resume them. A writer starts no request with less than
+    #: two thirds of it left, which must be more than any request may take.
+    lease_ttl: float = 20.0
 
 
 class View(io.RawIOBase):

@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 
+from fluxio.crashpoints import crash_point
 from fluxio.staging import ChunkData
 from fluxproto.digest import FileHasher, chunk_digest
 from fluxproto.errors import Conflict, IntegrityError, NotFound, StorageError
@@ -52,17 +53,17 @@ def open_s3_upload(
     geometry: tuple[int, int],
     attributes: tuple[int, int | None],
     grouped: bool,
-    owner: str,
-    ttl: float,
+    holder: tuple[str, str, float],
 ) -> S3Upload:
-    """Take the path's lease, then resume the upload in progress with this geometry or start
-    one; see `base.Storage.open_upload`.
+    """Take the path's lease for `holder` (this node, the writer, the lease's TTL: see
+    `Lease.take`), then resume the upload in progress with this geometry or start one; see
+    `base.Storage.open_upload`.
 
     Raises:
-        Conflict: another writer holds the path. Unavailable, StorageError: the store failed.
+        Conflict, Unavailable: as `Lease.take`. StorageError: the store failed.
     """
     size, chunk_size = geometry
-    lease = Lease.take(store, upload_dir(rel) + "lease", rel, owner, ttl)
+    lease = Lease.take(store, upload_dir(rel) + "lease", rel, *holder)
     try:
         up = S3Upload(store, pool, rel, geometry, attributes, lease)
         found = store.get(upload_dir(rel) + "record", f"reading the upload of {rel}")
@@ -226,6 +227,7 @@ class S3Upload:
             self._note(index, bytes(digest), data)
         if failed is not None:
             raise failed
+        crash_point("chunks-durable")
 
     def _note(self, index: int, digest: bytes, data: bytes | bytearray | memoryview) -> None:
         if index < self._frontier and self._held.get(index) != digest:
@@ -286,7 +288,9 @@ class S3Upload:
             self._drop_record(record)
             self._held.clear()
             raise
+        crash_point("commit-checked")
         self._publish(digest, record.nonce)
+        crash_point("published")
         self._drop_record(record)
 
     def _read_back(self, key: str) -> bytes:

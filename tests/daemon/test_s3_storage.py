@@ -22,6 +22,7 @@ from fluxproto.errors import (
     LimitExceeded,
     NotFound,
     PermissionDenied,
+    Unavailable,
 )
 
 CS = MIN_PART
@@ -127,6 +128,23 @@ def test_one_writer_per_path_across_nodes(node: Callable[..., S3Storage]) -> Non
         second.open_upload("p", len(data), CS, 0o644)
     up.close()  # the lease is given back: the other node may take it now
     second.open_upload("p", len(data), CS, 0o644).close()
+
+
+def test_the_same_writer_through_another_node_is_told_to_retry(
+    node: Callable[..., S3Storage],
+) -> None:
+    first, second = node(), node()
+    up = first.open_upload("p", 10, CS, 0o644, writer="alice")
+    with pytest.raises(Unavailable, match="earlier connection of yours"):
+        second.open_upload("p", 10, CS, 0o644, writer="alice")
+    with pytest.raises(Conflict):
+        second.open_upload("p", 10, CS, 0o644, writer="bob")
+    up._lease._etag = None  # noqa: SLF001 - its release never reaches the store (it was down)
+    up.close()
+    # The lease is still in the store: only the node that left it may take it over at once.
+    with pytest.raises(Conflict):
+        second.open_upload("p", 10, CS, 0o644, writer="bob")
+    first.open_upload("p", 10, CS, 0o644, writer="bob").close()
 
 
 def test_a_wrong_file_digest_publishes_nothing_and_keeps_the_old_version(
