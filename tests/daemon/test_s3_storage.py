@@ -139,7 +139,7 @@ def test_the_same_writer_through_another_node_is_told_to_retry(
         second.open_upload("p", 10, CS, 0o644, writer="alice")
     with pytest.raises(Conflict):
         second.open_upload("p", 10, CS, 0o644, writer="bob")
-    up._lease._etag = None  # noqa: SLF001 - its release never reaches the store (it was down)
+    up._lease._etag = None
     up.close()
     # The lease is still in the store: only the node that left it may take it over at once.
     with pytest.raises(Conflict):
