@@ -298,7 +298,9 @@ def open_storage(cfg: ServerConfig, *, create: bool) -> Backend:
 
     c = cfg.storage
     assert c.bucket is not None
-    settings = S3Settings(c.bucket, c.endpoint, c.prefix, c.region, c.path_style)
+    settings = S3Settings(
+        c.bucket, c.endpoint, c.prefix, c.region, c.path_style, lease_ttl=c.lease_ttl
+    )
     storage = S3Storage(settings)
     delay = 1.0
     while True:

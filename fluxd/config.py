@@ -86,6 +86,9 @@ class StorageConfig:
     region: str | None = None
     #: Address the bucket as ENDPOINT/BUCKET (most self-hosted engines) instead of BUCKET.HOST.
     path_style: bool = True
+    #: Seconds a node's hold on an upload lasts unrenewed: after a node dies, its uploads
+    #: wait this long before another node resumes them.
+    lease_ttl: float = 20.0
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "s3"):
@@ -97,6 +100,8 @@ class StorageConfig:
             return
         if not self.bucket:
             raise ConfigError('storage.backend = "s3" needs storage.bucket')
+        if not 1 <= self.lease_ttl <= 3600:
+            raise ConfigError("storage.lease_ttl must be between 1 and 3600 seconds")
         if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
             raise ConfigError("storage.endpoint must be an http:// or https:// URL")
 
@@ -279,6 +284,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Any]]] = {
             "prefix": str,
             "region": str,
             "path_style": bool,
+            "lease_ttl": parse_duration,
         },
     ),
     "limits": (

@@ -270,7 +270,7 @@ def banner(listeners: list[tuple[str, str]], config: ServerConfig, fingerprint: 
     where = ", ".join(f"{a} ({' and '.join(t)})" for a, t in by_address.items())
     who = "anyone (no token needed)" if config.anonymous else "token holders"
     trust = f"certificate {fingerprint}" if fingerprint else "no TLS"
-    return f"fluxd: serving {config.root} on {where} to {who}; {trust}; Ctrl-C stops"
+    return f"fluxd: serving {store_name(config)} on {where} to {who}; {trust}; Ctrl-C stops"
 
 
 async def serve(
@@ -301,7 +301,7 @@ async def serve(
             address=address,
             transport=transport,
             fingerprint=fingerprint,
-            root=str(config.root),
+            root=store_name(config),
             audience=server.shared.auth.verifier.audience,
             anonymous=config.anonymous,
         )
@@ -311,3 +311,11 @@ async def serve(
     log.event("stopping", sessions=len(server._sessions))
     await server.shutdown()
     log.event("stopped")
+
+
+def store_name(config: ServerConfig) -> str:
+    """Where files are kept, for the log: the root folder, or s3://bucket/prefix."""
+    c = config.storage
+    if c.backend == "s3":
+        return f"s3://{c.bucket}/{c.prefix.strip('/')}".rstrip("/")
+    return str(config.root)
