@@ -244,28 +244,29 @@ class Engine(Service):
 
     def make_bucket(self, name: str) -> str:
         """Create bucket `name` (if missing); returns the name."""
-        client = self.client()
-        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-            client.create_bucket(Bucket=name)
+        _ensure_bucket(self.client(), name)
         return name
 
     def _wait_ready(self) -> None:
-        """Poll the S3 API with a signed request until the bucket answers."""
+        """Poll with signed requests until the store holds data: a probe object, in a bucket
+        of its own that tests never list, written on the first start and read back on each.
+        An answer alone is not enough: after a restart weed mini answers HEAD before its
+        volume server is back, and a GET then fails with InternalError."""
         probe = self.client(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1})
-        self._poll(lambda: self._bucket_ready(probe), "S3 to answer")
+        self._poll(lambda: self._holds_data(probe), "S3 to serve data")
 
-    def _bucket_ready(self, probe: Any) -> bool:
+    def _holds_data(self, probe: Any) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
 
+        where = {"Bucket": f"{self.bucket}-probe", "Key": "probe"}
         try:
-            probe.head_bucket(Bucket=self.bucket)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchBucket"}:
-                probe.create_bucket(Bucket=self.bucket)
+            if not self.started_once:
+                _ensure_bucket(probe, self.bucket)
+                _ensure_bucket(probe, where["Bucket"])
+                probe.put_object(**where, Body=b"ready")
+            return bool(probe.get_object(**where)["Body"].read() == b"ready")
+        except (BotoCoreError, ClientError):
             return False
-        except BotoCoreError:
-            return False
-        return True
 
     def _poll(self, ready: Callable[[], bool], what: str, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -277,6 +278,16 @@ class Engine(Service):
             if time.monotonic() > deadline:
                 raise EngineError(f"{self.name}: no {what} in {timeout:.0f} s\n{self.log_tail()}")
             time.sleep(POLL)
+
+
+def _ensure_bucket(client: Any, name: str) -> None:
+    from botocore.exceptions import ClientError  # noqa: PLC0415
+
+    try:
+        client.create_bucket(Bucket=name)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in {"BucketAlreadyOwnedByYou"}:
+            raise
 
 
 def weed_binary() -> str:
