@@ -9,9 +9,10 @@
                                      once (the target of its multipart upload), never changed
     uploads/<key>/record             an upload in progress: path, geometry, upload id, nonce
     uploads/<key>/lease              the writer's lease on the path (s3_lease.py)
-    uploads/<key>/chunks/<nonce>/<index>.<digest>
+    uploads/<key>/chunks/<nonce>/<index>.<digest>.<etag>
                                      one empty object per chunk the store holds, named by its
-                                     index and xxh3-128 digest (hex): a listing is the journal
+                                     index, xxh3-128 digest (hex) and its part's ETag: a
+                                     listing is the journal
 
 `<key>` is `paths.reserved_key` of the path: fixed-length, free of the path's characters.
 
@@ -41,6 +42,7 @@ __all__ = [
     "Record",
     "UploadRecord",
     "chunk_key",
+    "chunks_prefix",
     "data_key",
     "entry_key",
     "folder_key",
@@ -96,19 +98,26 @@ def upload_dir(rel: str) -> str:
     return f"{UPLOADS}{reserved_key(rel)}/"
 
 
-def chunk_key(rel: str, nonce: str, index: int, digest: bytes) -> str:
-    return f"{upload_dir(rel)}chunks/{nonce}/{index:07d}.{digest.hex()}"
+def chunk_key(rel: str, nonce: str, index: int, digest: bytes, etag: str) -> str:
+    """The key that says the store holds chunk `index` (of `digest`) as the part of `etag`."""
+    return f"{chunks_prefix(rel, nonce)}{index:07d}.{digest.hex()}.{etag}"
 
 
-def parse_chunk_key(key: str) -> tuple[int, bytes] | None:
-    """(index, digest) from a chunk key's last component, or None if it is not one."""
-    name = key.rpartition("/")[2]
-    index, _, digest = name.partition(".")
+def chunks_prefix(rel: str, nonce: str) -> str:
+    return f"{upload_dir(rel)}chunks/{nonce}/"
+
+
+def parse_chunk_key(key: str) -> tuple[int, bytes, str] | None:
+    """(index, digest, part ETag) from a chunk key's last component, or None if it is not one."""
+    index, _, rest = key.rpartition("/")[2].partition(".")
+    digest, _, etag = rest.partition(".")
     try:
         raw = bytes.fromhex(digest)
-        return (int(index), raw) if len(raw) == DIGEST_SIZE and index.isdigit() else None
     except ValueError:
         return None
+    if len(raw) != DIGEST_SIZE or not index.isdigit() or not etag:
+        return None
+    return int(index), raw, etag
 
 
 def _pack(value: dict[str, Any]) -> bytes:

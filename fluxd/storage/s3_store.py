@@ -143,6 +143,11 @@ class Listing:
     last: str | None = None
 
 
+def bare(etag: str) -> str:
+    """An ETag without its quotes."""
+    return str(etag).strip('"')
+
+
 def _code(exc: botocore.exceptions.ClientError) -> str:
     error = exc.response.get("Error", {})
     return str(error.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
@@ -366,10 +371,12 @@ class ObjectStore:
 
     def upload_part(
         self, key: str, upload_id: str, number: int, data: bytes | bytearray | memoryview, what: str
-    ) -> None:
-        """Store part `number` (from 1) of an upload; durable in the store once this returns."""
+    ) -> str:
+        """Store part `number` (from 1) of an upload; durable in the store once this returns.
+        Returns the part's ETag, unquoted: what names this very copy of the part (SeaweedFS
+        keeps every copy of a part sent twice, and assembles whichever ETag it is given)."""
         with store_errors(what):
-            self._s3.upload_part(
+            got = self._s3.upload_part(
                 Bucket=self.bucket,
                 Key=self.prefix + key,
                 UploadId=upload_id,
@@ -377,10 +384,12 @@ class ObjectStore:
                 Body=View(data),
                 ContentLength=len(data),
             )
+        return bare(got["ETag"])
 
-    def parts(self, key: str, upload_id: str, what: str) -> dict[int, tuple[int, str]]:
-        """Part number -> (size, ETag) of every part of an upload (NotFound: no such upload)."""
-        held: dict[int, tuple[int, str]] = {}
+    def parts(self, key: str, upload_id: str, what: str) -> dict[tuple[int, str], int]:
+        """(part number, unquoted ETag) -> size of every part of an upload, every copy of a part
+        sent twice included (NotFound: no such upload)."""
+        held: dict[tuple[int, str], int] = {}
         paginator = self._s3.get_paginator("list_parts")
         with store_errors(what):
             pages = paginator.paginate(
@@ -388,19 +397,20 @@ class ObjectStore:
             )
             for page in pages:
                 for p in page.get("Parts", []):
-                    held[int(p["PartNumber"])] = (int(p["Size"]), str(p["ETag"]))
+                    held[int(p["PartNumber"]), bare(p["ETag"])] = int(p["Size"])
         return held
 
     def complete_upload(
         self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], what: str
     ) -> None:
-        """Assemble an upload from (number, ETag) parts; the object then exists at `key`."""
+        """Assemble an upload from (number, unquoted ETag) parts; the object then exists at
+        `key`."""
         with store_errors(what):
             self._s3.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=self.prefix + key,
                 UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]},
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": f'"{e}"'} for n, e in parts]},
             )
 
     def abort_upload(self, key: str, upload_id: str, what: str) -> None:

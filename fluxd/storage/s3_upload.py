@@ -31,6 +31,7 @@ from .s3_layout import (
     Record,
     UploadRecord,
     chunk_key,
+    chunks_prefix,
     data_key,
     entry_key,
     folder_key,
@@ -98,6 +99,7 @@ class S3Upload:
         self.count = chunk_count(self.size, self.chunk_size)
         self.record: UploadRecord | None = None
         self._held: dict[int, bytes] = {}
+        self._etags: dict[int, str] = {}  # the ETag of each held chunk's part
         self._memory: dict[int, bytes] = {}  # a grouped small file's bytes, until its commit
         self._hasher, self._frontier = FileHasher(), 0  # chunks [0, frontier) hashed
         self._done = False
@@ -114,18 +116,22 @@ class S3Upload:
         except NotFound:
             self._drop_record(record)
             return
-        prefix = chunk_key(self._rel, record.nonce, 0, bytes(DIGEST_SIZE)).rpartition("/")[0]
-        named: dict[int, bytes | None] = {}
-        for obj in self._store.walk(prefix + "/", f"resuming {self._rel}"):
+        named: dict[int, tuple[bytes, str] | None] = {}
+        for obj in self._store.walk(
+            chunks_prefix(self._rel, record.nonce), f"resuming {self._rel}"
+        ):
             found = parse_chunk_key(obj.key)
             if found is not None:
-                index, digest = found
-                # Two keys for one chunk: its part may hold either (a write cut short).
-                named[index] = digest if index not in named else None
-        for index, named_digest in named.items():
-            part = parts.get(index + 1)
-            if named_digest and index < self.count and part and part[0] == self._length(index):
-                self._held[index] = named_digest
+                index, digest, etag = found
+                # Two keys for one chunk (a rewrite cut short): which is the part is unknown.
+                named[index] = (digest, etag) if index not in named else None
+        for index, held in named.items():
+            if (
+                held
+                and index < self.count
+                and parts.get((index + 1, held[1])) == self._length(index)
+            ):
+                self._held[index], self._etags[index] = held
 
     def discard(self, record: UploadRecord) -> None:
         """Throw away the upload `record` describes (its parts and chunk keys)."""
@@ -135,8 +141,7 @@ class S3Upload:
 
     def _drop_record(self, record: UploadRecord) -> None:
         what = f"discarding the upload of {self._rel}"
-        prefix = chunk_key(self._rel, record.nonce, 0, bytes(DIGEST_SIZE)).rpartition("/")[0]
-        keys = [o.key for o in self._store.walk(prefix + "/", what)]
+        keys = [o.key for o in self._store.walk(chunks_prefix(self._rel, record.nonce), what)]
         self._store.delete([*keys, upload_dir(self._rel) + "record"], what)
         self.record = None
 
@@ -177,9 +182,9 @@ class S3Upload:
     def write_chunks(self, batch: Sequence[ChunkData], durable: bool = True) -> None:
         """Store chunks whose digests the caller verified; see `base.Upload.write_chunks`.
 
-        Each chunk becomes a part (the batch's parts go up in parallel), then its chunk key is
-        written; only then is it held. `durable=False` on a small file opened `grouped`
-        keeps its bytes in memory for the commit.
+        Each chunk becomes a part (the batch's parts go up in parallel), then its chunk key,
+        naming the part's ETag, is written; only then is it held. `durable=False` on a small
+        file opened `grouped` keeps its bytes in memory for the commit.
 
         Raises:
             Conflict: the lease was lost. Unavailable, StorageError: the store failed; the
@@ -200,31 +205,27 @@ class S3Upload:
         key = data_key(self._rel, record.nonce)
         what = f"storing chunks of {self._rel}"
 
-        def part(chunk: ChunkData) -> None:
-            self._store.upload_part(key, record.upload_id, chunk[0] + 1, chunk[2], what)
+        def store(chunk: ChunkData) -> str:
+            index, digest, data = chunk
+            etag = self._store.upload_part(key, record.upload_id, index + 1, data, what)
+            self._store.put(chunk_key(self._rel, record.nonce, index, digest, etag), b"", what)
+            if index in self._held:  # a resume would find both keys: drop the old one
+                old = chunk_key(
+                    self._rel, record.nonce, index, self._held[index], self._etags[index]
+                )
+                self._store.delete([old], what)
+            return etag
 
-        def name(chunk: ChunkData) -> None:
-            index, digest, _ = chunk
-            self._store.put(chunk_key(self._rel, record.nonce, index, digest), b"", what)
-            old = self._held.get(index)
-            if old is not None and old != digest:  # a resume would find both: drop the old
-                self._store.delete([chunk_key(self._rel, record.nonce, index, old)], what)
-
-        # A part and its key go up together: a key whose part is not (yet) in the store, or
-        # holds other bytes, proves nothing on resume (`resume` checks both).
-        futures = [
-            (chunk, self._pool.submit(part, chunk), self._pool.submit(name, chunk))
-            for chunk in batch
-        ]
+        futures = [(chunk, self._pool.submit(store, chunk)) for chunk in batch]
         failed: BaseException | None = None
-        for (index, digest, data), *both in sorted(futures, key=lambda f: f[0][0]):
+        for (index, digest, data), future in sorted(futures, key=lambda f: f[0][0]):
             try:
-                for future in both:
-                    future.result()
+                etag = future.result()
             except BaseException as exc:  # noqa: BLE001 - the first failure is raised below
                 failed = failed or exc
                 continue
             self._note(index, bytes(digest), data)
+            self._etags[index] = etag
         if failed is not None:
             raise failed
         crash_point("chunks-durable")
@@ -271,13 +272,13 @@ class S3Upload:
         key = data_key(self._rel, record.nonce)
         what = f"committing {self._rel}"
         parts = self._store.parts(key, record.upload_id, what)
-        lost = [i for i in self._held if parts.get(i + 1, (-1, ""))[0] != self._length(i)]
+        lost = [i for i in self._held if parts.get((i + 1, self._etags[i])) != self._length(i)]
         if lost:
             for index in lost:
-                del self._held[index]
+                del self._held[index], self._etags[index]
             raise IntegrityError(f"the store lost {len(lost)} chunks of {self._rel}; resend them")
         self._lease.keep()
-        order = [(i + 1, parts[i + 1][1]) for i in range(self.count)]
+        order = [(i + 1, self._etags[i]) for i in range(self.count)]
         self._store.complete_upload(key, record.upload_id, order, what)
         try:
             whole = self._read_back(key) if self._frontier < self.count else self._hasher.digest()
@@ -287,6 +288,7 @@ class S3Upload:
             self._store.delete([key], what)
             self._drop_record(record)
             self._held.clear()
+            self._etags.clear()
             raise
         crash_point("commit-checked")
         self._publish(digest, record.nonce)

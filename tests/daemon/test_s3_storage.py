@@ -349,3 +349,19 @@ def test_a_dead_writers_lease_expires_and_it_cannot_write_after(
     assert download(alive, "f") == data
     dead.close()
     alive.close()
+
+
+def test_a_chunk_sent_again_with_other_bytes_is_the_one_assembled(
+    node: Callable[..., S3Storage],
+) -> None:
+    """SeaweedFS keeps both copies of a part sent twice; the commit names the newer."""
+    storage = node()
+    old, new = os.urandom(2 * CS), os.urandom(2 * CS)
+    up = storage.open_upload("f", len(old), CS, 0o644)
+    up.write_chunks(chunks_of(old)[:1])
+    up.close()
+    up = storage.open_upload("f", len(new), CS, 0o644)
+    assert dict(up.held) == {0: chunks_of(old)[0][1]}  # a client with other bytes sends it again
+    up.write_chunks(chunks_of(new))
+    up.commit(whole(new))
+    assert download(storage, "f") == new
