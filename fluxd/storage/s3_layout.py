@@ -13,6 +13,8 @@
                                      one empty object per chunk the store holds, named by its
                                      index, xxh3-128 digest (hex) and its part's ETag: a
                                      listing is the journal
+    probe/<random>                   written and removed by a node's start-up check of the
+                                     store's conditional writes
 
 `<key>` is `paths.reserved_key` of the path: fixed-length, free of the path's characters.
 

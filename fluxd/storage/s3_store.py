@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.utils
 import io
+import secrets
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -186,6 +187,8 @@ class ObjectStore:
     def __init__(self, settings: S3Settings) -> None:
         self.settings = settings
         self.bucket = settings.bucket
+        #: Whether If-Match takes the ETag in quotes (learnt by `check`).
+        self.quoted = True
         self.prefix = settings.prefix.strip("/") + "/" if settings.prefix.strip("/") else ""
         config = Config(
             s3={"addressing_style": "path" if settings.path_style else "virtual"},
@@ -230,13 +233,46 @@ class ObjectStore:
             ) from None
         except (botocore.exceptions.BotoCoreError, OSError) as exc:
             raise store_error(exc, f"checking bucket {self.bucket!r}") from None
+        self._probe_conditions()
+
+    def _probe_conditions(self) -> None:
+        """Learn how the store takes If-Match (quoted ETags, as SeaweedFS; bare ones, as Ceph
+        RGW 16), and whether it honours conditional writes at all, on a key of our own.
+
+        Raises:
+            ConfigError: it ignores them (leases could not keep two nodes from one upload).
+        """
+        key, what = f"probe/{secrets.token_hex(8)}", "checking conditional writes"
+        etag = self.put(key, b"1", what, if_none_match=True)
+        try:
+            honoured = False
+            try:
+                self.put(key, b"2", what, if_none_match=True)
+            except Conflict:
+                honoured = True
+            for quoted in (True, False):
+                self.quoted = quoted
+                try:
+                    etag = self.put(key, b"3", what, if_match=etag)
+                    break
+                except Conflict:
+                    continue
+            else:
+                honoured = False
+            if not honoured:
+                raise ConfigError(
+                    "the object store does not honour conditional writes (If-None-Match, "
+                    "If-Match on PUT), which keep nodes from writing one upload together"
+                )
+        finally:
+            self.delete([key], what)
 
     def get(self, key: str, what: str) -> tuple[bytes, str] | None:
         """The body and ETag of `key`, or None if there is none."""
         try:
             with store_errors(what):
                 got = self._s3.get_object(Bucket=self.bucket, Key=self.prefix + key)
-                return got["Body"].read(), got["ETag"]
+                return got["Body"].read(), bare(got["ETag"])
         except NotFound:
             return None
 
@@ -258,16 +294,17 @@ class ObjectStore:
         if_none_match: bool = False,
         if_match: str | None = None,
     ) -> str:
-        """Write `key` whole; returns its ETag. `if_none_match`: only if it does not exist;
-        `if_match`: only if its ETag is that. Raises Conflict when the condition fails."""
+        """Write `key` whole; returns its ETag (unquoted, as every ETag here). `if_none_match`:
+        only if it does not exist; `if_match`: only if its ETag is that. Raises Conflict when
+        the condition fails."""
         extra: dict[str, Any] = {}
         if if_none_match:
             extra["IfNoneMatch"] = "*"
         if if_match is not None:
-            extra["IfMatch"] = if_match
+            extra["IfMatch"] = f'"{if_match}"' if self.quoted else if_match
         with store_errors(what):
             got = self._s3.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body, **extra)
-            return str(got["ETag"])
+            return bare(got["ETag"])
 
     def put_data(self, key: str, data: bytes | bytearray | memoryview, what: str) -> None:
         """Write `key` whole from a buffer, without copying it."""
@@ -300,7 +337,7 @@ class ObjectStore:
             now = email.utils.parsedate_to_datetime(headers["date"]).timestamp()
         except (KeyError, TypeError, ValueError):
             now = time.time()
-        return body, str(got["ETag"]), now - got["LastModified"].timestamp()
+        return body, bare(got["ETag"]), now - got["LastModified"].timestamp()
 
     def delete(self, keys: Sequence[str], what: str) -> None:
         """Delete keys (absent ones are no error), a thousand per request."""
