@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fluxio.staging import ChunkData
+from fluxproto.digest import digest_at
 from fluxproto.errors import FluxError
 from fluxproto.frames import Entry
 
@@ -32,6 +33,7 @@ __all__ = [
     "Collected",
     "Download",
     "EntryPage",
+    "HeldWithBase",
     "Maintenance",
     "Recovered",
     "ScrubReport",
@@ -78,6 +80,27 @@ class Upload(Protocol):
     def abort(self) -> None:
         """Stop writing and throw away what is staged."""
         ...
+
+
+class HeldWithBase(Mapping[int, bytes]):
+    """`Upload.held` of an upload whose destination's chunks count as held: every chunk, the
+    staged one where there is one, else the destination's (the base, by its `digests`)."""
+
+    def __init__(self, staged: Mapping[int, bytes], base: bytes, count: int) -> None:
+        self._staged, self._base, self._count = staged, base, count
+
+    def __getitem__(self, index: int) -> bytes:
+        if index in self._staged:
+            return self._staged[index]
+        if not 0 <= index < self._count:
+            raise KeyError(index)
+        return digest_at(self._base, index)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self._count))
+
+    def __len__(self) -> int:
+        return self._count
 
 
 class Download(Protocol):

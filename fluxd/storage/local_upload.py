@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fluxio.buffers import POOL
@@ -28,6 +28,7 @@ from fluxio.staging import ChunkData, StagedFile
 from fluxproto.digest import chunk_digest, digest_at
 from fluxproto.errors import Conflict, FluxError, IntegrityError, NotFound
 
+from .base import HeldWithBase
 from .local_download import LocalDownload, open_local_download
 from .local_small import SmallFile
 from .local_staging import StagingArea
@@ -48,26 +49,6 @@ class Publication:
     digest: bytes
     mode: int
     mtime_ns: int | None
-
-
-class _HeldWithBase(Mapping[int, bytes]):
-    """Every chunk: the staged one where there is one, else the destination's (the base)."""
-
-    def __init__(self, staged: Mapping[int, bytes], base: bytes, count: int) -> None:
-        self._staged, self._base, self._count = staged, base, count
-
-    def __getitem__(self, index: int) -> bytes:
-        if index in self._staged:
-            return self._staged[index]
-        if not 0 <= index < self._count:
-            raise KeyError(index)
-        return digest_at(self._base, index)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self._count))
-
-    def __len__(self) -> int:
-        return self._count
 
 
 class LocalUpload:
@@ -94,7 +75,7 @@ class LocalUpload:
         staged chunks, and (with a base) the destination's chunks where none is staged."""
         if self._base is None:
             return self._staged.held
-        return _HeldWithBase(self._staged.held, self._base.digests, self._staged.count)
+        return HeldWithBase(self._staged.held, self._base.digests, self._staged.count)
 
     def write_chunks(self, batch: Sequence[ChunkData], durable: bool = True) -> None:
         """See `base.Upload.write_chunks` and `StagedFile.write_chunks`. A durable write to an

@@ -150,6 +150,10 @@ class Record:
     digests: bytes = b""
     nonce: str = ""
     target: str = ""
+    #: Its bytes were found not to match its digests (as `manifests.Manifest.damaged`): no
+    #: longer offered as a basis, and its digest not reported; downloads go on refusing the
+    #: damaged chunks.
+    damaged: bool = False
 
     def pack(self) -> bytes:
         body: dict[str, Any] = {"kind": self.kind, "mode": self.mode, "mtime": self.mtime_ns}
@@ -161,6 +165,8 @@ class Record:
                 digests=self.digests,
                 nonce=self.nonce,
             )
+            if self.damaged:
+                body["damaged"] = True
         elif self.kind == "link":
             body["target"] = self.target
         return _pack(body)
@@ -182,6 +188,7 @@ class Record:
                     bytes(v["digest"]),
                     bytes(v["digests"]),
                     str(v["nonce"]),
+                    damaged=bool(v.get("damaged", False)),
                 )
                 if (
                     len(record.digests) != DIGEST_SIZE * chunk_count(record.size, record.chunk_size)
@@ -199,7 +206,7 @@ class Record:
     def entry(self, name: str, with_digest: bool = True) -> Entry:
         """The entry clients see, named `name`."""
         if self.kind == "file":
-            digest = self.digest if with_digest else None
+            digest = self.digest if with_digest and not self.damaged else None
             return Entry(name, "file", self.size, self.mtime_ns, self.mode, digest)
         if self.kind == "link":
             return Entry(name, "link", len(self.target), self.mtime_ns, 0o777, target=self.target)

@@ -17,16 +17,19 @@ before their commit: the bytes wait in memory and the commit writes the data obj
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 
 from fluxio.crashpoints import crash_point
 from fluxio.staging import ChunkData
-from fluxproto.digest import FileHasher, chunk_digest
-from fluxproto.errors import Conflict, IntegrityError, NotFound, StorageError
+from fluxproto.digest import FileHasher, chunk_digest, digest_at
+from fluxproto.errors import Conflict, FluxError, IntegrityError, NotFound, StorageError
 from fluxproto.frames import DIGEST_SIZE, chunk_count
 
+from .base import HeldWithBase
+from .s3_download import S3Download
 from .s3_layout import (
     Record,
     UploadRecord,
@@ -45,6 +48,8 @@ from .s3_lease import Lease
 from .s3_store import ObjectStore
 
 __all__ = ["S3Upload", "open_s3_upload"]
+
+_COPY_BATCH = 4  # chunks of the basis read and stored at a time
 
 
 def open_s3_upload(
@@ -75,10 +80,25 @@ def open_s3_upload(
             up.discard(record)  # another geometry: the file changed, its chunks are no use
         if up.record is None and up.count and not (grouped and up.count == 1):
             up.start()
+        if up.record is not None:
+            up.base = _basis(store, rel, size, chunk_size)
         return up
     except BaseException:
         lease.release()
         raise
+
+
+def _basis(store: ObjectStore, rel: str, size: int, chunk_size: int) -> Record | None:
+    """The record of the file now at `rel` if it has this geometry: its chunks count as held
+    (rsync's basis file; see local_upload.py), read back and checked when used."""
+    try:
+        found = store.get(entry_key(rel), f"reading {rel}")
+        record = Record.unpack(found[0], rel) if found else None
+    except FluxError:
+        return None
+    if record is None or record.kind != "file" or record.damaged:
+        return None
+    return record if (record.size, record.chunk_size) == (size, chunk_size) else None
 
 
 class S3Upload:
@@ -103,6 +123,8 @@ class S3Upload:
         self._memory: dict[int, bytes] = {}  # a grouped small file's bytes, until its commit
         self._hasher, self._frontier = FileHasher(), 0  # chunks [0, frontier) hashed
         self._done = False
+        #: The file at the path, whose chunks count as held where none is stored (`_basis`).
+        self.base: Record | None = None
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -165,8 +187,11 @@ class S3Upload:
 
     @property
     def held(self) -> Mapping[int, bytes]:
-        """Chunk index -> digest of every chunk the store holds for this upload."""
-        return self._held
+        """Chunk index -> digest of every chunk the store holds for this upload, and (with a
+        basis) the file at the path's chunks where it holds none."""
+        if self.base is None:
+            return self._held
+        return HeldWithBase(self._held, self.base.digests, self.count)
 
     def _length(self, index: int) -> int:
         return min(self.chunk_size, self.size - index * self.chunk_size)
@@ -249,6 +274,11 @@ class S3Upload:
             Conflict: a folder is at the path, a parent is a file, or the lease was lost.
             Unavailable, StorageError: the store failed.
         """
+        if self.base is not None and len(self._held) < self.count:
+            if not self._held and digest == self.base.digest:
+                self._keep_base(self.base)  # the file there already is this one
+                return
+            self._fill_from_base(self.base)
         if len(self._held) != self.count:
             raise IntegrityError(f"missing {self.count - len(self._held)} chunks of {self._rel}")
         check_destination(self._store, self._rel)
@@ -258,6 +288,76 @@ class S3Upload:
             self._commit_parts(digest, self.record)
         self._done = True
         self._lease.release()
+
+    def _keep_base(self, base: Record) -> None:
+        """Commit without writing: read the stored file whole and check it, then give its
+        record the mode and mtime asked for, and drop the upload.
+
+        Raises:
+            IntegrityError: its bytes no longer match (it is marked damaged: resend it all).
+        """
+        dl = S3Download(self._store, self._rel, base)
+        bad, hasher = [], FileHasher()
+        try:
+            for index in range(self.count):
+                data = dl.read_chunk(index)
+                if chunk_digest(data) != digest_at(base.digests, index):
+                    bad.append(index)
+                hasher.update(data)
+        except NotFound:
+            self.base = None
+            raise IntegrityError(f"{self._rel} changed during the upload; resend it") from None
+        if bad or hasher.digest() != base.digest:
+            self._mark_damaged(base)
+            raise IntegrityError(f"the stored {self._rel} is corrupt; resend it")
+        mtime = self._mtime_ns if self._mtime_ns is not None else base.mtime_ns
+        kept = dataclasses.replace(base, mode=self._mode & 0o7777, mtime_ns=mtime)
+        self._lease.keep()
+        self._store.put(entry_key(self._rel), kept.pack(), f"publishing {self._rel}")
+        self.abort()
+        self._done = True
+
+    def _fill_from_base(self, base: Record) -> None:
+        """Store, as parts, the chunks the client skipped because the file at the path has
+        them, each read from it and checked against its digest first.
+
+        Raises:
+            IntegrityError: the file changed meanwhile, or some of its chunks no longer match
+                (it is marked damaged; the good ones are stored). The client's next STATUS
+                lacks exactly those.
+        """
+        dl = S3Download(self._store, self._rel, base)
+        missing = [i for i in range(self.count) if i not in self._held]
+        bad: list[int] = []
+        try:
+            for start in range(0, len(missing), _COPY_BATCH):
+                batch: list[ChunkData] = []
+                for index in missing[start : start + _COPY_BATCH]:
+                    data, digest = dl.read_chunk(index), digest_at(base.digests, index)
+                    if chunk_digest(data) == digest:
+                        batch.append((index, digest, data))
+                    else:
+                        bad.append(index)
+                self.write_chunks(batch)
+        except NotFound:
+            self.base = None
+            raise IntegrityError(
+                f"{self._rel} changed during the upload; resend the rest"
+            ) from None
+        if bad:
+            self._mark_damaged(base)
+            raise IntegrityError(
+                f"{len(bad)} chunks of the stored {self._rel} are corrupt; resend them"
+            )
+
+    def _mark_damaged(self, base: Record) -> None:
+        """Mark the file's record damaged, if it still is `base`: it stops counting as held."""
+        self.base = None
+        what = f"marking {self._rel} damaged"
+        found = self._store.get(entry_key(self._rel), what)
+        if found is not None and Record.unpack(found[0], self._rel).nonce == base.nonce:
+            damaged = dataclasses.replace(base, damaged=True)
+            self._store.put(entry_key(self._rel), damaged.pack(), what, if_match=found[1])
 
     def _commit_memory(self, digest: bytes) -> None:
         data = b"".join(self._memory[i] for i in range(self.count))

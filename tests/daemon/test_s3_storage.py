@@ -159,7 +159,8 @@ def test_a_wrong_file_digest_publishes_nothing_and_keeps_the_old_version(
         up.commit(whole(old))
     up.close()
     assert download(storage, "f") == old
-    assert not storage.open_upload("f", len(new), CS, 0o644).held  # spent: resend it all
+    held = storage.open_upload("f", len(new), CS, 0o644).held
+    assert dict(held) == {i: d for i, d, _ in chunks_of(old)}  # only the stored file's: resend
 
 
 def test_chunks_out_of_order_are_checked_by_reading_them_back(
@@ -365,3 +366,49 @@ def test_a_chunk_sent_again_with_other_bytes_is_the_one_assembled(
     up.write_chunks(chunks_of(new))
     up.commit(whole(new))
     assert download(storage, "f") == new
+
+
+def test_the_file_at_the_path_is_a_basis_checked_before_use(
+    node: Callable[..., S3Storage], s3_client: Any, s3_engine: SeaweedFS, s3_prefix: str
+) -> None:
+    """As rsync's basis file: an unchanged file costs no chunks, a changed one only those that
+    differ; a corrupt stored chunk is never taken for a good one."""
+    storage = node()
+    data = os.urandom(3 * CS)
+    upload(storage, "f", data)
+    same = storage.open_upload("f", len(data), CS, 0o600, 5)
+    assert len(same.held) == 3
+    same.commit(whole(data))  # nothing sent: the stored file is read back and kept
+    assert (storage.stat("f").mode, storage.stat("f").mtime_ns) == (0o600, 5)
+    changed = bytearray(data)
+    changed[CS + 1] ^= 1
+    up = storage.open_upload("f", len(data), CS, 0o644)
+    chunk = chunks_of(bytes(changed))[1]
+    assert up.held[1] != chunk[1]
+    up.write_chunks([chunk])
+    up.commit(whole(bytes(changed)))
+    assert download(storage, "f") == bytes(changed)
+    # Rot in the stored copy: the commit that would take chunk 2 from it finds it out.
+    record = Record.unpack(
+        s3_client.get_object(Bucket=s3_engine.bucket, Key=s3_prefix + entry_key("f"))[
+            "Body"
+        ].read(),
+        "f",
+    )
+    rotten = bytearray(changed)
+    rotten[2 * CS] ^= 1
+    key = s3_prefix + data_key("f", record.nonce)
+    s3_client.put_object(Bucket=s3_engine.bucket, Key=key, Body=bytes(rotten))
+    new = os.urandom(CS)
+    up = storage.open_upload("f", len(data), CS, 0o644)
+    up.write_chunks([(0, chunk_digest(new), new)])
+    final = new + bytes(changed)[CS:]
+    with pytest.raises(IntegrityError, match="1 chunks of the stored f are corrupt"):
+        up.commit(whole(final))
+    up.close()
+    assert storage.stat("f").digest is None  # marked damaged: no longer vouched for
+    up = storage.open_upload("f", len(data), CS, 0o644)
+    assert sorted(up.held) == [0, 1]  # chunk 1 taken from the stored file, checked; not 2
+    up.write_chunks(chunks_of(final)[2:])
+    up.commit(whole(final))
+    assert download(storage, "f") == final
