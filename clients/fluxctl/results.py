@@ -92,11 +92,15 @@ class TransferResult:
     #: carried them first failed or stalled, a recv's because the server sent them twice
     #: (not in `moved`, which counts each chunk once per pass).
     resent: int = 0
+    #: The node that completed the run, where the server's name leads to several (nodes.py).
+    node: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"lanes": self.lanes}
         if self.resent:
             extra["resent"] = self.resent
+        if self.node is not None:
+            extra["node"] = self.node
         return {
             "ok": True,
             "op": self.op,

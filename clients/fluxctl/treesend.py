@@ -121,7 +121,7 @@ async def send_tree(
 
     result = await retrier.run_either(attempt)
     carried.apply(result)
-    result.retries, result.transport = retrier.retries, retrier.transport
+    result.retries, result.transport, result.node = retrier.retries, retrier.transport, retrier.node
     result.seconds = time.monotonic() - started
     return result
 

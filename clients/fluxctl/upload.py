@@ -147,7 +147,9 @@ class Upload:
         else:
             digest, size = await retrier.run(self.attempt)
         seconds = time.monotonic() - started
-        return self.result(digest, size, retrier.retries, seconds, retrier.transport)
+        result = self.result(digest, size, retrier.retries, seconds, retrier.transport)
+        result.node = retrier.node
+        return result
 
     async def attempt(self, session: ClientSession, n: int) -> tuple[bytes, int]:
         """One attempt on `session` (the `n`th of the run): (digest, size) once committed.

@@ -240,6 +240,12 @@ def test_send_json_names_its_lanes_and_what_went_again() -> None:
     assert "resent" not in result("send").to_json(), "only when something went again"
 
 
+def test_send_json_names_the_node_of_several_it_finished_on() -> None:
+    out = result("send", node="10.0.0.2:7070").to_json()
+    assert (out["node"], out["retries"]) == ("10.0.0.2:7070", 2)
+    assert "node" not in result("send").to_json(), "only where the name leads to several"
+
+
 def test_json_is_serialisable_and_keeps_transport() -> None:
     out = result("send", transport="quic", seconds=0.0).to_json()
     assert json.loads(json.dumps(out)) == out
