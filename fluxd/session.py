@@ -156,7 +156,14 @@ class Session:
             self._refused(exc)
             raise ConnectionLost(exc.message) from None
         pace = self.shared.throttle.pacer(caller.account)
-        self.ch.send(self.ch.conn.welcome(caps=CAPABILITIES, agent=f"fluxd/{__version__}"))
+        storage = self.shared.storage  # its rule for uploads, which every upload must keep
+        welcome = self.ch.conn.welcome(
+            caps=CAPABILITIES,
+            agent=f"fluxd/{__version__}",
+            min_chunk=storage.min_chunk,
+            max_chunks=storage.max_chunks,
+        )
+        self.ch.send(welcome)
         budget = self.shared.budget
         return Handlers(self.service, caller, self.limits.idle_timeout, pace, budget.release)
 

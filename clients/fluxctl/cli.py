@@ -146,6 +146,7 @@ class Run:
         from fluxproto import MAX_CHUNK, MIN_CHUNK, ConfigError  # noqa: PLC0415
 
         from .connect import ClientOptions  # noqa: PLC0415
+        from .nodes import configured_nodes  # noqa: PLC0415
         from .tokens import resolve_token  # noqa: PLC0415
         from .trust import TrustPolicy  # noqa: PLC0415
 
@@ -163,6 +164,7 @@ class Run:
             on_new_host=self.notice,
             token=resolve_token(c.token, url.host, url.port),
             lanes=c.lanes,
+            nodes=configured_nodes(url.host, url.port),
         )
 
     def parse_url(self, text: str) -> FluxURL:

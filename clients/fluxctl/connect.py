@@ -80,6 +80,9 @@ class ClientOptions:
     token: str | None = None
     #: TCP lanes a transfer runs over (`--lanes`; see lanes.py), beside QUIC's with `auto`.
     lanes: int = 1
+    #: The nodes the server's name leads to, (host, port) each, from the config file
+    #: (nodes.configured_nodes); empty: the addresses the name resolves to.
+    nodes: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -183,7 +186,7 @@ def unreachable(url: FluxURL, errors: dict[str, FluxError]) -> FluxError:
         if name.startswith("TCP") and isinstance(exc, ConnectionRefused):
             return exc
     reasons = "; ".join(f"{name}: {exc}" for name, exc in sorted(named.items()))
-    return ConnectError(f"cannot reach {url.address} ({reasons})")
+    return ConnectError(f"cannot reach {url.where} ({reasons})")
 
 
 async def _settle(
@@ -206,9 +209,10 @@ async def _settle(
 
 async def connect_tcp(url: FluxURL, opts: ClientOptions) -> Channel:
     ctx = _ssl_context(url, opts)
+    host, port = url.dial  # a node of several: its certificate names url.host all the same
     with explain_untrusted():
         sock = await tcp.open_connection(
-            url.host, url.port, ctx, url.host if ctx else None, opts.connect_timeout
+            host, port, ctx, url.host if ctx else None, opts.connect_timeout
         )
     ch = tcp.SocketChannel(sock, Connection(Role.CLIENT, alloc=POOL.get, window=opts.window))
     try:
@@ -234,7 +238,9 @@ async def connect_quic(url: FluxURL, opts: ClientOptions) -> Channel:
     if policy.ca is not None:
         config.load_verify_locations(cafile=str(policy.ca))
     config.verify_mode = quic.ssl_verify_mode(str(policy.ca) if policy.ca else None)
-    key = host_key(url.host, url.port)
+    config.server_name = url.host  # the name the certificate must carry, whichever node
+    # A ticket is one node's (another cannot resume its session): keyed by where it goes.
+    key = host_key(*url.dial)
     store = TicketStore()
     # With --ca the chain is only verified in a full handshake: no resumption then.
     stored = store.load(key) if policy.ca is None else None
@@ -246,8 +252,7 @@ async def connect_quic(url: FluxURL, opts: ClientOptions) -> Channel:
     early = config.session_ticket is not None
     with explain_untrusted():
         ch = await quic.open_connection(
-            url.host,
-            url.port,
+            *url.dial,
             config,
             opts.connect_timeout,
             tickets.received,
@@ -304,13 +309,14 @@ async def _welcome(ch: Channel, url: FluxURL, opts: ClientOptions) -> None:
         await expect(ch, Welcome, opts.io_timeout)
     except VersionMismatch as exc:
         # The server's own words cannot know the remedy; fluxproto says which side to upgrade.
-        raise ch.conn.version_mismatch(url.address) or exc from None
+        raise ch.conn.version_mismatch(url.where) or exc from None
 
 
 def _ssl_context(url: FluxURL, opts: ClientOptions) -> ssl.SSLContext | None:
     if opts.insecure_plaintext:
-        if not is_loopback(url.host):
-            raise ConfigError(f"--insecure-plaintext is refused for non-loopback host {url.host}")
+        host = url.dial[0]
+        if not is_loopback(host):
+            raise ConfigError(f"--insecure-plaintext is refused for non-loopback host {host}")
         return None
     return client_ssl_context(opts.policy)
 

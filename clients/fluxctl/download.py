@@ -188,7 +188,9 @@ class Download:
         else:
             meta = await retrier.run(self.attempt)
         seconds = time.monotonic() - started
-        return self.result(meta, retrier.retries, seconds, retrier.transport)
+        result = self.result(meta, retrier.retries, seconds, retrier.transport)
+        result.node = retrier.node
+        return result
 
     def result(self, meta: Meta, retries: int, seconds: float, transport: str) -> TransferResult:
         """The run's result once an attempt put the file in place."""
@@ -467,7 +469,7 @@ class StreamDownload:
         seconds = time.monotonic() - started
         return TransferResult(
             "recv", self.url.path, meta.size, self.received, 0, retrier.retries, seconds,
-            meta.digest, transport=retrier.transport,
+            meta.digest, transport=retrier.transport, node=retrier.node,
         )  # fmt: skip
 
     async def attempt(self, session: ClientSession, n: int) -> Meta:

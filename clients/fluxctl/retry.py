@@ -2,6 +2,8 @@
 
 Only errors marked `retryable` (network failures, a server shutting down) are retried; every
 attempt starts with a fresh connection, and resumable operations pick up where the last stopped.
+Where the server's name leads to several nodes (nodes.py), connecting passes over nodes that do
+not answer, and an attempt that failed is retried on the next node.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from fluxio.requests import Channel
-from fluxproto import ConnectionRefused, FluxError
+from fluxproto import ConnectError, ConnectionRefused, FluxError
 
 from .connect import ClientOptions, connect
 from .lanes import LaneSet, uses_lanes
+from .nodes import NodeRing, Resolver
 from .session import ClientSession, close_sessions
 from .url import FluxURL
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 FIRST_DELAY = 0.2
 MAX_DELAY = 5.0
@@ -35,9 +39,14 @@ class Retrier:
         opts: ClientOptions,
         on_retry: Callable[[FluxError, float], None] | None = None,
         on_lanes: Callable[[list[str]], None] | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
-        """`on_lanes` is told which lanes are up whenever that changes (see `run_lanes`)."""
+        """`on_lanes` is told which lanes are up whenever that changes (see `run_lanes`);
+        `resolver` resolves the name to its nodes' addresses (nodes.py; tests give their
+        own)."""
         self.url, self.opts, self.on_retry, self.on_lanes = url, opts, on_retry, on_lanes
+        #: The nodes the name leads to: `opts.nodes`, else what it resolves to.
+        self.nodes = NodeRing(url, opts.nodes, resolver)
         self.retries = 0
         #: The transport the last attempt connected over ("tcp" or "quic"; "auto" for lanes
         #: of both), and its channel (the first lane's).
@@ -72,6 +81,12 @@ class Retrier:
             return await self.run_lanes(lambda lanes, n: attempt(lanes.first()[1], n, lanes))
         return await self.run(lambda session, n: attempt(session, n, None))
 
+    @property
+    def node(self) -> str | None:
+        """The node the last attempt connected to, where the name leads to several (`--json`
+        reports it); None for a name of one node."""
+        return self.nodes.node if self.connected else None
+
     async def _retried(self, once: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self.opts.retry_for
         delay = FIRST_DELAY
@@ -90,8 +105,38 @@ class Retrier:
                 delay = min(delay * 2, MAX_DELAY)
                 self.retries += 1
 
+    async def connect_node(self, connect_one: Callable[[FluxURL], Awaitable[S]]) -> S:
+        """`connect_one(url)` to the node the run is on, else to each next node in turn while
+        one fails in a way worth retrying (refused, silent, unavailable): the first that
+        connects is where the run is from then on.
+
+        Raises:
+            FluxError: a failure retrying cannot mend (trust, a token) at once; otherwise,
+                once every node failed, ConnectionRefused if every one refused, else
+                ConnectError naming each node's failure.
+        """
+        failures: dict[str, FluxError] = {}
+        while len(failures) < self.nodes.count:
+            url = await self.nodes.current()  # resolves the name the first time
+            try:
+                return await connect_one(url)
+            except FluxError as exc:
+                if not exc.retryable or self.nodes.count == 1:
+                    raise
+                failures[url.where] = exc
+                self.nodes.move_on()
+        reasons = "; ".join(f"{where}: {exc.message}" for where, exc in failures.items())
+        if all(isinstance(exc, ConnectionRefused) for exc in failures.values()):
+            raise ConnectionRefused(f"no node of {self.url.address} answers ({reasons})")
+        raise ConnectError(f"cannot reach any node of {self.url.address} ({reasons})")
+
+    def _failed_on_node(self, exc: FluxError) -> None:
+        """An attempt that connected failed: a retry starts on the next node."""
+        if exc.retryable:
+            self.nodes.move_on()
+
     async def _once(self, attempt: Callable[[ClientSession, int], Awaitable[T]]) -> T:
-        ch = await connect(self.url, self.opts)
+        ch = await self.connect_node(lambda url: connect(url, self.opts))
         self.transport = ch.transport
         self.channel = ch
         self.connected = True
@@ -106,14 +151,16 @@ class Retrier:
             # the silence (a rerun of the same command would wait for that).
             farewell = "interrupted"
             raise
+        except FluxError as exc:
+            self._failed_on_node(exc)
+            raise
         finally:
             await close_sessions([session], farewell)
 
     async def _once_lanes(self, attempt: Callable[[LaneSet, int], Awaitable[T]]) -> T:
-        lanes = LaneSet(self.url, self.opts, self.on_lanes)
+        lanes = await self.connect_node(self._lanes_up)
         farewell: str | None = None
         try:
-            await lanes.start()
             self.transport, self.lanes, self.connected = lanes.transport, lanes, True
             self.channel = lanes.first()[1].ch
             result = await attempt(lanes, self.retries)
@@ -122,5 +169,18 @@ class Retrier:
         except asyncio.CancelledError:
             farewell = "interrupted"  # as in _once
             raise
+        except FluxError as exc:
+            self._failed_on_node(exc)
+            raise
         finally:
             await lanes.close(farewell)
+
+    async def _lanes_up(self, url: FluxURL) -> LaneSet:
+        """Lanes to `url`'s node, once one is up (all to one node: they carry one upload)."""
+        lanes = LaneSet(url, self.opts, self.on_lanes)
+        try:
+            await lanes.start()
+        except BaseException:
+            await lanes.close(None)
+            raise
+        return lanes

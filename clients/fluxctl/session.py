@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 from fluxio.requests import Channel, Request, Router
-from fluxproto import FluxError, Frame, Goodbye
+from fluxproto import FluxError, Frame, Goodbye, Welcome
 
 __all__ = ["CLOSE_WAIT", "ClientSession", "cancel_on_error", "close_sessions"]
 
@@ -41,6 +41,14 @@ class ClientSession:
     @property
     def peer(self) -> str:
         return self.ch.peer
+
+    @property
+    def welcome(self) -> Welcome:
+        """The server's WELCOME: its limits and its storage's rule for uploads (`min_chunk`,
+        `max_chunks`), which every chunk size picked for this session must keep."""
+        welcome = self.ch.conn.welcomed
+        assert welcome is not None  # a session starts past the handshake
+        return welcome
 
     async def open(self, make: Callable[[int], Frame]) -> Request:
         """Open a request (`make(rid)` builds its opening frame) once the server's request

@@ -1,7 +1,5 @@
-"""Which token fluxctl presents to a server: `--token`, `FLUX_TOKEN`, or the client config file.
-
-The config file is `CONFIG_DIR/config.toml` (see `trust.config_dir`), with one table per server,
-keyed like known_hosts (`host:port`, IPv6 bracketed):
+"""Which token fluxctl presents to a server: `--token`, `FLUX_TOKEN`, or the client config file
+(servers.py), in the server's table:
 
     [servers."backup.example.com:7070"]
     token = "eyJhbGciOiJFZERTQSIs..."
@@ -12,17 +10,12 @@ others: fluxctl refuses to use it until it is `chmod 600`.
 
 from __future__ import annotations
 
-import os
-import stat
-import tomllib
 from pathlib import Path
 
 from fluxproto import ConfigError
 from fluxproto.frames import MAX_TOKEN
 
-from .trust import config_dir, host_key
-
-CONFIG_FILE = "config.toml"
+from .servers import CONFIG_FILE, server_entry
 
 __all__ = ["CONFIG_FILE", "resolve_token"]
 
@@ -34,7 +27,7 @@ def resolve_token(given: str | None, host: str, port: int, path: Path | None = N
         ConfigError: the token is too long or not printable, or the config file is unreadable,
             malformed, or readable by others.
     """
-    token = given if given else _from_config(path or config_dir() / CONFIG_FILE, host, port)
+    token = given if given else _from_config(path, host, port)
     if token is None:
         return None
     token = token.strip()
@@ -43,25 +36,15 @@ def resolve_token(given: str | None, host: str, port: int, path: Path | None = N
     return token
 
 
-def _from_config(path: Path, host: str, port: int) -> str | None:
-    try:
-        raw = path.read_bytes()
-        mode = path.stat().st_mode
-    except FileNotFoundError:
+def _from_config(path: Path | None, host: str, port: int) -> str | None:
+    entry = server_entry(host, port, path)
+    if entry is None or "token" not in entry.values:
         return None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        doc = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"bad TOML in {path}: {exc}") from None
-    servers = doc.get("servers", {})
-    entry = servers.get(host_key(host, port)) if isinstance(servers, dict) else None
-    if not isinstance(entry, dict) or "token" not in entry:
-        return None
-    token = entry["token"]
+    token = entry.values["token"]
     if not isinstance(token, str):
-        raise ConfigError(f"{path}: token for {host_key(host, port)} must be a string")
-    if mode & (stat.S_IRWXG | stat.S_IRWXO) and os.name == "posix":
-        raise ConfigError(f"{path} holds tokens but others can read it; run chmod 600 {path}")
+        raise ConfigError(f"{entry.path}: token for {entry.key} must be a string")
+    if not entry.private:
+        raise ConfigError(
+            f"{entry.path} holds tokens but others can read it; run chmod 600 {entry.path}"
+        )
     return token

@@ -98,7 +98,7 @@ async def recv_tree(
 
     done = await retrier.run_either(attempt)
     carried.apply(done)
-    done.retries, done.transport = retrier.retries, retrier.transport
+    done.retries, done.transport, done.node = retrier.retries, retrier.transport, retrier.node
     done.seconds = time.monotonic() - started
     return done
 

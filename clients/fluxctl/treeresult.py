@@ -91,6 +91,8 @@ class TreeResult:
     links_outside: int = 0
     excluded: int = 0
     retries: int = 0
+    #: The node that completed the run, where the server's name leads to several (nodes.py).
+    node: str | None = None
     seconds: float = 0.0
     #: Bytes the receiving side acknowledged through each lane (send over lanes only).
     lanes: dict[str, int] = field(default_factory=dict)
@@ -178,6 +180,8 @@ class TreeResult:
         }
         if self.lanes:
             out["lanes"] = self.lanes
+        if self.node is not None:
+            out["node"] = self.node
         if self.error_count > len(self.errors):
             out["errors_not_listed"] = self.error_count - len(self.errors)
         if self.error_count:

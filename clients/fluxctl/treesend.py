@@ -121,7 +121,7 @@ async def send_tree(
 
     result = await retrier.run_either(attempt)
     carried.apply(result)
-    result.retries, result.transport = retrier.retries, retrier.transport
+    result.retries, result.transport, result.node = retrier.retries, retrier.transport, retrier.node
     result.seconds = time.monotonic() - started
     return result
 
@@ -355,9 +355,11 @@ class _SendRoot:
         """Send one file (`size`: as planned, None if unknown), keeping its mode and mtime;
         what it put on the wire counts in `sent` whether it completes or not. Files of one
         chunk go CONCURRENCY at once; larger ones BIG_FILES at once."""
-        small = (
-            size is not None and chunk_count(size, chunk_size_for(size, self.opts.chunk_size)) <= 1
-        )
+        if size is None:
+            small = False
+        else:
+            chunk_size = chunk_size_for(size, self.opts.chunk_size, self.session.welcome)
+            small = chunk_count(size, chunk_size) <= 1
         async with contextlib.nullcontext() if small else self.big_files:
             await self._send_file(name, local)
 

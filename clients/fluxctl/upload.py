@@ -147,7 +147,9 @@ class Upload:
         else:
             digest, size = await retrier.run(self.attempt)
         seconds = time.monotonic() - started
-        return self.result(digest, size, retrier.retries, seconds, retrier.transport)
+        result = self.result(digest, size, retrier.retries, seconds, retrier.transport)
+        result.node = retrier.node
+        return result
 
     async def attempt(self, session: ClientSession, n: int) -> tuple[bytes, int]:
         """One attempt on `session` (the `n`th of the run): (digest, size) once committed.
@@ -193,12 +195,14 @@ class Upload:
         result.lanes, result.resent = dict(self.lanes), self.resent
         return result
 
-    def _begin(self, st: os.stat_result) -> tuple[int, int, int]:
-        """A pass's size, chunk size and mode for the file as `st` found it; resets progress."""
+    def _begin(self, st: os.stat_result, session: ClientSession) -> tuple[int, int, int]:
+        """A pass's size, chunk size (within the rule of `session`'s server) and mode for the
+        file as `st` found it; resets progress."""
         self._mtime_ns = st.st_mtime_ns if self.keep_mtime else None
         self._done = 0  # bytes durable on the server, for progress
         mode = stat.S_IMODE(st.st_mode) if self.mode is None else self.mode
-        return st.st_size, chunk_size_for(st.st_size, self.opts.chunk_size), mode
+        chunk_size = chunk_size_for(st.st_size, self.opts.chunk_size, session.welcome)
+        return st.st_size, chunk_size, mode
 
     def _held(self, status: Status) -> dict[int, bytes]:
         """What the server holds by STATUS; the first pass's is kept for `--json`."""
@@ -217,7 +221,7 @@ class Upload:
     ) -> bytes | None:
         """OPEN_UPLOAD, send what STATUS lacks, COMMIT; the committed digest, or None to
         plan again."""
-        size, chunk_size, mode = self._begin(st)
+        size, chunk_size, mode = self._begin(st, session)
         if chunk_count(size, chunk_size) <= 1:
             return await self._one_flight(session, n, fd, st, chunk_size, mode)
         req, status = await self._open(session, n, size, chunk_size, mode)
@@ -385,9 +389,9 @@ class Upload:
     ) -> bytes | None:
         """`_pass` over every lane up: OPEN_UPLOAD on the first (TCP if up), then the chunks
         over all of them (lanesend.LaneUpload); the committed digest, or None to plan again."""
-        size, chunk_size, mode = self._begin(st)
-        self._size = size
         first, session = lanes.first()  # TCP first: cheapest per byte
+        size, chunk_size, mode = self._begin(st, session)
+        self._size = size
         if chunk_count(size, chunk_size) <= 1:
             return await self._one_flight(session, n, fd, st, chunk_size, mode)
         req, status = await self._open(session, n, size, chunk_size, mode)

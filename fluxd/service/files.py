@@ -25,6 +25,7 @@ from fluxproto import (
     NotFound,
     PermissionDenied,
     Unavailable,
+    chunk_count,
 )
 from fluxproto.frames import MAX_LIST_ENTRIES
 
@@ -112,6 +113,7 @@ class FileService:
                 raise LimitExceeded(f"chunk size {chunk_size} > server limit {lim.max_chunk}")
             if size > lim.max_file_size:
                 raise LimitExceeded(f"file of {size} bytes > server limit {lim.max_file_size}")
+            self._check_rule(size, chunk_size)
             require_file_path(path)
             key = caller.grant.check(path, "write")
             slot = self.shared.admission.upload(caller.account, size)
@@ -129,6 +131,27 @@ class FileService:
                         up.close()
             finally:
                 slot.release()
+
+    def _check_rule(self, size: int, chunk_size: int) -> None:
+        """The storage's rule for an upload's geometry, as WELCOME announced it (PROTOCOL.md
+        15.46): chunks of at least `min_chunk` unless the file is one chunk, at most
+        `max_chunks` of them.
+
+        Raises:
+            LimitExceeded: naming what the storage needs.
+        """
+        least, most = self.storage.min_chunk, self.storage.max_chunks
+        count = chunk_count(size, chunk_size)
+        if count > 1 and chunk_size < least:
+            raise LimitExceeded(
+                f"chunk size {chunk_size} < {least}, the least the server's storage takes "
+                "for a file of more than one chunk"
+            )
+        if count > most:
+            raise LimitExceeded(
+                f"{count} chunks of {chunk_size} bytes > {most}, the most the server's storage "
+                f"takes for one file: use chunks of at least {-(-size // most)} bytes"
+            )
 
     @asynccontextmanager
     async def _join_upload(

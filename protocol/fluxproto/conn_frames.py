@@ -14,10 +14,13 @@ from .fields import (
     DEFAULT_WINDOW,
     MAGIC,
     MAX_CAPS,
+    MAX_CHUNK,
+    MAX_CHUNKS,
     MAX_REQUESTS,
     MAX_TEXT,
     MAX_TOKEN,
     MAX_WINDOW,
+    MIN_CHUNK,
     MIN_WINDOW,
     PROTOCOL_VERSION,
     Frame,
@@ -90,7 +93,15 @@ class Hello(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Welcome(Frame):
-    """Server's answer to HELLO: the chosen version, the server's windows and request limit."""
+    """Server's answer to HELLO: the chosen version, the server's windows and request limit,
+    and what its storage needs of an upload's geometry.
+
+    `min_chunk` is the smallest `chunk_size` an upload of more than one chunk may use, and
+    `max_chunks` the most chunks one file may have (an object store's multipart rules); the
+    server refuses an OPEN_UPLOAD that breaks them (413). They are left out of the header when
+    they are the protocol's own limits, so such a WELCOME is byte for byte what a server
+    without the rule sends, and an absent key means the protocol's limit (PROTOCOL.md 15.46).
+    """
 
     TYPE = FrameType.WELCOME
     version: int = PROTOCOL_VERSION
@@ -99,6 +110,8 @@ class Welcome(Frame):
     agent: str = ""
     transfer_window: int | None = None
     requests: int = DEFAULT_REQUESTS
+    min_chunk: int = MIN_CHUNK
+    max_chunks: int = MAX_CHUNKS
 
     def __post_init__(self) -> None:
         _resolve_windows(self)
@@ -109,6 +122,16 @@ class Welcome(Frame):
         _check_caps(self.caps)
         _check_limits(self.window, self.transfer_window, self.requests)
         check_str(self.agent, "agent", MAX_TEXT)
+        check_int(self.min_chunk, "min_chunk", MIN_CHUNK, MAX_CHUNK)
+        check_int(self.max_chunks, "max_chunks", 1, MAX_CHUNKS)
+
+    def header(self) -> dict[str, Any]:
+        head = Frame.header(self)
+        if self.min_chunk == MIN_CHUNK:
+            del head["min_chunk"]
+        if self.max_chunks == MAX_CHUNKS:
+            del head["max_chunks"]
+        return head
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,8 @@ class Connection:
         sent_inflight, received_inflight: payload bytes of chunks in flight from this end,
             and toward it, over all requests.
         version: the protocol version once WELCOME is through.
+        welcomed: that WELCOME (sent or received): the server's rules for uploads
+            (`min_chunk`, `max_chunks`) as well as its limits.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class Connection:
         self.role = role
         self.state = State.START
         self.version: int | None = None
+        self.welcomed: Welcome | None = None
         tw = window if transfer_window is None else transfer_window
         self.local = Limits(window, tw, requests)
         self._table = RequestTable(role, self.local)
@@ -379,7 +382,7 @@ class Connection:
             self._check_announced(f)
         else:
             self._table.peer = _limits_of(f)
-        self.version = f.version
+        self.version, self.welcomed = f.version, f
 
     def _check_announced(self, f: Hello | Welcome) -> None:
         if _limits_of(f) != self.local:

@@ -7,14 +7,15 @@ in the body, and read the access record it wrote.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from service_support import EVERYTHING, LONG, Conn, Daemon, run, send, write
+from service_support import EVERYTHING, LONG, Conn, Daemon, daemons, run, send, write
 from test_local_storage import CS, chunks, content, put, ref
 
 from fluxd.auth.scopes import Grant, parse_scopes, subject_root
@@ -129,6 +130,68 @@ def test_server_size_limits(
     with pytest.raises(LimitExceeded, match=message):
         run(main())
     assert d.records()[0]["result"] == f"error 413: {message}"
+
+
+class RuledStorage(LocalStorage):
+    """LocalStorage with an object store's kind of rule, scaled down: chunks of at least two
+    CS unless the file is one chunk, at most four chunks."""
+
+    min_chunk = 2 * CS
+    max_chunks = 4
+
+
+@pytest.fixture
+def ruled(tmp_path: Path, root: Path) -> Iterator[Callable[..., Daemon]]:
+    """`make`, over a RuledStorage."""
+    yield from daemons(tmp_path, root, RuledStorage(root))
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk_size", "message"),
+    [
+        (
+            3 * CS,
+            CS,
+            f"chunk size {CS} < {2 * CS}, the least the server's storage takes for a file of "
+            "more than one chunk",
+        ),
+        (
+            5 * 2 * CS,
+            2 * CS,
+            f"5 chunks of {2 * CS} bytes > 4, the most the server's storage takes for one "
+            f"file: use chunks of at least {10 * CS // 4} bytes",
+        ),
+    ],
+)
+def test_an_upload_breaking_the_storage_rule_is_refused(
+    ruled: Callable[..., Daemon], size: int, chunk_size: int, message: str
+) -> None:
+    d = ruled()
+
+    async def main() -> None:
+        async with d.service.upload(d.caller(), "f", size, chunk_size, 0o644):
+            raise AssertionError("must be refused")
+
+    with pytest.raises(LimitExceeded, match=re.escape(message)):
+        run(main())
+    assert d.records()[0]["result"] == f"error 413: {message}"
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk_size"), [(CS - 1, CS), (CS, CS), (0, CS), (4 * 2 * CS, 2 * CS)]
+)
+def test_an_upload_within_the_storage_rule_is_taken(
+    ruled: Callable[..., Daemon], size: int, chunk_size: int
+) -> None:
+    """A file of one chunk may use a chunk below min_chunk; max_chunks chunks are allowed."""
+    d = ruled()
+
+    async def main() -> None:
+        async with d.service.upload(d.caller(), "f", size, chunk_size, 0o644) as up:
+            assert isinstance(up, UploadHandle)
+
+    run(main())
+    assert d.records()[0]["result"] == "ok"
 
 
 def test_quota_counts_stored_files_and_other_open_uploads(make: Callable[..., Daemon]) -> None:

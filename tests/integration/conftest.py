@@ -48,6 +48,8 @@ class Daemon:
     args: list[str]
     #: Extra environment for the daemon process (FLUX_CRASH_AT for the kill-9 tests).
     env: dict[str, str] = field(default_factory=dict)
+    #: The command that runs fluxd (a test's own variant: ruledfluxd.py).
+    program: list[str] = field(default_factory=lambda: [str(BIN / "fluxd")])
     port: int = 0
     fingerprint: str | None = None
     proc: subprocess.Popen[bytes] | None = None
@@ -77,7 +79,7 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             raise AssertionError(f"fluxd (pid {self.proc.pid}) is still running: stop it first")
         listen = f"127.0.0.1:{self.port}"
-        cmd = [str(BIN / "fluxd"), "serve", "--root", str(self.root), "--certs", str(self.certs)]
+        cmd = [*self.program, "serve", "--root", str(self.root), "--certs", str(self.certs)]
         cmd += ["--listen", listen, *self.args]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=_env(self.home) | self.env)
         ready, listening = threading.Event(), threading.Event()
@@ -218,8 +220,16 @@ class Fluxctl:
 def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     daemons: list[Daemon] = []
 
-    def make(*args: str, name: str = "d", env: dict[str, str] | None = None) -> Daemon:
-        d = Daemon(tmp_path / name, list(args), env or {}).start()
+    def make(
+        *args: str,
+        name: str = "d",
+        env: dict[str, str] | None = None,
+        program: list[str] | None = None,
+    ) -> Daemon:
+        d = Daemon(tmp_path / name, list(args), env or {})
+        if program is not None:
+            d.program = program
+        d.start()
         daemons.append(d)
         return d
 

@@ -140,6 +140,8 @@ def welcomes(draw: st.DrawFn) -> Welcome:
         caps=tuple(draw(st.lists(texts(64), max_size=8))),
         agent=draw(texts(1024)),
         **draw(limits()),
+        min_chunk=draw(st.sampled_from([MIN_CHUNK, 5 << 20, MAX_CHUNK]) | chunk_sizes),
+        max_chunks=draw(st.sampled_from([1, 10_000, MAX_CHUNKS]) | st.integers(1, MAX_CHUNKS)),
     )
 
 

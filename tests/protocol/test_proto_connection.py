@@ -82,6 +82,18 @@ def test_handshake(feeder: Any) -> None:
     assert pair.client.peer == Limits(WINDOW, WINDOW, 3)
 
 
+def test_the_welcome_and_its_upload_rule_are_kept() -> None:
+    """Both ends keep the WELCOME of the handshake: the client reads the server's rule for
+    uploads (`min_chunk`, `max_chunks`) there."""
+    pair = ConnectionPair()
+    pair.c2s(pair.client.hello())
+    assert pair.client.welcomed is None
+    pair.s2c(pair.server.welcome(min_chunk=5 << 20, max_chunks=10_000))
+    for conn in (pair.client, pair.server):
+        assert conn.welcomed is not None
+        assert (conn.welcomed.min_chunk, conn.welcomed.max_chunks) == (5 << 20, 10_000)
+
+
 def test_hello_must_offer_version_2() -> None:
     conn = Connection(C, window=WINDOW)
     with pytest.raises(LocalProtocolError, match="version 2"):

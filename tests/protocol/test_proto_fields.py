@@ -9,6 +9,8 @@ import pytest
 from proto_support import D16, REQ, decoded, rejected
 
 from fluxproto.frames import (
+    MAX_CHUNK,
+    MAX_CHUNKS,
     MAX_PATH,
     MAX_RID,
     MAX_TARGET,
@@ -32,6 +34,8 @@ from fluxproto.frames import (
         (FrameType.ERROR, {"code": True}),
         (FrameType.HELLO, {"magic": "FLUX", "transfer_window": True}),
         (FrameType.WELCOME, {"requests": True}),
+        (FrameType.WELCOME, {"min_chunk": True}),
+        (FrameType.WELCOME, {"max_chunks": True}),
         (FrameType.CHUNK, {**REQ, "index": False, "digest": D16}),
         (FrameType.CHUNK, {"rid": True, "index": 0, "digest": D16}),
         (FrameType.CANCEL, {"rid": True}),
@@ -82,6 +86,12 @@ def test_bool_is_never_an_integer(ftype: FrameType, header: dict[str, Any]) -> N
         (FrameType.HELLO, {"magic": "FLUX", "requests": 0}),
         (FrameType.WELCOME, {"requests": 1025}),
         (FrameType.WELCOME, {"transfer_window": "big"}),
+        (FrameType.WELCOME, {"min_chunk": MIN_CHUNK - 1}),
+        (FrameType.WELCOME, {"min_chunk": MAX_CHUNK + 1}),
+        (FrameType.WELCOME, {"min_chunk": None}),
+        (FrameType.WELCOME, {"max_chunks": 0}),
+        (FrameType.WELCOME, {"max_chunks": MAX_CHUNKS + 1}),
+        (FrameType.WELCOME, {"max_chunks": 1.5}),
         (FrameType.GOODBYE, {"reason": ["x"]}),
         (FrameType.CANCEL, {"rid": 0}),
         (FrameType.CANCEL, {"rid": MAX_RID + 1}),

@@ -44,7 +44,7 @@ from fluxproto import (
     encode_bytes,
     format_digest,
 )
-from fluxproto.frames import FRAME_CLASSES, FrameType
+from fluxproto.frames import FRAME_CLASSES, MAX_CHUNKS, MIN_CHUNK, FrameType
 
 D1 = bytes(range(16))
 D2 = bytes(range(16, 32))
@@ -105,6 +105,15 @@ GOLDEN: list[tuple[Frame, str]] = [
         " a776657273696f6e 02 a463617073 91a6726573756d65 a677696e646f77 ce00100000"
         " a56167656e74 a7666c7578642f30"
         " af7472616e736665725f77696e646f77 ce00040000 a87265717565737473 40",
+    ),
+    (
+        # A storage's rule (15.46): written only when it is not the protocol's own limits.
+        Welcome(version=2, window=1 << 20, agent="fluxd/0", min_chunk=5 << 20, max_chunks=10000),
+        "02 00000066 00000000 88"
+        " a776657273696f6e 02 a463617073 90 a677696e646f77 ce00100000"
+        " a56167656e74 a7666c7578642f30"
+        " af7472616e736665725f77696e646f77 ce00100000 a87265717565737473 40"
+        " a96d696e5f6368756e6b ce00500000 aa6d61785f6368756e6b73 cd2710",
     ),
     (Ping(nonce=7), "03 00000008 00000000 81 a56e6f6e6365 07"),
     (Pong(nonce=2**64 - 1), "04 00000010 00000000 81 a56e6f6e6365 cfffffffffffffffff"),
@@ -345,6 +354,17 @@ def test_a_download_without_share_shares_nothing() -> None:
     assert decoded(FrameType.META, meta) == Meta(1, D1, 0, 4096, D1, 0, share=False)
     assert "share" not in OpenDownload(1, "x").header()
     assert OpenDownload(1, "x", share=True).header()["share"] is True
+
+
+def test_a_welcome_without_a_rule_is_unchanged() -> None:
+    """A WELCOME whose storage takes the protocol's limits carries no rule keys, and one
+    without them decodes as the protocol's limits (15.46)."""
+    head = Welcome(agent="fluxd/0").header()
+    assert "min_chunk" not in head and "max_chunks" not in head
+    welcome = decoded(FrameType.WELCOME, {"version": 2})
+    assert isinstance(welcome, Welcome)
+    assert (welcome.min_chunk, welcome.max_chunks) == (MIN_CHUNK, MAX_CHUNKS)
+    assert Welcome(min_chunk=5 << 20).header()["min_chunk"] == 5 << 20
 
 
 def test_a_list_without_digests_asks_for_none() -> None:
