@@ -5,8 +5,10 @@ away mid-transfer."""
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +16,9 @@ import pytest
 
 from benchmarks.engines import SeaweedFS
 
-from .conftest import Daemon, Fluxctl, wait_for
+from .conftest import BIN, Daemon, Fluxctl, _env, free_port, wait_for
 from .test_auth import FULL, issue
+from .test_errors import one_line
 
 MiB = 1024 * 1024
 #: The daemon's default window: what a client may have in flight towards it.
@@ -196,3 +199,59 @@ def test_the_store_goes_away_mid_transfer(
     back = tmp_path / "back.bin"
     assert fluxctl("recv", *ca(node), node.url("/f.bin"), str(back)).code == 0
     assert filecmp.cmp(big, back, shallow=False)
+
+
+def _serve(config: Path, home: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    cmd = [str(BIN / "fluxd"), "serve", "--config", str(config), "--listen", "127.0.0.1:0"]
+    cmd += ["--certs", str(home / "certs"), "--root", str(home / "root")]
+    return subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, text=True, env=_env(home) | env, start_new_session=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "env", "says"),
+    [
+        ({"bucket": "no-such-bucket"}, {}, "no bucket 'no-such-bucket'"),
+        ({}, {"AWS_SECRET_ACCESS_KEY": "wrong"}, "refused the credentials"),
+        ({"backend": "s3x"}, {}, 'storage.backend must be "local" or "s3"'),
+        ({"bucket": ""}, {}, "needs storage.bucket"),
+    ],
+)
+def test_a_bad_store_is_refused_at_start_with_one_line(
+    s3_engine: SeaweedFS,
+    s3_prefix: str,
+    tmp_path: Path,
+    change: dict[str, str],
+    env: dict[str, str],
+    says: str,
+) -> None:
+    config = s3_config(tmp_path / "s3.toml", s3_engine, s3_prefix)
+    text = config.read_text()
+    for key, value in change.items():
+        text = "\n".join(
+            f'{key} = "{value}"' if line.startswith(f"{key} =") else line
+            for line in text.splitlines()
+        )
+    config.write_text(text)
+    proc = _serve(config, tmp_path, creds(s3_engine) | env)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert says in one_line(err, prog="fluxd")
+
+
+def test_a_store_that_does_not_answer_is_waited_for(
+    s3_engine: SeaweedFS, s3_prefix: str, tmp_path: Path
+) -> None:
+    config = s3_config(tmp_path / "s3.toml", s3_engine, s3_prefix)
+    closed = free_port()
+    config.write_text(config.read_text().replace(s3_engine.endpoint, f"http://127.0.0.1:{closed}"))
+    proc = _serve(config, tmp_path, creds(s3_engine))
+    try:
+        assert proc.stderr is not None
+        line = json.loads(proc.stderr.readline())
+        assert line["event"] == "store-unreachable" and line["retry_in"] == 1.0
+        assert proc.poll() is None  # still waiting, not crashed
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
