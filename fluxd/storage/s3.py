@@ -19,8 +19,8 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from fluxproto.errors import Conflict, FluxError, LimitExceeded, NotFound, PermissionDenied
-from fluxproto.frames import MAX_CHUNK, Entry, chunk_count
+from fluxproto.errors import Conflict, FluxError, NotFound, PermissionDenied
+from fluxproto.frames import Entry
 
 from .base import TREE_ENTRIES, Collected, EntryPage, Recovered, ScrubReport, Upload
 from .local_entry import last_name
@@ -80,20 +80,17 @@ class S3Storage:
     ) -> S3Upload:
         """Start or resume an upload; see `base.Storage.open_upload`.
 
+        The service refuses a geometry the store's multipart rules (`min_chunk`,
+        `max_chunks`) do not take before it gets here.
+
         Raises:
-            PermissionDenied: the path is refused. LimitExceeded: a geometry the store's
-            multipart rules refuse. Conflict: a folder is at the path, a parent is a file, or
-            another writer holds it through another node. Unavailable: `writer` itself holds
-            it through another node (a connection that node has not seen end; its lease
-            lapses within `lease_ttl`), or the store does not answer. StorageError.
+            PermissionDenied: the path is refused. Conflict: a folder is at the path, a
+            parent is a file, or another writer holds it through another node.
+            Unavailable: `writer` itself holds it through another node (a connection that
+            node has not seen end; its lease lapses within `lease_ttl`), or the store does
+            not answer. StorageError.
         """
         rel = require_file_path(path)
-        count = chunk_count(size, chunk_size)
-        if count > 1 and chunk_size < MIN_PART:
-            raise LimitExceeded(f"this server stores chunks of at least {MIN_PART} bytes")
-        if count > MAX_PARTS:
-            most = MAX_PARTS * min(MAX_CHUNK, max(chunk_size, MIN_PART))
-            raise LimitExceeded(f"a file here has at most {MAX_PARTS} chunks ({most} bytes)")
         check_destination(self._store, rel)
         return open_s3_upload(
             self._store,

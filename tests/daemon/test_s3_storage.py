@@ -6,15 +6,20 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from service_support import daemons, run, send
+from test_local_storage import chunks, ref
 
 from benchmarks.engines import SeaweedFS
+from fluxd.auth.scopes import subject_root
+from fluxd.config import AuthConfig, Limits
 from fluxd.storage.s3 import MIN_PART, S3Storage
 from fluxd.storage.s3_layout import Record, data_key, entry_key
 from fluxd.storage.s3_store import S3Settings
-from fluxproto.digest import FileHasher, chunk_digest
+from fluxproto.digest import chunk_digest
 from fluxproto.errors import (
     ConfigError,
     Conflict,
@@ -26,19 +31,6 @@ from fluxproto.errors import (
 )
 
 CS = MIN_PART
-
-
-def chunks_of(data: bytes, cs: int = CS) -> list[tuple[int, bytes, bytes]]:
-    return [
-        (i, chunk_digest(data[o : o + cs]), data[o : o + cs])
-        for i, o in enumerate(range(0, len(data), cs))
-    ]
-
-
-def whole(data: bytes) -> bytes:
-    h = FileHasher()
-    h.update(data)
-    return h.digest()
 
 
 @pytest.fixture
@@ -66,8 +58,8 @@ def node(
 def upload(storage: S3Storage, path: str, data: bytes, **kw: Any) -> None:
     up = storage.open_upload(path, len(data), CS, 0o640, 1_000_000_000, **kw)
     try:
-        up.write_chunks(chunks_of(data))
-        up.commit(whole(data))
+        up.write_chunks(chunks(data, CS))
+        up.commit(ref(data))
     finally:
         up.close()
 
@@ -86,7 +78,7 @@ def test_round_trip_keeps_bytes_mode_and_mtime(node: Callable[..., S3Storage]) -
     upload(storage, "/d/f.bin", data)
     entry = storage.stat("d/f.bin")
     assert (entry.kind, entry.size, entry.mode, entry.mtime_ns) == ("file", len(data), 0o640, 10**9)
-    assert entry.digest == whole(data)
+    assert entry.digest == ref(data)
     assert download(storage, "d/f.bin") == data
     assert storage.stat("d").kind == "dir"
     assert storage.usage("") == len(data)
@@ -97,14 +89,14 @@ def test_a_second_node_resumes_what_the_first_acknowledged(
 ) -> None:
     first, second = node(), node()
     data = os.urandom(3 * CS + 5)
-    chunks = chunks_of(data)
+    pieces = chunks(data, CS)
     up = first.open_upload("big", len(data), CS, 0o644)
-    up.write_chunks([chunks[0], chunks[2]])
+    up.write_chunks([pieces[0], pieces[2]])
     up.close()
     again = second.open_upload("big", len(data), CS, 0o644)
-    assert dict(again.held) == {0: chunks[0][1], 2: chunks[2][1]}
-    again.write_chunks([chunks[1], chunks[3]])
-    again.commit(whole(data))  # chunks 0 and 2 are read back: this node never saw them
+    assert dict(again.held) == {0: pieces[0][1], 2: pieces[2][1]}
+    again.write_chunks([pieces[1], pieces[3]])
+    again.commit(ref(data))  # chunks 0 and 2 are read back: this node never saw them
     again.close()
     assert download(first, "big") == data
 
@@ -113,7 +105,7 @@ def test_another_geometry_starts_over(node: Callable[..., S3Storage]) -> None:
     storage = node()
     data = os.urandom(2 * CS)
     up = storage.open_upload("f", len(data), CS, 0o644)
-    up.write_chunks(chunks_of(data)[:1])
+    up.write_chunks(chunks(data, CS)[:1])
     up.close()
     up = storage.open_upload("f", len(data) + 1, CS, 0o644)
     assert not up.held
@@ -154,13 +146,13 @@ def test_a_wrong_file_digest_publishes_nothing_and_keeps_the_old_version(
     old, new = os.urandom(CS + 1), os.urandom(CS + 1)
     upload(storage, "f", old)
     up = storage.open_upload("f", len(new), CS, 0o644)
-    up.write_chunks(chunks_of(new))
+    up.write_chunks(chunks(new, CS))
     with pytest.raises(IntegrityError):
-        up.commit(whole(old))
+        up.commit(ref(old))
     up.close()
     assert download(storage, "f") == old
     held = storage.open_upload("f", len(new), CS, 0o644).held
-    assert dict(held) == {i: d for i, d, _ in chunks_of(old)}  # only the stored file's: resend
+    assert dict(held) == {i: d for i, d, _ in chunks(old, CS)}  # only the stored file's: resend
 
 
 def test_chunks_out_of_order_are_checked_by_reading_them_back(
@@ -168,11 +160,11 @@ def test_chunks_out_of_order_are_checked_by_reading_them_back(
 ) -> None:
     storage = node()
     data = os.urandom(3 * CS)
-    chunks = chunks_of(data)
+    pieces = chunks(data, CS)
     up = storage.open_upload("f", len(data), CS, 0o644)
-    up.write_chunks([chunks[2]])
-    up.write_chunks([chunks[0], chunks[1]])
-    up.commit(whole(data))
+    up.write_chunks([pieces[2]])
+    up.write_chunks([pieces[0], pieces[1]])
+    up.commit(ref(data))
     assert download(storage, "f") == data
 
 
@@ -180,21 +172,12 @@ def test_missing_chunks_refuse_the_commit(node: Callable[..., S3Storage]) -> Non
     storage = node()
     data = os.urandom(2 * CS)
     up = storage.open_upload("f", len(data), CS, 0o644)
-    up.write_chunks(chunks_of(data)[:1])
+    up.write_chunks(chunks(data, CS)[:1])
     with pytest.raises(IntegrityError, match="missing 1"):
-        up.commit(whole(data))
+        up.commit(ref(data))
     up.close()
     with pytest.raises(NotFound):
         storage.stat("f")
-
-
-def test_geometry_the_store_refuses(node: Callable[..., S3Storage]) -> None:
-    storage = node()
-    with pytest.raises(LimitExceeded, match="at least"):
-        storage.open_upload("f", 3 * 1024 * 1024, 1024 * 1024, 0o644)
-    with pytest.raises(LimitExceeded, match="at most 10000 chunks"):
-        storage.open_upload("f", 10_001 * CS, CS, 0o644)
-    storage.open_upload("small", 1000, 4096, 0o644).abort()  # one chunk: any size
 
 
 def test_grouped_small_files_and_an_empty_file(node: Callable[..., S3Storage]) -> None:
@@ -202,7 +185,7 @@ def test_grouped_small_files_and_an_empty_file(node: Callable[..., S3Storage]) -
     a = storage.open_upload("a.txt", 5, CS, 0o644, grouped=True)
     a.write_chunks([(0, chunk_digest(b"hello"), b"hello")], durable=False)
     e = storage.open_upload("empty", 0, CS, 0o600)
-    assert storage.commit_many([(a, chunk_digest(b"hello")), (e, whole(b""))]) == [None, None]
+    assert storage.commit_many([(a, chunk_digest(b"hello")), (e, ref(b""))]) == [None, None]
     assert download(storage, "a.txt") == b"hello"
     assert storage.stat("empty").size == 0
     assert download(storage, "empty") == b""
@@ -295,10 +278,10 @@ def test_collect_aborts_idle_uploads_and_old_versions(
     upload(storage, "kept", b"v2")
     data = os.urandom(2 * CS)
     idle = storage.open_upload("idle", len(data), CS, 0o644)
-    idle.write_chunks(chunks_of(data)[:1])
+    idle.write_chunks(chunks(data, CS)[:1])
     idle.close()
     live = storage.open_upload("live", len(data), CS, 0o644)
-    live.write_chunks(chunks_of(data)[:1])
+    live.write_chunks(chunks(data, CS)[:1])
     assert storage.collect(3600, time.time()).uploads == 0  # nothing idle for an hour yet
     done = storage.collect(0, time.time() + 10)
     assert done.uploads == 1 and done.bytes == 2  # the idle upload; v1 of kept
@@ -329,9 +312,9 @@ def test_a_dead_writers_lease_expires_and_it_cannot_write_after(
     )
     dead, alive = S3Storage(settings, owner="dead"), S3Storage(settings, owner="alive")
     data = os.urandom(2 * CS)
-    chunks = chunks_of(data)
+    pieces = chunks(data, CS)
     stuck = dead.open_upload("f", len(data), CS, 0o644)
-    stuck.write_chunks(chunks[:1])  # then the node hangs: it never closes nor renews
+    stuck.write_chunks(pieces[:1])  # then the node hangs: it never closes nor renews
     with pytest.raises(Conflict):
         alive.open_upload("f", len(data), CS, 0o644)
     deadline = time.monotonic() + 30
@@ -342,11 +325,11 @@ def test_a_dead_writers_lease_expires_and_it_cannot_write_after(
         except Conflict:
             assert time.monotonic() < deadline, "the lease never expired"
             time.sleep(0.2)
-    assert dict(taken.held) == {0: chunks[0][1]}
+    assert dict(taken.held) == {0: pieces[0][1]}
     with pytest.raises(Conflict, match="lease"):
-        stuck.write_chunks(chunks[1:])  # its lease is gone: it must not write
-    taken.write_chunks(chunks[1:])
-    taken.commit(whole(data))
+        stuck.write_chunks(pieces[1:])  # its lease is gone: it must not write
+    taken.write_chunks(pieces[1:])
+    taken.commit(ref(data))
     assert download(alive, "f") == data
     dead.close()
     alive.close()
@@ -359,12 +342,12 @@ def test_a_chunk_sent_again_with_other_bytes_is_the_one_assembled(
     storage = node()
     old, new = os.urandom(2 * CS), os.urandom(2 * CS)
     up = storage.open_upload("f", len(old), CS, 0o644)
-    up.write_chunks(chunks_of(old)[:1])
+    up.write_chunks(chunks(old, CS)[:1])
     up.close()
     up = storage.open_upload("f", len(new), CS, 0o644)
-    assert dict(up.held) == {0: chunks_of(old)[0][1]}  # a client with other bytes sends it again
-    up.write_chunks(chunks_of(new))
-    up.commit(whole(new))
+    assert dict(up.held) == {0: chunks(old, CS)[0][1]}  # a client with other bytes sends it again
+    up.write_chunks(chunks(new, CS))
+    up.commit(ref(new))
     assert download(storage, "f") == new
 
 
@@ -378,15 +361,15 @@ def test_the_file_at_the_path_is_a_basis_checked_before_use(
     upload(storage, "f", data)
     same = storage.open_upload("f", len(data), CS, 0o600, 5)
     assert len(same.held) == 3
-    same.commit(whole(data))  # nothing sent: the stored file is read back and kept
+    same.commit(ref(data))  # nothing sent: the stored file is read back and kept
     assert (storage.stat("f").mode, storage.stat("f").mtime_ns) == (0o600, 5)
     changed = bytearray(data)
     changed[CS + 1] ^= 1
     up = storage.open_upload("f", len(data), CS, 0o644)
-    chunk = chunks_of(bytes(changed))[1]
+    chunk = chunks(bytes(changed), CS)[1]
     assert up.held[1] != chunk[1]
     up.write_chunks([chunk])
-    up.commit(whole(bytes(changed)))
+    up.commit(ref(bytes(changed)))
     assert download(storage, "f") == bytes(changed)
     # Rot in the stored copy: the commit that would take chunk 2 from it finds it out.
     record = Record.unpack(
@@ -404,11 +387,34 @@ def test_the_file_at_the_path_is_a_basis_checked_before_use(
     up.write_chunks([(0, chunk_digest(new), new)])
     final = new + bytes(changed)[CS:]
     with pytest.raises(IntegrityError, match="1 chunks of the stored f are corrupt"):
-        up.commit(whole(final))
+        up.commit(ref(final))
     up.close()
     assert storage.stat("f").digest is None  # marked damaged: no longer vouched for
     up = storage.open_upload("f", len(data), CS, 0o644)
     assert sorted(up.held) == [0, 1]  # chunk 1 taken from the stored file, checked; not 2
-    up.write_chunks(chunks_of(final)[2:])
-    up.commit(whole(final))
+    up.write_chunks(chunks(final, CS)[2:])
+    up.commit(ref(final))
     assert download(storage, "f") == final
+
+
+def test_quota_counts_files_on_s3_as_on_local_storage(
+    node: Callable[..., S3Storage], tmp_path: Path
+) -> None:
+    """The quota of the service test, with files of one chunk (any size on S3)."""
+    builds = daemons(tmp_path, tmp_path, node())  # type: ignore[arg-type]
+    d = next(builds)(limits=Limits(quota=10_000), auth=AuthConfig(root="/users/{sub}"))
+    alice = d.caller(root=subject_root("/users/{sub}", "alice"))
+
+    async def main() -> None:
+        await send(d, alice, "old", os.urandom(4000))
+        async with d.service.upload(alice, "open", 4000, CS, 0o644):
+            await send(d, alice, "fits", os.urandom(2000))
+            with pytest.raises(LimitExceeded, match=r"quota of 10000 bytes for 'alice'"):
+                await send(d, alice, "big", os.urandom(3000))
+            await send(d, alice, "old", os.urandom(4000))  # a replacement counts the difference
+
+    try:
+        run(main())
+    finally:
+        next(builds, None)  # its cleanup: the access log and the pool
+    assert d.storage.usage("users/alice") == 6000
