@@ -255,3 +255,38 @@ def test_a_store_that_does_not_answer_is_waited_for(
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
+
+
+def test_a_corrupt_object_is_never_served_and_scrub_finds_it(
+    s3_nodes: Callable[..., list[Daemon]],
+    s3_engine: SeaweedFS,
+    s3_prefix: str,
+    fluxctl: Fluxctl,
+    big: Path,
+    tmp_path: Path,
+) -> None:
+    (node,) = s3_nodes()
+    assert fluxctl("send", *ca(node), str(big), node.url("/f.bin")).code == 0
+    client, bucket = s3_engine.client(), s3_engine.bucket
+    (data,) = [
+        o["Key"]
+        for o in client.list_objects_v2(Bucket=bucket, Prefix=s3_prefix + "data/")["Contents"]
+    ]
+    rotten = bytearray(big.read_bytes())
+    rotten[len(rotten) // 2] ^= 1
+    client.put_object(Bucket=bucket, Key=data, Body=bytes(rotten))
+    back = tmp_path / "back.bin"
+    got = fluxctl("recv", *ca(node), "--retry-for", "0", node.url("/f.bin"), str(back))
+    assert got.code == 3 and "corrupt" in one_line(got.stderr)
+    assert not back.exists()
+    config = s3_config(tmp_path / "scrub.toml", s3_engine, s3_prefix)
+    scrub = subprocess.run(
+        [str(BIN / "fluxd"), "scrub", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path) | creds(s3_engine),
+        timeout=120,
+        check=False,
+    )
+    assert scrub.returncode == 3, scrub.stderr
+    assert json.loads(scrub.stdout)["corrupt"] == ["f.bin"]
