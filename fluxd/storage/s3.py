@@ -55,6 +55,9 @@ class S3Storage:
     def __init__(self, settings: S3Settings, owner: str | None = None) -> None:
         self._store = ObjectStore(settings)
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="fluxd-s3")
+        # Commits of a group wait on work they give `_pool` (parts of a basis): on threads of
+        # their own, so they never hold every thread of the pool they wait on.
+        self._commits = ThreadPoolExecutor(WORKERS // 2, thread_name_prefix="fluxd-s3-commit")
         self._owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._tree = S3Tree(self._store, self._pool)
         self._upkeep = S3Upkeep(self._store, self._tree)
@@ -64,7 +67,8 @@ class S3Storage:
         self._store.check()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._commits, self._pool):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # --- uploads -------------------------------------------------------------------------------
 
@@ -118,7 +122,7 @@ class S3Storage:
                 return exc
             return None
 
-        return list(self._pool.map(one, uploads))
+        return list(self._commits.map(one, uploads))
 
     # --- downloads -----------------------------------------------------------------------------
 
