@@ -113,6 +113,7 @@ class Handlers:
                 release=self.release,
                 until_commit=True,
                 durable=not grouped,
+                parallel=up.parallel,
             )
             try:
                 # Chunks sent eagerly with OPEN_UPLOAD waited in the request's queue.
@@ -120,6 +121,7 @@ class Handlers:
                 while True:
                     frame = await req.next(self.idle_timeout)
                     if isinstance(frame, Chunk):
+                        up.arrived(frame.index, frame.digest, frame.data)
                         writer.add(frame)
                         await self._paced(len(frame.data))
                         continue

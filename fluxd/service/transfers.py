@@ -74,7 +74,11 @@ class UploadHandle:
         self._drivers = [(presence, record)]
         self._upload: Upload | None = None
         self._commit_lock = asyncio.Lock()
-        self._write_lock = threading.Lock()  # requests of several connections write at once
+        # Requests of several connections write at once: as many at a time as the storage's
+        # upload takes (`Upload.parallel`), and a commit takes every slot (`_writes_held`).
+        self._write_slots = threading.BoundedSemaphore(1)
+        self._parallel = 1
+        self._count_lock = threading.Lock()  # `_counted`, with writes in parallel
         self._group, self._grouped = group, False
         # Bytes written with durable=False, by record: counted once committed.
         self._pending: list[tuple[Record, int]] = []
@@ -132,6 +136,17 @@ class UploadHandle:
         args = (self.key, self.size, chunk_size, mode, mtime_ns, grouped, writer)
         self._upload = await busy(self.pool, self.presence, storage.open_upload, *args)
         self._grouped = grouped and self._group is not None
+        self._parallel = max(1, self._upload.parallel)
+        self._write_slots = threading.BoundedSemaphore(self._parallel)
+
+    @property
+    def parallel(self) -> int:
+        """How many batches may be written at once (`Upload.parallel`)."""
+        return self._parallel
+
+    def arrived(self, index: int, digest: bytes, data: bytes | bytearray | memoryview) -> None:
+        """A verified chunk arrived, in arrival order, on the event loop (`Upload.arrived`)."""
+        self.opened.arrived(index, digest, data)
 
     def close(self) -> None:
         """Stop writing, keeping what is staged for a later resume."""
@@ -159,11 +174,12 @@ class UploadHandle:
             Conflict: another request already committed the upload.
             NoSpace, StorageError: the disk failed; what was durable before stays.
         """
-        with self._write_lock:
+        with self._write_slots:
             if self.committed:
                 raise Conflict(f"/{self.key} was committed meanwhile; chunks not written")
             self.opened.write_chunks(batch, durable)
-            nbytes = sum(len(data) for index, _, data in batch if self._first_write(index))
+            with self._count_lock:
+                nbytes = sum(len(data) for index, _, data in batch if self._first_write(index))
         counted = record or self._drivers[0][1]
         if durable:
             counted.bytes += nbytes
@@ -209,19 +225,24 @@ class UploadHandle:
             self._committed(digest, True)
 
     async def _commit_now(self, digest: bytes) -> None:
-        # No batch of another request may land in the middle of the commit: the write lock is
-        # taken here when free (a commit then joins its group at once), else in the pool (a
-        # batch is being written), and given back here once the commit is done.
-        if not self._write_lock.acquire(blocking=False):
-            await busy(self.pool, self.presence, self._write_lock.acquire)
+        # No batch of another request may land in the middle of the commit: every write slot
+        # is taken, here while free (a commit then joins its group at once), else in the pool
+        # (batches are being written), and given back here once the commit is done.
+        taken = 0
         try:
+            while taken < self._parallel and self._write_slots.acquire(blocking=False):
+                taken += 1
+            while taken < self._parallel:
+                await busy(self.pool, self.presence, self._write_slots.acquire)
+                taken += 1
             if self._grouped:
                 assert self._group is not None
                 await self._group.commit(self.opened, digest, self.presence)
             else:
                 await busy(self.pool, self.presence, self.opened.commit, digest)
         finally:
-            self._write_lock.release()
+            for _ in range(taken):
+                self._write_slots.release()
 
     def _committed(self, digest: bytes, done: bool) -> None:
         if done:
@@ -248,6 +269,14 @@ class AttachedUpload:
     @property
     def committed(self) -> bool:
         return self.upload.committed
+
+    @property
+    def parallel(self) -> int:
+        return self.upload.parallel
+
+    def arrived(self, index: int, digest: bytes, data: bytes | bytearray | memoryview) -> None:
+        """See `UploadHandle.arrived`."""
+        self.upload.arrived(index, digest, data)
 
     def write_chunks(self, batch: Sequence[ChunkData], durable: bool = True) -> None:
         """See `UploadHandle.write_chunks`."""

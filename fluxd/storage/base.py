@@ -43,7 +43,19 @@ __all__ = [
 
 
 class Upload(Protocol):
-    """An upload in progress. Chunks are durable once `write_chunks` returns."""
+    """An upload in progress. Chunks are durable once `write_chunks` returns.
+
+    `parallel` is how many `write_chunks` calls may run at once (1: one at a time, as a file
+    with one sync per batch wants; an object store takes several parts at once).
+    """
+
+    parallel: int
+
+    def arrived(self, index: int, digest: bytes, data: bytes | bytearray | memoryview) -> None:
+        """Chunk `index` (verified) arrived: called in the order chunks arrive, before they are
+        written, on the daemon's event loop, so it must be cheap. An implementation whose
+        writes may finish out of order hashes the file here (S3Upload); others ignore it."""
+        ...
 
     @property
     def held(self) -> Mapping[int, bytes]:

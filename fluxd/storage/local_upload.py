@@ -57,6 +57,9 @@ class LocalUpload:
     publish it, and the file now at the destination (`base`) when its chunks can stand in for
     missing ones."""
 
+    #: One batch at a time: each is one sync of the staged file (`base.Upload`).
+    parallel = 1
+
     def __init__(
         self,
         publisher: Publisher,
@@ -76,6 +79,9 @@ class LocalUpload:
         if self._base is None:
             return self._staged.held
         return HeldWithBase(self._staged.held, self._base.digests, self._staged.count)
+
+    def arrived(self, index: int, digest: bytes, data: bytes | bytearray | memoryview) -> None:
+        """Nothing to do (`base.Upload.arrived`): the staged file hashes what it writes."""
 
     def write_chunks(self, batch: Sequence[ChunkData], durable: bool = True) -> None:
         """See `base.Upload.write_chunks` and `StagedFile.write_chunks`. A durable write to an

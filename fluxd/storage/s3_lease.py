@@ -16,6 +16,7 @@ over.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from dataclasses import dataclass
 
@@ -72,6 +73,7 @@ class Lease:
         self._etag: str | None = etag
         self._since = since  # time.monotonic() before the PUT that wrote it
         self._holder = holder
+        self._lock = threading.Lock()  # writes in parallel keep it at once
 
     @classmethod
     def take(
@@ -125,6 +127,10 @@ class Lease:
         Raises:
             Conflict: the lease was lost (expired and taken over): stop writing.
         """
+        with self._lock:
+            self._keep()
+
+    def _keep(self) -> None:
         if self._etag is None:
             raise Conflict(f"the lease on {self._label} was given up")
         ttl = self._holder.ttl

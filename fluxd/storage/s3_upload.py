@@ -18,6 +18,7 @@ before their commit: the bytes wait in memory and the commit writes the data obj
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
@@ -104,6 +105,9 @@ def _basis(store: ObjectStore, rel: str, size: int, chunk_size: int) -> Record |
 class S3Upload:
     """An upload into S3Storage (`base.Upload`). Use `open_s3_upload`."""
 
+    #: Batches stored at once: parts have no sync to share, and the store takes many at once.
+    parallel = 8
+
     def __init__(
         self,
         store: ObjectStore,
@@ -121,7 +125,11 @@ class S3Upload:
         self._held: dict[int, bytes] = {}
         self._etags: dict[int, str] = {}  # the ETag of each held chunk's part
         self._memory: dict[int, bytes] = {}  # a grouped small file's bytes, until its commit
-        self._hasher, self._frontier = FileHasher(), 0  # chunks [0, frontier) hashed
+        # The whole-file hash of chunks [0, frontier) as they arrived (`arrived`), and their
+        # digests: the commit uses it only as far as those are the chunks held.
+        self._hasher, self._frontier = FileHasher(), 0
+        self._hashed: list[bytes] = []
+        self._lock = threading.RLock()  # held, etags, the hash and the record: parallel writes
         self._done = False
         #: The file at the path, whose chunks count as held where none is stored (`_basis`).
         self.base: Record | None = None
@@ -180,7 +188,6 @@ class S3Upload:
             batch = [(i, self._held[i], data) for i, data in sorted(self._memory.items())]
             self._held.clear()
             self._memory.clear()
-            self._hasher, self._frontier = FileHasher(), 0
             self.write_chunks(batch)
 
     # --- state ---------------------------------------------------------------------------------
@@ -222,10 +229,11 @@ class S3Upload:
                 self._memory[index] = bytes(data)
                 self._held[index] = bytes(digest)
             return
-        if self.record is None:
-            self.start()
-        record = self.record
-        assert record is not None
+        with self._lock:
+            if self.record is None:
+                self.start()
+            record = self.record
+            assert record is not None
         self._lease.keep()
         key = data_key(self._rel, record.nonce)
         what = f"storing chunks of {self._rel}"
@@ -233,35 +241,38 @@ class S3Upload:
         def store(chunk: ChunkData) -> str:
             index, digest, data = chunk
             etag = self._store.upload_part(key, record.upload_id, index + 1, data, what)
-            self._store.put(chunk_key(self._rel, record.nonce, index, digest, etag), b"", what)
-            if index in self._held:  # a resume would find both keys: drop the old one
-                old = chunk_key(
-                    self._rel, record.nonce, index, self._held[index], self._etags[index]
-                )
+            new = chunk_key(self._rel, record.nonce, index, digest, etag)
+            self._store.put(new, b"", what)
+            with self._lock:
+                held = (self._held[index], self._etags[index]) if index in self._held else None
+            old = chunk_key(self._rel, record.nonce, index, *held) if held else new
+            if old != new:  # a resume would find both keys: drop the old one
                 self._store.delete([old], what)
             return etag
 
         futures = [(chunk, self._pool.submit(store, chunk)) for chunk in batch]
         failed: BaseException | None = None
-        for (index, digest, data), future in sorted(futures, key=lambda f: f[0][0]):
+        for (index, digest, _), future in futures:
             try:
                 etag = future.result()
             except BaseException as exc:  # noqa: BLE001 - the first failure is raised below
                 failed = failed or exc
                 continue
-            self._note(index, bytes(digest), data)
-            self._etags[index] = etag
+            with self._lock:
+                self._held[index], self._etags[index] = bytes(digest), etag
         if failed is not None:
             raise failed
         crash_point("chunks-durable")
 
-    def _note(self, index: int, digest: bytes, data: bytes | bytearray | memoryview) -> None:
-        if index < self._frontier and self._held.get(index) != digest:
-            self._hasher, self._frontier = FileHasher(), 0  # other bytes: read all back
-        self._held[index] = digest
-        if index == self._frontier:
-            self._hasher.update(data)
-            self._frontier += 1
+    def arrived(self, index: int, digest: bytes, data: bytes | bytearray | memoryview) -> None:
+        """Hash the file as chunks arrive, in order (`base.Upload.arrived`): parts are stored
+        several at once and finish in any order, so their writes cannot feed the hash. A
+        chunk that arrives out of order stops it there; the commit reads the rest back."""
+        with self._lock:
+            if index == self._frontier and self.record is not None:
+                self._hasher.update(data)
+                self._hashed.append(bytes(digest))
+                self._frontier += 1
 
     # --- committing ----------------------------------------------------------------------------
 
@@ -381,6 +392,8 @@ class S3Upload:
         order = [(i + 1, self._etags[i]) for i in range(self.count)]
         self._store.complete_upload(key, record.upload_id, order, what)
         try:
+            if self._hashed != [self._held[i] for i in range(self._frontier)]:
+                self._hasher, self._frontier = FileHasher(), 0  # other bytes came: read it all
             whole = self._read_back(key) if self._frontier < self.count else self._hasher.digest()
             if whole != digest:
                 raise IntegrityError(f"file digest mismatch for {self._rel}; resend it")

@@ -228,6 +228,10 @@ class BatchSink(Protocol):
 class ChunkWriter:
     """Group commit: chunks that arrive while a batch is being synced form the next batch.
 
+    With `parallel` > 1 (a sink that takes several batches at once: an object store, which has
+    no sync to share), up to that many batches are written at once: a chunk that arrives while
+    fewer are in progress starts its own, and each is acknowledged when it is done.
+
     After each batch is durable, an ACK for it is sent for `req` (while the request may still
     send one) and `on_durable(nbytes)` called. A write failure is injected into the request, so
     its next receive raises it. With `until_commit` (an upload's receiver), no ACK goes once the
@@ -245,14 +249,15 @@ class ChunkWriter:
         release: Callable[[memoryview], None] = POOL.put,
         until_commit: bool = False,
         durable: bool = True,
+        parallel: int = 1,
     ) -> None:
-        self._until_commit, self._durable = until_commit, durable
+        self._until_commit, self._durable, self._parallel = until_commit, durable, parallel
         self._req, self._sink, self._on_durable, self._executor = req, sink, on_durable, executor
         self._release = release
         # Chunks waiting for the next batch: each with the request that acknowledges it and
         # whether it is to be written (False: a copy of one written before, or in this batch).
         self._pending: list[tuple[ChunkData, Request, bool]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
         self.error: FluxError | None = None
         self.written = 0
 
@@ -272,46 +277,59 @@ class ChunkWriter:
             raise self.error
         data = (chunk.index, chunk.digest, chunk.data)
         self._pending.append((data, req or self._req, write))
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._start()
+
+    def _start(self) -> None:
+        """Start a batch of what is pending if fewer than `parallel` are in progress."""
+        if self._pending and self.error is None and len(self._running) < self._parallel:
+            task = asyncio.get_running_loop().create_task(self._write())
+            self._running.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._start()  # what arrived meanwhile
 
     async def flush(self) -> None:
         """Wait until every added chunk is durable (or has failed); write errors are not raised
         here (see `error`). A cancellation still waits for the writes in progress, then is
         raised: the caller stops, and nothing is left half-written behind it."""
         cancelled = False
-        while self._task is not None and not self._task.done():
+        while self._running:
             try:
-                await asyncio.shield(self._task)
+                await asyncio.shield(asyncio.gather(*self._running))
             except asyncio.CancelledError:
                 cancelled = True
         if cancelled:
             raise asyncio.CancelledError
 
-    async def _run(self) -> None:
+    async def _write(self) -> None:
+        # What is pending when the task first runs: chunks added right after it was started
+        # join its batch.
+        pending, self._pending = self._pending, []
+        if not pending or self.error is not None:
+            return
         loop = asyncio.get_running_loop()
-        while self._pending and self.error is None:
-            pending, self._pending = self._pending, []
-            batch = [data for data, _, write in pending if write]
-            nbytes = sum(len(data) for _, _, data in batch)
-            try:
-                if batch:
-                    call = functools.partial(self._sink.write_chunks, batch, durable=self._durable)
-                    await loop.run_in_executor(self._executor, call)
-            except FluxError as exc:
-                self.error = exc
-                for req in {r: None for _, r, _ in pending} | {self._req: None}:
-                    req.fail(exc)
-                return
-            finally:
-                for (_, _, data), _, _ in pending:  # written or failed: buffers can be reused
-                    if isinstance(data, memoryview):
-                        self._release(data)
-            self.written += nbytes
-            if self._durable:
-                for req, indices in _by_request(pending).items():
-                    self._ack(req, indices)
-                self._on_durable(nbytes)
+        batch = [data for data, _, write in pending if write]
+        nbytes = sum(len(data) for _, _, data in batch)
+        try:
+            if batch:
+                call = functools.partial(self._sink.write_chunks, batch, durable=self._durable)
+                await loop.run_in_executor(self._executor, call)
+        except FluxError as exc:
+            self.error = self.error or exc
+            for req in {r: None for _, r, _ in pending} | {self._req: None}:
+                req.fail(exc)
+            return
+        finally:
+            for (_, _, data), _, _ in pending:  # written or failed: buffers can be reused
+                if isinstance(data, memoryview):
+                    self._release(data)
+        self.written += nbytes
+        if self._durable:
+            for req, indices in _by_request(pending).items():
+                self._ack(req, indices)
+            self._on_durable(nbytes)
 
     def _ack(self, req: Request, indices: Sequence[int]) -> None:
         ranges = to_ranges(indices)

@@ -517,6 +517,32 @@ def test_chunks_arriving_during_a_write_form_the_next_batch() -> None:
     assert sink.data == {i: PIECES[i] for i in (0, 1, 2, 3, 5)}
 
 
+def test_a_parallel_writer_writes_a_batch_while_another_waits() -> None:
+    """`parallel=2`: the second chunk starts its own batch while the first is held, and is
+    acknowledged first; a third waits for a free slot and takes what arrived meanwhile."""
+    sink = GatedSink()
+    ch = FakeRequest()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(2) as pool:
+            writer = ChunkWriter(ch, sink, executor=pool, parallel=2)
+            writer.add(chunk(0))
+            assert await asyncio.to_thread(sink.started.wait, LONG)
+            writer.add(chunk(1))
+            while not ch.sent:  # the second batch goes through while the first is held
+                await asyncio.sleep(0)
+            writer.add(chunk(2))
+            writer.add(chunk(3))
+            while len(ch.sent) < 2:
+                await asyncio.sleep(0)
+            assert sink.batches == [[0], [1], [2, 3]]
+            sink.gate.set()
+            await writer.flush()
+
+    asyncio.run(main())
+    assert ch.sent == [Ack(1, ((1, 1),)), Ack(1, ((2, 2),)), Ack(1, ((0, 1),))]
+
+
 def test_flush_without_chunks_returns() -> None:
     async def main() -> ChunkWriter:
         writer = ChunkWriter(FakeRequest(), GatedSink())
