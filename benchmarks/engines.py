@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -514,7 +515,8 @@ class CephRGW(Engine):
             self._ceph("gc", "process", "--include-all", tool="radosgw-admin")
 
     def version(self) -> str:
-        return first_line(["radosgw", "--version"])
+        # "ceph version 16.2.15 (<commit hash>) pacific (stable)": the hash says nothing more
+        return re.sub(r" \([0-9a-f]{40}\)", "", first_line(["radosgw", "--version"]))
 
     def _create_mon(self) -> None:
         for sub in ("run", "log", "mon", "osd", "rgw"):  # afresh: a failed try may have left some
