@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import BenchError
+from .machine import first_line
 from .peers.base import Service
 
 START_TIMEOUT = 60.0
@@ -33,7 +35,15 @@ POLL = 0.05
 PORT_RETRIES = 3
 REGION = "us-east-1"
 
-__all__ = ["CephRGW", "Engine", "EngineError", "SeaweedFS", "free_ports", "install_ceph"]
+__all__ = [
+    "CephRGW",
+    "Engine",
+    "EngineError",
+    "SeaweedFS",
+    "free_ports",
+    "install_ceph",
+    "s3_client",
+]
 
 
 class EngineError(BenchError):
@@ -222,25 +232,23 @@ class Engine(Service):
         return "\n\n".join(f"{d.log.name}:\n{_log_tail(d.log)}" for d in self.daemons)
 
     def client(self, **config: Any) -> Any:
-        """A boto3 S3 client for this engine: path-style addressing, the engine's credentials,
-        and checksums only when required if the engine predates flexible checksums. `config`
-        goes to botocore's Config (e.g. retries, max_pool_connections)."""
-        import boto3  # noqa: PLC0415 - only the S3 benchmarks and tests need it
-        from botocore.config import Config  # noqa: PLC0415
-
-        options: dict[str, Any] = {"s3": {"addressing_style": "path"}}
-        if not self.flexible_checksums:
-            options["request_checksum_calculation"] = "when_required"
-            options["response_checksum_validation"] = "when_required"
-        options.update(config)
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name=self.region,
-            config=Config(**options),
+        """A boto3 S3 client for this engine (`s3_client` with its endpoint, credentials and
+        checksum rule). `config` goes to botocore's Config (e.g. retries,
+        max_pool_connections)."""
+        return s3_client(
+            self.endpoint,
+            self.region,
+            (self.access_key, self.secret_key),
+            self.flexible_checksums,
+            **config,
         )
+
+    def collect_garbage(self) -> None:
+        """Free the space of deleted objects now, where the engine defers it (nothing here)."""
+
+    def version(self) -> str:
+        """The engine's version, as its binary tells it."""
+        raise NotImplementedError
 
     def make_bucket(self, name: str) -> str:
         """Create bucket `name` (if missing); returns the name."""
@@ -278,6 +286,35 @@ class Engine(Service):
             if time.monotonic() > deadline:
                 raise EngineError(f"{self.name}: no {what} in {timeout:.0f} s\n{self.log_tail()}")
             time.sleep(POLL)
+
+
+def s3_client(
+    endpoint: str,
+    region: str,
+    credentials: tuple[str, str] | None = None,
+    flexible_checksums: bool = True,
+    **config: Any,
+) -> Any:
+    """A boto3 S3 client with path-style addressing, `credentials` (access key, secret key;
+    None: boto3's chain, e.g. AWS_ACCESS_KEY_ID), and checksums only when required unless
+    the engine takes flexible ones. `config` goes to botocore's Config."""
+    import boto3  # noqa: PLC0415 - only the S3 benchmarks and tests need it
+    from botocore.config import Config  # noqa: PLC0415
+
+    options: dict[str, Any] = {"s3": {"addressing_style": "path"}}
+    if not flexible_checksums:
+        options["request_checksum_calculation"] = "when_required"
+        options["response_checksum_validation"] = "when_required"
+    options.update(config)
+    access_key, secret_key = credentials or (None, None)
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name=region,
+        config=Config(**options),
+    )
 
 
 def _ensure_bucket(client: Any, name: str) -> None:
@@ -341,6 +378,9 @@ class SeaweedFS(Engine):
             f"-s3.localSocket={self.root / 's3.sock'}",
             *(f"-{flag}={port}" for flag, port in flags.items()),
         ]
+
+    def version(self) -> str:
+        return first_line([weed_binary(), "version"])
 
     def _launch(self) -> None:
         env = dict(
@@ -467,6 +507,16 @@ class CephRGW(Engine):
                 tool="radosgw-admin",
             )
         self._daemon("radosgw", "-n", "client.rgw")
+
+    def collect_garbage(self) -> None:
+        """Run RGW's garbage collection now: a deleted multipart object's parts stay in the
+        memstore (RAM) until it runs, hourly by default."""
+        if self.daemons:
+            self._ceph("gc", "process", "--include-all", tool="radosgw-admin")
+
+    def version(self) -> str:
+        # "ceph version 16.2.15 (<commit hash>) pacific (stable)": the hash says nothing more
+        return re.sub(r" \([0-9a-f]{40}\)", "", first_line(["radosgw", "--version"]))
 
     def _create_mon(self) -> None:
         for sub in ("run", "log", "mon", "osd", "rgw"):  # afresh: a failed try may have left some

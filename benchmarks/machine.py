@@ -20,7 +20,8 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _output(argv: list[str]) -> str:
+def first_line(argv: list[str]) -> str:
+    """The first line a command prints (stdout, else stderr); "unavailable" if it fails."""
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
     except OSError:
@@ -32,8 +33,8 @@ def _output(argv: list[str]) -> str:
 
 
 def _commit() -> str:
-    rev = _output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    dirty = _output(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
+    rev = first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = first_line(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
     return rev + (" + uncommitted changes" if dirty not in ("", "unavailable") else "")
 
 
@@ -50,7 +51,7 @@ def describe(data_dir: Path) -> dict[str, str]:
         "cores": str(os.cpu_count()),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "openssh": _output(["ssh", "-V"]),
+        "openssh": first_line(["ssh", "-V"]),
         "commit": _commit(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_at_start": load_average(),

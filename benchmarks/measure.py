@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import psutil
 
@@ -99,7 +100,34 @@ def reset_peak_rss(pid: int) -> bool:
         return False
 
 
-class TreePeakSampler:
+class Sampler:
+    """Calls `_sample` every `interval` seconds in a thread while active (`with`)."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid, self.interval = pid, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> Self:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class TreePeakSampler(Sampler):
     """Samples VmHWM of every descendant of `pid` while active; `peak_kib` sums per-pid maxima.
 
     Approximate (a process that lives less than one interval can be missed); used for reference
@@ -107,10 +135,8 @@ class TreePeakSampler:
     """
 
     def __init__(self, pid: int, interval: float = 0.02) -> None:
-        self.pid, self.interval = pid, interval
+        super().__init__(pid, interval)
         self._peaks: dict[int, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
     @property
     def peak_kib(self) -> int:
@@ -128,19 +154,30 @@ class TreePeakSampler:
                 continue
             self._peaks[child.pid] = max(hwm, self._peaks.get(child.pid, 0))
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
 
-    def __enter__(self) -> TreePeakSampler:
-        self._thread.start()
-        return self
+class ReadBytesSampler(Sampler):
+    """Samples the bytes `pid` has read (`rchar` of /proc/PID/io: files and sockets alike)
+    while active; `read_bytes` counts from the first sample (at `with`) to the last one seen,
+    so once the process has died, to within one interval of its death."""
 
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._stop.set()
-        self._thread.join()
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        super().__init__(pid, interval)
+        self._first: int | None = None
+        self._last = 0
+
+    @property
+    def read_bytes(self) -> int:
+        return self._last - (self._first or 0)
+
+    def _sample(self) -> None:
+        try:
+            text = Path(f"/proc/{self.pid}/io").read_text()
+        except OSError:  # gone (or not ours)
+            return
+        for line in text.splitlines():
+            if line.startswith("rchar:"):
+                self._last = int(line.split()[1])
+                self._first = self._last if self._first is None else self._first
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,20 @@ class Peer(Protocol):
         ...
 
 
+class StoredPeer(Peer, Protocol):
+    """A peer whose copy lands out of reach of the filesystem (an object store): the peer
+    checks and removes it itself."""
+
+    def check_copy(self, name: str, size: int, digest: str | None, scratch: Path) -> None:
+        """Raise BenchError unless the copy of `name` has `size` bytes and (unless None) the
+        source's `digest`; `scratch` is a folder for a copy read back."""
+        ...
+
+    def remove_copy(self, name: str) -> None:
+        """Delete the copy of `name` (and free its space where the store defers it)."""
+        ...
+
+
 class Service:
     """A peer started by `with`: a start that fails half-way still cleans up what it began."""
 

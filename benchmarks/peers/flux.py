@@ -9,10 +9,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .. import BenchError
-from ..measure import Run
+from ..files import file_digest
+from ..measure import Run, run_measured
 from .base import LOOPBACK, Placement, Service, Transfer
 from .process import Event, ServerProcess, json_report
 
@@ -70,7 +73,12 @@ class FluxPeer(Service):
     address (the namespaces are the harness's own), unless `token`: then fluxctl sends a token
     the daemon issued, as a user would (an anonymous client is known by its address, so a lane
     that comes back from a new address is someone else to the daemon). `lanes` goes to
-    `fluxctl send --lanes`; `limits` become the daemon's `[limits]` table.
+    `fluxctl send --lanes`; `limits` become the daemon's `[limits]` table and `storage` its
+    `[storage]` table (none: files under `root`). `daemon_env` is added to the daemon's
+    environment only (store credentials, FLUX_CRASH_AT). `certs`: another node's certificate
+    and token-key directory to share (one CA, one token key), else one of its own.
+    `send_options` go to every `fluxctl send` (e.g. --chunk-size). `ca`: the client trusts the
+    CA (`--ca`, the same command for every node sharing it) instead of pinning this daemon.
     """
 
     def __init__(
@@ -84,6 +92,11 @@ class FluxPeer(Service):
         limits: dict[str, int | str] | None = None,
         lanes: int = 1,
         token: bool = False,
+        storage: dict[str, str | int | bool] | None = None,
+        daemon_env: dict[str, str] | None = None,
+        certs: Path | None = None,
+        send_options: Sequence[str] = (),
+        ca: bool = False,
     ) -> None:
         if transport not in TRANSPORTS:
             raise BenchError(f"unknown fluxctl transport {transport!r}: choose {TRANSPORTS}")
@@ -96,6 +109,9 @@ class FluxPeer(Service):
         self.strict = strict
         self.limits = limits or {}
         self.lanes, self.token = lanes, token
+        self.storage, self.daemon_env = storage or {}, daemon_env or {}
+        self.send_options, self.ca = list(send_options), ca
+        self._certs = certs
         self.port, self.fingerprint = 0, ""
         self._tmp: Path | None = None
         self._env: dict[str, str] = {}
@@ -107,6 +123,17 @@ class FluxPeer(Service):
         return dict(self._env)
 
     @property
+    def certs(self) -> Path:
+        """The certificate and token-key directory this daemon serves with."""
+        assert self._tmp is not None or self._certs is not None, "fluxd is not running"
+        return self._certs or Path(self._tmp or "") / "certs"
+
+    @property
+    def pid(self) -> int:
+        assert self._server is not None, "fluxd is not running"
+        return self._server.pid
+
+    @property
     def peak_resettable(self) -> bool:
         return self._server.peak_resettable if self._server else False
 
@@ -116,21 +143,20 @@ class FluxPeer(Service):
         argv = [
             *self.placement.server_prefix, flux_binary("fluxd"), "serve", "--root",
             str(self.root), "--listen", f"{self.placement.host}:0",
-            "--certs", str(self._tmp / "certs"),
+            "--certs", str(self.certs),
         ]  # fmt: skip
         if self.token:
             self._env["FLUX_TOKEN"] = self._issue_token()
         else:
             argv.append("--anonymous")
-        if self.limits:
+        if self.limits or self.storage:
             config = self._tmp / "fluxd.toml"
-            lines = [f"{k} = {json.dumps(v)}" for k, v in self.limits.items()]
-            config.write_text("[limits]\n" + "\n".join(lines) + "\n")
+            config.write_text(toml_tables({"limits": self.limits, "storage": self.storage}))
             argv += ["--config", str(config)]
         if self.quic_datagram_size is not None:
             argv += [QUIC_FLAG, str(self.quic_datagram_size)]
             self._env[QUIC_ENV] = str(self.quic_datagram_size)
-        self._server = ServerProcess("fluxd", argv, self._env)
+        self._server = ServerProcess("fluxd", argv, self._env | self.daemon_env)
         event = self._server.start()
         self.port = _port(event)
         self.fingerprint = str(event.get("fingerprint") or "")
@@ -142,7 +168,7 @@ class FluxPeer(Service):
         assert self._tmp is not None
         argv = [flux_binary("fluxd"), "token", "issue", "--sub", "bench", "--scope", "read:/",
                 "--scope", "write:/", "--scope", "list:/", "--scope", "delete:/",
-                "--certs", str(self._tmp / "certs")]  # fmt: skip
+                "--certs", str(self.certs)]  # fmt: skip
         done = subprocess.run(
             argv, capture_output=True, text=True, env=self._env, timeout=60, check=False
         )
@@ -162,26 +188,73 @@ class FluxPeer(Service):
     def dest(self, name: str) -> Path:
         return self.root / "bench" / name
 
+    def url(self, name: str) -> str:
+        """flux://HOST:PORT/bench/NAME on this daemon."""
+        return f"flux://{self.placement.host}:{self.port}/bench/{name}"
+
+    def trust(self) -> list[str]:
+        """How fluxctl trusts this daemon: its pin, or (`ca`) the CA of its certs directory."""
+        return ["--ca", str(self.certs / "ca.pem")] if self.ca else ["--pin", self.fingerprint]
+
     def send_argv(self, src: Path, name: str, recursive: bool = False) -> list[str]:
-        """`fluxctl send [-r] SRC flux://HOST:PORT/bench/NAME` with this daemon's pin."""
-        url = f"flux://{self.placement.host}:{self.port}/bench/{name}"
+        """`fluxctl send [-r] SRC flux://HOST:PORT/bench/NAME` trusting this daemon."""
         send = ["send", "-r"] if recursive else ["send"]
-        argv = [*self.placement.client_prefix, flux_binary("fluxctl"), *send, str(src), url,
-                "--pin", self.fingerprint, "--transport", self.transport, "--json",
-                "--quiet"]  # fmt: skip
+        argv = [*self.placement.client_prefix, flux_binary("fluxctl"), *send, str(src),
+                self.url(name), *self.trust(), "--transport", self.transport, "--json",
+                "--quiet", *self.send_options]  # fmt: skip
         return argv + (["--lanes", str(self.lanes)] if self.lanes != 1 else [])
+
+    def client(self, *args: str, timeout: float = 600.0) -> dict[str, Any]:
+        """Run `fluxctl ARGS --json` trusting this daemon (e.g. recv, rm); its JSON report.
+
+        Raises:
+            BenchError: fluxctl failed or printed no JSON object.
+        """
+        argv = [*self.placement.client_prefix, flux_binary("fluxctl"), *args, *self.trust()]
+        run = run_measured([*argv, "--json"], env=self._env, timeout=timeout)
+        return json_report(f"fluxctl {args[0]}", run)
 
     def measure(self, argv: list[str], timeout: float) -> tuple[Run, int, bool]:
         """Run any client command against this daemon (see ServerProcess.measure_client)."""
         assert self._server is not None, "fluxd is not running"
         return self._server.measure_client(argv, self._env, timeout)
 
+    def check_copy(self, name: str, size: int, digest: str | None, scratch: Path) -> None:
+        """Check the copy through the daemon (`fluxctl stat`; with `digest`, `fluxctl recv`
+        into `scratch` and hash that): whatever its storage, the copy is what it serves.
+
+        Raises:
+            BenchError: another size or digest, or fluxctl failed.
+        """
+        if digest is None:
+            got = self.client("stat", self.url(name)).get("size")
+        else:
+            back = scratch / f"{name}.back"
+            try:
+                got = self.client("recv", self.url(name), str(back)).get("bytes")
+                copy = file_digest(back)
+            finally:
+                back.unlink(missing_ok=True)
+            if copy != digest:
+                raise BenchError(f"{self.tool}: {name} differs from the source ({copy})")
+        if got != size:
+            raise BenchError(f"{self.tool}: {name} has {got} bytes, expected {size}")
+
+    def remove_copy(self, name: str) -> None:
+        self.client("rm", self.url(name))
+
+    def died_at(self) -> float | None:
+        """time.monotonic() when the daemon exited, if it has."""
+        return self._server.died_at() if self._server else None
+
     def send(self, src: Path, name: str, timeout: float | None = None) -> Transfer:
         """fluxctl send `src`; the daemon's peak RSS is VmHWM, reset before the transfer."""
         assert self._server is not None, "fluxd is not running"
         size = src.stat().st_size
         argv, limit = self.send_argv(src, name), timeout or max(600.0, size / 5e6)
+        cpu = self._server.cpu_seconds()
         run, server_kib, reset = self.measure(argv, limit)
+        cpu = self._server.cpu_seconds() - cpu
         report = json_report(self.tool, run)
         if not report.get("ok") or report.get("bytes") != size:
             raise BenchError(f"fluxctl did not send the whole file: {report}")
@@ -197,8 +270,19 @@ class FluxPeer(Service):
             "transport": self.transport,
             "quic_datagram_size": self.quic_datagram_size,
             "server_peak_since": "transfer" if reset else "daemon start",
+            "server_cpu_seconds": round(cpu, 3),
         }
         return Transfer.from_run(self.tool, size, run, server_kib, details)
+
+
+def toml_tables(tables: dict[str, dict[str, str | int | bool]]) -> str:
+    """TOML for flat tables of strings, integers and booleans (JSON spells them as TOML
+    does); empty tables are left out."""
+    out = []
+    for name, values in tables.items():
+        if values:
+            out += [f"[{name}]", *(f"{k} = {json.dumps(v)}" for k, v in values.items()), ""]
+    return "\n".join(out)
 
 
 def _is_quic(event: Event) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import sys
@@ -14,9 +13,8 @@ from fluxd.certs import init_certs
 from .. import BenchError
 from ..naive_quic import DEFAULT_DATAGRAM_SIZE, DEFAULT_LOOP
 from .base import Service, Transfer
-from .process import ServerProcess, json_report
+from .process import ServerProcess, harness_env, json_report
 
-REPO = Path(__file__).resolve().parents[2]
 MODULE = "benchmarks.naive_quic"
 
 
@@ -39,10 +37,7 @@ class NaiveQuicPeer(Service):
         self.dest_dir, self.datagram_size, self.loop = dest_dir, datagram_size, loop
         self.port = 0
         self._tmp: Path | None = None
-        self._env = dict(os.environ)
-        self._env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(REPO), os.environ.get("PYTHONPATH")])
-        )
+        self._env = harness_env()
         self._server: ServerProcess | None = None
 
     def _argv(self, command: str, *args: str) -> list[str]:

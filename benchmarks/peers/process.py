@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any
+
+import psutil
 
 from .. import BenchError
 from ..measure import Run, proc_status_kib, reset_peak_rss, run_measured
@@ -29,6 +34,7 @@ class LogReader(threading.Thread):
         self.listening: list[Event] = []
         self.changed = threading.Condition()
         self.eof = False
+        self.ended_at: float | None = None
 
     def run(self) -> None:
         for raw in self.stream:
@@ -43,6 +49,7 @@ class LogReader(threading.Thread):
                     self.listening.append(event)
                     self.changed.notify_all()
         with self.changed:  # EOF: the server exited
+            self.ended_at = time.monotonic()
             self.eof = True
             self.changed.notify_all()
 
@@ -106,6 +113,18 @@ class ServerProcess:
         if self._reader is not None:
             self._reader.join(timeout=5)
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU seconds the server has used so far (0 once it is gone)."""
+        try:
+            times = psutil.Process(self.pid).cpu_times()
+        except psutil.Error:
+            return 0.0
+        return float(times.user + times.system)
+
+    def died_at(self) -> float | None:
+        """time.monotonic() when the server's output ended (it exited), if it has."""
+        return self._reader.ended_at if self._reader else None
+
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -126,6 +145,14 @@ class ServerProcess:
         if not self.alive():
             raise BenchError(f"{self.name} died during the transfer:\n{self.log_tail()}")
         return run, proc_status_kib(self.pid, "VmHWM"), reset
+
+
+def harness_env() -> dict[str, str]:
+    """This environment, with the checkout first on PYTHONPATH: for `python -m benchmarks.X`
+    helpers spawned as separate processes."""
+    repo = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path)
 
 
 def json_report(tool: str, run: Run) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import concurrency, core, housekeeping, links, quic, ratelimit, startup, tree
+from . import cluster, concurrency, core, housekeeping, links, quic, ratelimit, startup, tree
 
 SCENARIOS: dict[str, ModuleType] = {
     "core": core,
@@ -15,4 +15,5 @@ SCENARIOS: dict[str, ModuleType] = {
     "housekeeping": housekeeping,
     "startup": startup,
     "tree": tree,
+    "cluster": cluster,
 }

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
@@ -12,7 +14,8 @@ from typing import Any, cast
 from .. import BenchError
 from ..files import file_digest, format_size
 from ..measure import Stats
-from ..peers.base import Peer, Service, Transfer, remove_copy
+from ..peers.base import Peer, Service, StoredPeer, Transfer, remove_copy
+from ..peers.flux import FluxPeer
 
 
 def measured_transfer(
@@ -45,6 +48,26 @@ def measured_transfer(
     return transfer
 
 
+def stored_transfer(
+    peer: StoredPeer, src: Path, digest: str, verify_hash: bool, scratch: Path
+) -> Transfer:
+    """measured_transfer for a peer whose copy is in an object store: the peer checks the
+    copy (size, and if `verify_hash` content) and removes it afterwards.
+
+    Raises:
+        BenchError: the tool failed, or the copy has the wrong size or content.
+    """
+    transfer = peer.send(src, src.name)
+    try:
+        size = transfer.size
+        peer.check_copy(src.name, size, digest if verify_hash else None, scratch)
+        transfer.details["verified"] = "size+hash" if verify_hash else "size"
+    finally:
+        peer.remove_copy(src.name)
+    _report(transfer)
+    return transfer
+
+
 def _report(transfer: Transfer) -> None:
     print(
         f"  {transfer.tool:10} {format_size(transfer.size)} in {transfer.seconds:7.3f} s "
@@ -65,6 +88,29 @@ def summarize(transfers: Sequence[Transfer]) -> dict[str, Any]:
             "server_rss_kib_max": max((t.server_rss_kib or 0) for t in mine) or None,
         }
     return summary
+
+
+def fresh_peak(shared: FluxPeer, make: Callable[[], FluxPeer]) -> ContextManager[FluxPeer]:
+    """The daemon to measure one transfer's peak RSS on: `shared` if its VmHWM can be reset
+    before each transfer, else a new one from `make` (VmHWM only rises)."""
+    return contextlib.nullcontext(shared) if shared.peak_resettable else make()
+
+
+def comma_choices(allowed: Sequence[str], none_ok: bool = False) -> Callable[[str], list[str]]:
+    """An argparse type: names from `allowed`, comma-separated, returned in `allowed`'s order;
+    with `none_ok`, "none" (or nothing) is the empty list, else at least one name is needed."""
+
+    def parse(text: str) -> list[str]:
+        wanted = {t.strip() for t in text.split(",") if t.strip()} - (
+            {"none"} if none_ok else set()
+        )
+        if unknown := wanted - set(allowed):
+            raise argparse.ArgumentTypeError(f"unknown: {', '.join(sorted(unknown))}")
+        if not wanted and not none_ok:
+            raise argparse.ArgumentTypeError("none named")
+        return [t for t in allowed if t in wanted]
+
+    return parse
 
 
 def start_peers(stack: contextlib.ExitStack, services: Sequence[Service]) -> list[Peer]:

@@ -16,13 +16,15 @@ def verdict(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
 
-def machine_paragraph(m: dict[str, str], software: str) -> str:
-    """CPU, kernel, Python, `software`, commit, date, load, and where the files were."""
+def machine_paragraph(
+    m: dict[str, str], software: str, where: str = "Files and both destinations"
+) -> str:
+    """CPU, kernel, Python, `software`, commit, date, load, and where `where` were."""
     return (
         f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, "
         f"{software}; commit {m['commit']}; run {m['date']}, 1-minute load average "
         f"{m['load_at_start']} at start and {m.get('load_at_end', '?')} at end.\n"
-        f"Files and both destinations on **{m['filesystem']}**."
+        f"{where} on **{m['filesystem']}**."
     )
 
 

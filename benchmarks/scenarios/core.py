@@ -20,7 +20,7 @@ from ..peers.naive_quic import NaiveQuicPeer
 from ..peers.ssh import RsyncPeer, SshPeer
 from ..report import publish
 from ..sysdeps import ensure_tools
-from .common import measured_transfer, start_peers, summarize
+from .common import fresh_peak, measured_transfer, start_peers, summarize
 from .core_report import render
 from .workspace import Workspace
 
@@ -104,9 +104,7 @@ def _memory(ws: Workspace, sizes: Sequence[int]) -> dict[str, Any]:
                 print(f"skipping peak RSS at {format_size(size)}: {exc}", file=sys.stderr)
                 continue
             print(f"peak RSS at {format_size(size)}", file=sys.stderr)
-            # VmHWM only rises; without clear_refs, a fresh daemon per size.
-            reuse = shared.peak_resettable
-            with contextlib.nullcontext(shared) if reuse else FluxPeer(ws.flux_root) as flux:
+            with fresh_peak(shared, lambda: FluxPeer(ws.flux_root)) as flux:
                 pair = [measured_transfer(peer, src, digest, True) for peer in (flux, ssh)]
             rows.append({"size": size, "fluxctl": pair[0].to_json(), "scp": pair[1].to_json()})
             ws.discard(size)

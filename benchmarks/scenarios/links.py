@@ -30,7 +30,7 @@ from ..peers.flux import FluxPeer
 from ..peers.ssh import RsyncPeer, SshPeer
 from ..report import put_section, update_results, write_run
 from ..sysdeps import ensure_tools
-from .common import measured_transfer, start_peers, summarize
+from .common import comma_choices, measured_transfer, start_peers, summarize
 from .links_report import render_header, render_link
 from .workspace import Workspace
 
@@ -41,15 +41,6 @@ SIZES = {"lan": "1G", "wan": "128M", "lossy": "64M", "mobile": "128M"}  # scp at
 #: blackhole (25-30 s into it) and address change (30 s).
 QUICK_SIZES = {"lan": "256M", "wan": "64M", "lossy": "32M", "mobile": "64M"}
 TOOLS = ("fluxd-tcp", "fluxd-tcp4", "fluxd-auto", "fluxd-quic", "scp", "rsync")
-
-
-def _tools(text: str) -> list[str]:
-    wanted = {t.strip() for t in text.split(",") if t.strip()}
-    if unknown := wanted - set(TOOLS):
-        raise argparse.ArgumentTypeError(f"unknown tools: {', '.join(sorted(unknown))}")
-    if not wanted:
-        raise argparse.ArgumentTypeError("no tool named")
-    return [t for t in TOOLS if t in wanted]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tools",
-        type=_tools,
+        type=comma_choices(TOOLS),
         default=list(TOOLS),
         help=f"tools, comma-separated [{','.join(TOOLS)}]",
     )

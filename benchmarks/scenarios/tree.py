@@ -37,6 +37,7 @@ from ..peers.tree import FRESH, RERUN, FluxTree, RsyncTree, ScpTree, TreeClient
 from ..report import put_section, update_results, write_run
 from ..sysdeps import ensure_tools
 from ..treefiles import TreeInfo, TreeSpec, generate, tree_info
+from .common import comma_choices
 from .links import checked_placement, link_result
 from .tree_report import render_header, render_memory, render_place
 from .workspace import Workspace
@@ -53,21 +54,12 @@ RSS_FILES, QUICK_RSS_FILES = 100_000, 10_000
 SPACE_MARGIN = 512 * 1024 * 1024
 
 
-def _choices(allowed: Sequence[str]) -> Any:
-    def parse(text: str) -> list[str]:
-        if text.strip().lower() == "none":
-            return []
-        wanted = {t.strip() for t in text.split(",") if t.strip()}
-        if unknown := wanted - set(allowed):
-            raise argparse.ArgumentTypeError(f"unknown: {', '.join(sorted(unknown))}")
-        return [t for t in allowed if t in wanted]
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--links", type=_choices(PLACES), default=list(PLACES), help="or none [loopback,wan,lossy]"
+        "--links",
+        type=comma_choices(PLACES, none_ok=True),
+        default=list(PLACES),
+        help="or none [loopback,wan,lossy]",
     )
     parser.add_argument("--reps", type=int, help="repetitions per tool and link [3; quick: 1]")
     parser.add_argument("--quick", action="store_true", help="smaller trees, 1 repetition")
@@ -80,7 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "quick: 10000]"
     )  # fmt: skip
     parser.add_argument(
-        "--tools", type=_choices(TOOLS), default=list(TOOLS), help="[fluxctl,rsync,scp]"
+        "--tools",
+        type=comma_choices(TOOLS, none_ok=True),
+        default=list(TOOLS),
+        help="[fluxctl,rsync,scp]",
     )
     parser.add_argument(
         "--timeout", type=float, default=1800.0, help="seconds per run [%(default)s]"
