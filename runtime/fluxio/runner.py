@@ -1,9 +1,18 @@
-"""The event loop both tools run their work on (uvloop), and how a run ends."""
+"""The event loop both tools run their work on (uvloop), and how a run ends.
+
+uvloop (0.23) shuts its default executor down in a thread of its own, which then reports back
+with `call_soon_threadsafe`. A Ctrl-C that lands while asyncio.Runner waits for that thread
+(the workers can be busy: fluxctl imports aioquic in one) makes the runner close the loop at
+once, and the thread, once the workers were done, raised "RuntimeError: Event loop is closed":
+a traceback after the command's one line. CPython's own loop checks for a closed loop there
+(python/cpython#96827); uvloop does not. `Loop` joins the workers in the loop's own thread.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import uvloop
@@ -11,10 +20,41 @@ import uvloop
 T = TypeVar("T")
 
 
-def run(main: Coroutine[Any, Any, T]) -> T:
-    """Run `main` to its end on a new uvloop loop, as `asyncio.run` would, then close the loop.
+class Loop(uvloop.Loop):
+    """uvloop's loop, whose default executor is shut down without a thread that can outlive
+    the loop."""
 
-    A Ctrl-C during the run cancels `main` and comes out as KeyboardInterrupt (asyncio.Runner).
+    def __init__(self) -> None:
+        super().__init__()
+        self._executor: Any = None
+        # One from the start: uvloop makes its own lazily, where no subclass can reach it.
+        # No thread starts before the first job.
+        self.set_default_executor(ThreadPoolExecutor(thread_name_prefix="fluxio"))
+
+    def set_default_executor(self, executor: Any) -> None:
+        super().set_default_executor(executor)
+        self._executor = executor
+
+    async def shutdown_default_executor(self, timeout: float | None = None) -> None:
+        """Wait for the default executor's workers here, in the loop's thread (`timeout` is not
+        applied: they are waited for).
+
+        The runner calls this last, once every task has ended, so blocking the loop costs
+        nothing. A Ctrl-C during the wait comes out as KeyboardInterrupt and leaves no thread
+        that calls into the loop; a worker still busy ends on its own, and the future it would
+        complete was cancelled with the task that awaited it."""
+        executor, self._executor = self._executor, None
+        super().set_default_executor(None)
+        await super().shutdown_default_executor()  # no executor: marks it shut, starts nothing
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` to its end on a new `Loop`, as `asyncio.run` would, then close the loop.
+
+    A Ctrl-C during the run cancels `main` and comes out as KeyboardInterrupt (asyncio.Runner);
+    one during the shutdown that follows comes out as KeyboardInterrupt too, and nothing else.
     """
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=Loop) as runner:
         return runner.run(main)
