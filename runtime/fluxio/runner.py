@@ -50,11 +50,38 @@ class Loop(uvloop.Loop):
             executor.shutdown(wait=True)
 
 
+#: Loops a Ctrl-C left marked as running (see `run`), kept to the end of the process: uvloop
+#: raises when it frees one, and that would print after the command's line.
+_STUCK: list[asyncio.AbstractEventLoop] = []
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run `main` to its end on a new `Loop`, as `asyncio.run` would, then close the loop.
 
     A Ctrl-C during the run cancels `main` and comes out as KeyboardInterrupt (asyncio.Runner);
     one during the shutdown that follows comes out as KeyboardInterrupt too, and nothing else.
+    After each run uvloop puts the process's signal wake-up back, then closes its own sockets
+    in Python code: a Ctrl-C that lands there skips the rest of its bookkeeping, and the loop,
+    still marked running, refuses to run or close for the rest of the shutdown (RuntimeError).
     """
-    with asyncio.Runner(loop_factory=Loop) as runner:
-        return runner.run(main)
+    runner = asyncio.Runner(loop_factory=Loop)
+    loop = runner.get_loop()
+    try:
+        with runner:
+            return runner.run(main)
+    except Exception as exc:
+        if not _interrupted(exc):
+            raise
+        if not loop.is_closed():
+            _STUCK.append(loop)
+        raise KeyboardInterrupt from exc
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the exceptions `exc` was raised while handling."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__context__
+    return False

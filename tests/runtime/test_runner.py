@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -101,3 +102,30 @@ def test_a_run_returns_what_its_coroutine_returns_and_raises_what_it_raises() ->
     assert run(value()) == 42
     with pytest.raises(ValueError, match="x"):
         run(failure())
+
+
+def test_ctrl_c_as_uvloop_stops_its_run_is_an_interrupt(
+    sigint_raises: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvloop closes its own signal sockets in Python code after each run, the wake-up already
+    given back: a Ctrl-C there leaves the loop marked running, and the runner's shutdown raised
+    RuntimeError ("Cannot close a running event loop": exit 1 instead of 130)."""
+    closed: list[socket.socket] = []
+    armed = threading.Event()
+    real_close = socket.socket.close
+
+    def close(sock: socket.socket) -> None:
+        real_close(sock)
+        if armed.is_set():
+            closed.append(sock)
+            if len(closed) == 2:  # the second of the loop's pair: nothing is left open
+                signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(socket.socket, "close", close)
+
+    async def main() -> None:
+        armed.set()  # the next sockets closed are the loop's, as its run ends
+
+    with pytest.raises(KeyboardInterrupt):
+        run(main())
+    assert len(closed) == 2, "the interrupt did not land as the run stopped"
