@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-import uvloop
 
 from fluxio.cliutil import CONTEXT, run_app
 from fluxio.parsing import is_loopback, parse_duration
+from fluxio.runner import run
 from fluxio.tls import CertPaths, cert_fingerprint, server_ssl_context
 from fluxproto import ConfigError
 from fluxproto.errors import EXIT_INTEGRITY
@@ -345,7 +345,7 @@ def _raise_fd_limit(connections: int) -> None:
 
 
 def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
-    uvloop.run(coro)
+    run(coro)
 
 
 def main() -> NoReturn:

@@ -196,8 +196,7 @@ class Run:
 
     def execute(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run `work` on uvloop; report a failure and exit with its code."""
-        import uvloop  # noqa: PLC0415
-
+        from fluxio.runner import run  # noqa: PLC0415
         from fluxproto import FluxError  # noqa: PLC0415
 
         # What the command imported lives for the whole process: keep the collector off it,
@@ -205,7 +204,7 @@ class Run:
         gc.freeze()
         coro = work()
         try:
-            return uvloop.run(coro)
+            return run(coro)
         except FluxError as exc:
             self.fail(exc.message, exc.exit_code)
         except KeyboardInterrupt:
