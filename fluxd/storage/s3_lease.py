@@ -125,7 +125,8 @@ class Lease:
         """Make sure the lease has at least RENEW_AT of its TTL left, renewing it if needed.
 
         Raises:
-            Conflict: the lease was lost (expired and taken over): stop writing.
+            Conflict: the lease was lost (it expired and another node took it over, or
+            removed it since): stop writing.
         """
         with self._lock:
             self._keep()
@@ -136,10 +137,9 @@ class Lease:
         ttl = self._holder.ttl
         if time.monotonic() - self._since < ttl * (1 - RENEW_AT):
             return
+        # Renewed only if it is still the one we wrote: one that expired meanwhile (a client
+        # silent for longer than the TTL) is still ours if no node took it over since.
         since = time.monotonic()
-        if since - self._since >= ttl:
-            self._etag = None
-            raise Conflict(f"the lease on {self._label} expired; another node may write it")
         try:
             self._etag = self._store.put(
                 self._key,
@@ -149,7 +149,7 @@ class Lease:
             )
         except Conflict:
             self._etag = None
-            raise Conflict(f"another node took over {self._label}") from None
+            raise Conflict(f"another node took over the lease on {self._label}") from None
         self._since = since
 
     def release(self) -> None:

@@ -17,7 +17,8 @@ from benchmarks.engines import SeaweedFS
 from fluxd.auth.scopes import subject_root
 from fluxd.config import AuthConfig, Limits
 from fluxd.storage.s3 import MIN_PART, S3Storage
-from fluxd.storage.s3_layout import Record, data_key, entry_key
+from fluxd.storage.s3_layout import Record, data_key, entry_key, upload_dir
+from fluxd.storage.s3_lease import live
 from fluxd.storage.s3_store import S3Settings
 from fluxproto.digest import chunk_digest
 from fluxproto.errors import (
@@ -418,3 +419,30 @@ def test_quota_counts_files_on_s3_as_on_local_storage(
     finally:
         next(builds, None)  # its cleanup: the access log and the pool
     assert d.storage.usage("users/alice") == 6000
+
+
+def test_a_writer_silent_past_its_lease_goes_on_if_no_node_took_over(
+    s3_engine: SeaweedFS, s3_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow client: the lease lapsed between two chunks, but it is still the one written."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_engine.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_engine.secret_key)
+    settings = S3Settings(
+        s3_engine.bucket, s3_engine.endpoint, s3_prefix, s3_engine.region, lease_ttl=1.0
+    )
+    storage, other = S3Storage(settings, owner="slow"), S3Storage(settings, owner="other")
+    data = os.urandom(2 * CS)
+    pieces = chunks(data, CS)
+    up = storage.open_upload("f", len(data), CS, 0o644, writer="w")
+    up.write_chunks(pieces[:1])
+    lease = other._store.get_aged(upload_dir("f") + "lease", "test")
+    deadline = time.monotonic() + 30
+    while lease is not None and live(lease):  # by the store's clock: poll until it lapsed
+        assert time.monotonic() < deadline, "the lease never lapsed"
+        time.sleep(0.2)
+        lease = other._store.get_aged(upload_dir("f") + "lease", "test")
+    up.write_chunks(pieces[1:])
+    up.commit(ref(data))
+    assert download(other, "f") == data
+    storage.close()
+    other.close()
