@@ -131,7 +131,7 @@ def scrub(
 ) -> None:
     """Verify every committed file against its chunk digests; exit 3 if any is corrupt."""
     cfg = load_config(config, {"root": root})
-    maintenance: Maintenance = open_storage(cfg, create=False)
+    maintenance: Maintenance = open_storage(cfg, create=False, wait=False)
     report = maintenance.scrub()
     if json_:
         typer.echo(json.dumps(dataclasses.asdict(report)))
@@ -281,12 +281,14 @@ def version() -> None:
 STORE_RETRY_MAX = 30.0
 
 
-def open_storage(cfg: ServerConfig, *, create: bool) -> Backend:
+def open_storage(cfg: ServerConfig, *, create: bool, wait: bool = True) -> Backend:
     """The storage `[storage]` names: the local root (created if `create`), or the S3 bucket,
-    checked. A store that does not answer is waited for, with a log line per attempt.
+    checked. A store that does not answer is waited for (with `wait`), with a log line per
+    attempt.
 
     Raises:
-        ConfigError: a root that cannot be one; no such bucket, or credentials refused.
+        ConfigError: a root that cannot be one; no such bucket, credentials refused, a store
+        without conditional writes. Unavailable: the store does not answer (without `wait`).
     """
     if cfg.storage.backend == "local":
         return LocalStorage(_root_dir(cfg.root, create=create))
@@ -306,8 +308,11 @@ def open_storage(cfg: ServerConfig, *, create: bool) -> Backend:
     while True:
         try:
             storage.check()
+            log.event("store-checked", store=f"s3://{c.bucket}", checksums=storage.checksums)
             return storage
         except Unavailable as exc:
+            if not wait:
+                raise
             log.event("store-unreachable", logging.WARNING, detail=exc.message, retry_in=delay)
             time.sleep(delay)
             delay = min(delay * 2, STORE_RETRY_MAX)

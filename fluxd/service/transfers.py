@@ -181,10 +181,11 @@ class UploadHandle:
             with self._count_lock:
                 nbytes = sum(len(data) for index, _, data in batch if self._first_write(index))
         counted = record or self._drivers[0][1]
-        if durable:
-            counted.bytes += nbytes
-        else:
-            self._pending.append((counted, nbytes))
+        with self._count_lock:
+            if durable:
+                counted.bytes += nbytes
+            else:
+                self._pending.append((counted, nbytes))
 
     def _first_write(self, index: int) -> bool:
         """True the first time chunk `index` is written in this upload (hold the write lock)."""

@@ -26,7 +26,7 @@ from .base import TREE_ENTRIES, Collected, EntryPage, Recovered, ScrubReport, Up
 from .local_entry import last_name
 from .paths import check_link_target, normalize, require_file_path
 from .s3_download import S3Download
-from .s3_layout import Record, entry_key, marker_key
+from .s3_layout import Record, entry_key, marker_key, retired_key
 from .s3_store import ObjectStore, S3Settings
 from .s3_tree import S3Tree
 from .s3_upkeep import S3Upkeep
@@ -63,8 +63,14 @@ class S3Storage:
         self._upkeep = S3Upkeep(self._store, self._tree)
 
     def check(self) -> None:
-        """Check the bucket and the credentials (at start). Raises ConfigError, Unavailable."""
+        """Check the bucket, the credentials and the store's conditional writes, and learn
+        whether it takes checksums (at start). Raises ConfigError, Unavailable."""
         self._store.check()
+
+    @property
+    def checksums(self) -> bool:
+        """Whether what is stored carries a CRC the store checks (`ObjectStore.check`)."""
+        return self._store.checksums
 
     def close(self) -> None:
         for pool in (self._commits, self._pool):
@@ -211,8 +217,8 @@ class S3Storage:
 
     def delete(self, path: str, recursive: bool = False, limit: int = TREE_ENTRIES) -> int:
         """Delete a file or link, or with `recursive` a folder and everything in it; see
-        `base.Storage.delete`. A file's data object stays until garbage collection (a download
-        in progress goes on reading it)."""
+        `base.Storage.delete`. A file's data object is retired, and stays until garbage
+        collection (`staging_grace` later): a download in progress goes on reading it."""
         rel = normalize(path)
         if not rel:
             raise PermissionDenied("the root cannot be deleted")
@@ -220,6 +226,8 @@ class S3Storage:
         if record is None:
             raise NotFound(f"no such file or directory: {rel}")
         if record.kind != "dir":
+            if record.kind == "file":
+                self._store.put(retired_key(rel, record.nonce), b"", f"deleting {rel}")
             self._store.delete([entry_key(rel)], f"deleting {rel}")
             return 1
         if not recursive:

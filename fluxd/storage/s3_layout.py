@@ -13,6 +13,9 @@
                                      one empty object per chunk the store holds, named by its
                                      index, xxh3-128 digest (hex) and its part's ETag: a
                                      listing is the journal
+    retired/<path>/<nonce>           an empty key written when a version stops being the
+                                     file's (replaced or deleted): garbage collection removes
+                                     the version `staging_grace` after this key's time
     probe/<random>                   written and removed by a node's start-up check of the
                                      store's conditional writes
 
@@ -21,7 +24,8 @@
 A file appears, atomically, when its record is written, after its data object is complete
 and verified. The record names the data object's nonce, so a version is pinned by reading the
 record once: a download goes on reading its version whatever replaces the record, until
-garbage collection removes data objects no record names (after `staging_grace`).
+garbage collection removes data objects no record names, `staging_grace` after they were
+retired.
 """
 
 from __future__ import annotations
@@ -40,8 +44,10 @@ from .paths import reserved_key
 __all__ = [
     "ENTRIES",
     "FOLDERS",
+    "RETIRED",
     "UPLOADS",
     "Record",
+    "UnreadableRecord",
     "UploadRecord",
     "chunk_key",
     "chunks_prefix",
@@ -52,6 +58,7 @@ __all__ = [
     "markers_prefix",
     "new_nonce",
     "parse_chunk_key",
+    "retired_key",
     "upload_dir",
 ]
 
@@ -59,8 +66,13 @@ ENTRIES = "entries/"
 FOLDERS = "folders/"
 DATA = "data/"
 UPLOADS = "uploads/"
+RETIRED = "retired/"
 #: Largest record read back (a file's record holds 16 bytes per chunk, 10,000 chunks at most).
 MAX_RECORD = 1024 * 1024
+
+
+class UnreadableRecord(StorageError):
+    """A record in the store that is not one (damage, or a writer that is not fluxd)."""
 
 
 def new_nonce() -> str:
@@ -94,6 +106,10 @@ def data_key(rel: str, nonce: str) -> str:
 def data_prefix(rel: str) -> str:
     """Prefix of the data objects of `rel` and of everything under it ("" is the root)."""
     return f"{DATA}{rel}/" if rel else DATA
+
+
+def retired_key(rel: str, nonce: str) -> str:
+    return f"{RETIRED}{rel}/{nonce}"
 
 
 def upload_dir(rel: str) -> str:
@@ -130,9 +146,9 @@ def _unpack(raw: bytes, what: str) -> dict[str, Any]:
     try:
         value = msgpack.unpackb(raw, raw=False, max_bin_len=MAX_RECORD, max_str_len=MAX_RECORD)
     except (ValueError, msgpack.UnpackException) as exc:
-        raise StorageError(f"the record of {what} in the object store is unreadable") from exc
+        raise UnreadableRecord(f"the record of {what} in the object store is unreadable") from exc
     if not isinstance(value, dict):
-        raise StorageError(f"the record of {what} in the object store is unreadable")
+        raise UnreadableRecord(f"the record of {what} in the object store is unreadable")
     return value
 
 
@@ -173,7 +189,7 @@ class Record:
 
     @classmethod
     def unpack(cls, raw: bytes, what: str) -> Record:
-        """Raises StorageError when the bytes are not a record (damage, or another writer)."""
+        """Raises UnreadableRecord when the bytes are not a record (damage, or another writer)."""
         v = _unpack(raw, what)
         try:
             kind = v["kind"]
@@ -200,7 +216,8 @@ class Record:
             elif kind != "dir":
                 raise ValueError(kind)
         except (KeyError, TypeError, ValueError, ZeroDivisionError):
-            raise StorageError(f"the record of {what} in the object store is unreadable") from None
+            unreadable = f"the record of {what} in the object store is unreadable"
+            raise UnreadableRecord(unreadable) from None
         return record
 
     def entry(self, name: str, with_digest: bool = True) -> Entry:
@@ -242,4 +259,4 @@ class UploadRecord:
                 str(v["path"]), int(v["size"]), int(v["chunk"]), str(v["nonce"]), str(v["upload"])
             )
         except (KeyError, TypeError, ValueError):
-            raise StorageError(f"the upload record of {what} is unreadable") from None
+            raise UnreadableRecord(f"the upload record of {what} is unreadable") from None

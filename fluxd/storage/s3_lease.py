@@ -16,13 +16,14 @@ over.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
 
 import msgpack
 
-from fluxproto.errors import Conflict, FluxError, Unavailable
+from fluxproto.errors import Conflict, FluxError, NotFound, Unavailable
 
 from .s3_store import ObjectStore
 
@@ -113,8 +114,8 @@ class Lease:
             try:
                 etag = store.put(key, body, f"taking over the lease on {label}", if_match=found[1])
                 return cls(store, key, label, etag, since, holder)
-            except Conflict:
-                continue  # another node took it over first: look again
+            except (Conflict, NotFound):
+                continue  # another node took it over or released it first: look again
         raise Conflict(f"{label} is being written by another session")
 
     @property
@@ -147,19 +148,31 @@ class Lease:
                 f"renewing the lease on {self._label}",
                 if_match=self._etag,
             )
-        except Conflict:
+        except (Conflict, NotFound):  # If-Match on a key that is gone: 404 or 412
             self._etag = None
             raise Conflict(f"another node took over the lease on {self._label}") from None
         self._since = since
 
     def release(self) -> None:
-        """Give the lease up (deleting it, if it is still ours). Idempotent; errors are left to
-        expiry: a lease that was not deleted frees itself after its TTL."""
-        etag, self._etag = self._etag, None
+        """Give the lease up: rewrite it, if it is still ours (If-Match; a DELETE's condition
+        is not honoured by every store), as one that has lapsed already, which any writer may
+        take over. Idempotent; errors are left to expiry: a lease not rewritten frees itself
+        after its TTL."""
+        with self._lock:
+            etag, self._etag = self._etag, None
         if etag is None:
             return
-        what = f"releasing the lease on {self._label}"
+        lapsed = dataclasses.replace(self._holder, ttl=-SLACK).pack()
         with contextlib.suppress(FluxError):  # expiry frees it
-            found = self._store.get_aged(self._key, what)
-            if found is not None and found[1] == etag:
-                self._store.delete([self._key], what)
+            self._store.put(
+                self._key, lapsed, f"releasing the lease on {self._label}", if_match=etag
+            )
+
+    def drop(self) -> None:
+        """Give the lease up by deleting it: for an upload that is over (committed or thrown
+        away), which leaves nothing under the path to resume. Idempotent."""
+        with self._lock:
+            etag, self._etag = self._etag, None
+        if etag is not None:
+            with contextlib.suppress(FluxError):
+                self._store.delete([self._key], f"releasing the lease on {self._label}")

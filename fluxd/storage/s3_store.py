@@ -28,6 +28,7 @@ from fluxproto.errors import (
     ConfigError,
     Conflict,
     FluxError,
+    IntegrityError,
     LimitExceeded,
     NoSpace,
     NotFound,
@@ -60,12 +61,39 @@ _BY_CODE: tuple[tuple[frozenset[str], type[FluxError], str], ...] = (
         "the object store is full while {what} ({code})",
     ),
     (
-        frozenset({"EntityTooLarge", "EntityTooSmall", "InvalidPart", "InvalidPartOrder"}),
+        frozenset({"EntityTooLarge", "EntityTooSmall"}),
         LimitExceeded,
         "the object store refused the size while {what} ({code})",
     ),
     (
-        frozenset({"SlowDown", "ServiceUnavailable", "503", "InternalError", "500"}),
+        frozenset({"KeyTooLongError"}),
+        LimitExceeded,
+        "the path is too long for the object store while {what}",
+    ),
+    (
+        frozenset({"InvalidPart", "InvalidPartOrder"}),
+        IntegrityError,
+        "the object store no longer holds parts as sent while {what} ({code}); resend",
+    ),
+    (
+        frozenset(
+            {
+                "SlowDown",
+                "ServiceUnavailable",
+                "InternalError",
+                "BadGateway",
+                "GatewayTimeout",
+                "Throttling",
+                "ThrottlingException",
+                "TooManyRequests",
+                "RequestLimitExceeded",
+                "429",
+                "500",
+                "502",
+                "503",
+                "504",
+            }
+        ),
         Unavailable,
         "the object store is busy while {what} ({code}); retry",
     ),
@@ -162,8 +190,10 @@ def store_error(exc: BaseException, what: str) -> FluxError:
             if code in codes:
                 return cls(message.format(what=what, code=code))
         return StorageError(f"the object store failed while {what} ({code})")
-    if isinstance(exc, botocore.exceptions.NoCredentialsError):
-        return ConfigError("no credentials for the object store (AWS_ACCESS_KEY_ID, ...)")
+    if isinstance(
+        exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.ParamValidationError
+    ):
+        return StorageError(f"the object store cannot be asked while {what}: {exc}")
     if isinstance(exc, botocore.exceptions.BotoCoreError | OSError):
         return Unavailable(f"the object store is unreachable while {what}; retry")
     raise exc
@@ -190,20 +220,30 @@ class ObjectStore:
         #: Whether If-Match takes the ETag in quotes (learnt by `check`).
         self.quoted = True
         self.prefix = settings.prefix.strip("/") + "/" if settings.prefix.strip("/") else ""
+        #: Whether what is written carries a CRC the store checks (learnt by `check`).
+        self.checksums = False
+        self._s3 = self._client(checksums=False)
+
+    def _client(self, *, checksums: bool) -> Any:
         config = Config(
-            s3={"addressing_style": "path" if settings.path_style else "virtual"},
+            s3={"addressing_style": "path" if self.settings.path_style else "virtual"},
             max_pool_connections=POOL_CONNECTIONS,
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-            # Our retries are the client's: a failed request fails the chunk, which is resent.
-            retries={"max_attempts": 2, "mode": "standard"},
-            # Engines without flexible checksums (Ceph RGW 16) refuse them.
-            request_checksum_calculation="when_required",
+            connect_timeout=self.settings.connect_timeout,
+            read_timeout=self.settings.read_timeout,
+            # No retry of boto3's own: a failed request fails its chunk, which the client
+            # sends again, and a request never outlasts the writer's lease (s3_lease.py).
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            # A CRC with every body, checked by the store, where it takes them (Ceph RGW 16
+            # does not: `check` finds out).
+            request_checksum_calculation="when_supported" if checksums else "when_required",
             response_checksum_validation="when_required",
         )
         with store_errors("connecting to the object store"):
-            self._s3 = boto3.session.Session().client(
-                "s3", endpoint_url=settings.endpoint, region_name=settings.region, config=config
+            return boto3.session.Session().client(
+                "s3",
+                endpoint_url=self.settings.endpoint,
+                region_name=self.settings.region,
+                config=config,
             )
 
     # --- whole objects -------------------------------------------------------------------------
@@ -233,7 +273,30 @@ class ObjectStore:
             ) from None
         except (botocore.exceptions.BotoCoreError, OSError) as exc:
             raise store_error(exc, f"checking bucket {self.bucket!r}") from None
-        self._probe_conditions()
+        try:
+            self._probe_conditions()
+            self._probe_checksums()
+        except (ConfigError, Unavailable):
+            raise
+        except FluxError as exc:
+            raise ConfigError(f"the object store refused a test write: {exc.message}") from None
+
+    def _probe_checksums(self) -> None:
+        """Use a client that sends a CRC with every body if the store takes it and keeps the
+        bytes as sent (an engine without flexible checksums could keep the encoding)."""
+        key, what, body = f"probe/{secrets.token_hex(8)}", "checking checksums", b"flux-crc"
+        checked = self._client(checksums=True)
+        try:
+            with store_errors(what):
+                checked.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body)
+            found = self.get(key, what)
+            self.checksums = found is not None and found[0] == body
+        except FluxError:
+            self.checksums = False
+        finally:
+            self.delete([key], what)
+        if self.checksums:
+            self._s3 = checked
 
     def _probe_conditions(self) -> None:
         """Learn how the store takes If-Match (quoted ETags, as SeaweedFS; bare ones, as Ceph
@@ -259,6 +322,11 @@ class ObjectStore:
                     continue
             else:
                 honoured = False
+            try:  # and a wrong ETag must be refused, not ignored
+                self.put(key, b"4", what, if_match="0" * 32)
+                honoured = False
+            except (Conflict, NotFound):
+                pass
             if not honoured:
                 raise ConfigError(
                     "the object store does not honour conditional writes (If-None-Match, "

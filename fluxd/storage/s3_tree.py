@@ -13,19 +13,22 @@ import dataclasses
 from collections.abc import Iterator
 from concurrent.futures import Executor
 
-from fluxproto.errors import LimitExceeded, NotFound, PermissionDenied, StorageError
+from fluxproto.errors import LimitExceeded, NotFound, PermissionDenied
 from fluxproto.frames import Entry
 
 from .paths import MAX_DEPTH, normalize
 from .s3_layout import (
+    DATA,
     ENTRIES,
     FOLDERS,
     Record,
+    UnreadableRecord,
     data_prefix,
     entry_key,
     folder_key,
     marker_key,
     markers_prefix,
+    retired_key,
 )
 from .s3_store import DELETE_BATCH, ObjectStore
 
@@ -116,7 +119,10 @@ class S3Tree:
                 if (
                     ch < "/"
                     and (cursor is None or up > cursor)
-                    and self._store.any_under(f"{folder_key(rel)}{up}/", what)
+                    and (
+                        self._store.any_under(folder_key(_child(rel, up)), what)
+                        or self._store.any_under(markers_prefix(_child(rel, up)), what)
+                    )
                 ):
                     return [(up, True)], True
             complete = names[:1]
@@ -144,8 +150,8 @@ class S3Tree:
                     return (marker or IMPLIED).entry(name, digests)
                 found = self._store.get(entry_key(child), f"reading {child}")
                 return Record.unpack(found[0], child).entry(name, digests) if found else None
-            except StorageError:
-                return None  # unreadable: left out as the local tree leaves out what it cannot stat
+            except UnreadableRecord:
+                return None  # left out, as the local tree leaves out what it cannot stat
 
         return [e for e in self._pool.map(one, names) if e is not None]
 
@@ -194,15 +200,19 @@ class S3Tree:
         what = f"deleting {rel}"
         folders, count = {rel}, 0
         for obj in self._store.walk(folder_key(rel), what):
-            folders.add(obj.key[len(ENTRIES) :].rpartition("/")[0])
+            folders.update(_between(rel, obj.key[len(ENTRIES) :].rpartition("/")[0]))
             count += 1
             if count + len(folders) > limit:
                 raise LimitExceeded(f"{rel} holds more than {limit} entries")
         for obj in self._store.walk(markers_prefix(rel), what):
-            folders.add(obj.key[len(FOLDERS) :])
+            folders.update(_between(rel, obj.key[len(FOLDERS) :]))
             if count + len(folders) > limit:
                 raise LimitExceeded(f"{rel} holds more than {limit} entries")
-        # Entries first, markers last: a folder interrupted halfway still lists what is left.
+        # Versions retired first (their grace counts from now), then entries, markers last:
+        # a folder interrupted halfway still lists what is left.
+        for obj in self._store.walk(data_prefix(rel), what):
+            path, _, nonce = obj.key[len(DATA) :].rpartition("/")
+            self._store.put(retired_key(path, nonce), b"", what)
         for prefix in (folder_key(rel), markers_prefix(rel)):
             batch: list[str] = []
             for obj in self._store.walk(prefix, what):
@@ -230,6 +240,15 @@ class S3Tree:
             if path in files and newest.get(path, (-1.0, 0))[0] < obj.modified:
                 newest[path] = (obj.modified, obj.size)
         return sum(size for _, size in newest.values())
+
+
+def _between(top: str, folder: str) -> list[str]:
+    """`folder` and every folder between it and `top` (which holds it)."""
+    found = []
+    while folder != top and folder:
+        found.append(folder)
+        folder = folder.rpartition("/")[0]
+    return found
 
 
 def _visible(rel: str, name: str) -> bool:

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections import defaultdict
 
 from fluxproto.digest import chunk_digest, digest_at
-from fluxproto.errors import FluxError, NotFound, StorageError
+from fluxproto.errors import Conflict, FluxError, NotFound, StorageError, Unavailable
 from fluxproto.frames import chunk_count
 
 from .base import Collected, Recovered, ScrubReport
 from .s3_layout import (
     DATA,
     ENTRIES,
+    RETIRED,
     UPLOADS,
     Record,
     UploadRecord,
@@ -24,7 +25,7 @@ from .s3_layout import (
     entry_key,
     upload_dir,
 )
-from .s3_lease import live
+from .s3_lease import Lease
 from .s3_store import ObjectStore, StoreObject
 from .s3_tree import S3Tree
 
@@ -48,66 +49,88 @@ class S3Upkeep:
 
     def collect(self, grace: float, now: float) -> Collected:
         """Abort uploads idle for `grace` seconds at `now` whose lease is not live (with their
-        records and chunk keys), multipart uploads no record names, and data objects that no
-        record names any more (older versions, deleted files), all idle for `grace`."""
+        records and chunk keys), multipart uploads no record names, and versions of files
+        retired (replaced or deleted) `grace` seconds ago that no record names any more."""
         done = Collected()
         what = "collecting garbage"
         state: dict[str, list[StoreObject]] = defaultdict(list)
         for obj in self._store.walk(UPLOADS, what):
             state[obj.key[: obj.key.index("/", len(UPLOADS)) + 1]].append(obj)
-        live_ids: set[str] = set()
+        live: set[str] = set()  # upload ids and nonces of uploads left alone
         for folder, objects in state.items():
-            if self._collect_upload(folder, objects, grace, now):
-                done.uploads += 1
+            kept = self._collect_upload(folder, objects, grace, now)
+            if kept is None:
+                done.uploads += any(o.key.endswith("/record") for o in objects)
             else:
-                found = self._store.get(folder + "record", what)
-                if found is not None:
-                    live_ids.add(UploadRecord.unpack(found[0], folder).upload_id)
+                live |= kept
         for key, upload_id, started in self._store.uploads(DATA, what):
-            if upload_id not in live_ids and now - started > grace:
+            if upload_id not in live and now - started > grace:
                 self._store.abort_upload(key, upload_id, what)
                 done.uploads += 1
-        done.bytes += self._collect_versions(grace, now)
+        done.bytes += self._collect_versions(grace, now, live)
         return done
 
     def _collect_upload(
         self, folder: str, objects: list[StoreObject], grace: float, now: float
-    ) -> bool:
-        """Remove the upload in `folder` if it is idle and unleased; True if it was."""
+    ) -> set[str] | None:
+        """Remove the upload in `folder` if it is idle and its lease lapsed: None if it was,
+        else its upload id and nonce (which the rest of the collection must leave alone: a
+        commit may have assembled the data object and not yet published it)."""
         what = "collecting garbage"
-        if now - max(o.modified for o in objects) <= grace:
-            return False
-        lease = self._store.get_aged(folder + "lease", what)
-        if lease is not None and live(lease):
-            return False
         found = self._store.get(folder + "record", what)
-        if found is not None:
-            record = UploadRecord.unpack(found[0], folder)
-            if upload_dir(record.path) != folder:
-                raise StorageError(f"the upload record in {folder} names another path")
-            key = data_key(record.path, record.nonce)
-            self._store.abort_upload(key, record.upload_id, what)
-        self._store.delete([o.key for o in objects], what)
-        return True
+        record = _upload_record(found[0], folder) if found else None
+        kept = {record.upload_id, record.nonce} if record else set()
+        if now - max(o.modified for o in objects) <= grace:
+            return kept
+        try:  # the lease, taken like a writer would: no node writes it while it goes
+            lease = Lease.take(self._store, folder + "lease", folder, "collector", "", 60.0)
+        except (Conflict, Unavailable):
+            return kept
+        try:
+            if record is not None:
+                key = data_key(record.path, record.nonce)
+                self._store.abort_upload(key, record.upload_id, what)
+            self._store.delete([o.key for o in objects if not o.key.endswith("/lease")], what)
+        except BaseException:
+            lease.release()
+            raise
+        lease.drop()
+        return None
 
-    def _collect_versions(self, grace: float, now: float) -> int:
-        """Delete data objects idle for `grace` that no file's record names; returns bytes."""
+    def _collect_versions(self, grace: float, now: float, live: set[str]) -> int:
+        """Delete the data objects no file's record names, retired `grace` seconds ago (or,
+        without a retired key, written then: an upload's that never got published), except
+        those of `live` uploads; returns the bytes freed."""
         what = "collecting garbage"
+        retired = {o.key[len(RETIRED) :]: o.modified for o in self._store.walk(RETIRED, what)}
         freed = 0
         by_path: dict[str, list[StoreObject]] = defaultdict(list)
         for obj in self._store.walk(DATA, what):
             by_path[obj.key[len(DATA) :].rpartition("/")[0]].append(obj)
             if len(by_path) > 1000:
-                freed += self._collect_paths(by_path, grace, now)
+                freed += self._collect_paths(by_path, grace, now, (live, retired))
                 by_path.clear()
-        return freed + self._collect_paths(by_path, grace, now)
+        freed += self._collect_paths(by_path, grace, now, (live, retired))
+        gone = [RETIRED + k for k, at in retired.items() if now - at > grace]
+        self._store.delete(gone, what)  # their data is gone, or current again
+        return freed
 
     def _collect_paths(
-        self, by_path: dict[str, list[StoreObject]], grace: float, now: float
+        self,
+        by_path: dict[str, list[StoreObject]],
+        grace: float,
+        now: float,
+        keep: tuple[set[str], dict[str, float]],
     ) -> int:
+        live, retired = keep
         what, freed = "collecting garbage", 0
         for rel, objects in by_path.items():
-            old = [o for o in objects if now - o.modified > grace]
+            old = []
+            for o in objects:
+                nonce = o.key.rpartition("/")[2]
+                since = retired.get(f"{rel}/{nonce}", o.modified)
+                if nonce not in live and now - since > grace:
+                    old.append(o)
             if not old:
                 continue
             try:
@@ -130,7 +153,11 @@ class S3Upkeep:
             found = self._store.get(entry_key(rel), f"scrubbing {rel}")
             if found is None:
                 continue
-            record = Record.unpack(found[0], rel)
+            try:
+                record = Record.unpack(found[0], rel)
+            except StorageError:
+                report.corrupt.append(rel)  # its digests are lost: nothing vouches for it
+                continue
             if record.kind != "file":
                 continue
             report.checked += 1
@@ -151,3 +178,13 @@ class S3Upkeep:
             if len(data) != length or chunk_digest(data) != digest_at(record.digests, index):
                 return False
         return True
+
+
+def _upload_record(raw: bytes, folder: str) -> UploadRecord | None:
+    """The upload record in `folder`, or None if it is unreadable or names another path's
+    folder (then the upload is garbage: nothing can resume it)."""
+    try:
+        record = UploadRecord.unpack(raw, folder)
+    except StorageError:
+        return None
+    return record if upload_dir(record.path) == folder else None

@@ -17,6 +17,7 @@ before their commit: the bytes wait in memory and the commit writes the data obj
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -33,6 +34,7 @@ from .base import HeldWithBase
 from .s3_download import S3Download
 from .s3_layout import (
     Record,
+    UnreadableRecord,
     UploadRecord,
     chunk_key,
     chunks_prefix,
@@ -43,6 +45,7 @@ from .s3_layout import (
     markers_prefix,
     new_nonce,
     parse_chunk_key,
+    retired_key,
     upload_dir,
 )
 from .s3_lease import Lease
@@ -74,7 +77,10 @@ def open_s3_upload(
     try:
         up = S3Upload(store, pool, rel, geometry, attributes, lease)
         found = store.get(upload_dir(rel) + "record", f"reading the upload of {rel}")
-        record = UploadRecord.unpack(found[0], rel) if found else None
+        try:
+            record = UploadRecord.unpack(found[0], rel) if found else None
+        except UnreadableRecord:
+            record = None  # nothing can resume it: started over (collection takes the rest)
         if record is not None and (record.size, record.chunk_size) == (size, chunk_size):
             up.resume(record)
         elif record is not None:
@@ -129,7 +135,10 @@ class S3Upload:
         # digests: the commit uses it only as far as those are the chunks held.
         self._hasher, self._frontier = FileHasher(), 0
         self._hashed: list[bytes] = []
-        self._lock = threading.RLock()  # held, etags, the hash and the record: parallel writes
+        # Writes run in parallel: `_state` guards held and etags, `_hashing` the hash (the
+        # event loop takes it in `arrived`: never held across I/O), `_starting` the start.
+        self._state, self._hashing = threading.Lock(), threading.Lock()
+        self._starting = threading.Lock()
         self._done = False
         #: The file at the path, whose chunks count as held where none is stored (`_basis`).
         self.base: Record | None = None
@@ -184,11 +193,6 @@ class S3Upload:
         self._lease.keep()
         self._store.put(upload_dir(self._rel) + "record", record.pack(), what)
         self.record = record
-        if self._memory:  # a small file held in memory that now must be durable
-            batch = [(i, self._held[i], data) for i, data in sorted(self._memory.items())]
-            self._held.clear()
-            self._memory.clear()
-            self.write_chunks(batch)
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -229,21 +233,28 @@ class S3Upload:
                 self._memory[index] = bytes(data)
                 self._held[index] = bytes(digest)
             return
-        with self._lock:
+        with self._starting:
             if self.record is None:
                 self.start()
+                if self._memory:  # a small file held in memory that now must be durable
+                    with self._state:
+                        kept = [(i, self._held.pop(i), d) for i, d in self._memory.items()]
+                    self._memory.clear()
+                    batch = [*kept, *batch]
             record = self.record
             assert record is not None
-        self._lease.keep()
         key = data_key(self._rel, record.nonce)
         what = f"storing chunks of {self._rel}"
 
         def store(chunk: ChunkData) -> str:
             index, digest, data = chunk
+            # Right before each request: it starts with most of the lease left (s3_lease.py).
+            self._lease.keep()
             etag = self._store.upload_part(key, record.upload_id, index + 1, data, what)
             new = chunk_key(self._rel, record.nonce, index, digest, etag)
+            self._lease.keep()
             self._store.put(new, b"", what)
-            with self._lock:
+            with self._state:
                 held = (self._held[index], self._etags[index]) if index in self._held else None
             old = chunk_key(self._rel, record.nonce, index, *held) if held else new
             if old != new:  # a resume would find both keys: drop the old one
@@ -258,7 +269,7 @@ class S3Upload:
             except BaseException as exc:  # noqa: BLE001 - the first failure is raised below
                 failed = failed or exc
                 continue
-            with self._lock:
+            with self._state:
                 self._held[index], self._etags[index] = bytes(digest), etag
         if failed is not None:
             raise failed
@@ -268,7 +279,7 @@ class S3Upload:
         """Hash the file as chunks arrive, in order (`base.Upload.arrived`): parts are stored
         several at once and finish in any order, so their writes cannot feed the hash. A
         chunk that arrives out of order stops it there; the commit reads the rest back."""
-        with self._lock:
+        with self._hashing:
             if index == self._frontier and self.record is not None:
                 self._hasher.update(data)
                 self._hashed.append(bytes(digest))
@@ -298,7 +309,7 @@ class S3Upload:
         else:
             self._commit_parts(digest, self.record)
         self._done = True
-        self._lease.release()
+        self._lease.drop()
 
     def _keep_base(self, base: Record) -> None:
         """Commit without writing: read the stored file whole and check it, then give its
@@ -323,8 +334,7 @@ class S3Upload:
             raise IntegrityError(f"the stored {self._rel} is corrupt; resend it")
         mtime = self._mtime_ns if self._mtime_ns is not None else base.mtime_ns
         kept = dataclasses.replace(base, mode=self._mode & 0o7777, mtime_ns=mtime)
-        self._lease.keep()
-        self._store.put(entry_key(self._rel), kept.pack(), f"publishing {self._rel}")
+        publish(self._store, self._lease, self._rel, kept)
         self.abort()
         self._done = True
 
@@ -390,7 +400,14 @@ class S3Upload:
             raise IntegrityError(f"the store lost {len(lost)} chunks of {self._rel}; resend them")
         self._lease.keep()
         order = [(i + 1, self._etags[i]) for i in range(self.count)]
-        self._store.complete_upload(key, record.upload_id, order, what)
+        try:
+            self._store.complete_upload(key, record.upload_id, order, what)
+        except NotFound:
+            # Assembled already (this commit's reply was lost, and it is tried again)?
+            if self._store.head(key, what) is None:
+                raise IntegrityError(
+                    f"the store lost the upload of {self._rel}; resend it"
+                ) from None
         try:
             if self._hashed != [self._held[i] for i in range(self._frontier)]:
                 self._hasher, self._frontier = FileHasher(), 0  # other bytes came: read it all
@@ -423,7 +440,8 @@ class S3Upload:
         return hasher.digest()
 
     def _publish(self, digest: bytes, nonce: str) -> None:
-        """Write the file's record: the file appears, whole, at its path."""
+        """Write the file's record: the file appears, whole, at its path. The version it
+        replaces is retired first (garbage collection counts its grace from then)."""
         digests = b"".join(self._held[i] for i in range(self.count))
         mtime = self._mtime_ns if self._mtime_ns is not None else time.time_ns()
         record = Record(
@@ -436,8 +454,7 @@ class S3Upload:
             digests,
             nonce,
         )
-        self._lease.keep()
-        self._store.put(entry_key(self._rel), record.pack(), f"publishing {self._rel}")
+        publish(self._store, self._lease, self._rel, record)
 
     # --- ending --------------------------------------------------------------------------------
 
@@ -451,8 +468,33 @@ class S3Upload:
         try:
             if self.record is not None and not self._done:
                 self.discard(self.record)
-        finally:
+        except BaseException:
             self.close()
+            raise
+        self._memory.clear()
+        self._lease.drop()
+
+
+def publish(store: ObjectStore, lease: Lease, rel: str, record: Record) -> None:
+    """Write `record` at `rel` if the record there is still the one read here (a writer whose
+    lease lapsed while it was slow may not overwrite the one that took over), retiring the
+    version it replaces first.
+
+    Raises:
+        Conflict: another writer published `rel` meanwhile, or the lease was lost.
+    """
+    what = f"publishing {rel}"
+    found = store.get(entry_key(rel), what)
+    if found is not None:
+        with contextlib.suppress(StorageError):
+            old = Record.unpack(found[0], rel)
+            if old.kind == "file" and old.nonce != record.nonce:
+                store.put(retired_key(rel, old.nonce), b"", what)
+    lease.keep()
+    if found is None:
+        store.put(entry_key(rel), record.pack(), what, if_none_match=True)
+    else:
+        store.put(entry_key(rel), record.pack(), what, if_match=found[1])
 
 
 def check_destination(store: ObjectStore, rel: str, folder: bool = False) -> None:

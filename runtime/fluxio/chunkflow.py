@@ -307,7 +307,11 @@ class ChunkWriter:
         # What is pending when the task first runs: chunks added right after it was started
         # join its batch.
         pending, self._pending = self._pending, []
-        if not pending or self.error is not None:
+        if self.error is not None:  # an earlier batch failed: these are not written
+            self._fail(pending, self.error)
+            self._give_back(pending)
+            return
+        if not pending:
             return
         loop = asyncio.get_running_loop()
         batch = [data for data, _, write in pending if write]
@@ -318,18 +322,25 @@ class ChunkWriter:
                 await loop.run_in_executor(self._executor, call)
         except FluxError as exc:
             self.error = self.error or exc
-            for req in {r: None for _, r, _ in pending} | {self._req: None}:
-                req.fail(exc)
+            self._fail(pending, exc)
             return
         finally:
-            for (_, _, data), _, _ in pending:  # written or failed: buffers can be reused
-                if isinstance(data, memoryview):
-                    self._release(data)
+            self._give_back(pending)
         self.written += nbytes
         if self._durable:
             for req, indices in _by_request(pending).items():
                 self._ack(req, indices)
             self._on_durable(nbytes)
+
+    def _fail(self, pending: list[tuple[ChunkData, Request, bool]], exc: FluxError) -> None:
+        for req in {r: None for _, r, _ in pending} | {self._req: None}:
+            req.fail(exc)
+
+    def _give_back(self, pending: list[tuple[ChunkData, Request, bool]]) -> None:
+        """Written or failed: the buffers can be reused."""
+        for (_, _, data), _, _ in pending:
+            if isinstance(data, memoryview):
+                self._release(data)
 
     def _ack(self, req: Request, indices: Sequence[int]) -> None:
         ranges = to_ranges(indices)

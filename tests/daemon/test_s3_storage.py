@@ -446,3 +446,33 @@ def test_a_writer_silent_past_its_lease_goes_on_if_no_node_took_over(
     assert download(other, "f") == data
     storage.close()
     other.close()
+
+
+def test_a_replaced_version_stays_for_the_grace_after_it_was_retired(
+    node: Callable[..., S3Storage], s3_client: Any, s3_engine: SeaweedFS, s3_prefix: str
+) -> None:
+    """Not after it was written: a download of a week-old file, replaced now, goes on."""
+    storage = node()
+    upload(storage, "f", b"v1")
+    reading = storage.open_download("f", CS)  # pinned to v1
+
+    def modified(key: str) -> float:
+        got = s3_client.head_object(Bucket=s3_engine.bucket, Key=s3_prefix + key)
+        return float(got["LastModified"].timestamp())
+
+    (v1,) = [o.key for o in storage._store.walk("data/f/", "test")]
+    written = modified(v1)
+    deadline = time.monotonic() + 30
+    while True:  # the store's clock has whole seconds: poll until it moved on by two
+        storage._store.put("probe/clock", b"", "test")
+        if modified("probe/clock") >= written + 2:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    upload(storage, "f", b"v2")  # retires v1 now
+    retired = modified(f"retired/f/{v1.rpartition('/')[2]}")
+    grace = (retired - written) / 2
+    assert storage.collect(grace, retired + grace / 2).bytes == 0  # written long ago, retired now
+    assert reading.read_chunk(0) == b"v1"
+    assert storage.collect(grace, retired + 2 * grace).bytes == 2
+    assert download(storage, "f") == b"v2"
