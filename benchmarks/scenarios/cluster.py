@@ -40,9 +40,8 @@ HELP = "fluxd nodes on S3 (SeaweedFS, Ceph RGW): throughput against boto3, failo
 ENGINES = ("seaweedfs", "ceph")
 #: Where every node keeps its files in the engine's bucket (boto3 writes under boto3/).
 PREFIX = "nodes/"
-#: The S3 backend refuses chunks under 5 MiB; until fluxctl learns that from the server's
-#: WELCOME, it is told. `--chunk-size none` drops the option.
-CHUNK = "8M"
+#: fluxd's own window (`fluxd serve --window`): 4 chunks of 8 MiB in flight.
+WINDOW = "32M"
 #: Seconds after the failover's first command fails that node A must be seen dead.
 DEATH_WAIT = 30.0
 
@@ -51,8 +50,12 @@ def _sizes(text: str) -> list[int]:
     return [] if text.strip().lower() in ("", "none") else sorted(map(parse_size, text.split(",")))
 
 
-def _chunk(text: str) -> str | None:
-    return None if text.strip().lower() in ("", "none") else text.strip()
+def size_or_none(text: str) -> str | None:
+    """A size option's text as given (checked), or None for `none`."""
+    if text.strip().lower() in ("", "none"):
+        return None
+    parse_size(text)
+    return text.strip()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +68,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--transport", choices=("tcp", "auto"), default="tcp", help="fluxctl's [tcp]"
     )
     parser.add_argument(
-        "--chunk-size", type=_chunk, default=CHUNK, help=f"fluxctl send's, or none [{CHUNK}]"
+        "--chunk-size",
+        type=size_or_none,
+        default="none",
+        help="fluxctl send's, or none: fluxctl's choice within the server's rule [none]",
+    )
+    parser.add_argument(
+        "--window",
+        type=size_or_none,
+        default=WINDOW,
+        help=f"the nodes' (fluxd serve --window), or none: fluxd's default [{WINDOW}]",
     )
     parser.add_argument("--part-size", type=parse_size, default="8M", help="boto3's parts [8M]")
     parser.add_argument(
@@ -97,10 +109,15 @@ class Nodes:
     transport: str
     chunk_size: str | None
     lease_ttl: float
+    window: str | None = None
 
     @property
     def send_options(self) -> list[str]:
         return ["--chunk-size", self.chunk_size] if self.chunk_size else []
+
+    @property
+    def serve_options(self) -> list[str]:
+        return ["--window", self.window] if self.window else []
 
     def node(
         self, engine: Engine, root: Path, tool: str, certs: Path | None = None, crash: str = ""
@@ -121,6 +138,7 @@ class Nodes:
         return FluxPeer(
             root, self.transport, tool=tool, token=True, storage=storage, daemon_env=env,
             certs=certs, send_options=self.send_options, ca=True,
+            serve_options=self.serve_options,
         )  # fmt: skip
 
 
@@ -278,18 +296,21 @@ def run(args: argparse.Namespace) -> int:
     """Run the scenario on each engine, print the section, save the run, update RESULTS.md."""
     if args.reps < 1:
         raise BenchError("--reps must be at least 1")
-    nodes = Nodes(args.transport, args.chunk_size, args.lease_ttl)
+    nodes = Nodes(args.transport, args.chunk_size, args.lease_ttl, args.window)
     with Workspace(args.dir) as ws:
         data: dict[str, Any] = {"scenario": "cluster", "machine": describe(ws.base)}
         data["setup"] = {
             "transport": nodes.transport,
             "chunk_size": nodes.chunk_size,
+            "window": nodes.window,
             "part_size": args.part_size,
             "lease_ttl": nodes.lease_ttl,
             "boto3": importlib.metadata.version("boto3"),
         }
         data["engines"] = [_engine_runs(ws, name, nodes, args) for name in args.engines]
-        local = lambda: FluxPeer(ws.flux_root, args.transport)  # noqa: E731
+        local = lambda: FluxPeer(  # noqa: E731
+            ws.flux_root, args.transport, serve_options=nodes.serve_options
+        )
         data["memory_local"] = peak_rss(ws, args.mem_sizes, local, "local disk")
         data["machine"]["load_at_end"] = load_average()
     publish("cluster", render(data), data, not args.no_results)

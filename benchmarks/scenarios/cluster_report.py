@@ -20,8 +20,9 @@ def _label(tool: str, setup: dict[str, Any], runs: list[dict[str, Any]]) -> str:
         report = next(r["details"]["report"] for r in runs if r["tool"] == "boto3")
         parts = format_size(report["part_size"])
         return f"boto3 upload_file ({parts} parts, {report['concurrency']} threads)"
-    chunks = f"{setup['chunk_size']} chunks" if setup["chunk_size"] else "default chunks"
-    return f"fluxctl → fluxd → S3 ({setup['transport'].upper()} + TLS 1.3, {chunks})"
+    chunks = f"{setup['chunk_size']} chunks" if setup["chunk_size"] else "fluxctl's chunks"
+    window = f"window {setup['window']}" if setup.get("window") else "fluxd's window"
+    return f"fluxctl → fluxd → S3 ({setup['transport'].upper()} + TLS 1.3, {chunks}, {window})"
 
 
 def cpu_per_gb(runs: list[dict[str, Any]]) -> float | None:
@@ -168,8 +169,10 @@ def render(data: dict[str, Any]) -> str:
         "SeaweedFS as `weed mini` (data on the disk above), Ceph 16 as one mon, one memstore "
         "OSD (data in RAM) and radosgw. Seconds are wall time from spawning the client to "
         "reaping it. fluxctl sends to one fluxd node whose `[storage]` is the engine "
-        f"(multipart parts, one per chunk); boto3 (the library fluxd stores with) uploads the "
-        "same file straight into the same bucket from its own process. They alternate, "
+        "(multipart parts, one per chunk; with no `--chunk-size`, fluxctl picks the chunk "
+        "size within the rule the node states in WELCOME: an S3 node's parts are at least "
+        "5 MiB); boto3 (the library fluxd stores with) uploads the same file straight into "
+        "the same bucket from its own process. They alternate, "
         f"{reps} time{'s' if reps != 1 else ''} each; each copy is checked (size; the first "
         "of each also read back and hashed, fluxd's through `fluxctl recv`), then deleted; "
         "Ceph's garbage collection runs after each boto3 copy is deleted, so that RAM is freed."

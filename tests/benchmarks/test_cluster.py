@@ -12,7 +12,13 @@ import pytest
 
 from benchmarks.measure import MIB, ReadBytesSampler
 from benchmarks.peers.flux import toml_tables
-from benchmarks.scenarios.cluster import ENGINES, Nodes, _chunk, failover_commands
+from benchmarks.scenarios.cluster import (
+    ENGINES,
+    Nodes,
+    add_arguments,
+    failover_commands,
+    size_or_none,
+)
 from benchmarks.scenarios.cluster_report import cpu_per_gb, failover_row, flat, in_flight, render
 from benchmarks.scenarios.common import comma_choices
 from fluxd.config import load_config
@@ -27,7 +33,7 @@ class FakeEngine:
     secret_key = "SK"
 
 
-def test_options_name_engines_and_a_chunk_size_that_can_be_dropped() -> None:
+def test_options_name_engines_and_sizes_that_can_be_dropped() -> None:
     engines = comma_choices(ENGINES)
     assert engines("ceph, seaweedfs") == ["seaweedfs", "ceph"]
     with pytest.raises(argparse.ArgumentTypeError):
@@ -35,14 +41,29 @@ def test_options_name_engines_and_a_chunk_size_that_can_be_dropped() -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         engines(" , ")
     assert comma_choices(ENGINES, none_ok=True)("none") == []
-    assert _chunk("8M") == "8M"
-    assert _chunk("none") is None
+    assert size_or_none(" 8M") == "8M"
+    assert size_or_none("none") is None
+    with pytest.raises(ValueError):
+        size_or_none("eight")
     assert Nodes("tcp", None, 20).send_options == []
     assert Nodes("tcp", "8M", 20).send_options == ["--chunk-size", "8M"]
+    assert Nodes("tcp", None, 20).serve_options == []
+    assert Nodes("tcp", None, 20, "64M").serve_options == ["--window", "64M"]
+
+
+def test_the_scenario_lets_fluxctl_pick_its_chunks_and_fluxd_keep_its_window() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.chunk_size, args.window) == (None, "32M")
+    args = parser.parse_args(["--chunk-size", "8M", "--window", "128M"])
+    assert (args.chunk_size, args.window) == ("8M", "128M")
 
 
 def test_a_nodes_config_is_toml_fluxd_accepts(tmp_path: Path) -> None:
-    node = Nodes("tcp", "8M", 7.5).node(FakeEngine(), tmp_path / "n", "fluxd-s3", crash="x:1")  # type: ignore[arg-type]
+    nodes = Nodes("tcp", "8M", 7.5, "64M")
+    node = nodes.node(FakeEngine(), tmp_path / "n", "fluxd-s3", crash="x:1")  # type: ignore[arg-type]
+    assert node.serve_options == ["--window", "64M"]
     assert node.daemon_env == {
         "AWS_ACCESS_KEY_ID": "AK",
         "AWS_SECRET_ACCESS_KEY": "SK",
@@ -169,7 +190,8 @@ def data() -> dict[str, Any]:
         "cpu": "cpu", "cores": "2", "kernel": "6", "python": "3.11", "commit": "abc",
         "date": "today", "load_at_start": "1.0", "load_at_end": "2.0", "filesystem": "ext4",
     }  # fmt: skip
-    setup = {"transport": "tcp", "chunk_size": "8M", "part_size": 8 * MIB, "boto3": "1.44"}
+    setup = {"transport": "tcp", "chunk_size": None, "window": "32M", "part_size": 8 * MIB}
+    setup["boto3"] = "1.44"
     return {"machine": machine, "setup": setup, "engines": [engine], "memory_local": []}
 
 
@@ -179,7 +201,7 @@ def test_the_section_has_ratio_verdict_failover_and_memory() -> None:
     assert "SeaweedFS: 4.48; boto3 1.44" in text
     assert "**0.70x** (target ≥ 0.8x: **missed**)" in text
     assert "boto3 upload_file (8 MiB parts, 10 threads)" in text
-    assert "fluxctl → fluxd → S3 (TCP + TLS 1.3, 8M chunks)" in text
+    assert "fluxctl → fluxd → S3 (TCP + TLS 1.3, fluxctl's chunks, window 32M)" in text
     assert "4.7 s per GB stored" in text
     assert "| SeaweedFS | 256 MiB | 20 | 56 | 24.0 (≈ 3.0 chunks) |" in text
     assert "S3 (seaweedfs) **met**" in text
