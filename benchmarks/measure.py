@@ -46,40 +46,77 @@ def _read_time_report(path: Path) -> tuple[int, float]:
     return int(fields[0]), float(fields[1]) + float(fields[2])
 
 
-def run_measured(
-    argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float | None = None
-) -> Run:
-    """Run `argv` to completion in its own process group, timed from spawn to reap.
+class MeasuredCommand:
+    """A command running in its own process group under GNU time, timed from spawn to reap,
+    for the life of the context: its group is killed if it is still running at the end (a
+    timeout, Ctrl-C, an error), so nothing outlives the harness.
 
     Peak RSS comes from GNU time's wait4 on its child: a child spawned straight from Python
     (vfork + exec) gets the harness's own lifetime peak RSS folded into its ru_maxrss.
     """
-    with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
-        report, out, err = Path(tmp, "time"), Path(tmp, "out"), Path(tmp, "err")
-        timed = [GNU_TIME, "-f", "%M %U %S", "-o", str(report), *argv]
-        with out.open("wb") as fout, err.open("wb") as ferr:
-            start = time.perf_counter()
-            proc = subprocess.Popen(
-                timed,
-                stdin=subprocess.DEVNULL,
-                stdout=fout,
-                stderr=ferr,
-                env=env,
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        self.argv, self.env = list(argv), env
+        self._stack = contextlib.ExitStack()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._start = 0.0
+        self._end: float | None = None
+
+    def __enter__(self) -> Self:
+        with contextlib.ExitStack() as stack:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-run-")))
+            self._files = tmp / "time", tmp / "out", tmp / "err"
+            fout = stack.enter_context(self._files[1].open("wb"))
+            ferr = stack.enter_context(self._files[2].open("wb"))
+            timed = [GNU_TIME, "-f", "%M %U %S", "-o", str(self._files[0]), *self.argv]
+            self._start = time.perf_counter()
+            self._proc = subprocess.Popen(
+                timed, stdin=subprocess.DEVNULL, stdout=fout, stderr=ferr, env=self.env,
                 start_new_session=True,
-            )
-            try:
-                code = proc.wait(timeout)
-            except BaseException as exc:  # timeout, Ctrl-C: take the child's whole group down
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                if isinstance(exc, subprocess.TimeoutExpired):
-                    raise BenchError(f"{argv[0]} did not finish within {timeout:.0f} s") from None
-                raise
-            seconds = time.perf_counter() - start
-        maxrss, cpu = _read_time_report(report)
-        stdout, stderr = (p.read_text(errors="replace") for p in (out, err))
-        return Run(list(argv), code, seconds, maxrss, cpu, stdout, stderr)
+            )  # fmt: skip
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+        self._stack.close()
+
+    def poll(self) -> int | None:
+        """The exit code once the command has ended (reaped, and its end time noted)."""
+        assert self._proc is not None, "not started"
+        code = self._proc.poll()
+        if code is not None and self._end is None:
+            self._end = time.perf_counter()
+        return code
+
+    def wait(self, timeout: float | None = None) -> Run:
+        """Wait for the command to end; its run.
+
+        Raises:
+            BenchError: it did not end within `timeout` seconds (the context then kills it).
+        """
+        assert self._proc is not None, "not started"
+        try:
+            code = self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{self.argv[0]} did not finish within {timeout:.0f} s") from None
+        self.poll()
+        seconds = (self._end or time.perf_counter()) - self._start
+        maxrss, cpu = _read_time_report(self._files[0])
+        stdout, stderr = (p.read_text(errors="replace") for p in self._files[1:])
+        return Run(self.argv, code, seconds, maxrss, cpu, stdout, stderr)
+
+
+def run_measured(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float | None = None
+) -> Run:
+    """Run `argv` to completion in its own process group, timed from spawn to reap (see
+    MeasuredCommand); a timeout or Ctrl-C takes the child's whole group down."""
+    with MeasuredCommand(argv, env) as command:
+        return command.wait(timeout)
 
 
 def proc_status_kib(pid: int, field: str) -> int:

@@ -77,8 +77,9 @@ class FluxPeer(Service):
     `[storage]` table (none: files under `root`). `daemon_env` is added to the daemon's
     environment only (store credentials, FLUX_CRASH_AT). `certs`: another node's certificate
     and token-key directory to share (one CA, one token key), else one of its own.
-    `send_options` go to every `fluxctl send` (e.g. --chunk-size). `ca`: the client trusts the
-    CA (`--ca`, the same command for every node sharing it) instead of pinning this daemon.
+    `send_options` go to every `fluxctl send` (e.g. --chunk-size) and `serve_options` to
+    `fluxd serve` (e.g. --window). `ca`: the client trusts the CA (`--ca`, the same command for
+    every node sharing it) instead of pinning this daemon.
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class FluxPeer(Service):
         certs: Path | None = None,
         send_options: Sequence[str] = (),
         ca: bool = False,
+        serve_options: Sequence[str] = (),
     ) -> None:
         if transport not in TRANSPORTS:
             raise BenchError(f"unknown fluxctl transport {transport!r}: choose {TRANSPORTS}")
@@ -111,6 +113,7 @@ class FluxPeer(Service):
         self.lanes, self.token = lanes, token
         self.storage, self.daemon_env = storage or {}, daemon_env or {}
         self.send_options, self.ca = list(send_options), ca
+        self.serve_options = list(serve_options)
         self._certs = certs
         self.port, self.fingerprint = 0, ""
         self._tmp: Path | None = None
@@ -143,7 +146,7 @@ class FluxPeer(Service):
         argv = [
             *self.placement.server_prefix, flux_binary("fluxd"), "serve", "--root",
             str(self.root), "--listen", f"{self.placement.host}:0",
-            "--certs", str(self.certs),
+            "--certs", str(self.certs), *self.serve_options,
         ]  # fmt: skip
         if self.token:
             self._env["FLUX_TOKEN"] = self._issue_token()
@@ -188,19 +191,23 @@ class FluxPeer(Service):
     def dest(self, name: str) -> Path:
         return self.root / "bench" / name
 
-    def url(self, name: str) -> str:
-        """flux://HOST:PORT/bench/NAME on this daemon."""
-        return f"flux://{self.placement.host}:{self.port}/bench/{name}"
+    def url(self, name: str, server: str | None = None) -> str:
+        """flux://HOST:PORT/bench/NAME on this daemon; `server`: another HOST:PORT that leads
+        to it (a name whose nodes include it)."""
+        return f"flux://{server or f'{self.placement.host}:{self.port}'}/bench/{name}"
 
     def trust(self) -> list[str]:
         """How fluxctl trusts this daemon: its pin, or (`ca`) the CA of its certs directory."""
         return ["--ca", str(self.certs / "ca.pem")] if self.ca else ["--pin", self.fingerprint]
 
-    def send_argv(self, src: Path, name: str, recursive: bool = False) -> list[str]:
-        """`fluxctl send [-r] SRC flux://HOST:PORT/bench/NAME` trusting this daemon."""
+    def send_argv(
+        self, src: Path, name: str, recursive: bool = False, server: str | None = None
+    ) -> list[str]:
+        """`fluxctl send [-r] SRC flux://HOST:PORT/bench/NAME` trusting this daemon (`server`:
+        as `url`'s)."""
         send = ["send", "-r"] if recursive else ["send"]
         argv = [*self.placement.client_prefix, flux_binary("fluxctl"), *send, str(src),
-                self.url(name), *self.trust(), "--transport", self.transport, "--json",
+                self.url(name, server), *self.trust(), "--transport", self.transport, "--json",
                 "--quiet", *self.send_options]  # fmt: skip
         return argv + (["--lanes", str(self.lanes)] if self.lanes != 1 else [])
 
@@ -243,9 +250,9 @@ class FluxPeer(Service):
     def remove_copy(self, name: str) -> None:
         self.client("rm", self.url(name))
 
-    def died_at(self) -> float | None:
-        """time.monotonic() when the daemon exited, if it has."""
-        return self._server.died_at() if self._server else None
+    def died_at(self, wait: float = 0.0) -> float | None:
+        """time.monotonic() when the daemon exited, if it has, waiting up to `wait` seconds."""
+        return self._server.died_at(wait) if self._server else None
 
     def send(self, src: Path, name: str, timeout: float | None = None) -> Transfer:
         """fluxctl send `src`; the daemon's peak RSS is VmHWM, reset before the transfer."""

@@ -121,9 +121,14 @@ class ServerProcess:
             return 0.0
         return float(times.user + times.system)
 
-    def died_at(self) -> float | None:
-        """time.monotonic() when the server's output ended (it exited), if it has."""
-        return self._reader.ended_at if self._reader else None
+    def died_at(self, wait: float = 0.0) -> float | None:
+        """time.monotonic() when the server's output ended (it exited), if it has, waiting up
+        to `wait` seconds for that."""
+        if (reader := self._reader) is None:
+            return None
+        with reader.changed:
+            reader.changed.wait_for(lambda: reader.eof, wait)
+        return reader.ended_at
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

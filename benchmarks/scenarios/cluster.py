@@ -5,8 +5,9 @@ RGW) started on loopback, one engine after the other.
    upload of the same file into the same engine (boto3 is the library the node itself stores
    with), alternated, each timed from spawning its process to reaping it.
 2. Failover: two nodes on one store and prefix sharing one certificate directory (one CA, one
-   token key). Node A dies by SIGKILL at its N-th durable chunk batch (FLUX_CRASH_AT) and the
-   client finishes through node B, which first waits for A's lease on the upload to lapse.
+   token key), listed as the nodes of one name in the client's config file. Node A dies by
+   SIGKILL at its N-th durable chunk batch (FLUX_CRASH_AT) and the client's one command
+   finishes through node B by itself, once A's lease on the upload has lapsed.
 3. Peak RSS of a node by file size, on S3 and on local storage.
 """
 
@@ -26,7 +27,7 @@ from .. import BenchError
 from ..engines import CephRGW, Engine, SeaweedFS
 from ..files import format_size, parse_size
 from ..machine import describe, load_average
-from ..measure import ReadBytesSampler, Run, run_measured
+from ..measure import MeasuredCommand, ReadBytesSampler, Run
 from ..peers.base import StoredPeer, Transfer
 from ..peers.flux import FluxPeer
 from ..peers.process import json_report
@@ -40,19 +41,20 @@ HELP = "fluxd nodes on S3 (SeaweedFS, Ceph RGW): throughput against boto3, failo
 ENGINES = ("seaweedfs", "ceph")
 #: Where every node keeps its files in the engine's bucket (boto3 writes under boto3/).
 PREFIX = "nodes/"
-#: The S3 backend refuses chunks under 5 MiB; until fluxctl learns that from the server's
-#: WELCOME, it is told. `--chunk-size none` drops the option.
-CHUNK = "8M"
-#: Seconds after the failover's first command fails that node A must be seen dead.
-DEATH_WAIT = 30.0
+#: fluxd's own window (`fluxd serve --window`): 4 chunks of 8 MiB in flight.
+WINDOW = "32M"
 
 
 def _sizes(text: str) -> list[int]:
     return [] if text.strip().lower() in ("", "none") else sorted(map(parse_size, text.split(",")))
 
 
-def _chunk(text: str) -> str | None:
-    return None if text.strip().lower() in ("", "none") else text.strip()
+def size_or_none(text: str) -> str | None:
+    """A size option's text as given (checked), or None for `none`."""
+    if text.strip().lower() in ("", "none"):
+        return None
+    parse_size(text)
+    return text.strip()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +67,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--transport", choices=("tcp", "auto"), default="tcp", help="fluxctl's [tcp]"
     )
     parser.add_argument(
-        "--chunk-size", type=_chunk, default=CHUNK, help=f"fluxctl send's, or none [{CHUNK}]"
+        "--chunk-size",
+        type=size_or_none,
+        default="none",
+        help="fluxctl send's, or none: fluxctl's choice within the server's rule [none]",
+    )
+    parser.add_argument(
+        "--window",
+        type=size_or_none,
+        default=WINDOW,
+        help=f"the nodes' (fluxd serve --window), or none: fluxd's default [{WINDOW}]",
     )
     parser.add_argument("--part-size", type=parse_size, default="8M", help="boto3's parts [8M]")
     parser.add_argument(
@@ -97,10 +108,15 @@ class Nodes:
     transport: str
     chunk_size: str | None
     lease_ttl: float
+    window: str | None = None
 
     @property
     def send_options(self) -> list[str]:
         return ["--chunk-size", self.chunk_size] if self.chunk_size else []
+
+    @property
+    def serve_options(self) -> list[str]:
+        return ["--window", self.window] if self.window else []
 
     def node(
         self, engine: Engine, root: Path, tool: str, certs: Path | None = None, crash: str = ""
@@ -121,6 +137,7 @@ class Nodes:
         return FluxPeer(
             root, self.transport, tool=tool, token=True, storage=storage, daemon_env=env,
             certs=certs, send_options=self.send_options, ca=True,
+            serve_options=self.serve_options,
         )  # fmt: skip
 
 
@@ -141,101 +158,113 @@ def _throughput(
     return {"size": args.size, "reps": args.reps, "summary": summary, "ratio": ratio, "runs": runs}
 
 
-def failover_commands(nodes: Sequence[FluxPeer], src: Path, name: str) -> list[list[str]]:
-    """The client's commands, run in turn until one succeeds. fluxctl knows one server for
-    now: the same send to each node's URL, every one but the last with --retry-for 0 (a dead
-    node ends it at once). Once it takes a server list, this is one command naming them all."""
-    argvs = [node.send_argv(src, name) for node in nodes]
-    return [[*argv, "--retry-for", "0"] for argv in argvs[:-1]] + argvs[-1:]
+#: The name the failover's client sends to: its config file lists the two nodes as this
+#: name's, so it is never resolved; fluxd's default certificate carries `localhost`.
+SERVICE = "localhost:7070"
+
+
+def client_config(nodes: Sequence[FluxPeer]) -> str:
+    """The client config file's table making SERVICE lead to `nodes`, in that order."""
+    listed = ", ".join(f'"{node.placement.host}:{node.port}"' for node in nodes)
+    return f'[servers."{SERVICE}"]\nnodes = [{listed}]\n'
+
+
+def failover_command(nodes: Sequence[FluxPeer], src: Path, name: str) -> list[str]:
+    """The client's one command: a send to SERVICE, which its config file (`client_config`)
+    leads to the nodes; fluxctl goes on to the next node by itself when one dies."""
+    return nodes[0].send_argv(src, name, server=SERVICE)
+
+
+def store_view(engine: Engine, prefix: str) -> dict[str, int]:
+    """What the store holds of uploads in progress under `prefix`: multipart parts stored, their
+    bytes and the largest (the chunk size), and chunk keys (the parts a node has recorded as
+    held; s3_layout's uploads/*/chunks/)."""
+    client, bucket = engine.client(), engine.bucket
+    sizes: list[int] = []
+    for up in client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", []):
+        listed = client.list_parts(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+        sizes += [part["Size"] for part in listed.get("Parts", [])]
+    chunks = 0
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix + "uploads/"
+    ):
+        chunks += sum("/chunks/" in obj["Key"] for obj in page.get("Contents", []))
+    return {
+        "parts": len(sizes),
+        "part_bytes": sum(sizes),
+        "chunk_size": max(sizes, default=0),
+        "chunk_keys": chunks,
+    }
 
 
 @dataclass
-class Attempt:
-    """One client command of a failover: when it started (time.monotonic()) and its run."""
+class Failover:
+    """The failover's one command: its run, when node A died (time.monotonic()), the bytes A
+    had read by then (files and sockets), and the store's view of the upload then."""
 
     started: float
     run: Run
+    died: float
+    read_by_a: int
+    view: dict[str, int]
 
     @property
     def ended(self) -> float:
         return self.started + self.run.seconds
 
 
-def store_view(engine: Engine, prefix: str) -> dict[str, int]:
-    """What the store holds of uploads in progress under `prefix`: multipart parts stored,
-    and chunk keys (the parts a node has recorded as held; s3_layout's uploads/*/chunks/)."""
-    client, bucket = engine.client(), engine.bucket
-    parts = 0
-    for up in client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", []):
-        listed = client.list_parts(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
-        parts += len(listed.get("Parts", []))
-    chunks = 0
-    for page in client.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=prefix + "uploads/"
-    ):
-        chunks += sum("/chunks/" in obj["Key"] for obj in page.get("Contents", []))
-    return {"parts": parts, "chunk_keys": chunks}
+def _fail_over(nodes: Sequence[FluxPeer], src: Path, name: str, engine: Engine) -> Failover:
+    """Run the failover's command while watching node A: the store is listed as soon as A is
+    dead (node B waits for A's lease on the upload to lapse before it writes).
 
-
-def _fail_over(
-    nodes: Sequence[FluxPeer], src: Path, name: str, engine: Engine
-) -> tuple[list[Attempt], int, dict[str, int]]:
-    """Run the failover's commands until one succeeds: the attempts, the bytes node A had
-    read when it died (files and sockets), and the store's view of the upload then."""
-    attempts: list[Attempt] = []
-    view: dict[str, int] = {}
+    Raises:
+        BenchError: node A did not die, or the command outlived its time limit.
+    """
     env, limit = nodes[0].env, max(600.0, src.stat().st_size / 1e6)
-    with ReadBytesSampler(nodes[0].pid) as read:
-        for argv in failover_commands(nodes, src, name):
-            attempts.append(Attempt(time.monotonic(), run_measured(argv, env, limit)))
-            if attempts[-1].run.exit_code == 0:
-                break
-            _await_death(nodes[0])
-            view = view or store_view(engine, PREFIX)
-    return attempts, read.read_bytes, view
-
-
-def _await_death(node: FluxPeer) -> None:
-    deadline = time.monotonic() + DEATH_WAIT
-    while node.died_at() is None:
-        if time.monotonic() > deadline:
-            raise BenchError(f"{node.tool} failed the client but did not die:\n{node.log_tail()}")
-        time.sleep(0.01)
+    config = Path(env["XDG_CONFIG_HOME"]) / "fluxctl" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(client_config(nodes))
+    argv, a = failover_command(nodes, src, name), nodes[0]
+    with ReadBytesSampler(a.pid) as read:
+        started = time.monotonic()
+        with MeasuredCommand(argv, env) as command:
+            while (died := a.died_at(wait=0.05)) is None and command.poll() is None:
+                if time.monotonic() - started > limit:
+                    raise BenchError(f"node A did not die and the command ran {limit:.0f} s")
+            view = store_view(engine, PREFIX) if died is not None else {}
+            run = command.wait(limit - (time.monotonic() - started))
+    if died is None:
+        raise BenchError(f"node A did not die; the command ended first: {run.stdout[-500:]}")
+    return Failover(started, run, died, read.read_bytes, view)
 
 
 def _failover(
     ws: Workspace, engine: Engine, nodes: Nodes, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Node A killed at its `kill_at`-th durable batch, node B finishing; checked whole."""
+    """Node A killed at its `kill_at`-th durable batch, the command finishing through node B
+    by itself; the copy checked whole."""
     src, digest = ws.source(args.failover_size)
     crash = f"chunks-durable:{args.kill_at}"
     print(f"{engine.name}: failover, node A killed at {crash}", file=sys.stderr)
     with contextlib.ExitStack() as stack:
         a = stack.enter_context(nodes.node(engine, ws.path / "node-a", "node-a", crash=crash))
         b = stack.enter_context(nodes.node(engine, ws.path / "node-b", "node-b", a.certs))
-        attempts, read_by_a, view = _fail_over([a, b], src, src.name, engine)
-        last = attempts[-1]
-        report = json_report("fluxctl send (failover)", last.run)
+        done = _fail_over([a, b], src, src.name, engine)
+        report = json_report("fluxctl send (failover)", done.run)
         b.check_copy(src.name, src.stat().st_size, digest, ws.path)
         b.remove_copy(src.name)
-        died = a.died_at()
-    if len(attempts) < 2 or died is None:
-        raise BenchError(f"node A was not killed at {crash}: the first command succeeded")
+        addresses = {"A": f"{a.placement.host}:{a.port}", "B": f"{b.placement.host}:{b.port}"}
     return {
         "size": args.failover_size,
         "kill_at": crash,
         "lease_ttl": nodes.lease_ttl,
-        "chunk_size": parse_size(nodes.chunk_size or "0") or None,
+        "window": parse_size(nodes.window) if nodes.window else None,
         "report": report,
-        "read_by_a": read_by_a,
-        "store_at_death": view,
-        "first_exit": attempts[0].run.exit_code,
-        "first_seconds": attempts[0].run.seconds,
-        "detect_seconds": attempts[0].ended - died,
-        "second_seconds": last.run.seconds,
-        "failover_seconds": last.ended - died,
-        "total_seconds": last.ended - attempts[0].started,
-        "commands": len(attempts),
+        "nodes": addresses,
+        "read_by_a": done.read_by_a,
+        "store_at_death": done.view,
+        "seconds": done.run.seconds,
+        "failover_seconds": done.ended - done.died,
     }
 
 
@@ -278,18 +307,21 @@ def run(args: argparse.Namespace) -> int:
     """Run the scenario on each engine, print the section, save the run, update RESULTS.md."""
     if args.reps < 1:
         raise BenchError("--reps must be at least 1")
-    nodes = Nodes(args.transport, args.chunk_size, args.lease_ttl)
+    nodes = Nodes(args.transport, args.chunk_size, args.lease_ttl, args.window)
     with Workspace(args.dir) as ws:
         data: dict[str, Any] = {"scenario": "cluster", "machine": describe(ws.base)}
         data["setup"] = {
             "transport": nodes.transport,
             "chunk_size": nodes.chunk_size,
+            "window": nodes.window,
             "part_size": args.part_size,
             "lease_ttl": nodes.lease_ttl,
             "boto3": importlib.metadata.version("boto3"),
         }
         data["engines"] = [_engine_runs(ws, name, nodes, args) for name in args.engines]
-        local = lambda: FluxPeer(ws.flux_root, args.transport)  # noqa: E731
+        local = lambda: FluxPeer(  # noqa: E731
+            ws.flux_root, args.transport, serve_options=nodes.serve_options
+        )
         data["memory_local"] = peak_rss(ws, args.mem_sizes, local, "local disk")
         data["machine"]["load_at_end"] = load_average()
     publish("cluster", render(data), data, not args.no_results)

@@ -1,5 +1,6 @@
-"""Scenario `cluster`, its pure parts: options, the nodes' config, the failover's commands, the
-bytes-read sampler, and the rendered section (nothing here starts an engine)."""
+"""Scenario `cluster`, its pure parts: options, the nodes' config, the failover's command and the
+client's config naming both nodes, the bytes-read sampler, and the rendered section (nothing
+here starts an engine)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,26 @@ import pytest
 
 from benchmarks.measure import MIB, ReadBytesSampler
 from benchmarks.peers.flux import toml_tables
-from benchmarks.scenarios.cluster import ENGINES, Nodes, _chunk, failover_commands
-from benchmarks.scenarios.cluster_report import cpu_per_gb, failover_row, flat, in_flight, render
+from benchmarks.scenarios.cluster import (
+    ENGINES,
+    SERVICE,
+    Nodes,
+    add_arguments,
+    client_config,
+    failover_command,
+    size_or_none,
+)
+from benchmarks.scenarios.cluster_report import (
+    cpu_per_gb,
+    failover_row,
+    flat,
+    in_flight,
+    render,
+    resent,
+    within_window,
+)
 from benchmarks.scenarios.common import comma_choices
+from fluxctl.nodes import configured_nodes
 from fluxd.config import load_config
 
 
@@ -27,7 +45,7 @@ class FakeEngine:
     secret_key = "SK"
 
 
-def test_options_name_engines_and_a_chunk_size_that_can_be_dropped() -> None:
+def test_options_name_engines_and_sizes_that_can_be_dropped() -> None:
     engines = comma_choices(ENGINES)
     assert engines("ceph, seaweedfs") == ["seaweedfs", "ceph"]
     with pytest.raises(argparse.ArgumentTypeError):
@@ -35,14 +53,29 @@ def test_options_name_engines_and_a_chunk_size_that_can_be_dropped() -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         engines(" , ")
     assert comma_choices(ENGINES, none_ok=True)("none") == []
-    assert _chunk("8M") == "8M"
-    assert _chunk("none") is None
+    assert size_or_none(" 8M") == "8M"
+    assert size_or_none("none") is None
+    with pytest.raises(ValueError):
+        size_or_none("eight")
     assert Nodes("tcp", None, 20).send_options == []
     assert Nodes("tcp", "8M", 20).send_options == ["--chunk-size", "8M"]
+    assert Nodes("tcp", None, 20).serve_options == []
+    assert Nodes("tcp", None, 20, "64M").serve_options == ["--window", "64M"]
+
+
+def test_the_scenario_lets_fluxctl_pick_its_chunks_and_fluxd_keep_its_window() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.chunk_size, args.window) == (None, "32M")
+    args = parser.parse_args(["--chunk-size", "8M", "--window", "128M"])
+    assert (args.chunk_size, args.window) == ("8M", "128M")
 
 
 def test_a_nodes_config_is_toml_fluxd_accepts(tmp_path: Path) -> None:
-    node = Nodes("tcp", "8M", 7.5).node(FakeEngine(), tmp_path / "n", "fluxd-s3", crash="x:1")  # type: ignore[arg-type]
+    nodes = Nodes("tcp", "8M", 7.5, "64M")
+    node = nodes.node(FakeEngine(), tmp_path / "n", "fluxd-s3", crash="x:1")  # type: ignore[arg-type]
+    assert node.serve_options == ["--window", "64M"]
     assert node.daemon_env == {
         "AWS_ACCESS_KEY_ID": "AK",
         "AWS_SECRET_ACCESS_KEY": "SK",
@@ -56,19 +89,22 @@ def test_a_nodes_config_is_toml_fluxd_accepts(tmp_path: Path) -> None:
     assert (storage.endpoint, storage.lease_ttl) == ("http://127.0.0.1:9", 7.5)
 
 
-def test_the_failover_sends_the_same_command_to_each_node_in_turn(tmp_path: Path) -> None:
-    nodes = Nodes("tcp", "8M", 20)
+def test_the_failover_is_one_command_to_a_name_the_config_leads_to_both_nodes(
+    tmp_path: Path,
+) -> None:
+    nodes = Nodes("tcp", None, 20)
     a = nodes.node(FakeEngine(), tmp_path / "a", "node-a", certs=tmp_path / "certs")  # type: ignore[arg-type]
     b = nodes.node(FakeEngine(), tmp_path / "b", "node-b", certs=tmp_path / "certs")  # type: ignore[arg-type]
     a.port, b.port = 1001, 1002
-    first, second = failover_commands([a, b], tmp_path / "f.bin", "f.bin")
-    assert first[-2:] == ["--retry-for", "0"] and "--retry-for" not in second
-    assert "flux://127.0.0.1:1001/bench/f.bin" in first
-    assert "flux://127.0.0.1:1002/bench/f.bin" in second
-    assert [x for x in first[:-2] if "1001" not in x] == [x for x in second if "1002" not in x]
-    at = second.index("--ca")
-    assert second[at + 1] == str(tmp_path / "certs" / "ca.pem")
-    assert second[-2:] == ["--chunk-size", "8M"]
+    argv = failover_command([a, b], tmp_path / "f.bin", "f.bin")
+    assert f"flux://{SERVICE}/bench/f.bin" in argv
+    assert not any("1001" in x or "1002" in x for x in argv)
+    assert "--retry-for" not in argv and "--chunk-size" not in argv
+    assert argv[argv.index("--ca") + 1] == str(tmp_path / "certs" / "ca.pem")
+    config = tmp_path / "config.toml"
+    config.write_text(client_config([a, b]))
+    host, _, port = SERVICE.partition(":")
+    assert configured_nodes(host, int(port), config) == (("127.0.0.1", 1001), ("127.0.0.1", 1002))
 
 
 def test_the_sampler_counts_bytes_read_since_it_started(tmp_path: Path) -> None:
@@ -98,28 +134,38 @@ def stats(v: float) -> dict[str, float]:
 
 
 def failover(**changes: Any) -> dict[str, Any]:
-    report = {"ok": True, "bytes": 256 * MIB, "sent": 200 * MIB, "skipped": 56 * MIB}
+    report = {"ok": True, "bytes": 256 * MIB, "sent": 280 * MIB, "skipped": 0}
     return {
         "size": 256 * MIB,
         "kill_at": "chunks-durable:4",
         "lease_ttl": 20.0,
-        "chunk_size": 8 * MIB,
-        "report": report | {"retries": 9},
+        "window": 32 * MIB,
+        "report": report | {"retries": 9, "node": "127.0.0.1:1002"},
+        "nodes": {"A": "127.0.0.1:1001", "B": "127.0.0.1:1002"},
         "read_by_a": 80 * MIB,
-        "store_at_death": {"parts": 9, "chunk_keys": 7},
-        "detect_seconds": 0.1,
-        "second_seconds": 27.5,
+        "store_at_death": {
+            "parts": 9, "part_bytes": 72 * MIB, "chunk_size": 8 * MIB, "chunk_keys": 7
+        },
+        "seconds": 27.5,
         "failover_seconds": 27.7,
-    } | changes
+    } | changes  # fmt: skip
 
 
-def test_in_flight_is_what_node_a_read_beyond_what_b_found_held() -> None:
+def test_in_flight_is_what_node_a_read_beyond_what_it_held() -> None:
     assert in_flight(failover()) == (24.0, 3.0)
-    assert in_flight(failover(chunk_size=None)) == (24.0, None)
+    assert in_flight(failover(store_at_death={})) == (80.0, None)
     assert in_flight(failover(read_by_a=10)) == (0.0, 0.0)  # never negative
     row = failover_row("ceph", failover())
-    assert row[0] == "Ceph RGW" and row[3] == "56" and row[4] == "24.0 (≈ 3.0 chunks)"
-    assert row[5] == "9 / 7" and row[6] == "200" and row[-2:] == ["9", "27.7"]
+    assert row[:5] == ["Ceph RGW", "256 MiB", "32", "20", "56"]
+    assert row[5] == "24.0 (≈ 3.0 chunks)" and row[6] == "9 / 7" and row[7] == "280"
+    assert row[8:] == ["24.0 (≈ 3.0 chunks)", "9", "B", "27.7"]
+
+
+def test_resent_is_sent_beyond_the_size_and_at_most_the_window() -> None:
+    assert resent(failover()) == 24 * MIB
+    assert within_window(failover()) is True
+    assert within_window(failover(window=16 * MIB)) is False
+    assert within_window(failover(window=None)) is None
 
 
 def test_peak_rss_is_flat_per_backend_within_16_mib() -> None:
@@ -169,7 +215,8 @@ def data() -> dict[str, Any]:
         "cpu": "cpu", "cores": "2", "kernel": "6", "python": "3.11", "commit": "abc",
         "date": "today", "load_at_start": "1.0", "load_at_end": "2.0", "filesystem": "ext4",
     }  # fmt: skip
-    setup = {"transport": "tcp", "chunk_size": "8M", "part_size": 8 * MIB, "boto3": "1.44"}
+    setup = {"transport": "tcp", "chunk_size": None, "window": "32M", "part_size": 8 * MIB}
+    setup["boto3"] = "1.44"
     return {"machine": machine, "setup": setup, "engines": [engine], "memory_local": []}
 
 
@@ -179,8 +226,10 @@ def test_the_section_has_ratio_verdict_failover_and_memory() -> None:
     assert "SeaweedFS: 4.48; boto3 1.44" in text
     assert "**0.70x** (target ≥ 0.8x: **missed**)" in text
     assert "boto3 upload_file (8 MiB parts, 10 threads)" in text
-    assert "fluxctl → fluxd → S3 (TCP + TLS 1.3, 8M chunks)" in text
+    assert "fluxctl → fluxd → S3 (TCP + TLS 1.3, fluxctl's chunks, window 32M)" in text
     assert "4.7 s per GB stored" in text
-    assert "| SeaweedFS | 256 MiB | 20 | 56 | 24.0 (≈ 3.0 chunks) |" in text
+    assert "| SeaweedFS | 256 MiB | 32 | 20 | 56 | 24.0 (≈ 3.0 chunks) |" in text
+    assert "one command finishes on B" in text
+    assert "Resent at most the chunks in flight (≤ the nodes' window): SeaweedFS **met**" in text
     assert "S3 (seaweedfs) **met**" in text
     assert "3 times each" in text
