@@ -68,8 +68,8 @@ class S3Storage:
         self._store.check()
 
     @property
-    def checksums(self) -> bool:
-        """Whether what is stored carries a CRC the store checks (`ObjectStore.check`)."""
+    def checksums(self) -> str:
+        """What the store checks what it takes against (`ObjectStore.checksums`)."""
         return self._store.checksums
 
     def close(self) -> None:

@@ -220,8 +220,10 @@ class ObjectStore:
         #: Whether If-Match takes the ETag in quotes (learnt by `check`).
         self.quoted = True
         self.prefix = settings.prefix.strip("/") + "/" if settings.prefix.strip("/") else ""
-        #: Whether what is written carries a CRC the store checks (learnt by `check`).
-        self.checksums = False
+        #: What the store checks each body it takes against (learnt by `check`): "sha256"
+        #: (plain http: the signature's), "crc32" (https, where the store takes CRCs), or
+        #: "none" (https without them: TLS alone guards the bytes on their way).
+        self.checksums = "none"
         self._s3 = self._client(checksums=False)
 
     def _client(self, *, checksums: bool) -> Any:
@@ -282,20 +284,25 @@ class ObjectStore:
             raise ConfigError(f"the object store refused a test write: {exc.message}") from None
 
     def _probe_checksums(self) -> None:
-        """Use a client that sends a CRC with every body if the store takes it and keeps the
-        bytes as sent (an engine without flexible checksums could keep the encoding)."""
+        """Over https, use a client that sends a CRC with every body if the store takes it and
+        keeps the bytes as sent (an engine without flexible checksums could keep the
+        encoding). Over plain http it is not needed: every request carries the SHA-256 of its
+        body in its signature (SigV4 signs payloads there), which the store checks."""
+        self.checksums = "sha256"
+        if (self.settings.endpoint or "https:").startswith("http:"):
+            return
         key, what, body = f"probe/{secrets.token_hex(8)}", "checking checksums", b"flux-crc"
         checked = self._client(checksums=True)
         try:
             with store_errors(what):
                 checked.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body)
             found = self.get(key, what)
-            self.checksums = found is not None and found[0] == body
+            self.checksums = "crc32" if found is not None and found[0] == body else "none"
         except FluxError:
-            self.checksums = False
+            self.checksums = "none"
         finally:
             self.delete([key], what)
-        if self.checksums:
+        if self.checksums == "crc32":
             self._s3 = checked
 
     def _probe_conditions(self) -> None:
