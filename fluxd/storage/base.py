@@ -81,7 +81,9 @@ class Upload(Protocol):
         Raises:
             IntegrityError: chunks are missing, the digest differs, or chunks `held` offered
                 turned out corrupt when read. Those are no longer in `held` when the upload is
-                opened again; the chunks that still verify stay staged for the retry.
+                opened again; the chunks that still verify stay staged for the retry where the
+                storage can keep them (an object store's assembled parts are spent: there the
+                whole file goes again after a digest mismatch).
         """
         ...
 

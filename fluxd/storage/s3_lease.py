@@ -6,11 +6,14 @@ if there is none (If-None-Match: *); renewing it, or taking over one that expire
 that succeeds only if the object is still the one read (If-Match: its ETag). The store answers
 412 to the loser, so two nodes never both hold it. A lease is live for the seconds its body
 names (its TTL, so nodes need not agree on one) after it was last written, by the store's
-clock (`ObjectStore.get_aged`): a node that died frees its leases by itself. The holder renews
-it before any write once less than two thirds of its TTL are left by its own clock, counted
-from before its request was sent: it never writes with less than that left, more than any
-request may take (ObjectStore's timeouts), so its writes end before another node may take
-over.
+clock (`ObjectStore.get_aged`): a node that died frees its leases by itself. The holder checks it
+before every request it makes for the upload and renews it once less than two thirds of its
+TTL are left by its own clock, counted from before its renewal was sent: with the default TTL
+(20 s) no request starts with less than 13 s left, as long as one may take at most (3 s to
+connect, 10 s per read, no retry of boto3's own), so its writes end before another node may
+take over. A shorter `lease_ttl`, or a store slower than that, loses this margin; the
+publication of a file stays safe even then, since it is conditional on the record the writer
+read (`s3_upload.publish`).
 """
 
 from __future__ import annotations
