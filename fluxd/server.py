@@ -34,6 +34,7 @@ from .claims import UploadClaims
 from .config import ServerConfig
 from .context import Shared
 from .limits import Admission, Throttle, peer_host
+from .notify import Notifier
 from .service import FileService
 from .session import Session
 from .storage.base import Backend, Maintenance, Storage
@@ -307,9 +308,16 @@ async def serve(
         )
     if sys.stderr.isatty():  # a person started it: one line they can read among the JSON
         print(banner(listeners, config, fingerprint), file=sys.stderr, flush=True)
+    # systemd (Type=notify): ready once listening; pings from this loop while it answers.
+    notifier = Notifier.from_environ()
+    notifier.ready(", ".join(f"{t} {a}" for t, a in listeners))
+    keep_alive = loop.create_task(notifier.keep_alive())
     await stop.wait()
+    notifier.stopping()
     log.event("stopping", sessions=len(server._sessions))
     await server.shutdown()
+    keep_alive.cancel()
+    notifier.close()
     log.event("stopped")
 
 
