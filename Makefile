@@ -6,12 +6,16 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck wheelcheck pytest bench fuzz clean sysdeps
 
-# Python 3.11+ with venv and pip; installs Debian's python3-venv only when venv is missing.
+# Python 3.11+ with venv and pip; installs Debian's python3-venv only when venv is missing, and
+# Debian's systemd when systemd-analyze (which checks the shipped unit) is missing.
 sysdeps:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "fluxd needs Python 3.11 or newer as $(PYTHON)"; exit 1; }
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || \
 	  { apt-get update -q && apt-get install -y -q python3-venv; }
+	@# systemd-analyze checks the shipped unit (tests/daemon/test_systemd_unit.py).
+	@command -v systemd-analyze >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q systemd; }
 
 $(STAMP): pyproject.toml | sysdeps
 	$(PYTHON) -m venv $(VENV)
