@@ -4,16 +4,18 @@ STOPPING=1 on SIGTERM, sent to a real AF_UNIX datagram socket as systemd would b
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import BIN, _env
+from .conftest import BIN, Daemon, Fluxctl, _env
 
 #: Seconds a test waits for a datagram before it fails (never a timing assumption: the
 #: datagrams arrive within milliseconds, and a missing one fails the test).
@@ -127,3 +129,62 @@ def test_without_a_reachable_notify_socket_fluxd_serves_and_stops(
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def unit_syscalls() -> list[str]:
+    """The syscalls deploy/fluxd.service's SystemCallFilter= lines allow, expanded by
+    systemd-analyze (@group names within a group are expanded in turn)."""
+    from tests.daemon.test_systemd_unit import ANALYZE, service  # noqa: PLC0415
+
+    assert ANALYZE is not None
+
+    def expand(name: str) -> set[str]:
+        if not name.startswith("@"):
+            return {name}
+        listed = subprocess.run(
+            [ANALYZE, "syscall-filter", "--no-pager", name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()[1:]
+        out: set[str] = set()
+        for line in listed:
+            item = line.strip()
+            if item and not item.startswith("#"):
+                out |= expand(item)
+        return out
+
+    allowed: set[str] = set()
+    for value in service()["SystemCallFilter"]:
+        if value.startswith("~"):
+            for name in value[1:].split():
+                allowed -= expand(name)
+        else:
+            for name in value.split():
+                allowed |= expand(name)
+    return sorted(allowed)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is absent")
+def test_fluxd_serves_under_the_units_syscall_filter_and_memory_deny_write_execute(
+    tmp_path: Path, make_daemon: Callable[..., Daemon], fluxctl: Fluxctl
+) -> None:
+    """A send and a recv over TCP and over QUIC, fluxd under the unit's SystemCallFilter= and
+    MemoryDenyWriteExecute= (sandboxedfluxd.py): nothing Python, uvloop, OpenSSL, cryptography
+    or aioquic needs is refused."""
+    allowed = tmp_path / "syscalls"
+    allowed.write_text("\n".join(unit_syscalls()))
+    assert "openat2" in allowed.read_text().split()
+    wrapper = Path(__file__).with_name("sandboxedfluxd.py")
+    daemon = make_daemon(program=[sys.executable, str(wrapper), str(allowed)])
+    data = os.urandom(3 << 20)
+    (tmp_path / "src").write_bytes(data)
+    for transport in ("tcp", "quic"):
+        url = daemon.url(f"/{transport}.bin")
+        sent = fluxctl("send", str(tmp_path / "src"), url, "--transport", transport, "--json")
+        assert sent.code == 0, sent.stderr
+        back = tmp_path / f"back-{transport}"
+        got = fluxctl("recv", url, str(back), "--transport", transport, "--json")
+        assert got.code == 0, got.stderr
+        assert back.read_bytes() == data
+    assert daemon.stop() == 0
