@@ -27,7 +27,7 @@ import typer
 from fluxio import cliutil
 from fluxio.cliutil import CONTEXT, EXIT_INTERRUPTED, EXIT_USAGE, decided, run_app
 
-from . import __version__, clitree
+from . import __version__, clishell, clitree
 from .clitree import (
     Checksum,
     DeleteExtra,
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings=CONTEXT,
@@ -505,6 +505,9 @@ def _refuse_root(path: str) -> None:
 
     if not normalize(path):
         raise ConfigError("rm -r refuses to delete the root of the server")
+
+
+app.command("completion")(clishell.completion)
 
 
 @app.command()
