@@ -40,6 +40,7 @@ from .clitree import (
 )
 
 if TYPE_CHECKING:
+    from fluxio.ratelimit import Pace
     from fluxproto import Entry, FluxError
 
     from .connect import ClientOptions
@@ -80,6 +81,15 @@ Lanes = Annotated[
 ]
 ChunkSize = Annotated[
     str | None, typer.Option("--chunk-size", help="Chunk size for new transfers, e.g. 4M.")
+]
+BwLimit = Annotated[
+    str | None,
+    typer.Option(
+        "--bwlimit",
+        metavar="RATE",
+        help="Limit the payload to RATE bytes per second over all lanes and files, e.g. 500K "
+        "or 10M (K = 1024, M = 1024 K, as --chunk-size; 0: no limit).",
+    ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object with the result.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary.")]
@@ -124,6 +134,7 @@ class Connect:
     io_timeout: float
     chunk_size: str | None = None
     lanes: int = 1
+    bwlimit: str | None = None
 
 
 @dataclass
@@ -165,7 +176,26 @@ class Run:
             token=resolve_token(c.token, url.host, url.port),
             lanes=c.lanes,
             nodes=configured_nodes(url.host, url.port),
+            pace=self.pace(c.bwlimit),
         )
+
+    def pace(self, bwlimit: str | None) -> Pace | None:
+        """--bwlimit's bucket, which every lane and file of the run charges (None: no limit);
+        the rate goes into the result as `bwlimit`."""
+        from fluxio.parsing import parse_size  # noqa: PLC0415
+        from fluxio.ratelimit import TokenBucket  # noqa: PLC0415
+        from fluxproto import ConfigError  # noqa: PLC0415
+
+        if bwlimit is None:
+            return None
+        try:
+            rate = parse_size(bwlimit)
+        except ConfigError:
+            raise ConfigError(f"--bwlimit: not a rate: {bwlimit!r} (examples: 500K, 10M)") from None
+        if not rate:
+            return None
+        self.extra["bwlimit"] = rate
+        return TokenBucket(rate).charge
 
     def parse_url(self, text: str) -> FluxURL:
         """Parse a flux URL; the run's `path` becomes its path."""
@@ -237,9 +267,17 @@ class Run:
     def done(self, result: dict[str, Any], human: str | None) -> None:
         decided()
         if self.json:
-            print(json.dumps(result))
+            print(json.dumps({**result, **self.extra}))
         elif human and not self.quiet:
-            print(human)
+            print(human + self.limited())
+
+    def limited(self) -> str:
+        """What a transfer's summary adds when --bwlimit held it back."""
+        if "bwlimit" not in self.extra:
+            return ""
+        from .progress import human_bytes  # noqa: PLC0415
+
+        return f" (--bwlimit {human_bytes(self.extra['bwlimit'])}/s)"
 
 
 def _transfer_summary(r: TransferResult) -> str:
@@ -286,6 +324,7 @@ def send(
     checksum: Checksum = False,
     verbose: Verbose = False,
     lanes: Lanes = 1,
+    bw: BwLimit = None,
 ) -> None:
     """Send LOCAL to the server; run it again after any failure to resume (for `-`, with
     the same data on standard input). With -r, make PATH a copy of each LOCAL folder."""
@@ -295,7 +334,7 @@ def send(
     *sources, url = args
     run = Run("send", url, json_, quiet, progress)
     connect = Connect(
-        ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size, lanes
+        ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size, lanes, bw
     )
     flags = TreeFlags(recursive, dereference, delete, dry_run, exclude, checksum, verbose)
     clitree.check_arguments(run, flags, sources, "LOCAL")
@@ -352,6 +391,7 @@ def recv(
     checksum: Checksum = False,
     verbose: Verbose = False,
     lanes: Lanes = 1,
+    bw: BwLimit = None,
 ) -> None:
     """Receive PATH from the server into LOCAL; run it again after any failure to resume.
     With -r, make LOCAL a copy of each folder PATH."""
@@ -359,7 +399,7 @@ def recv(
     url = urls[0] if urls else local
     run = Run("recv", url, json_, quiet, progress)
     connect = Connect(
-        ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size, lanes
+        ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size, lanes, bw
     )
     flags = TreeFlags(recursive, dereference, delete, dry_run, exclude, checksum, verbose)
     clitree.check_arguments(run, flags, urls, "URL")
@@ -389,7 +429,7 @@ def recv(
     # With `-` the file went to stdout: the summary goes to stderr, if anywhere.
     if to_stdout:
         if not quiet:
-            print(_transfer_summary(result), file=sys.stderr)
+            print(_transfer_summary(result) + run.limited(), file=sys.stderr)
         return
     run.done(result.to_json(), _transfer_summary(result))
 
