@@ -255,11 +255,12 @@ class Run:
             self.stack.close()
             self.fail(self.interrupted, EXIT_INTERRUPTED)
 
-    def fail(self, message: str, code: int) -> NoReturn:
+    def fail(self, message: str, code: int, details: dict[str, Any] | None = None) -> NoReturn:
+        """End the command: `message` on stderr (and `details` in the JSON object), `code`."""
         decided()
         if self.json:
             out = {"ok": False, "op": self.op, "path": self.path, "error": message}
-            print(json.dumps({**out, "exit_code": code}))
+            print(json.dumps({**out, **(details or {}), "exit_code": code}))
         print(f"fluxctl: {message}", file=sys.stderr)
         # SystemExit, not typer.Exit: typer would hand 130 back as if it had caught a Ctrl-C.
         sys.exit(code)
@@ -537,6 +538,51 @@ def rm(
     count: int = _simple(run, url, connect, functools.partial(remove, recursive=recursive))
     human = f"deleted {run.path}: {count} entries" if recursive else None
     run.done({"ok": True, "op": "rm", "path": run.path, "deleted": count}, human)
+
+
+@app.command("verify")
+def verify(
+    local: Annotated[
+        Path, typer.Argument(metavar="LOCAL", help="The local file.", show_default=False)
+    ],
+    url: RemoteURL,
+    ca: Ca = None,
+    pin: Pin = None,
+    transport: Transport = "auto",
+    json_: Json = False,
+    quiet: Quiet = False,
+    retry_for: RetryFor = 300.0,
+    io_timeout: IoTimeout = 60.0,
+    insecure_plaintext: Plaintext = False,
+    token: Token = None,
+) -> None:
+    """Compare LOCAL with PATH on the server by their digests, moving no file data: exit 0
+    when identical, 3 when they differ (the line says how, and which chunks)."""
+    import asyncio  # noqa: PLC0415
+
+    from fluxproto import IntegrityError  # noqa: PLC0415
+
+    from .retry import Retrier  # noqa: PLC0415
+    from .verify import Verdict, check_local, hash_local, remote_digests  # noqa: PLC0415
+
+    run = Run("verify", url, json_, quiet)
+    connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout)
+    with run.guard():
+        target = run.parse_url(url)
+        check_local(local)
+
+    async def work() -> Verdict:
+        opts = run.options(target, connect)
+        theirs = await Retrier(target, opts, run.on_retry).run(
+            lambda ch, n: remote_digests(ch, target.path, opts)
+        )
+        mine = await asyncio.to_thread(hash_local, local, theirs.chunk_size)
+        return Verdict(local, target.path, mine, theirs)
+
+    verdict = run.execute(work)
+    if not verdict.same:
+        run.fail(verdict.message(), IntegrityError.exit_code, verdict.to_json())
+    run.done({"ok": True, "op": "verify", "path": run.path, **verdict.to_json()}, verdict.message())
 
 
 def _refuse_root(path: str) -> None:
