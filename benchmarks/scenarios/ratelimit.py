@@ -214,8 +214,8 @@ def _run_client(args: argparse.Namespace) -> int:
         data = _client(ws, limits, reps, args.client_seconds)
         machine["load_at_end"] = load_average()
     data.update(scenario="ratelimit-client", machine=machine)
-    text = ratelimit_client.render(data, BURST_SECONDS)
-    text = f"{machine_paragraph(machine, 'fluxd and fluxctl')}\n\n{text}"
+    heading, _, body = ratelimit_client.render(data, BURST_SECONDS).partition("\n\n")
+    text = f"{heading}\n\n{machine_paragraph(machine, 'fluxd and fluxctl')}\n\n{body}"
     print(text)
     print(f"\nrun saved to {write_run('ratelimit-client', data)}", file=sys.stderr)
     if not args.no_results:
