@@ -8,12 +8,12 @@ client's windows. Errors are raised; the session answers them with ERROR for the
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fluxio.chunkflow import ChunkSender, ChunkWriter
+from fluxio.ratelimit import Pace, paced
 from fluxio.requests import Request
 from fluxproto import (
     MAX_RANGES,
@@ -73,7 +73,7 @@ class Handlers:
     service: FileService
     caller: Caller
     idle_timeout: float
-    pace: Callable[[int], float] | None
+    pace: Pace | None
     release: Callable[[memoryview], None]
 
     def for_frame(self, opening: object) -> Handler:
@@ -146,8 +146,7 @@ class Handlers:
         While an upload waits here it takes no chunks, so none are acked, its window fills and
         the client stops sending: the limit reaches the sender through flow control.
         """
-        if self.pace is not None and (wait := self.pace(nbytes)) > 0:
-            await asyncio.sleep(wait)
+        await paced(self.pace, nbytes)
 
     async def download(self, req: Request) -> None:
         f = req.opening

@@ -1,4 +1,5 @@
-"""Run-time limits: connection and upload counts, and bandwidth token buckets.
+"""Run-time limits: connection and upload counts, and the bandwidth buckets (fluxio.ratelimit)
+of the daemon and of each subject.
 
 Counting happens on the event loop only, so plain dicts suffice. Every `admit_*` that returns
 True must be paired with one `release_*` (the `Slot` helper makes that hard to get wrong).
@@ -6,19 +7,15 @@ True must be paired with one `release_*` (the `Slot` helper makes that hard to g
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable
 
+from fluxio.ratelimit import Pace, TokenBucket
 from fluxproto.errors import LimitExceeded, Unavailable
 
 from .config import Limits
 
-#: Burst a bucket allows after idling, in seconds of its rate: small, so a measured rate over a
-#: few seconds is the configured one, and large enough to pass one chunk without a wait.
-BURST_SECONDS = 0.25
-
-__all__ = ["Admission", "Slot", "Throttle", "TokenBucket", "peer_host"]
+__all__ = ["Admission", "Slot", "Throttle", "peer_host"]
 
 
 def peer_host(peer: str) -> str:
@@ -104,29 +101,6 @@ def _decrement(counter: Counter[str], key: str, by: int = 1) -> None:
         del counter[key]
 
 
-class TokenBucket:
-    """A token bucket of `rate` bytes/s that may go into debt.
-
-    `charge(n)` takes n bytes at once and says how long to wait to pay off any debt, so over
-    any period the bytes passed are at most rate x period + the burst, whatever the sizes.
-    """
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = float(rate)
-        self.burst = self.rate * BURST_SECONDS
-        self._clock = clock
-        self._tokens = self.burst
-        self._stamp = clock()
-
-    def charge(self, n: int) -> float:
-        """Take `n` bytes; return the seconds to wait before they may pass (0 if none)."""
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        self._tokens -= n
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
-
-
 class Throttle:
     """The buckets one transfer passes through: the daemon's global one and its subject's."""
 
@@ -144,7 +118,7 @@ class Throttle:
             found.append(bucket)
         return found
 
-    def pacer(self, subject: str) -> Callable[[int], float] | None:
+    def pacer(self, subject: str) -> Pace | None:
         """A function charging n bytes to every bucket of `subject` and returning the longest
         wait, or None when no rate applies (the common case costs nothing)."""
         buckets = self.buckets(subject)

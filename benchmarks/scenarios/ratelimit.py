@@ -18,14 +18,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fluxio.ratelimit import BURST_SECONDS
+
 from .. import BenchError
 from ..files import file_digest
 from ..machine import describe, load_average
 from ..measure import Stats
 from ..peers.flux import FluxPeer, flux_binary
 from ..peers.process import json_report
-from ..report import markdown_table, publish
+from ..report import markdown_table, publish, update_results, write_run
+from . import ratelimit_client
 from .common_report import machine_paragraph
+from .ratelimit_client import Run
 from .workspace import Workspace
 
 HELP = "rate_per_subject and rate limits: measured rate within 10 % of the configured one"
@@ -43,6 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="one rate (20), one repetition")
     parser.add_argument("--dir", type=Path, help="where files and destinations live [/var/tmp]")
     parser.add_argument("--no-results", action="store_true", help="do not update RESULTS.md")
+    parser.add_argument(
+        "--client-rates", default="5M,20M", help="fluxctl --bwlimit values [%(default)s]"
+    )
+    parser.add_argument(
+        "--client-seconds", type=float, default=4.0, help="data at a client limit, seconds [4]"
+    )
+    parser.add_argument(
+        "--client-only", action="store_true", help="only the client case (fluxctl --bwlimit)"
+    )
 
 
 def _fluxctl(flux: FluxPeer, *args: str) -> dict[str, Any]:
@@ -104,6 +117,31 @@ def _global(ws: Workspace, rate: float) -> dict[str, Any]:
     }
 
 
+def _client(ws: Workspace, limits: list[str], reps: int, seconds: float) -> dict[str, Any]:
+    """fluxctl --bwlimit against an unlimited fluxd (ratelimit_client)."""
+    root = ws.path / "flux-client"
+    root.mkdir()
+    with FluxPeer(root, "tcp") as flux:
+        base = f"flux://127.0.0.1:{flux.port}/bench"
+
+        def transfer(run: Run, src: Path) -> dict[str, Any]:
+            bw = ("--bwlimit", run.limit) if run.limit else ()
+            if run.way == "send":
+                return _fluxctl(flux, "send", str(src), f"{base}/{run.name}", *bw)
+            # Both receives fetch what the unlimited send of their pair stored.
+            stored = Run(run.rep, run.pair, False, "send").name
+            got = ws.path / run.name
+            report = _fluxctl(flux, "recv", f"{base}/{stored}", str(got), *bw)
+            got.unlink()
+            return report
+
+        data = ratelimit_client.measure(
+            limits, reps, seconds, lambda size: ws.source(size)[0], transfer
+        )
+    shutil.rmtree(root, ignore_errors=True)
+    return data
+
+
 def _verdict(measured: float, limit: float) -> str:
     share = measured / limit
     ok = abs(share - 1) <= TOLERANCE
@@ -152,6 +190,9 @@ def render(data: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    client = _run_client(args)
+    if args.client_only:
+        return client
     rates = [20.0] if args.quick else [float(r) for r in args.rates.split(",")]
     reps = 1 if args.quick else args.reps
     data: dict[str, Any] = {"scenario": "ratelimit", "reps": reps}
@@ -161,4 +202,23 @@ def run(args: argparse.Namespace) -> int:
         data["global"] = _global(ws, args.global_rate)
         data["machine"]["load_at_end"] = load_average()
     publish("ratelimit", render(data), data, not args.no_results)
+    return 0
+
+
+def _run_client(args: argparse.Namespace) -> int:
+    """The client case, published as its own section (`ratelimit-client`)."""
+    limits = args.client_rates.split(",")
+    reps = 1 if args.quick else args.reps
+    with Workspace(args.dir) as ws:
+        machine = describe(ws.base)
+        data = _client(ws, limits, reps, args.client_seconds)
+        machine["load_at_end"] = load_average()
+    data.update(scenario="ratelimit-client", machine=machine)
+    heading, _, body = ratelimit_client.render(data, BURST_SECONDS).partition("\n\n")
+    text = f"{heading}\n\n{machine_paragraph(machine, 'fluxd and fluxctl')}\n\n{body}"
+    print(text)
+    print(f"\nrun saved to {write_run('ratelimit-client', data)}", file=sys.stderr)
+    if not args.no_results:
+        update_results("ratelimit-client", text)
+        print("updated section ratelimit-client of benchmarks/RESULTS.md", file=sys.stderr)
     return 0

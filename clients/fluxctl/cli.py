@@ -27,7 +27,7 @@ import typer
 from fluxio import cliutil
 from fluxio.cliutil import CONTEXT, EXIT_INTERRUPTED, EXIT_USAGE, decided, run_app
 
-from . import __version__, clitree
+from . import __version__, clishell, clitree
 from .clitree import (
     Checksum,
     DeleteExtra,
@@ -40,6 +40,7 @@ from .clitree import (
 )
 
 if TYPE_CHECKING:
+    from fluxio.ratelimit import Pace
     from fluxproto import Entry, FluxError
 
     from .connect import ClientOptions
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings=CONTEXT,
@@ -80,6 +81,15 @@ Lanes = Annotated[
 ]
 ChunkSize = Annotated[
     str | None, typer.Option("--chunk-size", help="Chunk size for new transfers, e.g. 4M.")
+]
+BwLimit = Annotated[
+    str | None,
+    typer.Option(
+        "--bwlimit",
+        metavar="RATE",
+        help="Limit the payload to RATE bytes per second over all lanes and files, e.g. 500K "
+        "or 10M (K = 1024, M = 1024 K, as --chunk-size; 0: no limit).",
+    ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object with the result.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary.")]
@@ -124,6 +134,7 @@ class Connect:
     io_timeout: float
     chunk_size: str | None = None
     lanes: int = 1
+    bwlimit: str | None = None
 
 
 @dataclass
@@ -165,7 +176,26 @@ class Run:
             token=resolve_token(c.token, url.host, url.port),
             lanes=c.lanes,
             nodes=configured_nodes(url.host, url.port),
+            pace=self.pace(c.bwlimit),
         )
+
+    def pace(self, bwlimit: str | None) -> Pace | None:
+        """--bwlimit's bucket, which every lane and file of the run charges (None: no limit);
+        the rate goes into the result as `bwlimit`."""
+        from fluxio.parsing import parse_size  # noqa: PLC0415
+        from fluxio.ratelimit import TokenBucket  # noqa: PLC0415
+        from fluxproto import ConfigError  # noqa: PLC0415
+
+        if bwlimit is None:
+            return None
+        try:
+            rate = parse_size(bwlimit)
+        except ConfigError:
+            raise ConfigError(f"--bwlimit: not a rate: {bwlimit!r} (examples: 500K, 10M)") from None
+        if not rate:
+            return None
+        self.extra["bwlimit"] = rate
+        return TokenBucket(rate).charge
 
     def parse_url(self, text: str) -> FluxURL:
         """Parse a flux URL; the run's `path` becomes its path."""
@@ -225,11 +255,12 @@ class Run:
             self.stack.close()
             self.fail(self.interrupted, EXIT_INTERRUPTED)
 
-    def fail(self, message: str, code: int) -> NoReturn:
+    def fail(self, message: str, code: int, details: dict[str, Any] | None = None) -> NoReturn:
+        """End the command: `message` on stderr (and `details` in the JSON object), `code`."""
         decided()
         if self.json:
             out = {"ok": False, "op": self.op, "path": self.path, "error": message}
-            print(json.dumps({**out, "exit_code": code}))
+            print(json.dumps({**out, **(details or {}), "exit_code": code}))
         print(f"fluxctl: {message}", file=sys.stderr)
         # SystemExit, not typer.Exit: typer would hand 130 back as if it had caught a Ctrl-C.
         sys.exit(code)
@@ -237,9 +268,17 @@ class Run:
     def done(self, result: dict[str, Any], human: str | None) -> None:
         decided()
         if self.json:
-            print(json.dumps(result))
+            print(json.dumps({**result, **self.extra}))
         elif human and not self.quiet:
-            print(human)
+            print(human + self.limited())
+
+    def limited(self) -> str:
+        """What a transfer's summary adds when --bwlimit held it back."""
+        if "bwlimit" not in self.extra:
+            return ""
+        from .progress import human_bytes  # noqa: PLC0415
+
+        return f" (--bwlimit {human_bytes(self.extra['bwlimit'])}/s)"
 
 
 def _transfer_summary(r: TransferResult) -> str:
@@ -286,6 +325,7 @@ def send(
     checksum: Checksum = False,
     verbose: Verbose = False,
     lanes: Lanes = 1,
+    bw: BwLimit = None,
 ) -> None:
     """Send LOCAL to the server; run it again after any failure to resume (for `-`, with
     the same data on standard input). With -r, make PATH a copy of each LOCAL folder."""
@@ -295,7 +335,7 @@ def send(
     *sources, url = args
     run = Run("send", url, json_, quiet, progress)
     connect = Connect(
-        ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size, lanes
+        ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size, lanes, bw
     )
     flags = TreeFlags(recursive, dereference, delete, dry_run, exclude, checksum, verbose)
     clitree.check_arguments(run, flags, sources, "LOCAL")
@@ -352,6 +392,7 @@ def recv(
     checksum: Checksum = False,
     verbose: Verbose = False,
     lanes: Lanes = 1,
+    bw: BwLimit = None,
 ) -> None:
     """Receive PATH from the server into LOCAL; run it again after any failure to resume.
     With -r, make LOCAL a copy of each folder PATH."""
@@ -359,7 +400,7 @@ def recv(
     url = urls[0] if urls else local
     run = Run("recv", url, json_, quiet, progress)
     connect = Connect(
-        ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size, lanes
+        ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout, chunk_size, lanes, bw
     )
     flags = TreeFlags(recursive, dereference, delete, dry_run, exclude, checksum, verbose)
     clitree.check_arguments(run, flags, urls, "URL")
@@ -389,7 +430,7 @@ def recv(
     # With `-` the file went to stdout: the summary goes to stderr, if anywhere.
     if to_stdout:
         if not quiet:
-            print(_transfer_summary(result), file=sys.stderr)
+            print(_transfer_summary(result) + run.limited(), file=sys.stderr)
         return
     run.done(result.to_json(), _transfer_summary(result))
 
@@ -499,12 +540,60 @@ def rm(
     run.done({"ok": True, "op": "rm", "path": run.path, "deleted": count}, human)
 
 
+@app.command("verify")
+def verify(
+    local: Annotated[
+        Path, typer.Argument(metavar="LOCAL", help="The local file.", show_default=False)
+    ],
+    url: RemoteURL,
+    ca: Ca = None,
+    pin: Pin = None,
+    transport: Transport = "auto",
+    json_: Json = False,
+    quiet: Quiet = False,
+    retry_for: RetryFor = 300.0,
+    io_timeout: IoTimeout = 60.0,
+    insecure_plaintext: Plaintext = False,
+    token: Token = None,
+) -> None:
+    """Compare LOCAL with PATH on the server by their digests, moving no file data: exit 0
+    when identical, 3 when they differ (the line says how, and which chunks)."""
+    import asyncio  # noqa: PLC0415
+
+    from fluxproto import IntegrityError  # noqa: PLC0415
+
+    from .retry import Retrier  # noqa: PLC0415
+    from .verify import Verdict, check_local, hash_local, remote_digests  # noqa: PLC0415
+
+    run = Run("verify", url, json_, quiet)
+    connect = Connect(ca, pin, transport, retry_for, insecure_plaintext, token, io_timeout)
+    with run.guard():
+        target = run.parse_url(url)
+        check_local(local)
+
+    async def work() -> Verdict:
+        opts = run.options(target, connect)
+        theirs = await Retrier(target, opts, run.on_retry).run(
+            lambda ch, n: remote_digests(ch, target.path, opts)
+        )
+        mine = await asyncio.to_thread(hash_local, local, theirs.chunk_size)
+        return Verdict(local, target.path, mine, theirs)
+
+    verdict = run.execute(work)
+    if not verdict.same:
+        run.fail(verdict.message(), IntegrityError.exit_code, verdict.to_json())
+    run.done({"ok": True, "op": "verify", "path": run.path, **verdict.to_json()}, verdict.message())
+
+
 def _refuse_root(path: str) -> None:
     from fluxio.pathrules import normalize  # noqa: PLC0415
     from fluxproto import ConfigError  # noqa: PLC0415
 
     if not normalize(path):
         raise ConfigError("rm -r refuses to delete the root of the server")
+
+
+app.command("completion")(clishell.completion)
 
 
 @app.command()

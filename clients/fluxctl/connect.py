@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from fluxio.buffers import POOL
 from fluxio.parsing import is_loopback
+from fluxio.ratelimit import Pace
 from fluxio.requests import Channel, expect
 from fluxio.transports import DEFAULT_DATAGRAM_SIZE, tcp
 from fluxproto import (
@@ -83,6 +84,9 @@ class ClientOptions:
     #: The nodes the server's name leads to, (host, port) each, from the config file
     #: (nodes.configured_nodes); empty: the addresses the name resolves to.
     nodes: tuple[tuple[str, int], ...] = ()
+    #: `--bwlimit`: one bucket's `charge` (fluxio.ratelimit) for every lane and every file of
+    #: the command, so their payload together keeps to the rate; None: no limit.
+    pace: Pace | None = None
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from fluxio.buffers import POOL
 from fluxio.chunkflow import Buffer, ChunkWriter
+from fluxio.ratelimit import paced
 from fluxio.requests import Request
 from fluxio.staging import StagedFile
 from fluxproto import (
@@ -336,7 +337,7 @@ class Download:
     def _shared(self, staged: StagedFile, meta: Meta, want: Want) -> SharedReceive:
         """A shared pass for the chunks `meta` announces; its lanes count in `lanes`."""
         timeout, on_durable = self.opts.io_timeout, self._progressed(meta)
-        return SharedReceive(staged, meta, want, timeout, on_durable, self.lanes)
+        return SharedReceive(staged, meta, want, timeout, on_durable, self.lanes, self.opts.pace)
 
     def _count(self, shared: SharedReceive) -> None:
         """Add what a shared pass received to the run's counts."""
@@ -383,6 +384,8 @@ class Download:
                     self.received += len(chunk.data)
                     self.lanes[lane] = self.lanes.get(lane, 0) + len(chunk.data)
                     writer.add(chunk)
+                    # --bwlimit: the next chunk waits in the window; no ACK asks for more.
+                    await paced(self.opts.pace, len(chunk.data))
             finally:
                 await writer.flush()
             if writer.error is not None:
@@ -500,6 +503,7 @@ class StreamDownload:
                 chunk = await req.expect(Chunk, self.opts.io_timeout)
                 self.received += len(chunk.data)
                 early[chunk.index] = chunk.data
+                await paced(self.opts.pace, len(chunk.data))
                 first, ready = self._next, []
                 while self._next in early:
                     ready.append(early.pop(self._next))

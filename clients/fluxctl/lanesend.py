@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from fluxio.buffers import POOL
 from fluxio.chunkflow import ChunkData
+from fluxio.ratelimit import Pace, paced
 from fluxio.requests import Channel, Request
 from fluxproto import (
     Ack,
@@ -256,6 +257,7 @@ class LaneSender:
         while not req.conn.can_send_chunk(req.rid, size):  # other uploads share the connection
             await req.wait_room(size, self.up.timeout)
             self.take_queued()
+        await paced(self.up.pace, size)
         req.send(Chunk(req.rid, index, digest, data))
         self.count += 1
         self.sent.add(index)
@@ -353,6 +355,8 @@ class LaneUpload:
         self.committer: LaneSender | None = None
         self.digest_value: bytes | None = None
         self.digest: Callable[[], bytes] = lambda: b""
+        #: `--bwlimit`'s pace, charged by every lane before it sends a chunk.
+        self.pace: Pace | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._joins: set[Lane] = set()  # lanes attaching now
         #: When an attach heard that the server knows the upload no more (None: none did, or

@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 
 from fluxio.chunkflow import ChunkWriter
+from fluxio.ratelimit import Pace, paced
 from fluxio.requests import Request
 from fluxio.staging import StagedFile
 from fluxproto import Chunk, Done, FluxError, LocalProtocolError, Meta, OpenDownload, iter_indices
@@ -60,8 +61,10 @@ class SharedReceive:
         timeout: float,
         on_durable: Callable[[int], None] = lambda n: None,
         tally: dict[str, int] | None = None,
+        pace: Pace | None = None,
     ) -> None:
         self.staged, self.meta, self.want, self.timeout = staged, meta, want, timeout
+        self._pace = pace  # --bwlimit: a lane waits before it takes its next chunk
         self._on_durable = on_durable
         self._tally = {} if tally is None else tally
         self.received = 0
@@ -144,6 +147,7 @@ class SharedReceive:
                 else:
                     self.resent += len(frame.data)
                 writer.add(frame, req, write=first)
+                await paced(self._pace, len(frame.data))
 
     async def finish(self, carriers: Sequence[asyncio.Future[None]]) -> None:
         """End the download: once whole, the `carriers` still running (tasks of `carry`) get

@@ -229,7 +229,9 @@ class Upload:
             held = self._held(status)
             hasher = FileHasher()
             on_acked = self._on_acked(size, session.transport)
-            sender = ChunkSender(req, on_acked, self.opts.io_timeout, self._on_sent)
+            sender = ChunkSender(
+                req, on_acked, self.opts.io_timeout, self._on_sent, pace=self.opts.pace
+            )
             await self._send_all(sender, fd, size, chunk_size, held, hasher)
             self._check_unchanged(fd, st)
             return await self._commit(req, sender, hasher.digest(), size)
@@ -257,7 +259,12 @@ class Upload:
             # server's STATUS (or its refusal) may come first: the sender keeps it for us.
             on_acked = self._on_acked(size, session.transport)
             sender = ChunkSender(
-                req, on_acked, self.opts.io_timeout, self._on_sent, early=(Status,)
+                req,
+                on_acked,
+                self.opts.io_timeout,
+                self._on_sent,
+                pace=self.opts.pace,
+                early=(Status,),
             )
             refused: Conflict | None = None
             try:
@@ -408,6 +415,7 @@ class Upload:
             timeout = self.opts.io_timeout
             commit_timeout = timeout + size / COMMIT_RATE
             spread = LaneUpload(lanes, opening, status.tid, self, timeout, commit_timeout)
+            spread.pace = self.opts.pace
             async with self._reading(fd, size, chunk_size, held, hasher) as chunks:
                 try:
                     return await spread.run(first, req, chunks, digest)

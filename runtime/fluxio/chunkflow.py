@@ -31,6 +31,7 @@ from fluxproto import (
 )
 
 from .buffers import POOL
+from .ratelimit import Pace, paced
 from .requests import Request
 
 T = TypeVar("T")
@@ -93,7 +94,7 @@ class ChunkSender:
         timeout: float | None,
         on_sent: Callable[[int], None] = lambda n: None,
         release: Callable[[memoryview], None] = POOL.put,
-        pace: Callable[[int], float] | None = None,
+        pace: Pace | None = None,
         early: tuple[type[Frame], ...] = (),
         on_chunks: Callable[[list[int]], None] | None = None,
     ) -> None:
@@ -132,8 +133,7 @@ class ChunkSender:
         while not req.conn.can_send_chunk(req.rid, size):
             await req.wait_room(size, self.timeout)
             self.take_queued()
-        if self._pace is not None and (wait := self._pace(size)) > 0:
-            await asyncio.sleep(wait)
+        await paced(self._pace, size)
         req.send(Chunk(req.rid, index, digest, data))
         self.count += 1
         self._sizes[index] = size

@@ -1,55 +1,13 @@
-"""Connection and upload counting, and the token buckets behind the rate limits (fake clock)."""
+"""Connection and upload counting, and which buckets a subject's transfers pass through
+(the bucket itself: tests/runtime/test_ratelimit.py)."""
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from fluxd.config import Limits
-from fluxd.limits import BURST_SECONDS, Admission, Throttle, TokenBucket, peer_host
+from fluxd.limits import Admission, Throttle, peer_host
 from fluxproto import LimitExceeded, Unavailable
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def drive(bucket: TokenBucket, clock: Clock, sizes: list[int]) -> float:
-    """Pass `sizes` through the bucket the way a session does (charge, then sleep); return the
-    time the last one may pass."""
-    for n in sizes:
-        clock.now += bucket.charge(n)
-    return clock.now
-
-
-@given(
-    rate=st.integers(10_000, 100_000_000),
-    sizes=st.lists(st.integers(1, 16 * 1024 * 1024), min_size=1, max_size=200),
-)
-def test_bucket_passes_bytes_at_its_rate_plus_at_most_the_burst(
-    rate: int, sizes: list[int]
-) -> None:
-    clock = Clock()
-    bucket = TokenBucket(rate, clock)
-    end = drive(bucket, clock, sizes)
-    total = sum(sizes)
-    # Never more than rate x time + the burst, and (sending back to back) never slower.
-    assert total <= rate * end + bucket.burst + 1e-6 * total
-    assert end <= max(0.0, (total - bucket.burst) / rate) + 1e-9 * max(1, end)
-
-
-def test_idle_time_refills_only_up_to_the_burst() -> None:
-    clock = Clock()
-    bucket = TokenBucket(1000, clock)
-    assert bucket.charge(int(1000 * BURST_SECONDS)) == 0  # the initial burst
-    clock.now += 3600  # an hour idle does not bank an hour of bytes
-    assert bucket.charge(250) == 0
-    assert bucket.charge(1000) == pytest.approx(1.0)
 
 
 def test_throttle_combines_global_and_subject_buckets() -> None:
