@@ -1,8 +1,9 @@
 """A command hook for the events tests: `eventhook.py OUTDIR [FIFO]`.
 
-Reads the event's JSON from stdin; with FIFO, first waits for one line from that pipe (the
-test holds it open and writes a line to let one run go on); then writes the event to
-OUTDIR/ID.N.json (N counts deliveries of the same id), published by rename.
+Reads the event's JSON from stdin; with FIFO, first waits for one byte from that pipe (the
+test holds it open and writes one byte to let one run go on); then writes the event to
+OUTDIR/ID.N.json (N counts deliveries of the same id), published by rename. A run at the
+gate first leaves OUTDIR/waiting.PID.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ def main() -> None:
     body = sys.stdin.buffer.read()
     out = Path(sys.argv[1])
     if len(sys.argv) > 2:
-        with open(sys.argv[2], "rb") as pipe:
-            if not pipe.readline():
-                sys.exit(1)  # the test closed the pipe: fail, the daemon retries later
+        # Read-write: opening never blocks, and the run waits for a byte even when the test
+        # has not opened the pipe yet or closed it meanwhile.
+        pipe = os.open(sys.argv[2], os.O_RDWR)
+        (out / f"waiting.{os.getpid()}").touch()  # tells the test a run is at the gate
+        os.read(pipe, 1)  # one byte per run
+        os.close(pipe)
     event_id = json.loads(body)["id"]
     n = 0
     while (out / f"{event_id}.{n}.json").exists():
