@@ -11,6 +11,7 @@ receiver drops duplicates by the event's `id`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -83,7 +84,8 @@ class Events:
         loop = asyncio.get_running_loop()
         write = loop.run_in_executor(self._disk, self.outbox.write, event, now)
         write.add_done_callback(lambda done: self._written(done, event))
-        await asyncio.shield(write)
+        with contextlib.suppress(OutboxFull, FluxError):  # logged and counted by `_written`
+            await asyncio.shield(write)
 
     def _written(self, done: asyncio.Future[str], event: dict[str, Any]) -> None:
         exc = None if done.cancelled() else done.exception()
