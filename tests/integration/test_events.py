@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from ..damage import flip_in_place
 from .conftest import BIN, Daemon, Fluxctl, wait_for
 
 HOOK = Path(__file__).with_name("eventhook.py")
@@ -97,9 +98,10 @@ def gate(tmp_path: Path) -> Iterator[Gate]:
     g.close()
 
 
-def config(tmp_path: Path, name: str, **events: Any) -> str:
-    """A config file with an [events] table; returns the --config argument."""
-    lines = ["[events]"] + [f"{k} = {json.dumps(v)}" for k, v in events.items()]
+def config(tmp_path: Path, name: str, top: dict[str, Any] | None = None, **events: Any) -> str:
+    """A config file with `top` keys and an [events] table; returns the --config argument."""
+    lines = [f"{k} = {json.dumps(v)}" for k, v in (top or {}).items()]
+    lines += ["[events]"] + [f"{k} = {json.dumps(v)}" for k, v in events.items()]
     path = tmp_path / f"{name}.toml"
     path.write_text("\n".join(lines) + "\n")
     return str(path)
@@ -271,3 +273,22 @@ def test_bad_events_config_exits_2_with_one_line(
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert p.returncode == 2
     assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_corruption_found_by_a_download_and_by_scrub_is_reported(
+    make_daemon: Callable[..., Daemon],
+    fluxctl: Fluxctl,
+    tmp_path: Path,
+    receiver: Callable[..., Receiver],
+) -> None:
+    r = receiver()
+    top = {"scrub_every": 1}
+    cfg = config(tmp_path, "c", top, url=r.url, secret=SECRET, types=["corruption"])
+    d = make_daemon("--config", cfg)
+    send(fluxctl, d, tmp_path, "rot.bin", b"r" * 5000)
+    flip_in_place(d.root / "rot.bin", 100)
+    assert fluxctl("recv", d.url("rot.bin"), str(tmp_path / "copy")).code == 3
+    wait_for(lambda: {e.get("found_by") for e in r.events()} >= {"download", "scrub"}, what="both")
+    assert all(e["type"] == "corruption" and e["path"] == "/rot.bin" for e in r.events())
+    by_download = next(e for e in r.events() if e["found_by"] == "download")
+    assert "corrupt at chunk 0" in by_download["detail"]
