@@ -194,7 +194,8 @@ class EventsConfig:
     concurrency: int = 4
     #: Events the outbox holds at most; beyond it new events are dropped (logged, counted).
     outbox_limit: int = 10000
-    outbox: Path = dataclasses.field(default_factory=lambda: data_dir() / "events")
+    #: The outbox folder; None (or "" in the file): DATA/events.
+    outbox: Path | None = None
     #: Which events are reported.
     types: tuple[str, ...] = EVENT_TYPES
 
@@ -218,6 +219,11 @@ class EventsConfig:
     @property
     def enabled(self) -> bool:
         return bool(self.command or self.url)
+
+    @property
+    def folder(self) -> Path:
+        """Where the outbox is kept."""
+        return self.outbox or data_dir() / "events"
 
     def key(self) -> bytes:
         """The signing secret as bytes.
@@ -328,6 +334,10 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _opt_path(value: Any) -> Path | None:
+    return None if value == "" else _path(value)
+
+
 def _opt_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError("must be true or false")
@@ -384,14 +394,14 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Any]]] = {
             "command": _argv,
             "url": str,
             "secret": str,
-            "secret_file": _path,
+            "secret_file": _opt_path,
             "timeout": parse_duration,
             "attempts": int,
             "backoff": parse_duration,
             "backoff_max": parse_duration,
             "concurrency": int,
             "outbox_limit": int,
-            "outbox": _path,
+            "outbox": _opt_path,
             "types": _names,
         },
     ),

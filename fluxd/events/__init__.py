@@ -38,7 +38,7 @@ class Events:
 
     def __init__(self, config: EventsConfig | None = None) -> None:
         self.config = config = config or EventsConfig()
-        self.outbox = Outbox(config.outbox, config.outbox_limit)
+        self.outbox = Outbox(config.folder, config.outbox_limit)
         #: Events dropped because the outbox was full or its disk refused them.
         self.dropped = 0
         self._key = config.key() if config.url else b""
@@ -65,7 +65,7 @@ class Events:
             return
         names = await self._io(self.outbox.open)
         if names:
-            log.event("events-pending", count=len(names), outbox=str(self.config.outbox))
+            log.event("events-pending", count=len(names), outbox=str(self.config.folder))
         for name in names:
             self._queue.put_nowait(name)
         loop = asyncio.get_running_loop()
