@@ -32,7 +32,7 @@ from fluxproto.frames import MAX_LIST_ENTRIES
 
 from .. import log
 from ..context import Shared
-from ..storage.base import EntryPage
+from ..storage.base import CorruptBasis, EntryPage
 from ..storage.paths import normalize, require_file_path
 from .caller import Caller, Presence
 from .group import CommitGroup
@@ -129,6 +129,9 @@ class FileService:
                             up.on_committed = functools.partial(self.uploads.done, up.tid)
                             up.announce = functools.partial(self._uploaded, caller, up)
                             yield up
+                    except CorruptBasis as exc:
+                        await self._corrupt(caller, key, exc, "commit")
+                        raise
                     finally:
                         up.close()
             finally:
@@ -239,7 +242,7 @@ class FileService:
                 async with self.downloads.opened(caller.account, handle) as handle.tid:
                     yield handle
             except IntegrityError as exc:
-                await self._corrupt(caller, key, exc)
+                await self._corrupt(caller, key, exc, "download")
                 raise
             finally:
                 await handle.close()
@@ -248,9 +251,10 @@ class FileService:
             fields |= {"bytes": record.bytes}
             await self.shared.events.emit("download-finished", **fields, **_who(caller))
 
-    async def _corrupt(self, caller: Caller, key: str, exc: IntegrityError) -> None:
-        """The corruption event of a download that refused to serve a damaged chunk."""
-        fields = {"path": f"/{key}", "detail": exc.message, "found_by": "download"}
+    async def _corrupt(self, caller: Caller, key: str, exc: IntegrityError, by: str) -> None:
+        """The corruption event of a download that refused to serve a damaged chunk (`by`
+        download) or a commit that found its basis damaged (`by` commit)."""
+        fields = {"path": f"/{key}", "detail": exc.message, "found_by": by}
         await self.shared.events.emit("corruption", **fields, **_who(caller))
 
     @asynccontextmanager

@@ -91,6 +91,26 @@ class Gate:
             self._fd = None
 
 
+Hooked = Callable[..., tuple[Receiver, Daemon]]
+
+
+@pytest.fixture
+def hooked(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, receiver: Callable[..., Receiver]
+) -> Hooked:
+    """Starts a receiver answering `statuses` and a daemon POSTing its events there, signed;
+    `top` and `events` go into the daemon's config file."""
+
+    def make(
+        statuses: list[int] | None = None, top: dict[str, Any] | None = None, **events: Any
+    ) -> tuple[Receiver, Daemon]:
+        r = receiver(statuses)
+        cfg = config(tmp_path, "hooked", top, url=r.url, secret=SECRET, **events)
+        return r, make_daemon("--config", cfg)
+
+    return make
+
+
 @pytest.fixture
 def gate(tmp_path: Path) -> Iterator[Gate]:
     g = Gate(tmp_path / "gate")
@@ -149,13 +169,9 @@ def test_command_hook_gets_the_upload_event_on_stdin(
 
 
 def test_url_hook_gets_signed_events_for_upload_download_delete(
-    make_daemon: Callable[..., Daemon],
-    fluxctl: Fluxctl,
-    tmp_path: Path,
-    receiver: Callable[..., Receiver],
+    hooked: Hooked, fluxctl: Fluxctl, tmp_path: Path
 ) -> None:
-    r = receiver()
-    d = make_daemon("--config", config(tmp_path, "u", url=r.url, secret=SECRET))
+    r, d = hooked()
     send(fluxctl, d, tmp_path, "b.bin", b"data" * 100)
     assert fluxctl("recv", d.url("b.bin"), str(tmp_path / "b.copy")).code == 0
     assert fluxctl("rm", d.url("b.bin")).code == 0
@@ -220,14 +236,9 @@ def test_a_hanging_hook_does_not_stall_uploads(
 
 
 def test_failed_deliveries_retry_with_backoff_and_keep_their_id(
-    make_daemon: Callable[..., Daemon],
-    fluxctl: Fluxctl,
-    tmp_path: Path,
-    receiver: Callable[..., Receiver],
+    hooked: Hooked, fluxctl: Fluxctl, tmp_path: Path
 ) -> None:
-    r = receiver([500, 503])
-    cfg = config(tmp_path, "r", url=r.url, secret=SECRET, backoff=0.05)
-    d = make_daemon("--config", cfg)
+    r, d = hooked([500, 503], backoff=0.05)
     send(fluxctl, d, tmp_path, "r.txt")
     wait_for(lambda: len(r.posts) == 3, what="two failures and a success")
     ids = {e["id"] for e in r.events()}
@@ -239,14 +250,9 @@ def test_failed_deliveries_retry_with_backoff_and_keep_their_id(
 
 
 def test_an_event_failing_every_attempt_is_kept_aside(
-    make_daemon: Callable[..., Daemon],
-    fluxctl: Fluxctl,
-    tmp_path: Path,
-    receiver: Callable[..., Receiver],
+    hooked: Hooked, fluxctl: Fluxctl, tmp_path: Path
 ) -> None:
-    r = receiver([500, 500, 500])
-    cfg = config(tmp_path, "p", url=r.url, secret=SECRET, backoff=0.01, attempts=2)
-    d = make_daemon("--config", cfg)
+    r, d = hooked([500, 500, 500], backoff=0.01, attempts=2)
     send(fluxctl, d, tmp_path, "p.txt")
     wait_for(lambda: bool(d.events("event-dead")), what="the event given up on")
     (dead,) = d.events("event-dead")
@@ -276,15 +282,9 @@ def test_bad_events_config_exits_2_with_one_line(
 
 
 def test_corruption_found_by_a_download_and_by_scrub_is_reported(
-    make_daemon: Callable[..., Daemon],
-    fluxctl: Fluxctl,
-    tmp_path: Path,
-    receiver: Callable[..., Receiver],
+    hooked: Hooked, fluxctl: Fluxctl, tmp_path: Path
 ) -> None:
-    r = receiver()
-    top = {"scrub_every": 1}
-    cfg = config(tmp_path, "c", top, url=r.url, secret=SECRET, types=["corruption"])
-    d = make_daemon("--config", cfg)
+    r, d = hooked(top={"scrub_every": 1}, types=["corruption"])
     send(fluxctl, d, tmp_path, "rot.bin", b"r" * 5000)
     flip_in_place(d.root / "rot.bin", 100)
     assert fluxctl("recv", d.url("rot.bin"), str(tmp_path / "copy")).code == 3
@@ -292,3 +292,24 @@ def test_corruption_found_by_a_download_and_by_scrub_is_reported(
     assert all(e["type"] == "corruption" and e["path"] == "/rot.bin" for e in r.events())
     by_download = next(e for e in r.events() if e["found_by"] == "download")
     assert "corrupt at chunk 0" in by_download["detail"]
+
+
+def test_a_commit_finding_its_basis_damaged_reports_corruption(
+    hooked: Hooked, fluxctl: Fluxctl, tmp_path: Path
+) -> None:
+    r, d = hooked()
+    chunk = 64 * 1024
+    data = bytearray(os.urandom(8 * chunk))
+    args = ("--chunk-size", "64K", "--retry-for", "0")
+    (tmp_path / "f.bin").write_bytes(data)
+    assert fluxctl("send", str(tmp_path / "f.bin"), d.url("f.bin"), *args).code == 0
+    flip_in_place(d.root / "f.bin", 2 * chunk)
+    data[6 * chunk] ^= 0xFF  # the new version shares the damaged chunk 2 with the stored one
+    (tmp_path / "f.bin").write_bytes(data)
+    assert fluxctl("send", str(tmp_path / "f.bin"), d.url("f.bin"), *args).code == 0
+    wait_for(lambda: len(r.posts) == 3, what="two uploads and the corruption")
+    kinds = [e["type"] for e in r.events()]
+    assert sorted(kinds) == ["corruption", "upload-finished", "upload-finished"]
+    (found,) = [e for e in r.events() if e["type"] == "corruption"]
+    assert found["found_by"] == "commit" and found["path"] == "/f.bin"
+    assert "are corrupt" in found["detail"]
