@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shlex
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +164,84 @@ class Limits:
             raise ConfigError("limits.memory must hold at least two chunks of max_chunk")
 
 
+#: The moments fluxd reports (README "Events").
+EVENT_TYPES = ("upload-finished", "download-finished", "deleted", "corruption")
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """`[events]`: a command to run and/or a URL to POST for each event (README "Events").
+
+    Off unless `command` or `url` is set. Events wait in `outbox` (one folder per node, on
+    local disk even when files are kept in S3) until every configured hook took them.
+    """
+
+    #: The program and its arguments (a list, or a string split like a shell would); the
+    #: event's JSON comes on its stdin, exit status 0 means delivered.
+    command: tuple[str, ...] = ()
+    url: str = ""
+    #: The HMAC-SHA256 key for the signature header (or read from `secret_file`).
+    secret: str = ""
+    secret_file: Path | None = None
+    #: Seconds one delivery (command run or POST) may take before it counts as failed.
+    timeout: float = 10.0
+    #: Attempts before an event is given up on and moved to the outbox's dead/ folder.
+    attempts: int = 10
+    #: Seconds before the first retry; each next one waits twice as long, up to backoff_max.
+    backoff: float = 1.0
+    backoff_max: float = 300.0
+    #: Deliveries running at once.
+    concurrency: int = 4
+    #: Events the outbox holds at most; beyond it new events are dropped (logged, counted).
+    outbox_limit: int = 10000
+    #: The outbox folder; None (or "" in the file): DATA/events.
+    outbox: Path | None = None
+    #: Which events are reported.
+    types: tuple[str, ...] = EVENT_TYPES
+
+    def __post_init__(self) -> None:
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ConfigError("events.url must be an http:// or https:// URL")
+        if self.url and not (self.secret or self.secret_file):
+            raise ConfigError("events.url needs events.secret or events.secret_file (signing)")
+        if self.secret and self.secret_file:
+            raise ConfigError("events.secret and events.secret_file: give one of them")
+        unknown = sorted(set(self.types) - set(EVENT_TYPES))
+        if unknown:
+            raise ConfigError(f"events.types: unknown {unknown[0]!r} (known: {EVENT_TYPES})")
+        for name in ("timeout", "backoff", "backoff_max"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"events.{name} must be > 0 (finite seconds)")
+        for name in ("attempts", "concurrency", "outbox_limit"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"events.{name} must be at least 1")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.command or self.url)
+
+    @property
+    def folder(self) -> Path:
+        """Where the outbox is kept."""
+        return self.outbox or data_dir() / "events"
+
+    def key(self) -> bytes:
+        """The signing secret as bytes.
+
+        Raises:
+            ConfigError: the secret file cannot be read or is empty.
+        """
+        if self.secret_file is None:
+            return self.secret.encode()
+        try:
+            key = self.secret_file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read events.secret_file: {exc.strerror}") from None
+        if not key:
+            raise ConfigError(f"events.secret_file {self.secret_file} is empty")
+        return key
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything `fluxd serve` can be told; each field is a flag and a config-file key."""
@@ -192,6 +271,7 @@ class ServerConfig:
     auth: AuthConfig = dataclasses.field(default_factory=AuthConfig)
     limits: Limits = dataclasses.field(default_factory=Limits)
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+    events: EventsConfig = dataclasses.field(default_factory=EventsConfig)
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen)
@@ -235,6 +315,27 @@ def _path(value: Any) -> Path:
     if not isinstance(value, str | Path):
         raise ConfigError(f"expected a file path, not {value!r}")
     return Path(value).expanduser()
+
+
+def _argv(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as exc:
+            raise ConfigError(f"cannot split the command: {exc}") from None
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError("expected a command: a string or a list of strings")
+    return tuple(value)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError("expected a list of names")
+    return tuple(value)
+
+
+def _opt_path(value: Any) -> Path | None:
+    return None if value == "" else _path(value)
 
 
 def _opt_bool(value: Any) -> bool:
@@ -285,6 +386,23 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Any]]] = {
             "region": str,
             "path_style": bool,
             "lease_ttl": parse_duration,
+        },
+    ),
+    "events": (
+        EventsConfig,
+        {
+            "command": _argv,
+            "url": str,
+            "secret": str,
+            "secret_file": _opt_path,
+            "timeout": parse_duration,
+            "attempts": int,
+            "backoff": parse_duration,
+            "backoff_max": parse_duration,
+            "concurrency": int,
+            "outbox_limit": int,
+            "outbox": _opt_path,
+            "types": _names,
         },
     ),
     "limits": (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fluxio.buffers import ReceiveBudget
 
@@ -11,6 +11,7 @@ from .access import AccessLog
 from .auth.gate import Authenticator
 from .claims import UploadClaims
 from .config import ServerConfig
+from .events import Events
 from .limits import Admission, Throttle
 from .storage.base import Storage
 
@@ -29,3 +30,5 @@ class Shared:
     access: AccessLog
     #: Received chunk buffers of all connections (limits.memory); TCP readers pause beyond it.
     budget: ReceiveBudget
+    #: Where upload, download, delete and corruption events go (off unless configured).
+    events: Events = field(default_factory=Events)

@@ -33,6 +33,7 @@ from .auth.gate import Authenticator
 from .claims import UploadClaims
 from .config import ServerConfig
 from .context import Shared
+from .events import Events
 from .limits import Admission, Throttle, peer_host
 from .notify import Notifier
 from .service import FileService
@@ -78,6 +79,7 @@ class FluxServer:
             Throttle(config.limits),
             AccessLog(config.access_log),
             ReceiveBudget(config.limits.memory),
+            Events(config.events),
         )
         #: What every connection's requests go to, whatever their transport.
         self.service = FileService(self.shared)
@@ -93,6 +95,7 @@ class FluxServer:
         QUIC always runs TLS, so it is off when TLS is.
         """
         await self._recover()
+        await self.shared.events.start()
         host, port = self.config.address
         # Port 0 means any port free for TCP and UDP both: the number TCP gets may be taken
         # for UDP (a client's QUIC socket, say), and then another number is tried.
@@ -164,6 +167,8 @@ class FluxServer:
         report = await self._in_pool(self.maintenance.scrub)
         for problem in report.corrupt:
             log.event("corrupt-file", logging.ERROR, detail=problem)
+            path, _, detail = problem.partition(": ")
+            await self.shared.events.emit("corruption", path=path, detail=detail, found_by="scrub")
         fields = dataclasses.asdict(report) | {"corrupt": len(report.corrupt)}
         log.event("scrubbed", **fields, seconds=_since(started))
 
@@ -247,6 +252,7 @@ class FluxServer:
         for session in list(self._sessions.values()):
             session.ch.abort()
         self.pool.shutdown(wait=True)
+        await self.shared.events.stop()
         self.shared.access.close()
 
 

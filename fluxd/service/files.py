@@ -21,6 +21,7 @@ from fluxproto import (
     Conflict,
     Entry,
     FluxError,
+    IntegrityError,
     LimitExceeded,
     NotFound,
     PermissionDenied,
@@ -31,7 +32,7 @@ from fluxproto.frames import MAX_LIST_ENTRIES
 
 from .. import log
 from ..context import Shared
-from ..storage.base import EntryPage
+from ..storage.base import CorruptBasis, EntryPage
 from ..storage.paths import normalize, require_file_path
 from .caller import Caller, Presence
 from .group import CommitGroup
@@ -126,11 +127,20 @@ class FileService:
                     try:
                         async with self.uploads.opened(caller.account, up) as up.tid:
                             up.on_committed = functools.partial(self.uploads.done, up.tid)
+                            up.announce = functools.partial(self._uploaded, caller, up)
                             yield up
+                    except CorruptBasis as exc:
+                        await self._corrupt(caller, key, exc, "commit")
+                        raise
                     finally:
                         up.close()
             finally:
                 slot.release()
+
+    async def _uploaded(self, caller: Caller, up: UploadHandle, digest: bytes) -> None:
+        """The upload-finished event, durable before the client hears COMMITTED."""
+        fields = {"path": f"/{up.key}", "size": up.size, "digest": f"xxh128:{digest.hex()}"}
+        await self.shared.events.emit("upload-finished", **fields, **_who(caller))
 
     def _check_rule(self, size: int, chunk_size: int) -> None:
         """The storage's rule for an upload's geometry, as WELCOME announced it (PROTOCOL.md
@@ -231,8 +241,21 @@ class FileService:
             try:
                 async with self.downloads.opened(caller.account, handle) as handle.tid:
                     yield handle
+            except IntegrityError as exc:
+                await self._corrupt(caller, key, exc, "download")
+                raise
             finally:
                 await handle.close()
+            v = handle.version
+            fields = {"path": f"/{key}", "size": v.size, "digest": f"xxh128:{v.digest.hex()}"}
+            fields |= {"bytes": record.bytes}
+            await self.shared.events.emit("download-finished", **fields, **_who(caller))
+
+    async def _corrupt(self, caller: Caller, key: str, exc: IntegrityError, by: str) -> None:
+        """The corruption event of a download that refused to serve a damaged chunk (`by`
+        download) or a commit that found its basis damaged (`by` commit)."""
+        fields = {"path": f"/{key}", "detail": exc.message, "found_by": by}
+        await self.shared.events.emit("corruption", **fields, **_who(caller))
 
     @asynccontextmanager
     async def list(
@@ -389,6 +412,8 @@ class FileService:
                 record.fields["count"] = count
             else:
                 count = await blocking(self.pool, self.storage.delete, key)
+            what = {"path": f"/{key}", "count": count, "recursive": recursive}
+            await self.shared.events.emit("deleted", **what, **_who(caller))
             yield count
 
 
@@ -410,6 +435,12 @@ def _is_own_root(caller: Caller, key: str) -> bool:
     """True for a confined subject's own root, which exists only once it stores something
     (until then it lists as an empty folder)."""
     return bool(key) and key == caller.grant.root
+
+
+def _who(caller: Caller) -> dict[str, str | None]:
+    """The event fields that say who made the request."""
+    grant = caller.grant
+    return {"subject": grant.subject, "peer": caller.peer, "transport": caller.transport}
 
 
 def _supersede(gone: Presence, caller: Caller) -> None:

@@ -6,7 +6,15 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -70,6 +78,8 @@ class UploadHandle:
         self.committed = False
         #: Called once it is committed (the service stops waiting for attached requests).
         self.on_committed: Callable[[], None] = lambda: None
+        #: Awaited once it is committed, before the commit returns (the upload-finished event).
+        self.announce: Callable[[bytes], Awaitable[None]] = _nothing
         self._digest: bytes | None = None
         self._drivers = [(presence, record)]
         self._upload: Upload | None = None
@@ -221,9 +231,13 @@ class UploadHandle:
                 await asyncio.shield(work)
             except asyncio.CancelledError:
                 await asyncio.wait([work])
-                self._committed(digest, not work.cancelled() and work.exception() is None)
+                done = not work.cancelled() and work.exception() is None
+                self._committed(digest, done)
+                if done:  # the outbox write goes on without us
+                    _later(self.announce(digest))
                 raise
             self._committed(digest, True)
+            await self.announce(digest)
 
     async def _commit_now(self, digest: bytes) -> None:
         # No batch of another request may land in the middle of the commit: every write slot
@@ -428,6 +442,19 @@ class DownloadHandle:
             await self.stop()
         finally:
             self._dl.close()
+
+
+async def _nothing(_: bytes) -> None:
+    return None
+
+
+_background: set[asyncio.Future[None]] = set()
+
+
+def _later(work: Awaitable[None]) -> None:
+    task = asyncio.ensure_future(work)
+    _background.add(task)  # held until done: the loop keeps only a weak reference
+    task.add_done_callback(_background.discard)
 
 
 def read_verified(dl: Download, index: int) -> ChunkData:

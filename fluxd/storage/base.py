@@ -17,7 +17,7 @@ from typing import Protocol
 
 from fluxio.staging import ChunkData
 from fluxproto.digest import digest_at
-from fluxproto.errors import FluxError
+from fluxproto.errors import FluxError, IntegrityError
 from fluxproto.frames import Entry
 
 #: One page of a listing: entries sorted by name, and the cursor for the next page (or None).
@@ -31,6 +31,7 @@ __all__ = [
     "TREE_ENTRIES",
     "Backend",
     "Collected",
+    "CorruptBasis",
     "Download",
     "EntryPage",
     "HeldWithBase",
@@ -40,6 +41,11 @@ __all__ = [
     "Storage",
     "Upload",
 ]
+
+
+class CorruptBasis(IntegrityError):
+    """A commit found chunks of the stored file it reuses (the basis) damaged: the data at rest
+    is corrupt, not the client's (the daemon reports it as a corruption event)."""
 
 
 class Upload(Protocol):

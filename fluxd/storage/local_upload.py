@@ -28,7 +28,7 @@ from fluxio.staging import ChunkData, StagedFile
 from fluxproto.digest import chunk_digest, digest_at
 from fluxproto.errors import Conflict, FluxError, IntegrityError, NotFound
 
-from .base import HeldWithBase
+from .base import CorruptBasis, HeldWithBase
 from .local_download import LocalDownload, open_local_download
 from .local_small import SmallFile
 from .local_staging import StagingArea
@@ -189,7 +189,7 @@ class LocalUpload:
             # the manifest's. Keeping the manifest (marked) matters: forgotten, the next
             # download would index the damaged bytes as good and serve them.
             self._publisher.mark_damaged(base, bad)
-            raise IntegrityError(
+            raise CorruptBasis(
                 f"{len(bad)} chunks of the stored {self._rel} are corrupt; resend them"
             )
 

@@ -30,7 +30,7 @@ from fluxproto.digest import FileHasher, chunk_digest, digest_at
 from fluxproto.errors import Conflict, FluxError, IntegrityError, NotFound, StorageError
 from fluxproto.frames import DIGEST_SIZE, chunk_count
 
-from .base import HeldWithBase
+from .base import CorruptBasis, HeldWithBase
 from .s3_download import S3Download
 from .s3_layout import (
     Record,
@@ -331,7 +331,7 @@ class S3Upload:
             raise IntegrityError(f"{self._rel} changed during the upload; resend it") from None
         if bad or hasher.digest() != base.digest:
             self._mark_damaged(base)
-            raise IntegrityError(f"the stored {self._rel} is corrupt; resend it")
+            raise CorruptBasis(f"the stored {self._rel} is corrupt; resend it")
         mtime = self._mtime_ns if self._mtime_ns is not None else base.mtime_ns
         kept = dataclasses.replace(base, mode=self._mode & 0o7777, mtime_ns=mtime)
         publish(self._store, self._lease, self._rel, kept)
@@ -367,7 +367,7 @@ class S3Upload:
             ) from None
         if bad:
             self._mark_damaged(base)
-            raise IntegrityError(
+            raise CorruptBasis(
                 f"{len(bad)} chunks of the stored {self._rel} are corrupt; resend them"
             )
 

@@ -20,6 +20,11 @@ small uploads (fluxd's storage, `commit_many`) meets its own, once per batch exc
     batch-synced      the one barrier done (data durable), nothing renamed yet
     batch-renamed     one more file of the batch at its final path, folders not yet synced
 
+The daemon's events outbox (fluxd/events/outbox.py) has two, once per event:
+
+    event-written     the event's file durable in tmp/, not yet renamed into pending/
+    event-published   renamed into pending/ and the folder synced: the event is emitted
+
 `FLUX_FAULT_AT=NAME:N:ERRNO` (e.g. `chunk-write:3:ENOSPC`) makes the N-th arrival at fault point
 NAME raise that OSError, as the disk would, once: the storage translates it like a real one.
 Fault points: `chunk-write` (writing chunk data), `record-write` (appending to the journal).
@@ -55,12 +60,15 @@ POINTS = (
 
 BATCH_POINTS = ("batch-written", "batch-synced", "batch-renamed")
 
+EVENT_POINTS = ("event-written", "event-published")
+
 FAULT_POINTS = ("chunk-write", "record-write")
 
 PAUSE_POINTS = ("walk-listed",)
 
 __all__ = [
     "BATCH_POINTS",
+    "EVENT_POINTS",
     "FAULT_POINTS",
     "PAUSE_POINTS",
     "POINTS",
@@ -73,7 +81,7 @@ __all__ = [
 def _target() -> tuple[str, int] | None:
     text = os.environ.get("FLUX_CRASH_AT", "")
     name, _, count = text.partition(":")
-    if name not in POINTS + BATCH_POINTS or not count.isdigit() or int(count) < 1:
+    if name not in POINTS + BATCH_POINTS + EVENT_POINTS or not count.isdigit() or int(count) < 1:
         return None
     return name, int(count)
 
@@ -94,7 +102,7 @@ def _stall() -> tuple[str, int, float] | None:
         wait = float(seconds)
     except ValueError:
         return None
-    known = name in POINTS + BATCH_POINTS
+    known = name in POINTS + BATCH_POINTS + EVENT_POINTS
     if not known or not count.isdigit() or int(count) < 1 or not 0 < wait < 3600:
         return None
     return name, int(count), wait
