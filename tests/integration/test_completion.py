@@ -39,7 +39,8 @@ def test_the_script_is_one_the_shell_accepts(shell: str, tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("words", "expected"),
     [
-        ("fluxctl ver", {"version"}),
+        ("fluxctl vers", {"version"}),
+        ("fluxctl ver", {"verify", "version"}),
         ("fluxctl s", {"send", "stat"}),
         ("fluxctl send --tr", {"--transport"}),
     ],
