@@ -23,7 +23,10 @@ MAX_FIELDS = 64
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
-_RANGE = re.compile(r"(\d*)-(\d*)")
+_RANGE = re.compile(r"(\d*)-(\d*)", re.ASCII)
+#: Digits beyond this many name a position past the end of any file (and int() of thousands of
+#: digits raises ValueError).
+_MAX_DIGITS = 18
 REASONS = {
     200: "OK",
     206: "Partial Content",
@@ -158,17 +161,22 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
         raise Unsatisfiable(f"malformed range {specs[0]!r}", size)
     first, last = m.group(1), m.group(2)
     if not first:  # a suffix: the last N bytes
-        n = int(last)
+        n = _position(last)
         if n == 0 or size == 0:
             raise Unsatisfiable(f"range -{n} of an empty selection", size)
         return max(0, size - n), size - 1
-    start = int(first)
-    end = size - 1 if not last else min(int(last), size - 1)
-    if last and int(last) < start:
+    start = _position(first)
+    end = size - 1 if not last else min(_position(last), size - 1)
+    if last and _position(last) < start:
         raise Unsatisfiable(f"range {start}-{last} ends before it starts", size)
     if start >= size:
         raise Unsatisfiable(f"range starts at {start}, the file has {size} bytes", size)
     return start, end
+
+
+def _position(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 def etag_of(digest: bytes) -> str:
