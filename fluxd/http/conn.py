@@ -24,6 +24,7 @@ from fluxproto import (
     IntegrityError,
     NotFound,
     TransportError,
+    Unavailable,
 )
 
 from ..auth.gate import ANONYMOUS
@@ -205,7 +206,7 @@ class HttpConnection:
         if caller is None:
             duration = time.monotonic() - started
             self.service.refused(self.stream.peer, "https", None, exc, duration)
-        if self._head_sent or isinstance(exc, TransportError):
+        if self._head_sent or (isinstance(exc, TransportError) and not busy(exc)):
             self.stream.abort()
             return
         status, fields = error_response(exc)
@@ -236,6 +237,12 @@ def error_response(exc: FluxError) -> tuple[int, list[tuple[str, str]]]:
     elif status == 503:
         fields.append(("Retry-After", "1"))
     return status, fields
+
+
+def busy(exc: FluxError) -> bool:
+    """Whether `exc` says the daemon cannot take the request now (a 503 to answer), rather than
+    that the connection failed."""
+    return isinstance(exc, Unavailable)
 
 
 def anonymous_grant(shared: Shared, loopback: bool) -> Grant | None:

@@ -16,7 +16,7 @@ import pytest
 
 from tests import hostile_paths
 
-from .conftest import Daemon, Fluxctl
+from .conftest import Daemon, Fluxctl, wait_for
 from .test_auth import daemon_key, issue, mint
 from .test_s3_nodes import creds, s3_config
 
@@ -151,6 +151,27 @@ def test_tokens(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     assert get(d, "/f.txt", {"Authorization": f"Bearer {lister}"})[0] == 403
     reader = issue(d, "reader", "--scope", "read:/")
     assert get(d, "/f.txt", {"Authorization": f"Bearer {reader}"})[2] == b"secret"
+
+
+def test_a_subject_over_its_connections_is_told_to_retry(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    d = http_daemon(make_daemon, tmp_path, extra="[limits]\nconnections_per_subject = 1\n")
+    (d.root / "big.bin").write_bytes(os.urandom(64 * MiB))
+
+    def held_ended() -> bool:
+        return any(e.get("op") == "download" for e in d.events("access"))
+
+    plain = socket.create_connection(("127.0.0.1", port_of(d)), timeout=30)
+    with tls(d).wrap_socket(plain, server_hostname="127.0.0.1") as held:
+        held.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert held.recv(12) == b"HTTP/1.1 200"  # serving, and not read further: slot held
+        status, headers, body = get(d, "/big.bin")
+        assert (status, headers["retry-after"]) == (503, "1"), body
+        assert b"try again later" in body
+        assert not held_ended()
+    wait_for(held_ended, what="the held download's access line")  # its slot is given back
+    assert get(d, "/big.bin", method="HEAD")[0] == 200
 
 
 def test_traversal_corpus_is_refused_as_over_flux(served: Daemon, tmp_path: Path) -> None:
