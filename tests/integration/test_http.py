@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import pytest
 
+from fluxd.http.wire import MAX_FIELDS, MAX_HEAD
 from tests import hostile_paths
 
 from .conftest import Daemon, Fluxctl, wait_for
@@ -136,6 +137,16 @@ def test_errors(served: Daemon) -> None:
     ):
         assert raw_get(served, bad).startswith(b"HTTP/1.1 400 "), bad
     assert raw_get(served, "GET /f.bin HTTP/2.0\r\n\r\n").startswith(b"HTTP/1.1 505 ")
+
+
+def test_head_limits_are_431(served: Daemon) -> None:
+    long = "GET /f.bin HTTP/1.1\r\nHost: x\r\nX-Pad: " + "a" * MAX_HEAD + "\r\n\r\n"
+    assert raw_get(served, long).startswith(b"HTTP/1.1 431 "), "a head over MAX_HEAD"
+    fields = "".join(f"X-{i}: {i}\r\n" for i in range(MAX_FIELDS))
+    many = f"GET /f.bin HTTP/1.1\r\nHost: x\r\n{fields}\r\n"
+    assert raw_get(served, many).startswith(b"HTTP/1.1 431 "), "more than MAX_FIELDS"
+    just = "GET /f.bin HTTP/1.1\r\nHost: x\r\nX-Pad: " + "a" * (MAX_HEAD - 100) + "\r\n\r\n"
+    assert raw_get(served, just).startswith(b"HTTP/1.1 200 ")
 
 
 def test_tokens(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
