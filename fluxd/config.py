@@ -27,6 +27,8 @@ from fluxproto import DEFAULT_REQUESTS, MAX_CHUNK, MIN_CHUNK, ConfigError
 from fluxproto.frames import MAX_FILE_SIZE, MAX_HEADER, MAX_WINDOW, MIN_WINDOW
 
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
+#: The HTTPS listener's port when `http.listen` names only a host.
+HTTP_PORT = 8443
 
 
 def data_dir() -> Path:
@@ -105,6 +107,26 @@ class StorageConfig:
             raise ConfigError("storage.lease_ttl must be between 1 and 3600 seconds")
         if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
             raise ConfigError("storage.endpoint must be an http:// or https:// URL")
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """`[http]`: GET and HEAD of stored files over HTTPS (README "HTTP downloads")."""
+
+    #: HOST:PORT of the HTTPS listener; "" (the default): no HTTP listener.
+    listen: str = ""
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            try:
+                parse_hostport(self.listen, HTTP_PORT)
+            except ConfigError as exc:
+                raise ConfigError(f"http.listen: {exc.message}") from None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where to listen, or None when off."""
+        return parse_hostport(self.listen, HTTP_PORT) if self.listen else None
 
 
 @dataclass(frozen=True)
@@ -272,6 +294,7 @@ class ServerConfig:
     limits: Limits = dataclasses.field(default_factory=Limits)
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
     events: EventsConfig = dataclasses.field(default_factory=EventsConfig)
+    http: HttpConfig = dataclasses.field(default_factory=HttpConfig)
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen)
@@ -288,6 +311,8 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be >= 0 (finite seconds)")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level must be debug, info, warning or error")
+        if self.http.listen and self.insecure_plaintext:
+            raise ConfigError("http.listen needs TLS: it cannot be used with insecure_plaintext")
         if self.limits.quota and "{sub}" not in self.auth.root:
             raise ConfigError('limits.quota needs a root per subject (auth.root = "/users/{sub}")')
 
@@ -405,6 +430,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Any]]] = {
             "types": _names,
         },
     ),
+    "http": (HttpConfig, {"listen": str}),
     "limits": (
         Limits,
         {

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from fluxio.buffers import ReceiveBudget
 from fluxio.parsing import format_hostport, is_loopback
-from fluxio.tls import CertPaths
+from fluxio.tls import CertPaths, server_ssl_context
 from fluxio.transports.channel import ChannelBase
 from fluxio.transports.quic import QuicChannel, QuicListener
 from fluxio.transports.tcp import Listener, SocketChannel
@@ -34,6 +34,7 @@ from .claims import UploadClaims
 from .config import ServerConfig
 from .context import Shared
 from .events import Events
+from .http import HttpListener
 from .limits import Admission, Throttle, peer_host
 from .notify import Notifier
 from .service import FileService
@@ -85,6 +86,9 @@ class FluxServer:
         self.service = FileService(self.shared)
         self._listener: Listener | None = None
         self._quic: QuicListener | None = None
+        self._http: HttpListener | None = None
+        #: Where the HTTPS listener (`[http] listen`) is bound, once started.
+        self.http_addresses: list[str] = []
         self._sessions: dict[asyncio.Task[None], Session] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -109,6 +113,7 @@ class FluxServer:
                 self._listener = self._quic = None
                 if port or attempt == PORT_ATTEMPTS - 1:
                     raise
+        self._start_http()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._watch_grants())]
         if self.config.gc_every:
@@ -147,6 +152,21 @@ class FluxServer:
             udp = await self._quic.start(host, port)
             bound += [("quic", format_hostport(h, p)) for h, p in udp]
         return bound
+
+    def _start_http(self) -> None:
+        """Start the HTTPS listener if `[http] listen` asks for one (the config refuses it
+        without TLS)."""
+        address = self.config.http.address
+        if address is None or self.certs is None:
+            return
+        context = server_ssl_context(self.certs, alpn=("http/1.1",))
+        on_failed = functools.partial(_handshake_failed, "https")
+        self._http = HttpListener(self.shared, self.service, context, self._admit, on_failed)
+        try:
+            self.http_addresses = self._http.start(*address)
+        except FluxError:
+            self._close_listeners()
+            raise
 
     async def _recover(self) -> None:
         """Before listening: rebuild the staging area after whatever stopped the last run, and
@@ -243,6 +263,8 @@ class FluxServer:
     async def shutdown(self) -> None:
         """Stop accepting, flush in-flight chunks, say goodbye, close everything."""
         self._close_listeners()
+        if self._http is not None:
+            await self._http.close()
         # Each session flushes its received chunks, finishes a commit in progress (and replies),
         # then says goodbye itself: a goodbye sent first would stop a commit's reply.
         for task in list(self._sessions):
@@ -302,6 +324,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    for address in server.http_addresses:  # first: "listening" tells that the daemon is up
+        log.event("listening-http", address=address, fingerprint=fingerprint)
     for transport, address in listeners:
         log.event(
             "listening",

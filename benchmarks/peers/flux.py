@@ -79,7 +79,8 @@ class FluxPeer(Service):
     and token-key directory to share (one CA, one token key), else one of its own.
     `send_options` go to every `fluxctl send` (e.g. --chunk-size) and `serve_options` to
     `fluxd serve` (e.g. --window). `ca`: the client trusts the CA (`--ca`, the same command for
-    every node sharing it) instead of pinning this daemon.
+    every node sharing it) instead of pinning this daemon. `http`: the daemon also serves HTTPS
+    downloads (`[http] listen`) on `http_port`.
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class FluxPeer(Service):
         send_options: Sequence[str] = (),
         ca: bool = False,
         serve_options: Sequence[str] = (),
+        http: bool = False,
     ) -> None:
         if transport not in TRANSPORTS:
             raise BenchError(f"unknown fluxctl transport {transport!r}: choose {TRANSPORTS}")
@@ -113,9 +115,9 @@ class FluxPeer(Service):
         self.lanes, self.token = lanes, token
         self.storage, self.daemon_env = storage or {}, daemon_env or {}
         self.send_options, self.ca = list(send_options), ca
-        self.serve_options = list(serve_options)
+        self.serve_options, self.http = list(serve_options), http
         self._certs = certs
-        self.port, self.fingerprint = 0, ""
+        self.port, self.http_port, self.fingerprint = 0, 0, ""
         self._tmp: Path | None = None
         self._env: dict[str, str] = {}
         self._server: ServerProcess | None = None
@@ -152,9 +154,13 @@ class FluxPeer(Service):
             self._env["FLUX_TOKEN"] = self._issue_token()
         else:
             argv.append("--anonymous")
-        if self.limits or self.storage:
+        http: dict[str, str | int | bool] = (
+            {"listen": f"{self.placement.host}:0"} if self.http else {}
+        )
+        tables = {"limits": self.limits, "storage": self.storage, "http": http}
+        if any(tables.values()):
             config = self._tmp / "fluxd.toml"
-            config.write_text(toml_tables({"limits": self.limits, "storage": self.storage}))
+            config.write_text(toml_tables(tables))
             argv += ["--config", str(config)]
         if self.quic_datagram_size is not None:
             argv += [QUIC_FLAG, str(self.quic_datagram_size)]
@@ -163,6 +169,11 @@ class FluxPeer(Service):
         event = self._server.start()
         self.port = _port(event)
         self.fingerprint = str(event.get("fingerprint") or "")
+        if self.http:  # logged before `listening`, so already read
+            https = self._server.wait_listening(_is_http, 0)
+            if https is None:
+                raise BenchError(f"fluxd did not report `listening-http`:\n{self.log_tail()}")
+            self.http_port = _port(https)
         if self.transport == "quic":  # its own event if fluxd logs one, else the TCP port
             quic = self._server.wait_listening(_is_quic, QUIC_LISTENING_WAIT)
             self.port = _port(quic) if quic else self.port
@@ -290,6 +301,10 @@ def toml_tables(tables: dict[str, dict[str, str | int | bool]]) -> str:
         if values:
             out += [f"[{name}]", *(f"{k} = {json.dumps(v)}" for k, v in values.items()), ""]
     return "\n".join(out)
+
+
+def _is_http(event: Event) -> bool:
+    return event.get("event") == "listening-http"
 
 
 def _is_quic(event: Event) -> bool:

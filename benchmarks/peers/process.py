@@ -24,8 +24,13 @@ STOP_TIMEOUT = 15.0
 Event = dict[str, Any]
 
 
+#: The events that say a server listens (fluxd logs its HTTPS listener's first).
+LISTENING = ("listening", "listening-http")
+
+
 class LogReader(threading.Thread):
-    """Drains a server's output (JSON lines), keeping its `listening` events and a tail."""
+    """Drains a server's output (JSON lines), keeping its `listening` events (fluxd's
+    `listening-http` too) and a tail."""
 
     def __init__(self, stream: IO[bytes]) -> None:
         super().__init__(daemon=True)
@@ -44,7 +49,7 @@ class LogReader(threading.Thread):
                 event = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(event, dict) and event.get("event") == "listening":
+            if isinstance(event, dict) and event.get("event") in LISTENING:
                 with self.changed:
                     self.listening.append(event)
                     self.changed.notify_all()
@@ -90,7 +95,7 @@ class ServerProcess:
         assert self._proc.stdout is not None
         self._reader = LogReader(self._proc.stdout)
         self._reader.start()
-        event = self._reader.wait_for(lambda e: True, START_TIMEOUT)
+        event = self._reader.wait_for(lambda e: e.get("event") == "listening", START_TIMEOUT)
         if event is None:
             raise BenchError(f"{self.name} did not report `listening`:\n{self.log_tail()}")
         self.pid = self._proc.pid

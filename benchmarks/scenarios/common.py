@@ -31,7 +31,7 @@ def measured_transfer(
     if dest is None:
         transfer = peer.send(src, src.name, timeout)
         transfer.details["verified"] = "byte count reported by the tool"
-        _report(transfer)
+        print_transfer(transfer)
         return transfer
     remove_copy(dest)
     transfer = peer.send(src, src.name, timeout)
@@ -44,7 +44,7 @@ def measured_transfer(
         transfer.details["verified"] = "size+hash" if verify_hash else "size"
     finally:
         remove_copy(dest)
-    _report(transfer)
+    print_transfer(transfer)
     return transfer
 
 
@@ -64,11 +64,11 @@ def stored_transfer(
         transfer.details["verified"] = "size+hash" if verify_hash else "size"
     finally:
         peer.remove_copy(src.name)
-    _report(transfer)
+    print_transfer(transfer)
     return transfer
 
 
-def _report(transfer: Transfer) -> None:
+def print_transfer(transfer: Transfer) -> None:
     print(
         f"  {transfer.tool:10} {format_size(transfer.size)} in {transfer.seconds:7.3f} s "
         f"= {transfer.mb_per_s:7.1f} MB/s",
@@ -88,6 +88,20 @@ def summarize(transfers: Sequence[Transfer]) -> dict[str, Any]:
             "server_rss_kib_max": max((t.server_rss_kib or 0) for t in mine) or None,
         }
     return summary
+
+
+def throughput(
+    transfers: Sequence[Transfer], size: int, reps: int, ratio_of: tuple[str, str]
+) -> dict[str, Any]:
+    """A throughput run's data: per-tool `summary`, every run, and `ratio`, the median MB/s of
+    the first tool of `ratio_of` over the second's (None if the first did not run)."""
+    summary = summarize(transfers)
+    tool, reference = ratio_of
+    ratio = None
+    if tool in summary:
+        ratio = summary[tool]["mb_per_s"]["median"] / summary[reference]["mb_per_s"]["median"]
+    runs = [t.to_json() for t in transfers]
+    return {"size": size, "reps": reps, "summary": summary, "ratio": ratio, "runs": runs}
 
 
 def fresh_peak(shared: FluxPeer, make: Callable[[], FluxPeer]) -> ContextManager[FluxPeer]:

@@ -20,7 +20,7 @@ from ..peers.naive_quic import NaiveQuicPeer
 from ..peers.ssh import RsyncPeer, SshPeer
 from ..report import publish
 from ..sysdeps import ensure_tools
-from .common import fresh_peak, measured_transfer, start_peers, summarize
+from .common import fresh_peak, measured_transfer, start_peers, throughput
 from .core_report import render
 from .workspace import Workspace
 
@@ -86,10 +86,7 @@ def _throughput(ws: Workspace, size: int, reps: int, tools: Sequence[str]) -> di
         for rep in range(reps):
             print(f"throughput rep {rep + 1}/{reps}", file=sys.stderr)
             transfers += [measured_transfer(peer, src, digest, rep == 0) for peer in peers]
-    summary = summarize(transfers)
-    ratio = summary["fluxctl"]["mb_per_s"]["median"] / summary["scp"]["mb_per_s"]["median"]
-    runs = [t.to_json() for t in transfers]
-    return {"size": size, "reps": reps, "summary": summary, "ratio": ratio, "runs": runs}
+    return throughput(transfers, size, reps, ("fluxctl", "scp"))
 
 
 def _memory(ws: Workspace, sizes: Sequence[int]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from ..peers.flux import FluxPeer, fluxd_has_quic
 from ..peers.naive_quic import NaiveQuicPeer
 from ..report import publish
 from ..sysdeps import ensure_tools
-from .common import measured_transfer, summarize
+from .common import measured_transfer, throughput
 from .quic_report import FLUX, NAIVE, render
 from .workspace import Workspace
 
@@ -95,12 +95,7 @@ def _throughput(ws: Workspace, args: argparse.Namespace, size: int, reps: int) -
         for rep in range(reps):
             print(f"throughput rep {rep + 1}/{reps}", file=sys.stderr)
             transfers += [measured_transfer(peer, src, digest, rep == 0) for peer in peers]
-    summary = summarize(transfers)
-    ratio = None
-    if FLUX in summary:
-        ratio = summary[FLUX]["mb_per_s"]["median"] / summary[NAIVE]["mb_per_s"]["median"]
-    runs = [t.to_json() for t in transfers]
-    return {"size": size, "reps": reps, "summary": summary, "ratio": ratio, "runs": runs}
+    return throughput(transfers, size, reps, (FLUX, NAIVE))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
@@ -48,17 +48,18 @@ class CertPaths:
         return iter(astuple(self))
 
 
-def server_ssl_context(paths: CertPaths) -> ssl.SSLContext:
+def server_ssl_context(paths: CertPaths, alpn: Sequence[str] = ALPN_ACCEPT) -> ssl.SSLContext:
     """A TLS 1.3-only server context with the server certificate, accepting ALPN flux/2 and
     flux/1 (preferring flux/2): a version-1 client then still reaches HELLO and hears ERROR
-    505 with the remedy, instead of a TLS alert.
+    505 with the remedy, instead of a TLS alert. `alpn`: other protocols instead (the HTTP
+    listener's `http/1.1`).
 
     Raises:
         ConfigError: the certificate or key is unreadable, invalid, or they do not match.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.set_alpn_protocols(list(ALPN_ACCEPT))
+    ctx.set_alpn_protocols(list(alpn))
     where = f"{paths.server_cert} / {paths.server_key}"
     with map_exceptions(
         {

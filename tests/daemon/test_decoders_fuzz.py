@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fluxctl.tickets import TicketStore
@@ -32,13 +32,8 @@ from fluxd.storage.paths import MAX_DEPTH, normalize
 from fluxio.staging import HEADER_SIZE, StagedFile
 from fluxproto import AuthError, ConfigError, PermissionDenied, StorageError
 from fluxproto.frames import MAX_PATH
-from tests.fuzzing import FUZZ_EXAMPLES
+from tests.fuzzing import FUZZ, FUZZ_EXAMPLES
 
-FUZZ = settings(
-    max_examples=FUZZ_EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 FUZZ_FILES = settings(FUZZ, max_examples=max(1, FUZZ_EXAMPLES // 4))  # each touches the disk
 
 # Text that reaches the interesting branches: separators, dots, escapes, look-alikes.

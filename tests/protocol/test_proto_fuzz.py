@@ -60,13 +60,8 @@ from fluxproto import (
 )
 from fluxproto.codec import PREFIX_SIZE
 from fluxproto.frames import FRAME_CLASSES
-from tests.fuzzing import FUZZ_EXAMPLES
+from tests.fuzzing import FUZZ, FUZZ_EXAMPLES
 
-FUZZ = settings(
-    max_examples=FUZZ_EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 # Strategies that are costly to draw get fewer examples to stay inside the time budget.
 FUZZ_SLOW = settings(FUZZ, max_examples=FUZZ_EXAMPLES // 2)
 

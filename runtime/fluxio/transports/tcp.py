@@ -122,7 +122,7 @@ class SocketChannel(ChannelBase):
                     await self._writable.wait()
             if not self._writable.is_set() and self._written - mark < PROGRESS_BYTES:
                 # What is queued, here or in the kernel, would not reach it either: reset.
-                _set_linger_zero(self.sock)
+                set_linger_zero(self.sock)
                 stalled = TransportTimeout(f"{self.peer} took no data for {timeout:g} s")
                 self._close_socket(stalled)
                 raise stalled
@@ -342,7 +342,8 @@ def tune_socket(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 30_000)
 
 
-async def _wait_fd(sock: socket.socket, writable: bool) -> None:
+async def wait_fd(sock: socket.socket, writable: bool) -> None:
+    """Wait until the non-blocking `sock` is readable (or writable)."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
     fd = sock.fileno()
@@ -379,9 +380,9 @@ async def handshake(sock: ssl.SSLSocket, timeout: float) -> None:
                 sock.do_handshake()
                 return
             except ssl.SSLWantReadError:
-                await _wait_fd(sock, writable=False)
+                await wait_fd(sock, writable=False)
             except ssl.SSLWantWriteError:
-                await _wait_fd(sock, writable=True)
+                await wait_fd(sock, writable=True)
 
 
 async def open_connection(
@@ -550,11 +551,11 @@ def _close_if_cancelled(
 
 def _drop(sock: socket.socket) -> None:
     """Close with a reset: a refused peer leaves no TIME_WAIT behind on our side."""
-    _set_linger_zero(sock)
+    set_linger_zero(sock)
     sock.close()
 
 
-def _set_linger_zero(sock: socket.socket) -> None:
+def set_linger_zero(sock: socket.socket) -> None:
     """Make close() reset the connection and drop unsent bytes, the kernel's included."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
