@@ -6,12 +6,17 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck wheelcheck pytest bench fuzz clean sysdeps
 
-# Python 3.11+ with venv and pip; installs Debian's python3-venv only when venv is missing.
+# Python 3.11+ with venv and pip; installs Debian's python3-venv only when venv is missing,
+# chromium with its driver (the admin status page's browser test) and chattr (its readiness
+# test: root is refused writes only by an immutable folder) when they are missing.
 sysdeps:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "fluxd needs Python 3.11 or newer as $(PYTHON)"; exit 1; }
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || \
 	  { apt-get update -q && apt-get install -y -q python3-venv; }
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q chromium chromium-driver; }
+	@command -v chattr >/dev/null || { apt-get update -q && apt-get install -y -q e2fsprogs; }
 
 $(STAMP): pyproject.toml | sysdeps
 	$(PYTHON) -m venv $(VENV)

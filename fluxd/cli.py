@@ -203,7 +203,7 @@ def token_issue(
     sub: Annotated[str, typer.Option("--sub", help="Subject: who the token is for.")],
     scope: Annotated[
         list[str],
-        typer.Option("--scope", help="VERB:/PATH, repeatable (read, write, list, delete)."),
+        typer.Option("--scope", help="VERB:/PATH, repeatable (read, write, list, delete, admin)."),
     ],
     ttl: Annotated[str, typer.Option(help="Lifetime: 30d, 12h, 90m or seconds.")] = "30d",
     config: ConfigFile = None,
