@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import cluster, concurrency, core, housekeeping, links, quic, ratelimit, startup, tree
+from . import admin, cluster, concurrency, core, housekeeping, links, quic, ratelimit, startup, tree
 
 SCENARIOS: dict[str, ModuleType] = {
     "core": core,
@@ -16,4 +16,5 @@ SCENARIOS: dict[str, ModuleType] = {
     "startup": startup,
     "tree": tree,
     "cluster": cluster,
+    "admin": admin,
 }
