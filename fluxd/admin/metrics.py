@@ -82,6 +82,11 @@ class Metrics:
         )
         self.bytes_in = Counter("fluxd_bytes_in", "Payload bytes received (uploads)", registry=r)
         self.bytes_out = Counter("fluxd_bytes_out", "Payload bytes sent (downloads)", registry=r)
+        self.resent = Counter(
+            "fluxd_chunks_resent",
+            "Chunks an upload received again after writing them (a client's lanes both sent it)",
+            registry=r,
+        )
         self.duration = Histogram(
             "fluxd_request_duration_seconds",
             "Request durations",
@@ -117,6 +122,7 @@ class Metrics:
         nbytes = record.get("bytes") or 0
         if op == "upload":
             self.bytes_in.inc(nbytes)
+            self.resent.inc(record.get("resent") or 0)
         elif op == "download":
             self.bytes_out.inc(nbytes)
         if label in ("error 413", "error 503"):

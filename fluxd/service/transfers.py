@@ -44,7 +44,7 @@ class UploadHandle:
     count into the access record of the request that made them as they become durable
     (chunks written with durable=False: once the commit made them so), each chunk once: a
     client whose lanes both deliver a chunk (it resent it on one when the other stalled) has
-    it written twice, counted once.
+    it written twice, counted once; the record's `resent` field counts such chunks.
 
     An upload opened `grouped` (a small file whose chunks come with its COMMIT) is committed
     with others through `group`: one durability barrier for many files.
@@ -179,9 +179,12 @@ class UploadHandle:
                 raise Conflict(f"/{self.key} was committed meanwhile; chunks not written")
             self.opened.write_chunks(batch, durable)
             with self._count_lock:
-                nbytes = sum(len(data) for index, _, data in batch if self._first_write(index))
+                first = [self._first_write(index) for index, _, _ in batch]
+        nbytes = sum(len(data) for (_, _, data), new in zip(batch, first, strict=True) if new)
         counted = record or self._drivers[0][1]
         with self._count_lock:
+            if not all(first):
+                counted.fields["resent"] = counted.fields.get("resent", 0) + first.count(False)
             if durable:
                 counted.bytes += nbytes
             else:

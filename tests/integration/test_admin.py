@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
+
+from fluxio.requests import Request
+from fluxproto import Commit, Committed, OpenUpload, Status, chunk_digest
 
 from .conftest import Daemon, Fluxctl
 from .test_auth import issue
+from .test_v2 import CS, LONG, send_pieces, session
 
 
 def get(
@@ -60,6 +66,40 @@ def test_metrics_count_known_transfers(daemon: Daemon, fluxctl: Fluxctl, tmp_pat
     assert moved("fluxd_request_duration_seconds_count", op="upload") == 1
     assert sample(after, "fluxd_housekeeping_runs_total", job="recover") == 1
     assert sample(after, "fluxd_uploads_open") == 0
+
+
+def test_a_chunk_two_lanes_sent_counts_as_resent(daemon: Daemon) -> None:
+    """Two connections drive one upload (PROTOCOL.md 6.3) and both send chunk 1, as a client
+    does when a lane stalls: it is written twice, counted once in bytes, once as resent."""
+    data = os.urandom(4 * CS)
+    pieces = [data[i * CS : (i + 1) * CS] for i in range(4)]
+    before = get(daemon, "/metrics")[1]
+
+    def send(req: Request, indices: range) -> Awaitable[int]:
+        return send_pieces(req, pieces, indices)
+
+    async def main() -> None:
+        async with session(daemon, "tcp") as a, session(daemon, "tcp") as b:
+            first = await a.open(lambda rid: OpenUpload(rid, "/twice.bin", len(data), CS))
+            tid = (await first.expect(Status, LONG)).tid
+            sent_a = await send(first, range(2))
+            other = await b.open(
+                lambda rid: OpenUpload(rid, "/twice.bin", len(data), CS, attach=tid)
+            )
+            await other.expect(Status, LONG)
+            sent_b = await send(other, range(1, 4))
+            other.send(Commit(other.rid, chunk_digest(data), sent_b))
+            await other.expect(Committed, LONG)
+            first.send(Commit(first.rid, chunk_digest(data), sent_a))
+            await first.expect(Committed, LONG)
+
+    uvloop.run(main())
+    assert (daemon.root / "twice.bin").read_bytes() == data
+    after = get(daemon, "/metrics")[1]
+    moved = sample(after, "fluxd_chunks_resent_total") - sample(before, "fluxd_chunks_resent_total")
+    assert moved == 1
+    bytes_in = sample(after, "fluxd_bytes_in_total") - sample(before, "fluxd_bytes_in_total")
+    assert bytes_in == len(data)
 
 
 def test_health_and_http_errors(daemon: Daemon) -> None:
