@@ -105,6 +105,7 @@ class FluxServer:
             lambda: sum(self.shared.admission.uploads.values()),
             staged,
             lambda: self.shared.budget.in_use,
+            lambda: self._quic.migrations if self._quic is not None else 0,
         )
 
     def _listening(self) -> bool:

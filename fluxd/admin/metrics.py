@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 #: Request durations (seconds): from a stat on loopback to a long upload.
@@ -29,6 +29,7 @@ class Levels:
         uploads: Callable[[], int],
         staged: Callable[[], int],
         memory: Callable[[], int],
+        migrations: Callable[[], int] = lambda: 0,
     ) -> None:
         self.connections, self.uploads, self.staged, self.memory = (
             connections,
@@ -36,6 +37,8 @@ class Levels:
             staged,
             memory,
         )
+        #: QUIC connections whose client moved to another address (a count, never lowered).
+        self.migrations = migrations
 
 
 class _LevelCollector(Collector):
@@ -59,6 +62,11 @@ class _LevelCollector(Collector):
             "fluxd_memory_budget_bytes",
             "Bytes of received chunks held in memory (limits.memory)",
             value=self.levels.memory(),
+        )
+        yield CounterMetricFamily(
+            "fluxd_quic_migrations",
+            "QUIC connections whose client moved to another address",
+            value=self.levels.migrations(),
         )
 
 
