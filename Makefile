@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks startup
 	$(PY) -m benchmarks tree
 	$(PY) -m benchmarks cluster
+	$(PY) -m benchmarks admin
 
 # Every fuzz property with 10000 inputs each (make test runs 800); the count goes to RESULTS.md.
 fuzz: $(STAMP)
