@@ -92,7 +92,8 @@ class Metrics:
         self.bytes_out = Counter("fluxd_bytes_out", "Payload bytes sent (downloads)", registry=r)
         self.resent = Counter(
             "fluxd_chunks_resent",
-            "Chunks an upload received again after writing them (a client's lanes both sent it)",
+            "Chunks sent twice: an upload's written again (a client's lanes both sent it), a"
+            " shared download's sent again on another lane",
             registry=r,
         )
         self.duration = Histogram(
@@ -130,9 +131,9 @@ class Metrics:
         nbytes = record.get("bytes") or 0
         if op == "upload":
             self.bytes_in.inc(nbytes)
-            self.resent.inc(record.get("resent") or 0)
         elif op == "download":
             self.bytes_out.inc(nbytes)
+        self.resent.inc(record.get("resent") or 0)
         if label in ("error 413", "error 503"):
             self.admission.labels("limit" if label == "error 413" else "busy").inc()
         if record.get("duration") is not None:
