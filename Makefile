@@ -6,8 +6,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck wheelcheck pytest bench fuzz clean sysdeps
 
-# Python 3.11+ with venv and pip; installs Debian's python3-venv only when venv is missing, and
-# Debian's systemd when systemd-analyze (which checks the shipped unit) is missing.
+# Python 3.11+ with venv and pip; installs Debian's python3-venv only when venv is missing;
+# Debian's systemd when systemd-analyze (which checks the shipped unit) is missing; chromium with
+# its driver (the admin status page's browser test) and chattr (its readiness test: root is
+# refused writes only by an immutable folder) when they are missing; zsh and fish (the shell
+# completion tests) when they are missing.
 sysdeps:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "fluxd needs Python 3.11 or newer as $(PYTHON)"; exit 1; }
@@ -16,6 +19,11 @@ sysdeps:
 	@# systemd-analyze checks the shipped unit (tests/daemon/test_systemd_unit.py).
 	@command -v systemd-analyze >/dev/null || \
 	  { apt-get update -q && apt-get install -y -q systemd; }
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q chromium chromium-driver; }
+	@command -v chattr >/dev/null || { apt-get update -q && apt-get install -y -q e2fsprogs; }
+	@command -v zsh >/dev/null && command -v fish >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q zsh fish; }
 
 $(STAMP): pyproject.toml | sysdeps
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +63,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks tree
 	$(PY) -m benchmarks cluster
 	$(PY) -m benchmarks http
+	$(PY) -m benchmarks admin
 
 # Every fuzz property with 10000 inputs each (make test runs 800); the count goes to RESULTS.md.
 fuzz: $(STAMP)

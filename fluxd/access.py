@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,6 +29,11 @@ class AccessLog:
 
     def __init__(self, target: str) -> None:
         self._file: IO[str] | None = None
+        #: Requests in progress (`service.record.Record`s), for the admin status page.
+        self.live: set[Any] = set()
+        #: Called with every record written (the metrics and the status page's recent list);
+        #: they run on the event loop and must not raise.
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
         if target != "-":
             try:
                 self._file = Path(target).expanduser().open("a", encoding="utf-8", buffering=1)
@@ -37,6 +43,8 @@ class AccessLog:
     def write(self, **fields: Any) -> None:
         """Record one request; FIELDS always appear (None when unknown), extras after them."""
         record = {k: fields.get(k) for k in FIELDS} | fields
+        for observe in self.observers:
+            observe(record)
         if self._file is None:
             log.event("access", logging.INFO, **record)
             return

@@ -84,6 +84,12 @@ def serve(
         str | None, typer.Option(help="Access log file (JSON lines); - for stderr.")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    admin_listen: Annotated[
+        str | None,
+        typer.Option(
+            help='HOST:PORT of metrics, health and status (default 127.0.0.1:7071; "" off).'
+        ),
+    ] = None,
 ) -> None:
     """Serve files under ROOT over TCP+TLS 1.3 and QUIC (UDP, the same port number) until
     SIGTERM or SIGINT."""
@@ -103,6 +109,7 @@ def serve(
             "access_log": access_log,
             "auth": {"anonymous": anonymous},
             "limits": {"idle_timeout": idle_timeout},
+            "admin": {"listen": admin_listen},
         },
     )
     log.setup(cfg.log_level)
@@ -196,7 +203,7 @@ def token_issue(
     sub: Annotated[str, typer.Option("--sub", help="Subject: who the token is for.")],
     scope: Annotated[
         list[str],
-        typer.Option("--scope", help="VERB:/PATH, repeatable (read, write, list, delete)."),
+        typer.Option("--scope", help="VERB:/PATH, repeatable (read, write, list, delete, admin)."),
     ],
     ttl: Annotated[str, typer.Option(help="Lifetime: 30d, 12h, 90m or seconds.")] = "30d",
     config: ConfigFile = None,

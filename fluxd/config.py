@@ -29,6 +29,7 @@ from fluxproto.frames import MAX_FILE_SIZE, MAX_HEADER, MAX_WINDOW, MIN_WINDOW
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 #: The HTTPS listener's port when `http.listen` names only a host.
 HTTP_PORT = 8443
+DEFAULT_ADMIN_LISTEN = f"127.0.0.1:{DEFAULT_PORT + 1}"
 
 
 def data_dir() -> Path:
@@ -71,6 +72,27 @@ class AuthConfig:
             raise ConfigError('auth.root must start with / (example: "/users/{sub}")')
         if self.audience is not None and not self.audience:
             raise ConfigError("auth.audience must not be empty")
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """`[admin]`: the HTTP listener for /metrics, /livez, /readyz and the status page (README
+    "Watching the daemon")."""
+
+    #: HOST:PORT of the admin listener; "" turns it off. Off loopback it asks for a token
+    #: with the `admin` scope.
+    listen: str = DEFAULT_ADMIN_LISTEN
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            try:
+                self.address  # noqa: B018 (parsed to check it)
+            except ConfigError as exc:
+                raise ConfigError(f"admin.listen: {exc.message}") from None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return parse_hostport(self.listen, DEFAULT_PORT + 1)
 
 
 @dataclass(frozen=True)
@@ -295,6 +317,7 @@ class ServerConfig:
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
     events: EventsConfig = dataclasses.field(default_factory=EventsConfig)
     http: HttpConfig = dataclasses.field(default_factory=HttpConfig)
+    admin: AdminConfig = dataclasses.field(default_factory=AdminConfig)
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen)
@@ -431,6 +454,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Any]]] = {
         },
     ),
     "http": (HttpConfig, {"listen": str}),
+    "admin": (AdminConfig, {"listen": str}),
     "limits": (
         Limits,
         {

@@ -93,6 +93,8 @@ class LaneSender:
                     queue.fail(exc)
                     raise
                 if queue.needed(index):
+                    if not queue.first_send(index):
+                        self._dl.resent()
                     await sender.send(index, digest, data)
                 else:  # acknowledged on another request meanwhile
                     queue.unsent(lane, index)

@@ -29,6 +29,8 @@ from fluxproto import AuthError, Connection, FluxError, Role
 
 from . import log
 from .access import AccessLog
+from .admin import AdminServer
+from .admin.metrics import Levels
 from .auth.gate import Authenticator
 from .claims import UploadClaims
 from .config import ServerConfig
@@ -91,6 +93,34 @@ class FluxServer:
         self.http_addresses: list[str] = []
         self._sessions: dict[asyncio.Task[None], Session] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.admin: AdminServer | None = None
+        if config.admin.listen:
+            self.admin = AdminServer(self.shared, self._levels(), self._listening)
+
+    def _levels(self) -> Levels:
+        def connections() -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for session in self._sessions.values():
+                counts[session.ch.transport] = counts.get(session.ch.transport, 0) + 1
+            return counts
+
+        def staged() -> int:
+            return sum(r.bytes for r in self.shared.access.live if r.op == "upload")
+
+        return Levels(
+            connections,
+            lambda: sum(self.shared.admission.uploads.values()),
+            staged,
+            lambda: self.shared.budget.in_use,
+            lambda: self._quic.migrations if self._quic is not None else 0,
+        )
+
+    def _listening(self) -> bool:
+        return self._listener is not None or self._quic is not None
+
+    def _ran(self, job: str) -> None:
+        if self.admin is not None:
+            self.admin.metrics.housekeeping.labels(job).inc()
 
     async def start(self) -> list[tuple[str, str]]:
         """Bind and start accepting; returns (transport, HOST:PORT) for every listener.
@@ -174,17 +204,20 @@ class FluxServer:
         started = time.monotonic()
         found = await self._in_pool(self.maintenance.recover)
         log.event("recovered", **dataclasses.asdict(found), seconds=_since(started))
+        self._ran("recover")
         await self._collect()
 
     async def _collect(self) -> None:
         grace = self.config.staging_grace
         done = await self._in_pool(self.maintenance.collect, grace, time.time())
+        self._ran("collect")
         if done.uploads or done.manifests:
             log.event("collected", **dataclasses.asdict(done))
 
     async def _scrub(self) -> None:
         started = time.monotonic()
         report = await self._in_pool(self.maintenance.scrub)
+        self._ran("scrub")
         for problem in report.corrupt:
             log.event("corrupt-file", logging.ERROR, detail=problem)
             path, _, detail = problem.partition(": ")
@@ -252,7 +285,22 @@ class FluxServer:
                     log.event("connection-revoked", peer=session.ch.peer, reason=reason)
                     session.end(AuthError(reason))
 
+    async def start_admin(self) -> None:
+        """Start the admin listener if configured; a failure to bind is logged, not fatal
+        (the files are still served: an operator sees the error and the missing scrape)."""
+        if self.admin is None:
+            return
+        try:
+            address = await self.admin.start()
+        except OSError as exc:
+            where = self.config.admin.listen
+            log.event("admin-not-listening", logging.ERROR, address=where, error=exc.strerror)
+            return
+        log.event("admin-listening", address=address)
+
     def _close_listeners(self) -> None:
+        if self.admin is not None:
+            self.admin.close()
         for task in self._tasks:
             task.cancel()
         if self._listener is not None:
@@ -312,6 +360,7 @@ async def serve(
     """Run the daemon until SIGTERM or SIGINT."""
     server = FluxServer(config, storage, ssl_context, certs)
     listeners = await server.start()
+    await server.start_admin()
     host = config.address[0]
     if config.anonymous and not is_loopback(host):
         log.event(

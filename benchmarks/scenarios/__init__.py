@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from . import (
+    admin,
     cluster,
     concurrency,
     core,
@@ -28,4 +29,5 @@ SCENARIOS: dict[str, ModuleType] = {
     "tree": tree,
     "cluster": cluster,
     "http": http,
+    "admin": admin,
 }

@@ -15,7 +15,8 @@ from fluxproto.errors import PermissionDenied
 
 from ..storage.paths import normalize
 
-VERBS = ("read", "write", "list", "delete")
+#: `admin:/` lets a token read the admin listener (metrics, health, status) off loopback.
+VERBS = ("read", "write", "list", "delete", "admin")
 #: What anonymous clients may do unless configured otherwise (the pre-token behaviour).
 ALL_SCOPES = "read:/ write:/ list:/ delete:/"
 

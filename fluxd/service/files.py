@@ -109,6 +109,7 @@ class FileService:
                 yield joined
             return
         async with recorded(self.shared.access, caller, "upload", path) as record:
+            record.size = size
             lim = self.limits
             if chunk_size > lim.max_chunk:
                 raise LimitExceeded(f"chunk size {chunk_size} > server limit {lim.max_chunk}")
@@ -236,6 +237,7 @@ class FileService:
             dl = await busy(
                 self.pool, caller.presence, self.storage.open_download, key, chunk_size_hint
             )
+            record.size = dl.size
             lanes = self.limits.shares_per_transfer
             handle = DownloadHandle(dl, record, self.pool, key=key, lanes=lanes)
             try:

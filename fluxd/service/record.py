@@ -20,6 +20,11 @@ class Record:
     """A request's access-log line in the making."""
 
     def __init__(self, **fields: Any) -> None:
+        #: Who asked for what, since when (monotonic): the admin status page's live list.
+        self.op, self.path, self.subject, self.transport = "", "", "", ""
+        self.started = time.monotonic()
+        #: The file's size when known (uploads; downloads once opened): the page's progress.
+        self.size: int | None = None
         #: Payload bytes the request stored or had acknowledged so far: kept current, so an
         #: interrupted transfer logs what it did move.
         self.bytes = 0
@@ -39,8 +44,11 @@ async def recorded(
     """Write one access record when the body ends: `ok`, the flux error it raised (or the reason
     the connection was ended, if it was), or no result when it was cancelled. `fields` (and
     what the body adds to `Record.fields`) are written too."""
-    started = time.monotonic()
     record = Record(**fields)
+    started = record.started
+    record.op, record.path = op, path or ""
+    record.subject, record.transport = caller.grant.subject, caller.transport
+    access.live.add(record)
     result: str | None = None
     try:
         yield record
@@ -49,6 +57,7 @@ async def recorded(
         result = result_of(caller.presence.ended_by or exc)
         raise
     finally:
+        access.live.discard(record)
         grant = caller.grant
         access.write(
             peer=caller.peer,

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from fluxproto import FluxError
 
+from .indexset import IndexSet
+
 __all__ = ["STALL_SECONDS", "Lane", "SharedQueue"]
 
 #: Once nothing is left in the queue, a lane that had no acknowledgement for this long while
@@ -83,6 +85,7 @@ class SharedQueue:
         self.acked_bytes = 0
         #: Why the transfer cannot complete (a stored chunk is corrupt), once it cannot.
         self.failure: FluxError | None = None
+        self._sent = IndexSet()  # chunks some lane has sent
 
     @property
     def lacking(self) -> int:
@@ -97,6 +100,11 @@ class SharedQueue:
     def finished(self) -> bool:
         """Complete, or failed: no lane takes anything more."""
         return not self._left or self.failure is not None
+
+    def first_send(self, index: int) -> bool:
+        """A lane is about to send chunk `index`: True unless some lane sent it already (one
+        that stalled, or left with it unacknowledged)."""
+        return self._sent.add(index)
 
     def needed(self, index: int) -> bool:
         """Chunk `index` has not been acknowledged on any lane yet."""

@@ -27,6 +27,7 @@ from ..claims import Holder
 from ..storage.base import Download, Storage, Upload
 from .caller import Presence
 from .group import CommitGroup
+from .indexset import IndexSet
 from .record import Record
 from .sharing import Lane, SharedQueue
 from .work import busy
@@ -52,7 +53,7 @@ class UploadHandle:
     count into the access record of the request that made them as they become durable
     (chunks written with durable=False: once the commit made them so), each chunk once: a
     client whose lanes both deliver a chunk (it resent it on one when the other stalled) has
-    it written twice, counted once.
+    it written twice, counted once; the record's `resent` field counts such chunks.
 
     An upload opened `grouped` (a small file whose chunks come with its COMMIT) is committed
     with others through `group`: one durability barrier for many files.
@@ -92,7 +93,7 @@ class UploadHandle:
         self._group, self._grouped = group, False
         # Bytes written with durable=False, by record: counted once committed.
         self._pending: list[tuple[Record, int]] = []
-        self._counted = bytearray()  # one bit per chunk index whose bytes a record counted
+        self._counted = IndexSet()  # chunks whose bytes a record counted
 
     @property
     def presence(self) -> Presence:
@@ -189,23 +190,16 @@ class UploadHandle:
                 raise Conflict(f"/{self.key} was committed meanwhile; chunks not written")
             self.opened.write_chunks(batch, durable)
             with self._count_lock:
-                nbytes = sum(len(data) for index, _, data in batch if self._first_write(index))
+                first = [self._counted.add(index) for index, _, _ in batch]
+        nbytes = sum(len(data) for (_, _, data), new in zip(batch, first, strict=True) if new)
         counted = record or self._drivers[0][1]
         with self._count_lock:
+            if not all(first):
+                counted.fields["resent"] = counted.fields.get("resent", 0) + first.count(False)
             if durable:
                 counted.bytes += nbytes
             else:
                 self._pending.append((counted, nbytes))
-
-    def _first_write(self, index: int) -> bool:
-        """True the first time chunk `index` is written in this upload (hold the write lock)."""
-        byte, bit = divmod(index, 8)
-        if byte >= len(self._counted):
-            self._counted.extend(bytes(byte + 1 - len(self._counted)))
-        if self._counted[byte] >> bit & 1:
-            return False
-        self._counted[byte] |= 1 << bit
-        return True
 
     async def commit(self, digest: bytes) -> None:
         """Check the whole-file digest and publish the file atomically (see `Upload.commit`).
@@ -430,6 +424,11 @@ class DownloadHandle:
     def delivered(self, nbytes: int) -> None:
         """Count `nbytes` of payload as delivered (acknowledged by the client) in the record."""
         self._record.bytes += nbytes
+
+    def resent(self) -> None:
+        """Count a chunk sent again (another lane of the shared download sent it already) in
+        the record's `resent` field."""
+        self._record.fields["resent"] = self._record.fields.get("resent", 0) + 1
 
     async def stop(self) -> None:
         """Stop every reader of this handle, waiting for reads in progress."""

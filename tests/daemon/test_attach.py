@@ -106,3 +106,5 @@ def test_a_chunk_two_lanes_delivered_is_counted_once(make: Callable[..., Daemon]
     run(main())
     assert (d.root / "f").read_bytes() == data
     assert sorted(int(r["bytes"]) for r in d.records("upload")) == [2 * CS, len(data) - 2 * CS]
+    # The second request wrote chunk 1 again: its record says so, the opener's does not.
+    assert sorted(r.get("resent", 0) for r in d.records("upload")) == [0, 1]

@@ -51,6 +51,8 @@ class Daemon:
     #: The command that runs fluxd (a test's own variant: ruledfluxd.py).
     program: list[str] = field(default_factory=lambda: [str(BIN / "fluxd")])
     port: int = 0
+    #: The admin listener's port (each test daemon's on a free one, see `start`).
+    admin_port: int = 0
     fingerprint: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     log_lines: list[dict[str, Any]] = field(default_factory=list)
@@ -81,6 +83,8 @@ class Daemon:
         listen = f"127.0.0.1:{self.port}"
         cmd = [*self.program, "serve", "--root", str(self.root), "--certs", str(self.certs)]
         cmd += ["--listen", listen, *self.args]
+        if "--admin-listen" not in self.args:  # default 7071 would be shared by every test
+            cmd += ["--admin-listen", f"127.0.0.1:{self.admin_port}"]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=_env(self.home) | self.env)
         ready, listening = threading.Event(), threading.Event()
         self._reader = threading.Thread(
@@ -111,6 +115,8 @@ class Daemon:
                 line = {"event": "raw", "text": raw.decode(errors="replace")}
             with self._lines_lock:
                 self.log_lines.append(line)
+            if line.get("event") == "admin-listening":
+                self.admin_port = int(line["address"].rsplit(":", 1)[1])
             if line.get("event") == "listening":
                 self.port = int(line["address"].rsplit(":", 1)[1])
                 self.fingerprint = line.get("fingerprint")

@@ -19,10 +19,16 @@ from fluxctl.url import FluxURL
 from fluxio.transports.quic import QuicChannel
 
 from .conftest import BIN, Daemon, Fluxctl, Result, _env, wait_for
+from .test_admin import get, sample
 from .test_resume import server_held
 from .udp_relay import UdpRelay
 
 MIB = 1024 * 1024
+
+
+def migrations(daemon: Daemon) -> float:
+    """The daemon's count of QUIC clients that moved to another address (its /metrics)."""
+    return sample(get(daemon, "/metrics")[1], "fluxd_quic_migrations_total")
 
 
 def random_file(path: Path, size: int) -> bytes:
@@ -47,6 +53,7 @@ def test_five_percent_loss_still_completes(
     assert (tmp_path / "back").read_bytes() == data
     stats = relay.stats()
     assert stats["c2s"]["dropped"] > 0 and stats["s2c"]["dropped"] > 0, "the link really lost"
+    assert migrations(daemon) == 0, "lost and reordered datagrams are no migration"
 
 
 def test_nat_rebinding_mid_transfer_needs_no_reconnect(
@@ -65,6 +72,7 @@ def test_nat_rebinding_mid_transfer_needs_no_reconnect(
     assert out["sent"] == len(data), "nothing was sent twice"
     assert new_port in relay.server_side_ports
     assert (daemon.root / "moved").read_bytes() == data
+    assert migrations(daemon) == 1
 
 
 def test_udp_blocked_auto_falls_back_to_tcp(
@@ -128,6 +136,9 @@ def test_client_rebind_mid_transfer_needs_no_reconnect(
     assert result.moved == len(data), "nothing was sent twice"
     assert len(relay.client_addresses) == 2, "the client really moved"
     assert (daemon.root / "rebound").read_bytes() == data
+    # The relay's side towards the daemon kept its port: the daemon saw no move to count (the
+    # NAT-rebinding test above is the one it sees).
+    assert migrations(daemon) == 0
 
 
 def test_client_moves_by_itself_when_the_path_goes_silent(

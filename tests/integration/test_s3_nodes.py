@@ -17,6 +17,7 @@ import pytest
 from benchmarks.engines import SeaweedFS
 
 from .conftest import BIN, Daemon, Fluxctl, _env, free_port, wait_for
+from .test_admin import get
 from .test_auth import FULL, issue
 from .test_errors import one_line
 
@@ -290,3 +291,20 @@ def test_a_corrupt_object_is_never_served_and_scrub_finds_it(
     )
     assert scrub.returncode == 3, scrub.stderr
     assert json.loads(scrub.stdout)["corrupt"] == ["f.bin"]
+
+
+def test_readiness_follows_the_store(
+    s3_nodes: Callable[..., list[Daemon]], s3_private_engine: SeaweedFS
+) -> None:
+    """/readyz asks the store itself: 503 naming the storage check while it is down, 200 once
+    it is back (the daemon keeps running through both)."""
+    (node,) = s3_nodes(engine=s3_private_engine)
+    assert get(node, "/readyz") == (200, "ok\n")
+    s3_private_engine.stop()
+    status, body = get(node, "/readyz")
+    assert status == 503, body
+    assert body.startswith("storage: ") and len(body.splitlines()) == 1, body
+    assert f"checking bucket {s3_private_engine.bucket!r}" in body, body
+    assert get(node, "/livez") == (200, "ok\n"), "the loop still answers"
+    s3_private_engine.start()
+    assert get(node, "/readyz") == (200, "ok\n")

@@ -25,6 +25,7 @@ from fluxproto import ConnectionLost, Meta, NotFound, OpenDownload, chunk_count
 
 from .conftest import Daemon, wait_for
 from .proxy import Proxy
+from .test_admin import get, sample
 from .test_auth import FULL, issue
 from .udp_relay import UdpRelay
 
@@ -175,6 +176,12 @@ def test_a_cut_connection_leaves_the_rest_to_the_other(
     assert written.done == SIZE
     records = records_add_up(daemon, SIZE, 2)
     assert sorted(r["result"] == "ok" for r in records) == [False, True], records
+    # What the cut connection had been sent and not acknowledged was sent again on the first:
+    # at most its window's worth (4 chunks) and what its reads had ahead (READ_AHEAD, 4).
+    resent = sum(r.get("resent", 0) for r in records)
+    assert 0 < resent <= WINDOW // CS + 4, records
+    metrics = get(daemon, "/metrics")[1]
+    assert sample(metrics, "fluxd_chunks_resent_total") == resent
 
 
 def test_a_blackholed_quic_connection_leaves_the_rest_to_tcp(

@@ -8,7 +8,7 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -238,6 +238,19 @@ def test_cancelling_an_upload_midway_leaves_the_connection_usable(
 # --- attach -------------------------------------------------------------------------------------
 
 
+async def send_pieces(req: Request, pieces: list[bytes], indices: range) -> int:
+    """Send chunks `indices` of `pieces` on upload request `req`; returns the count sent."""
+
+    async def chunks() -> AsyncIterator[tuple[int, bytes, bytes]]:
+        for i in indices:
+            yield i, chunk_digest(pieces[i]), pieces[i]
+
+    sender = ChunkSender(req, lambda n: None, LONG)
+    await sender.send_all(chunks())
+    await sender.settle()
+    return sender.count
+
+
 @pytest.mark.parametrize("transport", ["tcp", "quic"])
 def test_two_connections_upload_disjoint_chunks_of_one_file(
     daemon: Daemon, tmp_path: Path, transport: str
@@ -246,15 +259,8 @@ def test_two_connections_upload_disjoint_chunks_of_one_file(
     pieces = [data[i * CS : (i + 1) * CS] for i in range(4)]
     digest = chunk_digest(data)
 
-    async def send(req: Request, indices: range) -> int:
-        async def chunks() -> AsyncIterator[tuple[int, bytes, bytes]]:
-            for i in indices:
-                yield i, chunk_digest(pieces[i]), pieces[i]
-
-        sender = ChunkSender(req, lambda n: None, LONG)
-        await sender.send_all(chunks())
-        await sender.settle()
-        return sender.count
+    def send(req: Request, indices: range) -> Awaitable[int]:
+        return send_pieces(req, pieces, indices)
 
     async def main() -> tuple[bytes, list[tuple[int, int]]]:
         async with session(daemon, transport) as a, session(daemon, transport) as b:

@@ -123,6 +123,8 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
             on_freed=self._freed,
         )
         self._peer_addr: NetworkAddress | None = None
+        #: Called each time the peer moved to another address (a daemon counts migrations).
+        self.on_migrated: Callable[[], None] = _nothing
         #: A client's own socket and its upkeep (None on the server: all its connections share
         #: one socket).
         self._path: ClientPath | None = None
@@ -222,14 +224,24 @@ class QuicChannel(ChannelBase, QuicConnectionProtocol):
             self._udp.send_burst(super().transmit)
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
-        if addr != self._peer_addr:
-            self._peer_addr, self.peer = addr, _address(addr)
         self.last_receive = now = self.loop.time()
         self._quic.receive_datagram(cast(bytes, data), addr, now=now)
+        if addr != self._peer_addr:
+            self._follow(addr)
         # aioquic handles the events and transmits after every datagram; fluxd does both once
         # per loop iteration (_flush), for every datagram the endpoint read (GRO trains, up to
         # READ_BUDGET bytes per wake-up).
         self._schedule_transmit()
+
+    def _follow(self, addr: NetworkAddress) -> None:
+        # A datagram from another address moves the peer only once aioquic sends there: it
+        # promotes a path for a packet that is not a probe and newer than any before, so a
+        # late packet from the old address or a forged one moves nothing.
+        if self._peer_addr is not None:
+            if self._quic.get_peer_address() != addr:
+                return
+            self.on_migrated()
+        self._peer_addr, self.peer = addr, _address(addr)
 
     def quic_event_received(self, event: QuicEvent) -> None:
         gathered = self._gathered
@@ -369,6 +381,10 @@ def _abort_unless_ready(channel: QuicChannel, timeout: float) -> None:
         channel.abort()
 
 
+def _nothing() -> None:
+    pass
+
+
 def _retrieve(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -468,6 +484,9 @@ class QuicListener:
         self._config.load_cert_chain(paths.server_cert, paths.server_key)
         self._on_channel, self._on_failed = on_channel, on_failed
         self._server: QuicServer | None = None
+        #: Connections whose client moved to another address (NAT rebinding, a new network),
+        #: since the listener started.
+        self.migrations = 0
         self._tickets: dict[bytes, Any] = {}
 
     async def start(self, host: str, port: int) -> list[tuple[str, int]]:
@@ -497,6 +516,7 @@ class QuicListener:
             alloc=self._alloc,
             window=self._window,
         )
+        channel.on_migrated = self._migrated
         # aioquic restarts its idle timer on every packet: a peer sending PINGs, or its flight
         # a packet at a time, would keep an unfinished handshake alive without a deadline.
         expire = asyncio.get_running_loop().call_later(
@@ -514,6 +534,9 @@ class QuicListener:
         failure = None if done.cancelled() else done.exception()
         if isinstance(failure, FluxError):
             self._on_failed(channel.peer, failure)
+
+    def _migrated(self) -> None:
+        self.migrations += 1
 
     def _store_ticket(self, ticket: Any) -> None:
         # Tickets live as long as the daemon: a restart costs clients one full handshake.
