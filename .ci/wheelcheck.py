@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 import zipfile
 from pathlib import Path
 from typing import IO, Any
@@ -63,12 +64,18 @@ def build_wheel(tmp: Path) -> Path:
 
 
 def check_contents(wheel: Path) -> None:
-    """The wheel holds exactly the packages' modules and py.typed markers, and its metadata."""
+    """The wheel holds exactly the packages' modules, py.typed markers and the package data
+    pyproject.toml declares (the admin status page), and its metadata."""
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     expected = set()
     for name, folder in PACKAGES.items():
         for f in (REPO / folder).rglob("*"):
             if f.suffix == ".py" or f.name == "py.typed":
                 expected.add(f"{name}/{f.relative_to(REPO / folder).as_posix()}")
+        for pattern in data["package-data"].get(name, []):
+            for f in (REPO / folder).glob(pattern):
+                if f.is_file() and "__pycache__" not in f.parts:
+                    expected.add(f"{name}/{f.relative_to(REPO / folder).as_posix()}")
     with zipfile.ZipFile(wheel) as zf:
         files = {n for n in zf.namelist() if ".dist-info/" not in n}
     missing, extra = sorted(expected - files), sorted(files - expected)
