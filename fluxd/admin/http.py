@@ -57,7 +57,8 @@ async def read_request(reader: asyncio.StreamReader) -> Request:
         asyncio.IncompleteReadError: the client closed before a whole head.
     """
     try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+        async with asyncio.timeout(HEAD_TIMEOUT):
+            head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError:
         raise BadRequest(431, f"request head over {MAX_HEAD} bytes") from None
     except TimeoutError:

@@ -150,7 +150,8 @@ class AdminServer:
         loop = asyncio.get_running_loop()
         try:
             job = loop.run_in_executor(self._probes, _check_storage, self.shared.storage)
-            return await asyncio.wait_for(job, CHECK_TIMEOUT)
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                return await job
         except TimeoutError:
             return f"no answer within {CHECK_TIMEOUT:g} s"
 

@@ -221,7 +221,9 @@ def test_the_subjects_connection_limit_counts_lanes(
     args = ("--transport", "tcp", "--lanes", "3", "--chunk-size", "1M", "--json")
     res = fluxctl("send", str(tmp_path / "src"), daemon.url("/one"), *args)
     assert res.code == 0, res.stderr
-    assert (res.json["retries"], res.json["lanes"]) == (0, {"tcp": len(data)})
+    # Whichever lane got the subject's one slot first carried it all.
+    (carried,) = res.json["lanes"].values()
+    assert (res.json["retries"], carried) == (0, len(data))
 
     def refused() -> list[dict[str, object]]:
         return [r for r in daemon.events("access") if str(r["result"]).startswith("error 503")]
