@@ -49,6 +49,7 @@ class Events:
         self._net = ThreadPoolExecutor(config.concurrency, thread_name_prefix="fluxd-hook")
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
+        self._stopped = False
         self._timers: set[asyncio.TimerHandle] = set()
         self._attempts: dict[str, int] = {}
         #: Hooks that still have to take each event (both must; a retry skips the one that did).
@@ -81,6 +82,10 @@ class Events:
         now = time.time_ns()
         event = {"id": uuid.uuid4().hex, "type": kind, "time": _iso(now), "node": self._node}
         event |= fields
+        if self._stopped:  # a session outlived the shutdown grace: counted, not raised
+            self.dropped += 1
+            log.event("event-dropped", logging.ERROR, id=event["id"], type=kind, reason="stopped")
+            return
         loop = asyncio.get_running_loop()
         write = loop.run_in_executor(self._disk, self.outbox.write, event, now)
         write.add_done_callback(lambda done: self._written(done, event))
@@ -108,8 +113,12 @@ class Events:
             name = await self._queue.get()
             try:
                 await self._deliver(name)
-            except FluxError as exc:  # the outbox's disk; the event stays pending
-                log.event("event-failed", logging.ERROR, file=name, error=exc.message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a worker must outlive any one event
+                error = exc.message if isinstance(exc, FluxError) else repr(exc)
+                log.event("event-failed", logging.ERROR, file=name, error=error)
+                self._failed(name, name, error)  # tried again later, like a failed hook
 
     async def _deliver(self, name: str) -> None:
         event = await self._io(self.outbox.load, name)
@@ -189,7 +198,8 @@ class Events:
             task.cancel()
         if self._workers:
             await asyncio.wait(self._workers)
-        self._disk.shutdown(wait=True)
+        self._stopped = True  # later events are dropped (counted), never raised into a request
+        await asyncio.get_running_loop().run_in_executor(None, self._disk.shutdown)
         self._net.shutdown(wait=False, cancel_futures=True)
 
 

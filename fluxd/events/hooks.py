@@ -7,10 +7,13 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import http.client
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import Executor
+from typing import Any
 
 __all__ = ["SIGNATURE_HEADER", "HookFailed", "post", "run_command", "sign"]
 
@@ -71,6 +74,24 @@ async def post(
     await loop.run_in_executor(pool, _post, url, body, key, event_id, timeout)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is a failed delivery: urllib would follow a POST's 301/302/303 with a GET
+    without the body (and send the event's headers to wherever it points)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def shown(url: str) -> str:
+    """`url` for a log line or an error: scheme, host and port only (its path or user part may
+    hold a secret, as a webhook's often does)."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}/..."
+
+
 def _post(url: str, body: bytes, key: bytes, event_id: str, timeout: float) -> None:
     headers = {
         "Content-Type": "application/json",
@@ -81,10 +102,10 @@ def _post(url: str, body: bytes, key: bytes, event_id: str, timeout: float) -> N
     # The config allows only http:// and https:// URLs.
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310
+        with _OPENER.open(request, timeout=timeout) as answer:
             answer.read()
     except urllib.error.HTTPError as exc:
-        raise HookFailed(f"{url} answered {exc.code}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise HookFailed(f"{url}: {reason}") from None
+        raise HookFailed(f"{shown(url)} answered {exc.code}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        raise HookFailed(f"{shown(url)}: {reason}") from None

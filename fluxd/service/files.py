@@ -251,7 +251,10 @@ class FileService:
             v = handle.version
             fields = {"path": f"/{key}", "size": v.size, "digest": f"xxh128:{v.digest.hex()}"}
             fields |= {"bytes": record.bytes}
-            await self.shared.events.emit("download-finished", **fields, **_who(caller))
+            # Only one that moved bytes (or of an empty file): a HEAD, a 304, `verify` or a
+            # resume's planning moves none, and must not flood the outbox.
+            if record.bytes or not v.size:
+                await self.shared.events.emit("download-finished", **fields, **_who(caller))
 
     async def _corrupt(self, caller: Caller, key: str, exc: IntegrityError, by: str) -> None:
         """The corruption event of a download that refused to serve a damaged chunk (`by`
