@@ -2,7 +2,8 @@
 
 Counters move where the daemon already records things: each access record (requests by op
 and result, bytes, durations, refusals) and each housekeeping run. What is a level (connections,
-uploads, memory) is read when scraped, so serving requests pays nothing for it.
+uploads, memory) is read from functions the server supplies: the admin server's read the
+snapshot the daemon's loop publishes, so a scrape on the admin thread touches nothing it changes.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
-"""The admin listener on the daemon's own event loop: routes, the token rule, readiness and
-the status page's data."""
+"""The admin listener: routes, the token rule, liveness, readiness and the status page's data.
+
+It serves on a thread of its own (`loop.AdminLoop`) and reads nothing the daemon's loop mutates:
+that loop publishes a `Snapshot` of its levels and live transfers every BEAT seconds (and after
+each finished request), and stamps it, which is what /livez checks."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -15,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
+from fluxio.crashpoints import pause_point
 from fluxio.parsing import format_hostport, is_loopback
 from fluxproto import AuthError, FluxError
 
@@ -24,17 +29,22 @@ from ..context import Shared
 from ..storage.local import LocalStorage
 from ..storage.paths import RESERVED
 from .http import MAX_HEAD, BadRequest, Request, read_request, response
+from .loop import AdminLoop
 from .metrics import Levels, Metrics
 
 #: Free bytes below which the local storage is not ready (a few chunks' worth).
 MIN_FREE = 64 * 1024 * 1024
 #: Seconds a readiness check of the storage may take before it counts as failed.
 CHECK_TIMEOUT = 5.0
+#: Seconds between two snapshots published by the daemon's loop (its heartbeat).
+BEAT = 0.5
+#: Seconds without a heartbeat after which /livez says the daemon's loop is stuck.
+STALE_AFTER = 3.0
 #: Finished requests the status page lists.
 RECENT = 20
 _PAGES = {"/": ("index.html", "text/html; charset=utf-8")}
 
-__all__ = ["AdminServer", "token_required"]
+__all__ = ["AdminServer", "Snapshot", "token_required"]
 
 
 def token_required(config: ServerConfig) -> bool:
@@ -42,6 +52,24 @@ def token_required(config: ServerConfig) -> bool:
     loopback address, and on loopback too when the daemon serves no client without one."""
     host = config.admin.address[0]
     return not is_loopback(host) or config.auth.anonymous is False
+
+
+class Snapshot:
+    """What the daemon's loop publishes for the admin thread; never changed once made.
+
+    Args:
+        at: `time.monotonic()` when taken.
+        levels: connections by transport, uploads, staged bytes, memory, QUIC migrations.
+        live: the status page's rows of transfers in progress.
+    """
+
+    __slots__ = ("at", "connections", "live", "memory", "migrations", "staged", "uploads")
+
+    def __init__(self, at: float, levels: Levels, live: list[dict[str, Any]]) -> None:
+        self.at, self.live = at, tuple(live)
+        self.connections = dict(levels.connections())
+        self.uploads, self.staged = levels.uploads(), levels.staged()
+        self.memory, self.migrations = levels.memory(), levels.migrations()
 
 
 class AdminServer:
@@ -54,11 +82,24 @@ class AdminServer:
     """
 
     def __init__(self, shared: Shared, levels: Levels, listening: Callable[[], bool]) -> None:
-        self.shared, self.listening = shared, listening
-        self.metrics = Metrics(levels)
+        self.shared, self.listening, self.levels = shared, listening, levels
+        self.snapshot = Snapshot(time.monotonic(), levels, [])
+        snap = self._snapshot  # read at scrape time, on the admin thread
+        self.metrics = Metrics(
+            Levels(
+                lambda: snap().connections,
+                lambda: snap().uploads,
+                lambda: snap().staged,
+                lambda: snap().memory,
+                lambda: snap().migrations,
+            )
+        )
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self._recent_lock = threading.Lock()
         shared.access.observers += [self.metrics.observe, self._finished]
-        self._server: asyncio.Server | None = None
+        self._thread = AdminLoop(self._serve, MAX_HEAD)
+        self._beat: asyncio.Task[None] | None = None
+        self._publish_soon = False
         # Its own thread: the storage pool may be queued deep under load, and a probe waiting
         # behind uploads' writes would time out on a healthy disk.
         self._probes = ThreadPoolExecutor(1, thread_name_prefix="fluxd-admin")
@@ -70,18 +111,44 @@ class AdminServer:
             OSError: the address cannot be bound.
         """
         host, port = self.shared.config.admin.address
-        self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
-        bound = self._server.sockets[0].getsockname()
+        self._beat = asyncio.get_running_loop().create_task(self._heartbeat())
+        try:
+            bound = await self._thread.start(host, port)
+        except OSError:
+            self._beat.cancel()
+            raise
         return format_hostport(bound[0], bound[1])
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        """Stop the heartbeat and the admin thread (joined); call on the daemon's loop."""
+        if self._beat is not None:
+            self._beat.cancel()
+        self._thread.close()
         self._probes.shutdown(wait=False)
+
+    async def _heartbeat(self) -> None:
+        """On the daemon's loop: publish a snapshot every BEAT seconds, for as long as it runs."""
+        while True:
+            self.publish()
+            pause_point("loop-beat")  # a test blocks the daemon's loop here
+            await asyncio.sleep(BEAT)
+
+    def _snapshot(self) -> Snapshot:
+        return self.snapshot
+
+    def publish(self) -> None:
+        """Take a snapshot now (on the daemon's loop only: it reads what that loop changes)."""
+        self._publish_soon = False
+        self.snapshot = Snapshot(time.monotonic(), self.levels, _live(self.shared))
 
     def _finished(self, record: dict[str, Any]) -> None:
         if record.get("op") in ("upload", "download") or record.get("result") != "ok":
-            self.recent.appendleft({**record, "ended": time.time()})
+            with self._recent_lock:
+                self.recent.appendleft({**record, "ended": time.time()})
+        if self._beat is not None and not self._publish_soon:
+            # A finished request moves the levels: publish once the daemon's loop is done with it.
+            self._publish_soon = True
+            asyncio.get_running_loop().call_soon(self.publish)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -135,6 +202,10 @@ class AdminServer:
         return 200, self.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8"
 
     async def _livez(self) -> tuple[int, bytes, str]:
+        age = time.monotonic() - self.snapshot.at
+        if age > STALE_AFTER:
+            body = f"the daemon's event loop has not run for {age:.1f} s\n".encode()
+            return 503, body, "text/plain; charset=utf-8"
         return 200, b"ok\n", "text/plain; charset=utf-8"
 
     async def _readyz(self) -> tuple[int, bytes, str]:
@@ -158,7 +229,9 @@ class AdminServer:
     async def _status(self) -> tuple[int, bytes, str]:
         loop = asyncio.get_running_loop()
         usage = await loop.run_in_executor(self._probes, _usage, self.shared.storage)
-        body = {"now": time.time(), "live": _live(self.shared), "recent": list(self.recent)}
+        with self._recent_lock:
+            recent = list(self.recent)
+        body = {"now": time.time(), "live": list(self.snapshot.live), "recent": recent}
         body["storage"] = usage
         return 200, json.dumps(body, default=str).encode(), "application/json"
 

@@ -36,7 +36,10 @@ slow disk would (`commit-checked:1:5`): the storage call takes that much longer,
 for reading and read it to its end: the process waits there until a test has opened the pipe
 for writing (which tells the test it is there), done what it must do at that moment (swap a
 folder for a link), and closed it. No clock is involved. Pause points: `walk-listed` (the
-local walk of a tree has listed a folder and not yet looked at any of its entries).
+local walk of a tree has listed a folder and not yet looked at any of its entries), and
+`loop-beat` (fluxd's heartbeat, which publishes the admin listener's snapshot every 0.5 s, on
+the daemon's event loop thread itself: pausing there blocks that whole loop, as a runaway
+callback would, while the admin listener's own thread keeps answering).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ EVENT_POINTS = ("event-written", "event-published")
 
 FAULT_POINTS = ("chunk-write", "record-write")
 
-PAUSE_POINTS = ("walk-listed",)
+PAUSE_POINTS = ("walk-listed", "loop-beat")
 
 __all__ = [
     "BATCH_POINTS",

@@ -8,12 +8,14 @@ import re
 import shutil
 import socket
 import subprocess
-from collections.abc import Awaitable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import uvloop
 
+from fluxd.admin.server import STALE_AFTER
 from fluxio.requests import Request
 from fluxproto import Commit, Committed, OpenUpload, Status, chunk_digest
 
@@ -150,3 +152,37 @@ def test_a_daemon_requiring_tokens_requires_the_admin_scope(make_daemon) -> None
     admin = issue(daemon, "ops", "--scope", "admin:/")
     assert get(daemon, "/metrics", token=admin)[0] == 200
     assert get(daemon, "/", token=admin)[0] == 200
+
+
+def _until(daemon: Daemon, path: str, status: int, within: float) -> tuple[int, str, int]:
+    """GET `path` back to back until it answers `status`; (status, body, requests answered).
+
+    Raises:
+        AssertionError: it did not within `within` seconds.
+    """
+    deadline, answered = time.monotonic() + within, 0
+    while time.monotonic() < deadline:
+        got = get(daemon, path)
+        answered += 1
+        if got[0] == status:
+            return got[0], got[1], answered
+    raise AssertionError(f"{path} did not answer {status} within {within} s (last: {got})")
+
+
+def test_the_admin_listener_answers_while_the_daemons_loop_is_blocked(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    fifo = tmp_path / "beat.fifo"
+    os.mkfifo(fifo)
+    daemon = make_daemon(env={"FLUX_PAUSE_AT": f"loop-beat:3:{fifo}"})
+    # Opening the pipe returns once the daemon's loop opened it at its third heartbeat: from
+    # now until the pipe is closed that loop is blocked, reading it.
+    with open(fifo, "wb"):
+        status, metrics = get(daemon, "/metrics")
+        assert status == 200 and "fluxd_uploads_open 0.0" in metrics
+        status, body, answered = _until(daemon, "/livez", 503, STALE_AFTER + 30)
+        assert body.startswith("the daemon's event loop has not run for ")
+        assert float(body.split()[-2]) >= STALE_AFTER  # rounded to 0.1 s
+        assert answered >= 1
+        assert get(daemon, "/metrics")[0] == 200
+    assert _until(daemon, "/livez", 200, 30)[:2] == (200, "ok\n")
