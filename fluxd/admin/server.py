@@ -46,6 +46,12 @@ _PAGES = {"/": ("index.html", "text/html; charset=utf-8")}
 
 __all__ = ["AdminServer", "Snapshot", "token_required"]
 
+#: Connections the admin listener serves at once; more are closed at once (each may hold its
+#: slot up to the head timeout before it shows a token).
+MAX_CONNECTIONS = 64
+#: Seconds an answer may take to leave (or the connection to close) before it is dropped.
+WRITE_TIMEOUT = 10.0
+
 
 def token_required(config: ServerConfig) -> bool:
     """Whether the admin listener asks for a token with the `admin` scope: always off a
@@ -98,6 +104,9 @@ class AdminServer:
         self._recent_lock = threading.Lock()
         shared.access.observers += [self.metrics.observe, self._finished]
         self._thread = AdminLoop(self._serve, MAX_HEAD)
+        self._open = 0  # connections being served (on the admin thread only)
+        # Decided once: `is_loopback` may ask the resolver for a host name.
+        self._token_required = token_required(shared.config)
         self._beat: asyncio.Task[None] | None = None
         self._publish_soon = False
         # Its own thread: the storage pool may be queued deep under load, and a probe waiting
@@ -151,20 +160,27 @@ class AdminServer:
             asyncio.get_running_loop().call_soon(self.publish)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= MAX_CONNECTIONS:  # before any work: a flood holds no more than this
+            writer.close()
+            return
+        self._open += 1
         try:
             try:
                 req = await read_request(reader)
                 answer = await self._route(req)
             except BadRequest as exc:
                 answer = response(exc.status, exc.message.encode() + b"\n", extra=exc.extra)
-            writer.write(answer)
-            await writer.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass  # the client went away: nothing to answer
+            async with asyncio.timeout(WRITE_TIMEOUT):  # a client that reads nothing
+                writer.write(answer)
+                await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            pass  # the client went away or stalled: nothing to answer
         finally:
+            self._open -= 1
             writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await writer.wait_closed()
 
     async def _route(self, req: Request) -> bytes:
         routes: dict[str, Callable[[], Any]] = {
@@ -184,7 +200,7 @@ class AdminServer:
         return response(status, body, ctype, head_only=req.method == "HEAD")
 
     def _authorise(self, req: Request) -> None:
-        if not token_required(self.shared.config):
+        if not self._token_required:
             return
         scheme, _, token = req.headers.get("authorization", "").partition(" ")
         challenge = {"WWW-Authenticate": 'Bearer realm="fluxd admin"'}

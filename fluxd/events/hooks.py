@@ -105,6 +105,7 @@ def _post(url: str, body: bytes, key: bytes, event_id: str, timeout: float) -> N
         with _OPENER.open(request, timeout=timeout) as answer:
             answer.read()
     except urllib.error.HTTPError as exc:
+        exc.close()  # its answer's connection
         raise HookFailed(f"{shown(url)} answered {exc.code}") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or type(exc).__name__
