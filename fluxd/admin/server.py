@@ -195,6 +195,10 @@ class AdminServer:
             raise BadRequest(404, f"no such page: {req.path}")
         if req.method not in ("GET", "HEAD"):
             raise BadRequest(405, f"{req.method} is not allowed here", {"Allow": "GET, HEAD"})
+        if not self._token_required and not _local_host(req.headers.get("host", "")):
+            # No token on loopback: a web page the operator's browser visits must not reach
+            # us through a name of its own pointed here (DNS rebinding).
+            raise BadRequest(403, "without a token, only a loopback Host is served")
         self._authorise(req)
         status, body, ctype = await handler()
         return response(status, body, ctype, head_only=req.method == "HEAD")
@@ -318,3 +322,17 @@ def _usage(storage: Any) -> dict[str, Any]:
     total = st.f_blocks * st.f_frsize
     free = st.f_bavail * st.f_frsize
     return {"kind": "local", "root": str(storage.root), "total": total, "free": free}
+
+
+def _local_host(host: str) -> bool:
+    """Whether a request's Host names this machine's loopback: localhost, 127.x.y.z or ::1
+    (with or without a port). An empty one (HTTP/1.0, curl -H 'Host:') counts as local."""
+    if host.startswith("["):  # [v6]:port
+        name = host[1 : host.find("]")]
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.lower()
+    if name in ("", "localhost", "::1") or name.endswith(".localhost"):
+        return True
+    parts = name.split(".")
+    return len(parts) == 4 and parts[0] == "127" and all(p.isdigit() for p in parts)

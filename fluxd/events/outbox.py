@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 
 from fluxio.crashpoints import crash_point
 from fluxproto.errors import StorageError
+
+from .. import log
 
 __all__ = ["Outbox", "OutboxFull"]
 
@@ -86,15 +89,27 @@ class Outbox:
         return name
 
     def load(self, name: str) -> dict[str, Any] | None:
-        """The pending event `name`, or None if it is gone or unreadable (then moved to dead/)."""
+        """The pending event `name`, or None if it is gone or not an event (moved to dead/ with a
+        log line: written whole by rename, it can only be damage).
+
+        Raises:
+            StorageError: the disk failed reading it (EMFILE, EIO): it stays pending.
+        """
         try:
-            value = json.loads((self.pending / name).read_bytes())
+            raw = (self.pending / name).read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except OSError as exc:
+            raise StorageError(f"cannot read event {name}: {exc.strerror}") from None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            log.event("event-dead", logging.ERROR, file=name, error="not an event")
             self.bury(name)
             return None
-        return value if isinstance(value, dict) else None
+        return value
 
     def remove(self, name: str) -> None:
         """Forget a delivered event. A crash before the removal is durable means one more

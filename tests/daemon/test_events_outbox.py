@@ -14,6 +14,7 @@ from fluxd.config import EventsConfig
 from fluxd.events import Events
 from fluxd.events.hooks import sign
 from fluxd.events.outbox import Outbox, OutboxFull
+from fluxproto.errors import StorageError
 
 WRITE_ONE = """
 import sys
@@ -53,6 +54,15 @@ def test_an_unreadable_event_is_buried_not_retried(tmp_path: Path) -> None:
     (box.pending / "1-bad.json").write_bytes(b"{torn")
     assert box.load("1-bad.json") is None
     assert [p.name for p in box.dead.iterdir()] == ["1-bad.json"]
+
+
+def test_a_read_the_disk_fails_leaves_the_event_pending(tmp_path: Path) -> None:
+    box = Outbox(tmp_path, 10)
+    box.open()
+    (box.pending / "1-dir.json").mkdir()  # reading it fails (EISDIR) as a failing disk would
+    with pytest.raises(StorageError):
+        box.load("1-dir.json")
+    assert (box.pending / "1-dir.json").exists() and not list(box.dead.iterdir())
 
 
 @pytest.mark.parametrize(("point", "pending"), [("event-written", 0), ("event-published", 1)])

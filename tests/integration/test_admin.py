@@ -118,6 +118,19 @@ def test_health_and_http_errors(daemon: Daemon) -> None:
         assert s.recv(100).startswith(b"HTTP/1.1 431 ")
 
 
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("localhost:7071", 200), ("[::1]:7071", 200), ("127.0.0.5", 200), ("evil.example:7071", 403)],
+)
+def test_without_a_token_only_a_loopback_host_is_served(
+    daemon: Daemon, host: str, status: int
+) -> None:
+    """A page a browser visits could point a name of its own at 127.0.0.1 (DNS rebinding)."""
+    with socket.create_connection(("127.0.0.1", daemon.admin_port), timeout=30) as s:
+        s.sendall(f"GET /status.json HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert s.recv(100).startswith(f"HTTP/1.1 {status} ".encode())
+
+
 @pytest.fixture
 def immutable() -> Iterator[list[Path]]:
     """Folders made immutable (`chattr +i`, which stops root too); always undone."""
