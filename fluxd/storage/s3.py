@@ -210,8 +210,8 @@ class S3Storage:
         old = self._tree.lookup(rel)
         if old is not None and old.kind == "file":
             raise Conflict(f"{rel} is a file")
-        record = Record("link", 0o777, mtime_ns if mtime_ns is not None else time.time_ns())
-        record = Record("link", 0o777, record.mtime_ns, target=target)
+        mtime = mtime_ns if mtime_ns is not None else time.time_ns()
+        record = Record("link", 0o777, mtime, target=target)
         self._store.put(entry_key(rel), record.pack(), f"making the link {rel}")
         return record.entry(last_name(rel))
 

@@ -344,10 +344,18 @@ class ObjectStore:
 
     def get(self, key: str, what: str) -> tuple[bytes, str] | None:
         """The body and ETag of `key`, or None if there is none."""
+        got = self._get(key, what)
+        if got is None:
+            return None
+        with store_errors(what):
+            return got["Body"].read(), bare(got["ETag"])
+
+    def _get(self, key: str, what: str) -> dict[str, Any] | None:
+        """GetObject's answer for `key` (its body not yet read), or None if there is none."""
         try:
             with store_errors(what):
-                got = self._s3.get_object(Bucket=self.bucket, Key=self.prefix + key)
-                return got["Body"].read(), bare(got["ETag"])
+                got: dict[str, Any] = self._s3.get_object(Bucket=self.bucket, Key=self.prefix + key)
+                return got
         except NotFound:
             return None
 
@@ -401,12 +409,11 @@ class ObjectStore:
         """The body and ETag of `key` and how long ago it was written, by the store's own
         clock (its Date header against the object's Last-Modified, both whole seconds), or
         None if there is none. Nodes compare no clocks of their own."""
-        try:
-            with store_errors(what):
-                got = self._s3.get_object(Bucket=self.bucket, Key=self.prefix + key)
-                body = got["Body"].read()
-        except NotFound:
+        got = self._get(key, what)
+        if got is None:
             return None
+        with store_errors(what):
+            body = got["Body"].read()
         headers = got.get("ResponseMetadata", {}).get("HTTPHeaders", {})
         try:
             now = email.utils.parsedate_to_datetime(headers["date"]).timestamp()

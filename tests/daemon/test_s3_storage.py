@@ -43,11 +43,20 @@ def node(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_engine.secret_key)
     made: list[S3Storage] = []
 
-    def make(prefix: str = s3_prefix, bucket: str | None = None) -> S3Storage:
+    def make(
+        prefix: str = s3_prefix,
+        bucket: str | None = None,
+        lease_ttl: float = 20.0,
+        owner: str | None = None,
+    ) -> S3Storage:
         settings = S3Settings(
-            bucket or s3_engine.bucket, s3_engine.endpoint, prefix, s3_engine.region
+            bucket or s3_engine.bucket,
+            s3_engine.endpoint,
+            prefix,
+            s3_engine.region,
+            lease_ttl=lease_ttl,
         )
-        storage = S3Storage(settings, owner=f"node{len(made)}")
+        storage = S3Storage(settings, owner=owner or f"node{len(made)}")
         made.append(storage)
         return storage
 
@@ -304,14 +313,9 @@ def test_start_checks_bucket_and_credentials(
 
 
 def test_a_dead_writers_lease_expires_and_it_cannot_write_after(
-    s3_engine: SeaweedFS, s3_prefix: str, monkeypatch: pytest.MonkeyPatch
+    node: Callable[..., S3Storage],
 ) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_engine.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_engine.secret_key)
-    settings = S3Settings(
-        s3_engine.bucket, s3_engine.endpoint, s3_prefix, s3_engine.region, lease_ttl=1.0
-    )
-    dead, alive = S3Storage(settings, owner="dead"), S3Storage(settings, owner="alive")
+    dead, alive = node(lease_ttl=1.0, owner="dead"), node(lease_ttl=1.0, owner="alive")
     data = os.urandom(2 * CS)
     pieces = chunks(data, CS)
     stuck = dead.open_upload("f", len(data), CS, 0o644)
@@ -332,8 +336,6 @@ def test_a_dead_writers_lease_expires_and_it_cannot_write_after(
     taken.write_chunks(pieces[1:])
     taken.commit(ref(data))
     assert download(alive, "f") == data
-    dead.close()
-    alive.close()
 
 
 def test_a_chunk_sent_again_with_other_bytes_is_the_one_assembled(
@@ -422,15 +424,10 @@ def test_quota_counts_files_on_s3_as_on_local_storage(
 
 
 def test_a_writer_silent_past_its_lease_goes_on_if_no_node_took_over(
-    s3_engine: SeaweedFS, s3_prefix: str, monkeypatch: pytest.MonkeyPatch
+    node: Callable[..., S3Storage],
 ) -> None:
     """A slow client: the lease lapsed between two chunks, but it is still the one written."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_engine.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_engine.secret_key)
-    settings = S3Settings(
-        s3_engine.bucket, s3_engine.endpoint, s3_prefix, s3_engine.region, lease_ttl=1.0
-    )
-    storage, other = S3Storage(settings, owner="slow"), S3Storage(settings, owner="other")
+    storage, other = node(lease_ttl=1.0, owner="slow"), node(lease_ttl=1.0, owner="other")
     data = os.urandom(2 * CS)
     pieces = chunks(data, CS)
     up = storage.open_upload("f", len(data), CS, 0o644, writer="w")
@@ -444,8 +441,6 @@ def test_a_writer_silent_past_its_lease_goes_on_if_no_node_took_over(
     up.write_chunks(pieces[1:])
     up.commit(ref(data))
     assert download(other, "f") == data
-    storage.close()
-    other.close()
 
 
 def test_a_replaced_version_stays_for_the_grace_after_it_was_retired(
