@@ -34,12 +34,12 @@ def _on_unraisable(prog: str) -> Callable[[Any], None]:
 
 
 def guarded(prog: str, module: str) -> None:
-    """Import `module` and call its `main()`; an interrupt during the import ends the process
-    as `prog: interrupted`, exit 130."""
+    """Import `module` and call its `main()`; an interrupt during the import, or one that
+    `main` lets out (it lands before main's own handling is in place), ends the process as
+    `prog: interrupted`, exit 130."""
     sys.unraisablehook = _on_unraisable(prog)
     try:
-        main = importlib.import_module(module).main
+        importlib.import_module(module).main()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
-    main()

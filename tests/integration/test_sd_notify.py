@@ -120,7 +120,10 @@ def test_without_a_reachable_notify_socket_fluxd_serves_and_stops(
         else:
             raise AssertionError(f"fluxd exited before listening: {proc.wait()}")
         proc.send_signal(signal.SIGTERM)
-        _, rest = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        # Read through the same text stream: communicate(timeout=...) reads the pipe itself
+        # and loses what the loop above had buffered past the "listening" line.
+        rest = proc.stderr.read()
         assert proc.returncode == 0
         assert '"event": "stopped"' in rest
         failed = rest.count('"event": "notify-failed"')
