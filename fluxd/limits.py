@@ -74,8 +74,8 @@ class Admission:
         self.by_subject[subject] += 1
         return Slot(lambda: _decrement(self.by_subject, subject))
 
-    def upload(self, subject: str, size: int) -> Slot:
-        """A slot for one more open upload of `size` bytes by `subject`.
+    def upload(self, subject: str) -> Slot:
+        """A slot for one more open upload by `subject`.
 
         Raises:
             LimitExceeded: the subject already has `uploads_per_subject` uploads open.
@@ -86,13 +86,13 @@ class Admission:
                 f"(limit {self.limits.uploads_per_subject})"
             )
         self.uploads[subject] += 1
+        return Slot(lambda: _decrement(self.uploads, subject))
+
+    def reserve(self, subject: str, size: int) -> Slot:
+        """Count `size` bytes announced by an open upload of `subject` (for its quota) until
+        the slot is released: when the file is committed (it is then stored) or given up."""
         self.reserved[subject] += size
-
-        def release() -> None:
-            _decrement(self.uploads, subject)
-            _decrement(self.reserved, subject, size)
-
-        return Slot(release)
+        return Slot(lambda: _decrement(self.reserved, subject, size))
 
 
 def _decrement(counter: Counter[str], key: str, by: int = 1) -> None:

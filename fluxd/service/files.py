@@ -36,6 +36,7 @@ from ..storage.base import CorruptBasis, EntryPage
 from ..storage.paths import normalize, require_file_path
 from .caller import Caller, Presence
 from .group import CommitGroup
+from .quota import Quota
 from .record import Record, recorded, refusal
 from .registry import TransferRegistry
 from .transfers import AttachedUpload, DownloadHandle, UploadHandle
@@ -62,6 +63,8 @@ class FileService:
         self.downloads: TransferRegistry[DownloadHandle] = TransferRegistry(linger=True)
         #: Where grouped uploads are committed together (see `upload`).
         self.group = CommitGroup(self.storage, self.pool)
+        #: What each subject stores and announced, against `limits.quota`.
+        self.quota = Quota(self.limits.quota, shared.admission, self.storage, self.pool)
 
     def refused(
         self, peer: str, transport: str, caller: Caller | None, exc: FluxError, duration: float
@@ -118,9 +121,9 @@ class FileService:
             self._check_rule(size, chunk_size)
             require_file_path(path)
             key = caller.grant.check(path, "write")
-            slot = self.shared.admission.upload(caller.account, size)
+            slots = [self.shared.admission.upload(caller.account)]
             try:
-                await self._check_quota(caller, key, size)
+                slots.append(reserved := await self.quota.reserve(caller, key, size))
                 up = UploadHandle(key, size, caller.presence, record, self.pool, self.group)
                 holder = up.holder(caller.account, lambda gone: _supersede(gone, caller))
                 async with self.shared.claims.claim(key, holder, self.shared.config.shutdown_grace):
@@ -128,6 +131,9 @@ class FileService:
                     try:
                         async with self.uploads.opened(caller.account, up) as up.tid:
                             up.on_committed = functools.partial(self.uploads.done, up.tid)
+                            up.on_commit = functools.partial(
+                                self.quota.committing, caller.account, reserved
+                            )
                             up.announce = functools.partial(self._uploaded, caller, up)
                             yield up
                     except CorruptBasis as exc:
@@ -136,7 +142,8 @@ class FileService:
                     finally:
                         up.close()
             finally:
-                slot.release()
+                for slot in slots:
+                    slot.release()
 
     async def _uploaded(self, caller: Caller, up: UploadHandle, digest: bytes) -> None:
         """The upload-finished event, durable before the client hears COMMITTED."""
@@ -181,27 +188,6 @@ class FileService:
                     )
                 with up.driven_by(caller.presence, record):
                     yield AttachedUpload(up, record)
-
-    async def _check_quota(self, caller: Caller, key: str, size: int) -> None:
-        """Refuse an upload that would take the subject over its quota.
-
-        Counted: the files under the subject's root, plus what its other open uploads
-        announced, minus the file this upload replaces.
-        """
-        quota, root = self.limits.quota, caller.grant.root
-        if not quota or not root:
-            return
-        used = await blocking(self.pool, self.storage.usage, root)
-        try:
-            replaced = (await blocking(self.pool, self.storage.stat, key)).size
-        except FluxError:  # nothing there (or not a file: the upload itself will say so)
-            replaced = 0
-        others = self.shared.admission.reserved[caller.account] - size
-        if used - replaced + others + size > quota:
-            raise LimitExceeded(
-                f"quota of {quota} bytes for {caller.grant.subject!r} would be exceeded "
-                f"({used} bytes stored, {others} in other uploads, this file {size})"
-            )
 
     @asynccontextmanager
     async def download(

@@ -79,6 +79,8 @@ class UploadHandle:
         self.committed = False
         #: Called once it is committed (the service stops waiting for attached requests).
         self.on_committed: Callable[[], None] = lambda: None
+        #: Called with each commit as it starts (the quota tracks it: `Quota.committing`).
+        self.on_commit: Callable[[asyncio.Future[None]], None] = lambda work: None
         #: Awaited once it is committed, before the commit returns (the upload-finished event).
         self.announce: Callable[[bytes], Awaitable[None]] = _nothing
         self._digest: bytes | None = None
@@ -221,6 +223,7 @@ class UploadHandle:
                     raise Conflict(f"/{self.key} was committed with another digest meanwhile")
                 return
             work = asyncio.ensure_future(self._commit_now(digest))
+            self.on_commit(work)
             try:
                 await asyncio.shield(work)
             except asyncio.CancelledError:

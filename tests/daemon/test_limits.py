@@ -44,12 +44,13 @@ def test_subject_and_upload_slots() -> None:
         adm.subject("alice")
     s.release()
     adm.subject("alice")
-    u1, u2 = adm.upload("alice", 10), adm.upload("alice", 5)
+    u1, u2 = adm.upload("alice"), adm.upload("alice")
+    r1, r2 = adm.reserve("alice", 10), adm.reserve("alice", 5)
     assert adm.reserved["alice"] == 15
     with pytest.raises(LimitExceeded, match="2 uploads open"):
-        adm.upload("alice", 1)
-    u1.release()
-    u2.release()
+        adm.upload("alice")
+    for slot in (u1, u2, r1, r2, r1):  # r1 twice: a release is idempotent
+        slot.release()
     assert "alice" not in adm.uploads and "alice" not in adm.reserved
 
 

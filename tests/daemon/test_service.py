@@ -219,6 +219,86 @@ def test_quota_counts_stored_files_and_other_open_uploads(make: Callable[..., Da
     ]
 
 
+def test_uploads_opened_together_are_admitted_as_one_after_another(
+    make: Callable[..., Daemon],
+) -> None:
+    """Six uploads of 3 chunks opened at once under a quota of 10: three fit, three do not,
+    and nothing stays reserved or tracked once they are done."""
+    d = make(limits=Limits(quota=10 * CS), auth=AuthConfig(root="/users/{sub}"))
+    alice = d.caller(root=subject_root("/users/{sub}", "alice"))
+
+    async def main() -> list[BaseException | None]:
+        sends = (send(d, alice, f"f{i}", content(3 * CS, seed=i)) for i in range(6))
+        return await asyncio.gather(*sends, return_exceptions=True)
+
+    outcomes = run(main())
+    assert sum(o is None for o in outcomes) == 3
+    assert all(o is None or isinstance(o, LimitExceeded) for o in outcomes), outcomes
+    assert len(list((d.root / "users" / "alice").iterdir())) == 3
+    assert not d.service.shared.admission.reserved and not len(d.service.quota)
+
+
+def test_a_committed_upload_counts_as_stored_not_also_as_announced(
+    make: Callable[..., Daemon],
+) -> None:
+    d = make(limits=Limits(quota=10 * CS), auth=AuthConfig(root="/users/{sub}"))
+    alice = d.caller(root=subject_root("/users/{sub}", "alice"))
+    data = content(6 * CS)
+
+    async def main() -> None:
+        async with d.service.upload(alice, "first", len(data), CS, 0o644) as up:
+            await write(up, list(chunks(data)))
+            await up.commit(ref(data))
+            # Still open (its request has not ended), but stored: 6 + 4 fit.
+            await send(d, alice, "second", content(4 * CS))
+
+    run(main())
+    assert [r["result"] for r in d.records("upload")] == ["ok", "ok"]
+
+
+def test_a_refusal_counting_a_commit_in_flight_twice_is_checked_again(
+    make: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload checked while another's commit has published its file but not returned
+    counts that file as stored and as announced; once the commit is done it fits."""
+    d = make(limits=Limits(quota=10 * CS), auth=AuthConfig(root="/users/{sub}"))
+    alice = d.caller(root=subject_root("/users/{sub}", "alice"))
+    data = content(6 * CS)
+    published, go_on, looked = threading.Event(), threading.Event(), threading.Event()
+    usage = d.storage.usage
+
+    def counted(root: str) -> int:
+        used = usage(root)
+        looked.set()
+        return used
+
+    monkeypatch.setattr(d.storage, "usage", counted)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with d.service.upload(alice, "first", len(data), CS, 0o644) as up:
+            await write(up, list(chunks(data)))
+            commit = up.opened.commit
+
+            def held_back(digest: bytes) -> None:
+                commit(digest)
+                published.set()
+                go_on.wait(LONG)
+
+            monkeypatch.setattr(up.opened, "commit", held_back)
+            committing = asyncio.ensure_future(up.commit(ref(data)))
+            assert await loop.run_in_executor(None, published.wait, LONG)
+            looked.clear()  # the first upload's own check looked already
+            second = asyncio.ensure_future(send(d, alice, "second", content(4 * CS)))
+            assert await loop.run_in_executor(None, looked.wait, LONG)
+            go_on.set()
+            await committing
+            await second
+
+    run(main())
+    assert [r["result"] for r in d.records("upload")] == ["ok", "ok"]
+
+
 def test_uploads_per_subject(make: Callable[..., Daemon]) -> None:
     d = make(limits=Limits(uploads_per_subject=1))
     data = content()
