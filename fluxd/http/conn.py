@@ -80,6 +80,7 @@ class HttpConnection:
         )
         self._head_sent = False
         self._method = "GET"
+        self._in_service = False
 
     async def run(self) -> None:
         started = time.monotonic()
@@ -126,10 +127,12 @@ class HttpConnection:
         return self.shared.auth.verifier.verify(token.strip())
 
     async def _serve(self, caller: Caller, req: HttpRequest) -> None:
+        if _is_root(req.path):
+            raise NotFound("/ is a folder: only files are served over HTTP")
         slot = self.shared.admission.subject(caller.account)
+        # From here the service records the request (a traversal path too), not `_failed`.
+        self._in_service = True
         try:
-            if not normalize(req.path):
-                raise NotFound("/ is a folder: only files are served over HTTP")
             try:
                 async with self.service.download(caller, req.path, CHUNK_HINT) as dl:
                     await self._respond(caller, req, dl)
@@ -203,9 +206,9 @@ class HttpConnection:
     async def _failed(self, exc: FluxError, caller: Caller | None, started: float) -> None:
         """Answer a request that failed with its status, unless the response was under way
         (or the connection is what failed): then reset the connection."""
-        if caller is None:
+        if not self._in_service:  # refused before a request began: a connect record
             duration = time.monotonic() - started
-            self.service.refused(self.stream.peer, "https", None, exc, duration)
+            self.service.refused(self.stream.peer, "https", caller, exc, duration)
         if self._head_sent or (isinstance(exc, TransportError) and not busy(exc)):
             self.stream.abort()
             return
@@ -251,6 +254,13 @@ def anonymous_grant(shared: Shared, loopback: bool) -> Grant | None:
     auth = shared.config.auth
     allowed = auth.anonymous if auth.anonymous is not None else loopback
     return Grant(ANONYMOUS, None, parse_scopes(auth.anonymous_scope)) if allowed else None
+
+
+def _is_root(path: str) -> bool:
+    try:
+        return not normalize(path)
+    except FluxError:  # a refused path: the service says so, and records it
+        return False
 
 
 def _release(data: object) -> None:
