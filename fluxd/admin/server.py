@@ -36,6 +36,10 @@ from .metrics import Levels, Metrics
 MIN_FREE = 64 * 1024 * 1024
 #: Seconds a readiness check of the storage may take before it counts as failed.
 CHECK_TIMEOUT = 5.0
+#: Age (seconds since it started) under which a storage check answers /readyz by itself; an
+#: older one is still the answer while a new check runs, up to CHECK_STALE, then waited for.
+CHECK_FRESH = 1.0
+CHECK_STALE = 5.0
 #: Seconds between two snapshots published by the daemon's loop (its heartbeat).
 BEAT = 0.5
 #: Seconds without a heartbeat after which /livez says the daemon's loop is stuck.
@@ -112,6 +116,7 @@ class AdminServer:
         # Its own thread: the storage pool may be queued deep under load, and a probe waiting
         # behind uploads' writes would time out on a healthy disk.
         self._probes = ThreadPoolExecutor(1, thread_name_prefix="fluxd-admin")
+        self._storage_check = StorageCheck(shared.storage, self._probes)
 
     async def start(self) -> str:
         """Listen on `[admin] listen`; returns the HOST:PORT bound.
@@ -230,21 +235,12 @@ class AdminServer:
 
     async def _readyz(self) -> tuple[int, bytes, str]:
         failing = [] if self.listening() else ["listening: the client listeners are not up"]
-        problem = await self._storage_problem()
+        problem = await self._storage_check.problem()
         if problem is not None:
             failing.append(f"storage: {problem}")
         if failing:
             return 503, ("\n".join(failing) + "\n").encode(), "text/plain; charset=utf-8"
         return 200, b"ok\n", "text/plain; charset=utf-8"
-
-    async def _storage_problem(self) -> str | None:
-        loop = asyncio.get_running_loop()
-        try:
-            job = loop.run_in_executor(self._probes, _check_storage, self.shared.storage)
-            async with asyncio.timeout(CHECK_TIMEOUT):
-                return await job
-        except TimeoutError:
-            return f"no answer within {CHECK_TIMEOUT:g} s"
 
     async def _status(self) -> tuple[int, bytes, str]:
         loop = asyncio.get_running_loop()
@@ -280,6 +276,47 @@ def _live(shared: Shared) -> list[dict[str, Any]]:
             }
         )
     return sorted(rows, key=lambda row: -row["seconds"])
+
+
+class StorageCheck:
+    """Readiness of the storage for /readyz, on the admin loop: one check at a time, its answer
+    kept for CHECK_FRESH seconds, then given while the next runs (up to CHECK_STALE). A probe
+    thus rarely waits on a disk that uploads keep busy, a hung disk holds one check, not a
+    queue of them, and the answer is at most about a second stale while probes come."""
+
+    def __init__(self, storage: Any, pool: ThreadPoolExecutor) -> None:
+        self._storage, self._pool = storage, pool
+        self._last: tuple[float, str | None] | None = None  # (when it started, its problem)
+        self._job: asyncio.Future[str | None] | None = None
+
+    async def problem(self) -> str | None:
+        """Why the storage cannot take uploads now, or None (see `_check_storage`)."""
+        last = self._last
+        age = time.monotonic() - last[0] if last is not None else CHECK_STALE
+        if last is not None and age < CHECK_FRESH:
+            return last[1]
+        job = self._start()
+        if last is not None and age < CHECK_STALE:
+            return last[1]
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                return await asyncio.shield(job)
+        except TimeoutError:
+            return f"no answer within {CHECK_TIMEOUT:g} s"
+
+    def _start(self) -> asyncio.Future[str | None]:
+        if self._job is not None and not self._job.done():
+            return self._job
+        started = time.monotonic()
+        job = asyncio.get_running_loop().run_in_executor(self._pool, _check_storage, self._storage)
+
+        def done(job: asyncio.Future[str | None]) -> None:
+            if not job.cancelled() and job.exception() is None:
+                self._last = (started, job.result())
+
+        job.add_done_callback(done)
+        self._job = job
+        return job
 
 
 def _check_storage(storage: Any) -> str | None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
-from fluxd.admin import token_required
+from fluxd.admin import server, token_required
 from fluxd.admin.http import MAX_HEAD, BadRequest, parse_head
 from fluxd.admin.metrics import result_label
+from fluxd.admin.server import StorageCheck
 from fluxd.config import AdminConfig, AuthConfig, ServerConfig
-from fluxproto import ConfigError
+from fluxproto import ConfigError, StorageError
 
 
 def config(admin: str, anonymous: bool | None = None) -> ServerConfig:
@@ -68,3 +73,70 @@ def test_result_labels_are_bounded() -> None:
     assert result_label(None) == "cancelled"
     assert result_label("error 404: /a is not there") == "error 404"
     assert result_label("refused: too many connections") == "refused"
+
+
+class Store:
+    """A storage whose check (as S3's) counts its calls and waits for `go` while `held`."""
+
+    def __init__(self) -> None:
+        self.calls, self.problem = 0, ""
+        self.held, self.go, self.entered = False, threading.Event(), threading.Event()
+
+    def check(self) -> None:
+        self.calls += 1
+        self.entered.set()
+        if self.held:
+            assert self.go.wait(30)
+        if self.problem:
+            raise StorageError(self.problem)
+
+
+def test_a_storage_check_is_kept_while_fresh_and_given_while_the_next_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, pool = Store(), ThreadPoolExecutor(1)
+    check = StorageCheck(store, pool)
+
+    async def main() -> None:
+        assert await check.problem() is None  # the first is waited for
+        assert await check.problem() is None and store.calls == 1  # fresh: kept
+        monkeypatch.setattr(server, "CHECK_FRESH", 0.0)  # from now on every answer is old
+        store.held, store.problem = True, "store down"
+        store.entered.clear()
+        answers = [await check.problem() for _ in range(5)]
+        assert answers == [None] * 5  # the last answer, while the next check runs
+        assert store.entered.wait(30) and store.calls == 2  # one check, not five
+        store.go.set()
+        while await check.problem() is None:
+            await asyncio.sleep(0)  # until the held check's answer lands
+        assert await check.problem() == "store down"
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.go.set()
+        pool.shutdown()
+
+
+def test_a_storage_check_too_old_is_waited_for_and_a_hung_one_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, pool = Store(), ThreadPoolExecutor(1)
+    check = StorageCheck(store, pool)
+    monkeypatch.setattr(server, "CHECK_FRESH", 0.0)
+    monkeypatch.setattr(server, "CHECK_STALE", 0.0)
+    monkeypatch.setattr(server, "CHECK_TIMEOUT", 0.2)
+
+    async def main() -> None:
+        assert await check.problem() is None
+        store.held = True
+        store.entered.clear()
+        assert await check.problem() == "no answer within 0.2 s"
+        assert await check.problem() == "no answer within 0.2 s"
+        assert store.entered.wait(30) and store.calls == 2  # the hung check is waited for again, not queued behind
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.go.set()
+        pool.shutdown()
