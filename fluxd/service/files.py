@@ -40,7 +40,7 @@ from .quota import Quota
 from .record import Record, recorded, refusal
 from .registry import TransferRegistry
 from .transfers import AttachedUpload, DownloadHandle, UploadHandle
-from .work import blocking, busy
+from .work import blocking, busy, kept_alive
 
 #: One page of a recursive listing: entries, and whether it is the last page.
 TreePage = tuple[list[Entry], bool]
@@ -123,7 +123,9 @@ class FileService:
             key = caller.grant.check(path, "write")
             slots = [self.shared.admission.upload(caller.account)]
             try:
-                slots.append(reserved := await self.quota.reserve(caller, key, size))
+                # Quota checks of one subject run in turn: its client hears keepalives meanwhile.
+                reserving = self.quota.reserve(caller, key, size)
+                slots.append(reserved := await kept_alive(caller.presence, reserving))
                 up = UploadHandle(key, size, caller.presence, record, self.pool, self.group)
                 holder = up.holder(caller.account, lambda gone: _supersede(gone, caller))
                 async with self.shared.claims.claim(key, holder, self.shared.config.shutdown_grace):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -15,7 +15,7 @@ R = TypeVar("R")
 #: within any timeout a client would choose (fluxctl's default is 60 s).
 KEEPALIVE = 1.0
 
-__all__ = ["KEEPALIVE", "blocking", "busy"]
+__all__ = ["KEEPALIVE", "blocking", "busy", "kept_alive"]
 
 
 async def blocking(pool: Executor, fn: Callable[..., R], *args: Any) -> R:
@@ -33,7 +33,14 @@ async def busy(pool: Executor, presence: Presence, fn: Callable[..., R], *args: 
     runs every KEEPALIVE seconds until the call returns, so the client's wait for the reply
     does not run out however slow the disk. A live client answers it, and that answer (not
     the call) is what keeps an upload it holds alive for a claim (see `Presence.last_heard`)."""
-    work = asyncio.ensure_future(blocking(pool, fn, *args))
+    return await kept_alive(presence, blocking(pool, fn, *args))
+
+
+async def kept_alive(presence: Presence, step: Awaitable[R]) -> R:
+    """Await `step` (a request's step that may wait long), with `presence`'s keepalive every
+    KEEPALIVE seconds until it is done. Cancelled, it cancels `step` and waits for it (a
+    blocking call's thread finishes first)."""
+    work = asyncio.ensure_future(step)
     try:
         while not work.done():
             await asyncio.wait([work], timeout=KEEPALIVE)
@@ -41,7 +48,8 @@ async def busy(pool: Executor, presence: Presence, fn: Callable[..., R], *args: 
                 presence.keepalive()
         return work.result()
     except asyncio.CancelledError:
-        await asyncio.wait([work])  # the thread cannot be stopped: it finishes first
+        work.cancel()
+        await asyncio.wait([work])
         if not work.cancelled():
             work.exception()  # retrieved: the cancellation is what the caller gets
         raise

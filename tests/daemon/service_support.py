@@ -40,6 +40,7 @@ class Conn:
     def __init__(self, peer: str = "127.0.0.1:40000", answers: bool = False) -> None:
         self.peer, self.heard, self.closed, self.answers = peer, 0.0, False, answers
         self.pings = 0
+        self.pinged = asyncio.Event()  # set at each keepalive PING
         self.ended: list[str] = []
         #: Set when the service ends the connection; its session would then stop reading.
         self.hung_up = asyncio.Event()
@@ -53,6 +54,7 @@ class Conn:
 
     def _ping(self) -> None:
         self.pings += 1
+        self.pinged.set()
         if self.answers:  # its PONG arrives
             self.heard += 1.0
 

@@ -133,7 +133,8 @@ def test_a_storage_check_too_old_is_waited_for_and_a_hung_one_fails(
         store.entered.clear()
         assert await check.problem() == "no answer within 0.2 s"
         assert await check.problem() == "no answer within 0.2 s"
-        assert store.entered.wait(30) and store.calls == 2  # the hung check is waited for again, not queued behind
+        # The hung check is waited for again, not queued behind itself.
+        assert store.entered.wait(30) and store.calls == 2
 
     try:
         asyncio.run(main())

@@ -260,9 +260,13 @@ def test_a_refusal_counting_a_commit_in_flight_twice_is_checked_again(
     make: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An upload checked while another's commit has published its file but not returned
-    counts that file as stored and as announced; once the commit is done it fits."""
+    counts that file as stored and as announced; once the commit is done it fits. Its client
+    hears keepalives while the check waits."""
+    monkeypatch.setattr(work, "KEEPALIVE", 0.02)
     d = make(limits=Limits(quota=10 * CS), auth=AuthConfig(root="/users/{sub}"))
     alice = d.caller(root=subject_root("/users/{sub}", "alice"))
+    waiting = Conn(answers=True)
+    second_alice = d.caller(root=subject_root("/users/{sub}", "alice"), conn=waiting)
     data = content(6 * CS)
     published, go_on, looked = threading.Event(), threading.Event(), threading.Event()
     usage = d.storage.usage
@@ -289,8 +293,10 @@ def test_a_refusal_counting_a_commit_in_flight_twice_is_checked_again(
             committing = asyncio.ensure_future(up.commit(ref(data)))
             assert await loop.run_in_executor(None, published.wait, LONG)
             looked.clear()  # the first upload's own check looked already
-            second = asyncio.ensure_future(send(d, alice, "second", content(4 * CS)))
+            second = asyncio.ensure_future(send(d, second_alice, "second", content(4 * CS)))
             assert await loop.run_in_executor(None, looked.wait, LONG)
+            async with asyncio.timeout(LONG):
+                await waiting.pinged.wait()  # refused once, it waits for the commit
             go_on.set()
             await committing
             await second
