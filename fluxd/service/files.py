@@ -124,8 +124,13 @@ class FileService:
             slots = [self.shared.admission.upload(caller.account)]
             try:
                 # Quota checks of one subject run in turn: its client hears keepalives meanwhile.
-                reserving = self.quota.reserve(caller, key, size)
-                slots.append(reserved := await kept_alive(caller.presence, reserving))
+                reserving = asyncio.ensure_future(self.quota.reserve(caller, key, size))
+                try:
+                    await kept_alive(caller.presence, reserving)
+                finally:  # a reservation made as the request was cancelled is given back too
+                    if reserving.done() and not reserving.cancelled() and not reserving.exception():
+                        slots.append(reserving.result())
+                reserved = slots[-1]
                 up = UploadHandle(key, size, caller.presence, record, self.pool, self.group)
                 holder = up.holder(caller.account, lambda gone: _supersede(gone, caller))
                 async with self.shared.claims.claim(key, holder, self.shared.config.shutdown_grace):

@@ -20,6 +20,7 @@ from test_local_storage import CS, chunks, content, put, ref
 
 from fluxd.auth.scopes import Grant, parse_scopes, subject_root
 from fluxd.config import AuthConfig, Limits
+from fluxd.limits import Slot
 from fluxd.service import Caller, UploadHandle, work
 from fluxd.storage import LocalStorage
 from fluxproto import (
@@ -303,6 +304,35 @@ def test_a_refusal_counting_a_commit_in_flight_twice_is_checked_again(
 
     run(main())
     assert [r["result"] for r in d.records("upload")] == ["ok", "ok"]
+
+
+def test_a_reservation_made_as_its_upload_is_cancelled_is_given_back(
+    make: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = make(limits=Limits(quota=10 * CS), auth=AuthConfig(root="/users/{sub}"))
+    alice = d.caller(root=subject_root("/users/{sub}", "alice"))
+    admission = d.service.shared.admission
+
+    async def main() -> None:
+        waiting, turn = asyncio.Event(), asyncio.Event()
+
+        async def reserve(caller: Caller, key: str, size: int) -> Slot:
+            waiting.set()
+            await turn.wait()
+            return admission.reserve(caller.account, size)
+
+        monkeypatch.setattr(d.service.quota, "reserve", reserve)
+        opening = asyncio.ensure_future(send(d, alice, "f", content(CS)))
+        await waiting.wait()  # the upload waits for its turn
+        # Its turn comes in the same step as the request's cancellation: the reservation is
+        # made, and the request never sees it.
+        turn.set()
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+
+    run(main())
+    assert not admission.reserved and not admission.uploads
 
 
 def test_uploads_per_subject(make: Callable[..., Daemon]) -> None:
