@@ -6,12 +6,17 @@ the file. The check must count every upload once. Never less: so it reads the re
 before the storage's usage, and a commit gives its reservation back only once it published.
 Not twice, when that refuses an upload that fits: a refusal with a commit in flight during
 the check is checked again once those commits are done.
+
+Checks run one at a time per subject, and the storage's usage may be costly (a walk, or on S3
+listings): the checks that waited while one measured use its measurement, plus what was
+reserved since, rather than each taking its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 from fluxproto import FluxError, LimitExceeded
 
@@ -28,12 +33,29 @@ ATTEMPTS = 8
 
 
 class _Turn:
-    """The checks of one account: one at a time, and the commits started meanwhile."""
+    """The checks of one account: one at a time, the commits started meanwhile, and the last
+    measurement (shared by the checks that were waiting while it was taken)."""
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.users = 0
         self.started = 0
+        self.arrivals = 0
+        self.measured: _Measure | None = None
+
+
+@dataclass
+class _Measure:
+    """What one check measured: after the `after`th check of the account arrived, the bytes
+    its open uploads announced, then the bytes stored; `added`, what checks reserved since."""
+
+    after: int
+    others: int
+    used: int
+    added: int = 0
+
+    def fits(self, quota: int, replaced: int, size: int) -> bool:
+        return self.used - replaced + self.others + self.added + size <= quota
 
 
 class Quota:
@@ -65,32 +87,56 @@ class Quota:
             return self.admission.reserve(account, size)
         turn = self._turns.setdefault(account, _Turn())
         turn.users += 1
+        turn.arrivals += 1
+        arrived = turn.arrivals
         try:
             async with turn.lock:
-                for _ in range(ATTEMPTS):
-                    overlapped = set(self._commits.get(account, ()))
-                    started = turn.started
-                    others = self.admission.reserved[account]
-                    used = await blocking(self.pool, self.storage.usage, root)
-                    try:
-                        replaced = (await blocking(self.pool, self.storage.stat, key)).size
-                    except FluxError:  # nothing there (or not a file: the upload will say so)
-                        replaced = 0
-                    if used - replaced + others + size <= self.quota:
-                        return self.admission.reserve(account, size)
-                    overlapped |= self._commits.get(account, set())
-                    if not overlapped and turn.started == started:
-                        break  # nothing was counted twice: the refusal stands
-                    if overlapped:
-                        await asyncio.wait(overlapped)
-                raise LimitExceeded(
-                    f"quota of {self.quota} bytes for {caller.grant.subject!r} would be exceeded "
-                    f"({used} bytes stored, {others} in other uploads, this file {size})"
-                )
+                # Measured since this check arrived: as fresh as its own would be. A refusal
+                # is measured again (the measurement may count a commit twice).
+                shared = turn.measured
+                if shared is not None and arrived > shared.after:
+                    shared = None  # taken before this check arrived
+                if shared is not None and shared.fits(self.quota, await self._replaced(key), size):
+                    return self._take(shared, account, size)
+                return await self._measured(caller, turn, key, size)
         finally:
             turn.users -= 1
             if not turn.users:
                 del self._turns[account]
+
+    async def _measured(self, caller: Caller, turn: _Turn, key: str, size: int) -> Slot:
+        """The check of `reserve` with a measurement of its own, taken again while a refusal
+        may have counted a commit twice."""
+        account = caller.account
+        for _ in range(ATTEMPTS):
+            overlapped = set(self._commits.get(account, ()))
+            started, after = turn.started, turn.arrivals
+            others = self.admission.reserved[account]
+            used = await blocking(self.pool, self.storage.usage, caller.grant.root)
+            turn.measured = measure = _Measure(after, others, used)
+            if measure.fits(self.quota, await self._replaced(key), size):
+                return self._take(measure, account, size)
+            overlapped |= self._commits.get(account, set())
+            if not overlapped and turn.started == started:
+                break  # nothing was counted twice: the refusal stands
+            if overlapped:
+                await asyncio.wait(overlapped)
+        raise LimitExceeded(
+            f"quota of {self.quota} bytes for {caller.grant.subject!r} would be exceeded "
+            f"({measure.used} bytes stored, {measure.others + measure.added} in other uploads, "
+            f"this file {size})"
+        )
+
+    async def _replaced(self, key: str) -> int:
+        """The size of the file an upload to `key` replaces (0: none)."""
+        try:
+            return (await blocking(self.pool, self.storage.stat, key)).size
+        except FluxError:  # nothing there (or not a file: the upload will say so)
+            return 0
+
+    def _take(self, measure: _Measure, account: str, size: int) -> Slot:
+        measure.added += size
+        return self.admission.reserve(account, size)
 
     def committing(self, account: str, reservation: Slot, work: asyncio.Future[None]) -> None:
         """Track `work`, a commit of an upload of `account` that holds `reservation`. Once it

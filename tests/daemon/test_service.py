@@ -239,6 +239,28 @@ def test_uploads_opened_together_are_admitted_as_one_after_another(
     assert not d.service.shared.admission.reserved and not len(d.service.quota)
 
 
+def test_checks_that_waited_for_a_measurement_share_it(
+    make: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six uploads opened at once: the first check measures; the five that waited meanwhile
+    share the second's measurement (plus what the others reserved since)."""
+    d = make(limits=Limits(quota=22 * CS), auth=AuthConfig(root="/users/{sub}"))
+    alice = d.caller(root=subject_root("/users/{sub}", "alice"))
+    run(send(d, alice, "old", content(4 * CS)))
+    calls = []
+    usage = d.storage.usage
+    monkeypatch.setattr(d.storage, "usage", lambda root: calls.append(root) or usage(root))
+
+    async def main() -> list[BaseException | None]:
+        sends = (send(d, alice, f"f{i}", content(3 * CS, seed=i)) for i in range(6))
+        return await asyncio.gather(*sends, return_exceptions=True)
+
+    assert run(main()) == [None] * 6  # 4 + 6 x 3 = 22: all fit
+    assert len(calls) == 2
+    with pytest.raises(LimitExceeded, match=r"\(90112 bytes stored, 0 in other uploads"):
+        run(send(d, alice, "one-more", content(1)))
+
+
 def test_a_committed_upload_counts_as_stored_not_also_as_announced(
     make: Callable[..., Daemon],
 ) -> None:
