@@ -150,11 +150,11 @@ def test_readiness_follows_a_storage_that_cannot_be_written(
     subprocess.run(["chattr", "+i", str(reserved)], check=True)
     immutable.append(reserved)
     # The answer of a check younger than CHECK_FRESH stands meanwhile, then the next one's.
-    body = _until(daemon, "/readyz", 503, CHECK_FRESH + 30)[1]
+    body = until(daemon, "/readyz", 503, CHECK_FRESH + 30)[1]
     assert body.startswith("storage: cannot write under the root")
     assert get(daemon, "/livez")[0] == 200
     subprocess.run(["chattr", "-i", str(reserved)], check=True)
-    assert _until(daemon, "/readyz", 200, CHECK_FRESH + 30)[1] == "ok\n"
+    assert until(daemon, "/readyz", 200, CHECK_FRESH + 30)[1] == "ok\n"
 
 
 def test_a_daemon_requiring_tokens_requires_the_admin_scope(make_daemon) -> None:  # type: ignore[no-untyped-def]
@@ -168,7 +168,7 @@ def test_a_daemon_requiring_tokens_requires_the_admin_scope(make_daemon) -> None
     assert get(daemon, "/", token=admin)[0] == 200
 
 
-def _until(daemon: Daemon, path: str, status: int, within: float) -> tuple[int, str, int]:
+def until(daemon: Daemon, path: str, status: int, within: float) -> tuple[int, str, int]:
     """GET `path` back to back until it answers `status`; (status, body, requests answered).
 
     Raises:
@@ -194,9 +194,9 @@ def test_the_admin_listener_answers_while_the_daemons_loop_is_blocked(
     with open(fifo, "wb"):
         status, metrics = get(daemon, "/metrics")
         assert status == 200 and "fluxd_uploads_open 0.0" in metrics
-        status, body, answered = _until(daemon, "/livez", 503, STALE_AFTER + 30)
+        status, body, answered = until(daemon, "/livez", 503, STALE_AFTER + 30)
         assert body.startswith("the daemon's event loop has not run for ")
         assert float(body.split()[-2]) >= STALE_AFTER  # rounded to 0.1 s
         assert answered >= 1
         assert get(daemon, "/metrics")[0] == 200
-    assert _until(daemon, "/livez", 200, 30)[:2] == (200, "ok\n")
+    assert until(daemon, "/livez", 200, 30)[:2] == (200, "ok\n")
