@@ -40,7 +40,7 @@ from .quota import Quota
 from .record import Record, recorded, refusal
 from .registry import TransferRegistry
 from .transfers import AttachedUpload, DownloadHandle, UploadHandle
-from .work import blocking, busy, kept_alive
+from .work import blocking, busy, pinging
 
 #: One page of a recursive listing: entries, and whether it is the last page.
 TreePage = tuple[list[Entry], bool]
@@ -124,13 +124,8 @@ class FileService:
             slots = [self.shared.admission.upload(caller.account)]
             try:
                 # Quota checks of one subject run in turn: its client hears keepalives meanwhile.
-                reserving = asyncio.ensure_future(self.quota.reserve(caller, key, size))
-                try:
-                    await kept_alive(caller.presence, reserving)
-                finally:  # a reservation made as the request was cancelled is given back too
-                    if reserving.done() and not reserving.cancelled() and not reserving.exception():
-                        slots.append(reserving.result())
-                reserved = slots[-1]
+                async with pinging(caller.presence):
+                    slots.append(reserved := await self.quota.reserve(caller, key, size))
                 up = UploadHandle(key, size, caller.presence, record, self.pool, self.group)
                 holder = up.holder(caller.account, lambda gone: _supersede(gone, caller))
                 async with self.shared.claims.claim(key, holder, self.shared.config.shutdown_grace):

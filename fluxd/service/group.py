@@ -50,11 +50,8 @@ class CommitGroup:
         self._waiting.append((upload, digest, done))
         if self._runner is None or self._runner.done():
             self._runner = asyncio.ensure_future(self._run())
-        while not done.done():
-            await asyncio.wait([done], timeout=work.KEEPALIVE)
-            if not done.done():
-                presence.keepalive()
-        return done.result()
+        async with work.pinging(presence):
+            await asyncio.shield(done)  # cancelled, the upload stays in its group
 
     async def _run(self) -> None:
         """Commit what waits, a group at a time, until nothing does."""

@@ -93,20 +93,23 @@ class Quota:
             async with turn.lock:
                 # Measured since this check arrived: as fresh as its own would be. A refusal
                 # is measured again (the measurement may count a commit twice).
-                shared = turn.measured
-                if shared is not None and arrived > shared.after:
-                    shared = None  # taken before this check arrived
-                if shared is not None and shared.fits(self.quota, await self._replaced(key), size):
-                    return self._take(shared, account, size)
-                return await self._measured(caller, turn, key, size)
+                shared, replaced = turn.measured, None
+                if shared is not None and arrived <= shared.after:
+                    replaced = await self._replaced(key)
+                    if shared.fits(self.quota, replaced, size):
+                        return self._take(shared, account, size)
+                return await self._measured(caller, turn, key, replaced, size)
         finally:
             turn.users -= 1
             if not turn.users:
                 del self._turns[account]
 
-    async def _measured(self, caller: Caller, turn: _Turn, key: str, size: int) -> Slot:
+    async def _measured(
+        self, caller: Caller, turn: _Turn, key: str, replaced: int | None, size: int
+    ) -> Slot:
         """The check of `reserve` with a measurement of its own, taken again while a refusal
-        may have counted a commit twice."""
+        may have counted a commit twice. The size of the file at `key` (`replaced`, if the
+        caller read it already) is read once: the path is this subject's upload to make."""
         account = caller.account
         for _ in range(ATTEMPTS):
             overlapped = set(self._commits.get(account, ()))
@@ -114,7 +117,9 @@ class Quota:
             others = self.admission.reserved[account]
             used = await blocking(self.pool, self.storage.usage, caller.grant.root)
             turn.measured = measure = _Measure(after, others, used)
-            if measure.fits(self.quota, await self._replaced(key), size):
+            if replaced is None:
+                replaced = await self._replaced(key)
+            if measure.fits(self.quota, replaced, size):
                 return self._take(measure, account, size)
             overlapped |= self._commits.get(account, set())
             if not overlapped and turn.started == started:

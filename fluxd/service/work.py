@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from .caller import Presence
@@ -15,7 +16,7 @@ R = TypeVar("R")
 #: within any timeout a client would choose (fluxctl's default is 60 s).
 KEEPALIVE = 1.0
 
-__all__ = ["KEEPALIVE", "blocking", "busy", "kept_alive"]
+__all__ = ["KEEPALIVE", "blocking", "busy", "pinging"]
 
 
 async def blocking(pool: Executor, fn: Callable[..., R], *args: Any) -> R:
@@ -33,23 +34,22 @@ async def busy(pool: Executor, presence: Presence, fn: Callable[..., R], *args: 
     runs every KEEPALIVE seconds until the call returns, so the client's wait for the reply
     does not run out however slow the disk. A live client answers it, and that answer (not
     the call) is what keeps an upload it holds alive for a claim (see `Presence.last_heard`)."""
-    return await kept_alive(presence, blocking(pool, fn, *args))
+    async with pinging(presence):
+        return await blocking(pool, fn, *args)
 
 
-async def kept_alive(presence: Presence, step: Awaitable[R]) -> R:
-    """Await `step` (a request's step that may wait long), with `presence`'s keepalive every
-    KEEPALIVE seconds until it is done. Cancelled, it cancels `step` and waits for it (a
-    blocking call's thread finishes first)."""
-    work = asyncio.ensure_future(step)
+@asynccontextmanager
+async def pinging(presence: Presence) -> AsyncIterator[None]:
+    """`presence`'s keepalive every KEEPALIVE seconds while the body runs (a request's step
+    that may wait long: a storage call, a commit group, a quota check's turn)."""
+
+    async def ping() -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE)
+            presence.keepalive()
+
+    pings = asyncio.ensure_future(ping())
     try:
-        while not work.done():
-            await asyncio.wait([work], timeout=KEEPALIVE)
-            if not work.done():
-                presence.keepalive()
-        return work.result()
-    except asyncio.CancelledError:
-        work.cancel()
-        await asyncio.wait([work])
-        if not work.cancelled():
-            work.exception()  # retrieved: the cancellation is what the caller gets
-        raise
+        yield
+    finally:
+        pings.cancel()

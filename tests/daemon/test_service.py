@@ -346,8 +346,8 @@ def test_a_reservation_made_as_its_upload_is_cancelled_is_given_back(
         monkeypatch.setattr(d.service.quota, "reserve", reserve)
         opening = asyncio.ensure_future(send(d, alice, "f", content(CS)))
         await waiting.wait()  # the upload waits for its turn
-        # Its turn comes in the same step as the request's cancellation: the reservation is
-        # made, and the request never sees it.
+        # Its turn comes in the same step as the request's cancellation: whichever wins,
+        # nothing stays reserved.
         turn.set()
         opening.cancel()
         with pytest.raises(asyncio.CancelledError):
