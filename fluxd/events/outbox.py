@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxio.crashpoints import crash_point
+from fluxio.staging import fsync_dir
 from fluxproto.errors import StorageError
 
 from .. import log
@@ -78,7 +79,7 @@ class Outbox:
                 os.fsync(f.fileno())
             crash_point("event-written")
             os.rename(tmp, self.pending / name)
-            _sync_folder(self.pending)
+            fsync_dir(self.pending)
         except OSError as exc:
             with self._lock:
                 self._count -= 1
@@ -123,17 +124,9 @@ class Outbox:
         """Move an event given up on to `dead/`, where it stays for the operator."""
         with contextlib.suppress(FileNotFoundError):
             os.rename(self.pending / name, self.dead / name)
-            _sync_folder(self.dead)
+            fsync_dir(self.dead)
             with self._lock:
                 self._count -= 1
 
     def __len__(self) -> int:
         return self._count
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from fluxio.buffers import POOL
+from fluxio.ratelimit import paced
 from fluxproto import (
     AuthError,
     Conflict,
@@ -195,8 +196,7 @@ class HttpConnection:
                 reason = self.shared.auth.invalid_reason(caller.grant)
                 if reason is not None:
                     raise AuthError(reason)
-                if pace is not None and (wait := pace(hi - lo)) > 0:
-                    await asyncio.sleep(wait)
+                await paced(pace, hi - lo)
 
     async def _send_head(self, status: int, fields: list[tuple[str, str]]) -> None:
         fields = [*fields, ("Date", http_date(time.time())), ("Connection", "close")]
