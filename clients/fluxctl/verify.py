@@ -10,6 +10,7 @@ acknowledged. The local file is hashed at the server's chunk size with the proje
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,9 @@ class Verdict:
     def same(self) -> bool:
         return (self.mine.size, self.mine.digest) == (self.theirs.size, self.theirs.digest)
 
-    @property
+    @functools.cached_property
     def chunks(self) -> list[int]:
-        return differing_chunks(self.mine, self.theirs)
+        return differing_chunks(self.mine, self.theirs)  # message() and to_json() both ask
 
     def message(self) -> str:
         """One line: identical, or the size or the digest that differs, and which chunks."""

@@ -64,6 +64,8 @@ POINTS = (
 BATCH_POINTS = ("batch-written", "batch-synced", "batch-renamed")
 
 EVENT_POINTS = ("event-written", "event-published")
+#: The points FLUX_CRASH_AT and FLUX_STALL_AT may name.
+KNOWN = frozenset(POINTS + BATCH_POINTS + EVENT_POINTS)
 
 FAULT_POINTS = ("chunk-write", "record-write")
 
@@ -84,7 +86,7 @@ __all__ = [
 def _target() -> tuple[str, int] | None:
     text = os.environ.get("FLUX_CRASH_AT", "")
     name, _, count = text.partition(":")
-    if name not in POINTS + BATCH_POINTS + EVENT_POINTS or not count.isdigit() or int(count) < 1:
+    if name not in KNOWN or not count.isdigit() or int(count) < 1:
         return None
     return name, int(count)
 
@@ -105,7 +107,7 @@ def _stall() -> tuple[str, int, float] | None:
         wait = float(seconds)
     except ValueError:
         return None
-    known = name in POINTS + BATCH_POINTS + EVENT_POINTS
+    known = name in KNOWN
     if not known or not count.isdigit() or int(count) < 1 or not 0 < wait < 3600:
         return None
     return name, int(count), wait
