@@ -24,6 +24,7 @@ from fluxio.parsing import format_hostport, is_loopback
 from fluxproto import AuthError, FluxError
 
 from .. import log
+from ..auth.gate import bearer_token
 from ..config import ServerConfig
 from ..context import Shared
 from ..storage.local import LocalStorage
@@ -211,12 +212,12 @@ class AdminServer:
     def _authorise(self, req: Request) -> None:
         if not self._token_required:
             return
-        scheme, _, token = req.headers.get("authorization", "").partition(" ")
+        token = bearer_token(req.headers.get("authorization", ""))
         challenge = {"WWW-Authenticate": 'Bearer realm="fluxd admin"'}
-        if scheme.lower() != "bearer" or not token.strip():
+        if token is None:
             raise BadRequest(401, "this page needs a bearer token with the admin scope", challenge)
         try:
-            grant = self.shared.auth.verifier.verify(token.strip())
+            grant = self.shared.auth.verifier.verify(token)
             grant.check("/", "admin")
         except AuthError as exc:
             raise BadRequest(

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 ANONYMOUS = "anonymous"
 
-__all__ = ["ANONYMOUS", "Authenticator"]
+__all__ = ["ANONYMOUS", "Authenticator", "bearer_token"]
 
 
 class Authenticator:
@@ -80,3 +80,9 @@ class Authenticator:
         if grant.expires is not None and (now if now is not None else time.time()) > grant.expires:
             return "token has expired"
         return None
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The token of an HTTP `Authorization: Bearer TOKEN` value, or None for another form."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None

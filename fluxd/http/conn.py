@@ -28,7 +28,7 @@ from fluxproto import (
     Unavailable,
 )
 
-from ..auth.gate import ANONYMOUS
+from ..auth.gate import ANONYMOUS, bearer_token
 from ..auth.scopes import Grant, parse_scopes
 from ..context import Shared
 from ..service import Caller, FileService, Presence
@@ -122,10 +122,10 @@ class HttpConnection:
             if self.anonymous is None:
                 raise AuthError("this server requires a token: Authorization: Bearer TOKEN")
             return self.anonymous
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(authorization)
+        if token is None:
             raise AuthError("Authorization must be Bearer TOKEN")
-        return self.shared.auth.verifier.verify(token.strip())
+        return self.shared.auth.verifier.verify(token)
 
     async def _serve(self, caller: Caller, req: HttpRequest) -> None:
         if _is_root(req.path):
