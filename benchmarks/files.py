@@ -7,6 +7,7 @@ import random
 import re
 import shutil
 from pathlib import Path
+from typing import Protocol
 
 import xxhash
 
@@ -33,13 +34,23 @@ def format_size(size: int) -> str:
     return f"{size} B"
 
 
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+def stream_digest(readable: Readable) -> str:
+    """xxh3-128 of what `readable` gives up to its end, read BLOCK at a time, as
+    `xxh3-128:HEX`."""
+    hasher = xxhash.xxh3_128()
+    while block := readable.read(BLOCK):
+        hasher.update(block)
+    return f"xxh3-128:{hasher.hexdigest()}"
+
+
 def file_digest(path: Path) -> str:
     """xxh3-128 of a file's content, as `xxh3-128:HEX`."""
-    hasher = xxhash.xxh3_128()
     with path.open("rb", buffering=0) as f:
-        while block := f.read(BLOCK):
-            hasher.update(block)
-    return f"xxh3-128:{hasher.hexdigest()}"
+        return stream_digest(f)
 
 
 def make_random_file(path: Path, size: int, seed: int) -> str:

@@ -7,11 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import xxhash
-
 from .. import BenchError
 from ..engines import Engine
-from ..files import BLOCK
+from ..files import stream_digest
 from ..measure import run_measured
 from .base import Transfer
 from .process import harness_env, json_report
@@ -21,11 +19,7 @@ MODULE = "benchmarks.s3_upload"
 
 def object_digest(client: Any, bucket: str, key: str) -> str:
     """xxh3-128 of an object's content, streamed, as `xxh3-128:HEX` (files.file_digest's form)."""
-    hasher = xxhash.xxh3_128()
-    body = client.get_object(Bucket=bucket, Key=key)["Body"]
-    while block := body.read(BLOCK):
-        hasher.update(block)
-    return f"xxh3-128:{hasher.hexdigest()}"
+    return stream_digest(client.get_object(Bucket=bucket, Key=key)["Body"])
 
 
 class Boto3Peer:

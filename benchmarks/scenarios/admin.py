@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import socket
 import statistics
 import sys
 import threading
@@ -28,6 +27,7 @@ from .. import BenchError
 from ..files import parse_size
 from ..machine import describe
 from ..peers.flux import FluxPeer
+from ..peers.ssh import free_port
 from ..report import write_run
 from ..sysdeps import ensure_tools
 from .workspace import Workspace
@@ -43,12 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--part", choices=("all", "latency", "cost"), default="all", help="what to run [all]"
     )
     parser.add_argument("--dir", type=Path, help="where files live [/var/tmp]")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(port: int, path: str) -> float:
@@ -83,7 +77,7 @@ class _Prober(threading.Thread):
 
 def _latency(ws: Workspace, clients: int) -> dict[str, Any]:
     src, _ = ws.source(parse_size("10M"))
-    port = _free_port()
+    port = free_port()
     limits: dict[str, int | str] = {
         k: clients + 64
         for k in (
@@ -134,7 +128,7 @@ def _cost(ws: Workspace, size: int, reps: int) -> dict[str, Any]:
     scrapes = 0
     for rep in range(reps):
         for kind in KINDS[rep % 3 :] + KINDS[: rep % 3]:
-            port = _free_port()
+            port = free_port()
             options = ["--admin-listen", "" if kind == "off" else f"127.0.0.1:{port}"]
             root = ws.path / f"cost-{kind}-{rep}"
             root.mkdir()
@@ -172,7 +166,7 @@ def _scrape_cpu(ws: Workspace, count: int = 500) -> dict[str, Any]:
     """The daemon's CPU seconds per /metrics answer, asked `count` times of an idle daemon with
     a few requests' counters in it: what one scrape costs, far below what a send's A/B can
     resolve."""
-    port = _free_port()
+    port = free_port()
     root = ws.path / "scrape"
     root.mkdir()
     with FluxPeer(root, "tcp", serve_options=["--admin-listen", f"127.0.0.1:{port}"]) as flux:

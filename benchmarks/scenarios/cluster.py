@@ -34,7 +34,7 @@ from ..peers.process import json_report
 from ..peers.s3 import Boto3Peer
 from ..report import publish
 from .cluster_report import render
-from .common import comma_choices, fresh_peak, measured_transfer, stored_transfer, summarize
+from .common import comma_choices, fresh_peak, measured_transfer, stored_transfer, throughput
 from .workspace import Workspace
 
 HELP = "fluxd nodes on S3 (SeaweedFS, Ceph RGW): throughput against boto3, failover, peak RSS"
@@ -152,10 +152,7 @@ def _throughput(
         for rep in range(args.reps):
             print(f"{engine.name}: throughput rep {rep + 1}/{args.reps}", file=sys.stderr)
             transfers += [stored_transfer(p, src, digest, rep == 0, ws.path) for p in peers]
-    summary = summarize(transfers)
-    ratio = summary["fluxd-s3"]["mb_per_s"]["median"] / summary["boto3"]["mb_per_s"]["median"]
-    runs = [t.to_json() for t in transfers]
-    return {"size": args.size, "reps": args.reps, "summary": summary, "ratio": ratio, "runs": runs}
+    return throughput(transfers, args.size, args.reps, ("fluxd-s3", "boto3"))
 
 
 #: The name the failover's client sends to: its config file lists the two nodes as this

@@ -34,7 +34,6 @@ from .workspace import Workspace
 
 HELP = "rate_per_subject and rate limits: measured rate within 10 % of the configured one"
 MB = 1_000_000
-TOLERANCE = 0.10
 SECONDS = 10.0
 
 
@@ -142,12 +141,6 @@ def _client(ws: Workspace, limits: list[str], reps: int, seconds: float) -> dict
     return data
 
 
-def _verdict(measured: float, limit: float) -> str:
-    share = measured / limit
-    ok = abs(share - 1) <= TOLERANCE
-    return f"{share * 100:.1f} % ({'within' if ok else 'OUTSIDE'} ±10 %)"
-
-
 def render(data: dict[str, Any]) -> str:
     rows = []
     for r in data["per_subject"]:
@@ -159,7 +152,7 @@ def render(data: dict[str, Any]) -> str:
                     way,
                     f"{s.median:.2f}",
                     f"{s.min:.2f}-{s.max:.2f}",
-                    _verdict(s.median, r["limit"]),
+                    ratelimit_client.limit_share(s.median, r["limit"]),
                 ]
             )
     g = data["global"]
@@ -170,7 +163,7 @@ def render(data: dict[str, Any]) -> str:
             "upload",
             f"{g['aggregate']:.2f}",
             clients,
-            _verdict(g["aggregate"], g["limit"]),
+            ratelimit_client.limit_share(g["aggregate"], g["limit"]),
         ]
     )
     table = markdown_table(

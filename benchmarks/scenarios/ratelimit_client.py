@@ -103,10 +103,17 @@ def measure(
     }
 
 
-def verdict(measured_mb: float, limit_bytes: int) -> str:
-    share = measured_mb * MB / limit_bytes
+def limit_share(measured: float, limit: float) -> str:
+    """`measured` as a share of `limit` (both in one unit), and whether it is within
+    TOLERANCE of it."""
+    share = measured / limit
     ok = abs(share - 1) <= TOLERANCE
     return f"{share * 100:.1f} % ({'within' if ok else 'OUTSIDE'} ±10 %)"
+
+
+def verdict(measured_mb: float, limit_bytes: int) -> str:
+    """limit_share of a rate in MB/s against a limit in bytes/s."""
+    return limit_share(measured_mb * MB, limit_bytes)
 
 
 def render(data: dict[str, Any], burst: float) -> str:
