@@ -40,9 +40,7 @@ from .s3_layout import (
     chunks_prefix,
     data_key,
     entry_key,
-    folder_key,
     marker_key,
-    markers_prefix,
     new_nonce,
     parse_chunk_key,
     retired_key,
@@ -50,6 +48,7 @@ from .s3_layout import (
 )
 from .s3_lease import Lease
 from .s3_store import ObjectStore
+from .s3_tree import holds_anything
 
 __all__ = ["S3Upload", "open_s3_upload"]
 
@@ -506,9 +505,7 @@ def check_destination(store: ObjectStore, rel: str, folder: bool = False) -> Non
     """
     what = f"checking {rel}"
     if not folder and (
-        store.head(marker_key(rel), what) is not None
-        or store.any_under(folder_key(rel), what)
-        or store.any_under(markers_prefix(rel), what)
+        store.head(marker_key(rel), what) is not None or holds_anything(store, rel, what)
     ):
         raise Conflict(f"{rel} is a directory")
     parts = rel.split("/")
