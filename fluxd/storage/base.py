@@ -11,12 +11,12 @@ another session writing the path), NoSpace, IntegrityError, StorageError.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fluxio.staging import ChunkData
-from fluxproto.digest import digest_at
+from fluxio.staging import Buffer, ChunkData
+from fluxproto.digest import chunk_digest, digest_at
 from fluxproto.errors import FluxError, IntegrityError
 from fluxproto.frames import Entry
 
@@ -40,6 +40,7 @@ __all__ = [
     "ScrubReport",
     "Storage",
     "Upload",
+    "copy_checked",
 ]
 
 
@@ -121,6 +122,37 @@ class HeldWithBase(Mapping[int, bytes]):
 
     def __len__(self) -> int:
         return self._count
+
+
+def copy_checked(
+    dl: Download,
+    write_chunks: Callable[[Sequence[ChunkData]], None],
+    digests: bytes,
+    indices: Sequence[int],
+    batch_size: int,
+    release: Callable[[Buffer], None] = lambda _: None,
+) -> list[int]:
+    """Copy chunks `indices` of `dl` (an upload's basis) with `write_chunks`, `batch_size` at
+    a time, skipping those whose bytes do not match their digest in `digests`; returns the
+    skipped ones. Every chunk is looked at, so one failed commit finds all the damage and the
+    client resends it in one go. `release` is given every buffer read once it is done with
+    (LocalDownload's come from a pool)."""
+    bad: list[int] = []
+    for start in range(0, len(indices), batch_size):
+        batch: list[ChunkData] = []
+        try:
+            for index in indices[start : start + batch_size]:
+                data, digest = dl.read_chunk(index), digest_at(digests, index)
+                if chunk_digest(data) != digest:
+                    release(data)
+                    bad.append(index)
+                    continue
+                batch.append((index, digest, data))
+            write_chunks(batch)
+        finally:
+            for _, _, buf in batch:
+                release(buf)
+    return bad
 
 
 class Download(Protocol):

@@ -30,7 +30,7 @@ from fluxproto.digest import FileHasher, chunk_digest, digest_at
 from fluxproto.errors import Conflict, FluxError, IntegrityError, NotFound, StorageError
 from fluxproto.frames import DIGEST_SIZE, chunk_count
 
-from .base import CorruptBasis, HeldWithBase
+from .base import CorruptBasis, HeldWithBase, copy_checked
 from .s3_download import S3Download
 from .s3_layout import (
     Record,
@@ -348,17 +348,8 @@ class S3Upload:
         """
         dl = S3Download(self._store, self._rel, base)
         missing = [i for i in range(self.count) if i not in self._held]
-        bad: list[int] = []
         try:
-            for start in range(0, len(missing), _COPY_BATCH):
-                batch: list[ChunkData] = []
-                for index in missing[start : start + _COPY_BATCH]:
-                    data, digest = dl.read_chunk(index), digest_at(base.digests, index)
-                    if chunk_digest(data) == digest:
-                        batch.append((index, digest, data))
-                    else:
-                        bad.append(index)
-                self.write_chunks(batch)
+            bad = copy_checked(dl, self.write_chunks, base.digests, missing, _COPY_BATCH)
         except NotFound:
             self.base = None
             raise IntegrityError(
