@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fluxio.staging import Buffer, ChunkData
-from fluxproto.digest import chunk_digest, digest_at
+from fluxproto.digest import FileHasher, chunk_digest, digest_at
 from fluxproto.errors import FluxError, IntegrityError
-from fluxproto.frames import Entry
+from fluxproto.frames import Entry, chunk_count
 
 #: One page of a listing: entries sorted by name, and the cursor for the next page (or None).
 EntryPage = tuple[list[Entry], str | None]
@@ -40,6 +40,7 @@ __all__ = [
     "ScrubReport",
     "Storage",
     "Upload",
+    "check_chunks",
     "copy_checked",
 ]
 
@@ -153,6 +154,25 @@ def copy_checked(
             for _, _, buf in batch:
                 release(buf)
     return bad
+
+
+def check_chunks(
+    dl: Download, release: Callable[[Buffer], None] = lambda _: None
+) -> tuple[list[int], bytes]:
+    """Read all of `dl`, chunk by chunk: the chunks whose bytes do not match their digest,
+    and the xxh3-128 of everything read (the `check` of LocalDownload and S3Download).
+    `release` is given every buffer read once it is done with (LocalDownload's come from a
+    pool)."""
+    hasher, bad = FileHasher(), []
+    for index in range(chunk_count(dl.size, dl.chunk_size)):
+        data = dl.read_chunk(index)
+        try:
+            if chunk_digest(data) != digest_at(dl.digests, index):
+                bad.append(index)
+            hasher.update(data)
+        finally:
+            release(data)
+    return bad, hasher.digest()
 
 
 class Download(Protocol):

@@ -21,14 +21,13 @@ import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from fluxio.buffers import POOL
 from fluxio.crashpoints import crash_point
 from fluxio.oserrors import storage_errors
-from fluxio.staging import Buffer, ChunkData, StagedFile
+from fluxio.staging import ChunkData, StagedFile
 from fluxproto.errors import Conflict, FluxError, IntegrityError, NotFound
 
 from .base import CorruptBasis, HeldWithBase, copy_checked
-from .local_download import LocalDownload, open_local_download
+from .local_download import LocalDownload, give_back, open_local_download
 from .local_small import SmallFile
 from .local_staging import StagingArea
 from .local_tree import LocalTree
@@ -181,9 +180,7 @@ class LocalUpload:
             if (dl.digest, dl.chunk_size) != (base.digest, base.chunk_size):
                 raise changed
             missing = self._staged.missing()
-            bad = copy_checked(
-                dl, self.write_chunks, base.digests, missing, _COPY_BATCH, _give_back
-            )
+            bad = copy_checked(dl, self.write_chunks, base.digests, missing, _COPY_BATCH, give_back)
         finally:
             dl.close()
         if bad:
@@ -294,12 +291,6 @@ class Publisher:
     def unstage(self, rel: str) -> None:
         """Remove the staging folder of `rel` once its staged file is gone."""
         self._staging.remove(rel)
-
-
-def _give_back(buf: Buffer) -> None:
-    """Return to the pool a buffer LocalDownload.read_chunk took from it."""
-    if isinstance(buf, memoryview):
-        POOL.put(buf)
 
 
 def manifest_of(ready: Publication) -> Manifest:

@@ -26,7 +26,7 @@ from concurrent.futures import Executor
 
 from fluxio.crashpoints import crash_point
 from fluxio.staging import ChunkData
-from fluxproto.digest import FileHasher, chunk_digest, digest_at
+from fluxproto.digest import FileHasher, chunk_digest
 from fluxproto.errors import Conflict, FluxError, IntegrityError, NotFound, StorageError
 from fluxproto.frames import DIGEST_SIZE, chunk_count
 
@@ -317,18 +317,12 @@ class S3Upload:
         Raises:
             IntegrityError: its bytes no longer match (it is marked damaged: resend it all).
         """
-        dl = S3Download(self._store, self._rel, base)
-        bad, hasher = [], FileHasher()
         try:
-            for index in range(self.count):
-                data = dl.read_chunk(index)
-                if chunk_digest(data) != digest_at(base.digests, index):
-                    bad.append(index)
-                hasher.update(data)
+            bad, whole = S3Download(self._store, self._rel, base).check()
         except NotFound:
             self.base = None
             raise IntegrityError(f"{self._rel} changed during the upload; resend it") from None
-        if bad or hasher.digest() != base.digest:
+        if bad or whole != base.digest:
             self._mark_damaged(base)
             raise CorruptBasis(f"the stored {self._rel} is corrupt; resend it")
         mtime = self._mtime_ns if self._mtime_ns is not None else base.mtime_ns
