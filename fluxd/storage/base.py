@@ -11,14 +11,14 @@ another session writing the path), NoSpace, IntegrityError, StorageError.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fluxio.staging import ChunkData
-from fluxproto.digest import digest_at
+from fluxio.staging import Buffer, ChunkData
+from fluxproto.digest import FileHasher, chunk_digest, digest_at
 from fluxproto.errors import FluxError, IntegrityError
-from fluxproto.frames import Entry
+from fluxproto.frames import Entry, chunk_count
 
 #: One page of a listing: entries sorted by name, and the cursor for the next page (or None).
 EntryPage = tuple[list[Entry], str | None]
@@ -40,6 +40,8 @@ __all__ = [
     "ScrubReport",
     "Storage",
     "Upload",
+    "check_chunks",
+    "copy_checked",
 ]
 
 
@@ -121,6 +123,56 @@ class HeldWithBase(Mapping[int, bytes]):
 
     def __len__(self) -> int:
         return self._count
+
+
+def copy_checked(
+    dl: Download,
+    write_chunks: Callable[[Sequence[ChunkData]], None],
+    digests: bytes,
+    indices: Sequence[int],
+    batch_size: int,
+    release: Callable[[Buffer], None] = lambda _: None,
+) -> list[int]:
+    """Copy chunks `indices` of `dl` (an upload's basis) with `write_chunks`, `batch_size` at
+    a time, skipping those whose bytes do not match their digest in `digests`; returns the
+    skipped ones. Every chunk is looked at, so one failed commit finds all the damage and the
+    client resends it in one go. `release` is given every buffer read once it is done with
+    (LocalDownload's come from a pool)."""
+    bad: list[int] = []
+    for start in range(0, len(indices), batch_size):
+        batch: list[ChunkData] = []
+        try:
+            for index in indices[start : start + batch_size]:
+                data, digest = dl.read_chunk(index), digest_at(digests, index)
+                if chunk_digest(data) != digest:
+                    release(data)
+                    bad.append(index)
+                    continue
+                batch.append((index, digest, data))
+            write_chunks(batch)
+        finally:
+            for _, _, buf in batch:
+                release(buf)
+    return bad
+
+
+def check_chunks(
+    dl: Download, release: Callable[[Buffer], None] = lambda _: None
+) -> tuple[list[int], bytes]:
+    """Read all of `dl`, chunk by chunk: the chunks whose bytes do not match their digest,
+    and the xxh3-128 of everything read (the `check` of LocalDownload and S3Download).
+    `release` is given every buffer read once it is done with (LocalDownload's come from a
+    pool)."""
+    hasher, bad = FileHasher(), []
+    for index in range(chunk_count(dl.size, dl.chunk_size)):
+        data = dl.read_chunk(index)
+        try:
+            if chunk_digest(data) != digest_at(dl.digests, index):
+                bad.append(index)
+            hasher.update(data)
+        finally:
+            release(data)
+    return bad, hasher.digest()
 
 
 class Download(Protocol):

@@ -7,16 +7,22 @@ import os
 
 from fluxio.buffers import POOL
 from fluxio.oserrors import storage_errors
-from fluxio.staging import pread_into
-from fluxproto.digest import FileHasher, chunk_digest, digest_at
+from fluxio.staging import Buffer, pread_into
 from fluxproto.errors import IntegrityError, StorageError
 from fluxproto.frames import chunk_count
 
+from .base import check_chunks
 from .local_tree import LocalTree, require_file
 from .manifests import Manifest, ManifestStore
 from .paths import require_file_path
 
-__all__ = ["LocalDownload", "open_local_download"]
+__all__ = ["LocalDownload", "give_back", "open_local_download"]
+
+
+def give_back(buf: Buffer) -> None:
+    """Return to the pool a buffer `LocalDownload.read_chunk` took from it."""
+    if isinstance(buf, memoryview):
+        POOL.put(buf)
 
 
 def open_local_download(
@@ -80,16 +86,7 @@ class LocalDownload:
         Raises:
             StorageError: closed or unreadable. IntegrityError: the file got shorter.
         """
-        hasher, bad = FileHasher(), []
-        for index in range(self.count):
-            data = self.read_chunk(index)
-            try:
-                if chunk_digest(data) != digest_at(self.digests, index):
-                    bad.append(index)
-                hasher.update(data)
-            finally:
-                POOL.put(data)
-        return bad, hasher.digest()
+        return check_chunks(self, give_back)
 
     def close(self) -> None:
         """Close the file. Idempotent."""

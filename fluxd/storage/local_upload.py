@@ -21,15 +21,13 @@ import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from fluxio.buffers import POOL
 from fluxio.crashpoints import crash_point
 from fluxio.oserrors import storage_errors
 from fluxio.staging import ChunkData, StagedFile
-from fluxproto.digest import chunk_digest, digest_at
 from fluxproto.errors import Conflict, FluxError, IntegrityError, NotFound
 
-from .base import CorruptBasis, HeldWithBase
-from .local_download import LocalDownload, open_local_download
+from .base import CorruptBasis, HeldWithBase, copy_checked
+from .local_download import LocalDownload, give_back, open_local_download
 from .local_small import SmallFile
 from .local_staging import StagingArea
 from .local_tree import LocalTree
@@ -181,7 +179,8 @@ class LocalUpload:
         try:
             if (dl.digest, dl.chunk_size) != (base.digest, base.chunk_size):
                 raise changed
-            bad = self._copy_checked(dl, self._staged.missing())
+            missing = self._staged.missing()
+            bad = copy_checked(dl, self.write_chunks, base.digests, missing, _COPY_BATCH, give_back)
         finally:
             dl.close()
         if bad:
@@ -192,29 +191,6 @@ class LocalUpload:
             raise CorruptBasis(
                 f"{len(bad)} chunks of the stored {self._rel} are corrupt; resend them"
             )
-
-    def _copy_checked(self, dl: LocalDownload, indices: list[int]) -> list[int]:
-        """Copy chunks `indices` from `dl` into the staged file, durably, skipping those that
-        do not match the base manifest; returns the skipped ones. Every chunk is looked at,
-        so one failed commit finds all the damage and the client resends it in one go."""
-        assert self._base is not None
-        digests, bad = self._base.digests, []
-        for start in range(0, len(indices), _COPY_BATCH):
-            batch: list[ChunkData] = []
-            try:
-                for index in indices[start : start + _COPY_BATCH]:
-                    data = dl.read_chunk(index)
-                    if chunk_digest(data) != digest_at(digests, index):
-                        POOL.put(data)
-                        bad.append(index)
-                        continue
-                    batch.append((index, digest_at(digests, index), data))
-                self.write_chunks(batch)
-            finally:
-                for _, _, buf in batch:
-                    if isinstance(buf, memoryview):
-                        POOL.put(buf)
-        return bad
 
     def close(self) -> None:
         """Keep the staged chunks for a resume. Idempotent; a no-op after commit."""

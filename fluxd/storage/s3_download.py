@@ -11,6 +11,7 @@ from __future__ import annotations
 from fluxproto.errors import IntegrityError, StorageError
 from fluxproto.frames import chunk_count
 
+from .base import check_chunks
 from .s3_layout import Record, data_key
 from .s3_store import ObjectStore
 
@@ -43,6 +44,15 @@ class S3Download:
         if len(data) != length:
             raise IntegrityError(f"{self._rel} is truncated in the store at chunk {index}")
         return data
+
+    def check(self) -> tuple[list[int], bytes]:
+        """Read the whole file: the chunks whose bytes do not match their digest, and the
+        xxh3-128 of everything read.
+
+        Raises:
+            as `read_chunk`.
+        """
+        return check_chunks(self)
 
     def close(self) -> None:
         self._key = None

@@ -32,7 +32,7 @@ from .s3_layout import (
 )
 from .s3_store import DELETE_BATCH, ObjectStore
 
-__all__ = ["S3Tree"]
+__all__ = ["S3Tree", "holds_anything"]
 
 #: Names one page of a walk reads at a time.
 WALK_PAGE = 256
@@ -41,6 +41,12 @@ IMPLIED = Record("dir", 0o755, 0)
 
 #: One name of a folder, and whether it is a folder itself.
 Name = tuple[str, bool]
+
+
+def holds_anything(store: ObjectStore, rel: str, what: str) -> bool:
+    """Whether something lies under the folder `rel`: an entry, or a folder's marker. Lists
+    the entries first and the markers only if none is there."""
+    return store.any_under(folder_key(rel), what) or store.any_under(markers_prefix(rel), what)
 
 
 def _child(rel: str, name: str) -> str:
@@ -77,10 +83,7 @@ class S3Tree:
         marker = self.marker(rel)
         if marker is not None:
             return marker
-        what = f"reading {rel}"
-        if self._store.any_under(folder_key(rel), what) or self._store.any_under(
-            markers_prefix(rel), what
-        ):
+        if holds_anything(self._store, rel, f"reading {rel}"):
             return IMPLIED
         return None
 
@@ -119,10 +122,7 @@ class S3Tree:
                 if (
                     ch < "/"
                     and (cursor is None or up > cursor)
-                    and (
-                        self._store.any_under(folder_key(_child(rel, up)), what)
-                        or self._store.any_under(markers_prefix(_child(rel, up)), what)
-                    )
+                    and holds_anything(self._store, _child(rel, up), what)
                 ):
                     return [(up, True)], True
             complete = names[:1]
@@ -142,10 +142,7 @@ class S3Tree:
                     # A level listed with nothing under it: engines built on a file tree
                     # (SeaweedFS) list the folders their deletes left empty.
                     marker = self.marker(child)
-                    if marker is None and not (
-                        self._store.any_under(folder_key(child), what)
-                        or self._store.any_under(markers_prefix(child), what)
-                    ):
+                    if marker is None and not holds_anything(self._store, child, what):
                         return None
                     return (marker or IMPLIED).entry(name, digests)
                 found = self._store.get(entry_key(child), f"reading {child}")

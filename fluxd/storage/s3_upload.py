@@ -26,11 +26,11 @@ from concurrent.futures import Executor
 
 from fluxio.crashpoints import crash_point
 from fluxio.staging import ChunkData
-from fluxproto.digest import FileHasher, chunk_digest, digest_at
+from fluxproto.digest import FileHasher, chunk_digest
 from fluxproto.errors import Conflict, FluxError, IntegrityError, NotFound, StorageError
 from fluxproto.frames import DIGEST_SIZE, chunk_count
 
-from .base import CorruptBasis, HeldWithBase
+from .base import CorruptBasis, HeldWithBase, copy_checked
 from .s3_download import S3Download
 from .s3_layout import (
     Record,
@@ -40,9 +40,7 @@ from .s3_layout import (
     chunks_prefix,
     data_key,
     entry_key,
-    folder_key,
     marker_key,
-    markers_prefix,
     new_nonce,
     parse_chunk_key,
     retired_key,
@@ -50,6 +48,7 @@ from .s3_layout import (
 )
 from .s3_lease import Lease
 from .s3_store import ObjectStore
+from .s3_tree import holds_anything
 
 __all__ = ["S3Upload", "open_s3_upload"]
 
@@ -318,18 +317,12 @@ class S3Upload:
         Raises:
             IntegrityError: its bytes no longer match (it is marked damaged: resend it all).
         """
-        dl = S3Download(self._store, self._rel, base)
-        bad, hasher = [], FileHasher()
         try:
-            for index in range(self.count):
-                data = dl.read_chunk(index)
-                if chunk_digest(data) != digest_at(base.digests, index):
-                    bad.append(index)
-                hasher.update(data)
+            bad, whole = S3Download(self._store, self._rel, base).check()
         except NotFound:
             self.base = None
             raise IntegrityError(f"{self._rel} changed during the upload; resend it") from None
-        if bad or hasher.digest() != base.digest:
+        if bad or whole != base.digest:
             self._mark_damaged(base)
             raise CorruptBasis(f"the stored {self._rel} is corrupt; resend it")
         mtime = self._mtime_ns if self._mtime_ns is not None else base.mtime_ns
@@ -349,17 +342,8 @@ class S3Upload:
         """
         dl = S3Download(self._store, self._rel, base)
         missing = [i for i in range(self.count) if i not in self._held]
-        bad: list[int] = []
         try:
-            for start in range(0, len(missing), _COPY_BATCH):
-                batch: list[ChunkData] = []
-                for index in missing[start : start + _COPY_BATCH]:
-                    data, digest = dl.read_chunk(index), digest_at(base.digests, index)
-                    if chunk_digest(data) == digest:
-                        batch.append((index, digest, data))
-                    else:
-                        bad.append(index)
-                self.write_chunks(batch)
+            bad = copy_checked(dl, self.write_chunks, base.digests, missing, _COPY_BATCH)
         except NotFound:
             self.base = None
             raise IntegrityError(
@@ -506,9 +490,7 @@ def check_destination(store: ObjectStore, rel: str, folder: bool = False) -> Non
     """
     what = f"checking {rel}"
     if not folder and (
-        store.head(marker_key(rel), what) is not None
-        or store.any_under(folder_key(rel), what)
-        or store.any_under(markers_prefix(rel), what)
+        store.head(marker_key(rel), what) is not None or holds_anything(store, rel, what)
     ):
         raise Conflict(f"{rel} is a directory")
     parts = rel.split("/")
