@@ -4,6 +4,7 @@ away mid-transfer."""
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import json
 import os
@@ -70,10 +71,13 @@ def s3_nodes(
 
 def uploading(engine: SeaweedFS) -> bool:
     """Whether some multipart upload in the engine's bucket holds a part already."""
-    client, bucket = engine.client(), engine.bucket
-    for up in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
-        if client.list_parts(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"]).get("Parts"):
-            return True
+    bucket = engine.bucket
+    # Closed at once: a poll makes one per call, and one left open for the collector warns.
+    with contextlib.closing(engine.client()) as client:
+        for up in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+            parts = client.list_parts(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+            if parts.get("Parts"):
+                return True
     return False
 
 
