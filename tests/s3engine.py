@@ -3,6 +3,7 @@ a fresh prefix or bucket per test, and an engine of a test's own to stop, kill a
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from collections.abc import Iterator
@@ -24,9 +25,10 @@ def s3_engine(guard_session: str) -> Iterator[SeaweedFS]:
 
 
 @pytest.fixture(scope="session")
-def s3_client(s3_engine: SeaweedFS) -> Any:
-    """A boto3 S3 client for `s3_engine`."""
-    return s3_engine.client()
+def s3_client(s3_engine: SeaweedFS) -> Iterator[Any]:
+    """A boto3 S3 client for `s3_engine` (closed before the engine stops)."""
+    with contextlib.closing(s3_engine.client()) as client:
+        yield client
 
 
 def _unique(request: pytest.FixtureRequest) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Any
 
@@ -30,8 +31,10 @@ def _complete(client: Any, bucket: str, key: str, upload: str) -> None:
     )
 
 
-def test_multipart_upload_list_parts_and_complete(s3_engine: SeaweedFS, s3_prefix: str) -> None:
-    client, bucket, key = s3_engine.client(), s3_engine.bucket, f"{s3_prefix}file"
+def test_multipart_upload_list_parts_and_complete(
+    s3_engine: SeaweedFS, s3_client: Any, s3_prefix: str
+) -> None:
+    client, bucket, key = s3_client, s3_engine.bucket, f"{s3_prefix}file"
     upload, parts = _upload_two_parts(client, bucket, key)
     listed = client.list_parts(Bucket=bucket, Key=key, UploadId=upload)["Parts"]
     assert [(p["PartNumber"], p["Size"]) for p in listed] == [(1, 5 * MIB), (2, 1000)]
@@ -42,8 +45,8 @@ def test_multipart_upload_list_parts_and_complete(s3_engine: SeaweedFS, s3_prefi
         client.list_parts(Bucket=bucket, Key=key, UploadId=upload)
 
 
-def test_each_test_has_its_own_bucket(s3_engine: SeaweedFS, s3_bucket: str) -> None:
-    client = s3_engine.client()
+def test_each_test_has_its_own_bucket(s3_engine: SeaweedFS, s3_client: Any, s3_bucket: str) -> None:
+    client = s3_client
     assert client.list_objects_v2(Bucket=s3_bucket)["KeyCount"] == 0
     client.put_object(Bucket=s3_bucket, Key="k", Body=b"v")
     assert s3_bucket != s3_engine.bucket
@@ -53,28 +56,37 @@ def test_each_test_has_its_own_bucket(s3_engine: SeaweedFS, s3_bucket: str) -> N
 def test_restart_keeps_objects_and_uploads_in_progress(
     s3_private_engine: SeaweedFS, crash: bool
 ) -> None:
-    engine = s3_private_engine
-    client, bucket = engine.client(), engine.bucket
-    client.put_object(Bucket=bucket, Key="whole", Body=b"kept")
-    upload, parts = _upload_two_parts(client, bucket, "parts")
-    endpoint = engine.endpoint
-    engine.kill() if crash else engine.stop()
-    with pytest.raises(Exception):  # noqa: B017 - refused connection, whichever botocore names
-        engine.client(retries={"max_attempts": 1}).head_bucket(Bucket=bucket)
-    engine.start()
-    assert engine.endpoint == endpoint
-    assert client.get_object(Bucket=bucket, Key="whole")["Body"].read() == b"kept"
-    _complete(client, bucket, "parts", upload)
-    assert client.get_object(Bucket=bucket, Key="parts")["Body"].read() == b"".join(parts)
+    engine, bucket = s3_private_engine, s3_private_engine.bucket
+    # Closed, not left to the collector with a connection open (it warns, failing a test).
+    with (
+        contextlib.closing(engine.client()) as client,
+        contextlib.closing(engine.client(retries={"max_attempts": 1})) as once,
+    ):
+        client.put_object(Bucket=bucket, Key="whole", Body=b"kept")
+        upload, parts = _upload_two_parts(client, bucket, "parts")
+        endpoint = engine.endpoint
+        engine.kill() if crash else engine.stop()
+        with pytest.raises(Exception):  # noqa: B017 - refused connection, whichever botocore names
+            once.head_bucket(Bucket=bucket)
+        engine.start()
+        assert engine.endpoint == endpoint
+        assert client.get_object(Bucket=bucket, Key="whole")["Body"].read() == b"kept"
+        _complete(client, bucket, "parts", upload)
+        assert client.get_object(Bucket=bucket, Key="parts")["Body"].read() == b"".join(parts)
 
 
 def test_two_engines_run_at_once(s3_engine: SeaweedFS, s3_private_engine: SeaweedFS) -> None:
     assert not set(s3_engine.ports.values()) & set(s3_private_engine.ports.values())
-    for engine in (s3_engine, s3_private_engine):
-        engine.client().put_object(Bucket=engine.bucket, Key="two-engines", Body=engine.endpoint)
-    for engine in (s3_engine, s3_private_engine):
-        body = engine.client().get_object(Bucket=engine.bucket, Key="two-engines")["Body"].read()
-        assert body == engine.endpoint.encode()
+    with contextlib.ExitStack() as closed:  # clients closed, not left to the collector
+        engines = [
+            (e, closed.enter_context(contextlib.closing(e.client())))
+            for e in (s3_engine, s3_private_engine)
+        ]
+        for engine, client in engines:
+            client.put_object(Bucket=engine.bucket, Key="two-engines", Body=engine.endpoint)
+        for engine, client in engines:
+            body = client.get_object(Bucket=engine.bucket, Key="two-engines")["Body"].read()
+            assert body == engine.endpoint.encode()
 
 
 def test_weed_listens_on_loopback_and_chosen_ports_only(s3_engine: SeaweedFS) -> None:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -266,6 +267,7 @@ def test_a_store_that_does_not_answer_is_waited_for(
 def test_a_corrupt_object_is_never_served_and_scrub_finds_it(
     s3_nodes: Callable[..., list[Daemon]],
     s3_engine: SeaweedFS,
+    s3_client: Any,
     s3_prefix: str,
     fluxctl: Fluxctl,
     big: Path,
@@ -273,7 +275,7 @@ def test_a_corrupt_object_is_never_served_and_scrub_finds_it(
 ) -> None:
     (node,) = s3_nodes()
     assert fluxctl("send", *ca(node), str(big), node.url("/f.bin")).code == 0
-    client, bucket = s3_engine.client(), s3_engine.bucket
+    client, bucket = s3_client, s3_engine.bucket
     (data,) = [
         o["Key"]
         for o in client.list_objects_v2(Bucket=bucket, Prefix=s3_prefix + "data/")["Contents"]
